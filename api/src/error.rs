@@ -1,0 +1,79 @@
+//! The API's one error type.
+//!
+//! Client mistakes carry a stable `code`, a message naming the problem and, where one parameter is at
+//! fault, its `field`. Internal failures are logged once, with their cause chain, and reach the client as
+//! a bare 500 (or 503 when a dependency is down) with no internals.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    #[error("{message}")]
+    BadRequest {
+        /// A stable machine-readable code, e.g. `invalid_limit`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+        /// The parameter at fault.
+        field: Option<&'static str>,
+    },
+    /// 404: no such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: the body is larger than the route accepts.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// 503: a dependency (NATS, PostgreSQL) is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: anything else; logged, not shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 400 naming a parameter.
+    pub fn field(code: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into(), field: Some(field) }
+    }
+
+    /// A 400 about the request as a whole.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into(), field: None }
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = match &self {
+            ApiError::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, *field),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        };
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(f) = field {
+            error["field"] = f.into();
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}

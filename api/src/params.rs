@@ -1,0 +1,41 @@
+//! Query parameters, parsed by hand so that every mistake names its field.
+
+use crate::ApiError;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use tributary_broker::ts::Ts;
+
+/// Raw query parameters.
+pub type Params = HashMap<String, String>;
+
+/// `from`/`to`: RFC 3339, a date, or epoch milliseconds.
+pub fn time(p: &Params, field: &'static str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(v) = p.get(field) else { return Ok(None) };
+    let ts = match v.parse::<i64>() {
+        Ok(ms) => Ts::from_millis(ms),
+        Err(_) => Ts::parse(v),
+    };
+    ts.map(|t| Some(t.0))
+        .map_err(|e| ApiError::field(if field == "from" { "invalid_from" } else { "invalid_to" }, field, e))
+}
+
+/// `from` and `to`, with `from` ≤ `to`.
+pub fn range(p: &Params) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+    let (from, to) = (time(p, "from")?, time(p, "to")?);
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(ApiError::field("invalid_range", "from", "from is after to"));
+    }
+    Ok((from, to))
+}
+
+/// `limit`: a whole number from 1 to `max`; `default` when absent.
+pub fn limit(p: &Params, default: u64, max: u64) -> Result<u64, ApiError> {
+    let Some(v) = p.get("limit") else { return Ok(default) };
+    match v.trim().parse::<i64>() {
+        Ok(n) if n >= 1 && n as u64 <= max => Ok(n as u64),
+        Ok(n) => Err(ApiError::field("invalid_limit", "limit", format!("limit must be between 1 and {max}, got {n}"))),
+        Err(_) => Err(ApiError::field("invalid_limit", "limit", format!("limit must be a whole number, got {v:?}"))),
+    }
+}

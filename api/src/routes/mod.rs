@@ -1,0 +1,51 @@
+//! The routes, one module per resource.
+
+mod dlq;
+mod events;
+mod health;
+mod indices;
+mod series;
+
+use crate::{ApiError, AppState};
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use tower_http::trace::TraceLayer;
+
+const OPENAPI: &str = include_str!("../openapi.json");
+const DOCS: &str = include_str!("../docs.html");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/series/price", get(series::list))
+        .route("/v1/series/price/{instrument}", get(series::get))
+        .route("/v1/indices", get(indices::list))
+        .route("/v1/indices/{name}", get(indices::get).put(indices::put))
+        .route("/v1/events/{subject}", post(events::publish))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/{seq}/replay", post(dlq::replay))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/docs", get(|| async { Html(DOCS) }))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({
+                "error": {"code": "method_not_allowed", "message": "method not allowed on this route"}
+            })))
+                .into_response()
+        })
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+            tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path())
+        }))
+}
+
+/// Reads a whole JSON body up to the configured limit.
+async fn body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let max = state.config.max_body_bytes;
+    axum::body::to_bytes(body, max).await.map_err(|_| ApiError::TooLarge(max))
+}

@@ -1,0 +1,319 @@
+//! The consume loop: the one place that knows JetStream delivery semantics.
+//!
+//! A durable pull consumer feeds batches to a [`BatchHandler`]. Per batch:
+//! 1. every message is decoded by the handler; a refused one is dead-lettered with its reason and acked
+//!    only once the dead letter is stored (if that fails it is nak'ed and comes back);
+//! 2. the valid events go to [`BatchHandler::handle`] together, which commits them in one transaction;
+//! 3. after the commit every message is acked; on a failure every message is nak'ed with a delay that
+//!    grows with its delivery count, so a database outage backs off instead of spinning.
+//!
+//! Nothing is acked before it is stored somewhere, so a crash anywhere means redelivery, never loss;
+//! handlers make redelivery harmless (last writer wins by stream sequence).
+
+use crate::dlq;
+use crate::events::Rejection;
+use crate::ts::Ts;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, Message, consumer::pull};
+use futures::StreamExt;
+use opentelemetry::trace::TraceContextExt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Which consumer to run and how.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The stream to consume.
+    pub stream: String,
+    /// The durable consumer's name; replicas sharing it share the work.
+    pub durable: String,
+    /// One subject filter (NATS 2.9 has no `filter_subjects`).
+    pub filter_subject: String,
+    /// The most messages handled in one transaction.
+    pub batch: usize,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// The most messages delivered and not yet acked.
+    pub max_ack_pending: i64,
+    /// A name for logs and metrics labels, e.g. `prices`.
+    pub label: &'static str,
+}
+
+/// One valid event with what the consume loop knows about its message.
+#[derive(Debug)]
+pub struct Delivery<E> {
+    /// The decoded event.
+    pub event: E,
+    /// The JetStream stream sequence: the last-writer-wins order.
+    pub seq: u64,
+    /// When JetStream stored it.
+    pub received: Ts,
+}
+
+/// A batch could not be committed. Every message in it is nak'ed and redelivered later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct HandleError(#[from] pub anyhow::Error);
+
+/// Turns batches of one kind of event into one commit each.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// The decoded event.
+    type Event: Send + Sync + 'static;
+
+    /// Decodes and validates one message; a rejection sends it to the dead-letter stream.
+    fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        received: Ts,
+    ) -> Result<Self::Event, Rejection>;
+
+    /// Stores a batch in one transaction. Returning `Ok` means committed.
+    fn handle(&self, batch: &[Delivery<Self::Event>]) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// The consume loop stopped for a reason other than shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The stream does not exist (streams are created by `streams::ensure` at startup).
+    #[error("stream {0} does not exist")]
+    NoStream(String),
+}
+
+/// Delay before a message delivered `delivered` times comes back: 100 ms doubling, at most 10 s.
+pub fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 8) - 1;
+    Duration::from_millis(100 << exp).min(Duration::from_secs(10))
+}
+
+/// Runs the consume loop until `shutdown` fires; the batch in hand is finished first.
+pub async fn run<H: BatchHandler>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut failures = 0i64;
+    while !shutdown.is_cancelled() {
+        let messages = match open(&js, &spec).await {
+            Ok(m) => m,
+            Err(OpenError::NoStream) => return Err(ConsumeError::NoStream(spec.stream.clone())),
+            Err(OpenError::Other(e)) => {
+                failures += 1;
+                let delay = backoff(failures);
+                warn!(consumer = spec.durable, error = %e, ?delay, "cannot open consumer; retrying");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => continue }
+            }
+        };
+        failures = 0;
+        info!(consumer = spec.durable, stream = spec.stream, "consuming");
+        let mut chunks = messages.ready_chunks(spec.batch);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                c = chunks.next() => c,
+            };
+            let Some(chunk) = chunk else {
+                warn!(consumer = spec.durable, "message stream ended; reopening");
+                break;
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut broken = false;
+            for m in chunk {
+                match m {
+                    Ok(m) => batch.push(m),
+                    Err(e) => {
+                        warn!(consumer = spec.durable, error = %e, "consumer stream error");
+                        broken |= matches!(
+                            e.kind(),
+                            pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::MissingHeartbeat
+                        );
+                    }
+                }
+            }
+            if !batch.is_empty()
+                && let Some(delay) = process(&js, &spec, &handler, batch).await
+            {
+                tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+            }
+            if broken {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum OpenError {
+    NoStream,
+    Other(async_nats::Error),
+}
+
+async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stream, OpenError> {
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| match e.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            OpenError::NoStream
+        }
+        _ => OpenError::Other(e.into()),
+    })?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            &spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| OpenError::Other(e.into()))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(spec.batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| OpenError::Other(e.into()))
+}
+
+/// Handles one batch; returns a delay to wait before the next when it failed.
+async fn process<H: BatchHandler>(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    handler: &H,
+    batch: Vec<Message>,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let label = spec.label;
+    let mut good = Vec::with_capacity(batch.len());
+    let mut deliveries = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    let mut parents = Vec::new();
+    let mut max_delivered = 1;
+    let mut pending = 0;
+    for m in batch {
+        let Ok(info) = m.info() else {
+            warn!(consumer = spec.durable, subject = %m.subject, "message without JetStream metadata; leaving it to redelivery");
+            continue;
+        };
+        let (seq, received, delivered) = (info.stream_sequence, Ts::new(info.published), info.delivered);
+        pending = info.pending;
+        max_delivered = max_delivered.max(delivered);
+        match handler.decode(&m.subject, m.headers.as_ref(), &m.payload, received) {
+            Ok(event) => {
+                parents.push(crate::trace::extract(m.headers.as_ref()));
+                deliveries.push(Delivery { event, seq, received });
+                good.push(m);
+            }
+            Err(rejection) => dead.push((m, seq, rejection)),
+        }
+    }
+    metrics::gauge!("tributary_consumer_pending", "consumer" => label).set(pending as f64);
+    metrics::histogram!("tributary_batch_size", "consumer" => label).record((good.len() + dead.len()) as f64);
+
+    let mut retry = None;
+    if !dead.is_empty() {
+        retry = dead_letter(js, spec, dead).await;
+    }
+    if !good.is_empty() {
+        let span = tracing::info_span!("process", otel.kind = "consumer", consumer = spec.durable, events = good.len());
+        let mut parents = parents.into_iter().filter(|cx| cx.span().span_context().is_valid());
+        if let Some(first) = parents.next() {
+            let _ = span.set_parent(first);
+        }
+        for cx in parents.take(32) {
+            span.add_link(cx.span().span_context().clone());
+        }
+        match handler.handle(&deliveries).instrument(span).await {
+            Ok(()) => {
+                let now = chrono::Utc::now();
+                let latency = metrics::histogram!("tributary_commit_latency_seconds", "consumer" => label);
+                for d in &deliveries {
+                    latency.record((now - d.received.0).num_microseconds().unwrap_or(0) as f64 / 1e6);
+                }
+                for m in &good {
+                    if let Err(e) = m.ack().await {
+                        // The commit stands; the message will be redelivered and change nothing.
+                        debug!(error = %e, "ack failed");
+                    }
+                }
+                metrics::counter!("tributary_events_total", "consumer" => label, "outcome" => "processed")
+                    .increment(good.len() as u64);
+            }
+            Err(e) => {
+                let delay = backoff(max_delivered);
+                warn!(consumer = spec.durable, error = %e, events = good.len(), ?delay, "batch failed; nak'ed for redelivery");
+                metrics::counter!("tributary_batch_failures_total", "consumer" => label).increment(1);
+                for m in &good {
+                    let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                retry = Some(retry.map_or(delay, |r: Duration| r.max(delay)));
+            }
+        }
+    }
+    metrics::histogram!("tributary_batch_seconds", "consumer" => label).record(started.elapsed().as_secs_f64());
+    retry
+}
+
+/// Publishes dead letters, then acks the originals whose dead letter is stored.
+async fn dead_letter(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    dead: Vec<(Message, u64, Rejection)>,
+) -> Option<Duration> {
+    let mut acks = Vec::with_capacity(dead.len());
+    for (m, seq, r) in &dead {
+        warn!(consumer = spec.durable, subject = %m.subject, seq, class = r.class, reason = %r.reason, "dead-lettering");
+        acks.push(
+            dlq::send(js, &m.subject, m.headers.as_ref(), m.payload.clone(), &spec.stream, *seq, r.class, &r.reason)
+                .await,
+        );
+    }
+    let mut retry = None;
+    for ((m, _, r), ack) in dead.iter().zip(acks) {
+        let stored = match ack {
+            Ok(fut) => fut.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                metrics::counter!("tributary_dead_letters_total", "consumer" => spec.label, "class" => r.class)
+                    .increment(1);
+                let _ = m.ack().await;
+            }
+            Err(e) => {
+                let delay = backoff(m.info().map(|i| i.delivered).unwrap_or(1));
+                warn!(consumer = spec.durable, error = %e, "dead letter not stored; nak'ed");
+                let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
+                retry = Some(delay);
+            }
+        }
+    }
+    retry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(8), Duration::from_millis(10_000));
+        assert_eq!(backoff(100), Duration::from_millis(10_000));
+    }
+}

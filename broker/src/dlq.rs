@@ -1,0 +1,189 @@
+//! Dead letters: bad input kept with its reason on `dlq.<original subject>`, listed and replayed.
+//!
+//! A dead letter carries the original payload unchanged and the original headers, plus the
+//! `Tributary-Dlq-*` headers below. Its `Nats-Msg-Id` is derived from the original stream sequence, so a
+//! bad message redelivered after a crash is dead-lettered once.
+
+use crate::publish::MSG_ID;
+use crate::streams::{DLQ_PREFIX, StreamsConfig};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    self,
+    context::PublishAckFuture,
+    message::{PublishMessage as Publish, StreamMessage},
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Why the message was dead-lettered.
+pub const REASON: &str = "Tributary-Dlq-Reason";
+/// The class of the reason (`bad_subject`, `undecodable`, `invalid`).
+pub const CLASS: &str = "Tributary-Dlq-Class";
+/// The subject the message was first published to.
+pub const SUBJECT: &str = "Tributary-Dlq-Subject";
+/// The stream that held the original.
+pub const STREAM: &str = "Tributary-Dlq-Stream";
+/// The original's stream sequence.
+pub const SEQ: &str = "Tributary-Dlq-Seq";
+/// The original's `Nats-Msg-Id`, if it had one.
+pub const ORIGINAL_MSG_ID: &str = "Tributary-Dlq-Msg-Id";
+
+/// Header values are single lines: fold anything else.
+fn header_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Sends a dead letter for one message; the returned future resolves once the DLQ stream stored it.
+pub async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    stream: &str,
+    seq: u64,
+    class: &str,
+    reason: &str,
+) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+    let mut h = HeaderMap::new();
+    if let Some(orig) = headers {
+        for (k, vs) in orig.iter() {
+            let name: &str = k.as_ref();
+            let name = if name == MSG_ID { ORIGINAL_MSG_ID } else { name };
+            for v in vs {
+                h.append(name, v.as_str());
+            }
+        }
+    }
+    h.insert(REASON, header_safe(reason).as_str());
+    h.insert(CLASS, class);
+    h.insert(SUBJECT, subject);
+    h.insert(STREAM, stream);
+    h.insert(SEQ, seq.to_string().as_str());
+    h.insert(MSG_ID, format!("dlq:{stream}:{seq}").as_str());
+    js.send_publish(format!("{DLQ_PREFIX}.{subject}"), Publish::build().payload(payload).headers(h)).await
+}
+
+/// One dead letter, as the API lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    /// Sequence in the DLQ stream (what `replay` takes).
+    pub seq: u64,
+    /// The original subject.
+    pub subject: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// `bad_subject`, `undecodable` or `invalid`.
+    pub class: String,
+    /// When it was dead-lettered.
+    pub time: DateTime<Utc>,
+    /// The original stream sequence, if known.
+    pub original_seq: Option<u64>,
+    /// The payload: text when it is UTF-8, else base64.
+    pub payload: String,
+    /// `utf8` or `base64`.
+    pub payload_encoding: &'static str,
+    /// The original headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl DeadLetter {
+    /// Reads a dead letter back from the DLQ stream.
+    pub fn from_stream_message(m: &StreamMessage) -> DeadLetter {
+        let get = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned());
+        let subject = get(SUBJECT).unwrap_or_else(|| m.subject.strip_prefix("dlq.").unwrap_or(&m.subject).to_owned());
+        let (payload, payload_encoding) = match std::str::from_utf8(&m.payload) {
+            Ok(s) => (s.to_owned(), "utf8"),
+            Err(_) => (base64(&m.payload), "base64"),
+        };
+        let headers = m
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                let k: &str = k.as_ref();
+                !k.starts_with("Tributary-Dlq-") && k != MSG_ID
+            })
+            .map(|(k, v)| (k.to_string(), v.first().map(|v| v.as_str().to_owned()).unwrap_or_default()))
+            .collect();
+        DeadLetter {
+            seq: m.sequence,
+            subject,
+            reason: get(REASON).unwrap_or_default(),
+            class: get(CLASS).unwrap_or_default(),
+            time: m.time,
+            original_seq: get(SEQ).and_then(|s| s.parse().ok()),
+            payload,
+            payload_encoding,
+            headers,
+        }
+    }
+}
+
+/// The headers to republish a dead letter with: the originals, the original idempotency key dropped
+/// (a replay is a new event) and replaced by one derived from the dead letter, so a replay requested
+/// twice is stored once.
+pub fn replay_headers(m: &StreamMessage) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, vs) in m.headers.iter() {
+        let name: &str = k.as_ref();
+        if name.starts_with("Tributary-Dlq-") || name == MSG_ID || name == "traceparent" || name == "tracestate" {
+            continue;
+        }
+        for v in vs {
+            h.append(name, v.as_str());
+        }
+    }
+    h.insert(MSG_ID, format!("replay:{}", m.sequence).as_str());
+    h
+}
+
+/// The newest `limit` dead letters, newest first.
+pub async fn list(
+    js: &jetstream::Context,
+    cfg: &StreamsConfig,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, async_nats::Error> {
+    let mut stream = js.get_stream(cfg.dlq_name()).await?;
+    let info = stream.info().await?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    let mut seq = last;
+    while seq >= first && seq > 0 && out.len() < limit {
+        // A sequence may have been removed by retention; skip it.
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(DeadLetter::from_stream_message(&m));
+        }
+        seq -= 1;
+    }
+    Ok(out)
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+}

@@ -1,0 +1,98 @@
+//! The kinds of event: which subjects carry them and which stream stores them.
+
+use std::fmt;
+
+/// A kind of event. Each kind has one subject prefix and one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `price.<instrument>`: one price of one instrument.
+    Price,
+    /// `index.<name>`: the definition of a weighted index.
+    Index,
+}
+
+impl Kind {
+    /// Every kind, in a stable order.
+    pub const ALL: [Kind; 2] = [Kind::Price, Kind::Index];
+
+    /// The first subject token, e.g. `price`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Kind::Price => "price",
+            Kind::Index => "index",
+        }
+    }
+
+    /// The JetStream stream that stores this kind.
+    pub fn stream(self) -> &'static str {
+        match self {
+            Kind::Price => "PRICES",
+            Kind::Index => "INDICES",
+        }
+    }
+
+    /// The subject filter of the stream, e.g. `price.>`.
+    pub fn filter(self) -> String {
+        format!("{}.>", self.prefix())
+    }
+
+    /// The subject for one key, e.g. `price.ACME`.
+    pub fn subject(self, key: &str) -> String {
+        format!("{}.{key}", self.prefix())
+    }
+
+    /// The kind whose prefix starts `subject`, if any.
+    pub fn of_subject(subject: &str) -> Option<Kind> {
+        let prefix = subject.split('.').next()?;
+        Kind::ALL.into_iter().find(|k| k.prefix() == prefix)
+    }
+
+    /// The key of a subject of this kind: `price.ACME` → `ACME`.
+    ///
+    /// Exactly one token must follow the prefix; anything else is an unknown subject shape.
+    pub fn key_of(self, subject: &str) -> Result<&str, String> {
+        let rest = subject
+            .strip_prefix(self.prefix())
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
+        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) {
+            return Err(format!(
+                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
+                self.prefix()
+            ));
+        }
+        Ok(rest)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+/// Whether `key` can be used as one subject token (a key of any kind).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && !key.contains(['.', '*', '>'])
+        && !key.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_single_tokens() {
+        assert_eq!(Kind::Price.key_of("price.ACME"), Ok("ACME"));
+        assert!(Kind::Price.key_of("price.A.B").is_err());
+        assert!(Kind::Price.key_of("price.").is_err());
+        assert!(Kind::Price.key_of("metric.A").is_err());
+        assert_eq!(Kind::of_subject("index.world"), Some(Kind::Index));
+        assert_eq!(Kind::of_subject("nope.x"), None);
+        assert!(valid_key("S-0_1"));
+        assert!(!valid_key("a b"));
+        assert!(!valid_key("a.b"));
+    }
+}

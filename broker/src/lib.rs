@@ -1,0 +1,28 @@
+//! The event contract and the JetStream plumbing every Tributary role shares.
+//!
+//! # Layout
+//! - [`kind`]: the kinds of event, their subjects (`price.<instrument>`, `index.<name>`) and streams.
+//! - [`ts`]: event timestamps (RFC 3339, `YYYY-MM-DD` or epoch milliseconds).
+//! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
+//! - [`events`]: the payload types and their validation into domain values.
+//! - [`streams`]: stream definitions, created or updated idempotently.
+//! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
+//! - [`consume`]: the consume loop (batch, one commit, ack after commit, nak with backoff, dead-letter).
+//! - [`dlq`]: dead letters: their headers, listing and replay.
+//! - [`trace`]: W3C trace context carried in NATS headers.
+
+pub mod codec;
+pub mod consume;
+pub mod dlq;
+pub mod events;
+pub mod kind;
+pub mod publish;
+pub mod streams;
+pub mod trace;
+pub mod ts;
+
+pub use consume::{BatchHandler, ConsumerSpec, Delivery, HandleError};
+pub use events::Rejection;
+pub use kind::Kind;
+pub use publish::{PublishReport, Publisher};
+pub use streams::StreamsConfig;

@@ -1,0 +1,10 @@
+//! Sources: simulators and importers that publish events to JetStream.
+//!
+//! # Layout
+//! - [`prices`]: the price simulator (random walks with late and corrected prices) and the CSV importer
+//!   (`instrument,ts,price[,volume]`, streamed with bounded memory and a progress bar).
+//!
+//! Every source publishes through [`tributary_broker::Publisher`]: idempotency keys, pipelined acks, and a
+//! report of what was stored, deduplicated or not delivered.
+
+pub mod prices;

@@ -1,0 +1,134 @@
+//! The CSV importer: `instrument,ts,price[,volume]` lines from a file or stdin, streamed with bounded
+//! memory (one line at a time, a bounded number of acks in flight) and a progress bar.
+//!
+//! A header line (`instrument,ts,price...`) is skipped. A bad line is reported with its number and
+//! reason and the import goes on. The idempotency key is the line's content, so importing the same file
+//! twice within the duplicate window stores nothing new (and after it, changes no value).
+
+use async_nats::jetstream;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tributary_broker::events::PriceEvent;
+use tributary_broker::kind::valid_key;
+use tributary_broker::ts::Ts;
+use tributary_broker::{Kind, PublishReport, Publisher};
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ImportReport {
+    /// Lines read (header and blank lines included).
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// What became of the publishes.
+    pub publish: PublishReport,
+    /// How many lines were refused.
+    pub bad_lines: u64,
+    /// The first refused lines: (line number, reason).
+    pub errors: Vec<(u64, String)>,
+}
+
+/// Parses one line into (instrument, event).
+pub fn parse_line(line: &str) -> Result<(String, PriceEvent), String> {
+    let fields: Vec<&str> = line.split(',').map(|f| f.trim().trim_matches('"')).collect();
+    if !(3..=4).contains(&fields.len()) {
+        return Err(format!("expected instrument,ts,price[,volume], got {} fields", fields.len()));
+    }
+    let instrument = fields[0];
+    if !valid_key(instrument) {
+        return Err(format!("bad instrument {instrument:?}: one subject token without spaces, '.', '*' or '>'"));
+    }
+    let ts = match fields[1].parse::<i64>() {
+        Ok(ms) => Ts::from_millis(ms)?,
+        Err(_) => Ts::parse(fields[1])?,
+    };
+    let price: f64 = fields[2].parse().map_err(|_| format!("bad price {:?}", fields[2]))?;
+    let volume = match fields.get(3).filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.parse::<f64>().map_err(|_| format!("bad volume {v:?}"))?),
+        None => None,
+    };
+    let e = PriceEvent { ts: Some(ts), price, volume };
+    e.clone().validate(instrument.to_owned(), ts)?;
+    Ok((instrument.to_owned(), e))
+}
+
+/// Streams `input` to `price.<instrument>`. `size` (if known) sizes the progress bar; `progress` false
+/// hides it.
+pub async fn import_csv(
+    js: jetstream::Context,
+    input: impl AsyncRead + Unpin,
+    size: Option<u64>,
+    progress: bool,
+) -> ImportReport {
+    let bar =
+        if progress { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut publisher = Publisher::new(js, 4096);
+    let mut report = ImportReport::default();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = match reader.read_line(&mut line).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                report.errors.push((report.lines + 1, format!("read error: {e}")));
+                report.bad_lines += 1;
+                break;
+            }
+        };
+        report.lines += 1;
+        report.bytes += n as u64;
+        bar.set_position(report.bytes);
+        let text = line.trim();
+        if text.is_empty() || (report.lines == 1 && text.to_ascii_lowercase().starts_with("instrument,")) {
+            continue;
+        }
+        match parse_line(text) {
+            Ok((instrument, e)) => {
+                let id = format!(
+                    "csv:{instrument}:{}:{}:{:?}",
+                    e.ts.map_or(0, |t| t.0.timestamp_micros()),
+                    e.price,
+                    e.volume
+                );
+                publisher.publish(Kind::Price.subject(&instrument), Some(&id), &e).await;
+            }
+            Err(reason) => {
+                report.bad_lines += 1;
+                if report.errors.len() < 20 {
+                    report.errors.push((report.lines, reason));
+                }
+            }
+        }
+        if report.lines % 1000 == 0 {
+            let r = publisher.report();
+            bar.set_message(format!("{} lines, {} stored, {} duplicates", report.lines, r.stored, r.duplicates));
+        }
+    }
+    report.publish = publisher.finish().await;
+    bar.finish_and_clear();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_line;
+
+    #[test]
+    fn lines() {
+        let (i, e) = parse_line("ACME,2026-01-02,10.5,300").unwrap();
+        assert_eq!(i, "ACME");
+        assert_eq!(e.price, 10.5);
+        assert_eq!(e.volume, Some(300.0));
+        assert!(parse_line("ACME,1767312000000,10").is_ok());
+        assert!(parse_line("ACME,2026-01-02").unwrap_err().contains("fields"));
+        assert!(parse_line("ACME,nope,1").unwrap_err().contains("bad ts"));
+        assert!(parse_line("ACME,2026-01-02,-1").unwrap_err().contains("positive"));
+        assert!(parse_line("A B,2026-01-02,1").unwrap_err().contains("instrument"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The price simulator: N instruments, R events per second, random walks, with a share of late and of
+//! corrected prices (the cases the incremental engine must get right).
+
+use async_nats::jetstream;
+use chrono::{DateTime, Duration as Span, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tributary_broker::events::PriceEvent;
+use tributary_broker::ts::Ts;
+use tributary_broker::{Kind, PublishReport, Publisher};
+
+/// What to simulate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// How many instruments: `S0` … `S<n-1>`.
+    pub instruments: usize,
+    /// Events per second, all instruments together.
+    pub rate: f64,
+    /// Share of events held back and published after later ones (0 to 1).
+    pub late_share: f64,
+    /// Share of events that correct an earlier price (0 to 1).
+    pub correction_share: f64,
+    /// Stop after this many events (none: run until stopped).
+    pub limit: Option<u64>,
+    /// Random seed, for reproducible runs.
+    pub seed: Option<u64>,
+    /// Acks awaited at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            instruments: 10,
+            rate: 100.0,
+            late_share: 0.01,
+            correction_share: 0.01,
+            limit: None,
+            seed: None,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+struct Walk {
+    name: String,
+    price: f64,
+    recent: VecDeque<DateTime<Utc>>,
+    corrections: u64,
+}
+
+/// Publishes simulated prices until `shutdown` or the limit; returns what was delivered.
+pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: CancellationToken) -> PublishReport {
+    let mut rng = match cfg.seed {
+        Some(s) => StdRng::seed_from_u64(s),
+        None => StdRng::from_os_rng(),
+    };
+    let start = Utc::now();
+    let mut walks: Vec<Walk> = (0..cfg.instruments.max(1))
+        .map(|i| Walk { name: format!("S{i}"), price: 100.0, recent: VecDeque::new(), corrections: 0 })
+        .collect();
+    let walks_len = walks.len();
+    let mut publisher = Publisher::new(js, cfg.max_in_flight);
+    let mut held: Vec<(u32, String, String, PriceEvent)> = Vec::new();
+    let tick = Duration::from_millis(10);
+    let per_tick = cfg.rate.max(0.0) * tick.as_secs_f64();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Prices come in rounds: one per instrument, all at the round's timestamp, so that indices over
+    // the instruments have dates on which every constituent has a price.
+    let (mut due, mut sent, mut next, mut round_ts) = (0.0, 0u64, 0usize, start);
+    'run: loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        due += per_tick;
+        while due >= 1.0 {
+            due -= 1.0;
+            if cfg.limit.is_some_and(|l| sent >= l) {
+                break 'run;
+            }
+            sent += 1;
+            if next == 0 {
+                round_ts = (round_ts + Span::milliseconds(1)).max(Ts::new(Utc::now()).0);
+            }
+            let w = &mut walks[next];
+            next = (next + 1) % walks_len;
+            let subject = Kind::Price.subject(&w.name);
+            if !w.recent.is_empty() && rng.random_bool(cfg.correction_share.clamp(0.0, 1.0)) {
+                let ts = w.recent[rng.random_range(0..w.recent.len())];
+                w.corrections += 1;
+                let id = format!("{}:{}:c{}", w.name, ts.timestamp_micros(), w.corrections);
+                let e = PriceEvent { ts: Some(Ts(ts)), price: w.price * rng.random_range(0.98..1.02), volume: None };
+                publisher.publish(subject, Some(&id), &e).await;
+                continue;
+            }
+            w.price *= (rng.random_range(-1.0..1.0) * 0.002f64).exp();
+            w.recent.push_back(round_ts);
+            if w.recent.len() > 64 {
+                w.recent.pop_front();
+            }
+            let id = format!("{}:{}", w.name, round_ts.timestamp_micros());
+            let e = PriceEvent {
+                ts: Some(Ts(round_ts)),
+                price: w.price,
+                volume: Some(rng.random_range(1.0..1000.0f64).round()),
+            };
+            if rng.random_bool(cfg.late_share.clamp(0.0, 1.0)) {
+                held.push((rng.random_range(2..50), subject, id, e));
+            } else {
+                publisher.publish(subject, Some(&id), &e).await;
+            }
+        }
+        for h in held.iter_mut() {
+            h.0 = h.0.saturating_sub(1);
+        }
+        for (_, subject, id, e) in held.extract_if(.., |h| h.0 == 0) {
+            publisher.publish(subject, Some(&id), &e).await;
+        }
+    }
+    for (_, subject, id, e) in held.drain(..) {
+        publisher.publish(subject, Some(&id), &e).await;
+    }
+    publisher.finish().await
+}

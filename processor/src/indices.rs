@@ -1,0 +1,105 @@
+//! Index definitions: `index.<name>` → the stored definition and its history, recomputed from scratch.
+//!
+//! Definitions are last writer wins by stream sequence. A transaction takes the locks of the new
+//! constituents, then of the index, so a price batch touching a constituent either commits before the
+//! recompute reads it or sees the new definition when it takes the index lock.
+
+use crate::lock;
+use crate::prices::{IndexDef, recompute_index};
+use sea_orm::sqlx::{self, PgPool};
+use std::collections::BTreeMap;
+use tracing::Instrument;
+use tributary_broker::events::IndexDefinition;
+use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+
+/// Consumes `index.<name>`.
+#[derive(Clone)]
+pub struct IndexHandler {
+    pool: PgPool,
+}
+
+impl IndexHandler {
+    /// A handler writing through `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        IndexHandler { pool }
+    }
+
+    /// Stores the newest definition per index in the batch and recomputes each.
+    pub async fn commit(&self, batch: &[Delivery<(String, IndexDefinition)>]) -> Result<(), sqlx::Error> {
+        let mut newest: BTreeMap<&str, (&IndexDefinition, u64)> = BTreeMap::new();
+        for d in batch {
+            let (name, def) = &d.event;
+            let e = newest.entry(name).or_insert((def, d.seq));
+            if d.seq > e.1 {
+                *e = (def, d.seq);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        lock::acquire(&mut tx, "price", newest.values().flat_map(|(d, _)| d.weights.keys().map(String::as_str)))
+            .await?;
+        lock::acquire(&mut tx, "index", newest.keys().copied()).await?;
+        for (name, (def, seq)) in newest {
+            let stored: Option<i64> = sqlx::query_scalar("SELECT seq FROM indices WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if stored.is_some_and(|s| s >= seq as i64) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO indices (name, base, weights, seq) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET base = EXCLUDED.base, weights = EXCLUDED.weights,
+                   seq = EXCLUDED.seq, updated_at = now()",
+            )
+            .bind(name)
+            .bind(def.base)
+            .bind(serde_json::to_value(&def.weights).unwrap_or_default())
+            .bind(seq as i64)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM index_constituents WHERE name = $1").bind(name).execute(&mut *tx).await?;
+            let (instruments, weights): (Vec<&str>, Vec<f64>) =
+                def.weights.iter().map(|(k, w)| (k.as_str(), *w)).unzip();
+            sqlx::query("INSERT INTO index_constituents (name, instrument, weight) SELECT $1, * FROM unnest($2::text[], $3::float8[])")
+                .bind(name)
+                .bind(&instruments)
+                .bind(&weights)
+                .execute(&mut *tx)
+                .await?;
+            let def = IndexDef {
+                name: name.to_owned(),
+                base: def.base,
+                weights: def.weights.iter().map(|(k, w)| (k.clone(), *w)).collect(),
+            };
+            recompute_index(&mut tx, &def, None).await?;
+        }
+        tx.commit().await
+    }
+}
+
+impl BatchHandler for IndexHandler {
+    type Event = (String, IndexDefinition);
+
+    fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+        _received: Ts,
+    ) -> Result<Self::Event, Rejection> {
+        IndexDefinition::decode(subject, headers, payload)
+    }
+
+    async fn handle(&self, batch: &[Delivery<Self::Event>]) -> Result<(), HandleError> {
+        let span = tracing::info_span!(
+            "db",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation = "index definitions"
+        );
+        self.commit(batch)
+            .instrument(span)
+            .await
+            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing index definitions")))
+    }
+}

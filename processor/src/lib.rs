@@ -1,0 +1,19 @@
+//! Processors: each consumes one kind of event and turns every batch into one PostgreSQL transaction.
+//!
+//! # Layout
+//! - [`prices`]: raw prices → points with returns, SMA, EMA and volatility, and the weighted indices
+//!   over them; [`prices::series`] and [`prices::index`] are the pure derivations (the same code is
+//!   the batch computation the tests compare against).
+//! - [`indices`]: index definitions → stored definition and a recomputed history.
+//! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
+//! - [`run`]: the consumers of a processor role, wired to their streams.
+//!
+//! The invariant every module keeps: a stored derived value equals the batch computation over the raw
+//! data stored so far, whatever the order, duplication or lateness of delivery.
+
+pub mod indices;
+pub mod lock;
+pub mod prices;
+mod run;
+
+pub use run::{ProcessorConfig, run};

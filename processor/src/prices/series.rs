@@ -1,0 +1,186 @@
+//! The per-series derivations, as pure functions.
+//!
+//! For points `p_0..p_k` of one instrument in time order:
+//! - `ret_k = p_k / p_{k-1} - 1`, undefined for k = 0;
+//! - `sma_n,k` = mean of `p_{k-n+1..=k}`, undefined while k < n - 1;
+//! - `ema_n,k = α p_k + (1 - α) ema_n,k-1` with α = 2 / (n + 1) and `ema_n,0 = p_0`;
+//! - `vol_n,k` = sample standard deviation of `ret_{k-n+1..=k}`, undefined until n returns exist.
+//!
+//! [`recompute`] fills points from an index onward, reading only the points before it. The batch
+//! computation is `recompute(all, 0)`; the incremental one is `recompute(window ++ changed tail, window
+//! length)`, where the window holds the stored points before the first change. Both run the same
+//! arithmetic on the same inputs in the same order (stored values round-trip exactly as float8), so
+//! incremental results equal batch results exactly, bit for bit.
+
+use serde::Deserialize;
+
+/// Which windows to derive. Names are `sma_<n>`, `ema_<n>`, `vol_<n>`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transforms {
+    /// Simple moving average windows (n ≥ 1).
+    pub sma: Vec<usize>,
+    /// Exponential moving average spans (n ≥ 1), α = 2 / (n + 1).
+    pub ema: Vec<usize>,
+    /// Rolling volatility windows over returns (n ≥ 2).
+    pub vol: Vec<usize>,
+}
+
+impl Default for Transforms {
+    fn default() -> Self {
+        Transforms { sma: vec![20, 50], ema: vec![12, 26], vol: vec![20] }
+    }
+}
+
+impl Transforms {
+    /// The derived value names in storage order: every sma, then every ema, then every vol.
+    pub fn names(&self) -> Vec<String> {
+        let f = |p: &str, ns: &[usize]| ns.iter().map(|n| format!("{p}_{n}")).collect::<Vec<_>>();
+        [f("sma", &self.sma), f("ema", &self.ema), f("vol", &self.vol)].concat()
+    }
+
+    /// How many points before the first changed one a recompute needs.
+    pub fn window(&self) -> usize {
+        self.sma.iter().chain(&self.vol).copied().max().unwrap_or(1).max(1)
+    }
+
+    /// Checks the windows.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sma.iter().chain(&self.ema).any(|&n| n == 0) {
+            return Err("sma and ema windows must be at least 1".into());
+        }
+        if self.vol.iter().any(|&n| n < 2) {
+            return Err("vol windows must be at least 2 (a sample standard deviation)".into());
+        }
+        let names = self.names();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() {
+            return Err(format!("windows repeat: {names:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// One point of a series with its derived values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The price.
+    pub price: f64,
+    /// The simple return against the previous point.
+    pub ret: Option<f64>,
+    /// The derived values, in [`Transforms::names`] order.
+    pub values: Vec<Option<f64>>,
+}
+
+impl Point {
+    /// A point whose derived values are not computed yet.
+    pub fn raw(price: f64) -> Point {
+        Point { price, ret: None, values: Vec::new() }
+    }
+}
+
+/// Computes `ret` and the derived values of `points[from..]` from the points before them.
+///
+/// `points[..from]` must carry their derived values and be either the whole series before `from` or at
+/// least its last [`Transforms::window`] points.
+pub fn recompute(t: &Transforms, points: &mut [Point], from: usize) {
+    let ema_at = t.sma.len();
+    let vol_at = ema_at + t.ema.len();
+    for i in from..points.len() {
+        let p = points[i].price;
+        let ret = (i > 0).then(|| p / points[i - 1].price - 1.0);
+        let mut values = Vec::with_capacity(vol_at + t.vol.len());
+        for &n in &t.sma {
+            values.push((i + 1 >= n).then(|| points[i + 1 - n..=i].iter().map(|q| q.price).sum::<f64>() / n as f64));
+        }
+        for (j, &n) in t.ema.iter().enumerate() {
+            let alpha = 2.0 / (n as f64 + 1.0);
+            let prev = if i == 0 { None } else { points[i - 1].values.get(ema_at + j).copied().flatten() };
+            values.push(Some(match prev {
+                Some(e) => alpha * p + (1.0 - alpha) * e,
+                None => p,
+            }));
+        }
+        for &n in &t.vol {
+            values.push(volatility(points, i, n, ret));
+        }
+        points[i].ret = ret;
+        points[i].values = values;
+    }
+}
+
+/// Sample standard deviation of the returns of points `i-n+1..=i`, `ret_i` given (not yet stored).
+fn volatility(points: &[Point], i: usize, n: usize, ret_i: Option<f64>) -> Option<f64> {
+    if i + 1 < n {
+        return None;
+    }
+    let mut rets = Vec::with_capacity(n);
+    for q in &points[i + 1 - n..i] {
+        rets.push(q.ret?);
+    }
+    rets.push(ret_i?);
+    let mean = rets.iter().sum::<f64>() / n as f64;
+    let ss = rets.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>();
+    Some((ss / (n as f64 - 1.0)).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(prices: &[f64], t: &Transforms) -> Vec<Point> {
+        let mut ps: Vec<Point> = prices.iter().map(|&p| Point::raw(p)).collect();
+        recompute(t, &mut ps, 0);
+        ps
+    }
+
+    #[test]
+    fn hand_computed_values() {
+        let t = Transforms { sma: vec![2], ema: vec![3], vol: vec![2] };
+        assert_eq!(t.names(), ["sma_2", "ema_3", "vol_2"]);
+        let ps = series(&[10.0, 11.0, 12.1, 9.68], &t);
+        // returns: -, 0.1, 0.1, -0.2
+        assert_eq!(ps[0].ret, None);
+        assert!((ps[1].ret.unwrap() - 0.1).abs() < 1e-12);
+        assert!((ps[3].ret.unwrap() + 0.2).abs() < 1e-12);
+        // sma_2: -, 10.5, 11.55, 10.89
+        assert_eq!(ps[0].values[0], None);
+        assert_eq!(ps[1].values[0], Some(10.5));
+        assert!((ps[2].values[0].unwrap() - 11.55).abs() < 1e-12);
+        assert!((ps[3].values[0].unwrap() - 10.89).abs() < 1e-12);
+        // ema_3 (α = 0.5): 10, 10.5, 11.3, 10.49
+        assert_eq!(ps[0].values[1], Some(10.0));
+        assert_eq!(ps[1].values[1], Some(10.5));
+        assert!((ps[2].values[1].unwrap() - 11.3).abs() < 1e-12);
+        assert!((ps[3].values[1].unwrap() - 10.49).abs() < 1e-12);
+        // vol_2: needs two returns: -, -, sd(0.1, 0.1) = 0, sd(0.1, -0.2) = 0.3/√2
+        assert_eq!(ps[1].values[2], None);
+        assert!(ps[2].values[2].unwrap().abs() < 1e-12);
+        assert!((ps[3].values[2].unwrap() - 0.3 / 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn incremental_equals_batch_bit_for_bit() {
+        let t = Transforms::default();
+        let prices: Vec<f64> = (0..300).map(|i| 100.0 + ((i * 37) % 23) as f64 * 0.37 - (i as f64) * 0.01).collect();
+        let batch = series(&prices, &t);
+        for from in [1, 7, 49, 50, 51, 120, 299] {
+            let w = t.window();
+            let start = from.saturating_sub(w);
+            let mut part: Vec<Point> = batch[start..from].to_vec();
+            part.extend(prices[from..].iter().map(|&p| Point::raw(p)));
+            recompute(&t, &mut part, from - start);
+            assert_eq!(&part[from - start..], &batch[from..], "from {from}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Transforms::default().validate().is_ok());
+        assert!(Transforms { sma: vec![0], ..Default::default() }.validate().is_err());
+        assert!(Transforms { vol: vec![1], ..Default::default() }.validate().is_err());
+        assert!(Transforms { sma: vec![5, 5], ..Default::default() }.validate().is_err());
+    }
+}

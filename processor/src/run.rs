@@ -1,0 +1,97 @@
+//! The consumers of a processor role, each on its own task, all stopped by one token.
+
+use crate::indices::IndexHandler;
+use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
+use anyhow::Context;
+use async_nats::jetstream;
+use sea_orm::sqlx::PgPool;
+use serde::Deserialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tributary_broker::consume::{self, ConsumerSpec};
+use tributary_broker::{Kind, StreamsConfig};
+
+/// How a processor consumes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// The most events per transaction.
+    pub batch: usize,
+    /// Seconds JetStream waits for an ack before redelivering (a crashed processor's batch comes back
+    /// after this).
+    pub ack_wait_secs: u64,
+    /// The most events delivered and not yet acked, per consumer.
+    pub max_ack_pending: i64,
+    /// The prefix of durable consumer names; replicas with the same name share the work.
+    pub durable_prefix: String,
+    /// The derived windows of price series. Every replica must use the same ones.
+    pub prices: Transforms,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            batch: 1000,
+            ack_wait_secs: 30,
+            max_ack_pending: 20_000,
+            durable_prefix: "processor".into(),
+            prices: Transforms::default(),
+        }
+    }
+}
+
+impl ProcessorConfig {
+    fn spec(&self, streams: &StreamsConfig, kind: Kind, label: &'static str) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: streams.stream_name(kind),
+            durable: format!("{}-{}", self.durable_prefix, kind.prefix()),
+            filter_subject: kind.filter(),
+            batch: self.batch.max(1),
+            ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
+            max_ack_pending: self.max_ack_pending,
+            label,
+        }
+    }
+}
+
+/// Runs every consumer until `shutdown`; returns the first failure.
+pub async fn run(
+    js: jetstream::Context,
+    pool: PgPool,
+    cfg: ProcessorConfig,
+    streams: StreamsConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.prices.validate().map_err(anyhow::Error::msg).context("processor.prices")?;
+    let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
+    if recomputed > 0 {
+        tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(consume::run(
+        js.clone(),
+        cfg.spec(&streams, Kind::Price, "prices"),
+        PriceHandler::new(pool.clone(), cfg.prices.clone()),
+        shutdown.clone(),
+    ));
+    tasks.spawn(consume::run(
+        js,
+        cfg.spec(&streams, Kind::Index, "indices"),
+        IndexHandler::new(pool),
+        shutdown.clone(),
+    ));
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(e).context("consumer stopped");
+            }
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e).context("consumer task panicked");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Connecting to PostgreSQL.
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
+use sea_orm_migration::MigratorTrait;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Where the database is and how many connections to keep.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// `postgres://user[:password]@host:port/database`; `DATABASE_URL` overrides it.
+    pub url: String,
+    /// The pool's size.
+    pub max_connections: u32,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig { url: "postgres://postgres@127.0.0.1:5432/tributary".into(), max_connections: 8 }
+    }
+}
+
+/// A database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL has no database name.
+    #[error("database URL {0:?} names no database")]
+    BadUrl(String),
+    /// PostgreSQL refused or failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Opens a pool.
+pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
+    let mut opt = ConnectOptions::new(cfg.url.clone());
+    opt.max_connections(cfg.max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Ok(Database::connect(opt).await?)
+}
+
+/// Splits `postgres://…/name?x` into (`postgres://…/postgres?x`, `name`).
+pub fn maintenance_url(url: &str) -> Result<(String, String), StoreError> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, name) = base
+        .rsplit_once('/')
+        .filter(|(s, n)| s.contains("://") && !s.ends_with('/') && !n.is_empty())
+        .ok_or_else(|| StoreError::BadUrl(url.into()))?;
+    let admin = match query {
+        Some(q) => format!("{server}/postgres?{q}"),
+        None => format!("{server}/postgres"),
+    };
+    Ok((admin, name.to_owned()))
+}
+
+/// Creates the database named by `url` if it does not exist. Returns whether it was created.
+pub async fn ensure_database(url: &str) -> Result<bool, StoreError> {
+    let (admin, name) = maintenance_url(url)?;
+    let db = Database::connect(ConnectOptions::new(admin).sqlx_logging(false).to_owned()).await?;
+    let exists = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.clone().into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        // CREATE DATABASE takes no bind parameters: quote the identifier.
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = db.execute_unprepared(&sql).await {
+            // Another role may have created it meanwhile.
+            if !e.to_string().contains("already exists") {
+                return Err(e.into());
+            }
+        }
+    }
+    db.close().await?;
+    Ok(!exists)
+}
+
+/// Whether every migration has been applied.
+pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, StoreError> {
+    let sql = "SELECT count(*) FROM seaql_migrations WHERE to_regclass('seaql_migrations') IS NOT NULL";
+    let applied: i64 = match db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await {
+        Ok(Some(row)) => row.try_get_by_index(0)?,
+        Ok(None) => 0,
+        // No migrations table yet.
+        Err(_) => 0,
+    };
+    Ok(applied as usize >= crate::Migrator::migrations().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maintenance_url;
+
+    #[test]
+    fn maintenance_url_swaps_the_database() {
+        assert_eq!(
+            maintenance_url("postgres://postgres@127.0.0.1:5432/tributary").unwrap(),
+            ("postgres://postgres@127.0.0.1:5432/postgres".into(), "tributary".into())
+        );
+        assert_eq!(
+            maintenance_url("postgres://u:p@h/db?sslmode=disable").unwrap(),
+            ("postgres://u:p@h/postgres?sslmode=disable".into(), "db".into())
+        );
+        assert!(maintenance_url("postgres://h:5432").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! PostgreSQL: the schema (migrations), the sea-orm entities and the read queries shared by the roles.
+//!
+//! # Layout
+//! - [`migrations`]: the schema, as SQL migrations run by sea-orm's migrator (`Migrator::up` at startup).
+//! - [`entity`]: sea-orm entities for the tables the API reads.
+//! - [`db`]: connecting, creating a missing database, and readiness.
+//!
+//! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
+//! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
+
+pub mod db;
+pub mod entity;
+pub mod migrations;
+
+pub use db::{DbConfig, StoreError, connect, ensure_database};
+pub use migrations::Migrator;

@@ -1,0 +1,127 @@
+//! Configuration: typed, every field documented, every default working on localhost.
+//!
+//! Sources, later ones winning: built-in defaults; the TOML file (`--config FILE`, else `tributary.toml`
+//! in the working directory if present); `TRIBUTARY_<SECTION>__<FIELD>` environment variables (e.g.
+//! `TRIBUTARY_API__LISTEN=0.0.0.0:8080`); and the conventional `NATS_URL`, `DATABASE_URL` and
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`. See `tributary.example.toml` for every field.
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use std::path::Path;
+use tributary_aggregator::AggregatorConfig;
+use tributary_api::ApiConfig;
+use tributary_broker::StreamsConfig;
+use tributary_gatherer::prices::SimConfig;
+use tributary_processor::ProcessorConfig;
+use tributary_store::DbConfig;
+use tributary_telemetry::TelemetryConfig;
+
+/// Everything.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// NATS.
+    pub nats: NatsConfig,
+    /// PostgreSQL.
+    pub database: DbConfig,
+    /// JetStream streams.
+    pub streams: StreamsConfig,
+    /// The processor role.
+    pub processor: ProcessorConfig,
+    /// The API role.
+    pub api: ApiConfig,
+    /// Logs, traces, metrics.
+    pub telemetry: TelemetryConfig,
+    /// The gatherers.
+    pub gatherer: GathererConfig,
+    /// The aggregator role.
+    pub aggregator: AggregatorConfig,
+    /// `tributary up`.
+    pub up: UpConfig,
+}
+
+/// NATS connection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated; `NATS_URL` overrides it.
+    pub url: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig { url: "nats://127.0.0.1:4222".into() }
+    }
+}
+
+/// Gatherer settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GathererConfig {
+    /// The price simulator.
+    pub prices: SimConfig,
+}
+
+/// `tributary up` settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpConfig {
+    /// Where private nats-server and PostgreSQL keep their data when `up` starts them.
+    pub data_dir: String,
+    /// Install nats-server and PostgreSQL with apt-get when they are missing (as root only).
+    pub install_missing: bool,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig { data_dir: ".tributary".into(), install_missing: true }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from `file` (or `tributary.toml` if present) and the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::new();
+        match file {
+            Some(f) => {
+                anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
+                fig = fig.merge(Toml::file(f));
+            }
+            None if Path::new("tributary.toml").exists() => fig = fig.merge(Toml::file("tributary.toml")),
+            None => {}
+        }
+        let mut cfg: Config =
+            fig.merge(Env::prefixed("TRIBUTARY_").split("__")).extract().context("reading configuration")?;
+        if let Ok(url) = std::env::var("NATS_URL")
+            && !url.is_empty()
+        {
+            cfg.nats.url = url;
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.is_empty()
+        {
+            cfg.database.url = url;
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../../tributary.example.toml");
+        let cfg: Config = Figment::new().merge(Toml::string(text)).extract().unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<Config, _> = Figment::new().merge(Toml::string("[api]\nlisten_on = 'x'")).extract();
+        assert!(r.unwrap_err().to_string().contains("listen_on"));
+    }
+}

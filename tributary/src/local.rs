@@ -1,0 +1,226 @@
+//! Local servers for `tributary up`: use NATS and PostgreSQL where they answer; otherwise start private
+//! ones from the installed binaries (installing them with apt-get first when missing and running as
+//! root), under the data folder, and say so.
+
+use crate::config::Config;
+use anyhow::{Context, bail};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Private servers started by `up`; stopped when dropped.
+#[derive(Default)]
+pub struct LocalServers {
+    nats: Option<Child>,
+    postgres: Option<(PathBuf, PathBuf, bool)>,
+}
+
+impl Drop for LocalServers {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.nats.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some((pg_ctl, dir, as_postgres)) = self.postgres.take() {
+            let _ = run_pg(&pg_ctl, as_postgres, &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"]);
+        }
+    }
+}
+
+/// Host and port of a `scheme://[user@]host:port/...` URL.
+fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split("://").nth(1)?.split(',').next()?;
+    let rest = rest.rsplit('@').next()?;
+    let hp = rest.split(['/', '?']).next()?;
+    match hp.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None => Some((hp.to_owned(), default_port)),
+    }
+}
+
+fn answers(host: &str, port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map(|mut a| a.any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()))
+        .unwrap_or(false)
+}
+
+fn free_port(preferred: u16) -> u16 {
+    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+        return preferred;
+    }
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(preferred)
+}
+
+fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(extra.iter().map(PathBuf::from)).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn pg_bin(name: &str) -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.reverse();
+    let extra: Vec<String> = versions.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    find(name, &extra)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn apt_install(package: &str) -> anyhow::Result<()> {
+    eprintln!("tributary up: installing {package} with apt-get");
+    let ok =
+        |c: &mut Command| c.env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false);
+    if !ok(Command::new("apt-get").args(["update", "-q"]))
+        || !ok(Command::new("apt-get").args(["install", "-y", "-q", package]))
+    {
+        bail!("apt-get install {package} failed");
+    }
+    Ok(())
+}
+
+fn wait_for(host: &str, port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if answers(host, port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not start listening on {host}:{port} within 30 s")
+}
+
+fn run_pg(bin: &Path, as_postgres: bool, args: &[&str]) -> anyhow::Result<()> {
+    let status = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin).args(args);
+        c.stdout(Stdio::null()).status()
+    } else {
+        Command::new(bin).args(args).stdout(Stdio::null()).status()
+    }
+    .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("{} {} failed", bin.display(), args.join(" "));
+    }
+    Ok(())
+}
+
+/// Makes sure NATS and PostgreSQL answer, starting private ones where they do not; rewrites the URLs
+/// in `cfg` to point at what it started.
+pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
+    let mut servers = LocalServers::default();
+    let data = PathBuf::from(&cfg.up.data_dir);
+    let data = if data.is_absolute() { data } else { std::env::current_dir()?.join(data) };
+
+    let (host, port) = host_port(&cfg.nats.url, 4222).context("nats.url")?;
+    let wanted = format!("{host}:{port}");
+    if !answers(&host, port) {
+        let bin = match find("nats-server", &["/usr/sbin", "/usr/local/bin"]) {
+            Some(b) => b,
+            None if cfg.up.install_missing && is_root() => {
+                apt_install("nats-server")?;
+                find("nats-server", &["/usr/sbin", "/usr/local/bin"])
+                    .context("nats-server not found after installing it")?
+            }
+            None => bail!(
+                "NATS does not answer at {} and nats-server is not installed (apt-get install nats-server)",
+                cfg.nats.url
+            ),
+        };
+        let port = free_port(4222);
+        let dir = data.join("nats");
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(data.join("nats.log"))?;
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        servers.nats = Some(child);
+        wait_for("127.0.0.1", port, "nats-server")?;
+        cfg.nats.url = format!("nats://127.0.0.1:{port}");
+        eprintln!(
+            "tributary up: NATS did not answer at {wanted}; started a private nats-server on {} (data in {})",
+            cfg.nats.url,
+            dir.display()
+        );
+    }
+
+    let (host, port) = host_port(&cfg.database.url, 5432).context("database.url")?;
+    let wanted = format!("{host}:{port}");
+    if !answers(&host, port) {
+        let initdb = match pg_bin("initdb") {
+            Some(b) => b,
+            None if cfg.up.install_missing && is_root() => {
+                apt_install("postgresql")?;
+                pg_bin("initdb").context("initdb not found after installing PostgreSQL")?
+            }
+            None => {
+                bail!("PostgreSQL does not answer at {host}:{port} and is not installed (apt-get install postgresql)")
+            }
+        };
+        let pg_ctl = initdb.with_file_name("pg_ctl");
+        let as_postgres = is_root();
+        let dir = data.join("postgres");
+        if !dir.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&dir)?;
+            if as_postgres {
+                let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status()?.success();
+                anyhow::ensure!(ok, "cannot hand {} to the postgres user", data.display());
+            }
+            run_pg(
+                &initdb,
+                as_postgres,
+                &["-D", &dir.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            )?;
+        }
+        let port = free_port(5432);
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
+        let log = data.join("postgres.log");
+        run_pg(
+            &pg_ctl,
+            as_postgres,
+            &["-D", &dir.to_string_lossy(), "-o", &opts, "-l", &log.to_string_lossy(), "-w", "start"],
+        )?;
+        servers.postgres = Some((pg_ctl, dir.clone(), as_postgres));
+        wait_for("127.0.0.1", port, "PostgreSQL")?;
+        let db = cfg
+            .database
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap_or("tributary")
+            .split('?')
+            .next()
+            .unwrap_or("tributary")
+            .to_owned();
+        cfg.database.url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
+        eprintln!(
+            "tributary up: PostgreSQL did not answer at {wanted}; started a private cluster on 127.0.0.1:{port} (data in {})",
+            dir.display()
+        );
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_and_port_from_urls() {
+        assert_eq!(host_port("nats://127.0.0.1:4222", 1), Some(("127.0.0.1".into(), 4222)));
+        assert_eq!(host_port("nats://user:pw@host", 4222), Some(("host".into(), 4222)));
+        assert_eq!(host_port("postgres://postgres@127.0.0.1:5433/db?x=1", 5432), Some(("127.0.0.1".into(), 5433)));
+        assert_eq!(host_port("nats://a:1,nats://b:2", 4222), Some(("a".into(), 1)));
+    }
+}
