@@ -166,7 +166,7 @@ mod tests {
         let t = Transforms::default();
         let prices: Vec<f64> = (0..300).map(|i| 100.0 + ((i * 37) % 23) as f64 * 0.37 - (i as f64) * 0.01).collect();
         let batch = series(&prices, &t);
-        for from in [1, 7, 49, 50, 51, 120, 299] {
+        for from in [1usize, 7, 49, 50, 51, 120, 299] {
             let w = t.window();
             let start = from.saturating_sub(w);
             let mut part: Vec<Point> = batch[start..from].to_vec();

@@ -1,0 +1,120 @@
+//! API behaviour: errors are JSON with the right status, documented routes exist.
+
+use crate::common::spawn_app;
+use reqwest::Method;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_the_right_status() {
+    let app = spawn_app().await;
+    app.publish_plain("price.ACME", r#"{"ts":"2026-01-02","price":10}"#).await;
+    app.settled().await;
+
+    let cases: Vec<(Method, &str, &str, u16, &str, Option<&str>)> = vec![
+        (Method::GET, "/v1/series/price/NOPE", "", 404, "not_found", None),
+        (Method::GET, "/v1/series/price/ACME?limit=0", "", 400, "invalid_limit", Some("limit")),
+        (Method::GET, "/v1/series/price/ACME?limit=-3", "", 400, "invalid_limit", Some("limit")),
+        (Method::GET, "/v1/series/price/ACME?limit=ten", "", 400, "invalid_limit", Some("limit")),
+        (Method::GET, "/v1/series/price/ACME?from=yesterday", "", 400, "invalid_from", Some("from")),
+        (Method::GET, "/v1/series/price/ACME?to=2026-13-45", "", 400, "invalid_to", Some("to")),
+        (Method::GET, "/v1/series/price/ACME?from=2026-02-01&to=2026-01-01", "", 400, "invalid_range", Some("from")),
+        (Method::GET, "/v1/indices/NOPE", "", 404, "not_found", None),
+        (Method::GET, "/v1/nothing/here", "", 404, "not_found", None),
+        (Method::DELETE, "/v1/series/price/ACME", "", 405, "method_not_allowed", None),
+        (Method::PUT, "/v1/indices/x", "{", 400, "invalid_index", None),
+        (Method::PUT, "/v1/indices/x", r#"{"weights":{}}"#, 400, "invalid_index", None),
+        (Method::PUT, "/v1/indices/x", r#"{"base":-1,"weights":{"A":1}}"#, 400, "invalid_index", None),
+        (Method::PUT, "/v1/indices/a.b", r#"{"weights":{"A":1}}"#, 400, "invalid_name", Some("name")),
+        (Method::POST, "/v1/events/metric.x", r#"{"price":1}"#, 400, "unknown_subject", Some("subject")),
+        (Method::POST, "/v1/events/price.A.B", r#"{"price":1}"#, 400, "unknown_subject", None),
+        (Method::POST, "/v1/events/price.A", r#"{"ts":"2026-01-02"}"#, 400, "invalid_event", None),
+        (Method::POST, "/v1/events/price.A", r#"{"price":0}"#, 400, "invalid_event", None),
+        (Method::POST, "/v1/events/price.A", "garbage", 400, "invalid_event", None),
+        (Method::POST, "/v1/dlq/abc/replay", "", 400, "invalid_seq", Some("seq")),
+        (Method::GET, "/v1/dlq?limit=0", "", 400, "invalid_limit", Some("limit")),
+    ];
+    for (method, path, body, status, code, field) in cases {
+        let (s, b) = app.send(method.clone(), path, body).await;
+        assert_eq!(s.as_u16(), status, "{method} {path}: {b}");
+        assert_eq!(b["error"]["code"], code, "{method} {path}: {b}");
+        assert!(b["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {path}: {b}");
+        assert_eq!(b["error"]["field"].as_str(), field, "{method} {path}: {b}");
+    }
+
+    // A body over the limit is refused with 413 and a JSON error.
+    let big = format!(r#"{{"price":1,"pad":"{}"}}"#, "x".repeat(2 << 20));
+    let (s, b) = app.send(Method::POST, "/v1/events/price.A", &big).await;
+    assert_eq!(s, 413);
+    assert_eq!(b["error"]["code"], "payload_too_large");
+
+    // Range filters and limits work.
+    let (s, b) = app.get("/v1/series/price/ACME?from=2026-01-02&to=2026-01-02&limit=1").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["points"].as_array().unwrap().len(), 1);
+    let (_, b) = app.get("/v1/series/price/ACME?from=2026-01-03").await;
+    assert!(b["points"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_publishes_with_idempotency_keys() {
+    let app = spawn_app().await;
+    let r = app
+        .http
+        .post(format!("{}/v1/events/price.ACME", app.base))
+        .header("Idempotency-Key", "acme-1")
+        .body(r#"{"ts":"2026-01-02","price":10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["stream"], "PRICES");
+    assert_eq!(first["duplicate"], false);
+    let again: Value = app
+        .http
+        .post(format!("{}/v1/events/price.ACME", app.base))
+        .header("Idempotency-Key", "acme-1")
+        .body(r#"{"ts":"2026-01-02","price":10}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["seq"], first["seq"]);
+    app.settled().await;
+    let (_, b) = app.get("/v1/series/price/ACME").await;
+    assert_eq!(b["points"][0]["value"], 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_the_openapi_document() {
+    let app = spawn_app().await;
+    let (s, b) = app.get("/healthz").await;
+    assert_eq!((s.as_u16(), b["status"].as_str()), (200, Some("ok")));
+    let (s, b) = app.get("/readyz").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["checks"]["migrations"], true);
+    let r = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let docs = app.http.get(format!("{}/docs", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(docs.contains("/openapi.json"));
+
+    // Every documented path is routed (answers something other than the unknown-route 404).
+    let (s, doc) = app.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{instrument}", "ACME")
+                .replace("{name}", "ACME")
+                .replace("{subject}", "price.ACME")
+                .replace("{seq}", "1");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (_, b) = app.send(m, &concrete, "{}").await;
+            assert_ne!(b["error"]["message"], "no such route", "{method} {path} is documented but not routed");
+        }
+    }
+}

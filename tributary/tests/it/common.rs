@@ -1,0 +1,141 @@
+//! `spawn_app()`: NATS, a database, the processor and the API in this process, on free ports.
+
+use async_nats::jetstream;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tributary::app::{self, Connected};
+use tributary::config::Config;
+use tributary_broker::codec;
+use tributary_testkit::{NatsServer, TestDb, eventually};
+
+pub struct TestApp {
+    _nats: NatsServer,
+    _db: TestDb,
+    pub c: Connected,
+    pub base: String,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    processors: Vec<JoinHandle<anyhow::Result<()>>>,
+    _api: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let mut config = Config::default();
+    config.nats.url = nats.url();
+    config.database.url = db.url().to_owned();
+    config.database.max_connections = 4;
+    config.processor.ack_wait_secs = 2;
+    config.api.write_wait_ms = 10_000;
+    tune(&mut config);
+    let c = app::connect(config).await.expect("connecting the test app");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let api = {
+        let (c, s) = (c.clone(), stop.clone());
+        tokio::spawn(async move { c.api(listener, s).await })
+    };
+    let mut app = TestApp {
+        _nats: nats,
+        _db: db,
+        c,
+        base,
+        http: reqwest::Client::new(),
+        stop,
+        processors: Vec::new(),
+        _api: api,
+    };
+    app.start_processor();
+    app
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for p in &self.processors {
+            p.abort();
+        }
+    }
+}
+
+impl TestApp {
+    pub fn js(&self) -> jetstream::Context {
+        self.c.js.clone()
+    }
+
+    /// Starts one more processor replica on the shared durable consumers.
+    pub fn start_processor(&mut self) {
+        let (c, s) = (self.c.clone(), self.stop.child_token());
+        self.processors.push(tokio::spawn(async move { c.processor(s).await }));
+    }
+
+    /// Kills every processor replica abruptly (no drain, no acks for the batch in hand).
+    pub fn kill_processors(&mut self) {
+        for p in self.processors.drain(..) {
+            p.abort();
+        }
+    }
+
+    /// Publishes raw JSON bytes with no headers, as `nats pub` does; returns the stream sequence.
+    pub async fn publish_plain(&self, subject: &str, payload: &str) -> u64 {
+        let ack = self.c.js.publish(subject.to_owned(), payload.to_owned().into()).await.unwrap().await.unwrap();
+        ack.sequence
+    }
+
+    /// Publishes MessagePack as our publishers do; returns the stream sequence.
+    pub async fn publish_msgpack<T: serde::Serialize>(&self, subject: &str, value: &T) -> u64 {
+        let headers = tributary_broker::publish::headers(None, codec::MSGPACK);
+        let ack =
+            tributary_broker::publish::publish_one(&self.c.js, subject.to_owned(), headers, codec::to_msgpack(value))
+                .await
+                .unwrap();
+        ack.sequence
+    }
+
+    /// Waits until both processor consumers have nothing pending and nothing unacked.
+    pub async fn settled(&self) {
+        for (stream, durable) in [("PRICES", "processor-price"), ("INDICES", "processor-index")] {
+            let js = self.c.js.clone();
+            eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {
+                let js = js.clone();
+                async move {
+                    let s = js.get_stream(stream).await.ok()?;
+                    let mut consumer: jetstream::consumer::PullConsumer = s.get_consumer(durable).await.ok()?;
+                    let info = consumer.info().await.ok()?;
+                    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}

@@ -1,0 +1,96 @@
+//! Bad input is dead-lettered with its reason, the pipeline keeps going, and dead letters replay.
+
+use crate::common::spawn_app;
+use reqwest::Method;
+use serde::Serialize;
+use tributary_testkit::eventually;
+
+#[derive(Serialize)]
+struct Nan {
+    price: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_lands_in_the_dlq_with_its_reason() {
+    let app = spawn_app().await;
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("price.ACME", b"not json at all".to_vec(), "invalid MessagePack payload"),
+        ("price.ACME", br#"{"ts":"2026-01-02"}"#.to_vec(), "missing field `price`"),
+        ("price.ACME", br#"{"ts":"2026-01-02","price":"ten"}"#.to_vec(), "invalid type"),
+        ("price.ACME", br#"{"ts":"someday","price":1}"#.to_vec(), "bad ts"),
+        ("price.ACME", br#"{"ts":"2026-01-02","price":-3}"#.to_vec(), "price must be positive"),
+        ("price.ACME", br#"{"ts":"2026-01-02","price":1e999}"#.to_vec(), "invalid JSON payload"),
+        ("price.ACME", rmp_serde::to_vec_named(&Nan { price: f64::NAN }).unwrap(), "finite"),
+        ("price.ACME", rmp_serde::to_vec_named(&Nan { price: f64::INFINITY }).unwrap(), "finite"),
+        ("price.ACME.extra", br#"{"price":1}"#.to_vec(), "unknown subject shape"),
+        ("index.broken", br#"{"weights":{}}"#.to_vec(), "at least one instrument"),
+    ];
+    for (k, (subject, payload, _)) in bad.iter().enumerate() {
+        app.js().publish(subject.to_string(), payload.clone().into()).await.unwrap().await.unwrap();
+        // a valid event after each bad one: the pipeline keeps going
+        app.publish_plain("price.GOOD", &format!(r#"{{"ts":{},"price":5}}"#, 1_767_225_600_000u64 + k as u64 * 1000))
+            .await;
+    }
+    app.settled().await;
+
+    let (status, body) = app.get("/v1/dlq?limit=100").await;
+    assert_eq!(status, 200, "{body}");
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), bad.len(), "{body}");
+    // newest first
+    for (letter, (subject, payload, reason)) in letters.iter().rev().zip(&bad) {
+        assert_eq!(letter["subject"], *subject);
+        assert!(letter["reason"].as_str().unwrap().contains(reason), "{letter} should say {reason}");
+        match std::str::from_utf8(payload) {
+            Ok(text) => assert_eq!(letter["payload"], text),
+            Err(_) => assert_eq!(letter["payload_encoding"], "base64"),
+        }
+        assert!(letter["original_seq"].as_u64().is_some());
+    }
+    let (_, good) = app.get("/v1/series/price/GOOD").await;
+    assert_eq!(good["points"].as_array().unwrap().len(), bad.len(), "valid events interleaved were all processed");
+
+    // Dead letters are counted by class.
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tributary_dead_letters_total"), "{metrics}");
+    assert!(metrics.contains("tributary_events_total"), "{metrics}");
+
+    // Replay republishes the original payload to the original subject, once however often it is asked.
+    let seq = letters[0]["seq"].as_u64().unwrap();
+    let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!(status, 202, "{replay}");
+    assert_eq!(replay["subject"], "index.broken");
+    assert_eq!(replay["duplicate"], false);
+    let (_, again) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    app.settled().await;
+    // Still invalid, so it is dead-lettered again, pointing at the replayed message.
+    let replayed_seq = replay["seq"].as_u64().unwrap();
+    let letters = eventually(std::time::Duration::from_secs(10), "the replay's dead letter", || async {
+        let (_, body) = app.get("/v1/dlq").await;
+        let l = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        (l.len() == bad.len() + 1).then_some(l)
+    })
+    .await;
+    assert_eq!(letters[0]["original_seq"].as_u64(), Some(replayed_seq));
+    assert!(letters[0]["reason"].as_str().unwrap().contains("at least one instrument"));
+
+    let (status, body) = app.send(Method::POST, "/v1/dlq/99999/replay", "").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_republishes_the_exact_payload_to_the_original_subject() {
+    let app = spawn_app().await;
+    app.js().publish("price.X", br#"{"price":"1"}"#.to_vec().into()).await.unwrap().await.unwrap();
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq").await;
+    let seq = body["dead_letters"][0]["seq"].as_u64().unwrap();
+    let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!(status, 202);
+    let stream = app.js().get_stream("PRICES").await.unwrap();
+    let m = stream.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap();
+    assert_eq!(&m.payload[..], br#"{"price":"1"}"#);
+    assert_eq!(m.subject.as_str(), "price.X");
+}

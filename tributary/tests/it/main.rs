@@ -1,0 +1,9 @@
+//! End-to-end tests against real NATS JetStream and real PostgreSQL: a private nats-server and a fresh
+//! database per test (see tributary-testkit). One test binary, so the suite links once.
+
+mod api;
+mod common;
+mod differential;
+mod dlq;
+mod prices;
+mod processes;

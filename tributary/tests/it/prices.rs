@@ -1,0 +1,122 @@
+//! Prices and indices through the whole pipeline, against hand-computed values.
+
+use crate::common::{spawn_app, spawn_app_with};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tributary_broker::events::PriceEvent;
+use tributary_broker::ts::Ts;
+use tributary_processor::prices::series::Transforms;
+
+fn close(a: &Value, b: f64) -> bool {
+    a.as_f64().is_some_and(|a| (a - b).abs() <= 1e-12 * b.abs().max(1.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_json_and_msgpack_give_hand_computed_derived_values() {
+    let app = spawn_app_with(|c| c.processor.prices = Transforms { sma: vec![2], ema: vec![3], vol: vec![2] }).await;
+    // The nats CLI sends bare JSON; our publishers send MessagePack. Out of order on purpose.
+    app.publish_plain("price.ACME", r#"{"ts":"2026-01-03","price":12.1}"#).await;
+    app.publish_plain("price.ACME", r#"{"ts":"2026-01-01","price":10}"#).await;
+    app.publish_msgpack(
+        "price.ACME",
+        &PriceEvent { ts: Some(Ts::parse("2026-01-02").unwrap()), price: 11.0, volume: Some(5.0) },
+    )
+    .await;
+    app.publish_plain("price.ACME", r#"{"ts":1767571200000,"price":9.68}"#).await; // 2026-01-05
+    app.settled().await;
+
+    let (status, body) = app.get("/v1/series/price/ACME").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "price");
+    assert_eq!(body["key"], "ACME");
+    let p = body["points"].as_array().unwrap();
+    let ts: Vec<&str> = p.iter().map(|p| p["ts"].as_str().unwrap()).collect();
+    assert_eq!(ts, ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-05T00:00:00Z"]);
+    assert_eq!(p[1]["volume"], 5.0);
+    // returns: null, 0.1, 0.1, -0.2
+    assert!(p[0]["ret"].is_null());
+    assert!(close(&p[1]["ret"], 0.1) && close(&p[2]["ret"], 0.1) && close(&p[3]["ret"], -0.2), "{body}");
+    // sma_2: null, 10.5, 11.55, 10.89
+    assert!(p[0]["sma_2"].is_null());
+    assert!(close(&p[1]["sma_2"], 10.5) && close(&p[2]["sma_2"], 11.55) && close(&p[3]["sma_2"], 10.89), "{body}");
+    // ema_3 (α = 0.5): 10, 10.5, 11.3, 10.49
+    assert!(close(&p[0]["ema_3"], 10.0) && close(&p[1]["ema_3"], 10.5));
+    assert!(close(&p[2]["ema_3"], 11.3) && close(&p[3]["ema_3"], 10.49), "{body}");
+    // vol_2: null, null, 0, 0.3/√2
+    assert!(p[0]["vol_2"].is_null() && p[1]["vol_2"].is_null());
+    assert!(close(&p[2]["vol_2"], 0.0) && close(&p[3]["vol_2"], 0.3 / 2f64.sqrt()), "{body}");
+
+    // A correction in the past recomputes everything after it: day 2 becomes 12.
+    app.publish_plain("price.ACME", r#"{"ts":"2026-01-02","price":12}"#).await;
+    app.settled().await;
+    let (_, body) = app.get("/v1/series/price/ACME").await;
+    let p = body["points"].as_array().unwrap();
+    assert!(close(&p[1]["ret"], 0.2) && close(&p[2]["ret"], 12.1 / 12.0 - 1.0), "{body}");
+    assert!(close(&p[1]["ema_3"], 11.0) && close(&p[2]["ema_3"], 11.55) && close(&p[3]["ema_3"], 10.615), "{body}");
+
+    let (_, list) = app.get("/v1/series/price").await;
+    assert_eq!(list["series"][0]["key"], "ACME");
+    assert_eq!(list["series"][0]["points"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_hand_computed_with_a_correction_in_the_past() {
+    let app = spawn_app().await;
+    // Prices first: defining an index computes it over existing history.
+    for (i, d, p) in [("A", 1, 10.0), ("B", 1, 20.0), ("A", 2, 11.0), ("B", 2, 20.0), ("A", 3, 50.0)] {
+        let (s, b) = app
+            .send(
+                Method::POST,
+                &format!("/v1/events/price.{i}"),
+                &json!({"ts": format!("2026-01-0{d}"), "price": p}).to_string(),
+            )
+            .await;
+        assert_eq!(s, 202, "{b}");
+    }
+    app.settled().await;
+    let (s, b) = app.send(Method::PUT, "/v1/indices/duo", r#"{"base":100,"weights":{"A":0.5,"B":0.5}}"#).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["name"], "duo");
+    let levels = |b: &Value| {
+        b["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["ts"].as_str().unwrap()[..10].to_owned(), p["level"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // Day 3 lacks B: not an index date. R_2 = 0.5 * 0.1 + 0.5 * 0 = 0.05.
+    let l = levels(&b);
+    assert_eq!(l.len(), 2, "{b}");
+    assert_eq!(l[0], ("2026-01-01".into(), 100.0));
+    assert!((l[1].1 - 105.0).abs() < 1e-9);
+
+    // Day 4 arrives for both: R_4 = 0.5 * (11/11 - 1) + 0.5 * (22/20 - 1) = 0.05 → 110.25.
+    app.publish_plain("price.A", r#"{"ts":"2026-01-04","price":11}"#).await;
+    app.publish_plain("price.B", r#"{"ts":"2026-01-04","price":22}"#).await;
+    app.settled().await;
+    let (_, b) = app.get("/v1/indices/duo").await;
+    let l = levels(&b);
+    assert_eq!(l.len(), 3, "{b}");
+    assert!((l[2].1 - 110.25).abs() < 1e-9, "{b}");
+
+    // Correct A on day 2 to 12: R_2 = 0.1 → 110; R_4 = 0.5 * (11/12 - 1) + 0.05 → 110 * 1.0083333….
+    app.publish_plain("price.A", r#"{"ts":"2026-01-02","price":12}"#).await;
+    app.settled().await;
+    let (_, b) = app.get("/v1/indices/duo").await;
+    let l = levels(&b);
+    assert_eq!(l[0].1, 100.0);
+    assert!((l[1].1 - 110.0).abs() < 1e-9, "{b}");
+    assert!((l[2].1 - 110.0 * (1.0 + 0.5 * (11.0 / 12.0 - 1.0) + 0.05)).abs() < 1e-9, "{b}");
+    assert!(b["points"][0]["ret"].is_null());
+
+    // Redefining the index recomputes it from scratch with the new weights.
+    let (s, b) = app.send(Method::PUT, "/v1/indices/duo", r#"{"base":1000,"weights":{"B":1}}"#).await;
+    assert_eq!(s, 200, "{b}");
+    let l = levels(&b);
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[0].1, 1000.0);
+    assert!((l[2].1 - 1100.0).abs() < 1e-9, "{b}");
+    let (_, list) = app.get("/v1/indices").await;
+    assert_eq!(list["indices"][0]["name"], "duo");
+}

@@ -1,0 +1,126 @@
+//! The binary as separate processes: one trace across gatherer and processor; `tributary up` serving,
+//! starting a private nats-server when none answers, and stopping cleanly on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tributary_testkit::{NatsServer, OtlpReceiver, TestDb, eventually, free_port, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tributary(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut c = Command::new(BIN);
+    c.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    c.env_remove("TRIBUTARY_CONFIG").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Proc(c.spawn().expect("starting the tributary binary"))
+}
+
+fn sigterm(p: &Proc) {
+    let ok = Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -TERM failed");
+}
+
+async fn exit_code(p: &mut Proc, within: Duration) -> Option<i32> {
+    eventually(within, "the process to exit", || {
+        let r = p.0.try_wait().unwrap();
+        async move { r }
+    })
+    .await
+    .code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_publish_process_and_db_across_two_processes() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let otlp = OtlpReceiver::start().await;
+    let env = [
+        ("NATS_URL", nats.url()),
+        ("DATABASE_URL", db.url().to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut processor = tributary(&["processor"], &env);
+    let mut gatherer =
+        tributary(&["gatherer", "prices", "--instruments", "2", "--rate", "200", "--limit", "6", "--seed", "7"], &env);
+    assert_eq!(exit_code(&mut gatherer, Duration::from_secs(60)).await, Some(0), "gatherer failed");
+
+    let (trace, spans) = eventually(Duration::from_secs(60), "one trace holding publish, process and db spans", || {
+        let spans = otlp.spans();
+        async move {
+            let publish = spans.iter().filter(|s| s.service == "tributary-gatherer" && s.name == "publish");
+            for p in publish {
+                let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == p.trace_id).cloned().collect();
+                let process = trace.iter().find(|s| s.service == "tributary-processor" && s.name == "process");
+                let db = trace.iter().find(|s| s.service == "tributary-processor" && s.name == "db");
+                if let (Some(process), Some(db)) = (process, db)
+                    && process.parent_span_id == p.span_id
+                    && db.parent_span_id == process.span_id
+                {
+                    return Some((p.trace_id.clone(), trace));
+                }
+            }
+            None
+        }
+    })
+    .await;
+    assert!(spans.len() >= 3, "trace {trace}: {spans:?}");
+    sigterm(&processor);
+    assert_eq!(
+        exit_code(&mut processor, Duration::from_secs(30)).await,
+        Some(0),
+        "processor did not stop cleanly on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_a_private_nats_when_none_answers_serves_and_stops_on_sigterm() {
+    let db = TestDb::create().await;
+    let data = std::env::temp_dir().join(unique("tributary_up"));
+    let port = free_port();
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = data.to_string_lossy().into_owned();
+    let mut up = tributary(
+        &["up", "--listen", &listen],
+        &[
+            ("NATS_URL", &nowhere),
+            ("DATABASE_URL", db.url()),
+            ("TRIBUTARY_UP__DATA_DIR", &data_dir),
+            ("TRIBUTARY_GATHERER__PRICES__RATE", "50"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    eventually(Duration::from_secs(60), "up to become ready", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { http.get(format!("{base}/readyz")).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    assert!(data.join("nats").exists(), "a private nats-server keeps its data under the data dir");
+    // The demo runs: prices arrive and the demo index has levels.
+    eventually(Duration::from_secs(60), "the demo index to have levels", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let v: serde_json::Value =
+                http.get(format!("{base}/v1/indices/demo")).send().await.ok()?.json().await.ok()?;
+            (v["points"].as_array()?.len() >= 2).then_some(())
+        }
+    })
+    .await;
+    sigterm(&up);
+    assert_eq!(exit_code(&mut up, Duration::from_secs(30)).await, Some(0), "up did not stop cleanly on SIGTERM");
+    let _ = std::fs::remove_dir_all(&data);
+}
