@@ -112,9 +112,21 @@ fn run_pg(bin: &Path, as_postgres: bool, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether PostgreSQL accepts the configured credentials (on the maintenance database).
+async fn pg_accepts(url: &str) -> bool {
+    use sea_orm::sqlx::{Connection, PgConnection};
+    let Ok((admin, _)) = tributary_store::db::maintenance_url(url) else { return false };
+    matches!(tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin)).await, Ok(Ok(_)))
+}
+
 /// Makes sure NATS and PostgreSQL answer, starting private ones where they do not; rewrites the URLs
 /// in `cfg` to point at what it started.
-pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
+pub async fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
+    let pg_ok = pg_accepts(&cfg.database.url).await;
+    tokio::task::block_in_place(|| ensure_blocking(cfg, pg_ok))
+}
+
+fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers> {
     let mut servers = LocalServers::default();
     let data = PathBuf::from(&cfg.up.data_dir);
     let data = if data.is_absolute() { data } else { std::env::current_dir()?.join(data) };
@@ -157,7 +169,7 @@ pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
 
     let (host, port) = host_port(&cfg.database.url, 5432).context("database.url")?;
     let wanted = format!("{host}:{port}");
-    if !answers(&host, port) {
+    if !pg_ok {
         let initdb = match pg_bin("initdb") {
             Some(b) => b,
             None if cfg.up.install_missing && is_root() => {
@@ -169,13 +181,15 @@ pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
             }
         };
         let pg_ctl = initdb.with_file_name("pg_ctl");
+        // PostgreSQL refuses to run as root: as root the cluster belongs to the postgres user and lives
+        // where that user can reach it.
         let as_postgres = is_root();
-        let dir = data.join("postgres");
+        let dir = if as_postgres { PathBuf::from("/var/lib/tributary/postgres") } else { data.join("postgres") };
         if !dir.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&dir)?;
             if as_postgres {
-                let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status()?.success();
-                anyhow::ensure!(ok, "cannot hand {} to the postgres user", data.display());
+                let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?.success();
+                anyhow::ensure!(ok, "cannot hand {} to the postgres user", dir.display());
             }
             run_pg(
                 &initdb,
@@ -183,9 +197,9 @@ pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
                 &["-D", &dir.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
             )?;
         }
-        let port = free_port(5432);
+        let port = free_port(5433);
         let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
-        let log = data.join("postgres.log");
+        let log = dir.join("postgres.log");
         run_pg(
             &pg_ctl,
             as_postgres,
@@ -205,7 +219,7 @@ pub fn ensure(cfg: &mut Config) -> anyhow::Result<LocalServers> {
             .to_owned();
         cfg.database.url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
         eprintln!(
-            "tributary up: PostgreSQL did not answer at {wanted}; started a private cluster on 127.0.0.1:{port} (data in {})",
+            "tributary up: PostgreSQL did not accept {wanted}; started a private cluster on 127.0.0.1:{port} (data in {})",
             dir.display()
         );
     }

@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = args.listen {
                 config.api.listen = l;
             }
-            let servers = tokio::task::block_in_place(|| local::ensure(&mut config))?;
+            let servers = local::ensure(&mut config).await?;
             let r = up(config, !args.no_demo).await;
             drop(servers);
             r

@@ -120,3 +120,50 @@ async fn index_hand_computed_with_a_correction_in_the_past() {
     let (_, list) = app.get("/v1/indices").await;
     assert_eq!(list["indices"][0]["name"], "duo");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_import_streams_reports_bad_lines_and_is_idempotent() {
+    let app = spawn_app().await;
+    let csv = "instrument,ts,price,volume\nACME,2026-01-01,10,100\nACME,2026-01-02,11,\nBETA,1767312000000,5.5,1\nACME,2026-01-03,-1\n\n";
+    let report = tributary_gatherer::prices::import_csv(app.js(), csv.as_bytes(), Some(csv.len() as u64), false).await;
+    assert_eq!(report.lines, 6);
+    assert_eq!(report.publish.stored, 3);
+    assert_eq!(report.bad_lines, 1);
+    assert_eq!(report.errors[0].0, 5, "{:?}", report.errors);
+    assert!(report.errors[0].1.contains("positive"));
+    app.settled().await;
+    let (_, acme) = app.get("/v1/series/price/ACME").await;
+    assert_eq!(acme["points"].as_array().unwrap().len(), 2);
+    assert_eq!(acme["points"][0]["volume"], 100.0);
+    assert!(acme["points"][1]["volume"].is_null());
+    let (_, beta) = app.get("/v1/series/price/BETA").await;
+    assert_eq!(beta["points"][0]["ts"], "2026-01-02T00:00:00Z");
+
+    // The same file again: every line is a duplicate of its idempotency key.
+    let again = tributary_gatherer::prices::import_csv(app.js(), csv.as_bytes(), None, false).await;
+    assert_eq!((again.publish.stored, again.publish.duplicates), (0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_delivers_every_event_and_the_processor_commits_them() {
+    let app = spawn_app().await;
+    let sim = tributary_gatherer::prices::SimConfig {
+        instruments: 3,
+        rate: 2000.0,
+        late_share: 0.1,
+        correction_share: 0.1,
+        limit: Some(300),
+        seed: Some(1),
+        ..Default::default()
+    };
+    let report = tributary_gatherer::prices::simulate(app.js(), sim, tokio_util::sync::CancellationToken::new()).await;
+    assert_eq!(report.stored + report.duplicates, 300);
+    assert!(report.failed.is_empty());
+    app.settled().await;
+    let (_, list) = app.get("/v1/series/price").await;
+    let series = list["series"].as_array().unwrap();
+    assert_eq!(series.len(), 3);
+    // Corrections rewrite existing points; every other event is a new point.
+    let points: i64 = series.iter().map(|s| s["points"].as_i64().unwrap()).sum();
+    assert!(points > 200 && points <= 300, "{points}");
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Measures simulator → committed throughput on this machine, against a private nats-server and a fresh
+# database on the local PostgreSQL (not a benchmark suite: `tributary bench` is the issue that builds one).
+#
+#   bash scripts/measure-ingest.sh [EVENTS] [INSTRUMENTS]
+#
+# 1. publishes EVENTS simulated prices over INSTRUMENTS instruments as fast as JetStream acks them
+#    (the gatherer's publish rate);
+# 2. starts the processor on that backlog and times until every event is committed with all derived
+#    values (the processor's rate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-200000}
+instruments=${2:-1000}
+admin=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release -q -p tributary
+bin="$target/release/tributary"
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+db="tributary_measure_$$"
+nats-server -a 127.0.0.1 -p "$port" -js -sd "$work" >/dev/null 2>&1 &
+nats_pid=$!
+cleanup() {
+  kill "$nats_pid" 2>/dev/null || true
+  [ -n "${proc_pid:-}" ] && kill "$proc_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="${admin%/*}/$db" RUST_LOG=warn
+"$bin" migrate >/dev/null 2>&1
+t0=$(date +%s.%N)
+"$bin" gatherer prices --instruments "$instruments" --rate 10000000 --limit "$events" --late-share 0 --correction-share 0 --seed 1
+t1=$(date +%s.%N)
+"$bin" processor &
+proc_pid=$!
+start=$(date +%s.%N)
+while :; do
+  n=$(psql "$DATABASE_URL" -qtAc "SELECT coalesce(sum(points),0) FROM price_series")
+  [ "$n" -ge "$events" ] && break
+  sleep 0.2
+done
+end=$(date +%s.%N)
+python3 - "$events" "$t0" "$t1" "$start" "$end" <<'PY'
+import sys
+n, t0, t1, s, e = int(sys.argv[1]), *map(float, sys.argv[2:])
+print(f"published {n} events in {t1-t0:.2f} s: {n/(t1-t0):,.0f} events/s (gatherer → JetStream, acked)")
+print(f"committed {n} events in {e-s:.2f} s: {n/(e-s):,.0f} events/s (processor: raw + ret, sma 20/50, ema 12/26, vol 20)")
+PY
