@@ -29,12 +29,16 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-export NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="${admin%/*}/$db" RUST_LOG=warn
+base=${admin%%\?*}
+query=""
+[ "$base" != "$admin" ] && query="?${admin#*\?}"
+export NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="${base%/*}/$db$query" RUST_LOG=warn
 "$bin" migrate >/dev/null 2>&1
 t0=$(date +%s.%N)
 "$bin" gatherer prices --instruments "$instruments" --rate 10000000 --limit "$events" --late-share 0 --correction-share 0 --seed 1
 t1=$(date +%s.%N)
-"$bin" processor &
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" processor --metrics-listen "127.0.0.1:$mport" &
 proc_pid=$!
 start=$(date +%s.%N)
 while :; do
@@ -43,6 +47,10 @@ while :; do
   sleep 0.2
 done
 end=$(date +%s.%N)
+curl -s "127.0.0.1:$mport/metrics" | awk '
+  /^tributary_batch_size_sum\{consumer="prices"/ {s=$2} /^tributary_batch_size_count\{consumer="prices"/ {n=$2}
+  /^tributary_batch_seconds_sum\{consumer="prices"/ {t=$2}
+  END { if (n) printf "processor: %d batches, %.0f events per batch, %.1f ms per batch\n", n, s/n, 1000*t/n }'
 python3 - "$events" "$t0" "$t1" "$start" "$end" <<'PY'
 import sys
 n, t0, t1, s, e = int(sys.argv[1]), *map(float, sys.argv[2:])

@@ -24,6 +24,9 @@ pub struct ProcessorConfig {
     pub max_ack_pending: i64,
     /// The prefix of durable consumer names; replicas with the same name share the work.
     pub durable_prefix: String,
+    /// How many price series' tails (their last window of points) to keep in memory. A cached tail
+    /// saves reading the window on every append; memory is bounded by this times the window.
+    pub tail_cache_series: usize,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
 }
@@ -35,6 +38,7 @@ impl Default for ProcessorConfig {
             ack_wait_secs: 30,
             max_ack_pending: 20_000,
             durable_prefix: "processor".into(),
+            tail_cache_series: 100_000,
             prices: Transforms::default(),
         }
     }
@@ -71,7 +75,7 @@ pub async fn run(
     tasks.spawn(consume::run(
         js.clone(),
         cfg.spec(&streams, Kind::Price, "prices"),
-        PriceHandler::new(pool.clone(), cfg.prices.clone()),
+        PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series),
         shutdown.clone(),
     ));
     tasks.spawn(consume::run(

@@ -10,7 +10,11 @@
 //! 5. recompute from the first changed point forward and upsert those rows;
 //! 6. recompute every index that holds a changed instrument from its first changed date forward.
 //!
-//! An append at the end of a series reads the window and writes one row: O(window) reads, O(1) writes.
+//! An append at the end of a series writes one row. Its window usually comes from the tail cache: the
+//! last [`series::Transforms::window`] points of each series this processor wrote, kept with the series'
+//! version (`price_series.version`, bumped by every write). Under the series lock the version is read
+//! back; the cache is used only if no one else wrote the series since, and only for appends after its
+//! last point; otherwise the window and tail are loaded. So an append costs O(1) reads and writes.
 
 pub mod index;
 pub mod series;
@@ -21,7 +25,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx::PgPool;
 use series::{Point, Transforms};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 use tributary_broker::events::PricePoint;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
@@ -34,6 +38,28 @@ pub struct PriceHandler {
     pool: PgPool,
     transforms: Arc<Transforms>,
     names: Arc<[String]>,
+    cache: Arc<Mutex<TailCache>>,
+}
+
+/// The last points of recently written series, each valid for one version of its series.
+struct TailCache {
+    capacity: usize,
+    tails: HashMap<String, Tail>,
+}
+
+struct Tail {
+    version: i64,
+    rows: Vec<Row>,
+}
+
+impl TailCache {
+    fn put(&mut self, instrument: &str, tail: Tail) {
+        if self.tails.len() >= self.capacity && !self.tails.contains_key(instrument) {
+            // Bounded memory: start over rather than grow (a miss costs one load).
+            self.tails.clear();
+        }
+        self.tails.insert(instrument.to_owned(), tail);
+    }
 }
 
 /// One incoming point after in-batch deduplication.
@@ -55,10 +81,12 @@ pub(crate) struct Row {
 }
 
 impl PriceHandler {
-    /// A handler writing through `pool` with the given windows.
-    pub fn new(pool: PgPool, transforms: Transforms) -> Self {
+    /// A handler writing through `pool` with the given windows, caching the tails of at most
+    /// `cached_series` series.
+    pub fn new(pool: PgPool, transforms: Transforms, cached_series: usize) -> Self {
         let names = transforms.names().into();
-        PriceHandler { pool, transforms: Arc::new(transforms), names }
+        let cache = TailCache { capacity: cached_series.max(1), tails: HashMap::new() };
+        PriceHandler { pool, transforms: Arc::new(transforms), names, cache: Arc::new(Mutex::new(cache)) }
     }
 
     /// Stores one batch in one transaction.
@@ -88,22 +116,46 @@ impl PriceHandler {
         let mut tx = self.pool.begin().await?;
         // 2. lock
         lock::acquire(&mut tx, "price", by_instrument.keys().copied()).await?;
-        // 3. load
-        let starts: Vec<(&str, DateTime<Utc>)> = by_instrument.iter().map(|(k, v)| (*k, v[0].ts)).collect();
-        let mut stored = sql::load_points(&mut tx, &starts, self.transforms.window(), &self.names).await?;
+        // 3. load: from the tail cache where it is current, else from the table
+        let versions = sql::series_versions(&mut tx, by_instrument.keys().copied()).await?;
+        let mut windows: HashMap<&str, Vec<Row>> = HashMap::new();
+        let mut to_load = Vec::new();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (instrument, incoming) in &by_instrument {
+                let cached = cache.tails.remove(*instrument);
+                match (cached, versions.get(*instrument)) {
+                    (Some(t), Some(v)) if t.version == *v && t.rows.last().is_none_or(|r| r.ts < incoming[0].ts) => {
+                        windows.insert(instrument, t.rows);
+                    }
+                    // No series row: the instrument has no points yet.
+                    (_, None) => {
+                        windows.insert(instrument, Vec::new());
+                    }
+                    _ => to_load.push((*instrument, incoming[0].ts)),
+                }
+            }
+        }
+        let mut stored = sql::load_points(&mut tx, &to_load, self.transforms.window(), &self.names).await?;
         // 4-5. merge and recompute
         let mut writes = sql::Writes::default();
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+        let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
         for (instrument, incoming) in &by_instrument {
-            let (window, tail) = stored.remove(*instrument).unwrap_or_default();
-            if let Some(outcome) = merge(&self.transforms, window, tail, incoming) {
-                if let Some(t) = outcome.changed_from {
-                    changed_from.insert(instrument, t);
-                }
-                writes.push(instrument, &outcome.rows, outcome.added, &self.names);
+            let (window, tail) = match windows.remove(*instrument) {
+                Some(w) => (w, Vec::new()),
+                None => stored.remove(*instrument).unwrap_or_default(),
+            };
+            let merged = merge(&self.transforms, window, tail, incoming);
+            if let Some(t) = merged.changed_from {
+                changed_from.insert(instrument, t);
             }
+            if !merged.rows.is_empty() {
+                writes.push(instrument, &merged.rows, merged.added, &self.names);
+            }
+            tails.push((instrument, merged.tail));
         }
-        sql::write_points(&mut tx, &writes).await?;
+        let new_versions = sql::write_points(&mut tx, &writes).await?;
         // 6. indices
         if !changed_from.is_empty() {
             let indices = sql::indices_of(&mut tx, changed_from.keys().copied()).await?;
@@ -115,7 +167,14 @@ impl PriceHandler {
                 }
             }
         }
-        tx.commit().await
+        tx.commit().await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for (instrument, rows) in tails {
+            if let Some(version) = new_versions.get(instrument).or(versions.get(instrument)) {
+                cache.put(instrument, Tail { version: *version, rows });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -127,13 +186,15 @@ struct Merged {
     added: Vec<DateTime<Utc>>,
     /// The first point whose price changed or appeared, if any.
     changed_from: Option<DateTime<Utc>>,
+    /// The last `window` points of the series after the batch, for the tail cache.
+    tail: Vec<Row>,
 }
 
 /// Merges incoming points into the stored tail and recomputes from the first change.
 ///
 /// `window` is the stored points before the first incoming ts (ascending), `tail` the stored points from
-/// it on. Returns `None` when nothing changes at all.
-fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]) -> Option<Merged> {
+/// it on.
+fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]) -> Merged {
     let mut merged: Vec<Row> = window;
     merged.reserve(tail.len() + incoming.len());
     let mut stored = tail.into_iter().peekable();
@@ -177,12 +238,11 @@ fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]
             r.point = p;
         }
         changed_from = Some(merged[from].ts);
-        rows.extend(merged.drain(from..));
+        rows.extend(merged[from..].iter().cloned());
     }
-    if rows.is_empty() {
-        return None;
-    }
-    Some(Merged { rows, added, changed_from })
+    let keep = merged.len().saturating_sub(t.window());
+    let tail = merged.split_off(keep);
+    Merged { rows, added, changed_from, tail }
 }
 
 impl BatchHandler for PriceHandler {

@@ -79,7 +79,7 @@ pub(crate) struct Writes {
     seq: Vec<i64>,
     ret: Vec<Option<f64>>,
     derived: Vec<Value>,
-    series: (Vec<String>, Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>),
+    series: (Vec<String>, Vec<i64>, Vec<Option<DateTime<Utc>>>, Vec<Option<DateTime<Utc>>>),
 }
 
 impl Writes {
@@ -93,17 +93,30 @@ impl Writes {
             self.ret.push(r.point.ret);
             self.derived.push(derived_of(&r.point.values, names));
         }
-        if let (Some(first), Some(last)) = (added.iter().min(), added.iter().max()) {
-            self.series.0.push(instrument.to_owned());
-            self.series.1.push(added.len() as i64);
-            self.series.2.push(*first);
-            self.series.3.push(*last);
-        }
+        self.series.0.push(instrument.to_owned());
+        self.series.1.push(added.len() as i64);
+        self.series.2.push(added.iter().min().copied());
+        self.series.3.push(added.iter().max().copied());
     }
 }
 
-/// Upserts points (guarded by sequence) and the per-instrument summary.
-pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<(), sqlx::Error> {
+/// The current version of each existing series among `instruments`.
+pub(crate) async fn series_versions<'a>(
+    tx: &mut Tx,
+    instruments: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let instruments: Vec<&str> = instruments.collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT instrument, version FROM price_series WHERE instrument = ANY($1)")
+            .bind(&instruments)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Upserts points (guarded by sequence) and the per-instrument summary, bumping the version of every
+/// series written; returns the new versions.
+pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<HashMap<String, i64>, sqlx::Error> {
     if !w.instrument.is_empty() {
         sqlx::query(
             "INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
@@ -123,24 +136,32 @@ pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<(), sqlx::Er
         .execute(&mut **tx)
         .await?;
     }
-    if !w.series.0.is_empty() {
-        sqlx::query(
-            "INSERT INTO price_series (instrument, points, first_ts, last_ts)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[])
-             ON CONFLICT (instrument) DO UPDATE
-               SET points = price_series.points + EXCLUDED.points,
-                   first_ts = LEAST(price_series.first_ts, EXCLUDED.first_ts),
-                   last_ts = GREATEST(price_series.last_ts, EXCLUDED.last_ts),
-                   updated_at = now()",
-        )
-        .bind(&w.series.0)
-        .bind(&w.series.1)
-        .bind(&w.series.2)
-        .bind(&w.series.3)
-        .execute(&mut **tx)
-        .await?;
+    if w.series.0.is_empty() {
+        return Ok(HashMap::new());
     }
-    Ok(())
+    // A batch that added no point to a series (a correction) leaves its span as it was; such a series
+    // exists already, so the placeholder span of the proposed row is never inserted.
+    let versions: Vec<(String, i64)> = sqlx::query_as(
+        "INSERT INTO price_series (instrument, points, first_ts, last_ts)
+         SELECT i, n, coalesce(f, 'epoch'), coalesce(l, 'epoch')
+           FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) AS u(i, n, f, l)
+         ON CONFLICT (instrument) DO UPDATE
+           SET points = price_series.points + EXCLUDED.points,
+               first_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.first_ts
+                               ELSE LEAST(price_series.first_ts, EXCLUDED.first_ts) END,
+               last_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.last_ts
+                              ELSE GREATEST(price_series.last_ts, EXCLUDED.last_ts) END,
+               version = price_series.version + 1,
+               updated_at = now()
+         RETURNING instrument, version",
+    )
+    .bind(&w.series.0)
+    .bind(&w.series.1)
+    .bind(&w.series.2)
+    .bind(&w.series.3)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(versions.into_iter().collect())
 }
 
 /// The names of the indices that hold any of `instruments`, sorted.

@@ -12,6 +12,7 @@ pub struct Model {
     pub first_ts: DateTimeUtc,
     pub last_ts: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub version: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

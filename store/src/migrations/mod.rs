@@ -3,6 +3,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_prices;
+mod m0002_series_version;
 
 /// Runs the migrations in order; `Migrator::up(&db, None)` at startup.
 pub struct Migrator;
@@ -10,11 +11,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_prices::Migration)]
+        vec![Box::new(m0001_prices::Migration), Box::new(m0002_series_version::Migration)]
     }
 }
 
 /// The SQL of every migration, in order: tests key their template database by its hash.
 pub fn schema_sql() -> Vec<&'static str> {
-    vec![m0001_prices::SQL]
+    vec![m0001_prices::SQL, m0002_series_version::SQL]
 }

@@ -25,8 +25,9 @@ async fn every_kind_of_bad_input_lands_in_the_dlq_with_its_reason() {
         ("price.ACME.extra", br#"{"price":1}"#.to_vec(), "unknown subject shape"),
         ("index.broken", br#"{"weights":{}}"#.to_vec(), "at least one instrument"),
     ];
+    let mut seqs = Vec::new();
     for (k, (subject, payload, _)) in bad.iter().enumerate() {
-        app.js().publish(subject.to_string(), payload.clone().into()).await.unwrap().await.unwrap();
+        seqs.push(app.js().publish(subject.to_string(), payload.clone().into()).await.unwrap().await.unwrap().sequence);
         // a valid event after each bad one: the pipeline keeps going
         app.publish_plain("price.GOOD", &format!(r#"{{"ts":{},"price":5}}"#, 1_767_225_600_000u64 + k as u64 * 1000))
             .await;
@@ -37,16 +38,21 @@ async fn every_kind_of_bad_input_lands_in_the_dlq_with_its_reason() {
     assert_eq!(status, 200, "{body}");
     let letters = body["dead_letters"].as_array().unwrap();
     assert_eq!(letters.len(), bad.len(), "{body}");
-    // newest first
-    for (letter, (subject, payload, reason)) in letters.iter().rev().zip(&bad) {
-        assert_eq!(letter["subject"], *subject);
+    // Each bad input by its original stream sequence (the two consumers dead-letter concurrently).
+    for (seq, (subject, payload, reason)) in seqs.iter().zip(&bad) {
+        let stream = if subject.starts_with("index") { "INDICES" } else { "PRICES" };
+        let letter = letters
+            .iter()
+            .find(|l| l["original_seq"] == *seq && l["headers"].is_object() && l["subject"] == *subject)
+            .unwrap_or_else(|| panic!("no dead letter for {stream} seq {seq}: {body}"));
         assert!(letter["reason"].as_str().unwrap().contains(reason), "{letter} should say {reason}");
         match std::str::from_utf8(payload) {
             Ok(text) => assert_eq!(letter["payload"], text),
             Err(_) => assert_eq!(letter["payload_encoding"], "base64"),
         }
-        assert!(letter["original_seq"].as_u64().is_some());
     }
+    let times: Vec<&str> = letters.iter().map(|l| l["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
     let (_, good) = app.get("/v1/series/price/GOOD").await;
     assert_eq!(good["points"].as_array().unwrap().len(), bad.len(), "valid events interleaved were all processed");
 
@@ -56,7 +62,7 @@ async fn every_kind_of_bad_input_lands_in_the_dlq_with_its_reason() {
     assert!(metrics.contains("tributary_events_total"), "{metrics}");
 
     // Replay republishes the original payload to the original subject, once however often it is asked.
-    let seq = letters[0]["seq"].as_u64().unwrap();
+    let seq = letters.iter().find(|l| l["subject"] == "index.broken").unwrap()["seq"].as_u64().unwrap();
     let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
     assert_eq!(status, 202, "{replay}");
     assert_eq!(replay["subject"], "index.broken");

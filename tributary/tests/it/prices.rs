@@ -167,3 +167,42 @@ async fn the_simulator_delivers_every_event_and_the_processor_commits_them() {
     let points: i64 = series.iter().map(|s| s["points"].as_i64().unwrap()).sum();
     assert!(points > 200 && points <= 300, "{points}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
+    use tributary_broker::Delivery;
+    use tributary_broker::events::PricePoint;
+    use tributary_processor::prices::PriceHandler;
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let t = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    let (a, b) = (PriceHandler::new(pool.clone(), t.clone(), 10), PriceHandler::new(pool.clone(), t, 10));
+    let point = |day: u32, price: f64, seq: u64| Delivery {
+        event: PricePoint {
+            instrument: "X".into(),
+            ts: Ts::parse(&format!("2026-01-0{day}")).unwrap(),
+            price,
+            volume: None,
+        },
+        seq,
+        received: Ts::parse("2026-01-01").unwrap(),
+    };
+    a.commit(&[point(1, 10.0, 1)]).await.unwrap(); // a caches X's tail
+    b.commit(&[point(2, 20.0, 2)]).await.unwrap(); // another replica appends
+    a.commit(&[point(3, 40.0, 3)]).await.unwrap(); // a must see day 2, not its stale tail
+    let rows: Vec<(Option<f64>, serde_json::Value)> =
+        sea_orm::sqlx::query_as("SELECT ret, derived FROM price_points WHERE instrument = 'X' ORDER BY ts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[2].0, Some(1.0), "ret of day 3 is against day 2");
+    assert_eq!(rows[2].1["sma_2"], 30.0);
+    // A correction before the cached tail's end bypasses the cache too.
+    a.commit(&[point(2, 30.0, 4)]).await.unwrap();
+    let rows: Vec<(Option<f64>,)> =
+        sea_orm::sqlx::query_as("SELECT ret FROM price_points WHERE instrument = 'X' ORDER BY ts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[2].0, Some(40.0 / 30.0 - 1.0));
+}
