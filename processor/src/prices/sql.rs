@@ -231,7 +231,7 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
     for (i, ts, p) in rows {
         prices.entry(i).or_default().insert(ts, p);
     }
-    let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(|e| sqlx::Error::Protocol(e))?;
+    let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(sqlx::Error::Protocol)?;
     sqlx::query("DELETE FROM index_points WHERE name = $1 AND ($2::timestamptz IS NULL OR ts > $2)")
         .bind(&def.name)
         .bind(since)

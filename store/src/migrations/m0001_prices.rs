@@ -1,7 +1,5 @@
 //! Prices, their derived values, and weighted indices.
 
-use sea_orm_migration::prelude::*;
-
 /// The SQL of this migration.
 pub const SQL: &str = r#"
 -- Raw prices, last writer wins by JetStream stream sequence (seq), with the derived values of each
@@ -59,13 +57,3 @@ CREATE TABLE settings (
     value jsonb NOT NULL
 );
 "#;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(SQL).await.map(|_| ())
-    }
-}
