@@ -43,6 +43,17 @@ pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
     Ok(Database::connect(opt).await?)
 }
 
+/// `url` with its database replaced by `name`.
+pub fn database_url(url: &str, name: &str) -> Result<String, StoreError> {
+    let (admin, _) = maintenance_url(url)?;
+    let (base, query) = admin.split_once('?').map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+    let server = base.strip_suffix("/postgres").unwrap_or(base);
+    Ok(match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    })
+}
+
 /// Splits `postgres://…/name?x` into (`postgres://…/postgres?x`, `name`).
 pub fn maintenance_url(url: &str) -> Result<(String, String), StoreError> {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
@@ -110,5 +121,6 @@ mod tests {
             ("postgres://u:p@h/postgres?sslmode=disable".into(), "db".into())
         );
         assert!(maintenance_url("postgres://h:5432").is_err());
+        assert_eq!(database_url("postgres://postgres@h/postgres?x=1", "b").unwrap(), "postgres://postgres@h/b?x=1");
     }
 }

@@ -28,6 +28,27 @@ impl Drop for LocalServers {
     }
 }
 
+/// The installed nats-server binary, if any.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    find("nats-server", &["/usr/sbin", "/usr/local/bin"])
+}
+
+/// Starts `bin` with JetStream on 127.0.0.1:`port`, storing in `dir`, logging to `log`; returns once it
+/// listens.
+pub fn spawn_nats(bin: &Path, port: u16, dir: &Path, log: &Path) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    wait_for("127.0.0.1", port, "nats-server")?;
+    Ok(child)
+}
+
 /// Host and port of a `scheme://[user@]host:port/...` URL.
 fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = url.split("://").nth(1)?.split(',').next()?;
@@ -47,8 +68,9 @@ fn answers(host: &str, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-fn free_port(preferred: u16) -> u16 {
-    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+/// A free TCP port on 127.0.0.1: `preferred` if it is free (and not 0), else one the kernel picks.
+pub fn free_port(preferred: u16) -> u16 {
+    if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         return preferred;
     }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(preferred)
@@ -134,7 +156,7 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
     let (host, port) = host_port(&cfg.nats.url, 4222).context("nats.url")?;
     let wanted = format!("{host}:{port}");
     if !answers(&host, port) {
-        let bin = match find("nats-server", &["/usr/sbin", "/usr/local/bin"]) {
+        let bin = match nats_server_bin() {
             Some(b) => b,
             None if cfg.up.install_missing && is_root() => {
                 apt_install("nats-server")?;
@@ -148,17 +170,8 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
         };
         let port = free_port(4222);
         let dir = data.join("nats");
-        std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(data.join("nats.log"))?;
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = spawn_nats(&bin, port, &dir, &data.join("nats.log"))?;
         servers.nats = Some(child);
-        wait_for("127.0.0.1", port, "nats-server")?;
         cfg.nats.url = format!("nats://127.0.0.1:{port}");
         eprintln!(
             "tributary up: NATS did not answer at {wanted}; started a private nats-server on {} (data in {})",

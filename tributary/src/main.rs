@@ -39,6 +39,8 @@ enum Command {
     Gatherer(Gatherer),
     /// Create the database if missing, apply migrations and create the streams, then exit.
     Migrate,
+    /// Measure throughput, freshness and API latency against the raw limits of NATS and PostgreSQL.
+    Bench(tributary::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Aggregator(_) => "tributary-aggregator",
         Command::Gatherer(_) => "tributary-gatherer",
         Command::Migrate => "tributary-migrate",
+        Command::Bench(_) => "tributary-bench",
     };
     let _telemetry = tributary_telemetry::init(service, &config.telemetry)?;
     match cli.command {
@@ -152,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tributary_aggregator::run(config.aggregator, stop).await
         }
         Command::Gatherer(Gatherer::Prices(args)) => gather_prices(config, args).await,
+        Command::Bench(args) => tributary::bench::run(config, args).await,
         Command::Migrate => {
             app::connect(config).await?;
             eprintln!("database migrated, streams ready");

@@ -1,0 +1,102 @@
+//! API reads under load: `GET /v1/series/price/{i}?limit=100` from an in-process load generator (so
+//! on a small machine the generator and the server share its cores: the figures are a floor).
+
+use super::stats::{Stats, quantile};
+use crate::config::Config;
+use async_nats::jetstream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tributary_store::DbConfig;
+
+pub struct ApiMeasured {
+    pub saturation: Stats,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub async fn measure(
+    config: &Config,
+    args: &super::BenchArgs,
+    db_url: &str,
+    js: &jetstream::Context,
+) -> anyhow::Result<ApiMeasured> {
+    let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16 }).await?;
+    let nats = crate::app::connect_nats(&config.nats.url).await?;
+    let state = tributary_api::AppState {
+        db,
+        nats,
+        js: js.clone(),
+        streams: config.streams.clone(),
+        metrics: tributary_telemetry::metrics(),
+        config: config.api.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(tributary_api::serve(listener, state, stop.clone()));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let instruments = args.instruments.max(1) as u64;
+    let url = move |i: u64| format!("{base}/v1/series/price/S{}?limit=100", i % instruments);
+    // One request first: the series must exist and answer 200.
+    let first = client.get(url(0)).send().await?;
+    anyhow::ensure!(first.status() == 200, "GET series answered {}", first.status());
+
+    let mut saturation = Vec::new();
+    for _ in 0..args.repeats.max(1) {
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs_f64(args.api_secs);
+        let mut tasks = Vec::new();
+        for w in 0..32u64 {
+            let (client, done, url) = (client.clone(), done.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = w;
+                while Instant::now() < deadline {
+                    if let Ok(r) = client.get(url(i)).send().await
+                        && r.status() == 200
+                        && r.bytes().await.is_ok()
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 32;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        saturation.push(done.load(Ordering::Relaxed) as f64 / args.api_secs);
+    }
+
+    // Open loop at a fixed rate: latency counted from when each request was due.
+    let total = (args.api_rate * args.api_secs).round() as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / args.api_rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (client, tx, u) = (client.clone(), tx.clone(), url(i));
+        tokio::spawn(async move {
+            let ok = match client.get(u).send().await {
+                Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            let _ = tx.send((ok, due.elapsed().as_secs_f64() * 1e3));
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some((ok, ms)) = rx.recv().await {
+        anyhow::ensure!(ok, "a request failed during the fixed-rate run");
+        latencies.push(ms);
+    }
+    latencies.sort_by(f64::total_cmp);
+    stop.cancel();
+    let _ = server.await;
+    Ok(ApiMeasured {
+        saturation: Stats::of(saturation),
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+    })
+}

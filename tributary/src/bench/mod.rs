@@ -1,0 +1,330 @@
+//! `tributary bench`: Tributary's throughput, freshness and API latency measured in one run against the
+//! raw limits of NATS JetStream and PostgreSQL on the same machine.
+//!
+//! Phases, each repeated `--repeats` times (median and min–max reported):
+//! 1. raw limits ([`raw`]): JetStream publish with pipelined acks, pull-consume with an ack per message,
+//!    and PostgreSQL `UNNEST … ON CONFLICT` upserts of rows shaped like `price_points`;
+//! 2. the baseline ([`raw::baseline`]): the minimal hand-written pipeline (fetch 1000, decode, one upsert
+//!    of the raw rows per batch in one transaction, ack each after commit; nothing derived);
+//! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
+//!    derived window and an index over 10 instruments; then freshness at a fixed offered rate and the
+//!    processor's peak RSS;
+//! 4. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
+//!
+//! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir), so
+//! the benchmark's streams never meet those of a running system. PostgreSQL: fresh databases on the
+//! configured server, dropped afterwards.
+
+mod http;
+mod pipeline;
+mod raw;
+mod stats;
+
+use crate::config::Config;
+use crate::local;
+use anyhow::Context;
+use serde::Serialize;
+use stats::Stats;
+use std::time::Duration;
+use tributary_broker::events::PriceEvent;
+use tributary_broker::ts::Ts;
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events per throughput run (raw, baseline and Tributary).
+    #[arg(long, default_value_t = 500_000)]
+    pub events: u64,
+    /// Instruments the events are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub instruments: usize,
+    /// Repeats of each measurement.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Offered rate for the freshness measurement, events/s.
+    #[arg(long, default_value_t = 25_000.0)]
+    pub rate: f64,
+    /// Seconds of the freshness measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub freshness_secs: f64,
+    /// Seconds of each API load run.
+    #[arg(long, default_value_t = 5.0)]
+    pub api_secs: f64,
+    /// Fixed request rate for the API latency run, requests/s.
+    #[arg(long, default_value_t = 2000.0)]
+    pub api_rate: f64,
+    /// Print only the JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    machine: Machine,
+    parameters: serde_json::Value,
+    raw: RawReport,
+    baseline: BaselineReport,
+    tributary: TributaryReport,
+    api: ApiReport,
+    ratios: Ratios,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    memory_gib: f64,
+    kernel: String,
+    nats_server: String,
+    postgres: String,
+    tributary: &'static str,
+    date: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RawReport {
+    jetstream_publish_per_s: f64,
+    jetstream_publish: Stats,
+    jetstream_consume_per_s: f64,
+    jetstream_consume: Stats,
+    pg_upsert_rows_per_s: f64,
+    pg_upsert: Stats,
+    message_bytes: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct BaselineReport {
+    events_per_s: f64,
+    runs: Stats,
+}
+
+#[derive(Debug, Serialize)]
+struct TributaryReport {
+    events_per_s: f64,
+    runs: Stats,
+    freshness_offered_per_s: f64,
+    freshness_achieved_per_s: f64,
+    freshness_p50_ms: f64,
+    freshness_p99_ms: f64,
+    freshness_p999_ms: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ApiReport {
+    max_rps: f64,
+    saturation: Stats,
+    p99_ms: f64,
+    p50_ms: f64,
+    fixed_rate_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Ratios {
+    tributary_over_baseline: f64,
+    tributary_over_jetstream_publish: f64,
+    tributary_over_pg_upsert: f64,
+}
+
+/// The price event every throughput phase publishes, encoded as our publishers do.
+fn event(i: u64, instruments: usize) -> (String, bytes::Bytes) {
+    let inst = i % instruments as u64;
+    let round = i / instruments as u64;
+    let ts = Ts::from_millis(1_767_225_600_000 + round as i64 * 1000).expect("in range");
+    let price = 100.0 + ((i * 7919) % 1000) as f64 / 100.0;
+    let e = PriceEvent { ts: Some(ts), price, volume: Some(10.0) };
+    (format!("price.S{inst}"), tributary_broker::codec::to_msgpack(&e))
+}
+
+fn progress(json: bool, what: &str) {
+    if !json {
+        eprintln!("bench: {what}");
+    }
+}
+
+/// Runs every phase and prints the report.
+pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    let bin = local::nats_server_bin().context("the benchmark starts a private nats-server: install nats-server")?;
+    let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
+    let port = local::free_port(0);
+    let mut nats_child = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
+    let result = run_phases(config, &args, port).await;
+    let _ = nats_child.kill();
+    let _ = nats_child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<Report> {
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    config.nats.url = nats_url.clone();
+    let nats = crate::app::connect_nats(&nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let n = args.events;
+    let message_bytes = event(0, args.instruments).1.len();
+
+    progress(args.json, "raw JetStream publish and consume");
+    let mut publish = Vec::new();
+    let mut consume = Vec::new();
+    for r in 0..args.repeats {
+        let stream = format!("RAW{r}");
+        publish.push(raw::jetstream_publish(&js, &stream, n, args.instruments).await?);
+        consume.push(raw::jetstream_consume(&js, &stream, n).await?);
+        js.delete_stream(&stream).await.ok();
+    }
+    progress(args.json, "raw PostgreSQL upsert");
+    let scratch = pipeline::Database::create(&config.database.url, "raw").await?;
+    let mut upsert = Vec::new();
+    for r in 0..args.repeats {
+        upsert.push(raw::pg_upsert(&scratch.pool, &format!("raw_points_{r}"), n, args.instruments).await?);
+    }
+    scratch.drop().await;
+
+    progress(args.json, "publishing the price backlog");
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    raw::publish_backlog(&js, n, args.instruments).await?;
+
+    progress(args.json, "baseline pipeline");
+    let mut baseline = Vec::new();
+    for r in 0..args.repeats {
+        let db = pipeline::Database::create(&config.database.url, &format!("baseline{r}")).await?;
+        baseline.push(raw::baseline(&js, &db.pool, &format!("baseline{r}"), n).await?);
+        db.drop().await;
+    }
+
+    progress(args.json, "Tributary's processor");
+    let trib = pipeline::measure(&config, args, &js).await?;
+
+    progress(args.json, "API reads");
+    let api = http::measure(&config, args, &trib.db_url, &js).await;
+    trib.db.drop().await;
+    let api = api?;
+
+    let (publish, consume, upsert, baseline) =
+        (Stats::of(publish), Stats::of(consume), Stats::of(upsert), Stats::of(baseline));
+    let ratios = Ratios {
+        tributary_over_baseline: trib.runs.median / baseline.median,
+        tributary_over_jetstream_publish: trib.runs.median / publish.median,
+        tributary_over_pg_upsert: trib.runs.median / upsert.median,
+    };
+    Ok(Report {
+        machine: machine(&config).await,
+        parameters: serde_json::json!({
+            "events": args.events, "instruments": args.instruments, "repeats": args.repeats,
+            "freshness_rate": args.rate, "freshness_secs": args.freshness_secs,
+            "api_secs": args.api_secs, "api_rate": args.api_rate, "batch": config.processor.batch,
+            "windows": config.processor.prices.names(), "index_instruments": 10,
+            "tracing": "spans created; exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set",
+        }),
+        raw: RawReport {
+            jetstream_publish_per_s: publish.median,
+            jetstream_publish: publish,
+            jetstream_consume_per_s: consume.median,
+            jetstream_consume: consume,
+            pg_upsert_rows_per_s: upsert.median,
+            pg_upsert: upsert,
+            message_bytes,
+        },
+        baseline: BaselineReport { events_per_s: baseline.median, runs: baseline },
+        tributary: TributaryReport {
+            events_per_s: trib.runs.median,
+            runs: trib.runs,
+            freshness_offered_per_s: args.rate,
+            freshness_achieved_per_s: trib.freshness.achieved,
+            freshness_p50_ms: trib.freshness.p50_ms,
+            freshness_p99_ms: trib.freshness.p99_ms,
+            freshness_p999_ms: trib.freshness.p999_ms,
+            peak_rss_mb: trib.peak_rss_mb,
+        },
+        api: ApiReport {
+            max_rps: api.saturation.median,
+            saturation: api.saturation,
+            p99_ms: api.p99_ms,
+            p50_ms: api.p50_ms,
+            fixed_rate_per_s: args.api_rate,
+        },
+        ratios,
+    })
+}
+
+async fn machine(config: &Config) -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let memory_kb: f64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    let nats_server = local::nats_server_bin()
+        .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let postgres = pipeline::server_version(&config.database.url).await.unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib: (memory_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        nats_server,
+        postgres,
+        tributary: env!("CARGO_PKG_VERSION"),
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+fn print_table(r: &Report) {
+    let row = |name: &str, s: &Stats, unit: &str| {
+        println!("{name:<44} {:>12.0} {unit:<10} (min {:.0}, max {:.0}, n={})", s.median, s.min, s.max, s.samples.len())
+    };
+    println!();
+    println!(
+        "machine: {} cpus, {} GiB, kernel {}, {}, PostgreSQL {}",
+        r.machine.cpus, r.machine.memory_gib, r.machine.kernel, r.machine.nats_server, r.machine.postgres
+    );
+    println!("{:<44} {:>12} {:<10}", "measure", "median", "unit");
+    row("raw JetStream publish (async acks)", &r.raw.jetstream_publish, "msgs/s");
+    row("raw JetStream pull-consume (ack each)", &r.raw.jetstream_consume, "msgs/s");
+    row("raw PostgreSQL UNNEST upsert", &r.raw.pg_upsert, "rows/s");
+    row("baseline pipeline (raw rows only)", &r.baseline.runs, "events/s");
+    row("Tributary (all derived + index)", &r.tributary.runs, "events/s");
+    println!(
+        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at {:.0}/s offered ({:.0}/s achieved)",
+        "Tributary freshness (publish → commit)",
+        r.tributary.freshness_p50_ms,
+        r.tributary.freshness_p99_ms,
+        r.tributary.freshness_p999_ms,
+        r.tributary.freshness_offered_per_s,
+        r.tributary.freshness_achieved_per_s
+    );
+    println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
+    row("API GET series ?limit=100 at saturation", &r.api.saturation, "req/s");
+    println!(
+        "{:<44} p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s",
+        "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
+    );
+    println!(
+        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}",
+        r.ratios.tributary_over_baseline, r.ratios.tributary_over_jetstream_publish, r.ratios.tributary_over_pg_upsert
+    );
+    println!();
+}
+
+/// Waits until `f` returns `Some`, polling every 20 ms, at most `limit`.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

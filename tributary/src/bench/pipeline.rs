@@ -1,0 +1,242 @@
+//! Tributary's own path: the processor as a separate process (as deployed), on the backlog; then
+//! freshness at a fixed offered rate, read from the processor's own latency histogram; and its peak RSS.
+
+use super::stats::Stats;
+use super::{event, until};
+use crate::config::Config;
+use anyhow::Context;
+use async_nats::jetstream;
+use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
+use sea_orm_migration::MigratorTrait;
+use std::collections::VecDeque;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tributary_broker::events::IndexDefinition;
+use tributary_store::{DbConfig, Migrator};
+
+/// A fresh, migrated database for one run.
+pub struct Database {
+    pub pool: PgPool,
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl Database {
+    pub async fn create(configured: &str, suffix: &str) -> anyhow::Result<Database> {
+        let (admin, _) = tributary_store::db::maintenance_url(configured)?;
+        let name = format!("tributary_bench_{}_{suffix}", std::process::id());
+        let url = tributary_store::db::database_url(configured, &name)?;
+        let mut c = PgConnection::connect(&admin).await.context("connecting to PostgreSQL")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut c)
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
+        let db = tributary_store::connect(&DbConfig { url: url.clone(), max_connections: 4 }).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Database { pool: db.get_postgres_connection_pool().clone(), url, admin, name })
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        if let Ok(mut c) = PgConnection::connect(&self.admin).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut c)
+                .await;
+        }
+    }
+}
+
+pub async fn server_version(url: &str) -> anyhow::Result<String> {
+    let (admin, _) = tributary_store::db::maintenance_url(url)?;
+    let mut c = PgConnection::connect(&admin).await?;
+    Ok(sqlx::query_scalar("SHOW server_version").fetch_one(&mut c).await?)
+}
+
+pub struct Freshness {
+    pub achieved: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+pub struct Measured {
+    pub runs: Stats,
+    pub freshness: Freshness,
+    pub peak_rss_mb: f64,
+    pub db: Database,
+    pub db_url: String,
+}
+
+struct Processor {
+    child: Child,
+    metrics: String,
+}
+
+impl Processor {
+    fn spawn(config: &Config, db_url: &str, durable: &str) -> anyhow::Result<Processor> {
+        let port = crate::local::free_port(0);
+        let child = Command::new(std::env::current_exe()?)
+            .args(["processor", "--metrics-listen", &format!("127.0.0.1:{port}")])
+            .env("NATS_URL", &config.nats.url)
+            .env("DATABASE_URL", db_url)
+            .env("TRIBUTARY_PROCESSOR__DURABLE_PREFIX", durable)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the processor")?;
+        Ok(Processor { child, metrics: format!("http://127.0.0.1:{port}/metrics") })
+    }
+
+    /// Peak resident set (VmHWM) in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    async fn latency_buckets(&self) -> anyhow::Result<Vec<(f64, f64)>> {
+        let text = reqwest::get(&self.metrics).await?.text().await?;
+        Ok(parse_buckets(&text, "tributary_commit_latency_seconds_bucket", "prices"))
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (le, cumulative count) of one histogram's buckets for a consumer label, ascending.
+fn parse_buckets(text: &str, name: &str, consumer: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("consumer=\"{consumer}\"")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile of the difference of two cumulative histograms, interpolated within its bucket.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> =
+        after.iter().map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map_or(0.0, |b| b.1))).collect();
+    let Some(total) = counts.last().map(|c| c.1).filter(|t| *t > 0.0) else { return f64::NAN };
+    let target = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in &counts {
+        if c >= target {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let within = if c > prev.1 { (target - prev.1) / (c - prev.1) } else { 1.0 };
+            return prev.0 + (le - prev.0) * within;
+        }
+        prev = (le, c);
+    }
+    f64::NAN
+}
+
+async fn committed(pool: &PgPool) -> u64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(points)::int8 FROM price_series")
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0) as u64
+}
+
+pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::Context) -> anyhow::Result<Measured> {
+    let n = args.events;
+    let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
+    let def = IndexDefinition { base: 100.0, weights };
+    js.publish("index.bench", tributary_broker::codec::to_msgpack(&def)).await?.await?;
+    let limit = Duration::from_secs(3600);
+    let mut runs = Vec::new();
+    let mut last = None;
+    for r in 0..args.repeats.max(1) {
+        let db = Database::create(&config.database.url, &format!("trib{r}")).await?;
+        let started = Instant::now();
+        let p = Processor::spawn(config, &db.url, &format!("bench{r}"))?;
+        until(limit, || async { (committed(&db.pool).await >= n).then_some(()) }).await?;
+        runs.push(n as f64 / started.elapsed().as_secs_f64());
+        match last.replace((p, db)) {
+            Some((old, old_db)) => {
+                drop(old);
+                old_db.drop().await;
+            }
+            None => {}
+        }
+    }
+    let (p, db) = last.expect("at least one run");
+    // Freshness: a fixed offered rate on top of the caught-up processor.
+    until(Duration::from_secs(10), || async { p.latency_buckets().await.ok().filter(|b| !b.is_empty()) }).await?;
+    let before = p.latency_buckets().await?;
+    let m = (args.rate * args.freshness_secs).round() as u64;
+    let started = Instant::now();
+    let mut acks = VecDeque::new();
+    let mut interval = tokio::time::interval(Duration::from_millis(5));
+    let per_tick = args.rate * 0.005;
+    let (mut due, mut i) = (0.0, 0u64);
+    while i < m {
+        interval.tick().await;
+        due += per_tick;
+        while due >= 1.0 && i < m {
+            due -= 1.0;
+            let (subject, payload) = event(n + i, args.instruments);
+            acks.push_back(js.publish(subject, payload).await?);
+            i += 1;
+        }
+        while acks.len() > 4096 {
+            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
+            ack.await?;
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let achieved = m as f64 / started.elapsed().as_secs_f64();
+    until(limit, || async { (committed(&db.pool).await >= n + m).then_some(()) }).await?;
+    let after = p.latency_buckets().await?;
+    let freshness = Freshness {
+        achieved,
+        p50_ms: bucket_quantile(&before, &after, 0.5) * 1e3,
+        p99_ms: bucket_quantile(&before, &after, 0.99) * 1e3,
+        p999_ms: bucket_quantile(&before, &after, 0.999) * 1e3,
+    };
+    let peak_rss_mb = p.peak_rss_mb();
+    drop(p);
+    let db_url = db.url.clone();
+    Ok(Measured { runs: Stats::of(runs), freshness, peak_rss_mb, db, db_url })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_from_histogram_differences() {
+        let text = "tributary_commit_latency_seconds_bucket{consumer=\"prices\",le=\"0.001\"} 10\n\
+                    tributary_commit_latency_seconds_bucket{consumer=\"prices\",le=\"0.002\"} 20\n\
+                    tributary_commit_latency_seconds_bucket{consumer=\"prices\",le=\"+Inf\"} 20\n\
+                    tributary_commit_latency_seconds_bucket{consumer=\"indices\",le=\"0.001\"} 99\n";
+        let before = vec![(0.001, 10.0), (0.002, 10.0), (f64::INFINITY, 10.0)];
+        let after = parse_buckets(text, "tributary_commit_latency_seconds_bucket", "prices");
+        assert_eq!(after, vec![(0.001, 10.0), (0.002, 20.0), (f64::INFINITY, 20.0)]);
+        // The 10 new samples all fall in (1 ms, 2 ms]: the median interpolates to 1.5 ms.
+        assert!((bucket_quantile(&before, &after, 0.5) - 0.0015).abs() < 1e-12);
+        assert!((bucket_quantile(&before, &after, 1.0) - 0.002).abs() < 1e-12);
+    }
+}

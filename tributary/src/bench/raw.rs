@@ -1,0 +1,188 @@
+//! The raw limits and the baseline pipeline: what a team would write by hand, with nothing of
+//! Tributary's in the way (no derived values, no tracing, no metrics).
+
+use super::event;
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use sea_orm::sqlx::{self, PgPool};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tributary_broker::events::PricePoint;
+use tributary_broker::ts::Ts;
+
+const IN_FLIGHT: usize = 4096;
+
+/// Publishes `n` events to `subject_of(i)` keeping `IN_FLIGHT` acks outstanding; returns msgs/s.
+async fn publish(
+    js: &jetstream::Context,
+    n: u64,
+    subject_of: impl Fn(u64) -> (String, bytes::Bytes),
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut acks = VecDeque::with_capacity(IN_FLIGHT);
+    for i in 0..n {
+        if acks.len() >= IN_FLIGHT {
+            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
+            ack.await?;
+        }
+        let (subject, payload) = subject_of(i);
+        acks.push_back(js.publish(subject, payload).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Raw JetStream publish rate into a fresh file-backed stream `name`.
+pub async fn jetstream_publish(js: &jetstream::Context, name: &str, n: u64, instruments: usize) -> anyhow::Result<f64> {
+    let prefix = name.to_lowercase();
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    publish(js, n, |i| {
+        let (subject, payload) = event(i, instruments);
+        (format!("{prefix}.{subject}"), payload)
+    })
+    .await
+}
+
+/// Raw pull-consume rate of stream `name`: batches of 1000, an ack per message.
+pub async fn jetstream_consume(js: &jetstream::Context, name: &str, n: u64) -> anyhow::Result<f64> {
+    let stream = js.get_stream(name).await?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0;
+    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    while seen < n {
+        let m = messages.next().await.context("consumer stream ended")?.map_err(|e| anyhow::anyhow!(e))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        seen += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Raw PostgreSQL upsert rate into a table shaped like `price_points`: batches of 1000 rows, one
+/// transaction each, `INSERT … SELECT FROM UNNEST … ON CONFLICT DO UPDATE`.
+pub async fn pg_upsert(pool: &PgPool, table: &str, n: u64, instruments: usize) -> anyhow::Result<f64> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (LIKE price_points INCLUDING ALL)")))
+        .execute(pool)
+        .await?;
+    let sql = format!(
+        "INSERT INTO {table} (instrument, ts, price, volume, seq, ret, derived)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[], $6::float8[], $7::jsonb[])
+         ON CONFLICT (instrument, ts) DO UPDATE
+           SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq, ret = EXCLUDED.ret, derived = EXCLUDED.derived
+         WHERE {table}.seq <= EXCLUDED.seq"
+    );
+    let derived =
+        serde_json::json!({"sma_20": 100.5, "sma_50": 100.25, "ema_12": 100.4, "ema_26": 100.3, "vol_20": 0.012});
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < n {
+        let m = 1000.min(n - i);
+        let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in i..i + m {
+            cols.0.push(format!("S{}", k % instruments as u64));
+            cols.1
+                .push(Ts::from_millis(1_767_225_600_000 + (k / instruments as u64) as i64 * 1000).expect("in range").0);
+            cols.2.push(100.0 + (k % 100) as f64);
+            cols.3.push(Some(10.0));
+            cols.4.push(k as i64);
+            cols.5.push(Some(0.001));
+            cols.6.push(derived.clone());
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(&cols.0)
+            .bind(&cols.1)
+            .bind(&cols.2)
+            .bind(&cols.3)
+            .bind(&cols.4)
+            .bind(&cols.5)
+            .bind(&cols.6)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        i += m;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Publishes the backlog the baseline and Tributary both process.
+pub async fn publish_backlog(js: &jetstream::Context, n: u64, instruments: usize) -> anyhow::Result<f64> {
+    publish(js, n, |i| event(i, instruments)).await
+}
+
+/// The baseline: fetch batches of 1000, decode, one UNNEST upsert of the raw rows per batch in one
+/// transaction, ack each message after commit. Returns events/s over the backlog of `n`.
+pub async fn baseline(js: &jetstream::Context, pool: &PgPool, durable: &str, n: u64) -> anyhow::Result<f64> {
+    let stream = js.get_stream("PRICES").await?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: "price.>".into(),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        let mut batch = consumer.batch().max_messages(1000).expires(Duration::from_secs(1)).messages().await?;
+        let mut messages = Vec::with_capacity(1000);
+        while let Some(m) = batch.next().await {
+            messages.push(m.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        let mut rows: HashMap<(String, chrono::DateTime<chrono::Utc>), (f64, Option<f64>, i64)> = HashMap::new();
+        for m in &messages {
+            let info = m.info().map_err(|e| anyhow::anyhow!(e))?;
+            let seq = info.stream_sequence as i64;
+            let p = PricePoint::decode(&m.subject, m.headers.as_ref(), &m.payload, Ts::new(info.published))
+                .map_err(|r| anyhow::anyhow!(r.reason))?;
+            let e = rows.entry((p.instrument, p.ts.0)).or_insert((p.price, p.volume, seq));
+            if seq > e.2 {
+                *e = (p.price, p.volume, seq);
+            }
+        }
+        let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((i, ts), (p, v, s)) in rows {
+            cols.0.push(i);
+            cols.1.push(ts);
+            cols.2.push(p);
+            cols.3.push(v);
+            cols.4.push(s);
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO price_points (instrument, ts, price, volume, seq)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[])
+             ON CONFLICT (instrument, ts) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq
+             WHERE price_points.seq < EXCLUDED.seq",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for m in &messages {
+            m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        done += messages.len() as u64;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
