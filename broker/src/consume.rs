@@ -116,7 +116,9 @@ pub async fn run<H: BatchHandler>(
             let chunk = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                c = chunks.next() => c,
+                // Unconstrained: tokio's cooperative budget would otherwise end a chunk after ~128
+                // ready messages, however many are buffered, and cap every batch there.
+                c = tokio::task::unconstrained(chunks.next()) => c,
             };
             let Some(chunk) = chunk else {
                 warn!(consumer = spec.durable, "message stream ended; reopening");

@@ -108,7 +108,7 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, StoreEr
 
 #[cfg(test)]
 mod tests {
-    use super::maintenance_url;
+    use super::{database_url, maintenance_url};
 
     #[test]
     fn maintenance_url_swaps_the_database() {
