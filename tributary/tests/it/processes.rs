@@ -124,3 +124,38 @@ async fn up_starts_a_private_nats_when_none_answers_serves_and_stops_on_sigterm(
     assert_eq!(exit_code(&mut up, Duration::from_secs(30)).await, Some(0), "up did not stop cleanly on SIGTERM");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_json_reports_every_promised_figure() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args(["bench", "--json", "--events", "3000", "--instruments", "20", "--repeats", "1"])
+            .args(["--rate", "500", "--freshness-secs", "1", "--api-secs", "0.5", "--api-rate", "100"])
+            .env("RUST_LOG", "error")
+            .env("DATABASE_URL", std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()))
+            .env_remove("NATS_URL")
+            .output()
+            .expect("running tributary bench")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON object");
+    for key in [
+        "raw.jetstream_publish_per_s",
+        "raw.jetstream_consume_per_s",
+        "raw.pg_upsert_rows_per_s",
+        "baseline.events_per_s",
+        "tributary.events_per_s",
+        "tributary.freshness_p50_ms",
+        "tributary.freshness_p99_ms",
+        "tributary.peak_rss_mb",
+        "api.max_rps",
+        "api.p99_ms",
+    ] {
+        let (section, field) = key.split_once('.').unwrap();
+        let v = report[section][field].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(report["machine"]["cpus"].as_u64(), Some(std::thread::available_parallelism().unwrap().get() as u64));
+}
