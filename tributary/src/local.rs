@@ -28,6 +28,11 @@ impl Drop for LocalServers {
     }
 }
 
+/// An installed binary by name (PATH, then /usr/sbin and /usr/local/bin).
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    find(name, &["/usr/sbin", "/usr/local/bin"])
+}
+
 /// The installed nats-server binary, if any.
 pub fn nats_server_bin() -> Option<PathBuf> {
     find("nats-server", &["/usr/sbin", "/usr/local/bin"])

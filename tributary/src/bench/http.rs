@@ -1,5 +1,9 @@
-//! API reads under load: `GET /v1/series/price/{i}?limit=100` from an in-process load generator (so
-//! on a small machine the generator and the server share its cores: the figures are a floor).
+//! API reads under load: `GET /v1/series/price/{i}?limit=100` over every instrument.
+//!
+//! Saturation is driven by `wrk` (Debian's package) when it is installed, a separate process as a real
+//! client would be; otherwise by an in-process generator sharing the server's cores (a floor). The
+//! fixed-rate latency run is open-loop and in-process (Debian's wrk has no fixed-rate mode): each
+//! request's latency counts from when it was due.
 
 use super::stats::{Stats, quantile};
 use crate::config::Config;
@@ -11,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_store::DbConfig;
 
 pub struct ApiMeasured {
+    pub generator: &'static str,
     pub saturation: Stats,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -38,13 +43,19 @@ pub async fn measure(
     let server = tokio::spawn(tributary_api::serve(listener, state, stop.clone()));
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let instruments = args.instruments.max(1) as u64;
+    let base_url = base.clone();
     let url = move |i: u64| format!("{base}/v1/series/price/S{}?limit=100", i % instruments);
     // One request first: the series must exist and answer 200.
     let first = client.get(url(0)).send().await?;
     anyhow::ensure!(first.status() == 200, "GET series answered {}", first.status());
 
     let mut saturation = Vec::new();
+    let wrk = crate::local::find_binary("wrk");
     for _ in 0..args.repeats.max(1) {
+        if let Some(wrk) = &wrk {
+            saturation.push(run_wrk(wrk, &base_url, instruments, args.api_secs).await?);
+            continue;
+        }
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs_f64(args.api_secs);
         let mut tasks = Vec::new();
@@ -95,8 +106,32 @@ pub async fn measure(
     stop.cancel();
     let _ = server.await;
     Ok(ApiMeasured {
+        generator: if wrk.is_some() { "wrk" } else { "in-process" },
         saturation: Stats::of(saturation),
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
     })
+}
+
+/// Requests/s that `wrk` reaches over every instrument's series in `secs`.
+async fn run_wrk(wrk: &std::path::Path, base: &str, instruments: u64, secs: f64) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join(format!("tributary-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, \"/v1/series/price/S\" .. (n % {instruments}) .. \"?limit=100\")\nend\n"
+        ),
+    )?;
+    let out = tokio::process::Command::new(wrk)
+        .args(["-t2", "-c32", &format!("-d{}s", secs.ceil().max(1.0)), "-s"])
+        .arg(&script)
+        .arg(format!("{base}/"))
+        .output()
+        .await?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(!text.contains("Non-2xx"), "wrk saw errors: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk's output: {text}"))
 }

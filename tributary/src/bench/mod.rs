@@ -112,6 +112,7 @@ struct TributaryReport {
 
 #[derive(Debug, Serialize)]
 struct ApiReport {
+    generator: &'static str,
     max_rps: f64,
     saturation: Stats,
     p99_ms: f64,
@@ -244,6 +245,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             peak_rss_mb: trib.peak_rss_mb,
         },
         api: ApiReport {
+            generator: api.generator,
             max_rps: api.saturation.median,
             saturation: api.saturation,
             p99_ms: api.p99_ms,
@@ -302,7 +304,7 @@ fn print_table(r: &Report) {
         r.tributary.freshness_achieved_per_s
     );
     println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
-    row("API GET series ?limit=100 at saturation", &r.api.saturation, "req/s");
+    row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
     println!(
         "{:<44} p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s",
         "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s

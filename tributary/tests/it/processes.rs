@@ -132,7 +132,11 @@ async fn bench_json_reports_every_promised_figure() {
             .args(["bench", "--json", "--events", "3000", "--instruments", "20", "--repeats", "1"])
             .args(["--rate", "500", "--freshness-secs", "1", "--api-secs", "0.5", "--api-rate", "100"])
             .env("RUST_LOG", "error")
-            .env("DATABASE_URL", std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()))
+            .env(
+                "DATABASE_URL",
+                std::env::var("TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+            )
             .env_remove("NATS_URL")
             .output()
             .expect("running tributary bench")
