@@ -38,6 +38,9 @@ pub(crate) async fn load_points(
     window: usize,
     names: &[String],
 ) -> Result<HashMap<String, (Vec<Row>, Vec<Row>)>, sqlx::Error> {
+    if starts.is_empty() {
+        return Ok(HashMap::new());
+    }
     let instruments: Vec<&str> = starts.iter().map(|s| s.0).collect();
     let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
     let rows: Vec<PointRow> = sqlx::query_as(
