@@ -74,6 +74,13 @@ impl IntoResponse for ApiError {
         if let Some(f) = field {
             error["field"] = f.into();
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if matches!(self, ApiError::TooLarge(_)) {
+            // The rest of the body was not read: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        response
     }
 }
