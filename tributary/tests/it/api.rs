@@ -58,29 +58,23 @@ async fn errors_are_json_with_the_right_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_publishes_with_idempotency_keys() {
     let app = spawn_app().await;
-    let r = app
-        .http
-        .post(format!("{}/v1/events/price.ACME", app.base))
-        .header("Idempotency-Key", "acme-1")
-        .body(r#"{"ts":"2026-01-02","price":10}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let first: Value = r.json().await.unwrap();
+    let post = || async {
+        let r = app
+            .http
+            .post(format!("{}/v1/events/price.ACME", app.base))
+            .header("Idempotency-Key", "acme-1")
+            .body(r#"{"ts":"2026-01-02","price":10}"#)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let (status, first) = post().await;
+    assert_eq!(status, 202);
     assert_eq!(first["stream"], "PRICES");
     assert_eq!(first["duplicate"], false);
-    let again: Value = app
-        .http
-        .post(format!("{}/v1/events/price.ACME", app.base))
-        .header("Idempotency-Key", "acme-1")
-        .body(r#"{"ts":"2026-01-02","price":10}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, again) = post().await;
+    assert_eq!(status, 202);
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["seq"], first["seq"]);
     app.settled().await;
