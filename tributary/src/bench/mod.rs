@@ -149,7 +149,9 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
     let port = local::free_port(0);
     let mut nats_child = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
+    let db_url = config.database.url.clone();
     let result = run_phases(config, &args, port).await;
+    pipeline::drop_run_databases(&db_url).await;
     let _ = nats_child.kill();
     let _ = nats_child.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -32,9 +32,21 @@ impl Database {
             .execute(&mut c)
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
-        let db = tributary_store::connect(&DbConfig { url: url.clone(), max_connections: 4 }).await?;
-        Migrator::up(&db, None).await?;
-        Ok(Database { pool: db.get_postgres_connection_pool().clone(), url, admin, name })
+        let ready = async {
+            let db = tributary_store::connect(&DbConfig { url: url.clone(), max_connections: 4 }).await?;
+            Migrator::up(&db, None).await?;
+            anyhow::Ok(db)
+        };
+        match ready.await {
+            Ok(db) => Ok(Database { pool: db.get_postgres_connection_pool().clone(), url, admin, name }),
+            Err(e) => {
+                // Leave nothing behind.
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(&mut c)
+                    .await;
+                Err(e.context(format!("preparing database {name}")))
+            }
+        }
     }
 
     pub async fn drop(self) {
@@ -44,6 +56,23 @@ impl Database {
                 .execute(&mut c)
                 .await;
         }
+    }
+}
+
+/// Drops every database this run created (those left by a failed phase included).
+pub async fn drop_run_databases(configured: &str) {
+    let Ok((admin, _)) = tributary_store::db::maintenance_url(configured) else { return };
+    let Ok(mut c) = PgConnection::connect(&admin).await else { return };
+    let prefix = format!("tributary_bench_{}_", std::process::id());
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(&prefix)
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default();
+    for name in names {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+            .execute(&mut c)
+            .await;
     }
 }
 
