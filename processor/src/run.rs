@@ -27,6 +27,8 @@ pub struct ProcessorConfig {
     /// How many price series' tails (their last window of points) to keep in memory. A cached tail
     /// saves reading the window on every append; memory is bounded by this times the window.
     pub tail_cache_series: usize,
+    /// How many transactions (and connections) one price batch is split over, by instrument.
+    pub db_parallelism: usize,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
 }
@@ -39,6 +41,7 @@ impl Default for ProcessorConfig {
             max_ack_pending: 20_000,
             durable_prefix: "processor".into(),
             tail_cache_series: 100_000,
+            db_parallelism: 2,
             prices: Transforms::default(),
         }
     }
@@ -75,7 +78,7 @@ pub async fn run(
     tasks.spawn(consume::run(
         js.clone(),
         cfg.spec(&streams, Kind::Price, "prices"),
-        PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series),
+        PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism),
         shutdown.clone(),
     ));
     tasks.spawn(consume::run(

@@ -39,6 +39,7 @@ pub struct PriceHandler {
     transforms: Arc<Transforms>,
     names: Arc<[String]>,
     cache: Arc<Mutex<TailCache>>,
+    parallelism: usize,
 }
 
 /// The last points of recently written series, each valid for one version of its series.
@@ -82,18 +83,23 @@ pub(crate) struct Row {
 
 impl PriceHandler {
     /// A handler writing through `pool` with the given windows, caching the tails of at most
-    /// `cached_series` series.
-    pub fn new(pool: PgPool, transforms: Transforms, cached_series: usize) -> Self {
+    /// `cached_series` series, committing each batch as `parallelism` concurrent transactions.
+    pub fn new(pool: PgPool, transforms: Transforms, cached_series: usize, parallelism: usize) -> Self {
         let names = transforms.names().into();
         let cache = TailCache { capacity: cached_series.max(1), tails: HashMap::new() };
-        PriceHandler { pool, transforms: Arc::new(transforms), names, cache: Arc::new(Mutex::new(cache)) }
+        let parallelism = parallelism.max(1);
+        PriceHandler { pool, transforms: Arc::new(transforms), names, cache: Arc::new(Mutex::new(cache)), parallelism }
     }
 
     /// Stores one batch in one transaction.
-    pub async fn commit(&self, batch: &[Delivery<PricePoint>]) -> Result<(), sea_orm::sqlx::Error> {
+    pub async fn commit<D: std::borrow::Borrow<Delivery<PricePoint>>>(
+        &self,
+        batch: &[D],
+    ) -> Result<(), sea_orm::sqlx::Error> {
         // 1. last writer wins inside the batch
         let mut latest: HashMap<(&str, DateTime<Utc>), Incoming> = HashMap::with_capacity(batch.len());
         for d in batch {
+            let d = d.borrow();
             let e = &d.event;
             let inc = Incoming { ts: e.ts.0, price: e.price, volume: e.volume, seq: d.seq as i64 };
             latest
@@ -258,17 +264,29 @@ impl BatchHandler for PriceHandler {
         PricePoint::decode(subject, headers, payload, received)
     }
 
+    /// Splits the batch by instrument into `parallelism` parts committed concurrently, each in its own
+    /// transaction on its own connection: parts share no instrument, so their locks never meet (an index
+    /// over instruments of both parts is recomputed by each in turn, under its lock). The batch counts as
+    /// committed only when every part is; a failed part means redelivery of all, which is harmless.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
-        let span = tracing::info_span!(
-            "db",
-            otel.kind = "client",
-            db.system = "postgresql",
-            db.operation = "price batch",
-            events = batch.len()
-        );
-        self.commit(batch)
-            .instrument(span)
+        let parts = self.parallelism.min(batch.len()).max(1);
+        let mut split: Vec<Vec<&Delivery<PricePoint>>> = vec![Vec::new(); parts];
+        for d in batch {
+            split[(crate::lock::key("price", &d.event.instrument) as u64 % parts as u64) as usize].push(d);
+        }
+        let commits = split.into_iter().filter(|p| !p.is_empty()).map(|part| {
+            let span = tracing::info_span!(
+                "db",
+                otel.kind = "client",
+                db.system = "postgresql",
+                db.operation = "price batch",
+                events = part.len()
+            );
+            async move { self.commit(&part).await }.instrument(span)
+        });
+        futures::future::try_join_all(commits)
             .await
+            .map(|_| ())
             .map_err(|e| HandleError(anyhow::Error::new(e).context("storing a price batch")))
     }
 }

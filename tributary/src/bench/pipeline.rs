@@ -201,12 +201,9 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
         let p = Processor::spawn(config, &db.url, &format!("bench{r}"))?;
         until(limit, || async { (committed(&db.pool).await >= n).then_some(()) }).await?;
         runs.push(n as f64 / started.elapsed().as_secs_f64());
-        match last.replace((p, db)) {
-            Some((old, old_db)) => {
-                drop(old);
-                old_db.drop().await;
-            }
-            None => {}
+        if let Some((old, old_db)) = last.replace((p, db)) {
+            drop(old);
+            old_db.drop().await;
         }
     }
     let (p, db) = last.expect("at least one run");

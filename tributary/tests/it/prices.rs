@@ -176,7 +176,7 @@ async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool().clone();
     let t = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
-    let (a, b) = (PriceHandler::new(pool.clone(), t.clone(), 10), PriceHandler::new(pool.clone(), t, 10));
+    let (a, b) = (PriceHandler::new(pool.clone(), t.clone(), 10, 1), PriceHandler::new(pool.clone(), t, 10, 1));
     let point = |day: u32, price: f64, seq: u64| Delivery {
         event: PricePoint {
             instrument: "X".into(),
