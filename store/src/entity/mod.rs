@@ -2,5 +2,4 @@
 
 pub mod index_points;
 pub mod indices;
-pub mod price_points;
 pub mod price_series;
