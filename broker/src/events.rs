@@ -14,7 +14,7 @@ use std::fmt;
 /// Why an event was refused: a short machine-readable class (a metrics label) and a human reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// `bad_subject`, `undecodable` or `invalid`.
+    /// `bad_subject`, `undecodable`, `invalid` or `expired`.
     pub class: &'static str,
     /// What was wrong, for people reading the dead-letter stream.
     pub reason: String,
@@ -32,6 +32,10 @@ impl Rejection {
     /// The payload decoded but its values are not acceptable.
     pub fn invalid(reason: String) -> Self {
         Rejection { class: "invalid", reason }
+    }
+    /// The event is older than what is kept.
+    pub fn expired(reason: String) -> Self {
+        Rejection { class: "expired", reason }
     }
 }
 

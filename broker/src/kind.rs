@@ -9,17 +9,20 @@ pub enum Kind {
     Price,
     /// `index.<name>`: the definition of a weighted index.
     Index,
+    /// `metric.<host>`: a sample of numeric fields of one host.
+    Metric,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 2] = [Kind::Price, Kind::Index];
+    pub const ALL: [Kind; 3] = [Kind::Price, Kind::Index, Kind::Metric];
 
     /// The first subject token, e.g. `price`.
     pub fn prefix(self) -> &'static str {
         match self {
             Kind::Price => "price",
             Kind::Index => "index",
+            Kind::Metric => "metric",
         }
     }
 
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Price => "PRICES",
             Kind::Index => "INDICES",
+            Kind::Metric => "METRICS",
         }
     }
 

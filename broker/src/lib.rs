@@ -1,10 +1,11 @@
 //! The event contract and the JetStream plumbing every Tributary role shares.
 //!
 //! # Layout
-//! - [`kind`]: the kinds of event, their subjects (`price.<instrument>`, `index.<name>`) and streams.
+//! - [`kind`]: the kinds of event, their subjects (`price.<instrument>`, `index.<name>`, `metric.<host>`) and streams.
 //! - [`ts`]: event timestamps (RFC 3339, `YYYY-MM-DD` or epoch milliseconds).
 //! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
 //! - [`events`]: the payload types and their validation into domain values.
+//! - [`metrics`]: `metric.<host>` samples (any object of numeric fields) and their validation.
 //! - [`streams`]: stream definitions, created or updated idempotently.
 //! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
 //! - [`consume`]: the consume loop (batch, one commit, ack after commit, nak with backoff, dead-letter).
@@ -16,6 +17,7 @@ pub mod consume;
 pub mod dlq;
 pub mod events;
 pub mod kind;
+pub mod metrics;
 pub mod publish;
 pub mod streams;
 pub mod trace;

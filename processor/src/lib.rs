@@ -5,6 +5,8 @@
 //!   over them; [`prices::series`] and [`prices::index`] are the pure derivations (the same code is
 //!   the batch computation the tests compare against).
 //! - [`indices`]: index definitions → stored definition and a recomputed history.
+//! - [`metrics`]: server metric samples → raw series, time-bucket rollups with percentiles
+//!   ([`metrics::rollup`] is their pure arithmetic), each host's latest sample, live announcements.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
 //!
@@ -13,6 +15,7 @@
 
 pub mod indices;
 pub mod lock;
+pub mod metrics;
 pub mod prices;
 mod run;
 

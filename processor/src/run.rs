@@ -1,6 +1,7 @@
 //! The consumers of a processor role, each on its own task, all stopped by one token.
 
 use crate::indices::IndexHandler;
+use crate::metrics::{MetricHandler, sweep};
 use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
 use anyhow::Context;
 use async_nats::jetstream;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::consume::{self, ConsumerSpec};
 use tributary_broker::{Kind, StreamsConfig};
+use tributary_store::MetricsConfig;
 
 /// How a processor consumes.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -66,10 +68,13 @@ pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
     cfg: ProcessorConfig,
+    metrics: MetricsConfig,
     streams: StreamsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.prices.validate().map_err(anyhow::Error::msg).context("processor.prices")?;
+    let metric_handler =
+        MetricHandler::new(pool.clone(), &metrics, Some(js.client())).map_err(anyhow::Error::msg).context("metrics")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
     if recomputed > 0 {
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");
@@ -82,11 +87,13 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(consume::run(
-        js,
+        js.clone(),
         cfg.spec(&streams, Kind::Index, "indices"),
-        IndexHandler::new(pool),
+        IndexHandler::new(pool.clone()),
         shutdown.clone(),
     ));
+    tasks.spawn(consume::run(js, cfg.spec(&streams, Kind::Metric, "metrics"), metric_handler, shutdown.clone()));
+    tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(Ok(())) => {}
@@ -101,4 +108,25 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Applies metric retention every `sweep_interval_secs` until `shutdown`. A failed sweep is logged and
+/// tried again next time (every replica sweeps; deleting twice is harmless).
+async fn sweep_until(
+    pool: PgPool,
+    cfg: MetricsConfig,
+    shutdown: CancellationToken,
+) -> Result<(), tributary_broker::consume::ConsumeError> {
+    let mut every = tokio::time::interval(Duration::from_secs(cfg.sweep_interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = every.tick() => {}
+        }
+        match sweep(&pool, &cfg, chrono::Utc::now()).await {
+            Ok((0, 0)) => {}
+            Ok((samples, buckets)) => tracing::info!(samples, buckets, "metric retention applied"),
+            Err(e) => tracing::warn!(error = %e, "metric retention sweep failed; retrying later"),
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`migrations`]: the schema, as SQL migrations run by sea-orm's migrator (`Migrator::up` at startup).
 //! - [`entity`]: sea-orm entities for the tables the API reads.
+//! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
@@ -10,7 +11,9 @@
 
 pub mod db;
 pub mod entity;
+pub mod metrics;
 pub mod migrations;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
+pub use metrics::MetricsConfig;
 pub use migrations::Migrator;

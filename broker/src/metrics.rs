@@ -1,0 +1,238 @@
+//! `metric.<host>`: a sample of any number of numeric fields of one host, e.g.
+//! `{"ts": "...", "cpu_usage": 12.5, "load1": 0.7}`. Each field is the series `<host>/<field>`.
+//!
+//! Accepted: a JSON or MessagePack object whose `ts` (optional; RFC 3339, a date or epoch milliseconds)
+//! is a time and whose every other member is a finite number. Fields named `*_usage`, `*_pct` or
+//! `*_percent` are percentages and must lie in 0–100. Anything else is refused with a reason naming the
+//! field, and goes to the dead-letter stream.
+
+use crate::codec;
+use crate::events::Rejection;
+use crate::kind::{Kind, valid_key};
+use crate::ts::Ts;
+use async_nats::HeaderMap;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Core NATS subjects `live.metric.<host>`: after a commit, the processor announces each host's newest
+/// sample of the batch there (as JSON [`LiveSample`]); the API relays them to browsers. Not a stream:
+/// a missed announcement is only a missed screen update.
+pub const LIVE_PREFIX: &str = "live.metric";
+
+/// A committed sample as announced to live readers: `{"host": ..., "ts": ..., "fields": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LiveSample {
+    /// The host.
+    pub host: String,
+    /// When the sample was taken.
+    pub ts: Ts,
+    /// Its values.
+    pub fields: BTreeMap<String, f64>,
+}
+
+/// The wire form our simulator publishes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetricEvent {
+    /// When the sample was taken; a missing `ts` takes the JetStream message time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<Ts>,
+    /// The values, by field name.
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, f64>,
+}
+
+/// A validated sample of one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    /// The host, from the subject.
+    pub host: String,
+    /// When, from the payload or the message time.
+    pub ts: Ts,
+    /// At least one finite value, by field name.
+    pub fields: BTreeMap<String, f64>,
+}
+
+impl MetricSample {
+    /// Decodes and validates a metric message. `received` is the JetStream time, used when `ts` is missing.
+    pub fn decode(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], received: Ts) -> Result<Self, Rejection> {
+        let host = Kind::Metric.key_of(subject).map_err(Rejection::subject)?.to_owned();
+        let members: Members = codec::decode(headers, payload).map_err(Rejection::undecodable)?;
+        let mut ts = None;
+        let mut fields = BTreeMap::new();
+        for (name, value) in members.0 {
+            if name == "ts" {
+                ts = Some(
+                    match value {
+                        Member::Number(ms) => Ts::from_millis_f64(ms),
+                        Member::Text(s) => Ts::parse(&s),
+                        Member::Other(what) => Err(format!("bad ts: expected a time, got {what}")),
+                    }
+                    .map_err(Rejection::invalid)?,
+                );
+                continue;
+            }
+            let v = match value {
+                Member::Number(v) => v,
+                Member::Text(s) => {
+                    return Err(invalid(format!("field {name:?} must be a number, got the string {s:?}")));
+                }
+                Member::Other(what) => return Err(invalid(format!("field {name:?} must be a number, got {what}"))),
+            };
+            check(&name, v).map_err(Rejection::invalid)?;
+            fields.insert(name, v);
+        }
+        if fields.is_empty() {
+            return Err(invalid("a metric sample needs at least one numeric field besides ts".into()));
+        }
+        Ok(MetricSample { host, ts: ts.unwrap_or(received), fields })
+    }
+}
+
+fn invalid(reason: String) -> Rejection {
+    Rejection::invalid(reason)
+}
+
+/// Whether `name` is a field name we store and `v` an acceptable value for it.
+pub fn check(name: &str, v: f64) -> Result<(), String> {
+    if !valid_key(name) || name.contains('/') {
+        return Err(format!("{name:?} is not a valid field name (one token, no '/', '.', '*', '>' or spaces)"));
+    }
+    if !v.is_finite() {
+        return Err(format!("field {name:?} must be a finite number, got {v}"));
+    }
+    if is_percentage(name) && !(0.0..=100.0).contains(&v) {
+        return Err(format!("field {name:?} is a percentage and must be within 0–100, got {v}"));
+    }
+    Ok(())
+}
+
+/// Fields whose values are percentages (0–100): `*_usage`, `*_pct`, `*_percent`.
+pub fn is_percentage(name: &str) -> bool {
+    name.ends_with("_usage") || name.ends_with("_pct") || name.ends_with("_percent")
+}
+
+/// The members of the payload's object, in order, each kept as what it is so errors can name it.
+struct Members(Vec<(String, Member)>);
+
+enum Member {
+    Number(f64),
+    Text(String),
+    /// What it was instead, for the reason: "a boolean", "null", "an array", ...
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of numeric fields")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(name, _)| *name == k) {
+                        return Err(de::Error::custom(format!("field {k:?} appears twice")));
+                    }
+                    let v = map.next_value::<Member>()?;
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Member, E> {
+                Ok(Member::Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Member, E> {
+                Ok(Member::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Member, E> {
+                Ok(Member::Number(v as f64))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Member, E> {
+                Ok(Member::Text(v.to_owned()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Member, E> {
+                Ok(Member::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<Member, E> {
+                Ok(Member::Other("null"))
+            }
+            fn visit_none<E>(self) -> Result<Member, E> {
+                Ok(Member::Other("null"))
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Member, E> {
+                Ok(Member::Other("bytes"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Member, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Member::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member, A::Error> {
+                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(Member::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Ts {
+        Ts::parse("2026-11-20").unwrap()
+    }
+
+    fn reason(payload: &[u8]) -> String {
+        MetricSample::decode("metric.db-1", None, payload, now()).unwrap_err().reason
+    }
+
+    #[test]
+    fn any_object_of_numbers_is_a_sample() {
+        let s = MetricSample::decode("metric.db-1", None, br#"{"cpu_usage":12.5,"load1":0.7}"#, now()).unwrap();
+        assert_eq!(s.host, "db-1");
+        assert_eq!(s.ts, now());
+        assert_eq!(s.fields, BTreeMap::from([("cpu_usage".into(), 12.5), ("load1".into(), 0.7)]));
+        let s = MetricSample::decode("metric.h", None, br#"{"ts":1700000000000,"x":-3}"#, now()).unwrap();
+        assert_eq!(s.ts, Ts::from_millis(1_700_000_000_000).unwrap());
+        let e = MetricEvent { ts: Some(now()), fields: BTreeMap::from([("disk_usage".into(), 70.25)]) };
+        let s = MetricSample::decode("metric.h", None, &codec::to_msgpack(&e), now()).unwrap();
+        assert_eq!((s.ts, s.fields), (now(), e.fields));
+    }
+
+    #[test]
+    fn bad_samples_are_named() {
+        assert!(
+            reason(br#"{"cpu_usage":"high"}"#).contains(r#"field "cpu_usage" must be a number, got the string "high""#)
+        );
+        assert!(reason(br#"{"cpu_usage":true}"#).contains("a boolean"));
+        assert!(reason(br#"{"cpu_usage":null}"#).contains("null"));
+        assert!(reason(br#"{"cpu_usage":[1]}"#).contains("an array"));
+        assert!(reason(br#"{"cpu_usage":120}"#).contains("within 0–100"));
+        assert!(reason(br#"{"memory_usage":-1}"#).contains("within 0–100"));
+        assert!(reason(br#"{"ts":"2026-01-01"}"#).contains("at least one numeric field"));
+        assert!(reason(br#"{"ts":"yesterday","x":1}"#).contains("bad ts"));
+        assert!(reason(br#"[1,2]"#).contains("invalid type"));
+        assert!(reason(br#"{"a b":1}"#).contains("not a valid field name"));
+        let nan = codec::to_msgpack(&MetricEvent { ts: None, fields: BTreeMap::from([("x".into(), f64::NAN)]) });
+        assert!(reason(&nan).contains("finite"));
+        assert_eq!(MetricSample::decode("metric.a.b", None, br#"{"x":1}"#, now()).unwrap_err().class, "bad_subject");
+    }
+}

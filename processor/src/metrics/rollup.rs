@@ -1,0 +1,269 @@
+//! Rollup arithmetic: one bucket's statistics from its raw samples, and a wider bucket's from its
+//! narrower buckets. The processor (incrementally) and the tests (as a batch) call the same functions,
+//! so the two agree bit for bit.
+//!
+//! Percentiles are nearest-rank (the value at rank ⌈q·n⌉ of the sorted samples): exact in buckets built
+//! from raw samples. Wider buckets take them from a merged [`Sketch`]: within [`Sketch::ALPHA`] relative
+//! error of the exact value, clamped into [min, max].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The statistics of one bucket of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollup {
+    /// The bucket's start.
+    pub start: DateTime<Utc>,
+    /// Samples in the bucket (≥ 1).
+    pub count: i64,
+    /// Their sum, added in time order (and, in wider buckets, bucket by bucket).
+    pub sum: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+    /// `sum / count`.
+    pub mean: f64,
+    /// The earliest sample's value.
+    pub first: f64,
+    /// The latest sample's value.
+    pub last: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The distribution, for merging into wider buckets.
+    pub sketch: Sketch,
+}
+
+/// The quantiles every rollup holds.
+pub const QUANTILES: [f64; 3] = [0.50, 0.95, 0.99];
+
+/// The 0-based nearest-rank index of quantile `q` among `n` sorted values.
+fn rank(q: f64, n: i64) -> i64 {
+    ((q * n as f64).ceil() as i64 - 1).clamp(0, n - 1)
+}
+
+impl Rollup {
+    /// The rollup of `samples` (time, value), which must be non-empty and in ascending time order.
+    pub fn of_samples(start: DateTime<Utc>, samples: &[(DateTime<Utc>, f64)]) -> Rollup {
+        assert!(!samples.is_empty(), "a rollup needs at least one sample");
+        debug_assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "samples in time order");
+        let sum = samples.iter().fold(0.0, |acc, (_, v)| acc + v);
+        let mut sorted: Vec<f64> = samples.iter().map(|(_, v)| *v).collect();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len() as i64;
+        let pick = |q| sorted[rank(q, n) as usize];
+        let mut sketch = Sketch::default();
+        for v in &sorted {
+            sketch.add(*v);
+        }
+        Rollup {
+            start,
+            count: n,
+            sum,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+            mean: sum / n as f64,
+            first: samples[0].1,
+            last: samples[samples.len() - 1].1,
+            p50: pick(QUANTILES[0]),
+            p95: pick(QUANTILES[1]),
+            p99: pick(QUANTILES[2]),
+            sketch,
+        }
+    }
+
+    /// The rollup of a wider bucket from its narrower `parts`, non-empty and in ascending start order.
+    pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Rollup {
+        assert!(!parts.is_empty(), "a merge needs at least one part");
+        let count = parts.iter().map(|p| p.count).sum::<i64>();
+        let sum = parts.iter().fold(0.0, |acc, p| acc + p.sum);
+        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
+        let max = parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max);
+        let mut sketch = Sketch::default();
+        for p in parts {
+            sketch.merge(&p.sketch);
+        }
+        let pick = |q| sketch.quantile(q).clamp(min, max);
+        Rollup {
+            start,
+            count,
+            sum,
+            min,
+            max,
+            mean: sum / count as f64,
+            first: parts[0].first,
+            last: parts[parts.len() - 1].last,
+            p50: pick(QUANTILES[0]),
+            p95: pick(QUANTILES[1]),
+            p99: pick(QUANTILES[2]),
+            sketch,
+        }
+    }
+}
+
+/// The start of the `width`-second bucket holding `ts` (buckets are aligned to the Unix epoch).
+pub fn bucket(ts: DateTime<Utc>, width: i64) -> DateTime<Utc> {
+    let s = ts.timestamp().div_euclid(width) * width;
+    DateTime::from_timestamp(s, 0).expect("a bucket start within chrono's range")
+}
+
+/// A mergeable distribution with relative accuracy [`Sketch::ALPHA`] (the DDSketch idea): a value `v`
+/// falls into bucket `⌈log_γ |v|⌉` with `γ = (1 + α) / (1 − α)`; counts add when sketches merge, so a
+/// merged sketch is exactly the sketch of all the samples, in any order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sketch {
+    /// Values with |v| below [`Sketch::MIN`].
+    zero: u64,
+    /// Counts of positive values by bucket index.
+    pos: BTreeMap<i32, u64>,
+    /// Counts of negative values by the bucket index of |v|.
+    neg: BTreeMap<i32, u64>,
+}
+
+impl Sketch {
+    /// The relative error bound of a quantile read from a sketch.
+    pub const ALPHA: f64 = 0.01;
+    /// Magnitudes below this count as zero.
+    pub const MIN: f64 = 1e-9;
+
+    fn gamma() -> f64 {
+        (1.0 + Self::ALPHA) / (1.0 - Self::ALPHA)
+    }
+
+    fn index(magnitude: f64) -> i32 {
+        (magnitude.ln() / Self::gamma().ln()).ceil() as i32
+    }
+
+    fn value(index: i32) -> f64 {
+        let g = Self::gamma();
+        2.0 * g.powi(index) / (g + 1.0)
+    }
+
+    /// Counts one value.
+    pub fn add(&mut self, v: f64) {
+        if v.abs() < Self::MIN {
+            self.zero += 1;
+        } else if v > 0.0 {
+            *self.pos.entry(Self::index(v)).or_default() += 1;
+        } else {
+            *self.neg.entry(Self::index(-v)).or_default() += 1;
+        }
+    }
+
+    /// Adds another sketch's counts.
+    pub fn merge(&mut self, other: &Sketch) {
+        self.zero += other.zero;
+        for (i, c) in &other.pos {
+            *self.pos.entry(*i).or_default() += c;
+        }
+        for (i, c) in &other.neg {
+            *self.neg.entry(*i).or_default() += c;
+        }
+    }
+
+    /// How many values it holds.
+    pub fn count(&self) -> u64 {
+        self.zero + self.pos.values().sum::<u64>() + self.neg.values().sum::<u64>()
+    }
+
+    /// The nearest-rank quantile `q`, within [`Sketch::ALPHA`] relative error; 0 when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let n = self.count();
+        if n == 0 {
+            return 0.0;
+        }
+        let mut left = rank(q, n as i64) as u64;
+        // Ascending: the most negative first, then zeros, then positives.
+        for (i, c) in self.neg.iter().rev() {
+            if left < *c {
+                return -Self::value(*i);
+            }
+            left -= c;
+        }
+        if left < self.zero {
+            return 0.0;
+        }
+        left -= self.zero;
+        for (i, c) in &self.pos {
+            if left < *c {
+                return Self::value(*i);
+            }
+            left -= c;
+        }
+        unreachable!("rank {q} lies within the count")
+    }
+
+    /// The stored form (MessagePack).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("a sketch serialises")
+    }
+
+    /// Reads the stored form.
+    pub fn from_bytes(b: &[u8]) -> Result<Sketch, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_of_samples() {
+        let s: Vec<_> = [5.0, 1.0, 3.0, 2.0, 4.0].iter().enumerate().map(|(i, v)| (t(i as i64), *v)).collect();
+        let r = Rollup::of_samples(t(0), &s);
+        assert_eq!((r.count, r.sum, r.min, r.max, r.mean), (5, 15.0, 1.0, 5.0, 3.0));
+        assert_eq!((r.first, r.last), (5.0, 4.0));
+        // nearest rank: p50 of 5 values is the 3rd, p95 and p99 the 5th.
+        assert_eq!((r.p50, r.p95, r.p99), (3.0, 5.0, 5.0));
+        let hundred: Vec<_> = (1..=100).map(|i| (t(i), i as f64)).collect();
+        let r = Rollup::of_samples(t(0), &hundred);
+        assert_eq!((r.p50, r.p95, r.p99), (50.0, 95.0, 99.0));
+    }
+
+    #[test]
+    fn merged_buckets_are_exact_but_for_percentiles_within_alpha() {
+        let samples: Vec<_> = (0..3600).map(|i| (t(i), 50.0 + 40.0 * ((i as f64) / 97.0).sin())).collect();
+        let minutes: Vec<Rollup> = samples.chunks(60).map(|c| Rollup::of_samples(bucket(c[0].0, 60), c)).collect();
+        let hour = Rollup::merge(t(0), &minutes);
+        let exact = Rollup::of_samples(t(0), &samples);
+        assert_eq!(
+            (hour.count, hour.min, hour.max, hour.first, hour.last),
+            (3600, exact.min, exact.max, exact.first, exact.last)
+        );
+        assert!((hour.sum - exact.sum).abs() < 1e-9 * exact.sum);
+        assert_eq!(hour.sketch, exact.sketch, "merging sketches equals sketching everything");
+        for (got, want) in [(hour.p50, exact.p50), (hour.p95, exact.p95), (hour.p99, exact.p99)] {
+            assert!((got - want).abs() <= Sketch::ALPHA * want.abs(), "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn sketches_hold_negatives_and_zeros_and_round_trip() {
+        let mut s = Sketch::default();
+        for v in [-10.0, -1.0, 0.0, 0.0, 1.0, 10.0] {
+            s.add(v);
+        }
+        assert_eq!(s.count(), 6);
+        assert!((s.quantile(0.0) + 10.0).abs() <= 0.1);
+        assert_eq!(s.quantile(0.5), 0.0);
+        assert!((s.quantile(1.0) - 10.0).abs() <= 0.1);
+        assert_eq!(Sketch::from_bytes(&s.to_bytes()).unwrap(), s);
+    }
+
+    #[test]
+    fn buckets_align_to_the_epoch() {
+        assert_eq!(bucket(t(3599), 3600), t(0));
+        assert_eq!(bucket(t(3600), 3600), t(3600));
+        assert_eq!(bucket(t(-1), 60), t(-60));
+    }
+}
