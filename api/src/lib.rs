@@ -2,12 +2,15 @@
 //!
 //! # Layout
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
-//! - `routes/`: one module per resource: `series`, `indices`, `events`, `dlq`, `health`.
+//! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `events`, `dlq`, `health`.
+//! - [`live`]: the hub relaying committed metric samples to Server-Sent Events and WebSocket readers.
+//! - `dashboard.html`: the live page at `/` (dependency-free: plain DOM and SVG).
 //! - `openapi.json`: the OpenAPI 3.1 document served at `/openapi.json`, with a docs page at `/docs`.
 //!
 //! [`router`] builds the app for a state; [`serve`] runs it on a listener until a token is cancelled.
 
 pub mod error;
+pub mod live;
 mod params;
 mod routes;
 
@@ -20,6 +23,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::StreamsConfig;
+use tributary_store::MetricsConfig;
+
+pub use live::Live;
 
 pub use error::ApiError;
 
@@ -57,6 +63,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Limits and waits.
     pub config: ApiConfig,
+    /// Rollup widths (for `/rollups/{width}`).
+    pub rollups: MetricsConfig,
+    /// Live samples for streaming readers.
+    pub live: Live,
 }
 
 impl AppState {
@@ -70,7 +80,14 @@ pub fn router(state: AppState) -> Router {
     routes::router().with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves the API on `listener` until `shutdown` is cancelled, then ends live streams and finishes
+/// in-flight requests.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    state.live.relay(&state.nats).await.map_err(std::io::Error::other)?;
+    let live = state.live.clone();
+    let stopping = async move {
+        shutdown.cancelled().await;
+        live.close();
+    };
+    axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
 }

@@ -74,6 +74,7 @@ impl Connected {
             self.js.clone(),
             pool,
             self.config.processor.clone(),
+            self.config.metrics.clone(),
             self.config.streams.clone(),
             shutdown,
         )
@@ -89,6 +90,8 @@ impl Connected {
             streams: self.config.streams.clone(),
             metrics: tributary_telemetry::metrics(),
             config: self.config.api.clone(),
+            rollups: self.config.metrics.clone(),
+            live: tributary_api::Live::new(),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
     }

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tributary_broker::events::{IndexDefinition, PricePoint};
+use tributary_broker::metrics::MetricSample;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, codec, publish};
 
@@ -27,11 +28,11 @@ pub async fn publish(
     })?;
     let bytes = super::body(&s, body).await?;
     let json_headers = publish::headers(None, codec::JSON);
+    let now = Ts::new(chrono::Utc::now());
     let checked = match kind {
-        Kind::Price => {
-            PricePoint::decode(&subject, Some(&json_headers), &bytes, Ts::new(chrono::Utc::now())).map(|_| ())
-        }
+        Kind::Price => PricePoint::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
         Kind::Index => IndexDefinition::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
+        Kind::Metric => MetricSample::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
     };
     checked.map_err(|r| {
         ApiError::bad(if r.class == "bad_subject" { "unknown_subject" } else { "invalid_event" }, r.reason)

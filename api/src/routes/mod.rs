@@ -4,6 +4,8 @@ mod dlq;
 mod events;
 mod health;
 mod indices;
+mod live;
+mod metrics;
 mod series;
 
 use crate::{ApiError, AppState};
@@ -17,11 +19,18 @@ use tower_http::trace::TraceLayer;
 
 const OPENAPI: &str = include_str!("../openapi.json");
 const DOCS: &str = include_str!("../docs.html");
+const DASHBOARD: &str = include_str!("../dashboard.html");
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/series/price", get(series::list))
         .route("/v1/series/price/{instrument}", get(series::get))
+        .route("/v1/metrics/latest", get(metrics::latest))
+        .route("/v1/servers", get(metrics::servers))
+        .route("/v1/series/metric/{host}/{field}", get(metrics::raw))
+        .route("/v1/series/metric/{host}/{field}/rollups/{width}", get(metrics::rollups))
+        .route("/v1/live/metrics", get(live::sse))
+        .route("/v1/live/ws", get(live::ws))
         .route("/v1/indices", get(indices::list))
         .route("/v1/indices/{name}", get(indices::get).put(indices::put))
         .route("/v1/events/{subject}", post(events::publish))
@@ -32,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/docs", get(|| async { Html(DOCS) }))
+        .route("/", get(|| async { Html(DASHBOARD) }))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({

@@ -36,6 +36,8 @@ pub async fn measure(
         streams: config.streams.clone(),
         metrics: tributary_telemetry::metrics(),
         config: config.api.clone(),
+        rollups: config.metrics.clone(),
+        live: tributary_api::Live::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -1,0 +1,77 @@
+//! Live metric samples for browsers: one NATS subscription (`live.metric.>`, announced by processors after
+//! each commit) fanned out to every open Server-Sent Events stream and WebSocket.
+//!
+//! Streams end cleanly when the API shuts down: [`Live::close`] is called on shutdown, and every stream
+//! selects on it, so graceful shutdown is not held up by open connections.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tributary_broker::metrics::LIVE_PREFIX;
+
+/// One announced sample: its host (for filtering) and its JSON text.
+#[derive(Debug)]
+pub struct LiveMsg {
+    /// The host, from the subject.
+    pub host: String,
+    /// `{"host": ..., "ts": ..., "fields": {...}}` as the processor wrote it.
+    pub json: Bytes,
+}
+
+/// The fan-out hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    tx: broadcast::Sender<Arc<LiveMsg>>,
+    closed: CancellationToken,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Live {
+    /// A hub holding up to 4096 undelivered samples per slow reader (a slower one skips ahead).
+    pub fn new() -> Self {
+        Live { tx: broadcast::channel(4096).0, closed: CancellationToken::new() }
+    }
+
+    /// A receiver of every sample from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveMsg>> {
+        self.tx.subscribe()
+    }
+
+    /// Fires when the hub closes (API shutdown).
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Ends every stream.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Subscribes to the announcements and relays them until the hub closes. Returns once subscribed,
+    /// so samples committed after it returns reach readers subscribed by then.
+    pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
+        let mut sub = nats.subscribe(format!("{LIVE_PREFIX}.>")).await?;
+        let _ = nats.flush().await;
+        let (tx, closed) = (self.tx.clone(), self.closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let host = msg.subject.strip_prefix(LIVE_PREFIX).and_then(|h| h.strip_prefix('.')).unwrap_or("");
+                // No receivers is not an error: nobody is watching.
+                let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json: msg.payload }));
+            }
+            let _ = sub.unsubscribe().await;
+        });
+        Ok(())
+    }
+}
