@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`prices`]: the price simulator (random walks with late and corrected prices) and the CSV importer
 //!   (`instrument,ts,price[,volume]`, streamed with bounded memory and a progress bar).
+//! - [`metrics`]: the server metrics simulator (N servers, one sample each per interval).
 //!
 //! Every source publishes through [`tributary_broker::Publisher`]: idempotency keys, pipelined acks, and a
 //! report of what was stored, deduplicated or not delivered.
 
+pub mod metrics;
 pub mod prices;

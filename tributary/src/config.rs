@@ -13,9 +13,10 @@ use std::path::Path;
 use tributary_aggregator::AggregatorConfig;
 use tributary_api::ApiConfig;
 use tributary_broker::StreamsConfig;
+use tributary_gatherer::metrics::MetricsSimConfig;
 use tributary_gatherer::prices::SimConfig;
 use tributary_processor::ProcessorConfig;
-use tributary_store::DbConfig;
+use tributary_store::{DbConfig, MetricsConfig};
 use tributary_telemetry::TelemetryConfig;
 
 /// Everything.
@@ -30,6 +31,8 @@ pub struct Config {
     pub streams: StreamsConfig,
     /// The processor role.
     pub processor: ProcessorConfig,
+    /// Metric rollups and retention (the processor computes them, the API serves them).
+    pub metrics: MetricsConfig,
     /// The API role.
     pub api: ApiConfig,
     /// Logs, traces, metrics.
@@ -62,6 +65,8 @@ impl Default for NatsConfig {
 pub struct GathererConfig {
     /// The price simulator.
     pub prices: SimConfig,
+    /// The server metrics simulator.
+    pub metrics: MetricsSimConfig,
 }
 
 /// `tributary up` settings.

@@ -71,6 +71,38 @@ struct ApiArgs {
 enum Gatherer {
     /// Simulate prices, or import them from CSV with --csv.
     Prices(PricesArgs),
+    /// Simulate N servers' CPU, memory and disk usage, one sample per server per interval.
+    Metrics(MetricsArgs),
+}
+
+#[derive(Args)]
+struct MetricsArgs {
+    /// Number of servers (ids <prefix>1 … <prefix>N).
+    #[arg(long)]
+    servers: Option<usize>,
+    /// Time between rounds, e.g. 1s, 250ms.
+    #[arg(long, value_parser = parse_interval)]
+    interval: Option<Duration>,
+    /// Server id prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Stop after this many rounds.
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+/// `250ms`, `1s`, `2m`.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad interval {s:?}"));
+    }
+    tributary_store::metrics::Span::parse(s).map(|d| Duration::from_secs(d.secs() as u64))
 }
 
 #[derive(Args)]
@@ -155,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tributary_aggregator::run(config.aggregator, stop).await
         }
         Command::Gatherer(Gatherer::Prices(args)) => gather_prices(config, args).await,
+        Command::Gatherer(Gatherer::Metrics(args)) => gather_metrics(config, args).await,
         Command::Bench(args) => tributary::bench::run(config, args).await,
         Command::Migrate => {
             app::connect(config).await?;
@@ -203,6 +236,14 @@ async fn up(config: Config, demo: bool) -> anyhow::Result<()> {
                 failed = report.failed.len(),
                 "price simulator stopped"
             );
+            Ok(())
+        });
+    }
+    if demo {
+        let (js, sim, s) = (c.js.clone(), c.config.gatherer.metrics.clone(), stop.clone());
+        tasks.spawn(async move {
+            let report = tributary_gatherer::metrics::simulate(js, sim, s).await;
+            tracing::info!(stored = report.stored, failed = report.failed.len(), "metrics simulator stopped");
             Ok(())
         });
     }
@@ -290,5 +331,32 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
         report.failed.len()
     );
     anyhow::ensure!(report.failed.is_empty(), "{} events were not delivered", report.failed.len());
+    Ok(())
+}
+
+async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result<()> {
+    let nats = app::connect_nats(&config.nats.url).await?;
+    let js = async_nats::jetstream::new(nats);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let stop = shutdown::on_signal();
+    serve_metrics(args.metrics_listen, stop.clone()).await?;
+    let sim = &mut config.gatherer.metrics;
+    sim.servers = args.servers.unwrap_or(sim.servers);
+    sim.interval_ms = args.interval.map_or(sim.interval_ms, |d| d.as_millis() as u64);
+    sim.prefix = args.prefix.unwrap_or(sim.prefix.clone());
+    sim.rounds = args.rounds.or(sim.rounds);
+    sim.seed = args.seed.or(sim.seed);
+    eprintln!("publishing {} servers every {} ms (Ctrl-C stops)", sim.servers, sim.interval_ms);
+    let started = std::time::Instant::now();
+    let report = tributary_gatherer::metrics::simulate(js, config.gatherer.metrics, stop).await;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "published {} samples in {secs:.1} s ({:.0}/s): {} duplicates, {} not delivered",
+        report.stored,
+        report.stored as f64 / secs.max(1e-9),
+        report.duplicates,
+        report.failed.len()
+    );
+    anyhow::ensure!(report.failed.is_empty(), "{} samples were not delivered", report.failed.len());
     Ok(())
 }

@@ -70,6 +70,16 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Stops the API and the processors as a signal would.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether the API task has returned.
+    pub fn api_finished(&self) -> bool {
+        self._api.is_finished()
+    }
+
     pub fn js(&self) -> jetstream::Context {
         self.c.js.clone()
     }
@@ -105,7 +115,9 @@ impl TestApp {
 
     /// Waits until both processor consumers have nothing pending and nothing unacked.
     pub async fn settled(&self) {
-        for (stream, durable) in [("PRICES", "processor-price"), ("INDICES", "processor-index")] {
+        for (stream, durable) in
+            [("PRICES", "processor-price"), ("INDICES", "processor-index"), ("METRICS", "processor-metric")]
+        {
             let js = self.c.js.clone();
             eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {
                 let js = js.clone();

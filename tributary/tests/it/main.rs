@@ -5,5 +5,7 @@ mod api;
 mod common;
 mod differential;
 mod dlq;
+mod grafana;
+mod metrics;
 mod prices;
 mod processes;

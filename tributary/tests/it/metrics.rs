@@ -1,0 +1,351 @@
+//! Server metrics end to end: rollups against a batch computation, the read API with its 400s, dead
+//! letters, and live delivery over Server-Sent Events and WebSocket.
+
+use crate::common::spawn_app;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use sea_orm::sqlx;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tributary_broker::metrics::MetricEvent;
+use tributary_broker::ts::Ts;
+use tributary_processor::metrics::rollup::{Rollup, Sketch, bucket};
+use tributary_testkit::eventually;
+
+type Fields = BTreeMap<String, f64>;
+
+/// One message as published: host, ts (ms), fields.
+#[derive(Clone)]
+struct Msg {
+    host: String,
+    ts: i64,
+    fields: Fields,
+}
+
+fn t(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_equal_a_batch_computation_whatever_the_delivery() {
+    let mut app = spawn_app().await;
+    app.start_processor(); // two replicas share the consumer
+    let mut rng = StdRng::seed_from_u64(11);
+    // Three hours of samples every ~7 s for three hosts, ending a minute ago: several 1m and 1h buckets.
+    let end = (Utc::now().timestamp() - 60) * 1000;
+    let start = end - 3 * 3600 * 1000;
+    let mut msgs = Vec::new();
+    for host in ["h-1", "h-2", "h-3"] {
+        let mut ts = start + rng.random_range(0..5000);
+        while ts < end {
+            let mut fields = Fields::new();
+            fields.insert("cpu_usage".into(), (rng.random_range(0.0..100.0f64) * 100.0).round() / 100.0);
+            if rng.random_bool(0.8) {
+                fields.insert("load1".into(), rng.random_range(-1.0..4.0)); // negatives and zeros too
+            }
+            if rng.random_bool(0.05) {
+                fields.insert("load1".into(), 0.0);
+            }
+            msgs.push(Msg { host: host.into(), ts, fields });
+            ts += rng.random_range(1000..13_000);
+        }
+    }
+    // Corrections (same ts, new values, some fields only) and exact duplicates, all shuffled; a fifth
+    // of everything held back and sent after the rest has been committed (late data).
+    let mut extra = Vec::new();
+    for m in &msgs {
+        if rng.random_bool(0.1) {
+            let mut c = m.clone();
+            c.fields.insert("cpu_usage".into(), rng.random_range(0.0..100.0));
+            if rng.random_bool(0.5) {
+                c.fields.remove("load1");
+            }
+            extra.push(c);
+        }
+        if rng.random_bool(0.1) {
+            extra.push(m.clone());
+        }
+    }
+    msgs.extend(extra);
+    msgs.shuffle(&mut rng);
+    let late = msgs.split_off(msgs.len() * 4 / 5);
+    let publish = |wave: Vec<Msg>| {
+        let js = app.js();
+        async move {
+            let mut p = tributary_broker::Publisher::new(js, 512);
+            for (i, m) in wave.iter().enumerate() {
+                let e = MetricEvent { ts: Some(Ts(t(m.ts))), fields: m.fields.clone() };
+                if i % 3 == 0 {
+                    // some as plain JSON without headers, as `nats pub` sends them
+                    let body = serde_json::to_vec(&e).unwrap();
+                    p.publish_raw(format!("metric.{}", m.host), async_nats::HeaderMap::new(), body.into()).await;
+                } else {
+                    p.publish(format!("metric.{}", m.host), None, &e).await;
+                }
+            }
+            let r = p.finish().await;
+            assert!(r.failed.is_empty(), "{:?}", r.failed);
+        }
+    };
+    let order: Vec<Msg> = msgs.iter().chain(&late).cloned().collect();
+    publish(msgs).await;
+    app.settled().await;
+    publish(late).await;
+    app.settled().await;
+
+    // The batch computation: the last published value per (host, field, ts) …
+    let mut raw: BTreeMap<(String, String), BTreeMap<i64, f64>> = BTreeMap::new();
+    let mut newest: BTreeMap<String, (i64, usize)> = BTreeMap::new();
+    for (i, m) in order.iter().enumerate() {
+        for (f, v) in &m.fields {
+            raw.entry((m.host.clone(), f.clone())).or_default().insert(m.ts, *v);
+        }
+        let n = newest.entry(m.host.clone()).or_insert((m.ts, i));
+        if (m.ts, i) > *n {
+            *n = (m.ts, i);
+        }
+    }
+    // … then buckets of 1m from raw samples, and of 1h from those.
+    let mut want: BTreeMap<(String, String, i32, DateTime<Utc>), Rollup> = BTreeMap::new();
+    for ((h, f), points) in &raw {
+        let mut minutes: BTreeMap<DateTime<Utc>, Vec<(DateTime<Utc>, f64)>> = BTreeMap::new();
+        for (ts, v) in points {
+            minutes.entry(bucket(t(*ts), 60)).or_default().push((t(*ts), *v));
+        }
+        let mut hours: BTreeMap<DateTime<Utc>, Vec<Rollup>> = BTreeMap::new();
+        for (start, samples) in minutes {
+            let r = Rollup::of_samples(start, &samples);
+            hours.entry(bucket(start, 3600)).or_default().push(r.clone());
+            want.insert((h.clone(), f.clone(), 60, start), r);
+        }
+        for (start, parts) in hours {
+            want.insert((h.clone(), f.clone(), 3600, start), Rollup::merge(start, &parts));
+        }
+    }
+
+    let pool = app.c.db.get_postgres_connection_pool();
+    let stored: Vec<(String, String, DateTime<Utc>, f64)> =
+        sqlx::query_as("SELECT host, field, ts, value FROM metric_samples ORDER BY 1, 2, 3")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let want_raw: Vec<(String, String, DateTime<Utc>, f64)> =
+        raw.iter().flat_map(|((h, f), p)| p.iter().map(move |(ts, v)| (h.clone(), f.clone(), t(*ts), *v))).collect();
+    assert_eq!(stored.len(), want_raw.len());
+    assert!(stored == want_raw, "raw samples differ from last-writer-wins");
+
+    type Row = (String, String, i32, DateTime<Utc>, i64, f64, f64, f64, f64, f64, f64, f64, f64, f64, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch
+           FROM metric_rollups ORDER BY host, field, width, start",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let got: BTreeMap<_, _> = rows
+        .into_iter()
+        .map(|(h, f, w, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch)| {
+            let sketch = Sketch::from_bytes(&sketch).unwrap();
+            ((h, f, w, start), Rollup { start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch })
+        })
+        .collect();
+    assert_eq!(got.len(), want.len(), "the same buckets");
+    assert!(want.len() > 3 * 2 * 180, "a few hundred buckets per series: {}", want.len());
+    for (k, w) in &want {
+        assert_eq!(got.get(k), Some(w), "bucket {k:?}");
+    }
+
+    // The latest sample of each host is its newest message (then the last published at that ts).
+    let latest: Vec<(String, DateTime<Utc>, Value)> =
+        sqlx::query_as("SELECT host, ts, fields FROM metric_latest ORDER BY host").fetch_all(pool).await.unwrap();
+    assert_eq!(latest.len(), 3);
+    for (host, ts, fields) in latest {
+        let (want_ts, i) = newest[&host];
+        assert_eq!(ts, t(want_ts));
+        assert_eq!(fields, serde_json::to_value(&order[i].fields).unwrap(), "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_servers_series_and_rollups_over_http() {
+    let app = spawn_app().await;
+    let now = Utc::now().timestamp_millis() / 1000 * 1000;
+    let app = &app;
+    let post = |subject: &str, body: Value| {
+        let (path, body) = (format!("/v1/events/{subject}"), body.to_string());
+        async move { app.send(Method::POST, &path, &body).await }
+    };
+    let (s, b) = post("metric.db-1", json!({"ts": now - 2000, "cpu_usage": 12.5, "load1": 0.7})).await;
+    assert_eq!(s, 202, "{b}");
+    post("metric.db-1", json!({"ts": now - 1500, "cpu_usage": 14.5})).await;
+    post("metric.db-2", json!({"ts": now - 1000, "cpu_usage": 50, "disk_usage": 70})).await;
+    // A plain `nats pub metric.db-3 '{...}'`: no ts, the message time is used.
+    app.publish_plain("metric.db-3", r#"{"cpu_usage":1.5}"#).await;
+    app.settled().await;
+
+    let (s, b) = app.get("/v1/metrics/latest?limit=10").await;
+    assert_eq!(s, 200, "{b}");
+    let hosts: Vec<&str> = b["servers"].as_array().unwrap().iter().map(|x| x["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["db-3", "db-2", "db-1"], "newest first: {b}");
+    assert_eq!(b["servers"][1]["fields"], json!({"cpu_usage": 50.0, "disk_usage": 70.0}));
+    assert_eq!(b["servers"][2]["fields"], json!({"cpu_usage": 14.5}), "db-1's newest sample");
+    let (_, b) = app.get("/v1/metrics/latest?limit=1").await;
+    assert_eq!(b["servers"].as_array().unwrap().len(), 1);
+    for bad in ["", "?limit=0", "?limit=-3", "?limit=abc", "?limit=1.5", "?limit="] {
+        let (s, b) = app.get(&format!("/v1/metrics/latest{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+        assert_eq!(b["error"]["code"], "invalid_limit", "{bad}: {b}");
+        assert_eq!(b["error"]["field"], "limit");
+    }
+
+    let (s, b) = app.get("/v1/servers").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["servers"][0]["host"], "db-1");
+    assert_eq!(b["servers"][0]["fields"], json!(["cpu_usage", "load1"]));
+    assert_eq!(b["servers"][0]["last_seen"], Ts(t(now - 1500)).to_string());
+    assert_eq!(b["servers"].as_array().unwrap().len(), 3);
+
+    let (s, b) = app.get("/v1/series/metric/db-1/cpu_usage").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["points"],
+        json!([{"ts": Ts(t(now - 2000)).to_string(), "value": 12.5},
+                                    {"ts": Ts(t(now - 1500)).to_string(), "value": 14.5}])
+    );
+    let (_, b) = app.get(&format!("/v1/series/metric/db-1/cpu_usage?from={}", now - 1600)).await;
+    assert_eq!(b["points"].as_array().unwrap().len(), 1);
+
+    for width in ["1m", "1h"] {
+        let (s, b) = app.get(&format!("/v1/series/metric/db-2/cpu_usage/rollups/{width}")).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["width"], width);
+        let bucket = &b["buckets"][0];
+        for (k, v) in [
+            ("count", 1.0),
+            ("sum", 50.0),
+            ("min", 50.0),
+            ("max", 50.0),
+            ("mean", 50.0),
+            ("first", 50.0),
+            ("last", 50.0),
+        ] {
+            assert_eq!(bucket[k].as_f64(), Some(v), "{width} {k}: {b}");
+        }
+        assert_eq!(bucket["p50"].as_f64(), Some(50.0), "{b}");
+    }
+    let (s, b) = app.get("/v1/series/metric/db-2/cpu_usage/rollups/5m").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_width")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("1m, 1h"));
+    let (s, b) = app.get("/v1/series/metric/db-9/cpu_usage").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (404, Some("not_found")), "{b}");
+    let (s, _) = app.get("/v1/series/metric/db-9/cpu_usage/rollups/1m").await;
+    assert_eq!(s, 404);
+
+    // The HTTP ingest refuses what the processor would dead-letter.
+    let (s, b) = post("metric.db-1", json!({"cpu_usage": "high"})).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_event")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("cpu_usage"));
+    let (s, _) = post("metric.db-1", json!({"memory_usage": 101})).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_samples_are_dead_lettered_with_their_reason() {
+    let app = spawn_app().await;
+    let month_ago = Utc::now().timestamp_millis() - 30 * 86_400_000;
+    let bad = [
+        ("metric.x", r#"{"cpu_usage":"high"}"#.to_owned(), "must be a number"),
+        ("metric.x", r#"{"cpu_usage":120}"#.to_owned(), "within 0–100"),
+        ("metric.x", r#"{"ts":"2026-01-01T00:00:00Z"}"#.to_owned(), "at least one numeric field"),
+        ("metric.x", format!(r#"{{"ts":{month_ago},"cpu_usage":1}}"#), "older than the raw retention"),
+        ("metric.x.y", r#"{"cpu_usage":1}"#.to_owned(), "unknown subject shape"),
+    ];
+    for (subject, payload, _) in &bad {
+        app.publish_plain(subject, payload).await;
+        app.publish_plain("metric.ok", r#"{"load1":1}"#).await;
+    }
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), bad.len(), "{body}");
+    for (subject, payload, reason) in &bad {
+        let l = letters.iter().find(|l| l["payload"] == *payload && l["subject"] == *subject);
+        let l = l.unwrap_or_else(|| panic!("no dead letter for {payload}: {body}"));
+        assert!(l["reason"].as_str().unwrap().contains(reason), "{l} should say {reason}");
+    }
+    let (_, b) = app.get("/v1/series/metric/ok/load1").await;
+    assert_eq!(b["points"].as_array().unwrap().len(), bad.len(), "the good samples between went through");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tributary_dead_letters_total{consumer="metrics",class="expired"} 1"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_samples_arrive_over_sse_and_websocket_after_commit_and_streams_end_on_shutdown() {
+    let app = spawn_app().await;
+    let sse = app.http.get(format!("{}/v1/live/metrics?host=live-1", app.base)).send().await.unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let mut sse = sse.bytes_stream();
+    let ws_url = format!("{}/v1/live/ws", app.base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+
+    app.publish_plain("metric.other", r#"{"cpu_usage":1}"#).await;
+    app.publish_plain("metric.live-1", r#"{"cpu_usage":42.5,"ts":"2026-11-23T10:00:00Z"}"#).await;
+
+    // SSE (filtered to live-1): the event names the committed sample.
+    let mut text = String::new();
+    let event = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = sse.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                return serde_json::from_str::<Value>(data).unwrap();
+            }
+        }
+        panic!("stream ended: {text}")
+    })
+    .await
+    .expect("an SSE event within 30 s");
+    assert!(text.contains("event: metric"), "{text}");
+    assert_eq!(event, json!({"host": "live-1", "ts": "2026-11-23T10:00:00Z", "fields": {"cpu_usage": 42.5}}));
+    // Announced after the commit: it is already readable.
+    let (_, b) = app.get("/v1/series/metric/live-1/cpu_usage").await;
+    assert_eq!(b["points"][0]["value"], 42.5);
+
+    // WebSocket (unfiltered): both hosts.
+    let mut hosts = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while hosts.len() < 2 {
+            let m = ws.next().await.expect("socket open").unwrap();
+            let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            hosts.push(v["host"].as_str().unwrap().to_owned());
+        }
+    })
+    .await
+    .expect("two WebSocket messages within 30 s");
+    hosts.sort();
+    assert_eq!(hosts, ["live-1", "other"]);
+
+    // Shutdown ends both streams promptly.
+    app.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), async { while sse.next().await.is_some() {} })
+        .await
+        .expect("the SSE stream ends on shutdown");
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket closes on shutdown");
+    assert_eq!(close, Some(1001), "going away");
+    eventually(Duration::from_secs(10), "the API to stop", || async { app.api_finished().then_some(()) }).await;
+}
