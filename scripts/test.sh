@@ -5,6 +5,8 @@
 # per test on the PostgreSQL server at TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # Where nats-server or PostgreSQL is missing, this installs it with apt-get (as root); where PostgreSQL
 # does not accept TEST_DATABASE_URL, it starts a private cluster (trust auth, port 55432) for the run.
+# The dashboard test drives Debian's chromium headless, and /metrics is checked with promtool (Debian's
+# prometheus package): both are installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,13 @@ apt_install() {
 
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   apt_install nats-server
+fi
+
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
+  apt_install chromium
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
 fi
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -77,9 +77,25 @@ pub fn metrics() -> PrometheusHandle {
             // Another recorder may already be installed (tests embedding several roles): keep ours for
             // rendering either way.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             handle
         })
         .clone()
+}
+
+/// The help text of every metric the pipeline records (Prometheus' `# HELP` lines).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("tributary_events_total", "Events handled by a consumer, by outcome (processed).");
+    describe_counter!("tributary_dead_letters_total", "Events sent to the dead-letter stream, by class of rejection.");
+    describe_counter!("tributary_batch_failures_total", "Batches whose commit failed (every message nak'ed).");
+    describe_gauge!("tributary_consumer_pending", "Messages in the stream not yet delivered to the consumer.");
+    describe_histogram!("tributary_batch_size", "Messages per batch.");
+    describe_histogram!("tributary_batch_seconds", "Time to decode, commit and ack one batch.");
+    describe_histogram!(
+        "tributary_commit_latency_seconds",
+        "From an event's arrival in JetStream to the commit of its derived values."
+    );
 }
 
 /// Installs logging, tracing and metrics for `service`. Call once, early in `main`.

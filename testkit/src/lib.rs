@@ -6,12 +6,15 @@
 //!   (`CREATE DATABASE … TEMPLATE`), dropped `WITH (FORCE)` on drop. The server comes from
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! - [`OtlpReceiver`]: an OTLP/HTTP trace receiver collecting spans in memory.
+//! - [`Browser`]: headless Chromium over the DevTools Protocol (evaluate JavaScript, screenshots).
 //! - [`eventually`]: waits for a condition with a deadline, instead of sleeping.
 
+mod browser;
 mod db;
 mod nats;
 mod otlp;
 
+pub use browser::{Browser, chromium_bin};
 pub use db::TestDb;
 pub use nats::NatsServer;
 pub use otlp::{OtlpReceiver, SpanRecord};

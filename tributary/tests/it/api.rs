@@ -25,7 +25,7 @@ async fn errors_are_json_with_the_right_status() {
         (Method::PUT, "/v1/indices/x", r#"{"weights":{}}"#, 400, "invalid_index", None),
         (Method::PUT, "/v1/indices/x", r#"{"base":-1,"weights":{"A":1}}"#, 400, "invalid_index", None),
         (Method::PUT, "/v1/indices/a.b", r#"{"weights":{"A":1}}"#, 400, "invalid_name", Some("name")),
-        (Method::POST, "/v1/events/metric.x", r#"{"price":1}"#, 400, "unknown_subject", Some("subject")),
+        (Method::POST, "/v1/events/fleet.x", r#"{"price":1}"#, 400, "unknown_subject", Some("subject")),
         (Method::POST, "/v1/events/price.A.B", r#"{"price":1}"#, 400, "unknown_subject", None),
         (Method::POST, "/v1/events/price.A", r#"{"ts":"2026-01-02"}"#, 400, "invalid_event", None),
         (Method::POST, "/v1/events/price.A", r#"{"price":0}"#, 400, "invalid_event", None),
@@ -100,12 +100,18 @@ async fn health_readiness_metrics_and_the_openapi_document() {
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     for (path, ops) in doc["paths"].as_object().unwrap() {
+        if path.starts_with("/v1/live/") {
+            continue; // endless streams: tested in metrics.rs
+        }
         for method in ops.as_object().unwrap().keys() {
             let concrete = path
                 .replace("{instrument}", "ACME")
                 .replace("{name}", "ACME")
                 .replace("{subject}", "price.ACME")
-                .replace("{seq}", "1");
+                .replace("{seq}", "1")
+                .replace("{host}", "db-1")
+                .replace("{field}", "cpu_usage")
+                .replace("{width}", "1m");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (_, b) = app.send(m, &concrete, "{}").await;
             assert_ne!(b["error"]["message"], "no such route", "{method} {path} is documented but not routed");

@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod dashboard;
 mod differential;
 mod dlq;
 mod grafana;

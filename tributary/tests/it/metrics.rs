@@ -282,6 +282,26 @@ async fn bad_samples_are_dead_lettered_with_their_reason() {
     assert_eq!(b["points"].as_array().unwrap().len(), bad.len(), "the good samples between went through");
     let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"tributary_dead_letters_total{consumer="metrics",class="expired"} 1"#), "{metrics}");
+    promtool_accepts(&metrics);
+}
+
+/// `promtool check metrics` (Debian's prometheus package; scripts/test.sh installs it) accepts `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: /metrics format not checked (scripts/test.sh installs it)");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics failed:\n{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
