@@ -59,11 +59,14 @@ pub(super) async fn load_samples(
 ) -> Result<Vec<(Key, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
     let (hosts, fields, starts) = columns(buckets);
     let rows: Vec<(String, String, DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT s.host, s.field, s.ts, s.value
+        // LATERAL: one primary-key range scan per bucket, whatever the planner guesses of unnest's size.
+        "SELECT b.host, b.field, s.ts, s.value
            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
-           JOIN metric_samples s ON s.host = b.host AND s.field = b.field
-            AND s.ts >= b.start AND s.ts < b.start + make_interval(secs => $4)
-          ORDER BY s.host, s.field, s.ts",
+           CROSS JOIN LATERAL (
+             SELECT ts, value FROM metric_samples
+              WHERE host = b.host AND field = b.field AND ts >= b.start AND ts < b.start + make_interval(secs => $4)
+           ) s
+          ORDER BY b.host, b.field, s.ts",
     )
     .bind(&hosts)
     .bind(&fields)
@@ -93,12 +96,15 @@ pub(super) async fn load_rollups(
 ) -> Result<Vec<(Key, Vec<Rollup>)>, sqlx::Error> {
     let (hosts, fields, starts) = columns(buckets);
     let rows: Vec<RollupRow> = sqlx::query_as(
-        "SELECT r.host, r.field, r.start, r.count, r.sum, r.min, r.max, r.mean, r.first, r.last,
+        "SELECT b.host, b.field, r.start, r.count, r.sum, r.min, r.max, r.mean, r.first, r.last,
                 r.p50, r.p95, r.p99, r.sketch
            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
-           JOIN metric_rollups r ON r.host = b.host AND r.field = b.field AND r.width = $4
-            AND r.start >= b.start AND r.start < b.start + make_interval(secs => $5)
-          ORDER BY r.host, r.field, r.start",
+           CROSS JOIN LATERAL (
+             SELECT * FROM metric_rollups
+              WHERE host = b.host AND field = b.field AND width = $4
+                AND start >= b.start AND start < b.start + make_interval(secs => $5)
+           ) r
+          ORDER BY b.host, b.field, r.start",
     )
     .bind(&hosts)
     .bind(&fields)
