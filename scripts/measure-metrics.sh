@@ -28,6 +28,7 @@ cleanup() {
   kill "$nats_pid" 2>/dev/null || true
   [ -n "${proc_pid:-}" ] && kill "$proc_pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  [ -n "${KEEP_DB:-}" ] && psql "$DATABASE_URL" -c "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes ORDER BY 1" -c "SELECT relname, seq_scan, seq_tup_read, last_autoanalyze FROM pg_stat_user_tables ORDER BY 1"
   psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }

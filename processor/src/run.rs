@@ -29,7 +29,7 @@ pub struct ProcessorConfig {
     /// How many price series' tails (their last window of points) to keep in memory. A cached tail
     /// saves reading the window on every append; memory is bounded by this times the window.
     pub tail_cache_series: usize,
-    /// How many transactions (and connections) one price batch is split over, by instrument.
+    /// How many transactions (and connections) one price or metric batch is split over, by series.
     pub db_parallelism: usize,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
@@ -73,8 +73,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.prices.validate().map_err(anyhow::Error::msg).context("processor.prices")?;
-    let metric_handler =
-        MetricHandler::new(pool.clone(), &metrics, Some(js.client())).map_err(anyhow::Error::msg).context("metrics")?;
+    let metric_handler = MetricHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
+        .map_err(anyhow::Error::msg)
+        .context("metrics")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
     if recomputed > 0 {
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");

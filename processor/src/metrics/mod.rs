@@ -5,8 +5,9 @@
 //!    message (greatest ts, then sequence);
 //! 2. lock the batch's hosts (see [`crate::lock`]);
 //! 3. upsert the samples (last writer wins by sequence); the rows that changed name the buckets to redo;
-//! 4. recompute those buckets of the smallest width from their raw samples, then the wider buckets that
-//!    hold them from the smaller buckets ([`rollup`]): a late or corrected sample redoes only its buckets;
+//! 4. update those buckets of the smallest width, then the wider buckets that hold them ([`rollup`]): a
+//!    sample after every other of its bucket extends the stored bucket in place; a late or corrected one
+//!    recomputes only its buckets, the smallest from raw samples, wider ones from the smallest;
 //! 5. update the series list and each host's latest sample; commit;
 //! 6. announce each host's newest sample of the batch on `live.metric.<host>` (core NATS) for live readers.
 //!
@@ -18,6 +19,7 @@ mod sql;
 
 use crate::lock;
 use chrono::{DateTime, Utc};
+use rollup::Rollup;
 use sea_orm::sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,6 +30,17 @@ use tributary_store::metrics::{MetricsConfig, Rollup as Width};
 
 pub use sql::sweep;
 
+type Tx = sea_orm::sqlx::Transaction<'static, sea_orm::sqlx::Postgres>;
+/// (host, field, bucket start)
+type Key = (String, String, DateTime<Utc>);
+
+/// A smallest-width bucket updated by a batch, and the values it gained if it was extended in place.
+struct Part {
+    key: Key,
+    rollup: Rollup,
+    added: Option<Vec<f64>>,
+}
+
 /// Consumes `metric.<host>`.
 #[derive(Clone)]
 pub struct MetricHandler {
@@ -36,13 +49,21 @@ pub struct MetricHandler {
     widths: Arc<[Width]>,
     raw_retention: i64,
     live: Option<async_nats::Client>,
+    parallelism: usize,
 }
 
 impl MetricHandler {
-    /// A handler writing through `pool`, announcing commits on `live` when given.
-    pub fn new(pool: PgPool, cfg: &MetricsConfig, live: Option<async_nats::Client>) -> Result<Self, String> {
+    /// A handler writing through `pool` with up to `parallelism` concurrent transactions per batch,
+    /// announcing commits on `live` when given.
+    pub fn new(
+        pool: PgPool,
+        cfg: &MetricsConfig,
+        parallelism: usize,
+        live: Option<async_nats::Client>,
+    ) -> Result<Self, String> {
         let widths = cfg.validate()?;
-        Ok(MetricHandler { pool, widths: widths.into(), raw_retention: cfg.raw_retention.secs(), live })
+        let raw_retention = cfg.raw_retention.secs();
+        Ok(MetricHandler { pool, widths: widths.into(), raw_retention, live, parallelism: parallelism.max(1) })
     }
 
     /// Stores a batch in one transaction and returns each host's newest sample in it.
@@ -70,20 +91,9 @@ impl MetricHandler {
         lock::acquire(&mut tx, "metric", newest.keys().copied()).await?;
         let changed = sql::upsert_samples(&mut tx, &values).await?;
         let base = self.widths[0].width.secs();
-        let touched: BTreeSet<(String, String, DateTime<Utc>)> =
-            changed.iter().map(|(h, f, ts)| (h.clone(), f.clone(), rollup::bucket(*ts, base))).collect();
-        let samples = sql::load_samples(&mut tx, &touched, base).await?;
-        let rollups: Vec<_> =
-            samples.into_iter().map(|((h, f, start), s)| ((h, f), rollup::Rollup::of_samples(start, &s))).collect();
-        sql::upsert_rollups(&mut tx, base, &rollups).await?;
+        let parts = self.rollup_base(&mut tx, &changed, base).await?;
         for w in &self.widths[1..] {
-            let width = w.width.secs();
-            let wide: BTreeSet<_> =
-                touched.iter().map(|(h, f, t)| (h.clone(), f.clone(), rollup::bucket(*t, width))).collect();
-            let parts = sql::load_rollups(&mut tx, &wide, base, width).await?;
-            let merged: Vec<_> =
-                parts.into_iter().map(|((h, f, start), p)| ((h, f), rollup::Rollup::merge(start, &p))).collect();
-            sql::upsert_rollups(&mut tx, width, &merged).await?;
+            self.rollup_wide(&mut tx, &parts, base, w.width.secs()).await?;
         }
         sql::upsert_series(&mut tx, &changed).await?;
         let latest: Vec<(LiveSample, i64)> = newest
@@ -93,6 +103,92 @@ impl MetricHandler {
         sql::upsert_latest(&mut tx, &latest).await?;
         tx.commit().await?;
         Ok(latest.into_iter().map(|(l, _)| l).collect())
+    }
+
+    /// Brings the smallest-width buckets holding `changed` up to date: an append after a bucket's latest
+    /// sample extends the stored bucket; anything else recomputes it from its raw samples. Returns each
+    /// updated bucket with the values it gained when it was extended (`None`: recomputed).
+    async fn rollup_base(
+        &self,
+        tx: &mut Tx,
+        changed: &[sql::Changed],
+        base: i64,
+    ) -> Result<Vec<Part>, sea_orm::sqlx::Error> {
+        let mut by_bucket: BTreeMap<Key, Vec<(DateTime<Utc>, f64, bool)>> = BTreeMap::new();
+        for (h, f, ts, v, inserted) in changed {
+            by_bucket.entry((h.clone(), f.clone(), rollup::bucket(*ts, base))).or_default().push((*ts, *v, *inserted));
+        }
+        let stored = sql::load_buckets(tx, &by_bucket.keys().cloned().collect(), base).await?;
+        let mut parts = Vec::with_capacity(by_bucket.len());
+        let mut recompute = BTreeSet::new();
+        for (key, mut new) in by_bucket {
+            new.sort_by_key(|c| c.0);
+            let appended: Vec<(DateTime<Utc>, f64)> = new.iter().map(|c| (c.0, c.1)).collect();
+            let only_inserts = new.iter().all(|c| c.2);
+            let rollup = match stored.get(&key) {
+                None if only_inserts => Rollup::of_samples(key.2, &appended),
+                Some(r) if only_inserts && new[0].0 > r.last_ts => {
+                    let mut r = r.clone();
+                    r.append(&appended);
+                    r
+                }
+                _ => {
+                    recompute.insert(key);
+                    continue;
+                }
+            };
+            parts.push(Part { key, rollup, added: Some(appended.iter().map(|s| s.1).collect()) });
+        }
+        for (key, samples) in sql::load_samples(tx, &recompute, base).await? {
+            let rollup = Rollup::of_samples(key.2, &samples);
+            parts.push(Part { key, rollup, added: None });
+        }
+        parts.sort_by(|a, b| a.key.cmp(&b.key));
+        let rows: Vec<_> = parts.iter().map(|p| ((p.key.0.clone(), p.key.1.clone()), p.rollup.clone())).collect();
+        sql::upsert_rollups(tx, base, &rows).await?;
+        Ok(parts)
+    }
+
+    /// Brings the `width` buckets holding the updated `parts` up to date: extended parts at or after a
+    /// bucket's latest part are folded in; anything else re-merges the bucket from its stored parts.
+    async fn rollup_wide(
+        &self,
+        tx: &mut Tx,
+        parts: &[Part],
+        base: i64,
+        width: i64,
+    ) -> Result<(), sea_orm::sqlx::Error> {
+        let mut by_bucket: BTreeMap<Key, Vec<&Part>> = BTreeMap::new();
+        for p in parts {
+            by_bucket.entry((p.key.0.clone(), p.key.1.clone(), rollup::bucket(p.key.2, width))).or_default().push(p);
+        }
+        let stored = sql::load_buckets(tx, &by_bucket.keys().cloned().collect(), width).await?;
+        let mut out = Vec::with_capacity(by_bucket.len());
+        let mut remerge = BTreeSet::new();
+        for (key, parts) in by_bucket {
+            // parts are in start order (sorted by key).
+            let extended = parts.iter().all(|p| p.added.is_some());
+            let rollup = match stored.get(&key) {
+                // No bucket yet: every part it has is in this batch.
+                None if extended => Rollup::merge(key.2, &parts.iter().map(|p| p.rollup.clone()).collect::<Vec<_>>()),
+                Some(r) if extended && parts[0].key.2 >= r.last_ts => {
+                    let mut r = r.clone();
+                    for p in &parts {
+                        r.merge_step(&p.rollup, p.added.as_deref().unwrap_or_default());
+                    }
+                    r
+                }
+                _ => {
+                    remerge.insert(key);
+                    continue;
+                }
+            };
+            out.push(((key.0, key.1), rollup));
+        }
+        for ((h, f, start), parts) in sql::load_rollups(tx, &remerge, base, width).await? {
+            out.push(((h, f), Rollup::merge(start, &parts)));
+        }
+        sql::upsert_rollups(tx, width, &out).await
     }
 
     async fn announce(&self, latest: Vec<LiveSample>) {
@@ -131,14 +227,26 @@ impl BatchHandler for MetricHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<MetricSample>]) -> Result<(), HandleError> {
-        let span =
-            tracing::info_span!("db", otel.kind = "client", db.system = "postgresql", db.operation = "metric batch");
-        let latest = self
-            .commit(batch)
-            .instrument(span)
+        // Split by host over concurrent transactions (hosts are locked, so the parts never overlap).
+        let parts = self.parallelism.min(batch.len()).max(1);
+        let mut split: Vec<Vec<&Delivery<MetricSample>>> = vec![Vec::new(); parts];
+        for d in batch {
+            split[(crate::lock::key("metric", &d.event.host) as u64 % parts as u64) as usize].push(d);
+        }
+        let commits = split.into_iter().filter(|p| !p.is_empty()).map(|part| {
+            let span = tracing::info_span!(
+                "db",
+                otel.kind = "client",
+                db.system = "postgresql",
+                db.operation = "metric batch",
+                events = part.len()
+            );
+            async move { self.commit(&part).await }.instrument(span)
+        });
+        let latest = futures::future::try_join_all(commits)
             .await
             .map_err(|e| HandleError(anyhow::Error::new(e).context("storing metric samples")))?;
-        self.announce(latest).await;
+        self.announce(latest.into_iter().flatten().collect()).await;
         Ok(())
     }
 }

@@ -5,6 +5,12 @@
 //! Percentiles are nearest-rank (the value at rank ⌈q·n⌉ of the sorted samples): exact in buckets built
 //! from raw samples. Wider buckets take them from a merged [`Sketch`]: within [`Sketch::ALPHA`] relative
 //! error of the exact value, clamped into [min, max].
+//!
+//! The common case, samples arriving after every sample of their bucket, has O(new samples) updates
+//! that give the same bits as the from-scratch functions: [`Rollup::append`] (a bucket keeps its values
+//! sorted) and [`Rollup::merge_step`] (a wider bucket keeps the sum of all its parts but the latest, so
+//! replacing the latest part re-adds one term in the same order). Anything else (a correction, a sample
+//! before the bucket's latest, a change to an earlier part) recomputes the bucket from scratch.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -37,6 +43,12 @@ pub struct Rollup {
     pub p99: f64,
     /// The distribution, for merging into wider buckets.
     pub sketch: Sketch,
+    /// From samples: the latest sample's time. Merged: the start of the latest part.
+    pub last_ts: DateTime<Utc>,
+    /// From samples: every value, ascending (`f64::total_cmp`). Merged: empty.
+    pub values: Vec<f64>,
+    /// Merged: the sum of every part but the latest, added in start order. From samples: `None`.
+    pub prefix_sum: Option<f64>,
 }
 
 /// The quantiles every rollup holds.
@@ -55,55 +67,127 @@ impl Rollup {
         let sum = samples.iter().fold(0.0, |acc, (_, v)| acc + v);
         let mut sorted: Vec<f64> = samples.iter().map(|(_, v)| *v).collect();
         sorted.sort_by(f64::total_cmp);
-        let n = sorted.len() as i64;
-        let pick = |q| sorted[rank(q, n) as usize];
         let mut sketch = Sketch::default();
         for v in &sorted {
             sketch.add(*v);
         }
-        Rollup {
+        let mut r = Rollup {
             start,
-            count: n,
+            count: 0,
             sum,
-            min: sorted[0],
-            max: sorted[sorted.len() - 1],
-            mean: sum / n as f64,
+            min: 0.0,
+            max: 0.0,
+            mean: 0.0,
             first: samples[0].1,
             last: samples[samples.len() - 1].1,
-            p50: pick(QUANTILES[0]),
-            p95: pick(QUANTILES[1]),
-            p99: pick(QUANTILES[2]),
+            p50: 0.0,
+            p95: 0.0,
+            p99: 0.0,
             sketch,
+            last_ts: samples[samples.len() - 1].0,
+            values: sorted,
+            prefix_sum: None,
+        };
+        r.settle_from_values();
+        r
+    }
+
+    /// Adds `samples`, in ascending time order and all after [`Rollup::last_ts`], to a bucket built from
+    /// samples; the result equals [`Rollup::of_samples`] over all of them.
+    pub fn append(&mut self, samples: &[(DateTime<Utc>, f64)]) {
+        assert!(self.prefix_sum.is_none(), "append is for buckets built from samples");
+        assert!(samples.first().is_some_and(|s| s.0 > self.last_ts), "append only after the latest sample");
+        for &(ts, v) in samples {
+            self.sum += v;
+            let at = self.values.partition_point(|x| x.total_cmp(&v).is_lt());
+            self.values.insert(at, v);
+            self.sketch.add(v);
+            self.last = v;
+            self.last_ts = ts;
         }
+        self.settle_from_values();
+    }
+
+    /// count, min, max, mean and percentiles from the sorted values and the sum.
+    fn settle_from_values(&mut self) {
+        let n = self.values.len() as i64;
+        let pick = |q| self.values[rank(q, n) as usize];
+        (self.p50, self.p95, self.p99) = (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
+        self.count = n;
+        self.min = self.values[0];
+        self.max = self.values[self.values.len() - 1];
+        self.mean = self.sum / n as f64;
+    }
+
+    /// Folds a changed part into a merged bucket: `part` is the new state of a part starting at or after
+    /// the latest part, and `added` the values it gained. The result equals [`Rollup::merge`] over the
+    /// parts as they are now.
+    pub fn merge_step(&mut self, part: &Rollup, added: &[f64]) {
+        let prefix = self.prefix_sum.expect("merge_step is for merged buckets");
+        assert!(part.start >= self.last_ts, "merge_step only at or after the latest part");
+        if part.start > self.last_ts {
+            // The latest part becomes one of the earlier ones.
+            self.prefix_sum = Some(self.sum);
+            self.last_ts = part.start;
+        }
+        self.sum = self.prefix_sum.unwrap_or(prefix) + part.sum;
+        self.count += added.len() as i64;
+        for v in added {
+            self.sketch.add(*v);
+        }
+        self.min = self.min.min(part.min);
+        self.max = self.max.max(part.max);
+        self.last = part.last;
+        self.settle_from_sketch();
+    }
+
+    /// mean and percentiles from the sketch, the sum and the count.
+    fn settle_from_sketch(&mut self) {
+        let (min, max) = (self.min, self.max);
+        let pick = |q| self.sketch.quantile(q).clamp(min, max);
+        (self.p50, self.p95, self.p99) = (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
+        self.mean = self.sum / self.count as f64;
     }
 
     /// The rollup of a wider bucket from its narrower `parts`, non-empty and in ascending start order.
     pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Rollup {
         assert!(!parts.is_empty(), "a merge needs at least one part");
-        let count = parts.iter().map(|p| p.count).sum::<i64>();
-        let sum = parts.iter().fold(0.0, |acc, p| acc + p.sum);
-        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
-        let max = parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max);
+        let (latest, earlier) = parts.split_last().expect("not empty");
+        let prefix = earlier.iter().fold(0.0, |acc, p| acc + p.sum);
         let mut sketch = Sketch::default();
         for p in parts {
             sketch.merge(&p.sketch);
         }
-        let pick = |q| sketch.quantile(q).clamp(min, max);
-        Rollup {
+        let mut r = Rollup {
             start,
-            count,
-            sum,
-            min,
-            max,
-            mean: sum / count as f64,
+            count: parts.iter().map(|p| p.count).sum::<i64>(),
+            sum: prefix + latest.sum,
+            min: parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
+            max: parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max),
+            mean: 0.0,
             first: parts[0].first,
-            last: parts[parts.len() - 1].last,
-            p50: pick(QUANTILES[0]),
-            p95: pick(QUANTILES[1]),
-            p99: pick(QUANTILES[2]),
+            last: latest.last,
+            p50: 0.0,
+            p95: 0.0,
+            p99: 0.0,
             sketch,
-        }
+            last_ts: latest.start,
+            values: Vec::new(),
+            prefix_sum: Some(prefix),
+        };
+        r.settle_from_sketch();
+        r
     }
+}
+
+/// The stored form of [`Rollup::values`]: little-endian f64s.
+pub fn values_to_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Reads [`values_to_bytes`]' form.
+pub fn values_from_bytes(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
 }
 
 /// The start of the `width`-second bucket holding `ts` (buckets are aligned to the Unix epoch).
@@ -245,6 +329,38 @@ mod tests {
         for (got, want) in [(hour.p50, exact.p50), (hour.p95, exact.p95), (hour.p99, exact.p99)] {
             assert!((got - want).abs() <= Sketch::ALPHA * want.abs(), "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn appending_equals_recomputing() {
+        let samples: Vec<_> = (0..600).map(|i| (t(i), ((i * 7919) % 101) as f64 / 3.0 - 5.0)).collect();
+        // Minute buckets grown a few samples at a time, and an hour grown from them, step by step.
+        let mut minute: Option<Rollup> = None;
+        let mut hour: Option<Rollup> = None;
+        for chunk in samples.chunks(7) {
+            for piece in chunk.chunk_by(|a, b| bucket(a.0, 60) == bucket(b.0, 60)) {
+                let start = bucket(piece[0].0, 60);
+                let m = match minute.take() {
+                    Some(mut m) if m.start == start => {
+                        m.append(piece);
+                        m
+                    }
+                    _ => Rollup::of_samples(start, piece),
+                };
+                let added: Vec<f64> = piece.iter().map(|s| s.1).collect();
+                hour = Some(match hour.take() {
+                    None => Rollup::merge(t(0), std::slice::from_ref(&m)),
+                    Some(mut h) => {
+                        h.merge_step(&m, &added);
+                        h
+                    }
+                });
+                minute = Some(m);
+            }
+        }
+        let minutes: Vec<Rollup> = samples.chunks(60).map(|c| Rollup::of_samples(bucket(c[0].0, 60), c)).collect();
+        assert_eq!(minute.as_ref(), minutes.last());
+        assert_eq!(hour, Some(Rollup::merge(t(0), &minutes)));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 pub const SQL: &str = r#"
 -- Raw samples: one row per (host, field, ts), last writer wins by JetStream stream sequence (seq).
 -- A message on metric.<host> with n numeric fields becomes n rows.
+-- No index by time alone, here or on metric_rollups: the planner would pick it for the processor's
+-- per-bucket lookups (all series share a bucket start) and read every series per lookup. Retention
+-- deletes through metric_series, one primary-key range per series.
 CREATE TABLE metric_samples (
     host text NOT NULL,
     field text NOT NULL,
@@ -12,7 +15,6 @@ CREATE TABLE metric_samples (
     seq int8 NOT NULL,
     PRIMARY KEY (host, field, ts)
 );
-CREATE INDEX metric_samples_by_ts ON metric_samples (ts);
 
 -- One row per series (host, field): what GET /v1/servers lists.
 CREATE TABLE metric_series (
@@ -38,6 +40,10 @@ CREATE INDEX metric_latest_by_ts ON metric_latest (ts DESC, host);
 -- bucket's start, aligned to the Unix epoch. Percentiles are nearest-rank: exact in buckets of the
 -- smallest width (computed from raw samples), within 1% relative error in wider ones (merged from the
 -- smaller buckets' sketches, which `sketch` holds).
+-- The last three columns let an append update a bucket without re-reading it: last_ts is the latest
+-- sample's time (smallest width) or the latest part's start (wider); sorted_values the bucket's values in
+-- ascending order as little-endian f64s (smallest width only); prefix_sum the sum of every part but the
+-- latest (wider only).
 CREATE TABLE metric_rollups (
     host text NOT NULL,
     field text NOT NULL,
@@ -54,7 +60,9 @@ CREATE TABLE metric_rollups (
     p95 float8 NOT NULL,
     p99 float8 NOT NULL,
     sketch bytea NOT NULL,
+    last_ts timestamptz NOT NULL,
+    sorted_values bytea,
+    prefix_sum float8,
     PRIMARY KEY (host, field, width, start)
 );
-CREATE INDEX metric_rollups_by_start ON metric_rollups (width, start);
 "#;

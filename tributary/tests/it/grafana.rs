@@ -47,7 +47,7 @@ INSERT INTO metric_rollups
 SELECT host, field, w, to_timestamp(floor(extract(epoch FROM ts) / w) * w), count(*), sum(value), min(value),
        max(value), avg(value), (array_agg(value ORDER BY ts))[1], (array_agg(value ORDER BY ts DESC))[1],
        percentile_disc(0.5) WITHIN GROUP (ORDER BY value), percentile_disc(0.95) WITHIN GROUP (ORDER BY value),
-       percentile_disc(0.99) WITHIN GROUP (ORDER BY value), '\x00'::bytea
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY value), '\x00'::bytea, max(ts), NULL, NULL
 FROM metric_samples, (VALUES (60), (3600)) AS widths (w)
 GROUP BY 1, 2, 3, 4;
 "#;

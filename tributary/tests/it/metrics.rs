@@ -8,13 +8,13 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
-use sea_orm::sqlx;
+use sea_orm::sqlx::{self, Row};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tributary_broker::metrics::MetricEvent;
 use tributary_broker::ts::Ts;
-use tributary_processor::metrics::rollup::{Rollup, Sketch, bucket};
+use tributary_processor::metrics::rollup::{Rollup, Sketch, bucket, values_from_bytes};
 use tributary_testkit::eventually;
 
 type Fields = BTreeMap<String, f64>;
@@ -74,6 +74,9 @@ async fn rollups_equal_a_batch_computation_whatever_the_delivery() {
     msgs.extend(extra);
     msgs.shuffle(&mut rng);
     let late = msgs.split_off(msgs.len() * 4 / 5);
+    // The first half in time order (the live case: buckets extended in place), the rest shuffled.
+    let half = msgs.len() / 2;
+    msgs[..half].sort_by_key(|m| m.ts);
     let publish = |wave: Vec<Msg>| {
         let js = app.js();
         async move {
@@ -139,19 +142,37 @@ async fn rollups_equal_a_batch_computation_whatever_the_delivery() {
     assert_eq!(stored.len(), want_raw.len());
     assert!(stored == want_raw, "raw samples differ from last-writer-wins");
 
-    type Row = (String, String, i32, DateTime<Utc>, i64, f64, f64, f64, f64, f64, f64, f64, f64, f64, Vec<u8>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch
+    let rows = sqlx::query(
+        "SELECT host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch,
+                last_ts, sorted_values, prefix_sum
            FROM metric_rollups ORDER BY host, field, width, start",
     )
     .fetch_all(pool)
     .await
     .unwrap();
     let got: BTreeMap<_, _> = rows
-        .into_iter()
-        .map(|(h, f, w, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch)| {
-            let sketch = Sketch::from_bytes(&sketch).unwrap();
-            ((h, f, w, start), Rollup { start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch })
+        .iter()
+        .map(|row| {
+            let g = |c: &str| row.try_get::<f64, _>(c).unwrap();
+            let values: Option<Vec<u8>> = row.get("sorted_values");
+            let r = Rollup {
+                start: row.get("start"),
+                count: row.get("count"),
+                sum: g("sum"),
+                min: g("min"),
+                max: g("max"),
+                mean: g("mean"),
+                first: g("first"),
+                last: g("last"),
+                p50: g("p50"),
+                p95: g("p95"),
+                p99: g("p99"),
+                sketch: Sketch::from_bytes(row.get("sketch")).unwrap(),
+                last_ts: row.get("last_ts"),
+                values: values.map(|v| values_from_bytes(&v)).unwrap_or_default(),
+                prefix_sum: row.get("prefix_sum"),
+            };
+            ((row.get::<String, _>("host"), row.get::<String, _>("field"), row.get::<i32, _>("width"), r.start), r)
         })
         .collect();
     assert_eq!(got.len(), want.len(), "the same buckets");
