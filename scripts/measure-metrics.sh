@@ -9,6 +9,7 @@
 #    the commit latency (JetStream arrival → commit) percentiles;
 # 2. capacity: BACKLOG_ROUNDS rounds of SERVERS samples published at once, then timed until the processor
 #    has committed them all (raw samples, 1m and 1h rollups, latest per host).
+# KEEP_DB=1 prints index and table scan counts before the database is dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 servers=${1:-1000}

@@ -56,7 +56,11 @@ struct Server {
 }
 
 impl Server {
-    fn new(host: String, rng: &mut StdRng) -> Self {
+    /// Levels come from the host name (and disk from the clock), so a restarted simulator carries on near
+    /// where the last one was.
+    fn new(host: String) -> Self {
+        let seed = host.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        let rng = &mut StdRng::seed_from_u64(seed);
         let cpu_level = rng.random_range(10.0..60.0);
         Server {
             subject: Kind::Metric.subject(&host),
@@ -64,7 +68,8 @@ impl Server {
             cpu_level,
             cpu: cpu_level,
             memory: rng.random_range(20.0..70.0),
-            disk: rng.random_range(20.0..80.0),
+            // Fills by ~0.01 per second from 20 to 80 and is cleaned: where it is follows the clock.
+            disk: 20.0 + (Utc::now().timestamp() as f64 / 100.0 + rng.random_range(0.0..60.0)) % 60.0,
         }
     }
 
@@ -74,8 +79,8 @@ impl Server {
         self.cpu += 0.2 * (self.cpu_level - self.cpu) + rng.random_range(-4.0..4.0) + spike;
         self.memory += rng.random_range(-0.6..0.6);
         self.disk += rng.random_range(0.0..0.02);
-        if self.disk > 95.0 {
-            self.disk -= rng.random_range(20.0..40.0);
+        if self.disk > 80.0 {
+            self.disk -= 60.0;
         }
         let round = |v: f64| (v.clamp(0.0, 100.0) * 100.0).round() / 100.0;
         (self.cpu, self.memory) = (self.cpu.clamp(0.0, 100.0), self.memory.clamp(5.0, 98.0));
@@ -94,7 +99,7 @@ pub async fn simulate(js: jetstream::Context, cfg: MetricsSimConfig, shutdown: C
         None => StdRng::from_os_rng(),
     };
     let mut servers: Vec<Server> =
-        (1..=cfg.servers.max(1)).map(|i| Server::new(format!("{}{i}", cfg.prefix), &mut rng)).collect();
+        (1..=cfg.servers.max(1)).map(|i| Server::new(format!("{}{i}", cfg.prefix))).collect();
     let mut publisher = Publisher::new(js, cfg.max_in_flight);
     let mut interval = tokio::time::interval(Duration::from_millis(cfg.interval_ms.max(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,7 +135,7 @@ mod tests {
     #[test]
     fn values_stay_plausible() {
         let mut rng = StdRng::seed_from_u64(7);
-        let mut s = Server::new("server-1".into(), &mut rng);
+        let mut s = Server::new("server-1".into());
         let mut prev = s.step(&mut rng);
         for _ in 0..10_000 {
             let next = s.step(&mut rng);
