@@ -440,3 +440,17 @@ async fn every_data_source_the_dashboards_use_is_provisioned() {
     let provider = std::fs::read_to_string(grafana().join("provisioning/dashboards/tributary.yml")).unwrap();
     assert!(provider.contains("path: /var/lib/grafana/dashboards"), "{provider}");
 }
+
+#[test]
+fn the_prometheus_config_passes_promtool_when_installed() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../prometheus/prometheus.yml");
+    match std::process::Command::new("promtool").args(["check", "config", "--syntax-only", config]).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check config: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("promtool not installed: prometheus.yml not checked (scripts/test.sh installs it)"),
+    }
+}

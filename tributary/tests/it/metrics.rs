@@ -390,3 +390,21 @@ async fn live_samples_arrive_over_sse_and_websocket_after_commit_and_streams_end
     assert_eq!(close, Some(1001), "going away");
     eventually(Duration::from_secs(10), "the API to stop", || async { app.api_finished().then_some(()) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    app.publish_plain("metric.old", &json!({"ts": now.timestamp_millis() - 120_000, "cpu_usage": 5}).to_string()).await;
+    app.settled().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    let cfg = tributary_store::MetricsConfig::default(); // raw 7d, 1m 30d, 1h 365d
+    let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
+    let sweep = |days: i64| tributary_processor::metrics::sweep(pool, &cfg, now + chrono::Duration::days(days));
+    assert_eq!(sweep(6).await.unwrap(), (0, 0), "nothing is due within the raw retention");
+    assert_eq!(sweep(8).await.unwrap(), (1, 0), "raw samples go after 7 days");
+    assert_eq!(count("SELECT count(*) FROM metric_rollups").await, 2);
+    assert_eq!(sweep(31).await.unwrap(), (0, 1), "1m buckets after 30 days");
+    assert_eq!(count("SELECT count(*) FROM metric_rollups WHERE width = 3600").await, 1);
+    assert_eq!(sweep(366).await.unwrap(), (0, 1), "1h buckets after 365 days");
+}
