@@ -126,6 +126,16 @@ impl MetricsConfig {
                  since wider buckets are merged from its buckets"
             ));
         }
+        for x in &r[1..] {
+            let need = Span(self.raw_retention.0 + x.width.0);
+            if x.retention < need {
+                return Err(format!(
+                    "metrics.rollups: the {} retention must be at least raw_retention + its width ({need}), \
+                     since a late sample can still change its buckets",
+                    x.width
+                ));
+            }
+        }
         if self.raw_retention.0 < base.0 {
             return Err(format!("metrics.raw_retention must be at least the smallest width, {base}"));
         }
@@ -172,5 +182,8 @@ mod tests {
         let mut c = MetricsConfig::default();
         c.rollups[0].retention = Span(86_400);
         assert!(c.validate().unwrap_err().contains("retention"));
+        let mut c = MetricsConfig::default();
+        c.rollups[1].retention = Span(86_400);
+        assert!(c.validate().unwrap_err().contains("the 1h retention"));
     }
 }

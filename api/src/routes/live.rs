@@ -65,7 +65,12 @@ async fn relay(
             m = next(&mut rx, host.as_deref()) => {
                 let Some(m) = m else { break };
                 let text = String::from_utf8_lossy(&m.json).into_owned();
-                if socket.send(Message::Text(text.into())).await.is_err() {
+                // A reader that stops reading must not hold up shutdown.
+                let sent = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    r = socket.send(Message::Text(text.into())) => r,
+                };
+                if sent.is_err() {
                     break;
                 }
             }

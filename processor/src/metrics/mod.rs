@@ -168,9 +168,9 @@ impl MetricHandler {
         for (key, parts) in by_bucket {
             // parts are in start order (sorted by key).
             let extended = parts.iter().all(|p| p.added.is_some());
+            // A missing bucket is re-merged from what is stored (new this batch, a width added to the
+            // configuration, or one swept early), never assumed to hold only this batch's parts.
             let rollup = match stored.get(&key) {
-                // No bucket yet: every part it has is in this batch.
-                None if extended => Rollup::merge(key.2, &parts.iter().map(|p| p.rollup.clone()).collect::<Vec<_>>()),
                 Some(r) if extended && parts[0].key.2 >= r.last_ts => {
                     let mut r = r.clone();
                     for p in &parts {
@@ -221,6 +221,13 @@ impl BatchHandler for MetricHandler {
             return Err(Rejection::expired(format!(
                 "sample at {} is older than the raw retention ({}s) allows",
                 s.ts, self.raw_retention
+            )));
+        }
+        // A sample from far in the future would stay its host's latest and never be swept.
+        if s.ts.0 > Utc::now() + chrono::Duration::days(1) {
+            return Err(Rejection::invalid(format!(
+                "sample at {} is more than a day ahead of the processor's clock",
+                s.ts
             )));
         }
         Ok(s)

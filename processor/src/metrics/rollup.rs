@@ -54,6 +54,17 @@ pub struct Rollup {
 /// The quantiles every rollup holds.
 pub const QUANTILES: [f64; 3] = [0.50, 0.95, 0.99];
 
+/// The smaller in `f64::total_cmp` order (so -0.0 < 0.0, like the sorted values of a bucket), where
+/// `f64::min` may return either zero.
+fn lesser(a: f64, b: f64) -> f64 {
+    if b.total_cmp(&a).is_lt() { b } else { a }
+}
+
+/// The greater in `f64::total_cmp` order.
+fn greater(a: f64, b: f64) -> f64 {
+    if b.total_cmp(&a).is_gt() { b } else { a }
+}
+
 /// The 0-based nearest-rank index of quantile `q` among `n` sorted values.
 fn rank(q: f64, n: i64) -> i64 {
     ((q * n as f64).ceil() as i64 - 1).clamp(0, n - 1)
@@ -135,8 +146,8 @@ impl Rollup {
         for v in added {
             self.sketch.add(*v);
         }
-        self.min = self.min.min(part.min);
-        self.max = self.max.max(part.max);
+        self.min = lesser(self.min, part.min);
+        self.max = greater(self.max, part.max);
         self.last = part.last;
         self.settle_from_sketch();
     }
@@ -162,8 +173,8 @@ impl Rollup {
             start,
             count: parts.iter().map(|p| p.count).sum::<i64>(),
             sum: prefix + latest.sum,
-            min: parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
-            max: parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max),
+            min: parts.iter().map(|p| p.min).reduce(lesser).expect("not empty"),
+            max: parts.iter().map(|p| p.max).reduce(greater).expect("not empty"),
             mean: 0.0,
             first: parts[0].first,
             last: latest.last,
@@ -361,6 +372,23 @@ mod tests {
         let minutes: Vec<Rollup> = samples.chunks(60).map(|c| Rollup::of_samples(bucket(c[0].0, 60), c)).collect();
         assert_eq!(minute.as_ref(), minutes.last());
         assert_eq!(hour, Some(Rollup::merge(t(0), &minutes)));
+    }
+
+    #[test]
+    fn signed_zeros_merge_like_they_sort() {
+        let minute = |s: i64, v: &[f64]| {
+            let samples: Vec<_> = v.iter().enumerate().map(|(i, v)| (t(s + i as i64), *v)).collect();
+            Rollup::of_samples(t(s), &samples)
+        };
+        let (a, b) = (minute(0, &[5.0]), minute(60, &[0.0]));
+        let mut hour = Rollup::merge(t(0), &[a.clone(), b.clone()]);
+        let mut b2 = b.clone();
+        b2.append(&[(t(61), -0.0)]);
+        hour.merge_step(&b2, &[-0.0]);
+        let want = Rollup::merge(t(0), &[a, b2]);
+        assert_eq!(hour.min.to_bits(), (-0.0f64).to_bits());
+        assert_eq!(hour.min.to_bits(), want.min.to_bits());
+        assert_eq!(hour.max.to_bits(), want.max.to_bits());
     }
 
     #[test]

@@ -285,6 +285,7 @@ async fn bad_samples_are_dead_lettered_with_their_reason() {
         ("metric.x", r#"{"ts":"2026-01-01T00:00:00Z"}"#.to_owned(), "at least one numeric field"),
         ("metric.x", format!(r#"{{"ts":{month_ago},"cpu_usage":1}}"#), "older than the raw retention"),
         ("metric.x.y", r#"{"cpu_usage":1}"#.to_owned(), "unknown subject shape"),
+        ("metric.x", r#"{"ts":"3000-01-01T00:00:00Z","cpu_usage":1}"#.to_owned(), "more than a day ahead"),
     ];
     for (subject, payload, _) in &bad {
         app.publish_plain(subject, payload).await;
