@@ -11,11 +11,13 @@ pub enum Kind {
     Index,
     /// `metric.<host>`: a sample of numeric fields of one host.
     Metric,
+    /// `port.<unlocode>`: one port.
+    Port,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 3] = [Kind::Price, Kind::Index, Kind::Metric];
+    pub const ALL: [Kind; 4] = [Kind::Price, Kind::Index, Kind::Metric, Kind::Port];
 
     /// The first subject token, e.g. `price`.
     pub fn prefix(self) -> &'static str {
@@ -23,6 +25,7 @@ impl Kind {
             Kind::Price => "price",
             Kind::Index => "index",
             Kind::Metric => "metric",
+            Kind::Port => "port",
         }
     }
 
@@ -32,6 +35,7 @@ impl Kind {
             Kind::Price => "PRICES",
             Kind::Index => "INDICES",
             Kind::Metric => "METRICS",
+            Kind::Port => "PORTS",
         }
     }
 

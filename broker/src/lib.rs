@@ -6,6 +6,7 @@
 //! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
 //! - [`events`]: the payload types and their validation into domain values.
 //! - [`metrics`]: `metric.<host>` samples (any object of numeric fields) and their validation.
+//! - [`ports`]: `port.<unlocode>` ports and their validation.
 //! - [`streams`]: stream definitions, created or updated idempotently.
 //! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
 //! - [`consume`]: the consume loop (batch, one commit, ack after commit, nak with backoff, dead-letter).
@@ -18,6 +19,7 @@ pub mod dlq;
 pub mod events;
 pub mod kind;
 pub mod metrics;
+pub mod ports;
 pub mod publish;
 pub mod streams;
 pub mod trace;

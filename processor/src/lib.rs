@@ -7,6 +7,7 @@
 //! - [`indices`]: index definitions → stored definition and a recomputed history.
 //! - [`metrics`]: server metric samples → raw series, time-bucket rollups with percentiles
 //!   ([`metrics::rollup`] is their pure arithmetic), each host's latest sample, live announcements.
+//! - [`ports`]: ports → the latest version of each port and the per-country counts.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
 //!
@@ -16,6 +17,7 @@
 pub mod indices;
 pub mod lock;
 pub mod metrics;
+pub mod ports;
 pub mod prices;
 mod run;
 

@@ -2,6 +2,7 @@
 
 use crate::indices::IndexHandler;
 use crate::metrics::{MetricHandler, sweep};
+use crate::ports::PortHandler;
 use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
 use anyhow::Context;
 use async_nats::jetstream;
@@ -91,6 +92,12 @@ pub async fn run(
         js.clone(),
         cfg.spec(&streams, Kind::Index, "indices"),
         IndexHandler::new(pool.clone()),
+        shutdown.clone(),
+    ));
+    tasks.spawn(consume::run(
+        js.clone(),
+        cfg.spec(&streams, Kind::Port, "ports"),
+        PortHandler::new(pool.clone()),
         shutdown.clone(),
     ));
     tasks.spawn(consume::run(js, cfg.spec(&streams, Kind::Metric, "metrics"), metric_handler, shutdown.clone()));

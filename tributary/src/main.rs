@@ -73,6 +73,17 @@ enum Gatherer {
     Prices(PricesArgs),
     /// Simulate N servers' CPU, memory and disk usage, one sample per server per interval.
     Metrics(MetricsArgs),
+    /// Import a ports file (a JSON object keyed by UN/LOCODE), streamed with bounded memory.
+    Ports(PortsArgs),
+}
+
+#[derive(Args)]
+struct PortsArgs {
+    /// The file (`-` for stdin).
+    file: PathBuf,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -188,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gatherer(Gatherer::Prices(args)) => gather_prices(config, args).await,
         Command::Gatherer(Gatherer::Metrics(args)) => gather_metrics(config, args).await,
+        Command::Gatherer(Gatherer::Ports(args)) => import_ports(config, args).await,
         Command::Bench(args) => tributary::bench::run(config, args).await,
         Command::Migrate => {
             app::connect(config).await?;
@@ -358,5 +370,45 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
         report.failed.len()
     );
     anyhow::ensure!(report.failed.is_empty(), "{} samples were not delivered", report.failed.len());
+    Ok(())
+}
+
+async fn import_ports(config: Config, args: PortsArgs) -> anyhow::Result<()> {
+    let nats = app::connect_nats(&config.nats.url).await?;
+    let js = async_nats::jetstream::new(nats);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let started = std::time::Instant::now();
+    let report = if args.file.as_os_str() == "-" {
+        tributary_gatherer::ports::import(js, tokio::io::stdin(), None, !args.quiet).await
+    } else {
+        let file =
+            tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        tributary_gatherer::ports::import(js, file, size, !args.quiet).await
+    };
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "read {} ports ({} bytes, {:.1} MB/s, {:.0} ports/s): {} published, {} duplicates, {} invalid (dead-lettered by the processor), {} skipped, {} not delivered; decoder buffer peak {} bytes",
+        report.entries,
+        report.bytes,
+        report.bytes as f64 / secs / 1e6,
+        report.entries as f64 / secs,
+        report.publish.stored,
+        report.publish.duplicates,
+        report.invalid.len(),
+        report.skipped.len(),
+        report.publish.failed.len(),
+        report.max_buffer
+    );
+    for (at, key, reason) in report.invalid.iter().chain(&report.skipped).take(20) {
+        eprintln!("  {at}: {key}: {reason}");
+    }
+    if let Some(e) = &report.syntax_error {
+        eprintln!("stopped: {e} (everything before it was published)");
+    }
+    anyhow::ensure!(
+        report.syntax_error.is_none() && report.publish.failed.is_empty() && report.skipped.is_empty(),
+        "import finished with errors"
+    );
     Ok(())
 }

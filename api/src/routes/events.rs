@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tributary_broker::events::{IndexDefinition, PricePoint};
 use tributary_broker::metrics::MetricSample;
+use tributary_broker::ports::PortRecord;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, codec, publish};
 
@@ -33,6 +34,7 @@ pub async fn publish(
         Kind::Price => PricePoint::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
         Kind::Index => IndexDefinition::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
         Kind::Metric => MetricSample::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
+        Kind::Port => PortRecord::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
     };
     checked.map_err(|r| {
         ApiError::bad(if r.class == "bad_subject" { "unknown_subject" } else { "invalid_event" }, r.reason)

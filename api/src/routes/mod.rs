@@ -6,6 +6,7 @@ mod health;
 mod indices;
 mod live;
 mod metrics;
+mod ports;
 mod series;
 
 use crate::{ApiError, AppState};
@@ -31,6 +32,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/series/metric/{host}/{field}/rollups/{width}", get(metrics::rollups))
         .route("/v1/live/metrics", get(live::sse))
         .route("/v1/live/ws", get(live::ws))
+        .route("/v1/ports", get(ports::list))
+        .route("/v1/ports/nearest", get(ports::nearest))
+        .route("/v1/ports/countries", get(ports::countries))
+        .route("/v1/ports/{unlocode}", get(ports::get))
         .route("/v1/indices", get(indices::list))
         .route("/v1/indices/{name}", get(indices::get).put(indices::put))
         .route("/v1/events/{subject}", post(events::publish))

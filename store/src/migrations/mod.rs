@@ -6,12 +6,14 @@ use sea_orm_migration::prelude::*;
 mod m0001_prices;
 mod m0002_series_version;
 mod m0003_metrics;
+mod m0004_ports;
 
 /// Every migration: (name, SQL), in order.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("m0001_prices", m0001_prices::SQL),
     ("m0002_series_version", m0002_series_version::SQL),
     ("m0003_metrics", m0003_metrics::SQL),
+    ("m0004_ports", m0004_ports::SQL),
 ];
 
 /// Runs the migrations in order; `Migrator::up(&db, None)` at startup.

@@ -115,9 +115,12 @@ impl TestApp {
 
     /// Waits until both processor consumers have nothing pending and nothing unacked.
     pub async fn settled(&self) {
-        for (stream, durable) in
-            [("PRICES", "processor-price"), ("INDICES", "processor-index"), ("METRICS", "processor-metric")]
-        {
+        for (stream, durable) in [
+            ("PRICES", "processor-price"),
+            ("INDICES", "processor-index"),
+            ("METRICS", "processor-metric"),
+            ("PORTS", "processor-port"),
+        ] {
             let js = self.c.js.clone();
             eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {
                 let js = js.clone();

@@ -8,5 +8,6 @@ mod differential;
 mod dlq;
 mod grafana;
 mod metrics;
+mod ports;
 mod prices;
 mod processes;

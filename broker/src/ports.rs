@@ -1,0 +1,114 @@
+//! `port.<unlocode>`: one port, in the shape of the ports file (`../shared/data/ports.json`):
+//! `{"name": ..., "city": ..., "country": ..., "coordinates": [lon, lat], "province": ..., "timezone": ...,
+//! "alias": [...], "regions": [...], "unlocs": [...], "code": ...}`. Only `name` is required; a missing field
+//! is stored as null (lists as empty).
+
+use crate::codec;
+use crate::events::Rejection;
+use crate::kind::Kind;
+use async_nats::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+/// A port as published.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Port {
+    /// The port's name (required, not blank).
+    pub name: String,
+    /// City.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// Country name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// `[longitude, latitude]` in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinates: Option<Vec<f64>>,
+    /// Province or region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub province: Option<String>,
+    /// IANA time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Other names.
+    #[serde(default)]
+    pub alias: Vec<String>,
+    /// Regions.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// UN/LOCODEs of the port.
+    #[serde(default)]
+    pub unlocs: Vec<String>,
+    /// A further code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// A validated port with its UN/LOCODE (from the subject).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortRecord {
+    /// The UN/LOCODE.
+    pub unlocode: String,
+    /// The port.
+    pub port: Port,
+    /// (lon, lat), when given.
+    pub lon_lat: Option<(f64, f64)>,
+}
+
+impl PortRecord {
+    /// Decodes and validates a port message.
+    pub fn decode(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Self, Rejection> {
+        let unlocode = Kind::Port.key_of(subject).map_err(Rejection::subject)?.to_owned();
+        let port: Port = codec::decode(headers, payload).map_err(Rejection::undecodable)?;
+        Self::validate(unlocode, port).map_err(Rejection::invalid)
+    }
+
+    /// Checks the name and coordinates.
+    pub fn validate(unlocode: String, port: Port) -> Result<Self, String> {
+        if port.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        let lon_lat = match port.coordinates.as_deref() {
+            None => None,
+            Some(&[lon, lat]) => {
+                if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+                    return Err(format!("coordinates: longitude must be within -180..180, got {lon}"));
+                }
+                if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+                    return Err(format!("coordinates: latitude must be within -90..90, got {lat}"));
+                }
+                Some((lon, lat))
+            }
+            Some(other) => {
+                return Err(format!("coordinates must be two numbers [lon, lat], got {} numbers", other.len()));
+            }
+        };
+        Ok(PortRecord { unlocode, port, lon_lat })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_decode_with_missing_fields() {
+        let p =
+            PortRecord::decode("port.AEAJM", None, br#"{"name":"Ajman","coordinates":[55.5,25.4],"unlocs":["AEAJM"]}"#)
+                .unwrap();
+        assert_eq!(p.unlocode, "AEAJM");
+        assert_eq!(p.lon_lat, Some((55.5, 25.4)));
+        assert_eq!(p.port.city, None);
+        let p = PortRecord::decode("port.X", None, br#"{"name":"Nowhere"}"#).unwrap();
+        assert_eq!(p.lon_lat, None);
+    }
+
+    #[test]
+    fn bad_ports_are_named() {
+        let r = |b: &[u8]| PortRecord::decode("port.X", None, b).unwrap_err().reason;
+        assert!(r(br#"{"name":"A","coordinates":[1]}"#).contains("two numbers"));
+        assert!(r(br#"{"name":"A","coordinates":["a","b"]}"#).contains("invalid type"));
+        assert!(r(br#"{"name":"A","coordinates":[1,95]}"#).contains("latitude"));
+        assert!(r(br#"{"name":" "}"#).contains("name"));
+        assert!(r(br#"{"city":"A"}"#).contains("missing field `name`"));
+    }
+}

@@ -1,0 +1,473 @@
+//! The ports importer: a file shaped like `../shared/data/ports.json` (one top-level object keyed by
+//! UN/LOCODE) streamed to `port.<unlocode>` with bounded memory, whatever the file's size.
+//!
+//! [`ObjectEntries`] reads the input in chunks and yields one `"KEY": VALUE` member at a time, with the
+//! byte offset and line where it starts; its buffer holds one member plus one chunk at most (a member
+//! over [`MAX_ENTRY`] stops the import), and [`ObjectEntries::high_water`] says how large it got.
+//! - A syntax error (or a truncated file) stops the import: everything before it has been published, and
+//!   the error names its byte offset and line.
+//! - A well-formed but invalid port (say, coordinates that are not two numbers) is reported with its
+//!   position and published anyway: the processor dead-letters it with the same reason, and the import
+//!   goes on.
+//!
+//! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
+//! stores nothing new (and after the duplicate window, changes no value).
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tributary_broker::kind::valid_key;
+use tributary_broker::ports::{Port, PortRecord};
+use tributary_broker::{Kind, PublishReport, Publisher, codec, publish};
+
+/// The largest member accepted (bytes): a bound on memory, far above any real port.
+pub const MAX_ENTRY: usize = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
+/// Where something is in the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Byte offset from the start, 0-based.
+    pub offset: u64,
+    /// Line, 1-based.
+    pub line: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, byte {}", self.line, self.offset)
+    }
+}
+
+/// One member of the top-level object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The key, unescaped.
+    pub key: String,
+    /// The value's JSON text, exactly as in the input.
+    pub value: Bytes,
+    /// Where the member's key starts.
+    pub at: Position,
+}
+
+/// The input is not a well-formed JSON object (or ends early); nothing after `at` is read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason} at {at}")]
+pub struct SyntaxError {
+    /// Where.
+    pub at: Position,
+    /// What.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Start,
+    FirstMember,
+    NextMember,
+    Done,
+}
+
+/// Members of a top-level JSON object, read incrementally from `R`.
+pub struct ObjectEntries<R> {
+    input: R,
+    buf: Vec<u8>,
+    /// Absolute position of `buf[0]`.
+    base: Position,
+    eof: bool,
+    state: State,
+    high_water: usize,
+    /// Bytes read so far.
+    pub bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> ObjectEntries<R> {
+    /// Reads `input`.
+    pub fn new(input: R) -> Self {
+        ObjectEntries {
+            input,
+            buf: Vec::with_capacity(CHUNK),
+            base: Position { offset: 0, line: 1 },
+            eof: false,
+            state: State::Start,
+            high_water: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The most bytes the buffer ever held.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    async fn fill(&mut self) -> Result<bool, SyntaxError> {
+        if self.eof {
+            return Ok(false);
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + CHUNK, 0);
+        let n = self
+            .input
+            .read(&mut self.buf[start..])
+            .await
+            .map_err(|e| SyntaxError { at: self.pos(start), reason: format!("read error: {e}") })?;
+        self.buf.truncate(start + n);
+        self.high_water = self.high_water.max(self.buf.len());
+        self.bytes += n as u64;
+        self.eof = n == 0;
+        Ok(n > 0)
+    }
+
+    /// The absolute position of `buf[i]`.
+    fn pos(&self, i: usize) -> Position {
+        let lines = self.buf[..i.min(self.buf.len())].iter().filter(|b| **b == b'\n').count() as u64;
+        Position { offset: self.base.offset + i as u64, line: self.base.line + lines }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.base = self.pos(n);
+        self.buf.drain(..n);
+    }
+
+    /// The next member, `None` after the closing brace.
+    pub async fn next(&mut self) -> Result<Option<Entry>, SyntaxError> {
+        loop {
+            match self.scan() {
+                Scan::Entry { key, value, next, at } => {
+                    let at = self.pos(at);
+                    let key: String = serde_json::from_slice(&self.buf[key.0..key.1])
+                        .map_err(|e| SyntaxError { at, reason: format!("bad key: {e}") })?;
+                    let value = Bytes::copy_from_slice(&self.buf[value.0..value.1]);
+                    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
+                        let at = Position { offset: at.offset, line: at.line + e.line() as u64 - 1 };
+                        return Err(SyntaxError { at, reason: format!("malformed value of {key:?}: {e}") });
+                    }
+                    self.consume(next);
+                    self.state = State::NextMember;
+                    return Ok(Some(Entry { key, value, at }));
+                }
+                Scan::End { next } => {
+                    self.consume(next);
+                    self.state = State::Done;
+                }
+                Scan::Skip { next, state } => {
+                    self.consume(next);
+                    self.state = state;
+                }
+                Scan::Error { at, reason } => return Err(SyntaxError { at: self.pos(at), reason }),
+                Scan::NeedMore => {
+                    if self.buf.len() > MAX_ENTRY {
+                        return Err(SyntaxError {
+                            at: self.pos(0),
+                            reason: format!("a member is larger than {MAX_ENTRY} bytes"),
+                        });
+                    }
+                    if !self.fill().await? {
+                        if self.state == State::Done {
+                            return Ok(None);
+                        }
+                        let at = self.pos(self.buf.len());
+                        return Err(SyntaxError { at, reason: "unexpected end of input (truncated file?)".into() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// One step over the buffer from its start, without reading.
+    fn scan(&self) -> Scan {
+        let b = &self.buf;
+        let mut i = skip_ws(b, 0);
+        if i == b.len() {
+            return Scan::NeedMore;
+        }
+        match self.state {
+            State::Start => match b[i] {
+                b'{' => Scan::Skip { next: i + 1, state: State::FirstMember },
+                c => Scan::Error {
+                    at: i,
+                    reason: format!("expected '{{' (an object keyed by UN/LOCODE), found {:?}", c as char),
+                },
+            },
+            State::Done => Scan::Error { at: i, reason: "unexpected data after the closing '}'".into() },
+            State::FirstMember | State::NextMember => {
+                if b[i] == b'}' {
+                    return Scan::End { next: i + 1 };
+                }
+                if self.state == State::NextMember {
+                    if b[i] != b',' {
+                        return Scan::Error {
+                            at: i,
+                            reason: format!("expected ',' or '}}', found {:?}", b[i] as char),
+                        };
+                    }
+                    i = skip_ws(b, i + 1);
+                    if i == b.len() {
+                        return Scan::NeedMore;
+                    }
+                }
+                let at = i;
+                if b[i] != b'"' {
+                    return Scan::Error {
+                        at: i,
+                        reason: format!("expected a key in quotes, found {:?}", b[i] as char),
+                    };
+                }
+                let Some(key_end) = string_end(b, i) else { return Scan::NeedMore };
+                let j = skip_ws(b, key_end);
+                if j == b.len() {
+                    return Scan::NeedMore;
+                }
+                if b[j] != b':' {
+                    return Scan::Error {
+                        at: j,
+                        reason: format!("expected ':' after a key, found {:?}", b[j] as char),
+                    };
+                }
+                let v = skip_ws(b, j + 1);
+                if v == b.len() {
+                    return Scan::NeedMore;
+                }
+                match value_end(b, v) {
+                    Ok(Some(end)) => Scan::Entry { key: (i, key_end), value: (v, end), next: end, at },
+                    Ok(None) => Scan::NeedMore,
+                    Err((pos, reason)) => Scan::Error { at: pos, reason },
+                }
+            }
+        }
+    }
+}
+
+enum Scan {
+    NeedMore,
+    Skip { next: usize, state: State },
+    Entry { key: (usize, usize), value: (usize, usize), next: usize, at: usize },
+    End { next: usize },
+    Error { at: usize, reason: String },
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index after the closing quote of the string starting at `i`, if it is complete.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The index after the JSON value starting at `i`, if it is complete; brackets must balance.
+fn value_end(b: &[u8], i: usize) -> Result<Option<usize>, (usize, String)> {
+    match b[i] {
+        b'"' => Ok(string_end(b, i)),
+        b'{' | b'[' => {
+            let mut stack = Vec::new();
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => match string_end(b, j) {
+                        Some(e) => {
+                            j = e;
+                            continue;
+                        }
+                        None => return Ok(None),
+                    },
+                    c @ (b'{' | b'[') => stack.push(if c == b'{' { b'}' } else { b']' }),
+                    c @ (b'}' | b']') => {
+                        if stack.pop() != Some(c) {
+                            return Err((j, format!("unbalanced {:?}", c as char)));
+                        }
+                        if stack.is_empty() {
+                            return Ok(Some(j + 1));
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            Ok(None)
+        }
+        _ => {
+            // A number or a literal: up to the next delimiter (the end of the buffer may cut it).
+            let end = (i..b.len()).find(|&j| matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+            Ok(end)
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PortsReport {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Members read.
+    pub entries: u64,
+    /// What became of the publishes.
+    pub publish: PublishReport,
+    /// Well-formed members that are not valid ports: (position, UN/LOCODE, reason). Published anyway,
+    /// so the processor dead-letters them.
+    pub invalid: Vec<(Position, String, String)>,
+    /// Members that could not be published at all (a key that is not a subject token).
+    pub skipped: Vec<(Position, String, String)>,
+    /// The syntax error that stopped the import, if any.
+    pub syntax_error: Option<SyntaxError>,
+    /// The decoder's buffer high-water mark, in bytes.
+    pub max_buffer: usize,
+}
+
+/// Streams `input` to `port.<unlocode>`. `size` (if known) sizes the progress bar; `progress` false hides it.
+pub async fn import(
+    js: jetstream::Context,
+    input: impl AsyncRead + Unpin,
+    size: Option<u64>,
+    progress: bool,
+) -> PortsReport {
+    let bar =
+        if progress { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut entries = ObjectEntries::new(input);
+    let mut publisher = Publisher::new(js, 4096);
+    let mut report = PortsReport::default();
+    let started = std::time::Instant::now();
+    loop {
+        let e = match entries.next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                report.syntax_error = Some(e);
+                break;
+            }
+        };
+        report.entries += 1;
+        if !valid_key(&e.key) {
+            report.skipped.push((e.at, e.key, "the key is not a valid UN/LOCODE subject token".into()));
+            continue;
+        }
+        if let Err(reason) = serde_json::from_slice::<Port>(&e.value)
+            .map_err(|e| e.to_string())
+            .and_then(|p| PortRecord::validate(e.key.clone(), p).map(|_| ()))
+        {
+            report.invalid.push((e.at, e.key.clone(), reason));
+        }
+        let id = format!("port:{}:{:016x}", e.key, fnv(&e.value));
+        publisher.publish_raw(Kind::Port.subject(&e.key), publish::headers(Some(&id), codec::JSON), e.value).await;
+        if report.entries % 256 == 0 {
+            bar.set_position(entries.bytes);
+            bar.set_message(format!(
+                "{} ports, {:.0}/s",
+                report.entries,
+                report.entries as f64 / started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    report.bytes = entries.bytes;
+    report.max_buffer = entries.high_water();
+    report.publish = publisher.finish().await;
+    bar.finish_and_clear();
+    report
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn all(text: &[u8]) -> (Vec<Entry>, Option<SyntaxError>, usize) {
+        // Tiny reads exercise every split point.
+        let reader = tokio_test_reader(text);
+        let mut e = ObjectEntries::new(reader);
+        let mut out = Vec::new();
+        loop {
+            match e.next().await {
+                Ok(Some(x)) => out.push(x),
+                Ok(None) => return (out, None, e.high_water()),
+                Err(err) => return (out, Some(err), e.high_water()),
+            }
+        }
+    }
+
+    /// A reader returning at most 7 bytes per read.
+    fn tokio_test_reader(text: &[u8]) -> impl AsyncRead + Unpin {
+        struct Slow(std::io::Cursor<Vec<u8>>);
+        impl AsyncRead for Slow {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let mut tmp = [0u8; 7];
+                let n = std::io::Read::read(&mut self.0, &mut tmp[..buf.remaining().min(7)])?;
+                buf.put_slice(&tmp[..n]);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        Slow(std::io::Cursor::new(text.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn members_with_positions_across_any_split() {
+        let text = b"{\n  \"A\": {\"name\": \"x}\\\"{\", \"n\": [1, [2]]},\n  \"B\" : 12,\n  \"C\":\"s\"\n}\n";
+        let (e, err, _) = all(text).await;
+        assert_eq!(err, None);
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["A", "B", "C"]);
+        assert_eq!(&e[0].value[..], br#"{"name": "x}\"{", "n": [1, [2]]}"#);
+        assert_eq!(e[0].at, Position { offset: 4, line: 2 });
+        assert_eq!((&e[1].value[..], e[1].at.line), (&b"12"[..], 3));
+        assert_eq!(&e[2].value[..], br#""s""#);
+    }
+
+    #[tokio::test]
+    async fn syntax_errors_stop_with_their_position_after_what_came_before() {
+        let (e, err, _) = all(b"{\"A\": {\"name\": \"a\"},\n \"B\": {\"name\": \"b\",, }\n}").await;
+        assert_eq!(e.len(), 1);
+        let err = err.unwrap();
+        assert_eq!(err.at.line, 2);
+        assert!(err.reason.contains("malformed value of \"B\""), "{err}");
+        let (e, err, _) = all(b"{\"A\": {\"name\": \"a\"},\n \"B\": {\"name\"").await;
+        assert_eq!(e.len(), 1);
+        assert!(err.unwrap().reason.contains("truncated"));
+        let (_, err, _) = all(b"[1, 2]").await;
+        assert!(err.unwrap().reason.contains("expected '{'"));
+        let (e, err, _) = all(b"{\"A\": 1 \"B\": 2}").await;
+        assert_eq!((e.len(), err.unwrap().reason.contains("expected ',' or '}'")), (1, true));
+        let (_, err, _) = all(b"{\"A\": 1} x").await;
+        assert!(err.unwrap().reason.contains("after the closing"));
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_by_one_member_and_a_chunk() {
+        let mut text = b"{".to_vec();
+        for i in 0..20_000 {
+            text.extend_from_slice(
+                format!("\"P{i:05}\": {{\"name\": \"port {i}\", \"coordinates\": [1.5, 2.5]}},\n").as_bytes(),
+            );
+        }
+        text.extend_from_slice(b"\"Z\": {\"name\": \"z\"}}");
+        let mut e = ObjectEntries::new(std::io::Cursor::new(text.clone()));
+        let mut n = 0;
+        while e.next().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 20_001);
+        assert!(text.len() > 1_000_000);
+        assert!(e.high_water() <= 2 * CHUNK, "buffer grew to {}", e.high_water());
+    }
+}

@@ -1,0 +1,114 @@
+//! Ports: the real ports file streamed in twice, the read API, and bad files.
+
+use crate::common::spawn_app;
+use sea_orm::sqlx;
+use serde_json::{Value, json};
+use tributary_gatherer::ports::import;
+
+const PORTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ports.json");
+
+type Snapshot = Vec<(String, String, Option<String>, Option<String>, Option<f64>, Option<f64>, Vec<String>)>;
+
+async fn snapshot(pool: &sqlx::PgPool) -> Snapshot {
+    sqlx::query_as("SELECT unlocode, name, country, timezone, lon, lat, unlocs FROM ports ORDER BY unlocode")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_ports_file_imported_twice_gives_1634_ports_and_the_read_api() {
+    let app = spawn_app().await;
+    let file = tokio::fs::File::open(PORTS).await.expect("../shared/data/ports.json beside the repository");
+    let first = import(app.js(), file, None, false).await;
+    assert_eq!((first.entries, first.publish.stored, first.syntax_error.as_ref()), (1634, 1634, None));
+    assert!(first.invalid.is_empty() && first.skipped.is_empty(), "{:?}", first.invalid);
+    app.settled().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    let before = snapshot(pool).await;
+    assert_eq!(before.len(), 1634);
+
+    let again = import(app.js(), tokio::fs::File::open(PORTS).await.unwrap(), None, false).await;
+    assert_eq!((again.publish.stored, again.publish.duplicates), (0, 1634), "idempotency keys");
+    app.settled().await;
+    assert!(snapshot(pool).await == before, "a second import changes nothing");
+
+    // Per-country counts equal a GROUP BY over the ports.
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT country, count(*) FROM ports WHERE country IS NOT NULL GROUP BY 1
+         EXCEPT SELECT country, ports FROM port_countries",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(counts.is_empty(), "{counts:?}");
+
+    let (s, p) = app.get("/v1/ports/AEDXB").await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["name"], "Dubai");
+    assert_eq!(p["coordinates"], json!([55.27, 25.25]));
+    assert_eq!(p["timezone"], "Asia/Dubai");
+    assert_eq!(p["unlocs"], json!(["AEDXB"]));
+    // A port without coordinates and timezone: null, not absent or zero.
+    let (_, p) = app.get("/v1/ports/BHAHD").await;
+    assert_eq!((p["name"].as_str(), &p["coordinates"], &p["timezone"]), (Some("Al Hidd"), &Value::Null, &Value::Null));
+    assert_eq!(p["code"], "52500");
+    let (s, b) = app.get("/v1/ports/NOPE1").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (404, Some("not_found")));
+
+    let (_, b) = app.get("/v1/ports?country=United%20States&limit=5").await;
+    assert_eq!(b["total"], 141);
+    assert_eq!(b["ports"].as_array().unwrap().len(), 5);
+    let (_, b) = app.get("/v1/ports?q=dub").await;
+    let names: Vec<&str> = b["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"Dubai") && names.iter().all(|n| n.to_lowercase().contains("dub")), "{names:?}");
+    let (s, b) = app.get("/v1/ports?offset=-1").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_offset")));
+
+    let (s, b) = app.get("/v1/ports/nearest?lat=25.25&lon=55.27&limit=3").await;
+    assert_eq!(s, 200, "{b}");
+    let near = b["ports"].as_array().unwrap();
+    assert_eq!(near[0]["unlocode"], "AEDXB");
+    assert!(near[0]["distance_m"].as_f64().unwrap() < 1.0);
+    let d: Vec<f64> = near.iter().map(|p| p["distance_m"].as_f64().unwrap()).collect();
+    assert!(d.windows(2).all(|w| w[0] <= w[1]), "nearest first: {d:?}");
+    for bad in ["?lon=1", "?lat=91&lon=1", "?lat=1&lon=abc"] {
+        let (s, b) = app.get(&format!("/v1/ports/nearest{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    let (_, b) = app.get("/v1/ports/countries").await;
+    assert_eq!(b["countries"][0], json!({"country": "United States", "ports": 141}));
+    assert_eq!(b["countries"].as_array().unwrap().len(), 185);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_report_positions_keep_what_came_before_and_dead_letter_invalid_ports() {
+    let app = spawn_app().await;
+    let text = "{\n \"AAAAA\": {\"name\": \"A\", \"coordinates\": [1, 2]},\n \"BBBBB\": {\"name\": \"B\", \"coordinates\": [1]},\n \"CCCCC\": {\"name\": \"C\"},\n \"DDDDD\": {\"name\": \"D\",, }\n}";
+    let r = import(app.js(), std::io::Cursor::new(text.as_bytes().to_vec()), None, false).await;
+    assert_eq!(r.publish.stored, 3, "everything before the syntax error is published");
+    let err = r.syntax_error.expect("a syntax error");
+    assert_eq!(err.at.line, 5, "{err}");
+    assert!(err.reason.contains("DDDDD"), "{err}");
+    assert_eq!(r.invalid.len(), 1);
+    assert_eq!((r.invalid[0].0.line, r.invalid[0].1.as_str()), (3, "BBBBB"));
+    assert!(r.invalid[0].2.contains("two numbers"), "{:?}", r.invalid);
+    app.settled().await;
+    let (_, b) = app.get("/v1/ports?limit=10").await;
+    assert_eq!(b["total"], 2, "A and C stored: {b}");
+    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+    let letters = dlq["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{dlq}");
+    assert_eq!(letters[0]["subject"], "port.BBBBB");
+    assert!(letters[0]["reason"].as_str().unwrap().contains("two numbers"));
+
+    let truncated = import(
+        app.js(),
+        std::io::Cursor::new(b"{\"EEEEE\": {\"name\": \"E\"}, \"FFFFF\": {\"na".to_vec()),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(truncated.publish.stored, 1);
+    assert!(truncated.syntax_error.unwrap().reason.contains("truncated"));
+}
