@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
 //! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `events`, `dlq`, `health`.
+//! - [`uploads`]: streamed uploads and their progress (importer and processors).
 //! - [`live`]: the hub relaying committed metric samples to Server-Sent Events and WebSocket readers.
 //! - `dashboard.html`: the live page at `/` (dependency-free: plain DOM and SVG).
 //! - `openapi.json`: the OpenAPI 3.1 document served at `/openapi.json`, with a docs page at `/docs`.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod live;
 mod params;
 mod routes;
+pub mod uploads;
 
 use async_nats::jetstream;
 use axum::Router;
@@ -26,6 +28,7 @@ use tributary_broker::StreamsConfig;
 use tributary_store::MetricsConfig;
 
 pub use live::Live;
+pub use uploads::Uploads;
 
 pub use error::ApiError;
 
@@ -40,11 +43,18 @@ pub struct ApiConfig {
     /// How long `PUT /v1/indices/{name}` waits for the processor to store the definition before it
     /// answers 202 instead of 200, in milliseconds.
     pub write_wait_ms: u64,
+    /// The largest upload body, in bytes (`POST /v1/uploads`; streamed, never held whole).
+    pub max_upload_bytes: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), max_body_bytes: 1 << 20, write_wait_ms: 5000 }
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1 << 20,
+            write_wait_ms: 5000,
+            max_upload_bytes: 1 << 40,
+        }
     }
 }
 
@@ -67,6 +77,8 @@ pub struct AppState {
     pub rollups: MetricsConfig,
     /// Live samples for streaming readers.
     pub live: Live,
+    /// Uploads in progress and done.
+    pub uploads: Uploads,
 }
 
 impl AppState {
@@ -84,10 +96,12 @@ pub fn router(state: AppState) -> Router {
 /// in-flight requests.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     state.live.relay(&state.nats).await.map_err(std::io::Error::other)?;
-    let live = state.live.clone();
+    state.uploads.relay(&state.nats).await.map_err(std::io::Error::other)?;
+    let (live, uploads) = (state.live.clone(), state.uploads.clone());
     let stopping = async move {
         shutdown.cancelled().await;
         live.close();
+        uploads.close();
     };
     axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
 }

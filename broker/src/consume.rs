@@ -84,6 +84,28 @@ pub enum ConsumeError {
     NoStream(String),
 }
 
+/// The header naming the upload a message came from (set by the API's upload route).
+pub const UPLOAD_HEADER: &str = "Tributary-Upload";
+/// Core NATS subjects `tributary.upload.<id>`: after a commit (or a stored dead letter), how many of an
+/// upload's messages it covered, as JSON `{"committed": n}` or `{"dead_letters": n}`.
+pub const UPLOAD_PROGRESS_PREFIX: &str = "tributary.upload";
+
+/// Tells an upload's watchers how many of its messages were just committed or dead-lettered.
+async fn report_uploads<'a>(js: &jetstream::Context, what: &str, messages: impl Iterator<Item = &'a Message>) {
+    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for m in messages {
+        if let Some(id) = m.headers.as_ref().and_then(|h| h.get(UPLOAD_HEADER)) {
+            *counts.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    for (id, n) in counts {
+        let body = format!("{{\"{what}\":{n}}}");
+        if let Err(e) = js.client().publish(format!("{UPLOAD_PROGRESS_PREFIX}.{id}"), body.into()).await {
+            debug!(error = %e, "cannot report upload progress");
+        }
+    }
+}
+
 /// Delay before a message delivered `delivered` times comes back: 100 ms doubling, at most 10 s.
 pub fn backoff(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 8) - 1;
@@ -253,6 +275,7 @@ async fn process<H: BatchHandler>(
                 }
                 metrics::counter!("tributary_events_total", "consumer" => label, "outcome" => "processed")
                     .increment(good.len() as u64);
+                report_uploads(js, "committed", good.iter()).await;
             }
             Err(e) => {
                 let delay = backoff(max_delivered);
@@ -284,6 +307,7 @@ async fn dead_letter(
         );
     }
     let mut retry = None;
+    let mut stored_letters = Vec::with_capacity(dead.len());
     for ((m, _, r), ack) in dead.iter().zip(acks) {
         let stored = match ack {
             Ok(fut) => fut.await.map(|_| ()).map_err(|e| e.to_string()),
@@ -294,6 +318,7 @@ async fn dead_letter(
                 metrics::counter!("tributary_dead_letters_total", "consumer" => spec.label, "class" => r.class)
                     .increment(1);
                 let _ = m.ack().await;
+                stored_letters.push(m);
             }
             Err(e) => {
                 let delay = backoff(m.info().map(|i| i.delivered).unwrap_or(1));
@@ -303,6 +328,7 @@ async fn dead_letter(
             }
         }
     }
+    report_uploads(js, "dead_letters", stored_letters.into_iter()).await;
     retry
 }
 

@@ -4,11 +4,36 @@
 //! - [`prices`]: the price simulator (random walks with late and corrected prices) and the CSV importer
 //!   (`instrument,ts,price[,volume]`, streamed with bounded memory and a progress bar).
 //! - [`ports`]: the ports importer (a JSON object keyed by UN/LOCODE, streamed with bounded memory).
+//! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
 //! - [`metrics`]: the server metrics simulator (N servers, one sample each per interval).
 //!
 //! Every source publishes through [`tributary_broker::Publisher`]: idempotency keys, pipelined acks, and a
 //! report of what was stored, deduplicated or not delivered.
 
 pub mod metrics;
+pub mod numbers;
 pub mod ports;
 pub mod prices;
+
+/// How far an import has got, reported as it streams (for progress bars and upload progress events).
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Entries (members, lines) read.
+    pub entries: u64,
+    /// Entries handed to the publisher.
+    pub published: u64,
+    /// Entries refused before publishing, or published knowing the processor will dead-letter them.
+    pub invalid: u64,
+}
+
+/// The headers of an imported event: its idempotency key and content type, and the upload it belongs to
+/// (so processors can report its progress back).
+pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) -> async_nats::HeaderMap {
+    let mut h = tributary_broker::publish::headers(Some(msg_id), content_type);
+    if let Some(id) = upload {
+        h.insert(tributary_broker::consume::UPLOAD_HEADER, id);
+    }
+    h
+}

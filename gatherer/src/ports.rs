@@ -13,13 +13,14 @@
 //! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
 //! stores nothing new (and after the duplicate window, changes no value).
 
+use crate::{Progress, import_headers};
 use async_nats::jetstream;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tributary_broker::kind::valid_key;
 use tributary_broker::ports::{Port, PortRecord};
-use tributary_broker::{Kind, PublishReport, Publisher, codec, publish};
+use tributary_broker::{Kind, PublishReport, Publisher, codec};
 
 /// The largest member accepted (bytes): a bound on memory, far above any real port.
 pub const MAX_ENTRY: usize = 1 << 20;
@@ -339,10 +340,28 @@ pub async fn import(
         ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let started = std::time::Instant::now();
+    let report = import_with(js, input, None, &mut |p: &Progress| {
+        bar.set_position(p.bytes);
+        bar.set_message(format!("{} ports, {:.0}/s", p.entries, p.entries as f64 / started.elapsed().as_secs_f64()));
+    })
+    .await;
+    bar.finish_and_clear();
+    report
+}
+
+/// Streams `input` to `port.<unlocode>`, tagging every message with `upload` (if any) and calling
+/// `progress` every 256 entries and at the end.
+pub async fn import_with(
+    js: jetstream::Context,
+    input: impl AsyncRead + Unpin,
+    upload: Option<&str>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> PortsReport {
     let mut entries = ObjectEntries::new(input);
     let mut publisher = Publisher::new(js, 4096);
     let mut report = PortsReport::default();
-    let started = std::time::Instant::now();
+    let mut p = Progress::default();
     loop {
         let e = match entries.next().await {
             Ok(Some(e)) => e,
@@ -353,8 +372,11 @@ pub async fn import(
             }
         };
         report.entries += 1;
+        p.entries += 1;
+        p.bytes = entries.bytes;
         if !valid_key(&e.key) {
             report.skipped.push((e.at, e.key, "the key is not a valid UN/LOCODE subject token".into()));
+            p.invalid += 1;
             continue;
         }
         if let Err(reason) = serde_json::from_slice::<Port>(&e.value)
@@ -362,22 +384,20 @@ pub async fn import(
             .and_then(|p| PortRecord::validate(e.key.clone(), p).map(|_| ()))
         {
             report.invalid.push((e.at, e.key.clone(), reason));
+            p.invalid += 1;
         }
         let id = format!("port:{}:{:016x}", e.key, fnv(&e.value));
-        publisher.publish_raw(Kind::Port.subject(&e.key), publish::headers(Some(&id), codec::JSON), e.value).await;
+        publisher.publish_raw(Kind::Port.subject(&e.key), import_headers(&id, codec::JSON, upload), e.value).await;
+        p.published += 1;
         if report.entries % 256 == 0 {
-            bar.set_position(entries.bytes);
-            bar.set_message(format!(
-                "{} ports, {:.0}/s",
-                report.entries,
-                report.entries as f64 / started.elapsed().as_secs_f64()
-            ));
+            progress(&p);
         }
     }
     report.bytes = entries.bytes;
+    p.bytes = entries.bytes;
     report.max_buffer = entries.high_water();
     report.publish = publisher.finish().await;
-    bar.finish_and_clear();
+    progress(&p);
     report
 }
 

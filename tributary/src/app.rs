@@ -92,6 +92,7 @@ impl Connected {
             config: self.config.api.clone(),
             rollups: self.config.metrics.clone(),
             live: tributary_api::Live::new(),
+            uploads: tributary_api::Uploads::new(),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
     }

@@ -8,6 +8,7 @@ mod live;
 mod metrics;
 mod ports;
 mod series;
+mod uploads;
 
 use crate::{ApiError, AppState};
 use axum::Router;
@@ -32,6 +33,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/series/metric/{host}/{field}/rollups/{width}", get(metrics::rollups))
         .route("/v1/live/metrics", get(live::sse))
         .route("/v1/live/ws", get(live::ws))
+        .route("/v1/uploads", post(uploads::start))
+        .route("/v1/uploads/{id}", get(uploads::status))
+        .route("/v1/uploads/{id}/events", get(uploads::events))
         .route("/v1/ports", get(ports::list))
         .route("/v1/ports/nearest", get(ports::nearest))
         .route("/v1/ports/countries", get(ports::countries))

@@ -38,6 +38,7 @@ pub async fn measure(
         config: config.api.clone(),
         rollups: config.metrics.clone(),
         live: tributary_api::Live::new(),
+        uploads: tributary_api::Uploads::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

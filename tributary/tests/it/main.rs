@@ -11,3 +11,4 @@ mod metrics;
 mod ports;
 mod prices;
 mod processes;
+mod uploads;

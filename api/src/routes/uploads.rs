@@ -1,0 +1,144 @@
+//! `POST /v1/uploads?kind=ports|numbers` (a streamed body, answered 202 as soon as streaming starts),
+//! `GET /v1/uploads/{id}` and `GET /v1/uploads/{id}/events` (Server-Sent Events: `progress` on every
+//! change, then one `summary`).
+
+use crate::params::Params;
+use crate::uploads::{KINDS, Status};
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use tokio::sync::watch;
+use tokio_util::io::StreamReader;
+
+/// Starts an upload: the body is streamed through the importer of `kind` on its own task.
+pub async fn start(
+    State(s): State<AppState>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let kind = p.get("kind").map(String::as_str).unwrap_or("");
+    if !KINDS.contains(&kind) {
+        return Err(ApiError::field(
+            "invalid_kind",
+            "kind",
+            format!("kind must be one of {}, got {kind:?}", KINDS.join(", ")),
+        ));
+    }
+    let max = s.config.max_upload_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::TooLarge(max as usize));
+    }
+    let (id, tx) = s.uploads.start(kind);
+    // The body as a reader, cut off (with an error the importer reports) past the size limit.
+    let mut seen = 0u64;
+    let chunks = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > max {
+            return Err(std::io::Error::other(format!("upload larger than {max} bytes")));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let reader = StreamReader::new(chunks);
+    let kind = kind.to_owned();
+    tokio::spawn(run(s.clone(), id.clone(), kind, reader, tx));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": format!("/v1/uploads/{id}"), "events": format!("/v1/uploads/{id}/events")})),
+    ))
+}
+
+async fn run(
+    s: AppState,
+    id: String,
+    kind: String,
+    reader: impl tokio::io::AsyncRead + Unpin + Send,
+    tx: watch::Sender<Status>,
+) {
+    let progress = |tx: &watch::Sender<Status>, p: &tributary_gatherer::Progress| {
+        tx.send_modify(|st| {
+            st.bytes = p.bytes;
+            st.entries = p.entries;
+            st.published = p.published;
+            st.invalid = p.invalid;
+        })
+    };
+    if kind == "numbers" {
+        let r = tributary_gatherer::numbers::stats(reader, &mut |p, stats| {
+            progress(&tx, p);
+            tx.send_modify(|st| st.stats = Some(*stats));
+        })
+        .await;
+        tx.send_modify(|st| {
+            st.errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}")).collect();
+            st.buffer_peak = r.longest_line + 64 * 1024;
+            st.state = "done";
+        });
+        return;
+    }
+    let r = tributary_gatherer::ports::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p)).await;
+    tx.send_modify(|st| {
+        st.errors =
+            r.invalid.iter().chain(&r.skipped).take(20).map(|(at, key, why)| format!("{at}: {key}: {why}")).collect();
+        st.error = r.syntax_error.as_ref().map(|e| format!("stopped: {e} (everything before it was published)"));
+        if !r.publish.failed.is_empty() {
+            st.error.get_or_insert(format!("{} entries could not be published", r.publish.failed.len()));
+        }
+        st.published = r.publish.stored + r.publish.duplicates;
+        st.buffer_peak = r.max_buffer;
+        st.state = "settling";
+    });
+    // Wait for the processors to account for every stored entry (duplicates were stored before).
+    let mut rx = tx.subscribe();
+    let stored = r.publish.stored;
+    let settled =
+        tokio::time::timeout(s.uploads.settle_timeout, rx.wait_for(|st| st.committed + st.dead_letters >= stored));
+    let timed_out = settled.await.is_err();
+    tx.send_modify(|st| {
+        if timed_out {
+            st.errors.push(format!("the processors had not reported every entry after {:?}", s.uploads.settle_timeout));
+        }
+        st.state = if st.error.is_some() && st.published == 0 { "failed" } else { "done" };
+    });
+}
+
+/// An upload's status.
+pub async fn status(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Status>, ApiError> {
+    let rx = s.uploads.watch(&id).ok_or_else(|| ApiError::NotFound(format!("no upload {id:?}")))?;
+    Ok(Json(rx.borrow().clone()))
+}
+
+/// An upload's progress as Server-Sent Events: `progress` on each change, a final `summary`, then the end.
+pub async fn events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = s.uploads.watch(&id).ok_or_else(|| ApiError::NotFound(format!("no upload {id:?}")))?;
+    let closed = s.uploads.closed();
+    let events = futures::stream::unfold((rx, closed, true, false), |(mut rx, closed, first, ended)| async move {
+        if ended {
+            return None;
+        }
+        if !first {
+            tokio::select! {
+                _ = closed.cancelled() => return None,
+                changed = rx.changed() => if changed.is_err() { return None },
+            }
+        }
+        let status = rx.borrow_and_update().clone();
+        let finished = status.finished();
+        let data = serde_json::to_string(&status).unwrap_or_default();
+        let event = Event::default().event(if finished { "summary" } else { "progress" }).data(data);
+        Some((Ok(event), (rx, closed, false, finished)))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,151 @@
+//! Uploads: a request body streamed through an importer (never buffered whole), with progress kept per
+//! upload and pushed to watchers.
+//!
+//! Progress comes from two places: the importer (bytes read, entries read and published, invalid
+//! entries, running statistics for `numbers`) and the processors, which report after each commit how many
+//! of the upload's messages it covered (`tributary.upload.<id>` on core NATS, see
+//! `tributary_broker::consume::UPLOAD_PROGRESS_PREFIX`). An upload is `streaming`, then `settling` until
+//! every published entry is committed or dead-lettered (or `settle_timeout` passes), then `done`
+//! (or `failed`).
+
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tributary_broker::consume::UPLOAD_PROGRESS_PREFIX;
+use tributary_gatherer::numbers::Stats;
+
+/// The kinds of upload.
+pub const KINDS: [&str; 2] = ["ports", "numbers"];
+
+/// What an upload has done so far.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Status {
+    /// The upload's id.
+    pub id: String,
+    /// `ports` or `numbers`.
+    pub kind: String,
+    /// `streaming`, `settling`, `done` or `failed`.
+    pub state: &'static str,
+    /// Bytes read from the request body.
+    pub bytes: u64,
+    /// Entries read.
+    pub entries: u64,
+    /// Entries published to NATS (for `numbers`: numbers counted).
+    pub published: u64,
+    /// Entries refused, or published to be dead-lettered by the processor.
+    pub invalid: u64,
+    /// Entries committed by the processors.
+    pub committed: u64,
+    /// Entries dead-lettered by the processors.
+    pub dead_letters: u64,
+    /// Running statistics (`numbers` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+    /// The importer's buffer high-water mark, in bytes: what memory the upload cost, whatever its size.
+    pub buffer_peak: usize,
+    /// Problems with positions, at most 20.
+    pub errors: Vec<String>,
+    /// Why the upload stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Status {
+    /// Whether nothing more will change.
+    pub fn finished(&self) -> bool {
+        matches!(self.state, "done" | "failed")
+    }
+}
+
+/// Every upload this API process has seen (the newest 1000), by id.
+#[derive(Clone)]
+pub struct Uploads {
+    inner: Arc<Mutex<Inner>>,
+    closed: CancellationToken,
+    /// How long an upload waits for the processors after the body ends.
+    pub settle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, watch::Sender<Status>>,
+    order: VecDeque<String>,
+    next: u64,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Uploads {
+    /// No uploads yet.
+    pub fn new() -> Self {
+        Uploads { inner: Arc::default(), closed: CancellationToken::new(), settle_timeout: Duration::from_secs(60) }
+    }
+
+    /// Registers a new upload and returns its id and progress sender.
+    pub fn start(&self, kind: &str) -> (String, watch::Sender<Status>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.next += 1;
+        let id = format!("u{}-{}", chrono::Utc::now().timestamp_millis(), inner.next);
+        let status = Status { id: id.clone(), kind: kind.to_owned(), state: "streaming", ..Default::default() };
+        let (tx, _) = watch::channel(status);
+        inner.by_id.insert(id.clone(), tx.clone());
+        inner.order.push_back(id.clone());
+        while inner.order.len() > 1000 {
+            if let Some(old) = inner.order.pop_front() {
+                inner.by_id.remove(&old);
+            }
+        }
+        (id, tx)
+    }
+
+    /// A watcher of one upload.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Status>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id).map(|tx| tx.subscribe())
+    }
+
+    /// Fires when the API shuts down (progress streams end).
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Ends every progress stream.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Subscribes to the processors' progress reports and applies them until closed.
+    pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
+        let mut sub = nats.subscribe(format!("{UPLOAD_PROGRESS_PREFIX}.*")).await?;
+        let _ = nats.flush().await;
+        let (uploads, closed) = (self.clone(), self.closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let Some(id) = msg.subject.strip_prefix(UPLOAD_PROGRESS_PREFIX).and_then(|s| s.strip_prefix('.'))
+                else {
+                    continue;
+                };
+                let Ok(counts) = serde_json::from_slice::<HashMap<String, u64>>(&msg.payload) else { continue };
+                let tx = uploads.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id).cloned();
+                if let Some(tx) = tx {
+                    tx.send_modify(|s| {
+                        s.committed += counts.get("committed").copied().unwrap_or(0);
+                        s.dead_letters += counts.get("dead_letters").copied().unwrap_or(0);
+                    });
+                }
+            }
+        });
+        Ok(())
+    }
+}

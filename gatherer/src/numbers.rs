@@ -1,0 +1,139 @@
+//! Online statistics over plain numbers, one per line, streamed with bounded memory: count, mean,
+//! variance, min and max by Welford's method, reported as the stream goes.
+
+use crate::Progress;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+/// Running statistics (Welford). `variance` is the sample variance (n − 1), null below two values.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct Stats {
+    /// How many numbers.
+    pub count: u64,
+    /// Their mean.
+    pub mean: f64,
+    /// Sample variance.
+    pub variance: Option<f64>,
+    /// The smallest.
+    pub min: Option<f64>,
+    /// The largest.
+    pub max: Option<f64>,
+    #[serde(skip)]
+    m2: f64,
+}
+
+impl Stats {
+    /// Adds one value.
+    pub fn push(&mut self, x: f64) {
+        self.count += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (x - self.mean);
+        self.variance = (self.count > 1).then(|| self.m2 / (self.count - 1) as f64);
+        self.min = Some(self.min.map_or(x, |m| m.min(x)));
+        self.max = Some(self.max.map_or(x, |m| m.max(x)));
+    }
+}
+
+/// What a numbers stream gave.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NumbersReport {
+    /// The statistics of every valid line.
+    pub stats: Stats,
+    /// Bytes and lines read.
+    pub progress: Progress,
+    /// The first refused lines: (line, reason).
+    pub errors: Vec<(u64, String)>,
+    /// The longest line seen, in bytes (the reader's buffer is bounded by it plus 64 KiB).
+    pub longest_line: usize,
+}
+
+/// The longest line accepted: a bound on memory.
+pub const MAX_LINE: usize = 4096;
+
+/// Reads `input` to the end; `progress` is called every 4096 lines and at the end with the running stats.
+pub async fn stats(
+    input: impl AsyncRead + Unpin,
+    progress: &mut (dyn FnMut(&Progress, &Stats) + Send),
+) -> NumbersReport {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut r = NumbersReport::default();
+    let mut line = Vec::with_capacity(128);
+    loop {
+        line.clear();
+        // Bounded: a line longer than MAX_LINE is cut and refused.
+        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
+                break;
+            }
+        };
+        r.progress.bytes += n as u64;
+        r.longest_line = r.longest_line.max(line.len());
+        if line.len() > MAX_LINE && !line.ends_with(b"\n") {
+            // Skip the rest of an over-long line.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut rest).await.unwrap_or(0);
+                r.progress.bytes += m as u64;
+                if m == 0 || rest.ends_with(b"\n") {
+                    break;
+                }
+            }
+            r.progress.entries += 1;
+            r.progress.invalid += 1;
+            if r.errors.len() < 20 {
+                r.errors.push((r.progress.entries, format!("line longer than {MAX_LINE} bytes")));
+            }
+            continue;
+        }
+        r.progress.entries += 1;
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match text.parse::<f64>() {
+            Ok(x) if x.is_finite() => {
+                r.stats.push(x);
+                r.progress.published += 1;
+            }
+            _ => {
+                r.progress.invalid += 1;
+                if r.errors.len() < 20 {
+                    r.errors.push((r.progress.entries, format!("not a finite number: {text:?}")));
+                }
+            }
+        }
+        if r.progress.entries % 4096 == 0 {
+            progress(&r.progress, &r.stats);
+        }
+    }
+    progress(&r.progress, &r.stats);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn welford_matches_two_passes() {
+        let values: Vec<f64> = (0..10_000).map(|i| ((i * 7919) % 1000) as f64 / 7.0 - 50.0).collect();
+        let mut text: String = values.iter().map(|v| format!("{v}\n")).collect();
+        text.push_str("nope\n\n1e999\n");
+        let r = stats(std::io::Cursor::new(text.into_bytes()), &mut |_, _| {}).await;
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert_eq!(r.stats.count, 10_000);
+        assert!((r.stats.mean - mean).abs() <= 1e-12 * mean.abs().max(1.0));
+        assert!((r.stats.variance.unwrap() - var).abs() <= 1e-12 * var);
+        assert_eq!(r.stats.min, values.iter().copied().reduce(f64::min));
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        assert_eq!(r.errors[0].0, 10_001);
+    }
+}

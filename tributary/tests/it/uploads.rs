@@ -1,0 +1,115 @@
+//! Uploads over HTTP: a streamed multi-megabyte ports file with progress to the final summary, and
+//! online statistics over numbers.
+
+use crate::common::spawn_app;
+use futures::StreamExt;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A streamed (chunked) body of `text`, 16 KiB at a time.
+fn chunked(text: Vec<u8>) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = text.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+}
+
+/// Reads an upload's events to the end: (progress events, the summary).
+async fn follow(app: &crate::common::TestApp, id: &str) -> (Vec<Value>, Value) {
+    let r = app.http.get(format!("{}/v1/uploads/{id}/events", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let (mut text, mut progress) = (String::new(), Vec::new());
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                let kind = event.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
+                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let v: Value = serde_json::from_str(data).unwrap();
+                if kind == "summary" {
+                    return (progress, v);
+                }
+                progress.push(v);
+            }
+        }
+        panic!("the event stream ended without a summary: {text}")
+    })
+    .await
+    .expect("a summary within 120 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_ports_upload_reports_progress_to_a_committed_summary_with_bounded_memory() {
+    let app = spawn_app().await;
+    let n = 15_000;
+    let mut text = b"{\n".to_vec();
+    for i in 0..n {
+        let sep = if i + 1 < n { "," } else { "" };
+        text.extend_from_slice(
+            format!(
+                "  \"X{i:05}\": {{\"name\": \"Port number {i} of a generated file, padded to look real\", \"city\": \"City {i}\", \"country\": \"Country {}\", \"coordinates\": [{}, {}], \"alias\": [], \"regions\": [], \"unlocs\": [\"X{i:05}\"], \"timezone\": \"Etc/UTC\"}}{sep}\n",
+                i % 40,
+                (i % 360) as f64 - 179.5,
+                (i % 180) as f64 - 89.5
+            )
+            .as_bytes(),
+        );
+    }
+    text.extend_from_slice(b"}\n");
+    let size = text.len();
+    assert!(size > 3_000_000, "multi-megabyte: {size}");
+    let r = app.http.post(format!("{}/v1/uploads?kind=ports", app.base)).body(chunked(text)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    let (progress, summary) = follow(&app, &id).await;
+    assert_eq!(summary["state"], "done", "{summary}");
+    assert_eq!(summary["bytes"], size as u64);
+    assert_eq!((summary["entries"].as_u64(), summary["published"].as_u64()), (Some(n), Some(n)));
+    assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(n), Some(0)), "{summary}");
+    assert!(!progress.is_empty(), "progress before the summary");
+    let bytes: Vec<u64> = progress.iter().map(|p| p["bytes"].as_u64().unwrap()).collect();
+    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "{bytes:?}");
+    // Memory: the decoder held at most two 64 KiB chunks, for a file 25 times that.
+    let peak = summary["buffer_peak"].as_u64().unwrap();
+    assert!(peak <= 2 * 64 * 1024, "buffer peak {peak} for {size} bytes");
+
+    let (_, b) = app.get("/v1/ports?limit=1").await;
+    assert_eq!(b["total"], n);
+    let (s, status) = app.get(&format!("/v1/uploads/{id}")).await;
+    assert_eq!((s.as_u16(), &status), (200, &summary));
+    let (s, b) = app.get("/v1/uploads/nope").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = app.http.post(format!("{}/v1/uploads?kind=zip", app.base)).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_kind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbers_upload_ends_with_the_batch_statistics() {
+    let app = spawn_app().await;
+    let values: Vec<f64> = (0..200_000).map(|i| ((i * 7919) % 10_007) as f64 / 13.0 - 300.0).collect();
+    let mut text: String = values.iter().map(|v| format!("{v}\n")).collect();
+    text.push_str("not a number\n");
+    let r = app
+        .http
+        .post(format!("{}/v1/uploads?kind=numbers", app.base))
+        .body(chunked(text.into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, summary) = follow(&app, &id).await;
+    let stats = &summary["stats"];
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    assert_eq!(stats["count"], values.len() as u64);
+    assert!((stats["mean"].as_f64().unwrap() - mean).abs() <= 1e-9 * mean.abs().max(1.0), "{stats} vs {mean}");
+    assert!((stats["variance"].as_f64().unwrap() - var).abs() <= 1e-9 * var, "{stats} vs {var}");
+    assert_eq!(stats["min"].as_f64(), values.iter().copied().reduce(f64::min));
+    assert_eq!(stats["max"].as_f64(), values.iter().copied().reduce(f64::max));
+    assert_eq!(summary["invalid"], 1);
+    assert!(summary["errors"][0].as_str().unwrap().contains("line 200001"), "{summary}");
+}
