@@ -19,14 +19,14 @@ use tributary_broker::consume::UPLOAD_PROGRESS_PREFIX;
 use tributary_gatherer::numbers::Stats;
 
 /// The kinds of upload.
-pub const KINDS: [&str; 2] = ["ports", "numbers"];
+pub const KINDS: [&str; 4] = ["ports", "prices-csv", "ndjson", "numbers"];
 
 /// What an upload has done so far.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Status {
     /// The upload's id.
     pub id: String,
-    /// `ports` or `numbers`.
+    /// `ports`, `prices-csv`, `ndjson` or `numbers`.
     pub kind: String,
     /// `streaming`, `settling`, `done` or `failed`.
     pub state: &'static str,

@@ -4,6 +4,7 @@
 //! - [`prices`]: the price simulator (random walks with late and corrected prices) and the CSV importer
 //!   (`instrument,ts,price[,volume]`, streamed with bounded memory and a progress bar).
 //! - [`ports`]: the ports importer (a JSON object keyed by UN/LOCODE, streamed with bounded memory).
+//! - [`ndjson`]: NDJSON of any event kind (`{"subject": ..., "event": ...}` per line).
 //! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
 //! - [`metrics`]: the server metrics simulator (N servers, one sample each per interval).
 //!
@@ -11,6 +12,7 @@
 //! report of what was stored, deduplicated or not delivered.
 
 pub mod metrics;
+pub mod ndjson;
 pub mod numbers;
 pub mod ports;
 pub mod prices;

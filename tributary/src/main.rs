@@ -37,6 +37,8 @@ enum Command {
     /// Run a gatherer.
     #[command(subcommand)]
     Gatherer(Gatherer),
+    /// Stream a file (or `-` for stdin) into the pipeline: ports, prices-csv, ndjson, or numbers (statistics).
+    Import(ImportArgs),
     /// Create the database if missing, apply migrations and create the streams, then exit.
     Migrate,
     /// Measure throughput, freshness and API latency against the raw limits of NATS and PostgreSQL.
@@ -75,6 +77,18 @@ enum Gatherer {
     Metrics(MetricsArgs),
     /// Import a ports file (a JSON object keyed by UN/LOCODE), streamed with bounded memory.
     Ports(PortsArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The file (`-` for stdin).
+    file: PathBuf,
+    /// What the file holds.
+    #[arg(long, value_parser = ["ports", "prices-csv", "ndjson", "numbers"])]
+    kind: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -165,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Aggregator(_) => "tributary-aggregator",
         Command::Gatherer(_) => "tributary-gatherer",
         Command::Migrate => "tributary-migrate",
+        Command::Import(_) => "tributary-import",
         Command::Bench(_) => "tributary-bench",
     };
     let _telemetry = tributary_telemetry::init(service, &config.telemetry)?;
@@ -200,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gatherer(Gatherer::Prices(args)) => gather_prices(config, args).await,
         Command::Gatherer(Gatherer::Metrics(args)) => gather_metrics(config, args).await,
         Command::Gatherer(Gatherer::Ports(args)) => import_ports(config, args).await,
+        Command::Import(args) => import(config, args).await,
         Command::Bench(args) => tributary::bench::run(config, args).await,
         Command::Migrate => {
             app::connect(config).await?;
@@ -410,5 +426,57 @@ async fn import_ports(config: Config, args: PortsArgs) -> anyhow::Result<()> {
         report.syntax_error.is_none() && report.publish.failed.is_empty() && report.skipped.is_empty(),
         "import finished with errors"
     );
+    Ok(())
+}
+
+/// `tributary import FILE --kind K`.
+async fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
+    match args.kind.as_str() {
+        "ports" => return import_ports(config, PortsArgs { file: args.file, quiet: args.quiet }).await,
+        "prices-csv" => {
+            let a = PricesArgs {
+                csv: Some(args.file),
+                instruments: None,
+                rate: None,
+                late_share: None,
+                correction_share: None,
+                limit: None,
+                seed: None,
+                quiet: args.quiet,
+            };
+            return gather_prices(config, a).await;
+        }
+        _ => {}
+    }
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?)
+    };
+    if args.kind == "numbers" {
+        let r = tributary_gatherer::numbers::stats(input, &mut |_, _| {}).await;
+        println!("{}", serde_json::to_string_pretty(&r.stats)?);
+        for (line, why) in &r.errors {
+            eprintln!("  line {line}: {why}");
+        }
+        return Ok(());
+    }
+    let nats = app::connect_nats(&config.nats.url).await?;
+    let js = async_nats::jetstream::new(nats);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |_| {}).await;
+    eprintln!(
+        "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
+        r.progress.entries,
+        r.progress.bytes,
+        r.publish.stored,
+        r.publish.duplicates,
+        r.progress.invalid,
+        r.publish.failed.len()
+    );
+    for (line, why) in &r.errors {
+        eprintln!("  line {line}: {why}");
+    }
+    anyhow::ensure!(r.publish.failed.is_empty() && r.errors.is_empty(), "import finished with errors");
     Ok(())
 }

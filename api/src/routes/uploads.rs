@@ -1,4 +1,4 @@
-//! `POST /v1/uploads?kind=ports|numbers` (a streamed body, answered 202 as soon as streaming starts),
+//! `POST /v1/uploads?kind=ports|prices-csv|ndjson|numbers` (a streamed body, answered 202 as soon as streaming starts),
 //! `GET /v1/uploads/{id}` and `GET /v1/uploads/{id}/events` (Server-Sent Events: `progress` on every
 //! change, then one `summary`).
 
@@ -85,21 +85,55 @@ async fn run(
         });
         return;
     }
-    let r = tributary_gatherer::ports::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p)).await;
+    // What the importer left: (problems with positions, the error that stopped it, stored, duplicates,
+    // not delivered, buffer peak).
+    let (errors, stopped, stored, duplicates, failed, peak): (Vec<String>, Option<String>, u64, u64, usize, usize) =
+        match kind.as_str() {
+            "ports" => {
+                let r =
+                    tributary_gatherer::ports::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
+                        .await;
+                let errors = r.invalid.iter().chain(&r.skipped).map(|(at, key, why)| format!("{at}: {key}: {why}"));
+                let stopped =
+                    r.syntax_error.as_ref().map(|e| format!("stopped: {e} (everything before it was published)"));
+                (
+                    errors.collect(),
+                    stopped,
+                    r.publish.stored,
+                    r.publish.duplicates,
+                    r.publish.failed.len(),
+                    r.max_buffer,
+                )
+            }
+            "prices-csv" => {
+                let r = tributary_gatherer::prices::import_csv_with(s.js.clone(), reader, Some(&id), &mut |p| {
+                    progress(&tx, p)
+                })
+                .await;
+                let errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}"));
+                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), 64 * 1024)
+            }
+            _ => {
+                let r =
+                    tributary_gatherer::ndjson::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
+                        .await;
+                let errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}"));
+                let peak = r.longest_line + 64 * 1024;
+                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
+            }
+        };
     tx.send_modify(|st| {
-        st.errors =
-            r.invalid.iter().chain(&r.skipped).take(20).map(|(at, key, why)| format!("{at}: {key}: {why}")).collect();
-        st.error = r.syntax_error.as_ref().map(|e| format!("stopped: {e} (everything before it was published)"));
-        if !r.publish.failed.is_empty() {
-            st.error.get_or_insert(format!("{} entries could not be published", r.publish.failed.len()));
+        st.errors = errors.into_iter().take(20).collect();
+        st.error = stopped;
+        if failed > 0 {
+            st.error.get_or_insert(format!("{failed} entries could not be published"));
         }
-        st.published = r.publish.stored + r.publish.duplicates;
-        st.buffer_peak = r.max_buffer;
+        st.published = stored + duplicates;
+        st.buffer_peak = peak;
         st.state = "settling";
     });
     // Wait for the processors to account for every stored entry (duplicates were stored before).
     let mut rx = tx.subscribe();
-    let stored = r.publish.stored;
     let settled =
         tokio::time::timeout(s.uploads.settle_timeout, rx.wait_for(|st| st.committed + st.dead_letters >= stored));
     let timed_out = settled.await.is_err();

@@ -5,13 +5,14 @@
 //! reason and the import goes on. The idempotency key is the line's content, so importing the same file
 //! twice within the duplicate window stores nothing new (and after it, changes no value).
 
+use crate::{Progress, import_headers};
 use async_nats::jetstream;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tributary_broker::events::PriceEvent;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ts::Ts;
-use tributary_broker::{Kind, PublishReport, Publisher};
+use tributary_broker::{Kind, PublishReport, Publisher, codec};
 
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -66,9 +67,27 @@ pub async fn import_csv(
         ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let report = import_csv_with(js, input, None, &mut |p: &Progress| {
+        bar.set_position(p.bytes);
+        bar.set_message(format!("{} lines, {} published", p.entries, p.published));
+    })
+    .await;
+    bar.finish_and_clear();
+    report
+}
+
+/// Streams `input` to `price.<instrument>`, tagging every message with `upload` (if any) and calling
+/// `progress` every 1000 lines and at the end.
+pub async fn import_csv_with(
+    js: jetstream::Context,
+    input: impl AsyncRead + Unpin,
+    upload: Option<&str>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> ImportReport {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut publisher = Publisher::new(js, 4096);
     let mut report = ImportReport::default();
+    let mut p = Progress::default();
     let mut line = String::new();
     loop {
         line.clear();
@@ -83,7 +102,7 @@ pub async fn import_csv(
         };
         report.lines += 1;
         report.bytes += n as u64;
-        bar.set_position(report.bytes);
+        (p.bytes, p.entries) = (report.bytes, report.lines);
         let text = line.trim();
         if text.is_empty() || (report.lines == 1 && text.to_ascii_lowercase().starts_with("instrument,")) {
             continue;
@@ -96,22 +115,24 @@ pub async fn import_csv(
                     e.price,
                     e.volume
                 );
-                publisher.publish(Kind::Price.subject(&instrument), Some(&id), &e).await;
+                let headers = import_headers(&id, codec::MSGPACK, upload);
+                publisher.publish_raw(Kind::Price.subject(&instrument), headers, codec::to_msgpack(&e)).await;
+                p.published += 1;
             }
             Err(reason) => {
                 report.bad_lines += 1;
+                p.invalid += 1;
                 if report.errors.len() < 20 {
                     report.errors.push((report.lines, reason));
                 }
             }
         }
         if report.lines % 1000 == 0 {
-            let r = publisher.report();
-            bar.set_message(format!("{} lines, {} stored, {} duplicates", report.lines, r.stored, r.duplicates));
+            progress(&p);
         }
     }
     report.publish = publisher.finish().await;
-    bar.finish_and_clear();
+    progress(&p);
     report
 }
 

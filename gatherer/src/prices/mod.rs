@@ -3,5 +3,5 @@
 mod csv;
 mod sim;
 
-pub use csv::{ImportReport, import_csv};
+pub use csv::{ImportReport, import_csv, import_csv_with};
 pub use sim::{SimConfig, simulate};

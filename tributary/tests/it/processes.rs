@@ -163,3 +163,35 @@ async fn bench_json_reports_every_promised_figure() {
     }
     assert_eq!(report["machine"]["cpus"].as_u64(), Some(std::thread::available_parallelism().unwrap().get() as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_streams_a_file_by_kind() {
+    let nats = NatsServer::start();
+    let dir = std::env::temp_dir().join(unique("import"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let numbers = dir.join("numbers.txt");
+    std::fs::write(&numbers, "1\n2\n3\n4\nx\n").unwrap();
+    let nd = dir.join("events.ndjson");
+    std::fs::write(&nd, "{\"subject\":\"price.IMP\",\"event\":{\"price\":1}}\n{\"subject\":\"nope.x\",\"event\":{}}\n")
+        .unwrap();
+    let (numbers, nd, url) = (numbers.display().to_string(), nd.display().to_string(), nats.url());
+    let (stats, ndjson) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            Command::new(BIN).args(args).env("NATS_URL", &url).env("RUST_LOG", "warn").output().expect("running import")
+        };
+        (run(&["import", &numbers, "--kind", "numbers"]), run(&["import", &nd, "--kind", "ndjson", "--quiet"]))
+    })
+    .await
+    .unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!((v["count"].as_u64(), v["mean"].as_f64(), v["max"].as_f64()), (Some(4), Some(2.5), Some(4.0)), "{v}");
+    assert!(String::from_utf8_lossy(&stats.stderr).contains("line 5: not a finite number"));
+    // One event published, one line refused by name: the command says so and fails.
+    let said = String::from_utf8_lossy(&ndjson.stderr);
+    assert!(
+        !ndjson.status.success() && said.contains("1 published") && said.contains("line 2: unknown subject"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -113,3 +113,56 @@ async fn a_numbers_upload_ends_with_the_batch_statistics() {
     assert_eq!(summary["invalid"], 1);
     assert!(summary["errors"][0].as_str().unwrap().contains("line 200001"), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
+    let app = spawn_app().await;
+    let mut csv = String::from("instrument,ts,price,volume\n");
+    for i in 0..500 {
+        csv.push_str(&format!("CSV{},{},{},10\n", i % 2, 1_767_225_600_000u64 + i * 1000, 100 + i));
+    }
+    csv.push_str("CSV0,someday,1\n");
+    let r = app
+        .http
+        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
+        .body(chunked(csv.into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, summary) = follow(&app, &id).await;
+    assert_eq!((summary["published"].as_u64(), summary["committed"].as_u64()), (Some(500), Some(500)), "{summary}");
+    assert_eq!(summary["invalid"], 1);
+    assert!(summary["errors"][0].as_str().unwrap().starts_with("line 502: bad ts"), "{summary}");
+    let (_, s) = app.get("/v1/series/price/CSV1").await;
+    assert_eq!(s["points"].as_array().unwrap().len(), 250);
+
+    let ndjson = [
+        r#"{"subject":"price.ND","event":{"ts":"2026-01-02","price":5}}"#,
+        r#"{"subject":"metric.nd-1","event":{"cpu_usage":12.5}}"#,
+        r#"{"subject":"port.NDPRT","event":{"name":"Nd","coordinates":[1,2]}}"#,
+        r#"{"subject":"price.ND","event":{"ts":"2026-01-03","price":-1}}"#,
+        r#"{"subject":"fleet.x","event":{}}"#,
+        r#"not json"#,
+        "",
+    ]
+    .join("\n");
+    let r = app
+        .http
+        .post(format!("{}/v1/uploads?kind=ndjson", app.base))
+        .body(chunked(ndjson.into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, summary) = follow(&app, &id).await;
+    assert_eq!(summary["published"], 4, "{summary}");
+    assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(3), Some(1)), "{summary}");
+    let errors: Vec<&str> = summary["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(errors[0].starts_with("line 5: unknown subject"), "{errors:?}");
+    assert!(errors[1].starts_with("line 6: expected"), "{errors:?}");
+    let (s, _) = app.get("/v1/ports/NDPRT").await;
+    assert_eq!(s, 200);
+    let (_, m) = app.get("/v1/series/metric/nd-1/cpu_usage").await;
+    assert_eq!(m["points"][0]["value"], 12.5);
+}

@@ -1,0 +1,113 @@
+//! NDJSON of any event kind, one `{"subject": "<kind>.<key>", "event": {...}}` per line, streamed with
+//! bounded memory (a line over [`MAX_LINE`] is refused). A line that is not such an object, or names an
+//! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
+//! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
+
+use crate::{Progress, import_headers};
+use async_nats::jetstream;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tributary_broker::{Kind, PublishReport, Publisher, codec};
+
+/// The longest line accepted: a bound on memory.
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<'a> {
+    subject: String,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+}
+
+/// What an NDJSON import did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NdjsonReport {
+    /// Bytes and lines read, events published, lines refused.
+    pub progress: Progress,
+    /// What became of the publishes.
+    pub publish: PublishReport,
+    /// The first refused lines: (line, reason).
+    pub errors: Vec<(u64, String)>,
+    /// The longest line read, in bytes.
+    pub longest_line: usize,
+}
+
+/// Streams `input`, tagging every message with `upload` (if any); `progress` every 1000 lines and at the end.
+pub async fn import_with(
+    js: jetstream::Context,
+    input: impl AsyncRead + Unpin,
+    upload: Option<&str>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> NdjsonReport {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut publisher = Publisher::new(js, 4096);
+    let mut r = NdjsonReport::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
+                break;
+            }
+        };
+        r.progress.bytes += n as u64;
+        r.progress.entries += 1;
+        r.longest_line = r.longest_line.max(line.len());
+        let number = r.progress.entries;
+        let refuse = |r: &mut NdjsonReport, why: String| {
+            r.progress.invalid += 1;
+            if r.errors.len() < 20 {
+                r.errors.push((number, why));
+            }
+        };
+        if line.len() > MAX_LINE && !line.ends_with(b"\n") {
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut rest).await.unwrap_or(0);
+                r.progress.bytes += m as u64;
+                if m == 0 || rest.ends_with(b"\n") {
+                    break;
+                }
+            }
+            refuse(&mut r, format!("line longer than {MAX_LINE} bytes"));
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed: Line = match serde_json::from_slice(&line) {
+            Ok(l) => l,
+            Err(e) => {
+                refuse(&mut r, format!("expected {{\"subject\": ..., \"event\": {{...}}}}: {e}"));
+                continue;
+            }
+        };
+        let Some(kind) = Kind::of_subject(&parsed.subject) else {
+            refuse(&mut r, format!("unknown subject {:?}", parsed.subject));
+            continue;
+        };
+        if let Err(why) = kind.key_of(&parsed.subject) {
+            refuse(&mut r, why);
+            continue;
+        }
+        let body = parsed.event.get().as_bytes().to_vec();
+        let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv(&body));
+        publisher.publish_raw(parsed.subject, import_headers(&id, codec::JSON, upload), body.into()).await;
+        r.progress.published += 1;
+        if r.progress.entries % 1000 == 0 {
+            progress(&r.progress);
+        }
+    }
+    r.publish = publisher.finish().await;
+    progress(&r.progress);
+    r
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
+}
