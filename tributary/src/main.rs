@@ -43,6 +43,8 @@ enum Command {
     Migrate,
     /// Measure throughput, freshness and API latency against the raw limits of NATS and PostgreSQL.
     Bench(tributary::bench::BenchArgs),
+    /// Stream a generated ports file of a given size: MB/s, ports/s and peak RSS beside the raw publish rate.
+    BenchPorts(tributary::bench::ports::PortsBenchArgs),
 }
 
 #[derive(Args)]
@@ -180,7 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gatherer(_) => "tributary-gatherer",
         Command::Migrate => "tributary-migrate",
         Command::Import(_) => "tributary-import",
-        Command::Bench(_) => "tributary-bench",
+        Command::Bench(_) | Command::BenchPorts(_) => "tributary-bench",
     };
     let _telemetry = tributary_telemetry::init(service, &config.telemetry)?;
     match cli.command {
@@ -217,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gatherer(Gatherer::Ports(args)) => import_ports(config, args).await,
         Command::Import(args) => import(config, args).await,
         Command::Bench(args) => tributary::bench::run(config, args).await,
+        Command::BenchPorts(args) => tributary::bench::ports::run(args).await,
         Command::Migrate => {
             app::connect(config).await?;
             eprintln!("database migrated, streams ready");

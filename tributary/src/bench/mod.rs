@@ -17,6 +17,7 @@
 
 mod http;
 mod pipeline;
+pub mod ports;
 mod raw;
 mod stats;
 

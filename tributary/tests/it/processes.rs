@@ -195,3 +195,22 @@ async fn import_streams_a_file_by_kind() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ports_reports_throughput_rss_and_the_raw_rate() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN).args(["bench-ports", "--mib", "1", "--json"]).env("RUST_LOG", "error").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["bytes"].as_u64().unwrap() >= 1 << 20, "{r}");
+    assert!(r["entries"].as_u64().unwrap() > 3000, "{r}");
+    for k in ["import_mb_per_s", "import_entries_per_s", "raw_publish_per_s", "ratio"] {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+    }
+    if std::path::Path::new("/usr/bin/time").exists() {
+        assert!(r["import_peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0), "{r}");
+    }
+}
