@@ -79,6 +79,7 @@ pub struct ObjectEntries<R> {
     eof: bool,
     state: State,
     high_water: usize,
+    check_values: bool,
     /// Bytes read so far.
     pub bytes: u64,
 }
@@ -93,8 +94,16 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
             eof: false,
             state: State::Start,
             high_water: 0,
+            check_values: true,
             bytes: 0,
         }
+    }
+
+    /// Leaves checking that each value is well-formed JSON to the caller (who parses it anyway), so a
+    /// member is parsed once. Structure (brackets, strings, separators) is still checked here.
+    pub fn unchecked_values(mut self) -> Self {
+        self.check_values = false;
+        self
     }
 
     /// The most bytes the buffer ever held.
@@ -140,7 +149,9 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
                     let key: String = serde_json::from_slice(&self.buf[key.0..key.1])
                         .map_err(|e| SyntaxError { at, reason: format!("bad key: {e}") })?;
                     let value = Bytes::copy_from_slice(&self.buf[value.0..value.1]);
-                    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
+                    if self.check_values
+                        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value)
+                    {
                         let at = Position { offset: at.offset, line: at.line + e.line() as u64 - 1 };
                         return Err(SyntaxError { at, reason: format!("malformed value of {key:?}: {e}") });
                     }
@@ -358,8 +369,8 @@ pub async fn import_with(
     upload: Option<&str>,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> PortsReport {
-    let mut entries = ObjectEntries::new(input);
-    let mut publisher = Publisher::new(js, 4096);
+    let mut entries = ObjectEntries::new(input).unchecked_values();
+    let mut publisher = Publisher::new(js, 1024);
     let mut report = PortsReport::default();
     let mut p = Progress::default();
     loop {
@@ -379,10 +390,19 @@ pub async fn import_with(
             p.invalid += 1;
             continue;
         }
-        if let Err(reason) = serde_json::from_slice::<Port>(&e.value)
-            .map_err(|e| e.to_string())
-            .and_then(|p| PortRecord::validate(e.key.clone(), p).map(|_| ()))
-        {
+        // One parse: malformed JSON stops the file (like any syntax error); a well-formed but invalid port
+        // is reported and published, for the processor to dead-letter.
+        let invalid = match serde_json::from_slice::<Port>(&e.value) {
+            Ok(port) => PortRecord::validate(e.key.clone(), port).err(),
+            Err(err) if err.is_data() => Some(err.to_string()),
+            Err(err) => {
+                let at = Position { offset: e.at.offset, line: e.at.line + err.line() as u64 - 1 };
+                report.syntax_error =
+                    Some(SyntaxError { at, reason: format!("malformed value of {:?}: {err}", e.key) });
+                break;
+            }
+        };
+        if let Some(reason) = invalid {
             report.invalid.push((e.at, e.key.clone(), reason));
             p.invalid += 1;
         }
