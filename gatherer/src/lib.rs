@@ -39,3 +39,32 @@ pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) ->
     }
     h
 }
+
+/// FNV-1a 64 of `bytes`: a cheap, stable content hash for idempotency keys.
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Reads one line into `line` (cleared first), holding at most `max` bytes of it: a longer line is read
+/// to its end and dropped. Returns the bytes read (0 at the end) and whether the line was too long.
+pub(crate) async fn read_line_bounded(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    line.clear();
+    let mut n = (&mut *reader).take(max as u64 + 1).read_until(b'\n', line).await?;
+    if line.len() <= max || line.ends_with(b"\n") {
+        return Ok((n, false));
+    }
+    let mut rest = Vec::new();
+    loop {
+        rest.clear();
+        let m = (&mut *reader).take(max as u64).read_until(b'\n', &mut rest).await?;
+        n += m;
+        if m == 0 || rest.ends_with(b"\n") {
+            return Ok((n, true));
+        }
+    }
+}

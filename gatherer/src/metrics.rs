@@ -59,8 +59,7 @@ impl Server {
     /// Levels come from the host name (and disk from the clock), so a restarted simulator carries on near
     /// where the last one was.
     fn new(host: String) -> Self {
-        let seed = host.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        let rng = &mut StdRng::seed_from_u64(seed);
+        let rng = &mut StdRng::seed_from_u64(crate::fnv64(host.as_bytes()));
         let cpu_level = rng.random_range(10.0..60.0);
         Server {
             subject: Kind::Metric.subject(&host),

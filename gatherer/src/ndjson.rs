@@ -3,10 +3,10 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{Progress, import_headers};
+use crate::{Progress, fnv64, import_headers, read_line_bounded};
 use async_nats::jetstream;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tributary_broker::{Kind, PublishReport, Publisher, codec};
 
 /// The longest line accepted: a bound on memory.
@@ -45,10 +45,9 @@ pub async fn import_with(
     let mut r = NdjsonReport::default();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
-            Ok(0) => break,
-            Ok(n) => n,
+        let (n, too_long) = match read_line_bounded(&mut reader, &mut line, MAX_LINE).await {
+            Ok((0, _)) => break,
+            Ok(read) => read,
             Err(e) => {
                 r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
                 break;
@@ -64,16 +63,7 @@ pub async fn import_with(
                 r.errors.push((number, why));
             }
         };
-        if line.len() > MAX_LINE && !line.ends_with(b"\n") {
-            let mut rest = Vec::new();
-            loop {
-                rest.clear();
-                let m = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut rest).await.unwrap_or(0);
-                r.progress.bytes += m as u64;
-                if m == 0 || rest.ends_with(b"\n") {
-                    break;
-                }
-            }
+        if too_long {
             refuse(&mut r, format!("line longer than {MAX_LINE} bytes"));
             continue;
         }
@@ -96,7 +86,7 @@ pub async fn import_with(
             continue;
         }
         let body = parsed.event.get().as_bytes().to_vec();
-        let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv(&body));
+        let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv64(&body));
         publisher.publish_raw(parsed.subject, import_headers(&id, codec::JSON, upload), body.into()).await;
         r.progress.published += 1;
         if r.progress.entries % 1000 == 0 {
@@ -106,8 +96,4 @@ pub async fn import_with(
     r.publish = publisher.finish().await;
     progress(&r.progress);
     r
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
 }

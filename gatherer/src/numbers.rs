@@ -1,9 +1,9 @@
 //! Online statistics over plain numbers, one per line, streamed with bounded memory: count, mean,
 //! variance, min and max by Welford's method, reported as the stream goes.
 
-use crate::Progress;
+use crate::{Progress, read_line_bounded};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 
 /// Running statistics (Welford). `variance` is the sample variance (n − 1), null below two values.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
@@ -60,11 +60,9 @@ pub async fn stats(
     let mut r = NumbersReport::default();
     let mut line = Vec::with_capacity(128);
     loop {
-        line.clear();
-        // Bounded: a line longer than MAX_LINE is cut and refused.
-        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
-            Ok(0) => break,
-            Ok(n) => n,
+        let (n, too_long) = match read_line_bounded(&mut reader, &mut line, MAX_LINE).await {
+            Ok((0, _)) => break,
+            Ok(read) => read,
             Err(e) => {
                 r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
                 break;
@@ -72,17 +70,7 @@ pub async fn stats(
         };
         r.progress.bytes += n as u64;
         r.longest_line = r.longest_line.max(line.len());
-        if line.len() > MAX_LINE && !line.ends_with(b"\n") {
-            // Skip the rest of an over-long line.
-            let mut rest = Vec::new();
-            loop {
-                rest.clear();
-                let m = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut rest).await.unwrap_or(0);
-                r.progress.bytes += m as u64;
-                if m == 0 || rest.ends_with(b"\n") {
-                    break;
-                }
-            }
+        if too_long {
             r.progress.entries += 1;
             r.progress.invalid += 1;
             if r.errors.len() < 20 {

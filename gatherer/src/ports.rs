@@ -13,7 +13,7 @@
 //! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
 //! stores nothing new (and after the duplicate window, changes no value).
 
-use crate::{Progress, import_headers};
+use crate::{Progress, fnv64, import_headers};
 use async_nats::jetstream;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -406,7 +406,7 @@ pub async fn import_with(
             report.invalid.push((e.at, e.key.clone(), reason));
             p.invalid += 1;
         }
-        let id = format!("port:{}:{:016x}", e.key, fnv(&e.value));
+        let id = format!("port:{}:{:016x}", e.key, fnv64(&e.value));
         publisher.publish_raw(Kind::Port.subject(&e.key), import_headers(&id, codec::JSON, upload), e.value).await;
         p.published += 1;
         if report.entries % 256 == 0 {
@@ -419,10 +419,6 @@ pub async fn import_with(
     report.publish = publisher.finish().await;
     progress(&p);
     report
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

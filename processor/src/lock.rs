@@ -37,6 +37,19 @@ pub async fn acquire<'a>(
     Ok(())
 }
 
+/// Splits a batch into at most `parts` non-empty parts by series (the lock key of `(class, name)`), so
+/// each part can commit in its own transaction: a series' events share one part, and parts lock disjoint
+/// series.
+pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T) -> &str) -> Vec<Vec<&'a T>> {
+    let parts = parts.min(batch.len()).max(1);
+    let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
+    for d in batch {
+        split[(key(class, name(d)) as u64 % parts as u64) as usize].push(d);
+    }
+    split.retain(|p| !p.is_empty());
+    split
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -44,5 +57,16 @@ mod tests {
         assert_ne!(super::key("price", "A"), super::key("index", "A"));
         assert_ne!(super::key("price", "A"), super::key("price", "B"));
         assert_eq!(super::key("price", "A"), super::key("price", "A"));
+    }
+
+    #[test]
+    fn a_split_keeps_each_series_in_one_part() {
+        let batch: Vec<String> = (0..100).map(|i| format!("S{}", i % 7)).collect();
+        let parts = super::split(&batch, 3, "price", |s| s.as_str());
+        assert!(parts.len() <= 3 && parts.iter().all(|p| !p.is_empty()));
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 100);
+        for name in ["S0", "S3", "S6"] {
+            assert_eq!(parts.iter().filter(|p| p.iter().any(|s| *s == name)).count(), 1, "{name}");
+        }
     }
 }

@@ -235,12 +235,8 @@ impl BatchHandler for MetricHandler {
 
     async fn handle(&self, batch: &[Delivery<MetricSample>]) -> Result<(), HandleError> {
         // Split by host over concurrent transactions (hosts are locked, so the parts never overlap).
-        let parts = self.parallelism.min(batch.len()).max(1);
-        let mut split: Vec<Vec<&Delivery<MetricSample>>> = vec![Vec::new(); parts];
-        for d in batch {
-            split[(crate::lock::key("metric", &d.event.host) as u64 % parts as u64) as usize].push(d);
-        }
-        let commits = split.into_iter().filter(|p| !p.is_empty()).map(|part| {
+        let split = lock::split(batch, self.parallelism, "metric", |d| &d.event.host);
+        let commits = split.into_iter().map(|part| {
             let span = tracing::info_span!(
                 "db",
                 otel.kind = "client",

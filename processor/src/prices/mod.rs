@@ -269,12 +269,8 @@ impl BatchHandler for PriceHandler {
     /// over instruments of both parts is recomputed by each in turn, under its lock). The batch counts as
     /// committed only when every part is; a failed part means redelivery of all, which is harmless.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
-        let parts = self.parallelism.min(batch.len()).max(1);
-        let mut split: Vec<Vec<&Delivery<PricePoint>>> = vec![Vec::new(); parts];
-        for d in batch {
-            split[(crate::lock::key("price", &d.event.instrument) as u64 % parts as u64) as usize].push(d);
-        }
-        let commits = split.into_iter().filter(|p| !p.is_empty()).map(|part| {
+        let split = lock::split(batch, self.parallelism, "price", |d| &d.event.instrument);
+        let commits = split.into_iter().map(|part| {
             let span = tracing::info_span!(
                 "db",
                 otel.kind = "client",
