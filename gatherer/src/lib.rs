@@ -68,3 +68,14 @@ pub(crate) async fn read_line_bounded(
         }
     }
 }
+
+/// A progress bar over bytes read (a spinner when the size is unknown; hidden when `show` is false).
+pub(crate) fn byte_progress_bar(size: Option<u64>, show: bool) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = if show { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -16,7 +16,6 @@
 use crate::{Progress, fnv64, import_headers};
 use async_nats::jetstream;
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tributary_broker::kind::valid_key;
 use tributary_broker::ports::{Port, PortRecord};
@@ -345,12 +344,7 @@ pub async fn import(
     size: Option<u64>,
     progress: bool,
 ) -> PortsReport {
-    let bar =
-        if progress { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::byte_progress_bar(size, progress);
     let started = std::time::Instant::now();
     let report = import_with(js, input, None, &mut |p: &Progress| {
         bar.set_position(p.bytes);

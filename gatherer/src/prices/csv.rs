@@ -7,7 +7,6 @@
 
 use crate::{Progress, import_headers};
 use async_nats::jetstream;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tributary_broker::events::PriceEvent;
 use tributary_broker::kind::valid_key;
@@ -61,12 +60,7 @@ pub async fn import_csv(
     size: Option<u64>,
     progress: bool,
 ) -> ImportReport {
-    let bar =
-        if progress { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::byte_progress_bar(size, progress);
     let report = import_csv_with(js, input, None, &mut |p: &Progress| {
         bar.set_position(p.bytes);
         bar.set_message(format!("{} lines, {} published", p.entries, p.published));
