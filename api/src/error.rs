@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 503: a dependency (NATS, PostgreSQL) is unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// 504: a fresh read's wait ran out.
+    #[error("{0}")]
+    Timeout(String),
     /// 500: anything else; logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -61,6 +64,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         let message = match &self {

@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
-//! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `events`, `dlq`, `health`.
+//! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `ports`, `fleet`, `surveys`,
+//!   `uploads`, `events`, `dlq`, `health`.
 //! - [`uploads`]: streamed uploads and their progress (importer and processors).
 //! - [`live`]: the hub relaying committed metric samples to Server-Sent Events and WebSocket readers.
+//! - `sync`: the barrier behind `?fresh=true` (wait until the processors committed what the streams hold).
 //! - `dashboard.html`: the live page at `/` (dependency-free: plain DOM and SVG).
 //! - `openapi.json`: the OpenAPI 3.1 document served at `/openapi.json`, with a docs page at `/docs`.
 //!
@@ -14,6 +16,7 @@ pub mod error;
 pub mod live;
 mod params;
 mod routes;
+mod sync;
 pub mod uploads;
 
 use async_nats::jetstream;
@@ -45,6 +48,9 @@ pub struct ApiConfig {
     pub write_wait_ms: u64,
     /// The largest upload body, in bytes (`POST /v1/uploads`; streamed, never held whole).
     pub max_upload_bytes: u64,
+    /// How long a `?fresh=true` read waits (for a survey round, then for the processors' commits) before it
+    /// answers 504, in milliseconds.
+    pub fresh_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +60,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1 << 20,
             write_wait_ms: 5000,
             max_upload_bytes: 1 << 40,
+            fresh_timeout_ms: 10_000,
         }
     }
 }
@@ -79,11 +86,17 @@ pub struct AppState {
     pub live: Live,
     /// Uploads in progress and done.
     pub uploads: Uploads,
+    /// The processors' durable consumer prefix (`processor.durable_prefix`), for fresh reads.
+    pub durable_prefix: String,
 }
 
 impl AppState {
     fn write_wait(&self) -> Duration {
         Duration::from_millis(self.config.write_wait_ms)
+    }
+
+    fn fresh_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.fresh_timeout_ms)
     }
 }
 

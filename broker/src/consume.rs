@@ -84,6 +84,12 @@ pub enum ConsumeError {
     NoStream(String),
 }
 
+/// The durable consumer name of a kind's processor, e.g. `processor-price` for prefix `processor`. The API
+/// reads these consumers' progress for fresh reads.
+pub fn durable_name(prefix: &str, kind: crate::Kind) -> String {
+    format!("{prefix}-{}", kind.prefix())
+}
+
 /// The header naming the upload a message came from (set by the API's upload route).
 pub const UPLOAD_HEADER: &str = "Tributary-Upload";
 /// Core NATS subjects `tributary.upload.<id>`: after a commit (or a stored dead letter), how many of an

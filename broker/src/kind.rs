@@ -13,11 +13,15 @@ pub enum Kind {
     Metric,
     /// `port.<unlocode>`: one port.
     Port,
+    /// `fleet.driver.<id>` / `fleet.shipment.<id>`: a driver or a shipment, or its deletion.
+    Fleet,
+    /// `survey.<provider>`: an item pulled from a survey provider, or the outcome of a pull.
+    Survey,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 4] = [Kind::Price, Kind::Index, Kind::Metric, Kind::Port];
+    pub const ALL: [Kind; 6] = [Kind::Price, Kind::Index, Kind::Metric, Kind::Port, Kind::Fleet, Kind::Survey];
 
     /// The first subject token, e.g. `price`.
     pub fn prefix(self) -> &'static str {
@@ -26,6 +30,8 @@ impl Kind {
             Kind::Index => "index",
             Kind::Metric => "metric",
             Kind::Port => "port",
+            Kind::Fleet => "fleet",
+            Kind::Survey => "survey",
         }
     }
 
@@ -36,12 +42,26 @@ impl Kind {
             Kind::Index => "INDICES",
             Kind::Metric => "METRICS",
             Kind::Port => "PORTS",
+            Kind::Fleet => "FLEET",
+            Kind::Survey => "SURVEYS",
         }
     }
 
     /// The subject filter of the stream, e.g. `price.>`.
     pub fn filter(self) -> String {
         format!("{}.>", self.prefix())
+    }
+
+    /// How a user writes this kind's subjects, e.g. `price.<instrument>`.
+    pub fn shape(self) -> &'static str {
+        match self {
+            Kind::Price => "price.<instrument>",
+            Kind::Index => "index.<name>",
+            Kind::Metric => "metric.<host>",
+            Kind::Port => "port.<unlocode>",
+            Kind::Fleet => "fleet.driver.<id> or fleet.shipment.<id>",
+            Kind::Survey => "survey.<provider>",
+        }
     }
 
     /// The subject for one key, e.g. `price.ACME`.

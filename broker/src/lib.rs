@@ -1,12 +1,15 @@
 //! The event contract and the JetStream plumbing every Tributary role shares.
 //!
 //! # Layout
-//! - [`kind`]: the kinds of event, their subjects (`price.<instrument>`, `index.<name>`, `metric.<host>`) and streams.
+//! - [`kind`]: the kinds of event, their subjects (`price.<instrument>`, `index.<name>`, `metric.<host>`,
+//!   `port.<unlocode>`, `fleet.driver.<id>`, `fleet.shipment.<id>`, `survey.<provider>`) and streams.
 //! - [`ts`]: event timestamps (RFC 3339, `YYYY-MM-DD` or epoch milliseconds).
 //! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
 //! - [`events`]: the payload types and their validation into domain values.
 //! - [`metrics`]: `metric.<host>` samples (any object of numeric fields) and their validation.
 //! - [`ports`]: `port.<unlocode>` ports and their validation.
+//! - [`fleet`]: `fleet.driver.<id>` / `fleet.shipment.<id>` drivers and shipments, and their deletion.
+//! - [`surveys`]: `survey.<provider>` items pulled from survey providers, and each pull's outcome.
 //! - [`streams`]: stream definitions, created or updated idempotently.
 //! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
 //! - [`consume`]: the consume loop (batch, one commit, ack after commit, nak with backoff, dead-letter).
@@ -17,11 +20,13 @@ pub mod codec;
 pub mod consume;
 pub mod dlq;
 pub mod events;
+pub mod fleet;
 pub mod kind;
 pub mod metrics;
 pub mod ports;
 pub mod publish;
 pub mod streams;
+pub mod surveys;
 pub mod trace;
 pub mod ts;
 

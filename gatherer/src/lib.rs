@@ -7,15 +7,19 @@
 //! - [`ndjson`]: NDJSON of any event kind (`{"subject": ..., "event": ...}` per line).
 //! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
 //! - [`metrics`]: the server metrics simulator (N servers, one sample each per interval).
+//! - [`fleet`]: drivers and shipments from the exercise's two list files, or simulated over time.
+//! - [`surveys`]: a survey provider (the original reporter API) for the aggregator to pull from.
 //!
 //! Every source publishes through [`tributary_broker::Publisher`]: idempotency keys, pipelined acks, and a
 //! report of what was stored, deduplicated or not delivered.
 
+pub mod fleet;
 pub mod metrics;
 pub mod ndjson;
 pub mod numbers;
 pub mod ports;
 pub mod prices;
+pub mod surveys;
 
 /// How far an import has got, reported as it streams (for progress bars and upload progress events).
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]

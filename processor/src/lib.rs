@@ -8,17 +8,21 @@
 //! - [`metrics`]: server metric samples → raw series, time-bucket rollups with percentiles
 //!   ([`metrics::rollup`] is their pure arithmetic), each host's latest sample, live announcements.
 //! - [`ports`]: ports → the latest version of each port and the per-country counts.
+//! - [`fleet`]: drivers and shipments → the assignment that maximises the total suitability score.
+//! - [`surveys`]: items pulled from survey providers → one row each, cursors and pull outcomes.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
 //!
 //! The invariant every module keeps: a stored derived value equals the batch computation over the raw
 //! data stored so far, whatever the order, duplication or lateness of delivery.
 
+pub mod fleet;
 pub mod indices;
 pub mod lock;
 pub mod metrics;
 pub mod ports;
 pub mod prices;
 mod run;
+pub mod surveys;
 
 pub use run::{ProcessorConfig, run};

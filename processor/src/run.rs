@@ -1,9 +1,11 @@
 //! The consumers of a processor role, each on its own task, all stopped by one token.
 
+use crate::fleet::FleetHandler;
 use crate::indices::IndexHandler;
 use crate::metrics::{MetricHandler, sweep};
 use crate::ports::PortHandler;
 use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
+use crate::surveys::SurveyHandler;
 use anyhow::Context;
 use async_nats::jetstream;
 use sea_orm::sqlx::PgPool;
@@ -54,7 +56,7 @@ impl ProcessorConfig {
     fn spec(&self, streams: &StreamsConfig, kind: Kind, label: &'static str) -> ConsumerSpec {
         ConsumerSpec {
             stream: streams.stream_name(kind),
-            durable: format!("{}-{}", self.durable_prefix, kind.prefix()),
+            durable: consume::durable_name(&self.durable_prefix, kind),
             filter_subject: kind.filter(),
             batch: self.batch.max(1),
             ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
@@ -98,6 +100,18 @@ pub async fn run(
         js.clone(),
         cfg.spec(&streams, Kind::Port, "ports"),
         PortHandler::new(pool.clone()),
+        shutdown.clone(),
+    ));
+    tasks.spawn(consume::run(
+        js.clone(),
+        cfg.spec(&streams, Kind::Fleet, "fleet"),
+        FleetHandler::new(pool.clone()),
+        shutdown.clone(),
+    ));
+    tasks.spawn(consume::run(
+        js.clone(),
+        cfg.spec(&streams, Kind::Survey, "surveys"),
+        SurveyHandler::new(pool.clone()),
         shutdown.clone(),
     ));
     tasks.spawn(consume::run(js, cfg.spec(&streams, Kind::Metric, "metrics"), metric_handler, shutdown.clone()));

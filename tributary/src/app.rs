@@ -81,6 +81,12 @@ impl Connected {
         .await
     }
 
+    /// The aggregator role.
+    pub async fn aggregator(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pool = self.db.get_postgres_connection_pool().clone();
+        tributary_aggregator::run(self.config.aggregator.clone(), self.js.clone(), pool, shutdown).await
+    }
+
     /// The API role on `listener`.
     pub async fn api(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = tributary_api::AppState {
@@ -93,6 +99,7 @@ impl Connected {
             rollups: self.config.metrics.clone(),
             live: tributary_api::Live::new(),
             uploads: tributary_api::Uploads::new(),
+            durable_prefix: self.config.processor.durable_prefix.clone(),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
     }

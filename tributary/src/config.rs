@@ -13,6 +13,7 @@ use std::path::Path;
 use tributary_aggregator::AggregatorConfig;
 use tributary_api::ApiConfig;
 use tributary_broker::StreamsConfig;
+use tributary_gatherer::fleet::FleetSimConfig;
 use tributary_gatherer::metrics::MetricsSimConfig;
 use tributary_gatherer::prices::SimConfig;
 use tributary_processor::ProcessorConfig;
@@ -67,6 +68,8 @@ pub struct GathererConfig {
     pub prices: SimConfig,
     /// The server metrics simulator.
     pub metrics: MetricsSimConfig,
+    /// The fleet simulator.
+    pub fleet: FleetSimConfig,
 }
 
 /// `tributary up` settings.

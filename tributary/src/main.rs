@@ -32,8 +32,11 @@ enum Command {
     Processor(RoleArgs),
     /// Run the API role.
     Api(ApiArgs),
-    /// Run the aggregator role.
-    Aggregator(RoleArgs),
+    /// Run the aggregator role: pull survey providers on an interval and for fresh reads.
+    Aggregator(AggregatorArgs),
+    /// Fleet assignment without any server: the exercise's own usage, and its benchmark.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Run a gatherer.
     #[command(subcommand)]
     Gatherer(Gatherer),
@@ -65,6 +68,50 @@ struct RoleArgs {
 }
 
 #[derive(Args)]
+struct AggregatorArgs {
+    /// A provider as NAME=URL (repeatable), added to `aggregator.providers`.
+    #[arg(long = "provider", value_name = "NAME=URL")]
+    providers: Vec<String>,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Print the assignment of shipments to drivers that maximises the total suitability score.
+    Plan(FleetPlanArgs),
+    /// Time the optimal assignment of N random shipments to N random drivers.
+    Bench(FleetBenchArgs),
+}
+
+#[derive(Args)]
+struct FleetPlanArgs {
+    /// Driver names, one per line (`-` for stdin).
+    #[arg(long)]
+    drivers: PathBuf,
+    /// Shipment destination addresses, one per line (`-` for stdin).
+    #[arg(long)]
+    shipments: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct FleetBenchArgs {
+    /// Shipments and drivers.
+    #[arg(long, default_value_t = 1000)]
+    size: usize,
+    /// Repeats (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
 struct ApiArgs {
     /// Where the API listens.
     #[arg(long)]
@@ -79,6 +126,45 @@ enum Gatherer {
     Metrics(MetricsArgs),
     /// Import a ports file (a JSON object keyed by UN/LOCODE), streamed with bounded memory.
     Ports(PortsArgs),
+    /// Publish drivers and shipments from the exercise's two list files, or simulate them.
+    Fleet(FleetArgs),
+    /// Run a survey provider (the reporter API) for the aggregator to pull from.
+    SurveyProvider(SurveyProviderArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Driver names, one per line (id = line number).
+    #[arg(long, requires = "shipments", conflicts_with = "simulate")]
+    drivers: Option<PathBuf>,
+    /// Shipment destination addresses, one per line (id = line number).
+    #[arg(long, requires = "drivers")]
+    shipments: Option<PathBuf>,
+    /// Simulate N drivers and N shipments, replacing one every interval.
+    #[arg(long, value_name = "N")]
+    simulate: Option<usize>,
+    /// Time between simulated changes, e.g. 2s, 500ms.
+    #[arg(long, value_parser = parse_interval)]
+    interval: Option<Duration>,
+    /// Stop the simulation after this many changes.
+    #[arg(long)]
+    changes: Option<u64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct SurveyProviderArgs {
+    /// The provider's name (for logs).
+    #[arg(long, default_value = "blue")]
+    name: String,
+    /// Where it listens.
+    #[arg(long, default_value = "127.0.0.1:1101")]
+    listen: String,
+    /// Post a random item this often (e.g. 2s); by default only clients post.
+    #[arg(long, value_parser = parse_interval)]
+    generate_every: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -179,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Processor(_) => "tributary-processor",
         Command::Api(_) => "tributary-api",
         Command::Aggregator(_) => "tributary-aggregator",
+        Command::Fleet(_) => "tributary-fleet",
         Command::Gatherer(_) => "tributary-gatherer",
         Command::Migrate => "tributary-migrate",
         Command::Import(_) => "tributary-import",
@@ -210,10 +297,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             c.api(listener, shutdown::on_signal()).await
         }
         Command::Aggregator(args) => {
+            config.aggregator.add_flags(args.providers.iter().map(String::as_str))?;
+            let c = app::connect(config).await?;
             let stop = shutdown::on_signal();
             serve_metrics(args.metrics_listen, stop.clone()).await?;
-            tributary_aggregator::run(config.aggregator, stop).await
+            c.aggregator(stop).await
         }
+        Command::Fleet(FleetCmd::Plan(args)) => fleet_plan(args),
+        Command::Fleet(FleetCmd::Bench(args)) => fleet_bench(args),
+        Command::Gatherer(Gatherer::Fleet(args)) => gather_fleet(config, args).await,
+        Command::Gatherer(Gatherer::SurveyProvider(args)) => survey_provider(args).await,
         Command::Gatherer(Gatherer::Prices(args)) => gather_prices(config, args).await,
         Command::Gatherer(Gatherer::Metrics(args)) => gather_metrics(config, args).await,
         Command::Gatherer(Gatherer::Ports(args)) => import_ports(config, args).await,
@@ -244,16 +337,34 @@ async fn serve_metrics(addr: Option<String>, stop: CancellationToken) -> anyhow:
     Ok(())
 }
 
-async fn up(config: Config, demo: bool) -> anyhow::Result<()> {
-    let c = app::connect(config).await?;
+async fn up(mut config: Config, demo: bool) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
+    // The demo's two survey providers, when none are configured: in this process, on free ports.
+    let mut providers = Vec::new();
+    if demo && config.aggregator.providers.is_empty() {
+        for (i, name) in ["blue", "red"].into_iter().enumerate() {
+            let listener = bind("127.0.0.1:0").await?;
+            config.aggregator.providers.insert(name.into(), format!("http://{}", listener.local_addr()?));
+            providers.push((listener, i as u64));
+        }
+    }
+    let c = app::connect(config).await?;
     let listener = bind(&c.config.api.listen).await?;
     let addr = listener.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
     let (p, s) = (c.clone(), stop.clone());
     tasks.spawn(async move { p.processor(s).await.context("processor") });
-    let (a, s) = (c.config.aggregator.clone(), stop.clone());
-    tasks.spawn(async move { tributary_aggregator::run(a, s).await.context("aggregator") });
+    let (a, s) = (c.clone(), stop.clone());
+    tasks.spawn(async move { a.aggregator(s).await.context("aggregator") });
+    for (listener, seed) in providers {
+        let provider = tributary_gatherer::surveys::Provider::new();
+        let every = Duration::from_millis(1500 + 1000 * seed);
+        tokio::spawn(tributary_gatherer::surveys::generate(provider.clone(), every, seed, stop.clone()));
+        let s = stop.clone();
+        tasks.spawn(async move {
+            tributary_gatherer::surveys::serve(listener, provider, s).await.context("survey provider")
+        });
+    }
     let (api, s) = (c.clone(), stop.clone());
     tasks.spawn(async move { api.api(listener, s).await });
     if demo {
@@ -271,6 +382,12 @@ async fn up(config: Config, demo: bool) -> anyhow::Result<()> {
         });
     }
     if demo {
+        let (js, sim, s) = (c.js.clone(), c.config.gatherer.fleet.clone(), stop.clone());
+        tasks.spawn(async move {
+            let report = tributary_gatherer::fleet::simulate(js, sim, s).await;
+            tracing::info!(stored = report.stored, failed = report.failed.len(), "fleet simulator stopped");
+            Ok(())
+        });
         let (js, sim, s) = (c.js.clone(), c.config.gatherer.metrics.clone(), stop.clone());
         tasks.spawn(async move {
             let report = tributary_gatherer::metrics::simulate(js, sim, s).await;
@@ -300,6 +417,121 @@ async fn up(config: Config, demo: bool) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `tributary fleet plan`: reads the two lists and prints the optimal total and matching.
+fn fleet_plan(args: FleetPlanArgs) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| {
+        tributary_gatherer::fleet::read_list(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let (drivers, shipments) = (read(&args.drivers)?, read(&args.shipments)?);
+    let names: Vec<&str> = drivers.iter().map(|d| d.1.as_str()).collect();
+    let addresses: Vec<&str> = shipments.iter().map(|s| s.1.as_str()).collect();
+    let plan = tributary_fleet::plan(&addresses, &names);
+    if args.json {
+        let pairs: Vec<_> = plan
+            .pairs
+            .iter()
+            .map(|&(s, d, q)| serde_json::json!({"address": addresses[s], "driver": names[d], "score": q.value()}))
+            .collect();
+        let out = serde_json::json!({
+            "total_score": plan.total.value(),
+            "assignments": pairs,
+            "unassigned_shipments": plan.unassigned_shipments.iter().map(|&s| addresses[s]).collect::<Vec<_>>(),
+            "unassigned_drivers": plan.unassigned_drivers.iter().map(|&d| names[d]).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("total suitability score: {}", plan.total.value());
+    for &(s, d, q) in &plan.pairs {
+        println!("{:>8}  {}  <-  {}", q.value(), addresses[s], names[d]);
+    }
+    for &s in &plan.unassigned_shipments {
+        println!("{:>8}  {}  (no driver)", "-", addresses[s]);
+    }
+    for &d in &plan.unassigned_drivers {
+        println!("{:>8}  (no shipment)  <-  {}", "-", names[d]);
+    }
+    Ok(())
+}
+
+/// `tributary fleet bench`: the optimal assignment of N × N random names and addresses, timed.
+fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let word = |r: &mut StdRng, n: usize| -> String {
+        (0..r.random_range(2..n)).map(|_| (b'a' + r.random_range(0..26)) as char).collect()
+    };
+    let addresses: Vec<String> =
+        (0..args.size).map(|_| format!("{} {} St., Town", rng.random_range(1..9999), word(&mut rng, 14))).collect();
+    let names: Vec<String> = (0..args.size).map(|_| format!("{} {}", word(&mut rng, 9), word(&mut rng, 12))).collect();
+    let mut times = Vec::new();
+    let mut total = 0.0;
+    for _ in 0..args.repeats.max(1) {
+        let started = std::time::Instant::now();
+        total = tributary_fleet::plan(&addresses, &names).total.value();
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{n} shipments × {n} drivers: median {:.3} s (min {:.3}, max {:.3}) over {} runs; total score {total}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        times.len(),
+        n = args.size
+    );
+    Ok(())
+}
+
+async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
+    let nats = app::connect_nats(&config.nats.url).await?;
+    let js = async_nats::jetstream::new(nats);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let report = if let (Some(d), Some(s)) = (&args.drivers, &args.shipments) {
+        let drivers = tributary_gatherer::fleet::read_list(d).with_context(|| format!("reading {}", d.display()))?;
+        let shipments = tributary_gatherer::fleet::read_list(s).with_context(|| format!("reading {}", s.display()))?;
+        let r = tributary_gatherer::fleet::publish_lists(js, &drivers, &shipments).await;
+        eprintln!(
+            "published {} drivers and {} shipments: {} stored, {} duplicates, {} not delivered",
+            drivers.len(),
+            shipments.len(),
+            r.stored,
+            r.duplicates,
+            r.failed.len()
+        );
+        r
+    } else {
+        let mut sim = config.gatherer.fleet.clone();
+        sim.size = args.simulate.unwrap_or(sim.size);
+        sim.interval_ms = args.interval.map_or(sim.interval_ms, |d| d.as_millis() as u64);
+        sim.changes = args.changes;
+        sim.seed = args.seed;
+        eprintln!(
+            "simulating {} drivers and {} shipments, one change every {} ms (Ctrl-C stops)",
+            sim.size, sim.size, sim.interval_ms
+        );
+        let r = tributary_gatherer::fleet::simulate(js, sim, shutdown::on_signal()).await;
+        eprintln!("published {} events: {} duplicates, {} not delivered", r.stored, r.duplicates, r.failed.len());
+        r
+    };
+    for (subject, why) in report.failed.iter().take(20) {
+        eprintln!("  not delivered to {subject}: {why}");
+    }
+    anyhow::ensure!(report.failed.is_empty(), "{} events were not delivered", report.failed.len());
+    Ok(())
+}
+
+async fn survey_provider(args: SurveyProviderArgs) -> anyhow::Result<()> {
+    let listener = bind(&args.listen).await?;
+    let provider = tributary_gatherer::surveys::Provider::new();
+    let stop = shutdown::on_signal();
+    if let Some(every) = args.generate_every {
+        tokio::spawn(tributary_gatherer::surveys::generate(provider.clone(), every, rand::random(), stop.clone()));
+    }
+    eprintln!("survey provider {} on http://{}/api/v1/reporter (Ctrl-C stops)", args.name, listener.local_addr()?);
+    tributary_gatherer::surveys::serve(listener, provider, stop).await.context("serving the provider")
 }
 
 /// The demo's equal-weight index over the simulated instruments.

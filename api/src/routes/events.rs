@@ -7,8 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use tributary_broker::events::{IndexDefinition, PricePoint};
+use tributary_broker::fleet::FleetRecord;
 use tributary_broker::metrics::MetricSample;
 use tributary_broker::ports::PortRecord;
+use tributary_broker::surveys::SurveyRecord;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, codec, publish};
 
@@ -20,7 +22,7 @@ pub async fn publish(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kind = Kind::of_subject(&subject).ok_or_else(|| {
-        let known: Vec<String> = Kind::ALL.iter().map(|k| format!("{}.<key>", k.prefix())).collect();
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.shape()).collect();
         ApiError::field(
             "unknown_subject",
             "subject",
@@ -35,6 +37,8 @@ pub async fn publish(
         Kind::Index => IndexDefinition::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
         Kind::Metric => MetricSample::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
         Kind::Port => PortRecord::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
+        Kind::Fleet => FleetRecord::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
+        Kind::Survey => SurveyRecord::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
     };
     checked.map_err(|r| {
         ApiError::bad(if r.class == "bad_subject" { "unknown_subject" } else { "invalid_event" }, r.reason)

@@ -20,7 +20,8 @@ use tributary_broker::{Kind, codec, publish};
 use tributary_store::entity::{index_points, indices};
 
 /// Every index definition.
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+    crate::sync::if_fresh(&s, &p, &[Kind::Index]).await?;
     let rows = indices::Entity::find().order_by_asc(indices::Column::Name).all(&s.db).await?;
     let list: Vec<Value> =
         rows.into_iter().map(|r| json!({"name": r.name, "base": r.base, "weights": r.weights})).collect();
@@ -35,6 +36,7 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Index, Kind::Price]).await?;
     let def = indices::Entity::find_by_id(name.clone())
         .one(&s.db)
         .await?

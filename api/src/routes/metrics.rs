@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::sqlx::{self, PgPool};
 use serde_json::{Value, json};
+use tributary_broker::Kind;
 
 fn pool(s: &AppState) -> &PgPool {
     s.db.get_postgres_connection_pool()
@@ -27,6 +28,7 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
         return Err(ApiError::field("invalid_limit", "limit", "limit is required: a whole number from 1 to 10000"));
     }
     let limit = params::limit(&p, 100, 10_000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
     let rows: Vec<(String, DateTime<Utc>, Value)> =
         sqlx::query_as("SELECT host, ts, fields FROM metric_latest ORDER BY ts DESC, host LIMIT $1")
             .bind(limit as i64)
@@ -39,7 +41,8 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
 }
 
 /// Every known server with its fields and when it was last seen.
-pub async fn servers(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn servers(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
     let rows: Vec<(String, Vec<String>, DateTime<Utc>)> = sqlx::query_as(
         "SELECT host, array_agg(field ORDER BY field), max(last_ts) FROM metric_series GROUP BY host ORDER BY host",
     )
@@ -74,6 +77,7 @@ pub async fn raw(
 ) -> Result<Json<Value>, ApiError> {
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
     let rows: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(
         "SELECT ts, value FROM metric_samples
           WHERE host = $1 AND field = $2 AND ($3::timestamptz IS NULL OR ts >= $3) AND ($4::timestamptz IS NULL OR ts <= $4)
@@ -112,6 +116,7 @@ pub async fn rollups(
     })?;
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
     let rows: Vec<BucketRow> = sqlx::query_as(
         "SELECT start, count, sum, min, max, mean, first, last, p50, p95, p99 FROM metric_rollups
           WHERE host = $1 AND field = $2 AND width = $3

@@ -2,12 +2,14 @@
 
 mod dlq;
 mod events;
+mod fleet;
 mod health;
 mod indices;
 mod live;
 mod metrics;
 mod ports;
 mod series;
+mod surveys;
 mod uploads;
 
 use crate::{ApiError, AppState};
@@ -40,6 +42,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/ports/nearest", get(ports::nearest))
         .route("/v1/ports/countries", get(ports::countries))
         .route("/v1/ports/{unlocode}", get(ports::get))
+        .route("/v1/fleet/plan", get(fleet::plan))
+        .route("/v1/fleet/scores", get(fleet::scores))
+        .route("/v1/surveys", get(surveys::list))
         .route("/v1/indices", get(indices::list))
         .route("/v1/indices/{name}", get(indices::get).put(indices::put))
         .route("/v1/events/{subject}", post(events::publish))

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 use serde_json::{Value, json};
+use tributary_broker::Kind;
 
 const COLUMNS: &str = "unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat";
 
@@ -37,7 +38,12 @@ fn port(r: &PgRow) -> Value {
 }
 
 /// One port.
-pub async fn get(State(s): State<AppState>, Path(unlocode): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(s): State<AppState>,
+    Path(unlocode): Path<String>,
+    Query(p): Query<Params>,
+) -> Result<Json<Value>, ApiError> {
+    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM ports WHERE unlocode = $1")))
         .bind(&unlocode)
         .fetch_optional(pool(&s))
@@ -50,6 +56,7 @@ pub async fn get(State(s): State<AppState>, Path(unlocode): Path<String>) -> Res
 /// Ports by name, filtered by `country` and a name fragment `q`, with the total that match.
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
     let limit = params::limit(&p, 50, 1000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let offset = match p.get("offset") {
         None => 0,
         Some(v) => v.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| {
@@ -97,6 +104,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     let lat = coordinate(&p, "lat", 90.0)?;
     let lon = coordinate(&p, "lon", 180.0)?;
     let limit = params::limit(&p, 10, 1000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, earth_distance(ll_to_earth(lat, lon), ll_to_earth($1, $2)) AS distance_m
            FROM ports WHERE lat IS NOT NULL
@@ -120,7 +128,8 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
 }
 
 /// Ports per country, most first.
-pub async fn countries(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT country, ports FROM port_countries ORDER BY ports DESC, country")
             .fetch_all(pool(&s))

@@ -11,10 +11,12 @@ use sea_orm::sqlx;
 use sea_orm::{EntityTrait, QueryOrder};
 use serde_json::{Value, json};
 use std::fmt::Write;
+use tributary_broker::Kind;
 use tributary_store::entity::price_series;
 
 /// Every instrument with its point count and time span.
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+    crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
     let rows = price_series::Entity::find().order_by_asc(price_series::Column::Instrument).all(&s.db).await?;
     let series: Vec<Value> = rows
         .into_iter()
@@ -34,6 +36,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
     let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
         "SELECT ts, price, volume, ret, derived::text FROM price_points
           WHERE instrument = $1 AND ($2::timestamptz IS NULL OR ts >= $2) AND ($3::timestamptz IS NULL OR ts <= $3)

@@ -7,6 +7,7 @@ mod m0001_prices;
 mod m0002_series_version;
 mod m0003_metrics;
 mod m0004_ports;
+mod m0005_fleet_surveys;
 
 /// Every migration: (name, SQL), in order.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -14,6 +15,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("m0002_series_version", m0002_series_version::SQL),
     ("m0003_metrics", m0003_metrics::SQL),
     ("m0004_ports", m0004_ports::SQL),
+    ("m0005_fleet_surveys", m0005_fleet_surveys::SQL),
 ];
 
 /// Runs the migrations in order; `Migrator::up(&db, None)` at startup.

@@ -39,6 +39,7 @@ pub async fn measure(
         rollups: config.metrics.clone(),
         live: tributary_api::Live::new(),
         uploads: tributary_api::Uploads::new(),
+        durable_prefix: config.processor.durable_prefix.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

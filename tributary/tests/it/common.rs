@@ -113,13 +113,15 @@ impl TestApp {
         ack.sequence
     }
 
-    /// Waits until both processor consumers have nothing pending and nothing unacked.
+    /// Waits until every processor consumer have nothing pending and nothing unacked.
     pub async fn settled(&self) {
         for (stream, durable) in [
             ("PRICES", "processor-price"),
             ("INDICES", "processor-index"),
             ("METRICS", "processor-metric"),
             ("PORTS", "processor-port"),
+            ("FLEET", "processor-fleet"),
+            ("SURVEYS", "processor-survey"),
         ] {
             let js = self.c.js.clone();
             eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {

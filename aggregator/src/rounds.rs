@@ -1,0 +1,219 @@
+//! Pull rounds: every provider at once, each under its own deadline; concurrent requests share a round.
+
+use crate::AggregatorConfig;
+use crate::provider::{ProviderClient, PullError};
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+use tributary_broker::publish::{self, Publisher};
+use tributary_broker::surveys::SurveyPayload;
+use tributary_broker::ts::Ts;
+use tributary_broker::{Kind, codec};
+
+/// What one round found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoundReport {
+    /// The round's number in this aggregator (from 1).
+    pub round: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// How long it took, in milliseconds.
+    pub took_ms: f64,
+    /// Each provider's outcome, by name.
+    pub providers: Vec<ProviderReport>,
+}
+
+/// One provider's outcome in a round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProviderReport {
+    /// The provider's name.
+    pub provider: String,
+    /// `ok`, `timeout`, `unreachable` or `error`.
+    pub status: String,
+    /// Items published this round.
+    pub items: u64,
+    /// The highest provider id published so far.
+    pub cursor: i64,
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Provider {
+    name: String,
+    client: ProviderClient,
+    /// The highest id published and acknowledged by JetStream (so stored, and soon committed).
+    cursor: AtomicI64,
+}
+
+type Pending = watch::Receiver<Option<Arc<RoundReport>>>;
+
+/// Runs rounds; [`Rounds::sync`] starts one or joins the one in flight.
+pub struct Rounds {
+    cfg: AggregatorConfig,
+    js: jetstream::Context,
+    db: sea_orm::sqlx::PgPool,
+    providers: Vec<Provider>,
+    in_flight: Mutex<Option<Pending>>,
+    count: AtomicU64,
+}
+
+impl Rounds {
+    /// Rounds over `cfg.providers`, publishing to `js`, reading stored cursors from `db`.
+    pub fn new(cfg: AggregatorConfig, js: jetstream::Context, db: sea_orm::sqlx::PgPool) -> anyhow::Result<Self> {
+        let http =
+            reqwest::Client::builder().connect_timeout(Duration::from_millis(cfg.provider_timeout_ms)).build()?;
+        let providers = cfg
+            .providers
+            .iter()
+            .map(|(name, url)| Provider {
+                name: name.clone(),
+                client: ProviderClient::new(url, http.clone()),
+                cursor: AtomicI64::new(0),
+            })
+            .collect();
+        Ok(Rounds { cfg, js, db, providers, in_flight: Mutex::new(None), count: AtomicU64::new(0) })
+    }
+
+    /// The report of a round that is in flight when this is called, or of a new one.
+    ///
+    /// Everything a provider held when the round asked it is in the report's items; an item that
+    /// reached a provider after that is pulled by the next round.
+    pub async fn sync(self: &Arc<Self>) -> Arc<RoundReport> {
+        let mut rx = {
+            let mut slot = self.in_flight.lock().expect("round slot");
+            match &*slot {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *slot = Some(rx.clone());
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let report = Arc::new(me.round().await);
+                        // Later requests start a new round from here on.
+                        *me.in_flight.lock().expect("round slot") = None;
+                        let _ = tx.send(Some(report));
+                    });
+                    rx
+                }
+            }
+        };
+        let report = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        report.ok().flatten().expect("a round always reports")
+    }
+
+    /// Rounds started so far.
+    pub fn rounds(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    async fn round(&self) -> RoundReport {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let span = tracing::info_span!("round", round = n, providers = self.providers.len());
+        async {
+            let started = Instant::now();
+            let started_at = Ts::new(chrono::Utc::now()).to_string();
+            self.resume_cursors().await;
+            let reports = futures::future::join_all(self.providers.iter().map(|p| self.pull(p))).await;
+            self.publish_outcomes(&reports).await;
+            let took = started.elapsed();
+            metrics::counter!("tributary_aggregator_rounds_total").increment(1);
+            metrics::histogram!("tributary_aggregator_round_seconds").record(took.as_secs_f64());
+            tracing::debug!(round = n, ?took, "round done");
+            RoundReport { round: n, started_at, took_ms: took.as_secs_f64() * 1e3, providers: reports }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Takes the stored cursors where they are ahead (after a restart, or another replica's pulls).
+    async fn resume_cursors(&self) {
+        let stored: Result<Vec<(String, i64)>, _> =
+            sea_orm::sqlx::query_as("SELECT provider, cursor FROM survey_providers").fetch_all(&self.db).await;
+        match stored {
+            Ok(rows) => {
+                let rows: HashMap<String, i64> = rows.into_iter().collect();
+                for p in &self.providers {
+                    if let Some(c) = rows.get(&p.name) {
+                        p.cursor.fetch_max(*c, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read stored cursors; pulling from the ones in memory"),
+        }
+    }
+
+    async fn pull(&self, p: &Provider) -> ProviderReport {
+        let span = tracing::info_span!("pull", otel.kind = "client", provider = %p.name);
+        let deadline = Duration::from_millis(self.cfg.provider_timeout_ms);
+        let mut items = 0u64;
+        let work = async {
+            let subject = Kind::Survey.subject(&p.name);
+            let mut publisher = Publisher::new(self.js.clone(), 1024);
+            loop {
+                let page = p.client.page(p.cursor.load(Ordering::Relaxed), self.cfg.page_size).await?;
+                let Some(last) = page.last().map(|i| i.id) else { break };
+                for item in &page {
+                    let id = format!("survey:{}:{}", p.name, item.id);
+                    publisher
+                        .publish_raw(subject.clone(), publish::headers(Some(&id), codec::JSON), item.json.clone())
+                        .await;
+                }
+                publisher.flush().await;
+                if let Some((_, why)) = publisher.take_failed().into_iter().next() {
+                    return Err(PullError::Publish(why));
+                }
+                p.cursor.fetch_max(last, Ordering::Relaxed);
+                items += page.len() as u64;
+                if page.len() < self.cfg.page_size as usize {
+                    break;
+                }
+            }
+            Ok::<(), PullError>(())
+        }
+        .instrument(span);
+        let outcome = tokio::time::timeout(deadline, work).await;
+        let (status, error) = match outcome {
+            Ok(Ok(())) => ("ok", None),
+            Ok(Err(e)) => (e.status(), Some(e.to_string())),
+            Err(_) => ("timeout", Some(format!("no complete answer within {} ms", deadline.as_millis()))),
+        };
+        if let Some(e) = &error {
+            tracing::warn!(provider = %p.name, status, error = %e, "pull failed");
+        }
+        metrics::counter!("tributary_aggregator_pulls_total", "provider" => p.name.clone(), "status" => status)
+            .increment(1);
+        metrics::counter!("tributary_aggregator_items_total", "provider" => p.name.clone()).increment(items);
+        ProviderReport {
+            provider: p.name.clone(),
+            status: status.to_owned(),
+            items,
+            cursor: p.cursor.load(Ordering::Relaxed),
+            error,
+        }
+    }
+
+    /// Publishes each provider's outcome after its items, so the stored status never runs ahead of them.
+    async fn publish_outcomes(&self, reports: &[ProviderReport]) {
+        let at = Ts::new(chrono::Utc::now());
+        let mut publisher = Publisher::new(self.js.clone(), reports.len().max(1));
+        for r in reports {
+            let status = SurveyPayload {
+                status: Some(r.status.clone()),
+                at: Some(at),
+                error: r.error.clone(),
+                ..Default::default()
+            };
+            publisher.publish(Kind::Survey.subject(&r.provider), None, &status).await;
+        }
+        let done = publisher.finish().await;
+        for (subject, why) in done.failed {
+            tracing::warn!(subject, error = why, "cannot publish a pull outcome");
+        }
+    }
+}

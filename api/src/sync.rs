@@ -1,0 +1,67 @@
+//! Fresh reads: `?fresh=true` waits until the processors have committed everything that was in the
+//! streams when the request arrived.
+//!
+//! For each stream the read depends on, the barrier takes the stream's last sequence when the request
+//! arrives, then waits until the processor's durable consumer's ack floor (the highest stream sequence
+//! below which every message is acked, and so committed or dead-lettered) reaches it. Past
+//! `api.fresh_timeout_ms` it answers 504 with `sync_timeout`, naming the stream that was behind.
+
+use crate::params::Params;
+use crate::{ApiError, AppState};
+use async_nats::jetstream::consumer::PullConsumer;
+use std::time::{Duration, Instant};
+use tributary_broker::Kind;
+use tributary_broker::consume::durable_name;
+
+/// `fresh`: `true`/`1` or `false`/`0` (absent: false).
+pub fn fresh(p: &Params) -> Result<bool, ApiError> {
+    match p.get("fresh").map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v == "true" || v == "1" => Ok(true),
+        Some(v) if v == "false" || v == "0" => Ok(false),
+        Some(v) => Err(ApiError::field("invalid_fresh", "fresh", format!("fresh must be true or false, got {v:?}"))),
+    }
+}
+
+/// When `fresh` is asked for, waits for the barrier on `kinds` (see the module doc).
+pub async fn if_fresh(s: &AppState, p: &Params, kinds: &[Kind]) -> Result<(), ApiError> {
+    if fresh(p)? { committed(s, kinds, Instant::now() + s.fresh_timeout()).await } else { Ok(()) }
+}
+
+/// Waits until the processors have committed every message that is in the streams of `kinds` now, or
+/// `deadline` passes (504).
+pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
+    let unavailable = |e: async_nats::Error| ApiError::Unavailable(format!("cannot read stream state from NATS: {e}"));
+    let mut targets = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
+        let mut stream = s.js.get_stream(s.streams.stream_name(kind)).await.map_err(|e| unavailable(e.into()))?;
+        let last = stream.info().await.map_err(|e| unavailable(e.into()))?.state.last_sequence;
+        targets.push((kind, stream, last));
+    }
+    for (kind, stream, last) in targets {
+        if last == 0 {
+            continue;
+        }
+        let durable = durable_name(&s.durable_prefix, kind);
+        let mut floor = 0;
+        loop {
+            if let Ok(mut c) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable).await {
+                let c: &mut PullConsumer = &mut c;
+                if let Ok(info) = c.info().await {
+                    floor = info.ack_floor.stream_sequence;
+                }
+            }
+            if floor >= last {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::Timeout(format!(
+                    "the processor has not committed stream {} up to sequence {last} (it is at {floor}) within the fresh timeout",
+                    s.streams.stream_name(kind)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}

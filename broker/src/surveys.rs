@@ -1,0 +1,183 @@
+//! `survey.<provider>`: what the aggregator pulled from a survey provider.
+//!
+//! Two shapes share the subject, so that an item and the outcome of the pull that found it travel in
+//! one stream, in order:
+//! - an item, `{"id": 42, "text": ..., "device": ..., "location": ..., "created_at": ...}` (the provider's
+//!   own id, unique per provider; `created_at` defaults to the JetStream time);
+//! - a pull's outcome, `{"status": "ok" | "timeout" | "unreachable" | "error", "at": ..., "error": "..."}`.
+
+use crate::codec;
+use crate::events::Rejection;
+use crate::kind::Kind;
+use crate::ts::Ts;
+use async_nats::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+/// The longest text, device or location accepted, in characters.
+pub const MAX_TEXT: usize = 10_000;
+
+/// A survey payload as published: an item or a status, told apart by `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SurveyPayload {
+    /// The provider's id of the item (≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// The item's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The reporting device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Where it was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// When the provider stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Ts>,
+    /// A pull's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When the pull ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Ts>,
+    /// What went wrong, for a failed pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One item of one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurveyItem {
+    /// The provider's id of the item.
+    pub id: i64,
+    /// The item's text.
+    pub text: String,
+    /// The reporting device.
+    pub device: String,
+    /// Where it was reported.
+    pub location: String,
+    /// When the provider stored it.
+    pub created_at: Ts,
+}
+
+/// How a pull from a provider ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullStatus {
+    /// `ok`, `timeout`, `unreachable` or `error`.
+    pub status: String,
+    /// When the pull ended.
+    pub at: Ts,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// The statuses a pull can end with.
+pub const STATUSES: [&str; 4] = ["ok", "timeout", "unreachable", "error"];
+
+/// A validated survey event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SurveyEvent {
+    /// An item.
+    Item(SurveyItem),
+    /// A pull's outcome.
+    Status(PullStatus),
+}
+
+/// A survey event with its provider (from the subject).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurveyRecord {
+    /// The provider's name.
+    pub provider: String,
+    /// What happened.
+    pub event: SurveyEvent,
+}
+
+impl SurveyRecord {
+    /// Decodes and validates a survey message; `received` is the JetStream time.
+    pub fn decode(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], received: Ts) -> Result<Self, Rejection> {
+        let provider = Kind::Survey.key_of(subject).map_err(Rejection::subject)?.to_owned();
+        let p: SurveyPayload = codec::decode(headers, payload).map_err(Rejection::undecodable)?;
+        let event = validate(p, received).map_err(Rejection::invalid)?;
+        Ok(SurveyRecord { provider, event })
+    }
+}
+
+fn text(field: &str, v: Option<String>) -> Result<String, String> {
+    let v = v.ok_or_else(|| format!("missing field `{field}`"))?;
+    if v.chars().count() > MAX_TEXT {
+        return Err(format!("{field} is longer than {MAX_TEXT} characters"));
+    }
+    Ok(v)
+}
+
+fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
+    if let Some(status) = p.status {
+        if p.id.is_some() || p.text.is_some() || p.device.is_some() || p.location.is_some() || p.created_at.is_some() {
+            return Err("a status carries only status, at and error".into());
+        }
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(format!("status must be one of {}, got {status:?}", STATUSES.join(", ")));
+        }
+        return Ok(SurveyEvent::Status(PullStatus { status, at: p.at.unwrap_or(received), error: p.error }));
+    }
+    if p.at.is_some() || p.error.is_some() {
+        return Err("at and error belong to a status (missing field `status`)".into());
+    }
+    let id = p.id.ok_or("missing field `id` (an item) or `status` (a pull's outcome)")?;
+    if id < 1 {
+        return Err(format!("id must be ≥ 1, got {id}"));
+    }
+    let text_ = text("text", p.text)?;
+    if text_.trim().is_empty() {
+        return Err("text must not be blank".into());
+    }
+    Ok(SurveyEvent::Item(SurveyItem {
+        id,
+        text: text_,
+        device: text("device", p.device)?,
+        location: text("location", p.location)?,
+        created_at: p.created_at.unwrap_or(received),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Ts {
+        Ts::parse("2026-12-01").unwrap()
+    }
+
+    #[test]
+    fn items_and_statuses() {
+        let r = SurveyRecord::decode(
+            "survey.blue",
+            None,
+            br#"{"id":3,"text":"hi","device":"ios","location":"MX","created_at":"2026-11-30T10:00:00Z"}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(r.provider, "blue");
+        let SurveyEvent::Item(i) = r.event else { panic!("an item") };
+        assert_eq!((i.id, i.text.as_str(), i.device.as_str()), (3, "hi", "ios"));
+        let r = SurveyRecord::decode("survey.red", None, br#"{"status":"timeout","error":"slow"}"#, now()).unwrap();
+        assert_eq!(
+            r.event,
+            SurveyEvent::Status(PullStatus { status: "timeout".into(), at: now(), error: Some("slow".into()) })
+        );
+    }
+
+    #[test]
+    fn bad_survey_events_are_named() {
+        let r = |b: &[u8]| SurveyRecord::decode("survey.blue", None, b, now()).unwrap_err().reason;
+        assert!(r(br#"{"text":"a","device":"d","location":"l"}"#).contains("missing field `id`"));
+        assert!(r(br#"{"id":0,"text":"a","device":"d","location":"l"}"#).contains("≥ 1"));
+        assert!(r(br#"{"id":1,"text":" ","device":"d","location":"l"}"#).contains("blank"));
+        assert!(r(br#"{"id":1,"text":"a","location":"l"}"#).contains("missing field `device`"));
+        assert!(r(br#"{"status":"meh"}"#).contains("one of"));
+        assert!(r(br#"{"status":"ok","id":1}"#).contains("only"));
+        assert!(r(br#"{"id":1,"text":"a","device":"d","location":"l","x":1}"#).contains("unknown field"));
+        assert_eq!(SurveyRecord::decode("survey.a.b", None, b"{}", now()).unwrap_err().class, "bad_subject");
+    }
+}

@@ -1,0 +1,177 @@
+//! Fleet: the stored plan is always the optimal plan of the stored drivers and shipments, whatever the
+//! order and duplication of their events; the plan and score API; the exercise's CLI.
+
+use crate::common::spawn_app;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use tributary_processor::fleet::{Fleet, compute, load};
+
+async fn stored_fleet(app: &crate::common::TestApp) -> Fleet {
+    let mut conn = app.c.db.get_postgres_connection_pool().acquire().await.unwrap();
+    load(&mut conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_is_the_optimum_of_what_is_stored_whatever_the_order() {
+    let mut app = spawn_app().await;
+    // Random drivers and shipments, renamed, deleted, re-created and repeated, published while the
+    // processor is killed and restarted; the last message per id decides.
+    let mut rng = StdRng::seed_from_u64(5);
+    let names = ["Alice Smith", "Bo", "Jo Ann", "Daniel Davidson", "Mark Zuckerbrg", "Everardo Welch", "Guo Ng"];
+    let streets = ["44 Fake Dr., San Diego", "1 Elm Street", "9 Oak Ave, Town", "Main Street", "12B Baker St, London"];
+    let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for k in 0..300 {
+        let (role, text) = if rng.random_bool(0.5) {
+            ("driver", names[rng.random_range(0..names.len())].to_owned())
+        } else {
+            ("shipment", format!("{} {}", rng.random_range(1..99), streets[rng.random_range(0..streets.len())]))
+        };
+        let subject = format!("fleet.{role}.{}", rng.random_range(0..12));
+        let (payload, value) = if rng.random_bool(0.15) {
+            (json!({"deleted": true}), None)
+        } else if role == "driver" {
+            (json!({"name": text}), Some(text))
+        } else {
+            (json!({"address": text}), Some(text))
+        };
+        app.publish_plain(&subject, &payload.to_string()).await;
+        last.insert(subject, value);
+        if k == 120 {
+            app.kill_processors();
+        }
+        if k == 180 {
+            app.start_processor();
+            app.start_processor();
+        }
+    }
+    app.settled().await;
+
+    let fleet = stored_fleet(&app).await;
+    let expect = |role: &str| -> Vec<(String, String)> {
+        last.iter()
+            .filter_map(|(s, v)| Some((s.strip_prefix(&format!("fleet.{role}."))?.to_owned(), v.clone()?)))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(fleet.drivers, expect("driver"), "last writer wins per driver");
+    assert_eq!(fleet.shipments, expect("shipment"), "last writer wins per shipment");
+
+    let batch = compute(&fleet);
+    let (s, plan) = app.get("/v1/fleet/plan").await;
+    assert_eq!(s, 200, "{plan}");
+    assert_eq!(plan["total_score"], json!(batch.total));
+    let mut stored: Vec<(String, String, f64)> = plan["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["shipment_id"].as_str().unwrap().into(),
+                a["driver_id"].as_str().unwrap().into(),
+                a["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = batch.assignments.clone();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(stored, want, "the stored plan is the batch computation");
+    let n = fleet.drivers.len().min(fleet.shipments.len());
+    assert_eq!(stored.len(), n);
+    assert_eq!(plan["unassigned_shipments"].as_array().unwrap().len(), fleet.shipments.len() - n);
+    assert_eq!(plan["unassigned_drivers"].as_array().unwrap().len(), fleet.drivers.len() - n);
+    // Every score is the rule applied to the stored name and address.
+    for a in plan["assignments"].as_array().unwrap() {
+        let e = tributary_fleet::explain(a["address"].as_str().unwrap(), a["driver"].as_str().unwrap());
+        assert_eq!(a["score"].as_f64(), Some(e.score), "{a}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_scores_api_with_deletions_and_bad_input() {
+    let app = spawn_app().await;
+    let (_, empty) = app.get("/v1/fleet/plan?fresh=true").await;
+    assert_eq!((empty["version"].as_i64(), empty["total_score"].as_f64()), (Some(0), Some(0.0)), "{empty}");
+
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smith"}"#).await;
+    app.publish_plain("fleet.driver.bo", r#"{"name":"Bo"}"#).await;
+    app.publish_plain("fleet.shipment.s1", r#"{"address":"44 Fake Dr., San Diego, CA"}"#).await;
+    app.publish_plain("fleet.shipment.s2", r#"{"address":"1 Elm Street"}"#).await;
+    app.publish_plain("fleet.shipment.s3", r#"{"address":"9 Oak Ave, Town"}"#).await;
+    let (s, plan) = app.get("/v1/fleet/plan?fresh=true").await;
+    assert_eq!(s, 200, "{plan}");
+    // Scores by hand: Alice Smith (11 chars, 4 vowels, 6 consonants), Bo (2, 1 vowel, 1 consonant).
+    // Fake Dr. (8, even): Alice 6, Bo 1.5 × 1.5 = 2.25; Elm Street (10, even): Alice 6, Bo 2.25;
+    // Oak Ave (7, odd): Alice 6, Bo 1. Best: Alice on one of the 6s with Bo on a 2.25 → 8.25.
+    assert_eq!(plan["total_score"], json!(8.25), "{plan}");
+    assert_eq!(plan["assignments"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["unassigned_shipments"].as_array().unwrap().len(), 1);
+    assert_eq!(plan["unassigned_drivers"], json!([]));
+    let v1 = plan["version"].as_i64().unwrap();
+
+    let (s, e) = app.get("/v1/fleet/scores?shipment=s1&driver=bo").await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["street"], "Fake Dr.");
+    assert_eq!(
+        (e["street_length"].as_u64(), e["driver_length"].as_u64(), e["gcd"].as_u64()),
+        (Some(8), Some(2), Some(2))
+    );
+    assert_eq!((e["vowels"].as_u64(), e["consonants"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (e["base"].as_f64(), e["common_factor"].as_bool(), e["score"].as_f64()),
+        (Some(1.5), Some(true), Some(2.25))
+    );
+    let (s, e) = app.get("/v1/fleet/scores?shipment=s1").await;
+    assert_eq!((s.as_u16(), e["error"]["field"].as_str()), (400, Some("driver")));
+    let (s, e) = app.get("/v1/fleet/scores?shipment=nope&driver=bo").await;
+    assert_eq!((s.as_u16(), e["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // Deleting Alice leaves Bo on his best shipment (2.25); the plan's version moves on.
+    app.publish_plain("fleet.driver.alice", r#"{"deleted":true}"#).await;
+    let (_, plan) = app.get("/v1/fleet/plan?fresh=true").await;
+    assert_eq!(plan["total_score"], json!(2.25), "{plan}");
+    assert!(plan["version"].as_i64().unwrap() > v1);
+    assert_eq!(plan["assignments"][0]["driver"], "Bo");
+    assert_eq!(plan["unassigned_shipments"].as_array().unwrap().len(), 2);
+
+    // Bad fleet events are dead-lettered with their reason; the API refuses them up front.
+    app.publish_plain("fleet.driver.x", r#"{"address":"1 Elm Street"}"#).await;
+    app.publish_plain("fleet.truck.1", r#"{"name":"A"}"#).await;
+    app.settled().await;
+    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+    let reasons: Vec<&str> =
+        dlq["dead_letters"].as_array().unwrap().iter().filter_map(|d| d["reason"].as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("has a name, not a address")), "{dlq}");
+    assert!(reasons.iter().any(|r| r.contains("unknown subject shape")), "{dlq}");
+    let (s, b) = app.send(reqwest::Method::POST, "/v1/events/fleet.driver.y", r#"{"name":" "}"#).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_event")), "{b}");
+    let (s, _) = app.send(reqwest::Method::POST, "/v1/events/fleet.driver.y", r#"{"name":"Yusuf"}"#).await;
+    assert_eq!(s.as_u16(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exercise_files_published_twice_change_nothing() {
+    let app = spawn_app().await;
+    let drivers = tributary_gatherer::fleet::parse_list("Everardo Welch\nOrval Mayert\n\nHoward Emmerich\n");
+    let shipments =
+        tributary_gatherer::fleet::parse_list("215 Osinski Manors\n9856 Marvin Stravenue\n7127 Kathlyn Ferry\n");
+    let r = tributary_gatherer::fleet::publish_lists(app.js(), &drivers, &shipments).await;
+    assert_eq!((r.stored, r.duplicates, r.failed.len()), (6, 0, 0));
+    let (_, first) = app.get("/v1/fleet/plan?fresh=true").await;
+    let r = tributary_gatherer::fleet::publish_lists(app.js(), &drivers, &shipments).await;
+    assert_eq!((r.stored, r.duplicates), (0, 6), "idempotency keys");
+    let (_, again) = app.get("/v1/fleet/plan?fresh=true").await;
+    assert_eq!(first, again);
+    // The same total as the CLI's computation over the same lists.
+    let names: Vec<&str> = drivers.iter().map(|d| d.1.as_str()).collect();
+    let addresses: Vec<&str> = shipments.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(first["total_score"], json!(tributary_fleet::plan(&addresses, &names).total.value()));
+    assert_eq!(first["assignments"].as_array().map(Vec::len), Some(3));
+    // The driver on line 4 has id "4".
+    let ids: Vec<&str> =
+        first["assignments"].as_array().unwrap().iter().filter_map(|a| a["driver_id"].as_str()).collect();
+    assert!(ids.contains(&"4"), "{first}");
+    let _: Value = first;
+}

@@ -1,0 +1,277 @@
+//! Surveys: two provider simulators, the aggregator and the API; fully synced reads; a provider down or
+//! slow; concurrent fresh reads sharing one round; and the fresh barrier on the other read endpoints.
+
+use crate::common::{TestApp, spawn_app, spawn_app_with};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tributary_aggregator::AggregatorConfig;
+use tributary_gatherer::surveys::{Provider, serve};
+
+/// A provider simulator whose HTTP server can be stopped and started again with the same items.
+struct Sim {
+    provider: Provider,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Sim {
+    async fn start() -> Sim {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let provider = Provider::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, provider.clone(), stop.clone()));
+        Sim { provider, addr, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn down(&mut self) {
+        self.stop.cancel();
+    }
+
+    async fn up(&mut self) {
+        self.stop = CancellationToken::new();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        tokio::spawn(serve(listener, self.provider.clone(), self.stop.clone()));
+    }
+
+    async fn post(&self, http: &reqwest::Client, text: &str, device: &str, location: &str) -> Value {
+        let r = http
+            .post(format!("{}/api/v1/reporter", self.url()))
+            .json(&json!({"text": text, "device": device, "location": location}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+}
+
+async fn with_aggregator(app: &TestApp, sims: &[(&str, &Sim)], timeout_ms: u64) -> CancellationToken {
+    let mut cfg =
+        AggregatorConfig { interval_secs: 0, provider_timeout_ms: timeout_ms, page_size: 7, ..Default::default() };
+    for (name, sim) in sims {
+        cfg.providers.insert((*name).into(), sim.url());
+    }
+    let stop = CancellationToken::new();
+    let (js, pool, s) = (app.js(), app.c.db.get_postgres_connection_pool().clone(), stop.clone());
+    tokio::spawn(async move { tributary_aggregator::run(cfg, js, pool, s).await });
+    // Wait until the aggregator answers (its subscription is up).
+    tributary_testkit::eventually(Duration::from_secs(10), "the aggregator to answer", || async {
+        app.c.nats.request(tributary_aggregator::SYNC_SUBJECT, "{}".into()).await.ok()
+    })
+    .await;
+    stop
+}
+
+fn statuses(body: &Value) -> Vec<(String, String)> {
+    body["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["provider"].as_str().unwrap().to_owned(), p["status"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn keys(body: &Value) -> Vec<(String, i64)> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["provider"].as_str().unwrap().into(), i["provider_id"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_appear_on_the_next_fresh_read_with_no_duplicates() {
+    let app = spawn_app().await;
+    let (blue, red) = (Sim::start().await, Sim::start().await);
+    let _agg = with_aggregator(&app, &[("blue", &blue), ("red", &red)], 2000).await;
+    let http = reqwest::Client::new();
+    let mut posted = 0;
+    for round in 0..6 {
+        // More than a page (7) per provider in some rounds, none in others.
+        for k in 0..(round * 4) {
+            blue.post(&http, &format!("blue {round}/{k}"), if k % 2 == 0 { "ios" } else { "web" }, "north").await;
+            posted += 1;
+        }
+        for k in 0..(round % 3) {
+            red.post(&http, &format!("red {round}/{k}"), "android", "south").await;
+            posted += 1;
+        }
+        let (s, body) = app.get("/v1/surveys?fresh=true&limit=1000").await;
+        assert_eq!(s, 200, "{body}");
+        let items = keys(&body);
+        let unique: BTreeSet<_> = items.iter().cloned().collect();
+        assert_eq!((items.len(), unique.len()), (posted, posted), "every post once, round {round}: {body}");
+        assert_eq!(statuses(&body), vec![("blue".into(), "ok".into()), ("red".into(), "ok".into())]);
+        assert!(body["round"]["round"].as_u64().is_some(), "{body}");
+    }
+    // Stored rows: unique per (provider, id) and equal to what the providers hold.
+    let pool = app.c.db.get_postgres_connection_pool();
+    let n: i64 = sea_orm::sqlx::query_scalar("SELECT count(*) FROM survey_items").fetch_one(pool).await.unwrap();
+    assert_eq!(n as usize, posted);
+    let cursors: Vec<(String, i64)> =
+        sea_orm::sqlx::query_as("SELECT provider, cursor FROM survey_providers ORDER BY provider")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(cursors, vec![("blue".into(), 60), ("red".into(), 6)]);
+
+    // Filters, limit and order (newest first) on stored data, without a round.
+    let (_, b) = app.get("/v1/surveys?device=web&location=north&limit=3").await;
+    let items = b["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|i| i["device"] == "web" && i["provider"] == "blue"));
+    assert!(b.get("round").is_none());
+    let (_, b) = app.get("/v1/surveys?device=android").await;
+    assert_eq!(b["items"].as_array().unwrap().len(), 6);
+    let (s, b) = app.get("/v1/surveys?limit=0").await;
+    assert_eq!((s.as_u16(), b["error"]["field"].as_str()), (400, Some("limit")));
+    let (s, b) = app.get("/v1/surveys?fresh=maybe").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_fresh")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_down_or_slow_is_reported_and_never_blocks_the_other() {
+    let app = spawn_app().await;
+    let (blue, mut red) = (Sim::start().await, Sim::start().await);
+    let _agg = with_aggregator(&app, &[("blue", &blue), ("red", &red)], 700).await;
+    let http = reqwest::Client::new();
+    blue.post(&http, "b1", "ios", "north").await;
+    red.post(&http, "r1", "ios", "north").await;
+    let (_, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(keys(&b).len(), 2, "{b}");
+
+    // Red is killed: reported unreachable, blue's new item still flows.
+    red.down();
+    red.provider.post("r2 while down", "ios", "north");
+    blue.post(&http, "b2", "ios", "north").await;
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), vec![("blue".into(), "ok".into()), ("red".into(), "unreachable".into())], "{b}");
+    assert!(keys(&b).contains(&("blue".into(), 2)) && !keys(&b).contains(&("red".into(), 2)), "{b}");
+    let red_round =
+        b["round"]["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "red").cloned().unwrap();
+    assert_eq!(
+        (red_round["status"].as_str(), red_round["cursor"].as_i64()),
+        (Some("unreachable"), Some(1)),
+        "{red_round}"
+    );
+
+    // Red comes back: it catches up from its cursor.
+    red.up().await;
+    let (_, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(statuses(&b), vec![("blue".into(), "ok".into()), ("red".into(), "ok".into())], "{b}");
+    assert!(keys(&b).contains(&("red".into(), 2)), "{b}");
+    assert_eq!(keys(&b).len(), 4);
+
+    // Red is slow: past its deadline it is reported as a timeout, and the read still answers with blue.
+    red.provider.set_slow(Some(Duration::from_secs(5)));
+    blue.post(&http, "b3", "ios", "north").await;
+    let started = std::time::Instant::now();
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the slow provider held the read up");
+    assert_eq!(statuses(&b)[1], ("red".into(), "timeout".into()), "{b}");
+    assert!(keys(&b).contains(&("blue".into(), 3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_fresh_reads_share_one_round() {
+    let app = spawn_app().await;
+    let (blue, red) = (Sim::start().await, Sim::start().await);
+    let _agg = with_aggregator(&app, &[("blue", &blue), ("red", &red)], 5000).await;
+    red.provider.post("r1", "ios", "north");
+    // A round that takes a second, so that all fifty reads arrive while it is in flight.
+    blue.provider.set_slow(Some(Duration::from_secs(1)));
+    let reads = (0..50).map(|_| app.get("/v1/surveys?fresh=true"));
+    let answers = futures::future::join_all(reads).await;
+    let rounds: BTreeSet<u64> = answers
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 200, "{b}");
+            assert_eq!(keys(b), vec![("red".to_owned(), 1)]);
+            b["round"]["round"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(rounds.len(), 1, "fifty reads, rounds {rounds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fresh_barrier_returns_a_just_published_price_or_504s() {
+    let mut app = spawn_app_with(|c| c.api.fresh_timeout_ms = 1500).await;
+    for day in 1..=20 {
+        app.publish_plain("price.FRESH", &format!(r#"{{"ts":"2026-11-{day:02}","price":{}}}"#, 100 + day)).await;
+        let (s, b) = app.get("/v1/series/price/FRESH?fresh=true").await;
+        assert_eq!(s, 200, "{b}");
+        let points = b["points"].as_array().unwrap();
+        assert_eq!(points.len(), day, "the price just published is there: {b}");
+        assert_eq!(points.last().unwrap()["value"].as_f64(), Some(100.0 + day as f64));
+    }
+    app.publish_plain("metric.fresh-1", r#"{"cpu_usage":12.5}"#).await;
+    let (_, b) = app.get("/v1/metrics/latest?limit=5&fresh=true").await;
+    assert_eq!(b["servers"][0]["host"], "fresh-1", "{b}");
+
+    // No processor: the barrier cannot be met, and says so.
+    app.kill_processors();
+    app.publish_plain("price.FRESH", r#"{"ts":"2026-11-25","price":1}"#).await;
+    let (s, b) = app.get("/v1/series/price/FRESH?fresh=true").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (504, Some("sync_timeout")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("PRICES"), "{b}");
+    // And a fresh survey read with no aggregator running is a clear 503.
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("unavailable")), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_simulator_speaks_the_reporter_api() {
+    let sim = Sim::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/reporter", sim.url());
+    let item = sim.post(&http, "road closed", "ios", "north").await;
+    assert_eq!((item["id"].as_i64(), item["text"].as_str()), (Some(1), Some("road closed")));
+    assert!(item["created_at"].as_str().is_some());
+    for k in 0..104 {
+        sim.provider.post(&format!("t{k}"), if k % 2 == 0 { "web" } else { "ios" }, "south");
+    }
+    let bad = [
+        (json!({"text": "a", "device": "d"}), "location"),
+        (json!({"text": " ", "device": "d", "location": "l"}), "text"),
+        (json!({"text": 1, "device": "d", "location": "l"}), "text"),
+    ];
+    for (body, field) in bad {
+        let r = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
+    let r = http.post(&url).body("nope").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let get = |q: &str| {
+        let (http, url) = (http.clone(), format!("{url}?{q}"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, all) = get("").await;
+    assert_eq!(all.as_array().unwrap().len(), 100, "limit defaults to 100");
+    let (_, page) = get("after_id=100&limit=10").await;
+    let ids: Vec<i64> = page.as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![101, 102, 103, 104, 105]);
+    let (_, web) = get("device=web&location=south&limit=1000").await;
+    assert_eq!(web.as_array().unwrap().len(), 52);
+    assert!(web.as_array().unwrap().iter().all(|i| i["device"] == "web"));
+    let (s, e) = get("limit=0").await;
+    assert_eq!((s, e["error"]["field"].as_str()), (400, Some("limit")));
+    let (s, _) = get("after_id=x").await;
+    assert_eq!(s, 400);
+}
