@@ -24,16 +24,44 @@ pub struct Connected {
     pub db: DatabaseConnection,
 }
 
-/// Connects to NATS (retrying while it comes up).
+/// The credentials in a NATS URL: `nats://user:password@host` or `nats://token@host` (percent-decoded).
+/// async-nats does not send the ones written in the URL, so they are passed as options.
+pub fn nats_credentials(urls: &str) -> Option<NatsAuth> {
+    urls.split(',').find_map(|u| {
+        let u = reqwest::Url::parse(u.trim()).ok()?;
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        match (u.username(), u.password()) {
+            ("", _) => None,
+            (user, Some(pass)) => Some(NatsAuth::UserPassword(decode(user), decode(pass))),
+            (token, None) => Some(NatsAuth::Token(decode(token))),
+        }
+    })
+}
+
+/// How a role authenticates to NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// User and password.
+    UserPassword(String, String),
+    /// A token.
+    Token(String),
+}
+
+/// Connects to NATS (retrying while it comes up), with the credentials written in the URL.
 pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new()
+    let mut opts = async_nats::ConnectOptions::new()
         .name("tributary")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5));
+    opts = match nats_credentials(url) {
+        Some(NatsAuth::UserPassword(user, pass)) => opts.user_and_password(user, pass),
+        Some(NatsAuth::Token(token)) => opts.token(token),
+        None => opts,
+    };
     let client = tokio::time::timeout(Duration::from_secs(20), opts.connect(url))
         .await
-        .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within 20 s"))?
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+        .map_err(|_| anyhow::anyhow!("NATS at {} did not answer within 20 s", redact(url)))?
+        .with_context(|| format!("connecting to NATS at {}", redact(url)))?;
     Ok(client)
 }
 
@@ -102,5 +130,21 @@ impl Connected {
             durable_prefix: self.config.processor.durable_prefix.clone(),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        assert_eq!(
+            nats_credentials("nats://api:s%40cret@nats:4222"),
+            Some(NatsAuth::UserPassword("api".into(), "s@cret".into()))
+        );
+        assert_eq!(nats_credentials("nats://a:4222,nats://tok@b:4222"), Some(NatsAuth::Token("tok".into())));
+        assert_eq!(nats_credentials("nats://127.0.0.1:4222"), None);
+        assert_eq!(redact("nats://api:secret@nats:4222"), "nats://api:***@nats:4222");
     }
 }

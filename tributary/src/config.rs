@@ -100,8 +100,10 @@ impl Config {
             None if Path::new("tributary.toml").exists() => fig = fig.merge(Toml::file("tributary.toml")),
             None => {}
         }
-        let mut cfg: Config =
-            fig.merge(Env::prefixed("TRIBUTARY_").split("__")).extract().context("reading configuration")?;
+        // Only `TRIBUTARY_<SECTION>__<FIELD>` are settings: `TRIBUTARY_CONFIG` (the file), and variables that
+        // merely share the prefix (Kubernetes' `<SERVICE>_PORT`, other tools'), are left alone.
+        let env = Env::prefixed("TRIBUTARY_").filter(|k| k.as_str().contains("__")).split("__");
+        let mut cfg: Config = fig.merge(env).extract().context("reading configuration")?;
         if let Ok(url) = std::env::var("NATS_URL")
             && !url.is_empty()
         {
@@ -125,6 +127,18 @@ mod tests {
         let text = include_str!("../../tributary.example.toml");
         let cfg: Config = Figment::new().merge(Toml::string(text)).extract().unwrap();
         assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn only_section_variables_are_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIBUTARY_CONFIG", "/nowhere.toml");
+            jail.set_env("TRIBUTARY_API_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("TRIBUTARY_API__LISTEN", "0.0.0.0:9999");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.listen, "0.0.0.0:9999");
+            Ok(())
+        });
     }
 
     #[test]
