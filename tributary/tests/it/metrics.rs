@@ -337,7 +337,9 @@ async fn live_samples_arrive_over_sse_and_websocket_after_commit_and_streams_end
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
 
     app.publish_plain("metric.other", r#"{"cpu_usage":1}"#).await;
-    app.publish_plain("metric.live-1", r#"{"cpu_usage":42.5,"ts":"2026-11-23T10:00:00Z"}"#).await;
+    // A recent timestamp: samples older than the raw retention (7 days) are dead-lettered as expired.
+    let ts = (chrono::Utc::now() - chrono::Duration::minutes(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    app.publish_plain("metric.live-1", &json!({"cpu_usage": 42.5, "ts": ts}).to_string()).await;
 
     // SSE (filtered to live-1): the event names the committed sample.
     let mut text = String::new();
@@ -353,7 +355,7 @@ async fn live_samples_arrive_over_sse_and_websocket_after_commit_and_streams_end
     .await
     .expect("an SSE event within 30 s");
     assert!(text.contains("event: metric"), "{text}");
-    assert_eq!(event, json!({"host": "live-1", "ts": "2026-11-23T10:00:00Z", "fields": {"cpu_usage": 42.5}}));
+    assert_eq!(event, json!({"host": "live-1", "ts": ts, "fields": {"cpu_usage": 42.5}}));
     // Announced after the commit: it is already readable.
     let (_, b) = app.get("/v1/series/metric/live-1/cpu_usage").await;
     assert_eq!(b["points"][0]["value"], 42.5);
