@@ -61,3 +61,31 @@ async fn the_page_shows_servers_live() {
     assert!(size > 10_000, "a real screenshot: {size} bytes");
     eprintln!("screenshot: {}", shot.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_fleet_plan_live() {
+    let app = spawn_app().await;
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smith"}"#).await;
+    app.publish_plain("fleet.driver.bo", r#"{"name":"Bo"}"#).await;
+    app.publish_plain("fleet.shipment.s1", r#"{"address":"44 Fake Dr., San Diego, CA"}"#).await;
+    app.publish_plain("fleet.shipment.s2", r#"{"address":"9 Oak Ave, Town"}"#).await;
+    app.settled().await;
+
+    let mut browser = Browser::open(&format!("{}/", app.base)).await;
+    let total = "document.getElementById('fleet').dataset.total ?? null";
+    let rows = "document.querySelectorAll('#fleet tbody tr').length";
+    // Alice Smith takes a 6, Bo the Fake Dr. shipment (2.25): 8.25.
+    until(&mut browser, total, json!("8.25")).await;
+    assert_eq!(browser.eval(rows).await, 2);
+    let drivers =
+        r#"[...document.querySelectorAll('#fleet tbody tr td:first-child')].map(e => e.textContent).sort().join(',')"#;
+    assert_eq!(browser.eval(drivers).await, "Alice Smith,Bo");
+
+    browser.eval("window.__same_page = true").await;
+    app.publish_plain("fleet.driver.alice", r#"{"deleted":true}"#).await;
+    until(&mut browser, total, json!("2.25")).await;
+    until(&mut browser, rows, json!(1)).await;
+    assert_eq!(browser.eval("window.__same_page === true").await, true, "no reload");
+    let msg = browser.eval("document.getElementById('fleet-msg').textContent").await;
+    assert!(msg.as_str().unwrap().contains("1 shipment(s) without a driver"), "{msg}");
+}

@@ -142,7 +142,7 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         r#"{"subject":"metric.nd-1","event":{"cpu_usage":12.5}}"#,
         r#"{"subject":"port.NDPRT","event":{"name":"Nd","coordinates":[1,2]}}"#,
         r#"{"subject":"price.ND","event":{"ts":"2026-01-03","price":-1}}"#,
-        r#"{"subject":"fleet.x","event":{}}"#,
+        r#"{"subject":"nope.x","event":{}}"#,
         r#"not json"#,
         "",
     ]
