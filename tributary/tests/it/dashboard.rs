@@ -72,7 +72,7 @@ async fn the_page_shows_the_fleet_plan_live() {
     app.settled().await;
 
     let mut browser = Browser::open(&format!("{}/", app.base)).await;
-    let total = "document.getElementById('fleet').dataset.total ?? null";
+    let total = "document.getElementById('fleet')?.dataset.total ?? null";
     let rows = "document.querySelectorAll('#fleet tbody tr').length";
     // Alice Smith takes a 6, Bo the Fake Dr. shipment (2.25): 8.25.
     until(&mut browser, total, json!("8.25")).await;
