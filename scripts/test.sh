@@ -52,4 +52,7 @@ if ! psql "$TEST_DATABASE_URL" -qtAc 'SELECT 1' >/dev/null 2>&1; then
   echo "test.sh: using a private PostgreSQL on 127.0.0.1:55432" >&2
 fi
 
+# Deployment files (compose, NATS configs, k8s overlays, Prometheus) validated offline first: seconds.
+bash scripts/validate-deploy.sh
+
 cargo test --workspace --locked "$@"
