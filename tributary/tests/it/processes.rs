@@ -214,3 +214,31 @@ async fn bench_ports_reports_throughput_rss_and_the_raw_rate() {
         assert!(r["import_peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0), "{r}");
     }
 }
+
+#[test]
+fn fleet_plan_prints_the_optimal_total_and_matching_without_any_server() {
+    let dir = std::env::temp_dir().join(unique("fleet_cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (drivers, shipments) = (dir.join("drivers.txt"), dir.join("shipments.txt"));
+    std::fs::write(&drivers, "Alice Smith\nBo\n").unwrap();
+    std::fs::write(&shipments, "44 Fake Dr., San Diego, CA\n1 Elm Street\n9 Oak Ave, Town\n").unwrap();
+    let run = |json: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["fleet", "plan", "--drivers"]).arg(&drivers).arg("--shipments").arg(&shipments);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.env_remove("TRIBUTARY_CONFIG").output().expect("running tributary fleet plan");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Alice Smith scores 6 on every street; Bo 2.25 on the even ones: 8.25 in all.
+    let text = run(false);
+    assert!(text.starts_with("total suitability score: 8.25\n"), "{text}");
+    assert!(text.contains("(no driver)"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(v["total_score"], 8.25);
+    assert_eq!(v["assignments"].as_array().unwrap().len(), 2);
+    assert_eq!(v["unassigned_shipments"].as_array().unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
