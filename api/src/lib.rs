@@ -88,6 +88,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// The processors' durable consumer prefix (`processor.durable_prefix`), for fresh reads.
     pub durable_prefix: String,
+    /// The processors' partitions (`processor.partitions`), for fresh reads.
+    pub partitions: u32,
 }
 
 impl AppState {

@@ -2,16 +2,18 @@
 //! streams when the request arrived.
 //!
 //! For each stream the read depends on, the barrier takes the stream's last sequence when the request
-//! arrives, then waits until the processor's durable consumer's ack floor (the highest stream sequence
-//! below which every message is acked, and so committed or dead-lettered) reaches it. Past
+//! arrives, then waits until each of the processors' durable consumers on it (one per partition when
+//! partitioned) has acked everything it was given up to there: its ack floor (the highest stream
+//! sequence below which every message is acked, and so committed or dead-lettered) reaches it, or it has
+//! nothing waiting and nothing unacknowledged. Past
 //! `api.fresh_timeout_ms` it answers 504 with `sync_timeout`, naming the stream that was behind.
 
 use crate::params::Params;
 use crate::{ApiError, AppState};
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull;
 use std::time::{Duration, Instant};
 use tributary_broker::Kind;
-use tributary_broker::consume::durable_name;
+use tributary_broker::consume::processor_consumers;
 
 /// `fresh`: `true`/`1` or `false`/`0` (absent: false).
 pub fn fresh(p: &Params) -> Result<bool, ApiError> {
@@ -42,25 +44,28 @@ pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Resul
         if last == 0 {
             continue;
         }
-        let durable = durable_name(&s.durable_prefix, kind);
-        let mut floor = 0;
-        loop {
-            if let Ok(mut c) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable).await {
-                let c: &mut PullConsumer = &mut c;
-                if let Ok(info) = c.info().await {
-                    floor = info.ack_floor.stream_sequence;
+        for (durable, _, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
+            let mut at = 0;
+            loop {
+                if let Ok(mut c) = stream.get_consumer::<pull::Config>(&durable).await
+                    && let Ok(info) = c.info().await
+                {
+                    // Everything it was given up to `last` is acked: its ack floor is past `last`, or
+                    // nothing of its subjects is waiting or unacknowledged (a partition with no new
+                    // messages has a floor that never reaches other partitions' sequences).
+                    at = info.ack_floor.stream_sequence;
+                    if at >= last || (info.num_pending == 0 && info.num_ack_pending == 0) {
+                        break;
+                    }
                 }
+                if Instant::now() >= deadline {
+                    return Err(ApiError::Timeout(format!(
+                        "the processor has not committed stream {} up to sequence {last} (consumer {durable} is at {at}) within the fresh timeout",
+                        s.streams.stream_name(kind)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            if floor >= last {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(ApiError::Timeout(format!(
-                    "the processor has not committed stream {} up to sequence {last} (it is at {floor}) within the fresh timeout",
-                    s.streams.stream_name(kind)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     Ok(())

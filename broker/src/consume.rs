@@ -84,10 +84,18 @@ pub enum ConsumeError {
     NoStream(String),
 }
 
-/// The durable consumer name of a kind's processor, e.g. `processor-price` for prefix `processor`. The API
-/// reads these consumers' progress for fresh reads.
-pub fn durable_name(prefix: &str, kind: crate::Kind) -> String {
-    format!("{prefix}-{}", kind.prefix())
+/// The processors' durable consumers of a kind, as (durable name, filter subject, partition): one per
+/// partition (`processor-price-p3` on `price.p.3.>`) when the kind is partitioned and `partitions > 1`,
+/// else one for the whole kind (`processor-price` on `price.>`). The API reads their progress for fresh
+/// reads.
+pub fn processor_consumers(prefix: &str, kind: crate::Kind, partitions: u32) -> Vec<(String, String, Option<u32>)> {
+    if kind.partitioned() && partitions > 1 {
+        (0..partitions)
+            .map(|p| (format!("{prefix}-{}-p{p}", kind.prefix()), kind.partition_filter(p), Some(p)))
+            .collect()
+    } else {
+        vec![(format!("{prefix}-{}", kind.prefix()), kind.filter(), None)]
+    }
 }
 
 /// The header naming the upload a message came from (set by the API's upload route).

@@ -75,14 +75,28 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.prefix() == prefix)
     }
 
-    /// The key of a subject of this kind: `price.ACME` → `ACME`.
+    /// Whether the NATS server splits this kind into partitions (`price.ACME` stored as `price.p.<n>.ACME`
+    /// by a `partition()` subject mapping, see `broker/nats/`), so processor replicas can each own some.
+    pub fn partitioned(self) -> bool {
+        matches!(self, Kind::Price | Kind::Metric)
+    }
+
+    /// The subjects of one partition, e.g. `price.p.3.>`.
+    pub fn partition_filter(self, partition: u32) -> String {
+        format!("{}.{PARTITION_TOKEN}.{partition}.>", self.prefix())
+    }
+
+    /// The key of a subject of this kind: `price.ACME` → `ACME`; a partitioned subject `price.p.3.ACME`
+    /// has the same key.
     ///
-    /// Exactly one token must follow the prefix; anything else is an unknown subject shape.
+    /// Exactly one token must follow the prefix (or the partition); anything else is an unknown subject
+    /// shape.
     pub fn key_of(self, subject: &str) -> Result<&str, String> {
         let rest = subject
             .strip_prefix(self.prefix())
             .and_then(|r| r.strip_prefix('.'))
             .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
+        let rest = strip_partition(rest).unwrap_or(rest);
         if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) {
             return Err(format!(
                 "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
@@ -97,6 +111,16 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.prefix())
     }
+}
+
+/// The token that marks a partitioned subject: `<prefix>.p.<n>.<key>`.
+pub const PARTITION_TOKEN: &str = "p";
+
+/// `p.3.ACME` → `ACME`.
+fn strip_partition(rest: &str) -> Option<&str> {
+    let rest = rest.strip_prefix(PARTITION_TOKEN)?.strip_prefix('.')?;
+    let (n, key) = rest.split_once('.')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(key)
 }
 
 /// Whether `key` can be used as one subject token (a key of any kind).
@@ -122,5 +146,10 @@ mod tests {
         assert!(valid_key("S-0_1"));
         assert!(!valid_key("a b"));
         assert!(!valid_key("a.b"));
+        assert_eq!(Kind::Price.key_of("price.p.3.ACME"), Ok("ACME"));
+        assert_eq!(Kind::Price.key_of("price.p"), Ok("p"));
+        assert!(Kind::Price.key_of("price.p.x.ACME").is_err());
+        assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
+        assert_eq!(Kind::Metric.partition_filter(2), "metric.p.2.>");
     }
 }

@@ -12,6 +12,7 @@ use sea_orm::sqlx::PgPool;
 use serde::Deserialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tributary_broker::BatchHandler;
 use tributary_broker::consume::{self, ConsumerSpec};
 use tributary_broker::{Kind, StreamsConfig};
 use tributary_store::MetricsConfig;
@@ -34,6 +35,15 @@ pub struct ProcessorConfig {
     pub tail_cache_series: usize,
     /// How many transactions (and connections) one price or metric batch is split over, by series.
     pub db_parallelism: usize,
+    /// Partitions of `price.*` and `metric.*`, made by the NATS server's `partition()` subject mapping
+    /// (`broker/nats/`); it must equal the mapping's count. 1: no partitions, every replica shares one
+    /// consumer per kind.
+    pub partitions: u32,
+    /// How many processor replicas split the partitions.
+    pub replicas: u32,
+    /// This replica's index (0 … replicas − 1; a StatefulSet ordinal): it consumes the partitions `p` with
+    /// `p % replicas == replica`. Unpartitioned kinds are shared by every replica.
+    pub replica: u32,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
 }
@@ -47,22 +57,44 @@ impl Default for ProcessorConfig {
             durable_prefix: "processor".into(),
             tail_cache_series: 100_000,
             db_parallelism: 2,
+            partitions: 1,
+            replicas: 1,
+            replica: 0,
             prices: Transforms::default(),
         }
     }
 }
 
 impl ProcessorConfig {
-    fn spec(&self, streams: &StreamsConfig, kind: Kind, label: &'static str) -> ConsumerSpec {
-        ConsumerSpec {
-            stream: streams.stream_name(kind),
-            durable: consume::durable_name(&self.durable_prefix, kind),
-            filter_subject: kind.filter(),
-            batch: self.batch.max(1),
-            ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
-            max_ack_pending: self.max_ack_pending,
-            label,
+    /// The consumers this replica runs for `kind`: its own partitions, or the kind's shared consumer.
+    fn specs(&self, streams: &StreamsConfig, kind: Kind, label: &'static str) -> Vec<ConsumerSpec> {
+        consume::processor_consumers(&self.durable_prefix, kind, self.partitions)
+            .into_iter()
+            .filter(|(_, _, p)| p.is_none_or(|p| p % self.replicas.max(1) == self.replica))
+            .map(|(durable, filter_subject, _)| ConsumerSpec {
+                stream: streams.stream_name(kind),
+                durable,
+                filter_subject,
+                batch: self.batch.max(1),
+                ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
+                max_ack_pending: self.max_ack_pending,
+                label,
+            })
+            .collect()
+    }
+
+    /// Checks the partitioning.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.partitions == 0 || self.replicas == 0 {
+            return Err("processor.partitions and processor.replicas must be at least 1".into());
         }
+        if self.replica >= self.replicas {
+            return Err(format!(
+                "processor.replica must be below processor.replicas ({}), got {}",
+                self.replicas, self.replica
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +108,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.prices.validate().map_err(anyhow::Error::msg).context("processor.prices")?;
+    cfg.validate().map_err(anyhow::Error::msg).context("processor")?;
     let metric_handler = MetricHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
         .map_err(anyhow::Error::msg)
         .context("metrics")?;
@@ -84,37 +117,24 @@ pub async fn run(
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");
     }
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(consume::run(
-        js.clone(),
-        cfg.spec(&streams, Kind::Price, "prices"),
-        PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism),
-        shutdown.clone(),
-    ));
-    tasks.spawn(consume::run(
-        js.clone(),
-        cfg.spec(&streams, Kind::Index, "indices"),
-        IndexHandler::new(pool.clone()),
-        shutdown.clone(),
-    ));
-    tasks.spawn(consume::run(
-        js.clone(),
-        cfg.spec(&streams, Kind::Port, "ports"),
-        PortHandler::new(pool.clone()),
-        shutdown.clone(),
-    ));
-    tasks.spawn(consume::run(
-        js.clone(),
-        cfg.spec(&streams, Kind::Fleet, "fleet"),
-        FleetHandler::new(pool.clone()),
-        shutdown.clone(),
-    ));
-    tasks.spawn(consume::run(
-        js.clone(),
-        cfg.spec(&streams, Kind::Survey, "surveys"),
-        SurveyHandler::new(pool.clone()),
-        shutdown.clone(),
-    ));
-    tasks.spawn(consume::run(js, cfg.spec(&streams, Kind::Metric, "metrics"), metric_handler, shutdown.clone()));
+    fn spawn<H: BatchHandler + Clone>(
+        tasks: &mut tokio::task::JoinSet<Result<(), consume::ConsumeError>>,
+        js: &jetstream::Context,
+        specs: Vec<ConsumerSpec>,
+        handler: H,
+        shutdown: &CancellationToken,
+    ) {
+        for spec in specs {
+            tasks.spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
+        }
+    }
+    let prices = PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Price, "prices"), prices, &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Index, "indices"), IndexHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Port, "ports"), PortHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Fleet, "fleet"), FleetHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Survey, "surveys"), SurveyHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Metric, "metrics"), metric_handler, &shutdown);
     tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {

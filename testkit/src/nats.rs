@@ -9,16 +9,48 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts one on a free port (the `nats-server` binary must be on PATH or in /usr/sbin).
     pub fn start() -> NatsServer {
+        Self::start_with("")
+    }
+
+    /// Starts one with `config` added to its configuration file (e.g. subject `mappings`); the port,
+    /// JetStream and its store are set here.
+    pub fn start_with(config: &str) -> NatsServer {
         let dir = std::env::temp_dir().join(crate::unique("tributary_nats"));
         std::fs::create_dir_all(&dir).expect("creating the nats store dir");
-        let mut s = NatsServer { child: None, port: crate::free_port(), dir };
+        let file = (!config.is_empty()).then(|| {
+            let file = dir.join("nats.conf");
+            std::fs::write(&file, config).expect("writing the nats config");
+            file
+        });
+        let mut s = NatsServer { child: None, port: crate::free_port(), dir, config: file };
+        s.spawn();
+        s.wait_listening();
+        s
+    }
+
+    /// Starts one without waiting for it to listen (cluster nodes start together).
+    fn start_nowait(config: &str) -> NatsServer {
+        let dir = std::env::temp_dir().join(crate::unique("tributary_nats"));
+        std::fs::create_dir_all(&dir).expect("creating the nats store dir");
+        let file = dir.join("nats.conf");
+        std::fs::write(&file, config).expect("writing the nats config");
+        let mut s = NatsServer { child: None, port: crate::free_port(), dir, config: Some(file) };
         s.spawn();
         s
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn spawn(&mut self) {
@@ -26,7 +58,11 @@ impl NatsServer {
             .into_iter()
             .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
             .expect("nats-server is not installed (apt-get install nats-server)");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(file) = &self.config {
+            cmd.arg("-c").arg(file);
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -34,11 +70,6 @@ impl NatsServer {
             .spawn()
             .expect("starting nats-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start on port {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -58,6 +89,7 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+        self.wait_listening();
     }
 }
 
@@ -65,5 +97,45 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three (or more) private nats-servers forming one JetStream cluster on loopback, each node stoppable
+/// and restartable with its store; all stopped and their stores deleted on drop.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes routed to each other.
+    pub fn start(n: usize) -> NatsCluster {
+        let name = crate::unique("c");
+        let routes: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
+        let route_list: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let config = format!(
+                    "server_name: n{i}\ncluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[i],
+                    route_list.join(", ")
+                );
+                NatsServer::start_nowait(&config)
+            })
+            .collect::<Vec<_>>();
+        let c = NatsCluster { nodes };
+        for node in &c.nodes {
+            node.wait_listening();
+        }
+        c
+    }
+
+    /// Every node's URL, comma-separated (a client fails over between them).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// One node.
+    pub fn node(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
     }
 }

@@ -40,6 +40,7 @@ pub async fn measure(
         live: tributary_api::Live::new(),
         uploads: tributary_api::Uploads::new(),
         durable_prefix: config.processor.durable_prefix.clone(),
+        partitions: config.processor.partitions,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -13,7 +13,7 @@ use tributary_broker::codec;
 use tributary_testkit::{NatsServer, TestDb, eventually};
 
 pub struct TestApp {
-    _nats: NatsServer,
+    _nats: Option<NatsServer>,
     _db: TestDb,
     pub c: Connected,
     pub base: String,
@@ -28,11 +28,20 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(NatsServer::start(), tune).await
+}
+
+/// The app on a given nats-server (e.g. one with partition mappings).
+pub async fn spawn_app_on(nats: NatsServer, tune: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_at(nats.url(), Some(nats), tune).await
+}
+
+/// The app on the NATS server(s) at `url` (e.g. a cluster the test holds).
+pub async fn spawn_app_at(url: String, nats: Option<NatsServer>, tune: impl FnOnce(&mut Config)) -> TestApp {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-    let nats = NatsServer::start();
     let db = TestDb::create().await;
     let mut config = Config::default();
-    config.nats.url = nats.url();
+    config.nats.url = url;
     config.database.url = db.url().to_owned();
     config.database.max_connections = 4;
     config.processor.ack_wait_secs = 2;
@@ -90,6 +99,14 @@ impl TestApp {
         self.processors.push(tokio::spawn(async move { c.processor(s).await }));
     }
 
+    /// Starts a processor as replica `replica` of `replicas`, owning its share of the partitions.
+    pub fn start_replica(&mut self, replica: u32, replicas: u32) {
+        let (mut c, s) = (self.c.clone(), self.stop.child_token());
+        c.config.processor.replica = replica;
+        c.config.processor.replicas = replicas;
+        self.processors.push(tokio::spawn(async move { c.processor(s).await }));
+    }
+
     /// Kills every processor replica abruptly (no drain, no acks for the batch in hand).
     pub fn kill_processors(&mut self) {
         for p in self.processors.drain(..) {
@@ -115,20 +132,19 @@ impl TestApp {
 
     /// Waits until every processor consumer have nothing pending and nothing unacked.
     pub async fn settled(&self) {
-        for (stream, durable) in [
-            ("PRICES", "processor-price"),
-            ("INDICES", "processor-index"),
-            ("METRICS", "processor-metric"),
-            ("PORTS", "processor-port"),
-            ("FLEET", "processor-fleet"),
-            ("SURVEYS", "processor-survey"),
-        ] {
+        let prefix = &self.c.config.processor.durable_prefix;
+        let consumers = tributary_broker::Kind::ALL.into_iter().flat_map(|k| {
+            tributary_broker::consume::processor_consumers(prefix, k, self.c.config.processor.partitions)
+                .into_iter()
+                .map(move |(durable, _, _)| (k.stream(), durable))
+        });
+        for (stream, durable) in consumers {
             let js = self.c.js.clone();
             eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {
-                let js = js.clone();
+                let (js, durable) = (js.clone(), durable.clone());
                 async move {
                     let s = js.get_stream(stream).await.ok()?;
-                    let mut consumer: jetstream::consumer::PullConsumer = s.get_consumer(durable).await.ok()?;
+                    let mut consumer: jetstream::consumer::PullConsumer = s.get_consumer(&durable).await.ok()?;
                     let info = consumer.info().await.ok()?;
                     (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
                 }

@@ -5,7 +5,7 @@
 //! Equality is exact (bit for bit): the incremental path runs the same arithmetic on the same inputs in
 //! the same order as the batch path, and float8 round-trips f64 exactly (see `prices::series`).
 
-use crate::common::spawn_app;
+use crate::common::{TestApp, spawn_app, spawn_app_on};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -16,6 +16,7 @@ use tributary_broker::events::{IndexDefinition, PriceEvent};
 use tributary_broker::ts::Ts;
 use tributary_processor::prices::index;
 use tributary_processor::prices::series::{Point, recompute};
+use tributary_testkit::NatsServer;
 
 enum Msg {
     Price { instrument: String, ts: DateTime<Utc>, price: f64 },
@@ -24,11 +25,51 @@ enum Msg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_crashes() {
+    differential(spawn_app().await, 1).await;
+}
+
+/// The NATS server's partition mapping for 4 partitions, as in `broker/nats/`.
+const PARTITIONS_4: &str = r#"mappings = {
+  "price.*": "price.p.{{partition(4,1)}}.{{wildcard(1)}}"
+  "metric.*": "metric.p.{{partition(4,1)}}.{{wildcard(1)}}"
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_replicas_keep_incremental_equal_to_batch() {
+    let app = spawn_app_on(NatsServer::start_with(PARTITIONS_4), |c| {
+        c.processor.partitions = 4;
+        c.processor.replicas = 2;
+    })
+    .await;
+    let app = differential(app, 2).await;
+    // Every partition had work, and each was consumed by its own durable consumer.
+    let stream = app.c.js.get_stream("PRICES").await.unwrap();
+    for p in 0..4 {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&format!("processor-price-p{p}")).await.unwrap();
+        let info = c.info().await.unwrap();
+        assert!(info.delivered.stream_sequence > 0 && info.num_pending == 0, "partition {p}: {info:?}");
+    }
+    let (s, b) = app.get("/v1/series/price/S0?fresh=true&limit=1").await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// Publishes shuffled prices with corrections and duplicates and index definitions, killing and
+/// restarting processors (as `replicas` replicas splitting the partitions) mid-stream, then compares
+/// every stored value with the batch computation.
+async fn differential(mut app: TestApp, replicas: u32) -> TestApp {
     let seed: u64 =
         std::env::var("DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     eprintln!("differential seed {seed} (rerun with DIFF_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut app = spawn_app().await;
+    let start_all = |app: &mut TestApp| {
+        for r in 0..replicas {
+            app.start_replica(r, replicas);
+        }
+    };
+    if replicas > 1 {
+        start_all(&mut app); // spawn_app started replica 0 only
+    }
     let instruments: Vec<String> = (0..6).map(|i| format!("S{i}")).collect();
     let day0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
 
@@ -62,7 +103,7 @@ async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_cras
     msgs.shuffle(&mut rng);
 
     // Publish in chunks; kill processors mid-stream, restart, and run two replicas for a while.
-    let mut raw: HashMap<(String, DateTime<Utc>), (u64, f64)> = HashMap::new();
+    let mut raw: Raw = HashMap::new();
     let mut defs: HashMap<&str, (u64, IndexDefinition)> = HashMap::new();
     let chunks: Vec<Vec<Msg>> = {
         let mut v = Vec::new();
@@ -96,20 +137,25 @@ async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_cras
             }
         }
         match i % 4 {
-            1 => {
+            1 | 3 => {
                 app.kill_processors();
-                app.start_processor();
+                start_all(&mut app);
             }
-            2 => app.start_processor(), // a second replica on the same consumers
-            3 => {
-                app.kill_processors();
-                app.start_processor();
-            }
+            2 => app.start_replica(0, replicas), // a second copy on the same consumers
             _ => {}
         }
     }
     app.settled().await;
+    verify(&app, &raw, &defs).await;
+    app
+}
 
+/// Raw prices (instrument, ts) → (stream sequence, price) of the last writer.
+pub type Raw = HashMap<(String, DateTime<Utc>), (u64, f64)>;
+
+/// Every stored raw point is the last writer's, and every derived value and index level equals the batch
+/// computation over the raw data, exactly.
+pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDefinition)>) {
     let pool = app.c.db.get_postgres_connection_pool();
     // Raw: last writer wins by stream sequence.
     let stored: Vec<(String, DateTime<Utc>, f64, i64)> =
@@ -124,7 +170,7 @@ async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_cras
     let t = app.c.config.processor.prices.clone();
     let names = t.names();
     let mut by_inst: BTreeMap<String, BTreeMap<DateTime<Utc>, f64>> = BTreeMap::new();
-    for ((i, ts), (_, p)) in &raw {
+    for ((i, ts), (_, p)) in raw {
         by_inst.entry(i.clone()).or_default().insert(*ts, *p);
     }
     let rows: Vec<(String, DateTime<Utc>, Option<f64>, serde_json::Value)> =
@@ -154,7 +200,7 @@ async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_cras
     }
     assert!(checked > 1000, "checked only {checked} values");
 
-    for (name, (_, def)) in &defs {
+    for (name, (_, def)) in defs {
         let weights: Vec<(String, f64)> = def.weights.iter().map(|(k, w)| (k.clone(), *w)).collect();
         let prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> =
             weights.iter().map(|(k, _)| (k.clone(), by_inst.get(k).cloned().unwrap_or_default())).collect();
