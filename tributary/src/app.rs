@@ -58,7 +58,13 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
         Some(NatsAuth::Token(token)) => opts.token(token),
         None => opts,
     };
-    let client = tokio::time::timeout(Duration::from_secs(20), opts.connect(url))
+    // async-nats parses one URL per address: split the comma-separated list here.
+    let addrs = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad NATS URL {}", redact(url)))?;
+    let client = tokio::time::timeout(Duration::from_secs(20), opts.connect(addrs))
         .await
         .map_err(|_| anyhow::anyhow!("NATS at {} did not answer within 20 s", redact(url)))?
         .with_context(|| format!("connecting to NATS at {}", redact(url)))?;
@@ -69,7 +75,7 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
 pub async fn connect(config: Config) -> anyhow::Result<Connected> {
     let nats = connect_nats(&config.nats.url).await?;
     let js = jetstream::new(nats.clone());
-    streams::ensure(&js, &config.streams).await.context("creating streams")?;
+    ensure_streams(&js, &config.streams).await?;
     if tributary_store::ensure_database(&config.database.url).await.context("creating the database")? {
         tracing::info!(url = %redact(&config.database.url), "created database");
     }
@@ -78,6 +84,22 @@ pub async fn connect(config: Config) -> anyhow::Result<Connected> {
         .with_context(|| format!("connecting to {}", redact(&config.database.url)))?;
     Migrator::up(&db, None).await.context("running migrations")?;
     Ok(Connected { config, nats, js, db })
+}
+
+/// Creates or updates the streams, retrying for up to a minute while JetStream is not ready (a cluster
+/// electing its leader after a start or a lost node answers nothing until it has one).
+pub async fn ensure_streams(js: &jetstream::Context, cfg: &tributary_broker::StreamsConfig) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match streams::ensure(js, cfg).await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, source = %e.source, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("creating streams"),
+        }
+    }
 }
 
 /// A URL with its password replaced, for logs.
@@ -128,6 +150,7 @@ impl Connected {
             live: tributary_api::Live::new(),
             uploads: tributary_api::Uploads::new(),
             durable_prefix: self.config.processor.durable_prefix.clone(),
+            partitions: self.config.processor.partitions,
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
     }

@@ -488,7 +488,7 @@ fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
 async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    app::ensure_streams(&js, &config.streams).await?;
     let report = if let (Some(d), Some(s)) = (&args.drivers, &args.shipments) {
         let drivers = tributary_gatherer::fleet::read_list(d).with_context(|| format!("reading {}", d.display()))?;
         let shipments = tributary_gatherer::fleet::read_list(s).with_context(|| format!("reading {}", s.display()))?;
@@ -549,7 +549,7 @@ async fn define_demo_index(c: &Connected) -> anyhow::Result<()> {
 async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<()> {
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    app::ensure_streams(&js, &config.streams).await?;
     if let Some(path) = args.csv {
         let report = if path.as_os_str() == "-" {
             tributary_gatherer::prices::import_csv(js, tokio::io::stdin(), None, !args.quiet).await
@@ -600,7 +600,7 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
 async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result<()> {
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    app::ensure_streams(&js, &config.streams).await?;
     let stop = shutdown::on_signal();
     serve_metrics(args.metrics_listen, stop.clone()).await?;
     let sim = &mut config.gatherer.metrics;
@@ -627,7 +627,7 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
 async fn import_ports(config: Config, args: PortsArgs) -> anyhow::Result<()> {
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    app::ensure_streams(&js, &config.streams).await?;
     let started = std::time::Instant::now();
     let report = if args.file.as_os_str() == "-" {
         tributary_gatherer::ports::import(js, tokio::io::stdin(), None, !args.quiet).await
@@ -698,7 +698,7 @@ async fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
     }
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    app::ensure_streams(&js, &config.streams).await?;
     let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |_| {}).await;
     eprintln!(
         "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",

@@ -2,6 +2,7 @@
 //! database per test (see tributary-testkit). One test binary, so the suite links once.
 
 mod api;
+mod cluster;
 mod common;
 mod dashboard;
 mod differential;
