@@ -113,6 +113,19 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The kind of `subject`, with its shape checked (`fleet.driver.<id>` has two tokens after its prefix,
+/// every other kind one).
+pub fn parse_subject(subject: &str) -> Result<Kind, String> {
+    let kind = Kind::of_subject(subject).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.shape()).collect();
+        format!("unknown subject {subject:?}: expected one of {}", known.join(", "))
+    })?;
+    match kind {
+        Kind::Fleet => crate::fleet::parse_subject(subject).map(|_| kind),
+        _ => kind.key_of(subject).map(|_| kind),
+    }
+}
+
 /// The token that marks a partitioned subject: `<prefix>.p.<n>.<key>`.
 pub const PARTITION_TOKEN: &str = "p";
 
@@ -151,5 +164,9 @@ mod tests {
         assert!(Kind::Price.key_of("price.p.x.ACME").is_err());
         assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
         assert_eq!(Kind::Metric.partition_filter(2), "metric.p.2.>");
+        assert_eq!(parse_subject("fleet.driver.7"), Ok(Kind::Fleet));
+        assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));
+        assert!(parse_subject("fleet.7").unwrap_err().contains("fleet.driver.<id>"));
+        assert!(parse_subject("nope.x").unwrap_err().contains("unknown subject"));
     }
 }

@@ -7,7 +7,7 @@ use crate::{Progress, fnv64, import_headers, read_line_bounded};
 use async_nats::jetstream;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
-use tributary_broker::{Kind, PublishReport, Publisher, codec};
+use tributary_broker::{PublishReport, Publisher, codec, kind};
 
 /// The longest line accepted: a bound on memory.
 pub const MAX_LINE: usize = 1 << 20;
@@ -77,11 +77,7 @@ pub async fn import_with(
                 continue;
             }
         };
-        let Some(kind) = Kind::of_subject(&parsed.subject) else {
-            refuse(&mut r, format!("unknown subject {:?}", parsed.subject));
-            continue;
-        };
-        if let Err(why) = kind.key_of(&parsed.subject) {
+        if let Err(why) = kind::parse_subject(&parsed.subject) {
             refuse(&mut r, why);
             continue;
         }

@@ -143,6 +143,7 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         r#"{"subject":"port.NDPRT","event":{"name":"Nd","coordinates":[1,2]}}"#,
         r#"{"subject":"price.ND","event":{"ts":"2026-01-03","price":-1}}"#,
         r#"{"subject":"nope.x","event":{}}"#,
+        r#"{"subject":"fleet.driver.nd","event":{"name":"Nd Driver"}}"#,
         r#"not json"#,
         "",
     ]
@@ -156,11 +157,11 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         .unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let (_, summary) = follow(&app, &id).await;
-    assert_eq!(summary["published"], 4, "{summary}");
-    assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(3), Some(1)), "{summary}");
+    assert_eq!(summary["published"], 5, "{summary}");
+    assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(4), Some(1)), "{summary}");
     let errors: Vec<&str> = summary["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
     assert!(errors[0].starts_with("line 5: unknown subject"), "{errors:?}");
-    assert!(errors[1].starts_with("line 6: expected"), "{errors:?}");
+    assert!(errors[1].starts_with("line 7: expected"), "{errors:?}");
     let (s, _) = app.get("/v1/ports/NDPRT").await;
     assert_eq!(s, 200);
     let (_, m) = app.get("/v1/series/metric/nd-1/cpu_usage").await;
