@@ -45,10 +45,20 @@ impl NatsServer {
         s
     }
 
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    fn wait_listening(&mut self) {
+        // Generous: a node recovering replicated streams on a machine busy with the whole suite is slow.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start on port {}", self.port);
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "nats-server did not start on port {} (exit: {exited:?}); its log ends:\n{}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -65,6 +75,8 @@ impl NatsServer {
         let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.dir)
+            .arg("-l")
+            .arg(self.dir.join("nats.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -122,8 +134,8 @@ impl NatsCluster {
                 NatsServer::start_nowait(&config)
             })
             .collect::<Vec<_>>();
-        let c = NatsCluster { nodes };
-        for node in &c.nodes {
+        let mut c = NatsCluster { nodes };
+        for node in &mut c.nodes {
             node.wait_listening();
         }
         c
