@@ -44,6 +44,33 @@ pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) ->
     h
 }
 
+/// A refused line of a line-oriented import: where it starts and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: u64,
+    /// Offset of the line's first byte in the input, from 0.
+    pub byte: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} (byte {}): {}", self.line, self.byte, self.reason)
+    }
+}
+
+/// The most refused lines an import keeps (the rest are counted, not kept).
+pub const MAX_ERRORS: usize = 20;
+
+/// Keeps a refused line if fewer than [`MAX_ERRORS`] are kept.
+pub(crate) fn keep_error(errors: &mut Vec<LineError>, line: u64, byte: u64, reason: String) {
+    if errors.len() < MAX_ERRORS {
+        errors.push(LineError { line, byte, reason });
+    }
+}
+
 /// FNV-1a 64 of `bytes`: a cheap, stable content hash for idempotency keys.
 pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -74,7 +101,7 @@ pub(crate) async fn read_line_bounded(
 }
 
 /// A progress bar over bytes read (a spinner when the size is unknown; hidden when `show` is false).
-pub(crate) fn byte_progress_bar(size: Option<u64>, show: bool) -> indicatif::ProgressBar {
+pub fn byte_progress_bar(size: Option<u64>, show: bool) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = if show { size.map_or_else(ProgressBar::new_spinner, ProgressBar::new) } else { ProgressBar::hidden() };
     bar.set_style(

@@ -3,7 +3,7 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{Progress, fnv64, import_headers, read_line_bounded};
+use crate::{LineError, Progress, fnv64, import_headers, keep_error, read_line_bounded};
 use async_nats::jetstream;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
@@ -27,8 +27,8 @@ pub struct NdjsonReport {
     pub progress: Progress,
     /// What became of the publishes.
     pub publish: PublishReport,
-    /// The first refused lines: (line, reason).
-    pub errors: Vec<(u64, String)>,
+    /// The first refused lines, with their line numbers and byte offsets.
+    pub errors: Vec<LineError>,
     /// The longest line read, in bytes.
     pub longest_line: usize,
 }
@@ -49,19 +49,18 @@ pub async fn import_with(
             Ok((0, _)) => break,
             Ok(read) => read,
             Err(e) => {
-                r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
+                keep_error(&mut r.errors, r.progress.entries + 1, r.progress.bytes, format!("read error: {e}"));
                 break;
             }
         };
+        let start = r.progress.bytes;
         r.progress.bytes += n as u64;
         r.progress.entries += 1;
         r.longest_line = r.longest_line.max(line.len());
         let number = r.progress.entries;
         let refuse = |r: &mut NdjsonReport, why: String| {
             r.progress.invalid += 1;
-            if r.errors.len() < 20 {
-                r.errors.push((number, why));
-            }
+            keep_error(&mut r.errors, number, start, why);
         };
         if too_long {
             refuse(&mut r, format!("line longer than {MAX_LINE} bytes"));

@@ -1,7 +1,7 @@
 //! Online statistics over plain numbers, one per line, streamed with bounded memory: count, mean,
 //! variance, min and max by Welford's method, reported as the stream goes.
 
-use crate::{Progress, read_line_bounded};
+use crate::{LineError, Progress, keep_error, read_line_bounded};
 use serde::Serialize;
 use tokio::io::{AsyncRead, BufReader};
 
@@ -42,8 +42,8 @@ pub struct NumbersReport {
     pub stats: Stats,
     /// Bytes and lines read.
     pub progress: Progress,
-    /// The first refused lines: (line, reason).
-    pub errors: Vec<(u64, String)>,
+    /// The first refused lines, with their line numbers and byte offsets.
+    pub errors: Vec<LineError>,
     /// The longest line seen, in bytes (the reader's buffer is bounded by it plus 64 KiB).
     pub longest_line: usize,
 }
@@ -64,18 +64,17 @@ pub async fn stats(
             Ok((0, _)) => break,
             Ok(read) => read,
             Err(e) => {
-                r.errors.push((r.progress.entries + 1, format!("read error: {e}")));
+                keep_error(&mut r.errors, r.progress.entries + 1, r.progress.bytes, format!("read error: {e}"));
                 break;
             }
         };
+        let start = r.progress.bytes;
         r.progress.bytes += n as u64;
         r.longest_line = r.longest_line.max(line.len());
         if too_long {
             r.progress.entries += 1;
             r.progress.invalid += 1;
-            if r.errors.len() < 20 {
-                r.errors.push((r.progress.entries, format!("line longer than {MAX_LINE} bytes")));
-            }
+            keep_error(&mut r.errors, r.progress.entries, start, format!("line longer than {MAX_LINE} bytes"));
             continue;
         }
         r.progress.entries += 1;
@@ -91,9 +90,7 @@ pub async fn stats(
             }
             _ => {
                 r.progress.invalid += 1;
-                if r.errors.len() < 20 {
-                    r.errors.push((r.progress.entries, format!("not a finite number: {text:?}")));
-                }
+                keep_error(&mut r.errors, r.progress.entries, start, format!("not a finite number: {text:?}"));
             }
         }
         if r.progress.entries % 4096 == 0 {
@@ -122,6 +119,9 @@ mod tests {
         assert!((r.stats.variance.unwrap() - var).abs() <= 1e-12 * var);
         assert_eq!(r.stats.min, values.iter().copied().reduce(f64::min));
         assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
-        assert_eq!(r.errors[0].0, 10_001);
+        assert_eq!(r.errors[0].line, 10_001);
+        let before: usize = values.iter().map(|v| format!("{v}\n").len()).sum();
+        assert_eq!(r.errors[0].byte, before as u64, "the offset of \"nope\"");
+        assert_eq!((r.errors[1].line, r.errors[1].byte), (10_003, before as u64 + 6));
     }
 }

@@ -567,8 +567,8 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
             report.publish.failed.len(),
             report.bad_lines
         );
-        for (line, reason) in &report.errors {
-            eprintln!("  line {line}: {reason}");
+        for e in &report.errors {
+            eprintln!("  {e}");
         }
         for (subject, reason) in report.publish.failed.iter().take(20) {
             eprintln!("  not delivered to {subject}: {reason}");
@@ -683,23 +683,35 @@ async fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file.as_os_str() == "-" {
-        Box::new(tokio::io::stdin())
+    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(tokio::io::stdin()), None)
     } else {
-        Box::new(tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?)
+        let f = tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?;
+        let size = f.metadata().await.ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    // Bytes read and entries/s, as the other importers show.
+    let bar = tributary_gatherer::byte_progress_bar(size, !args.quiet);
+    let started = std::time::Instant::now();
+    let show = |p: &tributary_gatherer::Progress| {
+        bar.set_position(p.bytes);
+        let rate = p.entries as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{} lines, {rate:.0}/s, {} refused", p.entries, p.invalid));
     };
     if args.kind == "numbers" {
-        let r = tributary_gatherer::numbers::stats(input, &mut |_, _| {}).await;
+        let r = tributary_gatherer::numbers::stats(input, &mut |p, _| show(p)).await;
+        bar.finish_and_clear();
         println!("{}", serde_json::to_string_pretty(&r.stats)?);
-        for (line, why) in &r.errors {
-            eprintln!("  line {line}: {why}");
+        for e in &r.errors {
+            eprintln!("  {e}");
         }
         return Ok(());
     }
     let nats = app::connect_nats(&config.nats.url).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
-    let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |_| {}).await;
+    let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |p| show(p)).await;
+    bar.finish_and_clear();
     eprintln!(
         "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
         r.progress.entries,
@@ -709,8 +721,8 @@ async fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
         r.progress.invalid,
         r.publish.failed.len()
     );
-    for (line, why) in &r.errors {
-        eprintln!("  line {line}: {why}");
+    for e in &r.errors {
+        eprintln!("  {e}");
     }
     anyhow::ensure!(r.publish.failed.is_empty() && r.errors.is_empty(), "import finished with errors");
     Ok(())

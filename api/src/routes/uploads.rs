@@ -79,7 +79,7 @@ async fn run(
         })
         .await;
         tx.send_modify(|st| {
-            st.errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}")).collect();
+            st.errors = r.errors.iter().map(ToString::to_string).collect();
             st.buffer_peak = r.longest_line + 64 * 1024;
             st.state = "done";
         });
@@ -110,14 +110,14 @@ async fn run(
                     progress(&tx, p)
                 })
                 .await;
-                let errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}"));
+                let errors = r.errors.iter().map(ToString::to_string);
                 (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), 64 * 1024)
             }
             _ => {
                 let r =
                     tributary_gatherer::ndjson::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
                         .await;
-                let errors = r.errors.iter().map(|(line, why)| format!("line {line}: {why}"));
+                let errors = r.errors.iter().map(ToString::to_string);
                 let peak = r.longest_line + 64 * 1024;
                 (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
             }

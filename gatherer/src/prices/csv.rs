@@ -24,8 +24,8 @@ pub struct ImportReport {
     pub publish: PublishReport,
     /// How many lines were refused.
     pub bad_lines: u64,
-    /// The first refused lines: (line number, reason).
-    pub errors: Vec<(u64, String)>,
+    /// The first refused lines, with their line numbers and byte offsets.
+    pub errors: Vec<crate::LineError>,
 }
 
 /// Parses one line into (instrument, event).
@@ -89,11 +89,12 @@ pub async fn import_csv_with(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
-                report.errors.push((report.lines + 1, format!("read error: {e}")));
+                crate::keep_error(&mut report.errors, report.lines + 1, report.bytes, format!("read error: {e}"));
                 report.bad_lines += 1;
                 break;
             }
         };
+        let start = report.bytes;
         report.lines += 1;
         report.bytes += n as u64;
         (p.bytes, p.entries) = (report.bytes, report.lines);
@@ -116,9 +117,7 @@ pub async fn import_csv_with(
             Err(reason) => {
                 report.bad_lines += 1;
                 p.invalid += 1;
-                if report.errors.len() < 20 {
-                    report.errors.push((report.lines, reason));
-                }
+                crate::keep_error(&mut report.errors, report.lines, start, reason);
             }
         }
         if report.lines % 1000 == 0 {

@@ -129,8 +129,8 @@ async fn csv_import_streams_reports_bad_lines_and_is_idempotent() {
     assert_eq!(report.lines, 6);
     assert_eq!(report.publish.stored, 3);
     assert_eq!(report.bad_lines, 1);
-    assert_eq!(report.errors[0].0, 5, "{:?}", report.errors);
-    assert!(report.errors[0].1.contains("positive"));
+    assert_eq!(report.errors[0].line, 5, "{:?}", report.errors);
+    assert!(report.errors[0].reason.contains("positive"));
     app.settled().await;
     let (_, acme) = app.get("/v1/series/price/ACME").await;
     assert_eq!(acme["points"].as_array().unwrap().len(), 2);

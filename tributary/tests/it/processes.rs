@@ -186,11 +186,11 @@ async fn import_streams_a_file_by_kind() {
     assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
     let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!((v["count"].as_u64(), v["mean"].as_f64(), v["max"].as_f64()), (Some(4), Some(2.5), Some(4.0)), "{v}");
-    assert!(String::from_utf8_lossy(&stats.stderr).contains("line 5: not a finite number"));
+    assert!(String::from_utf8_lossy(&stats.stderr).contains("line 5 (byte 8): not a finite number"));
     // One event published, one line refused by name: the command says so and fails.
     let said = String::from_utf8_lossy(&ndjson.stderr);
     assert!(
-        !ndjson.status.success() && said.contains("1 published") && said.contains("line 2: unknown subject"),
+        !ndjson.status.success() && said.contains("1 published") && said.contains("line 2 (byte 44): unknown subject"),
         "{said}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -133,11 +133,12 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
     let (_, summary) = follow(&app, &id).await;
     assert_eq!((summary["published"].as_u64(), summary["committed"].as_u64()), (Some(500), Some(500)), "{summary}");
     assert_eq!(summary["invalid"], 1);
-    assert!(summary["errors"][0].as_str().unwrap().starts_with("line 502: bad ts"), "{summary}");
+    assert!(summary["errors"][0].as_str().unwrap().starts_with("line 502 (byte "), "{summary}");
+    assert!(summary["errors"][0].as_str().unwrap().contains("): bad ts"), "{summary}");
     let (_, s) = app.get("/v1/series/price/CSV1").await;
     assert_eq!(s["points"].as_array().unwrap().len(), 250);
 
-    let ndjson = [
+    let ndjson_lines = [
         r#"{"subject":"price.ND","event":{"ts":"2026-01-02","price":5}}"#,
         r#"{"subject":"metric.nd-1","event":{"cpu_usage":12.5}}"#,
         r#"{"subject":"port.NDPRT","event":{"name":"Nd","coordinates":[1,2]}}"#,
@@ -146,8 +147,8 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         r#"{"subject":"fleet.driver.nd","event":{"name":"Nd Driver"}}"#,
         r#"not json"#,
         "",
-    ]
-    .join("\n");
+    ];
+    let ndjson = ndjson_lines.join("\n");
     let r = app
         .http
         .post(format!("{}/v1/uploads?kind=ndjson", app.base))
@@ -160,8 +161,10 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
     assert_eq!(summary["published"], 5, "{summary}");
     assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(4), Some(1)), "{summary}");
     let errors: Vec<&str> = summary["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-    assert!(errors[0].starts_with("line 5: unknown subject"), "{errors:?}");
-    assert!(errors[1].starts_with("line 7: expected"), "{errors:?}");
+    // Byte offsets of the lines' first bytes: the lengths of the lines before them, newlines included.
+    let offset = |n: usize| ndjson_lines[..n - 1].iter().map(|l| l.len() + 1).sum::<usize>();
+    assert!(errors[0].starts_with(&format!("line 5 (byte {}): unknown subject \"nope.x\"", offset(5))), "{errors:?}");
+    assert!(errors[1].starts_with(&format!("line 7 (byte {}): expected", offset(7))), "{errors:?}");
     let (s, _) = app.get("/v1/ports/NDPRT").await;
     assert_eq!(s, 200);
     let (_, m) = app.get("/v1/series/metric/nd-1/cpu_usage").await;
