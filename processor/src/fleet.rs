@@ -10,7 +10,6 @@
 use crate::lock;
 use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
-use tracing::Instrument;
 use tributary_broker::fleet::{FleetRecord, Role};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
@@ -169,11 +168,6 @@ impl BatchHandler for FleetHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<FleetRecord>]) -> Result<(), HandleError> {
-        let span =
-            tracing::info_span!("db", otel.kind = "client", db.system = "postgresql", db.operation = "fleet batch");
-        self.commit(batch)
-            .instrument(span)
-            .await
-            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing the fleet")))
+        crate::commit_in_span("fleet batch", "storing the fleet", batch.len(), self.commit(batch)).await
     }
 }

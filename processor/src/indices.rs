@@ -8,7 +8,6 @@ use crate::lock;
 use crate::prices::{IndexDef, recompute_index};
 use sea_orm::sqlx::{self, PgPool};
 use std::collections::BTreeMap;
-use tracing::Instrument;
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
@@ -91,15 +90,6 @@ impl BatchHandler for IndexHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<Self::Event>]) -> Result<(), HandleError> {
-        let span = tracing::info_span!(
-            "db",
-            otel.kind = "client",
-            db.system = "postgresql",
-            db.operation = "index definitions"
-        );
-        self.commit(batch)
-            .instrument(span)
-            .await
-            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing index definitions")))
+        crate::commit_in_span("index definitions", "storing index definitions", batch.len(), self.commit(batch)).await
     }
 }

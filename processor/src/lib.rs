@@ -26,3 +26,22 @@ mod run;
 pub mod surveys;
 
 pub use run::{ProcessorConfig, run};
+
+/// The span of one transaction: `db`, with the operation and how many events it covers.
+pub(crate) fn db_span(operation: &'static str, events: usize) -> tracing::Span {
+    tracing::info_span!("db", otel.kind = "client", db.system = "postgresql", db.operation = operation, events)
+}
+
+/// Runs one batch's commit in its `db` span; a failure says what was being stored.
+pub(crate) async fn commit_in_span(
+    operation: &'static str,
+    what: &'static str,
+    events: usize,
+    commit: impl std::future::Future<Output = Result<(), sea_orm::sqlx::Error>>,
+) -> Result<(), tributary_broker::HandleError> {
+    use tracing::Instrument;
+    commit
+        .instrument(db_span(operation, events))
+        .await
+        .map_err(|e| tributary_broker::HandleError(anyhow::Error::new(e).context(what)))
+}

@@ -9,7 +9,6 @@
 use crate::lock;
 use sea_orm::sqlx::{self, PgPool};
 use std::collections::{BTreeMap, HashMap};
-use tracing::Instrument;
 use tributary_broker::ports::PortRecord;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
@@ -138,11 +137,6 @@ impl BatchHandler for PortHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<PortRecord>]) -> Result<(), HandleError> {
-        let span =
-            tracing::info_span!("db", otel.kind = "client", db.system = "postgresql", db.operation = "port batch");
-        self.commit(batch)
-            .instrument(span)
-            .await
-            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing ports")))
+        crate::commit_in_span("port batch", "storing ports", batch.len(), self.commit(batch)).await
     }
 }

@@ -9,7 +9,6 @@
 use crate::lock;
 use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
-use tracing::Instrument;
 use tributary_broker::surveys::{PullStatus, SurveyEvent, SurveyItem, SurveyRecord};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
@@ -137,11 +136,6 @@ impl BatchHandler for SurveyHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<SurveyRecord>]) -> Result<(), HandleError> {
-        let span =
-            tracing::info_span!("db", otel.kind = "client", db.system = "postgresql", db.operation = "survey batch");
-        self.commit(batch)
-            .instrument(span)
-            .await
-            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing survey items")))
+        crate::commit_in_span("survey batch", "storing survey items", batch.len(), self.commit(batch)).await
     }
 }

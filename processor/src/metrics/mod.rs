@@ -237,13 +237,7 @@ impl BatchHandler for MetricHandler {
         // Split by host over concurrent transactions (hosts are locked, so the parts never overlap).
         let split = lock::split(batch, self.parallelism, "metric", |d| &d.event.host);
         let commits = split.into_iter().map(|part| {
-            let span = tracing::info_span!(
-                "db",
-                otel.kind = "client",
-                db.system = "postgresql",
-                db.operation = "metric batch",
-                events = part.len()
-            );
+            let span = crate::db_span("metric batch", part.len());
             async move { self.commit(&part).await }.instrument(span)
         });
         let latest = futures::future::try_join_all(commits)

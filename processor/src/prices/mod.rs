@@ -271,13 +271,7 @@ impl BatchHandler for PriceHandler {
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
         let split = lock::split(batch, self.parallelism, "price", |d| &d.event.instrument);
         let commits = split.into_iter().map(|part| {
-            let span = tracing::info_span!(
-                "db",
-                otel.kind = "client",
-                db.system = "postgresql",
-                db.operation = "price batch",
-                events = part.len()
-            );
+            let span = crate::db_span("price batch", part.len());
             async move { self.commit(&part).await }.instrument(span)
         });
         futures::future::try_join_all(commits)

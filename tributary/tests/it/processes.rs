@@ -207,7 +207,14 @@ async fn bench_ports_reports_throughput_rss_and_the_raw_rate() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["bytes"].as_u64().unwrap() >= 1 << 20, "{r}");
     assert!(r["entries"].as_u64().unwrap() > 3000, "{r}");
-    for k in ["import_mb_per_s", "import_entries_per_s", "raw_publish_per_s", "ratio"] {
+    for k in [
+        "import_mb_per_s",
+        "import_entries_per_s",
+        "raw_publish_per_s",
+        "ratio",
+        "raw_publish_with_ids_per_s",
+        "ratio_with_ids",
+    ] {
         assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
     }
     if std::path::Path::new("/usr/bin/time").exists() {
