@@ -1,7 +1,7 @@
 //! Test helpers: real servers, never mocks.
 //!
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free port, its store deleted on drop;
-//!   it can be restarted in place.
+//!   it can be restarted in place, or started from a deployment's config file (users, permissions, TLS).
 //! - [`TestDb`]: a fresh database per test, copied from a template migrated once per schema version
 //!   (`CREATE DATABASE … TEMPLATE`), dropped `WITH (FORCE)` on drop. The server comes from
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
