@@ -28,7 +28,7 @@ pub async fn measure(
     js: &jetstream::Context,
 ) -> anyhow::Result<ApiMeasured> {
     let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16 }).await?;
-    let nats = crate::app::connect_nats(&config.nats.url).await?;
+    let nats = crate::app::connect_nats(&config.nats).await?;
     let state = tributary_api::AppState {
         db,
         nats,
