@@ -53,24 +53,21 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
+/// What a token must look like in the configuration.
+const EXPECTING: &str = "a token string (quote one that looks like a number: [\"0123\"])";
+
 impl<'de> Deserialize<'de> for ApiToken {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Environment values are parsed loosely (`TRIBUTARY_API__WRITE_TOKENS=[12345]` holds a number):
-        // whole numbers are taken as written; anything else that is not a string is refused.
+        // Only strings: environment values are parsed loosely, and `[0123]` would arrive as the number 123,
+        // a different token. Refusing it says to quote it.
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = ApiToken;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a token (a string; quote it if it looks like a number)")
+                f.write_str(EXPECTING)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiToken, E> {
                 Ok(ApiToken::new(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ApiToken, E> {
-                Ok(ApiToken::new(v.to_string()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ApiToken, E> {
-                Ok(ApiToken::new(v.to_string()))
             }
         }
         d.deserialize_any(V)
@@ -79,16 +76,24 @@ impl<'de> Deserialize<'de> for ApiToken {
 
 /// A list of tokens, also accepted as one bare token (`TRIBUTARY_API__WRITE_TOKENS=abc`).
 pub(crate) fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiToken>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<ApiToken>),
-        One(ApiToken),
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<ApiToken>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of tokens or one token: {EXPECTING}")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<ApiToken>, E> {
+            Ok(vec![ApiToken::new(v)])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ApiToken>, A::Error> {
+            let mut tokens = Vec::new();
+            while let Some(t) = seq.next_element()? {
+                tokens.push(t);
+            }
+            Ok(tokens)
+        }
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(t) => vec![t],
-    })
+    d.deserialize_any(V)
 }
 
 /// Whether `a` and `b` are equal, in time that depends only on their lengths (never on where they differ).
@@ -232,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_come_as_lists_or_one_and_numbers_stay_whole() {
+    fn tokens_come_as_lists_or_one_and_numbers_are_refused() {
         #[derive(Deserialize)]
         struct T {
             #[serde(deserialize_with = "one_or_many")]
@@ -241,7 +246,9 @@ mod tests {
         let parse = |s: &str| serde_json::from_str::<T>(s).map(|t| t.t.iter().map(|t| t.0.clone()).collect::<Vec<_>>());
         assert_eq!(parse(r#"{"t":["a","b"]}"#).unwrap(), ["a", "b"]);
         assert_eq!(parse(r#"{"t":"a"}"#).unwrap(), ["a"]);
-        assert_eq!(parse(r#"{"t":[12345]}"#).unwrap(), ["12345"]);
-        assert!(parse(r#"{"t":[1.5]}"#).is_err());
+        assert_eq!(parse(r#"{"t":["0123"]}"#).unwrap(), ["0123"]);
+        for number in [r#"{"t":[123]}"#, r#"{"t":123}"#, r#"{"t":[1.5]}"#] {
+            assert!(parse(number).unwrap_err().to_string().contains("quote"), "{number}");
+        }
     }
 }

@@ -59,7 +59,8 @@ pub struct ApiConfig {
     pub fresh_timeout_ms: u64,
     /// Bearer tokens that may write and read. Once any token (write or read) is set, every write needs
     /// `Authorization: Bearer <write token>` (401 without a known token, 403 with a read token). From the
-    /// environment: `TRIBUTARY_API__WRITE_TOKENS='["t1","t2"]'` (or one bare token).
+    /// environment: `TRIBUTARY_API__WRITE_TOKENS='["t1","t2"]'` (or one bare token; a token that looks like
+    /// a number must be quoted, or it is refused).
     #[serde(deserialize_with = "auth::one_or_many")]
     pub write_tokens: Vec<ApiToken>,
     /// Bearer tokens that may only read (`TRIBUTARY_API__READ_TOKENS`, as above).

@@ -187,6 +187,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error, which is large
 mod tests {
     use super::*;
 
@@ -228,6 +229,9 @@ mod tests {
             jail.set_env("TRIBUTARY_API__WRITE_TOKENS", r#"["a,b","0123"]"#);
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.api.write_tokens, [ApiToken::from("a,b"), ApiToken::from("0123")]);
+            // Unquoted, it would be the number 123: refused rather than read as another token.
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[0123]");
+            assert!(format!("{:#}", Config::load(None).unwrap_err()).contains("quote"));
             Ok(())
         });
     }
