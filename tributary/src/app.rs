@@ -279,4 +279,15 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(e.contains("does not hold a user NKey seed") && !e.contains("secret"), "{e}");
     }
+
+    #[tokio::test]
+    async fn a_bad_credentials_file_is_refused_without_showing_it() {
+        let path = std::env::temp_dir().join(format!("tributary-bad-creds-{}", std::process::id()));
+        std::fs::write(&path, "-----BEGIN NATS USER JWT-----\nnot-a-jwt-secret\n").unwrap();
+        let mut c = NatsConfig::with_url("nats://127.0.0.1:1");
+        c.credentials_file = Some(path.clone());
+        let e = format!("{:#}", connect_nats(&c).await.unwrap_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("reading nats.credentials_file") && !e.contains("secret"), "{e}");
+    }
 }
