@@ -35,7 +35,13 @@ pub async fn measure(
         js: js.clone(),
         streams: config.streams.clone(),
         metrics: tributary_telemetry::metrics(),
-        config: config.api.clone(),
+        // Measured over plain HTTP on loopback with open reads, whatever the deployment's TLS and tokens.
+        config: tributary_api::ApiConfig {
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_read_token: false,
+            ..config.api.clone()
+        },
         rollups: config.metrics.clone(),
         live: tributary_api::Live::new(),
         uploads: tributary_api::Uploads::new(),
