@@ -22,6 +22,12 @@ pub enum ApiError {
         /// The parameter at fault.
         field: Option<&'static str>,
     },
+    /// 401: no bearer token, or one the API does not know (answered with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a known token that does not allow this (a read token on a write).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -61,6 +67,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, field) = match &self {
             ApiError::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, *field),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
@@ -84,6 +92,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"tributary\""),
+            );
         }
         response
     }

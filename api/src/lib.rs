@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
+//! - [`auth`]: bearer tokens for writes (and, if asked, reads), compared in constant time.
+//! - [`tls`]: HTTPS with rustls, as a listener `axum::serve` accepts.
 //! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `ports`, `fleet`, `surveys`,
 //!   `uploads`, `events`, `dlq`, `health`.
 //! - [`uploads`]: streamed uploads and their progress (importer and processors).
@@ -12,11 +14,13 @@
 //!
 //! [`router`] builds the app for a state; [`serve`] runs it on a listener until a token is cancelled.
 
+pub mod auth;
 pub mod error;
 pub mod live;
 mod params;
 mod routes;
 mod sync;
+pub mod tls;
 pub mod uploads;
 
 use async_nats::jetstream;
@@ -24,6 +28,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +38,7 @@ use tributary_store::MetricsConfig;
 pub use live::Live;
 pub use uploads::Uploads;
 
+pub use auth::ApiToken;
 pub use error::ApiError;
 
 /// API settings.
@@ -51,6 +57,53 @@ pub struct ApiConfig {
     /// How long a `?fresh=true` read waits (for a survey round, then for the processors' commits) before it
     /// answers 504, in milliseconds.
     pub fresh_timeout_ms: u64,
+    /// Bearer tokens that may write and read. Once any token (write or read) is set, every write needs
+    /// `Authorization: Bearer <write token>` (401 without a known token, 403 with a read token). From the
+    /// environment: `TRIBUTARY_API__WRITE_TOKENS='["t1","t2"]'` (or one bare token; a token that looks like
+    /// a number must be quoted, or it is refused).
+    #[serde(deserialize_with = "auth::one_or_many")]
+    pub write_tokens: Vec<ApiToken>,
+    /// Bearer tokens that may only read (`TRIBUTARY_API__READ_TOKENS`, as above).
+    #[serde(deserialize_with = "auth::one_or_many")]
+    pub read_tokens: Vec<ApiToken>,
+    /// Whether reads need a token too (a read or a write token); needs at least one token. The probes and
+    /// the static pages (`/`, `/docs`, `/openapi.json`) stay open.
+    pub require_read_token: bool,
+    /// A PEM certificate chain: with `tls_key_file`, the API serves HTTPS (and only HTTPS).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// Settings that contradict each other.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An empty string among the tokens.
+    #[error("write_tokens and read_tokens must not hold an empty token")]
+    EmptyToken,
+    /// `require_read_token` with no token to read with.
+    #[error("require_read_token needs at least one token in read_tokens or write_tokens")]
+    NoReadToken,
+    /// One of the two TLS files without the other.
+    #[error("tls_cert_file and tls_key_file go together")]
+    HalfTls,
+}
+
+impl ApiConfig {
+    /// Refuses contradictory settings.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let tokens = || self.write_tokens.iter().chain(&self.read_tokens);
+        if tokens().any(|t| t.expose().is_empty()) {
+            return Err(ConfigError::EmptyToken);
+        }
+        if self.require_read_token && tokens().next().is_none() {
+            return Err(ConfigError::NoReadToken);
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::HalfTls);
+        }
+        Ok(())
+    }
 }
 
 impl Default for ApiConfig {
@@ -61,6 +114,11 @@ impl Default for ApiConfig {
             write_wait_ms: 5000,
             max_upload_bytes: 1 << 40,
             fresh_timeout_ms: 10_000,
+            write_tokens: Vec::new(),
+            read_tokens: Vec::new(),
+            require_read_token: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -104,12 +162,21 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    routes::router().with_state(state)
+    routes::router(auth::Auth::new(&state.config)).with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then ends live streams and finishes
-/// in-flight requests.
+/// Serves the API on `listener` (over TLS when `api.tls_cert_file` and `api.tls_key_file` are set) until
+/// `shutdown` is cancelled, then ends live streams and finishes in-flight requests.
+///
+/// Errors: contradictory settings or unusable TLS files (`InvalidInput`), NATS subscriptions failing,
+/// and the server's own I/O errors.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+    state.config.check().map_err(|e| invalid(&e))?;
+    let tls = match (&state.config.tls_cert_file, &state.config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(|e| invalid(&e))?),
+        _ => None,
+    };
     state.live.relay(&state.nats).await.map_err(std::io::Error::other)?;
     state.uploads.relay(&state.nats).await.map_err(std::io::Error::other)?;
     let (live, uploads) = (state.live.clone(), state.uploads.clone());
@@ -118,5 +185,11 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         live.close();
         uploads.close();
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
+        }
+        None => axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await,
+    }
 }

@@ -60,12 +60,23 @@ pub fn maintenance_url(url: &str) -> Result<(String, String), StoreError> {
     let (server, name) = base
         .rsplit_once('/')
         .filter(|(s, n)| s.contains("://") && !s.ends_with('/') && !n.is_empty())
-        .ok_or_else(|| StoreError::BadUrl(url.into()))?;
+        .ok_or_else(|| StoreError::BadUrl(without_password(url)))?;
     let admin = match query {
         Some(q) => format!("{server}/postgres?{q}"),
         None => format!("{server}/postgres"),
     };
     Ok((admin, name.to_owned()))
+}
+
+/// `url` with its password replaced by `***`, for messages.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
 }
 
 /// Creates the database named by `url` if it does not exist. Returns whether it was created.
@@ -121,6 +132,8 @@ mod tests {
             ("postgres://u:p@h/postgres?sslmode=disable".into(), "db".into())
         );
         assert!(maintenance_url("postgres://h:5432").is_err());
+        let refused = maintenance_url("postgres://u:s3cret@h:5432").unwrap_err().to_string();
+        assert!(refused.contains("u:***@h") && !refused.contains("s3cret"), "{refused}");
         assert_eq!(database_url("postgres://postgres@h/postgres?x=1", "b").unwrap(), "postgres://postgres@h/b?x=1");
     }
 }

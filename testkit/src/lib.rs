@@ -1,7 +1,8 @@
 //! Test helpers: real servers, never mocks.
 //!
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free port, its store deleted on drop;
-//!   it can be restarted in place; [`NatsCluster`]: three of them forming a JetStream cluster.
+//!   it can be restarted in place, or started from a deployment's config file (users, permissions, TLS);
+//!   [`NatsCluster`]: three of them forming a JetStream cluster.
 //! - [`TestDb`]: a fresh database per test, copied from a template migrated once per schema version
 //!   (`CREATE DATABASE … TEMPLATE`), dropped `WITH (FORCE)` on drop. The server comes from
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).

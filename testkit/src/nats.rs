@@ -1,6 +1,7 @@
 //! A private nats-server per test.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
-    config: Option<PathBuf>,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -23,25 +25,61 @@ impl NatsServer {
     pub fn start_with(config: &str) -> NatsServer {
         let dir = std::env::temp_dir().join(crate::unique("tributary_nats"));
         std::fs::create_dir_all(&dir).expect("creating the nats store dir");
-        let file = (!config.is_empty()).then(|| {
+        let mut args: Vec<OsString> = Vec::new();
+        if !config.is_empty() {
             let file = dir.join("nats.conf");
             std::fs::write(&file, config).expect("writing the nats config");
-            file
-        });
-        let mut s = NatsServer { child: None, port: crate::free_port(), dir, config: file };
+            args.extend(["-c".into(), file.into()]);
+        }
+        args.extend(["-js".into(), "-sd".into(), dir.clone().into()]);
+        let mut s = NatsServer { child: None, port: crate::free_port(), dir, args, env: Vec::new() };
         s.spawn();
         s.wait_listening();
         s
     }
 
-    /// Starts one without waiting for it to listen (cluster nodes start together).
+    /// Starts one from `config` without waiting for it to listen (cluster nodes start together).
     fn start_nowait(config: &str) -> NatsServer {
         let dir = std::env::temp_dir().join(crate::unique("tributary_nats"));
         std::fs::create_dir_all(&dir).expect("creating the nats store dir");
         let file = dir.join("nats.conf");
         std::fs::write(&file, config).expect("writing the nats config");
-        let mut s = NatsServer { child: None, port: crate::free_port(), dir, config: Some(file) };
+        let args = vec!["-c".into(), file.into(), "-js".into(), "-sd".into(), dir.clone().into()];
+        let mut s = NatsServer { child: None, port: crate::free_port(), dir, args, env: Vec::new() };
         s.spawn();
+        s
+    }
+
+    /// Starts one from the configuration file `config` as deployed (its users, permissions, TLS), on a
+    /// free port with its own store. The file and the `.conf` files beside it (what it `include`s) are
+    /// copied into the server's directory, with every `store_dir` pointed there; the client and monitoring
+    /// addresses are set on the command line, which overrides the file's. `env` is added to the server's
+    /// environment, for the `$VARIABLE`s the files read.
+    pub fn with_config(config: &Path, env: &[(&str, &str)]) -> NatsServer {
+        let dir = std::env::temp_dir().join(crate::unique("tributary_nats"));
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store).expect("creating the nats store dir");
+        let from = config.parent().expect("a config file in a directory");
+        for entry in std::fs::read_dir(from).expect("reading the config's directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|e| e == "conf") || path.file_name() == config.file_name() {
+                let text = std::fs::read_to_string(&path).expect("reading a nats config file");
+                let text: Vec<String> = text
+                    .lines()
+                    .map(|l| match l.trim_start().starts_with("store_dir") {
+                        true => format!("  store_dir: {:?}", store.display().to_string()),
+                        false => l.to_owned(),
+                    })
+                    .collect();
+                std::fs::write(dir.join(path.file_name().unwrap()), text.join("\n")).expect("copying a config");
+            }
+        }
+        let file = dir.join(config.file_name().expect("a config file name"));
+        let args = vec!["-c".into(), file.into(), "-m".into(), crate::free_port().to_string().into()];
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = NatsServer { child: None, port: crate::free_port(), dir, args, env };
+        s.spawn();
+        s.wait_listening();
         s
     }
 
@@ -68,17 +106,13 @@ impl NatsServer {
             .into_iter()
             .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
             .expect("nats-server is not installed (apt-get install nats-server)");
-        let mut cmd = Command::new(bin);
-        if let Some(file) = &self.config {
-            cmd.arg("-c").arg(file);
-        }
-        let child = cmd
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.dir)
-            .arg("-l")
-            .arg(self.dir.join("nats.log"))
+        let log = self.dir.join("nats.log");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creating the nats log"))
             .spawn()
             .expect("starting nats-server");
         self.child = Some(child);
@@ -87,6 +121,16 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What the server logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
     }
 
     /// Stops the server (SIGKILL), keeping its store.

@@ -1,6 +1,6 @@
 //! Wiring: connect to NATS and PostgreSQL once, then run any set of roles on one shutdown token.
 
-use crate::config::Config;
+use crate::config::{Config, NatsConfig};
 use anyhow::Context;
 use async_nats::jetstream;
 use sea_orm::DatabaseConnection;
@@ -47,33 +47,112 @@ pub enum NatsAuth {
     Token(String),
 }
 
-/// Connects to NATS (retrying while it comes up), with the credentials written in the URL.
-pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("tributary")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5));
-    opts = match nats_credentials(url) {
+/// Connects to NATS as `cfg` says: credentials from the URL, an NKey seed file or a `.creds` file; TLS
+/// with extra trusted CAs, a client certificate, or required outright. While the server does not answer
+/// it retries for 20 s; a refused login or a failed TLS handshake is an error at once, naming the cause.
+///
+/// Secrets stay out of logs: the URL handed to async-nats (which logs its servers at debug level) has
+/// its credentials removed, they travel as options instead, and errors name files, never their contents.
+pub async fn connect_nats(cfg: &NatsConfig) -> anyhow::Result<async_nats::Client> {
+    use async_nats::ConnectErrorKind as Kind;
+    cfg.check()?;
+    // async-nats builds its TLS configuration with rustls' process-wide provider, which rustls cannot
+    // choose alone when, as here, more than one is compiled in (ring, and aws-lc-rs through reqwest):
+    // without this, a TLS connection panics. Installing twice is harmless (the first stays).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let mut opts = async_nats::ConnectOptions::new().name("tributary").connection_timeout(Duration::from_secs(5));
+    opts = match nats_credentials(&cfg.url) {
         Some(NatsAuth::UserPassword(user, pass)) => opts.user_and_password(user, pass),
         Some(NatsAuth::Token(token)) => opts.token(token),
         None => opts,
     };
+    if let Some(path) = &cfg.nkey_seed_file {
+        let seed = tokio::fs::read_to_string(path)
+            .await
+            .with_context(|| format!("reading nats.nkey_seed_file {}", path.display()))?;
+        let seed = seed.trim();
+        // Checked here so that a bad seed is a clear error at startup, not a refused handshake.
+        anyhow::ensure!(
+            seed.starts_with("SU") && nkeys::KeyPair::from_seed(seed).is_ok(),
+            "nats.nkey_seed_file {} does not hold a user NKey seed (SU...)",
+            path.display()
+        );
+        opts = opts.nkey(seed.to_owned());
+    }
+    if let Some(path) = &cfg.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading nats.credentials_file {}", path.display()))?;
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        anyhow::ensure!(ca.is_file(), "nats.tls_ca_file {} is not a file", ca.display());
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        for f in [cert, key] {
+            anyhow::ensure!(f.is_file(), "nats TLS client file {} is not a file", f.display());
+        }
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    opts = opts.require_tls(cfg.tls_required);
+    let (url, shown) = (without_credentials(&cfg.url), redact_nats(&cfg.url));
     // async-nats parses one URL per address: split the comma-separated list here.
     let addrs = url
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("bad NATS URL {}", redact(url)))?;
-    let client = tokio::time::timeout(Duration::from_secs(20), opts.connect(addrs))
-        .await
-        .map_err(|_| anyhow::anyhow!("NATS at {} did not answer within 20 s", redact(url)))?
-        .with_context(|| format!("connecting to NATS at {}", redact(url)))?;
-    Ok(client)
+        .with_context(|| format!("bad NATS URL {shown}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match opts.clone().connect(addrs.clone()).await {
+            Ok(client) => return Ok(client),
+            // Not up yet: try again (async-nats' own retry would hide a refused login until first use).
+            Err(e) if matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns) && !tls_refusal(&e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(e).with_context(|| format!("NATS at {shown} did not answer within 20 s"));
+                }
+                tracing::debug!(error = %e, "NATS does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to NATS at {shown}")),
+        }
+    }
+}
+
+/// Whether a connection failed on TLS after the handshake (e.g. the server wanted a client certificate):
+/// rustls reports alerts as `InvalidData`, which no retry will fix.
+fn tls_refusal(e: &async_nats::ConnectError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+}
+
+/// The URL(s) with user, password and token removed (they are passed as options).
+fn without_credentials(urls: &str) -> String {
+    map_urls(urls, |u| {
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+    })
+}
+
+/// Applies `f` to each comma-separated URL that parses and carries credentials; others are kept as written.
+fn map_urls(urls: &str, f: impl Fn(&mut reqwest::Url)) -> String {
+    urls.split(',')
+        .map(|raw| match reqwest::Url::parse(raw.trim()) {
+            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+                f(&mut u);
+                u.to_string()
+            }
+            _ => raw.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Connects to everything, creates the database if missing, migrates, and ensures the streams.
 pub async fn connect(config: Config) -> anyhow::Result<Connected> {
-    let nats = connect_nats(&config.nats.url).await?;
+    let nats = connect_nats(&config.nats).await?;
     let js = jetstream::new(nats.clone());
     ensure_streams(&js, &config.streams).await?;
     if tributary_store::ensure_database(&config.database.url).await.context("creating the database")? {
@@ -102,18 +181,26 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &tributary_broker::Str
     }
 }
 
-/// A URL with its password replaced, for logs.
+/// URL(s) with their passwords replaced by `***`, for logs (a user name alone, as in
+/// `postgres://postgres@host/db`, is kept).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            match cred.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+    map_urls(url, |u| {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
         }
-        _ => url.to_owned(),
-    }
+    })
+}
+
+/// NATS URL(s) for logs: passwords replaced by `***`, and a lone user part too, since for NATS
+/// `nats://token@host` is a token.
+pub fn redact_nats(url: &str) -> String {
+    map_urls(url, |u| {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        } else {
+            let _ = u.set_username("***");
+        }
+    })
 }
 
 impl Connected {
@@ -169,5 +256,61 @@ mod tests {
         assert_eq!(nats_credentials("nats://a:4222,nats://tok@b:4222"), Some(NatsAuth::Token("tok".into())));
         assert_eq!(nats_credentials("nats://127.0.0.1:4222"), None);
         assert_eq!(redact("nats://api:secret@nats:4222"), "nats://api:***@nats:4222");
+    }
+
+    #[test]
+    fn redaction_hides_passwords_and_nats_tokens_in_every_url() {
+        assert_eq!(redact("postgres://postgres@db:5432/t"), "postgres://postgres@db:5432/t");
+        assert_eq!(
+            redact("postgres://app:pw@db:5432/t?sslmode=require"),
+            "postgres://app:***@db:5432/t?sslmode=require"
+        );
+        assert_eq!(
+            redact_nats("nats://a:one@n1:4222,nats://tok@n2:4222,nats://n3:4222"),
+            "nats://a:***@n1:4222,nats://***@n2:4222,nats://n3:4222"
+        );
+        assert_eq!(redact_nats("tls://u:p%40ss@n:4222"), "tls://u:***@n:4222");
+        assert_eq!(without_credentials("nats://a:s@n1:4222, nats://tok@n2:4222"), "nats://n1:4222,nats://n2:4222");
+        assert_eq!(without_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
+        let shown = format!("{:?}", NatsConfig::with_url("nats://api:hunter2@nats:4222"));
+        assert!(!shown.contains("hunter2") && shown.contains("api:***@nats"), "{shown}");
+    }
+
+    #[test]
+    fn one_way_to_authenticate_and_whole_client_certificates() {
+        let mut c = NatsConfig::with_url("nats://api:pw@nats:4222");
+        c.nkey_seed_file = Some("seed.nk".into());
+        assert!(c.check().unwrap_err().to_string().contains("one way only"));
+        c.url = "nats://nats:4222".into();
+        c.check().unwrap();
+        c.credentials_file = Some("user.creds".into());
+        assert!(c.check().is_err());
+        let mut c = NatsConfig::with_url("nats://nats:4222");
+        c.tls_cert_file = Some("client.pem".into());
+        assert!(c.check().unwrap_err().to_string().contains("go together"));
+        c.tls_key_file = Some("client.key".into());
+        c.check().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_seed_file_is_refused_without_showing_it() {
+        let path = std::env::temp_dir().join(format!("tributary-bad-seed-{}", std::process::id()));
+        std::fs::write(&path, "SUnotaseedatall-secret\n").unwrap();
+        let mut c = NatsConfig::with_url("nats://127.0.0.1:1");
+        c.nkey_seed_file = Some(path.clone());
+        let e = format!("{:#}", connect_nats(&c).await.unwrap_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("does not hold a user NKey seed") && !e.contains("secret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_credentials_file_is_refused_without_showing_it() {
+        let path = std::env::temp_dir().join(format!("tributary-bad-creds-{}", std::process::id()));
+        std::fs::write(&path, "-----BEGIN NATS USER JWT-----\nnot-a-jwt-secret\n").unwrap();
+        let mut c = NatsConfig::with_url("nats://127.0.0.1:1");
+        c.credentials_file = Some(path.clone());
+        let e = format!("{:#}", connect_nats(&c).await.unwrap_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("reading nats.credentials_file") && !e.contains("secret"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tributary_aggregator::AggregatorConfig;
 use tributary_api::ApiConfig;
 use tributary_broker::StreamsConfig;
@@ -46,17 +46,83 @@ pub struct Config {
     pub up: UpConfig,
 }
 
-/// NATS connection.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// NATS connection: where, and how a role proves who it is.
+///
+/// Authentication is one of: a user and password (or a token) written in `url`, an NKey seed file, or a
+/// `.creds` file; setting two is an error. The files hold secrets and are read when connecting; neither
+/// their contents nor a URL's password are ever logged (`Debug` shows the URL redacted).
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL(s), comma-separated; `NATS_URL` overrides it.
+    /// Server URL(s), comma-separated; `NATS_URL` overrides it. `nats://user:password@host:4222` logs in
+    /// with a user and password, `nats://token@host:4222` with a token; `tls://host:4222` requires TLS.
     pub url: String,
+    /// A file holding the role's NKey seed (`SU...`, as `nk -gen user` writes it): authenticates with the
+    /// user NKey instead of a password.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (a user JWT and its NKey seed, as `nsc` writes them), for servers run in operator
+    /// (decentralised JWT) mode.
+    pub credentials_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities that signed the server's certificate (added to the system
+    /// trust store).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (`verify: true`); needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a server that does not offer TLS (otherwise TLS is used whenever the server
+    /// requires it or the URL is `tls://`).
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        NatsConfig { url: "nats://127.0.0.1:4222".into() }
+        NatsConfig::with_url("nats://127.0.0.1:4222")
+    }
+}
+
+impl NatsConfig {
+    /// Plain settings for `url`: no TLS, no key files (the private servers `up` and `bench` start).
+    pub fn with_url(url: impl Into<String>) -> NatsConfig {
+        NatsConfig {
+            url: url.into(),
+            nkey_seed_file: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+        }
+    }
+
+    /// Refuses settings that contradict each other: two ways to authenticate, or half a client
+    /// certificate.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let in_url = crate::app::nats_credentials(&self.url).is_some();
+        let ways = [in_url, self.nkey_seed_file.is_some(), self.credentials_file.is_some()];
+        anyhow::ensure!(
+            ways.iter().filter(|w| **w).count() <= 1,
+            "nats: authenticate one way only: credentials in nats.url, nats.nkey_seed_file or nats.credentials_file"
+        );
+        anyhow::ensure!(
+            self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "nats: tls_cert_file and tls_key_file go together"
+        );
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &crate::app::redact_nats(&self.url))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_required", &self.tls_required)
+            .finish()
     }
 }
 
@@ -114,11 +180,14 @@ impl Config {
         {
             cfg.database.url = url;
         }
+        cfg.nats.check()?;
+        cfg.api.check().context("api")?;
         Ok(cfg)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error, which is large
 mod tests {
     use super::*;
 
@@ -137,6 +206,49 @@ mod tests {
             jail.set_env("TRIBUTARY_API__LISTEN", "0.0.0.0:9999");
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.api.listen, "0.0.0.0:9999");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn security_settings_come_from_the_environment() {
+        use tributary_api::ApiToken;
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[w1,w2]");
+            jail.set_env("TRIBUTARY_API__READ_TOKENS", "r1");
+            jail.set_env("TRIBUTARY_NATS__TLS_REQUIRED", "true");
+            jail.set_env("TRIBUTARY_NATS__TLS_CA_FILE", "/etc/tributary/ca.pem");
+            jail.set_env("TRIBUTARY_NATS__NKEY_SEED_FILE", "/etc/tributary/role.nk");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.write_tokens, [ApiToken::from("w1"), ApiToken::from("w2")]);
+            assert_eq!(cfg.api.read_tokens, [ApiToken::from("r1")]);
+            assert!(cfg.nats.tls_required);
+            assert_eq!(cfg.nats.tls_ca_file.as_deref(), Some(Path::new("/etc/tributary/ca.pem")));
+            assert_eq!(cfg.nats.nkey_seed_file.as_deref(), Some(Path::new("/etc/tributary/role.nk")));
+            // Quoted, a token may hold anything (here a comma, and digits that would otherwise be a number).
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", r#"["a,b","0123"]"#);
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.write_tokens, [ApiToken::from("a,b"), ApiToken::from("0123")]);
+            // Unquoted, it would be the number 123: refused rather than read as another token.
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[0123]");
+            assert!(format!("{:#}", Config::load(None).unwrap_err()).contains("quote"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn contradictory_security_settings_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIBUTARY_API__REQUIRE_READ_TOKEN", "true");
+            assert!(Config::load(None).unwrap_err().to_string().contains("api"));
+            jail.set_env("TRIBUTARY_API__READ_TOKENS", "r1");
+            Config::load(None).map_err(|e| e.to_string())?;
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", r#"[""]"#);
+            assert!(format!("{:#}", Config::load(None).unwrap_err()).contains("empty token"));
+            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[w]");
+            jail.set_env("TRIBUTARY_NATS__URL", "nats://u:p@nats:4222");
+            jail.set_env("TRIBUTARY_NATS__CREDENTIALS_FILE", "/etc/tributary/role.creds");
+            assert!(Config::load(None).unwrap_err().to_string().contains("one way only"));
             Ok(())
         });
     }

@@ -177,7 +177,8 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
         let dir = data.join("nats");
         let child = spawn_nats(&bin, port, &dir, &data.join("nats.log"))?;
         servers.nats = Some(child);
-        cfg.nats.url = format!("nats://127.0.0.1:{port}");
+        // The private server has no TLS and no users: drop any configured for the one that did not answer.
+        cfg.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{port}"));
         eprintln!(
             "tributary up: NATS did not answer at {wanted}; started a private nats-server on {} (data in {})",
             cfg.nats.url,

@@ -395,7 +395,8 @@ async fn up(mut config: Config, demo: bool) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    eprintln!("tributary is up: http://{addr}/  (API docs: http://{addr}/docs; Ctrl-C stops)");
+    let scheme = if c.config.api.tls_cert_file.is_some() { "https" } else { "http" };
+    eprintln!("tributary is up: {scheme}://{addr}/  (API docs: {scheme}://{addr}/docs; Ctrl-C stops)");
     let mut first_error = None;
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -486,7 +487,7 @@ fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
-    let nats = app::connect_nats(&config.nats.url).await?;
+    let nats = app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
     let report = if let (Some(d), Some(s)) = (&args.drivers, &args.shipments) {
@@ -547,7 +548,7 @@ async fn define_demo_index(c: &Connected) -> anyhow::Result<()> {
 }
 
 async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<()> {
-    let nats = app::connect_nats(&config.nats.url).await?;
+    let nats = app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
     if let Some(path) = args.csv {
@@ -598,7 +599,7 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
 }
 
 async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result<()> {
-    let nats = app::connect_nats(&config.nats.url).await?;
+    let nats = app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
     let stop = shutdown::on_signal();
@@ -625,7 +626,7 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
 }
 
 async fn import_ports(config: Config, args: PortsArgs) -> anyhow::Result<()> {
-    let nats = app::connect_nats(&config.nats.url).await?;
+    let nats = app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
     let started = std::time::Instant::now();
@@ -707,7 +708,7 @@ async fn import(config: Config, args: ImportArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let nats = app::connect_nats(&config.nats.url).await?;
+    let nats = app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     app::ensure_streams(&js, &config.streams).await?;
     let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |p| show(p)).await;

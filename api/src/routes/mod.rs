@@ -25,7 +25,8 @@ const OPENAPI: &str = include_str!("../openapi.json");
 const DOCS: &str = include_str!("../docs.html");
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
-pub fn router() -> Router<AppState> {
+/// Every route, behind the bearer token check (inside the trace layer, so refusals are traced too).
+pub fn router(auth: crate::auth::Auth) -> Router<AppState> {
     Router::new()
         .route("/v1/series/price", get(series::list))
         .route("/v1/series/price/{instrument}", get(series::get))
@@ -63,6 +64,7 @@ pub fn router() -> Router<AppState> {
             })))
                 .into_response()
         })
+        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::check))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path())
         }))

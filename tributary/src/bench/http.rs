@@ -28,14 +28,20 @@ pub async fn measure(
     js: &jetstream::Context,
 ) -> anyhow::Result<ApiMeasured> {
     let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16 }).await?;
-    let nats = crate::app::connect_nats(&config.nats.url).await?;
+    let nats = crate::app::connect_nats(&config.nats).await?;
     let state = tributary_api::AppState {
         db,
         nats,
         js: js.clone(),
         streams: config.streams.clone(),
         metrics: tributary_telemetry::metrics(),
-        config: config.api.clone(),
+        // Measured over plain HTTP on loopback with open reads, whatever the deployment's TLS and tokens.
+        config: tributary_api::ApiConfig {
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_read_token: false,
+            ..config.api.clone()
+        },
         rollups: config.metrics.clone(),
         live: tributary_api::Live::new(),
         uploads: tributary_api::Uploads::new(),

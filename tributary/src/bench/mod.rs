@@ -168,8 +168,9 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
 
 async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<Report> {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    config.nats.url = nats_url.clone();
-    let nats = crate::app::connect_nats(&nats_url).await?;
+    // The private server has no TLS and no users: the configured ones are not for it.
+    config.nats = crate::config::NatsConfig::with_url(nats_url);
+    let nats = crate::app::connect_nats(&config.nats).await?;
     let js = async_nats::jetstream::new(nats);
     let n = args.events;
     let message_bytes = event(0, args.instruments).1.len();

@@ -163,7 +163,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
     let mut nats = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
     let url = format!("nats://127.0.0.1:{port}");
     let outcome = async {
-        let js = jetstream::new(crate::app::connect_nats(&url).await?);
+        let js = jetstream::new(crate::app::connect_nats(&crate::config::NatsConfig::with_url(url.clone())).await?);
         tributary_broker::streams::ensure(&js, &Default::default()).await?;
         eprintln!("raw JetStream publish of {entries} messages of {entry_bytes} bytes…");
         let raw = raw_publish(&js, entries, entry_bytes as usize, false).await?;

@@ -49,7 +49,8 @@ pub async fn spawn_app_at(url: String, nats: Option<NatsServer>, tune: impl FnOn
     tune(&mut config);
     let c = app::connect(config).await.expect("connecting the test app");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if c.config.api.tls_cert_file.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let api = {
         let (c, s) = (c.clone(), stop.clone());

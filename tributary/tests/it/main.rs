@@ -13,5 +13,6 @@ mod metrics;
 mod ports;
 mod prices;
 mod processes;
+mod security;
 mod surveys;
 mod uploads;
