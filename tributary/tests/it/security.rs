@@ -84,10 +84,21 @@ impl Broker {
         js
     }
 
+    /// Waits for the server to log a publish violation by `user` on `subject` (or on its partitioned form
+    /// `<kind>.p.<n>.<key>`, which the account's `partition()` mappings make of prices and metrics).
     async fn violation_logged(&self, user: &str, subject: &str) {
-        let wanted = format!("Publish Violation - User {user:?}, Subject {subject:?}");
-        eventually(Duration::from_secs(10), &format!("{wanted} in the server's log"), || {
-            let found = self.server.log().contains(&wanted);
+        let prefix = format!("Publish Violation - User {user:?}, Subject \"");
+        let denied = |line: &str| -> Option<String> {
+            let rest = &line[line.find(&prefix)? + prefix.len()..];
+            let logged = &rest[..rest.find('"')?];
+            let mut t: Vec<&str> = logged.split('.').collect();
+            if t.len() > 3 && t[1] == "p" && t[2].bytes().all(|b| b.is_ascii_digit()) {
+                t.drain(1..3);
+            }
+            Some(t.join("."))
+        };
+        eventually(Duration::from_secs(10), &format!("{prefix}{subject}\" in the server's log"), || {
+            let found = self.server.log().lines().any(|l| denied(l).as_deref() == Some(subject));
             async move { found.then_some(()) }
         })
         .await;
