@@ -46,7 +46,7 @@ pub fn plan_scores(n: usize, m: usize, scores: &[u64]) -> Plan {
     assert_eq!(scores.len(), n * m, "an n × m score matrix");
     let at = |i: usize, j: usize| scores[i * m + j];
     let column_of_row: Vec<Option<usize>> = if n <= m {
-        maximise(n, m, |i, j| at(i, j)).into_iter().map(Some).collect()
+        maximise(n, m, at).into_iter().map(Some).collect()
     } else {
         let row_of_column = maximise(m, n, |j, i| at(i, j));
         let mut c = vec![None; n];

@@ -95,7 +95,7 @@ fn parts(address: &str, driver: &str) -> (u64, bool, u64, u64, u64) {
     let name_len = driver.chars().count() as u64;
     let vowels = driver.chars().filter(|c| is_vowel(*c)).count() as u64;
     let consonants = driver.chars().filter(|c| c.is_alphabetic() && !is_vowel(*c)).count() as u64;
-    (street_len, street_len % 2 == 0, name_len, vowels, consonants)
+    (street_len, street_len.is_multiple_of(2), name_len, vowels, consonants)
 }
 
 /// The score of `address` for `driver` with the numbers behind it.

@@ -125,22 +125,23 @@ async fn post(State(p): State<Provider>, body: axum::body::Bytes) -> Response {
 }
 
 async fn export(State(p): State<Provider>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let whole = |f: &'static str, default: i64, min: i64, max: i64| -> Result<i64, Response> {
+    // Err: the parameter at fault and what is wrong with it.
+    let whole = |f: &'static str, default: i64, min: i64, max: i64| -> Result<i64, (&'static str, String)> {
         match q.get(f) {
             None => Ok(default),
-            Some(v) => v.trim().parse::<i64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_param",
-                    format!("{f} must be a whole number from {min} to {max}, got {v:?}"),
-                    Some(f),
-                )
-            }),
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| (f, format!("{f} must be a whole number from {min} to {max}, got {v:?}"))),
         }
     };
     let (limit, after) = match (whole("limit", 100, 1, 1000), whole("after_id", 0, 0, i64::MAX)) {
         (Ok(l), Ok(a)) => (l, a),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err((f, why)), _) | (_, Err((f, why))) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_param", why, Some(f));
+        }
     };
     let slow = p.inner.lock().expect("provider store").slow;
     if let Some(d) = slow {

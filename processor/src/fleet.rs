@@ -93,7 +93,7 @@ impl FleetHandler {
         }
         let has_plan: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut *tx).await?;
         if changed > 0 || !has_plan {
-            let fleet = load(&mut *tx).await?;
+            let fleet = load(&mut tx).await?;
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))
                 .await
