@@ -16,7 +16,7 @@
 pub mod provider;
 pub mod rounds;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,10 +91,6 @@ impl AggregatorConfig {
         self.validate()
     }
 }
-
-/// What a sync request may ask (an empty body asks for a plain round).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct SyncRequest {}
 
 /// Runs rounds on the interval and on demand until `shutdown`.
 pub async fn run(

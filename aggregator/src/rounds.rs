@@ -3,8 +3,10 @@
 use crate::AggregatorConfig;
 use crate::provider::{ProviderClient, PullError};
 use async_nats::jetstream;
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +88,7 @@ impl Rounds {
     /// reached a provider after that is pulled by the next round.
     pub async fn sync(self: &Arc<Self>) -> Arc<RoundReport> {
         let mut rx = {
-            let mut slot = self.in_flight.lock().expect("round slot");
+            let mut slot = self.slot();
             match &*slot {
                 Some(rx) => rx.clone(),
                 None => {
@@ -94,17 +96,48 @@ impl Rounds {
                     *slot = Some(rx.clone());
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let report = Arc::new(me.round().await);
+                        // A round that panics still ends and reports, so the slot never stays taken.
+                        let report = AssertUnwindSafe(me.round())
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| me.failed("the round panicked; see the aggregator's log"));
                         // Later requests start a new round from here on.
-                        *me.in_flight.lock().expect("round slot") = None;
-                        let _ = tx.send(Some(report));
+                        *me.slot() = None;
+                        let _ = tx.send(Some(Arc::new(report)));
                     });
                     rx
                 }
             }
         };
-        let report = rx.wait_for(Option::is_some).await.map(|r| r.clone());
-        report.ok().flatten().expect("a round always reports")
+        match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or_else(|| Arc::new(self.failed("the round ended without a report"))),
+            Err(_) => Arc::new(self.failed("the round was stopped (shutdown)")),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        // Nothing panics while holding it; recover the value if something ever did.
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A report for a round that could not run: every provider `error` with `why`.
+    fn failed(&self, why: &str) -> RoundReport {
+        RoundReport {
+            round: self.rounds(),
+            started_at: Ts::new(chrono::Utc::now()).to_string(),
+            took_ms: 0.0,
+            providers: self
+                .providers
+                .iter()
+                .map(|p| ProviderReport {
+                    provider: p.name.clone(),
+                    status: "error".into(),
+                    items: 0,
+                    cursor: p.cursor.load(Ordering::Relaxed),
+                    error: Some(why.to_owned()),
+                })
+                .collect(),
+        }
     }
 
     /// Rounds started so far.
