@@ -45,9 +45,12 @@ pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Resul
             continue;
         }
         for (durable, _, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
-            let mut at = 0;
+            let (mut at, mut consumer) = (0, None);
             loop {
-                if let Ok(mut c) = stream.get_consumer::<pull::Config>(&durable).await
+                if consumer.is_none() {
+                    consumer = stream.get_consumer::<pull::Config>(&durable).await.ok();
+                }
+                if let Some(c) = consumer.as_mut()
                     && let Ok(info) = c.info().await
                 {
                     // Everything it was given up to `last` is acked: its ack floor is past `last`, or

@@ -91,8 +91,10 @@ impl FleetHandler {
                 changed += upsert(&mut tx, table, column, &rows).await?;
             }
         }
-        let has_plan: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut *tx).await?;
-        if changed > 0 || !has_plan {
+        // Recompute when something changed, or when no plan exists yet (the first batch may change nothing).
+        let recompute = changed > 0
+            || !sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut *tx).await?;
+        if recompute {
             let fleet = load(&mut tx).await?;
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))
