@@ -3,22 +3,45 @@
 //! [`Publisher`] keeps up to `max_in_flight` publishes awaiting their JetStream ack, so a producer is
 //! never one round trip per event; only an ack proves that an event is stored, so every publish is
 //! counted as stored, duplicate or failed, and failures are kept with their reason, never dropped.
+//!
+//! A publish with an idempotency key that is not acknowledged (the server restarting, a lost
+//! connection, JetStream briefly unavailable) is sent again, with a growing pause, until it is or until
+//! the retry window ([`Publisher::retry_for`]) has passed; the key makes a repeat of a publish that was
+//! in fact stored a duplicate JetStream drops. While retries are pending the pipeline stays full, so the
+//! producer waits instead of piling up events. A publish without a key is never repeated (it could be
+//! stored twice): its failure is reported at once. Once one publish has used up its retry window the
+//! publisher gives up ([`Publisher::gave_up`]): later publishes are reported as not delivered without
+//! being sent, so a long outage ends an import quickly with everything accounted for, and a simulator
+//! can stop.
 
 use crate::codec;
 use crate::trace;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage as Publish, publish::PublishAck};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// The idempotency header JetStream deduplicates on.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
-type AckFuture = Pin<Box<dyn Future<Output = (String, Result<PublishAck, String>)> + Send>>;
+/// How long a publisher keeps retrying an unacknowledged idempotent publish, unless told otherwise.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(60);
+
+/// An acknowledged publish, or the last reason it was not; how many times it was sent again, and whether
+/// it failed for good after its whole retry window.
+struct Settled {
+    subject: String,
+    resent: u32,
+    result: Result<PublishAck, String>,
+    exhausted: bool,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Settled> + Send>>;
 
 /// What became of the publishes so far.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -27,6 +50,9 @@ pub struct PublishReport {
     pub stored: u64,
     /// Dropped by JetStream as a repeat of an idempotency key seen within the duplicate window.
     pub duplicates: u64,
+    /// Publishes sent again after a failure (each repeat counted); a repeat of a publish that was in fact
+    /// stored is counted under `duplicates`.
+    pub resent: u64,
     /// Not acknowledged: (subject, reason). The caller decides to retry or report them.
     pub failed: Vec<(String, String)>,
 }
@@ -45,19 +71,30 @@ pub fn headers(msg_id: Option<&str>, content_type: &str) -> HeaderMap {
 pub struct Publisher {
     js: jetstream::Context,
     max_in_flight: usize,
+    retry_for: Duration,
     in_flight: FuturesUnordered<AckFuture>,
     report: PublishReport,
+    gave_up: Option<String>,
 }
 
 impl Publisher {
-    /// A publisher that keeps at most `max_in_flight` acks outstanding.
+    /// A publisher that keeps at most `max_in_flight` acks outstanding and retries idempotent publishes
+    /// for [`DEFAULT_RETRY`].
     pub fn new(js: jetstream::Context, max_in_flight: usize) -> Self {
         Publisher {
             js,
             max_in_flight: max_in_flight.max(1),
+            retry_for: DEFAULT_RETRY,
             in_flight: FuturesUnordered::new(),
             report: PublishReport::default(),
+            gave_up: None,
         }
+    }
+
+    /// Retries an unacknowledged idempotent publish for up to `window` after its first send (zero: never).
+    pub fn retry_for(mut self, window: Duration) -> Self {
+        self.retry_for = window;
+        self
     }
 
     /// Publishes `value` as MessagePack to `subject`, with an idempotency key when given.
@@ -67,35 +104,69 @@ impl Publisher {
     }
 
     /// Publishes a payload with the given headers (trace context is added). Waits only when the
-    /// pipeline is full.
+    /// pipeline is full. The first send happens here, in call order, so one publisher's events are
+    /// stored in the order it was given them (unless one has to be sent again).
     pub async fn publish_raw(&mut self, subject: String, mut headers: HeaderMap, payload: Bytes) {
+        while let Some(Some(settled)) = self.in_flight.next().now_or_never() {
+            self.record(settled);
+        }
         while self.in_flight.len() >= self.max_in_flight {
             self.settle_one().await;
         }
+        if let Some(why) = &self.gave_up {
+            self.report.failed.push((subject, format!("not sent: {why}")));
+            return;
+        }
         let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
         trace::inject(&span, &mut headers);
-        let sent = self
-            .js
-            .send_publish(subject.clone(), Publish::build().payload(payload).headers(headers))
-            .instrument(span)
-            .await;
-        match sent {
-            Ok(ack) => self.in_flight.push(Box::pin(async move {
-                let r = ack.await.map_err(|e| e.to_string());
-                (subject, r)
-            })),
-            Err(e) => self.report.failed.push((subject, e.to_string())),
-        }
+        // Only a keyed publish may be repeated; it keeps what a repeat needs.
+        let again = (headers.get(MSG_ID).is_some() && !self.retry_for.is_zero()).then(|| Resend {
+            js: self.js.clone(),
+            headers: headers.clone(),
+            payload: payload.clone(),
+            until: Instant::now() + self.retry_for,
+        });
+        // While disconnected a keyed publish waits in the pipeline for the reconnect instead of blocking
+        // the producer on the client's full queue; it is sent when NATS is back (order is then not kept).
+        let connected = self.js.client().connection_state() == async_nats::connection::State::Connected;
+        let sent = if connected || again.is_none() {
+            self.js
+                .send_publish(subject.clone(), Publish::build().payload(payload).headers(headers))
+                .instrument(span)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err(NOT_CONNECTED.to_owned())
+        };
+        self.in_flight.push(Box::pin(settle(subject, sent, again)));
     }
 
     async fn settle_one(&mut self) {
-        if let Some((subject, r)) = self.in_flight.next().await {
-            match r {
-                Ok(ack) if ack.duplicate => self.report.duplicates += 1,
-                Ok(_) => self.report.stored += 1,
-                Err(e) => self.report.failed.push((subject, e)),
+        if let Some(settled) = self.in_flight.next().await {
+            self.record(settled);
+        }
+    }
+
+    fn record(&mut self, Settled { subject, resent, result, exhausted }: Settled) {
+        self.report.resent += resent as u64;
+        match result {
+            Ok(ack) if ack.duplicate => self.report.duplicates += 1,
+            Ok(_) => self.report.stored += 1,
+            Err(e) => {
+                if exhausted && self.gave_up.is_none() {
+                    tracing::warn!(subject, error = %e, window = ?self.retry_for, "publish not acknowledged within the retry window; giving up");
+                    self.gave_up =
+                        Some(format!("an earlier publish was not acknowledged within {:?} ({e})", self.retry_for));
+                }
+                self.report.failed.push((subject, e));
             }
         }
+    }
+
+    /// Whether a publish used up its retry window: NATS has been unreachable for that long, and later
+    /// publishes are reported as not delivered without being sent.
+    pub fn gave_up(&self) -> bool {
+        self.gave_up.is_some()
     }
 
     /// The counts so far (publishes still in flight are not in it).
@@ -121,6 +192,51 @@ impl Publisher {
         self.flush().await;
         self.report
     }
+}
+
+const NOT_CONNECTED: &str = "not connected to NATS";
+
+/// What sending a keyed publish again needs.
+struct Resend {
+    js: jetstream::Context,
+    headers: HeaderMap,
+    payload: Bytes,
+    until: Instant,
+}
+
+/// Waits for the ack of a first send; on failure sends again (when allowed) with a pause of 100 ms
+/// doubling to 2 s, until acknowledged or the retry window has passed.
+async fn settle(
+    subject: String,
+    first: Result<jetstream::context::PublishAckFuture, String>,
+    again: Option<Resend>,
+) -> Settled {
+    let mut result = match first {
+        Ok(ack) => ack.await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let (mut resent, mut attempts) = (0u32, 0u32);
+    let Some(r) = again else { return Settled { subject, resent, result, exhausted: false } };
+    while let Err(e) = &result {
+        let pause = Duration::from_millis(100 << attempts.min(4)).min(Duration::from_secs(2));
+        if Instant::now() + pause > r.until {
+            return Settled { subject, resent, result, exhausted: true };
+        }
+        tracing::debug!(subject, error = %e, ?pause, "publish not acknowledged; sending it again");
+        tokio::time::sleep(pause).await;
+        attempts += 1;
+        if r.js.client().connection_state() != async_nats::connection::State::Connected {
+            result = Err(NOT_CONNECTED.into()); // queueing it would only wait for the reconnect
+            continue;
+        }
+        resent += 1;
+        let msg = Publish::build().payload(r.payload.clone()).headers(r.headers.clone());
+        result = match r.js.send_publish(subject.clone(), msg).await {
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    Settled { subject, resent, result, exhausted: false }
 }
 
 /// Publishes one payload and waits for its ack: for the API's ingest and replay routes.

@@ -30,6 +30,9 @@ pub struct MetricsSimConfig {
     pub seed: Option<u64>,
     /// Acks awaited at once.
     pub max_in_flight: usize,
+    /// Seconds an unacknowledged publish is sent again before it is reported as not delivered (NATS
+    /// restarting, a lost connection); the idempotency key makes a repeat harmless.
+    pub retry_secs: u64,
 }
 
 impl Default for MetricsSimConfig {
@@ -41,6 +44,7 @@ impl Default for MetricsSimConfig {
             rounds: None,
             seed: None,
             max_in_flight: 4096,
+            retry_secs: 60,
         }
     }
 }
@@ -99,7 +103,7 @@ pub async fn simulate(js: jetstream::Context, cfg: MetricsSimConfig, shutdown: C
     };
     let mut servers: Vec<Server> =
         (1..=cfg.servers.max(1)).map(|i| Server::new(format!("{}{i}", cfg.prefix))).collect();
-    let mut publisher = Publisher::new(js, cfg.max_in_flight);
+    let mut publisher = Publisher::new(js, cfg.max_in_flight).retry_for(Duration::from_secs(cfg.retry_secs));
     let mut interval = tokio::time::interval(Duration::from_millis(cfg.interval_ms.max(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds = 0u64;
@@ -108,6 +112,10 @@ pub async fn simulate(js: jetstream::Context, cfg: MetricsSimConfig, shutdown: C
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = interval.tick() => {}
+        }
+        if publisher.gave_up() {
+            tracing::error!("NATS has not acknowledged publishes for the whole retry window; stopping");
+            break;
         }
         rounds += 1;
         // Millisecond timestamps, strictly increasing, shared by the round.

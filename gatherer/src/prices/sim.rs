@@ -31,6 +31,9 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// Acks awaited at once.
     pub max_in_flight: usize,
+    /// Seconds an unacknowledged publish is sent again before it is reported as not delivered (NATS
+    /// restarting, a lost connection); the idempotency key makes a repeat harmless.
+    pub retry_secs: u64,
 }
 
 impl Default for SimConfig {
@@ -43,6 +46,7 @@ impl Default for SimConfig {
             limit: None,
             seed: None,
             max_in_flight: 4096,
+            retry_secs: 60,
         }
     }
 }
@@ -65,7 +69,7 @@ pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: Cancella
         .map(|i| Walk { name: format!("S{i}"), price: 100.0, recent: VecDeque::new(), corrections: 0 })
         .collect();
     let walks_len = walks.len();
-    let mut publisher = Publisher::new(js, cfg.max_in_flight);
+    let mut publisher = Publisher::new(js, cfg.max_in_flight).retry_for(Duration::from_secs(cfg.retry_secs));
     let mut held: Vec<(u32, String, String, PriceEvent)> = Vec::new();
     let tick = Duration::from_millis(10);
     let per_tick = cfg.rate.max(0.0) * tick.as_secs_f64();
@@ -78,6 +82,10 @@ pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: Cancella
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = interval.tick() => {}
+        }
+        if publisher.gave_up() {
+            tracing::error!("NATS has not acknowledged publishes for the whole retry window; stopping");
+            break;
         }
         due += per_tick;
         while due >= 1.0 {
