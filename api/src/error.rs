@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 504: a fresh read's wait ran out.
     #[error("{0}")]
     Timeout(String),
+    /// 503: the request took longer than `api.request_timeout_ms`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 500: anything else; logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -73,6 +76,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout", None),
+            ApiError::RequestTimeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         let message = match &self {

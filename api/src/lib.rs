@@ -57,6 +57,10 @@ pub struct ApiConfig {
     /// How long a `?fresh=true` read waits (for a survey round, then for the processors' commits) before it
     /// answers 504, in milliseconds.
     pub fresh_timeout_ms: u64,
+    /// How long any request may take to its response headers, in milliseconds; then 503
+    /// `request_timeout`. Streams (Server-Sent Events, WebSocket, an upload's body) run on after their
+    /// headers, so only their start is bounded.
+    pub request_timeout_ms: u64,
     /// Bearer tokens that may write and read. Once any token (write or read) is set, every write needs
     /// `Authorization: Bearer <write token>` (401 without a known token, 403 with a read token). From the
     /// environment: `TRIBUTARY_API__WRITE_TOKENS='["t1","t2"]'` (or one bare token; a token that looks like
@@ -114,6 +118,7 @@ impl Default for ApiConfig {
             write_wait_ms: 5000,
             max_upload_bytes: 1 << 40,
             fresh_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
             write_tokens: Vec::new(),
             read_tokens: Vec::new(),
             require_read_token: false,
@@ -162,7 +167,8 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    routes::router(auth::Auth::new(&state.config)).with_state(state)
+    let deadline = Duration::from_millis(state.config.request_timeout_ms.max(1));
+    routes::router(auth::Auth::new(&state.config), deadline).with_state(state)
 }
 
 /// Serves the API on `listener` (over TLS when `api.tls_cert_file` and `api.tls_key_file` are set) until

@@ -44,6 +44,9 @@ pub struct ProcessorConfig {
     /// This replica's index (0 … replicas − 1; a StatefulSet ordinal): it consumes the partitions `p` with
     /// `p % replicas == replica`. Unpartitioned kinds are shared by every replica.
     pub replica: u32,
+    /// On a shutdown signal, how long the batches in hand get to commit before the process exits without
+    /// acking them (they are delivered again, to this or another replica).
+    pub shutdown_grace_secs: u64,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
 }
@@ -60,6 +63,7 @@ impl Default for ProcessorConfig {
             partitions: 1,
             replicas: 1,
             replica: 0,
+            shutdown_grace_secs: 20,
             prices: Transforms::default(),
         }
     }

@@ -286,7 +286,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = app::connect(config).await?;
             let stop = shutdown::on_signal();
             serve_metrics(args.metrics_listen, stop.clone()).await?;
-            c.processor(stop).await
+            let grace = Duration::from_secs(c.config.processor.shutdown_grace_secs);
+            drain_within(c.processor(stop.clone()), &stop, grace).await
         }
         Command::Api(args) => {
             if let Some(l) = args.listen {
@@ -318,6 +319,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("database migrated, streams ready");
             Ok(())
         }
+    }
+}
+
+/// Runs a role to its end; once `stop` fires, gives the work in hand `grace` to finish, then gives up on it
+/// (an error: nothing uncommitted was acked, so it is delivered again).
+async fn drain_within(
+    role: impl std::future::Future<Output = anyhow::Result<()>>,
+    stop: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::pin!(role);
+    tokio::select! {
+        r = &mut role => return r,
+        _ = stop.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, role).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "the batches in hand did not commit within {} s of the signal; exiting without acking them (they will be delivered again)",
+            grace.as_secs()
+        ),
     }
 }
 
@@ -408,11 +430,9 @@ async fn up(mut config: Config, demo: bool) -> anyhow::Result<()> {
         }
     }
     // Drain what is left within a time limit.
-    if tokio::time::timeout(Duration::from_secs(15), async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 15 s");
+    let grace = Duration::from_secs(c.config.processor.shutdown_grace_secs);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(?grace, "some tasks did not stop in time; exiting without acking their work in hand");
     }
     match first_error {
         Some(e) => Err(e),
@@ -517,11 +537,19 @@ async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
         eprintln!("published {} events: {} duplicates, {} not delivered", r.stored, r.duplicates, r.failed.len());
         r
     };
-    for (subject, why) in report.failed.iter().take(20) {
-        eprintln!("  not delivered to {subject}: {why}");
-    }
+    report_undelivered(&report.failed);
     anyhow::ensure!(report.failed.is_empty(), "{} events were not delivered", report.failed.len());
     Ok(())
+}
+
+/// Lists the first publishes that were not delivered, with why.
+fn report_undelivered(failed: &[(String, String)]) {
+    for (subject, why) in failed.iter().take(20) {
+        eprintln!("  not delivered to {subject}: {why}");
+    }
+    if failed.len() > 20 {
+        eprintln!("  … and {} more", failed.len() - 20);
+    }
 }
 
 async fn survey_provider(args: SurveyProviderArgs) -> anyhow::Result<()> {
@@ -588,12 +616,14 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
     let report = tributary_gatherer::prices::simulate(js, config.gatherer.prices, shutdown::on_signal()).await;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "published {} events in {secs:.1} s ({:.0}/s): {} duplicates, {} not delivered",
+        "published {} events in {secs:.1} s ({:.0}/s): {} duplicates, {} sent again, {} not delivered",
         report.stored,
         report.stored as f64 / secs.max(1e-9),
         report.duplicates,
+        report.resent,
         report.failed.len()
     );
+    report_undelivered(&report.failed);
     anyhow::ensure!(report.failed.is_empty(), "{} events were not delivered", report.failed.len());
     Ok(())
 }
@@ -615,12 +645,14 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
     let report = tributary_gatherer::metrics::simulate(js, config.gatherer.metrics, stop).await;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "published {} samples (messages of all fields of one server) in {secs:.1} s ({:.0}/s): {} duplicates, {} not delivered",
+        "published {} samples (messages of all fields of one server) in {secs:.1} s ({:.0}/s): {} duplicates, {} sent again, {} not delivered",
         report.stored,
         report.stored as f64 / secs.max(1e-9),
         report.duplicates,
+        report.resent,
         report.failed.len()
     );
+    report_undelivered(&report.failed);
     anyhow::ensure!(report.failed.is_empty(), "{} samples were not delivered", report.failed.len());
     Ok(())
 }

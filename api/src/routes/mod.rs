@@ -25,8 +25,9 @@ const OPENAPI: &str = include_str!("../openapi.json");
 const DOCS: &str = include_str!("../docs.html");
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
-/// Every route, behind the bearer token check (inside the trace layer, so refusals are traced too).
-pub fn router(auth: crate::auth::Auth) -> Router<AppState> {
+/// Every route, behind the bearer token check and a deadline to the response headers (inside the trace
+/// layer, so refusals and timeouts are traced too).
+pub fn router(auth: crate::auth::Auth, deadline: std::time::Duration) -> Router<AppState> {
     Router::new()
         .route("/v1/series/price", get(series::list))
         .route("/v1/series/price/{instrument}", get(series::get))
@@ -65,9 +66,23 @@ pub fn router(auth: crate::auth::Auth) -> Router<AppState> {
                 .into_response()
         })
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::check))
+        .layer(axum::middleware::from_fn_with_state(deadline, within_deadline))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path())
         }))
+}
+
+/// Answers 503 `request_timeout` when a request has no response by the deadline. A streamed response's
+/// body (SSE, WebSocket, an upload's progress) is not timed: only the handler that starts it.
+async fn within_deadline(
+    axum::extract::State(deadline): axum::extract::State<std::time::Duration>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(format!("no response within {} ms", deadline.as_millis())).into_response(),
+    }
 }
 
 /// Reads a whole JSON body up to the configured limit.
