@@ -6,6 +6,8 @@
 //! - [`TestDb`]: a fresh database per test, copied from a template migrated once per schema version
 //!   (`CREATE DATABASE … TEMPLATE`), dropped `WITH (FORCE)` on drop. The server comes from
 //!   `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! - [`PgCluster`]: a private PostgreSQL cluster (`initdb`, `pg_ctl`) on a free port, to stop and start
+//!   under a running pipeline.
 //! - [`OtlpReceiver`]: an OTLP/HTTP trace receiver collecting spans in memory.
 //! - [`Browser`]: headless Chromium over the DevTools Protocol (evaluate JavaScript, screenshots).
 //! - [`eventually`]: waits for a condition with a deadline, instead of sleeping.
@@ -14,11 +16,13 @@ mod browser;
 mod db;
 mod nats;
 mod otlp;
+mod postgres;
 
 pub use browser::{Browser, chromium_bin};
 pub use db::TestDb;
 pub use nats::{NatsCluster, NatsServer};
 pub use otlp::{OtlpReceiver, SpanRecord};
+pub use postgres::PgCluster;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -121,3 +121,24 @@ async fn health_readiness_metrics_and_the_openapi_document() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_a_json_503_and_streams_are_not_cut() {
+    // No processor: a fresh read waits for commits that never come, longer than the request deadline.
+    let nats = tributary_testkit::NatsServer::start();
+    let app = crate::common::spawn_services(nats.url(), Some(nats), |c| {
+        c.api.request_timeout_ms = 300;
+        c.api.fresh_timeout_ms = 60_000;
+    })
+    .await;
+    app.publish_plain("price.SLOW", r#"{"ts":"2026-01-02","price":10}"#).await;
+    let started = std::time::Instant::now();
+    let (s, b) = app.get("/v1/series/price/SLOW?fresh=true").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("request_timeout")), "{b}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "answered at the deadline, not the fresh wait");
+    // A live stream outlives the deadline: its headers came in time, its body is not timed.
+    let mut live = app.http.get(format!("{}/v1/live/metrics", app.base)).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let next = tokio::time::timeout(std::time::Duration::from_millis(900), live.chunk()).await;
+    assert!(next.is_err() || next.as_ref().is_ok_and(|c| c.as_ref().is_ok_and(|c| c.is_some())), "{next:?}");
+}

@@ -38,6 +38,14 @@ pub async fn spawn_app_on(nats: NatsServer, tune: impl FnOnce(&mut Config)) -> T
 
 /// The app on the NATS server(s) at `url` (e.g. a cluster the test holds).
 pub async fn spawn_app_at(url: String, nats: Option<NatsServer>, tune: impl FnOnce(&mut Config)) -> TestApp {
+    let mut app = spawn_services(url, nats, tune).await;
+    app.start_processor();
+    app
+}
+
+/// NATS, a migrated database with its streams, and the API, but no processor (tests that run processors as
+/// processes of their own).
+pub async fn spawn_services(url: String, nats: Option<NatsServer>, tune: impl FnOnce(&mut Config)) -> TestApp {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let db = TestDb::create().await;
     let mut config = Config::default();
@@ -56,18 +64,7 @@ pub async fn spawn_app_at(url: String, nats: Option<NatsServer>, tune: impl FnOn
         let (c, s) = (c.clone(), stop.clone());
         tokio::spawn(async move { c.api(listener, s).await })
     };
-    let mut app = TestApp {
-        _nats: nats,
-        _db: db,
-        c,
-        base,
-        http: reqwest::Client::new(),
-        stop,
-        processors: Vec::new(),
-        _api: api,
-    };
-    app.start_processor();
-    app
+    TestApp { _nats: nats, _db: db, c, base, http: reqwest::Client::new(), stop, processors: Vec::new(), _api: api }
 }
 
 impl Drop for TestApp {
@@ -88,6 +85,11 @@ impl TestApp {
     /// Whether the API task has returned.
     pub fn api_finished(&self) -> bool {
         self._api.is_finished()
+    }
+
+    /// The private nats-server, when the app has one (to stop and restart it).
+    pub fn nats(&mut self) -> &mut NatsServer {
+        self._nats.as_mut().expect("the app's own nats-server")
     }
 
     pub fn js(&self) -> jetstream::Context {
@@ -172,4 +174,91 @@ impl TestApp {
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// A child process of the binary, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("waiting on the child").is_none()
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaping the killed process");
+    }
+
+    /// Everything it wrote to stderr (when started with [`tributary_captured`]); waits for it to exit.
+    pub fn stderr(&mut self) -> String {
+        self.stderr.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    c.env_remove("TRIBUTARY_CONFIG").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Starts the binary with `args`, its stderr shown with the test's output.
+pub fn tributary(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut c = command(args, env);
+    c.stderr(std::process::Stdio::inherit());
+    Proc { child: c.spawn().expect("starting the tributary binary"), stderr: None }
+}
+
+/// Starts the binary with `args`, its stderr kept for [`Proc::stderr`].
+pub fn tributary_captured(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut c = command(args, env);
+    c.stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("starting the tributary binary");
+    let mut pipe = child.stderr.take().expect("a stderr pipe");
+    // Read as it comes, so a chatty process never blocks on a full pipe.
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        s
+    });
+    Proc { child, stderr: Some(stderr) }
+}
+
+/// Sends SIGTERM.
+pub fn sigterm(p: &Proc) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &p.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -TERM failed");
+}
+
+/// Waits up to `within` for the process to exit; its exit code (`None` if killed by a signal).
+pub async fn exit_code(p: &mut Proc, within: Duration) -> Option<i32> {
+    eventually(within, "the process to exit", || {
+        let r = p.child.try_wait().unwrap();
+        async move { r }
+    })
+    .await
+    .code()
 }

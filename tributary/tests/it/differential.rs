@@ -178,12 +178,22 @@ pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDe
             .fetch_all(pool)
             .await
             .unwrap();
+    let mut stored_by_inst: HashMap<&str, Vec<_>> = HashMap::new();
+    for r in &rows {
+        stored_by_inst.entry(r.0.as_str()).or_default().push(r);
+    }
+    let counts: HashMap<String, i64> = sqlx::query_as("SELECT instrument, points FROM price_series")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     let mut checked = 0;
     for (inst, series) in &by_inst {
         let mut points: Vec<Point> = series.values().map(|p| Point::raw(*p)).collect();
         recompute(&t, &mut points, 0);
-        let stored: Vec<_> = rows.iter().filter(|r| &r.0 == inst).collect();
-        assert_eq!(stored.len(), points.len());
+        let stored = stored_by_inst.remove(inst.as_str()).unwrap_or_default();
+        assert_eq!(stored.len(), points.len(), "points of {inst}");
         for (s, want) in stored.iter().zip(&points) {
             assert_eq!(s.2, want.ret, "ret of {inst} at {}", s.1);
             for (n, w) in names.iter().zip(&want.values) {
@@ -191,12 +201,7 @@ pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDe
                 checked += 1;
             }
         }
-        let count: i64 = sqlx::query_scalar("SELECT points FROM price_series WHERE instrument = $1")
-            .bind(inst)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        assert_eq!(count as usize, series.len(), "point count of {inst}");
+        assert_eq!(counts.get(inst).copied(), Some(series.len() as i64), "point count of {inst}");
     }
     assert!(checked > 1000, "checked only {checked} values");
 

@@ -1,44 +1,10 @@
 //! The binary as separate processes: one trace across gatherer and processor; `tributary up` serving,
 //! starting a private nats-server when none answers, and stopping cleanly on SIGTERM.
 
-use std::process::{Child, Command, Stdio};
+use crate::common::{BIN, exit_code, sigterm, tributary};
+use std::process::Command;
 use std::time::Duration;
 use tributary_testkit::{NatsServer, OtlpReceiver, TestDb, eventually, free_port, unique};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tributary(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut c = Command::new(BIN);
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
-    c.env_remove("TRIBUTARY_CONFIG").env("RUST_LOG", "warn");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    Proc(c.spawn().expect("starting the tributary binary"))
-}
-
-fn sigterm(p: &Proc) {
-    let ok = Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success();
-    assert!(ok, "kill -TERM failed");
-}
-
-async fn exit_code(p: &mut Proc, within: Duration) -> Option<i32> {
-    eventually(within, "the process to exit", || {
-        let r = p.0.try_wait().unwrap();
-        async move { r }
-    })
-    .await
-    .code()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_publish_process_and_db_across_two_processes() {
