@@ -20,6 +20,15 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Refuses text PostgreSQL cannot store: it has no NUL character in `text` (a message carrying one would
+/// fail its batch's transaction on every delivery, so it is dead-lettered instead).
+pub fn no_nul(field: &str, v: &str) -> Result<(), String> {
+    match v.contains('\0') {
+        true => Err(format!("{field} contains a NUL character (U+0000), which cannot be stored")),
+        false => Ok(()),
+    }
+}
+
 impl Rejection {
     /// The subject does not have the shape of its kind.
     pub fn subject(reason: String) -> Self {

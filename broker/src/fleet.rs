@@ -106,6 +106,7 @@ impl FleetRecord {
         if text.chars().count() > MAX_TEXT {
             return Err(format!("{field} is longer than {MAX_TEXT} characters"));
         }
+        crate::events::no_nul(field, &text)?;
         Ok(FleetRecord { role, id, text: Some(text) })
     }
 }

@@ -97,7 +97,7 @@ impl Kind {
             .and_then(|r| r.strip_prefix('.'))
             .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
         let rest = strip_partition(rest).unwrap_or(rest);
-        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) {
+        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) || rest.contains(char::is_control) {
             return Err(format!(
                 "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
                 self.prefix()

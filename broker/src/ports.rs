@@ -67,6 +67,16 @@ impl PortRecord {
         if port.name.trim().is_empty() {
             return Err("name must not be empty".into());
         }
+        let texts = [("name", Some(&port.name)), ("city", port.city.as_ref()), ("country", port.country.as_ref())]
+            .into_iter()
+            .chain([("province", port.province.as_ref()), ("timezone", port.timezone.as_ref()), ("code", port.code.as_ref())])
+            .filter_map(|(f, v)| v.map(|v| (f, v)))
+            .chain(port.alias.iter().map(|v| ("alias", v)))
+            .chain(port.regions.iter().map(|v| ("regions", v)))
+            .chain(port.unlocs.iter().map(|v| ("unlocs", v)));
+        for (field, v) in texts {
+            crate::events::no_nul(field, v)?;
+        }
         let lon_lat = match port.coordinates.as_deref() {
             None => None,
             Some(&[lon, lat]) => {

@@ -108,6 +108,7 @@ fn text(field: &str, v: Option<String>) -> Result<String, String> {
     if v.chars().count() > MAX_TEXT {
         return Err(format!("{field} is longer than {MAX_TEXT} characters"));
     }
+    crate::events::no_nul(field, &v)?;
     Ok(v)
 }
 
@@ -118,6 +119,9 @@ fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
         }
         if !STATUSES.contains(&status.as_str()) {
             return Err(format!("status must be one of {}, got {status:?}", STATUSES.join(", ")));
+        }
+        if let Some(e) = &p.error {
+            crate::events::no_nul("error", e)?;
         }
         return Ok(SurveyEvent::Status(PullStatus { status, at: p.at.unwrap_or(received), error: p.error }));
     }

@@ -168,3 +168,23 @@ fn every_seed_is_valid() {
         }
     }
 }
+
+/// Found by fuzzing the API: text with a NUL character decodes, but PostgreSQL refuses to store it, which
+/// would fail its batch on every delivery. Every decoder refuses it, so it is dead-lettered instead.
+#[test]
+fn text_with_a_nul_character_is_refused_by_every_decoder() {
+    let cases: &[(&str, &str)] = &[
+        ("port.AEAJM", r#"{"name":"Aj\u0000man"}"#),
+        ("port.AEAJM", r#"{"name":"Ajman","alias":["a\u0000"]}"#),
+        ("fleet.driver.1", r#"{"name":"Ev\u0000"}"#),
+        ("fleet.shipment.1", r#"{"address":"\u0000 Main St"}"#),
+        ("survey.blue", r#"{"id":1,"text":"hi","device":"d\u0000","location":"x"}"#),
+        ("survey.blue", r#"{"status":"error","error":"boom\u0000"}"#),
+        ("price.A\u{0}B", r#"{"price":1}"#),
+        ("metric.h\u{1}", r#"{"cpu_usage":1}"#),
+    ];
+    for (subject, json) in cases {
+        let err = decode(subject, None, json.as_bytes()).expect_err(json);
+        assert!(err.1.contains("NUL") || err.1.contains("subject"), "{subject} {json}: {err:?}");
+    }
+}

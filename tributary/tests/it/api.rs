@@ -33,6 +33,10 @@ async fn errors_are_json_with_the_right_status() {
         (Method::POST, "/v1/events/price.A", "garbage", 400, "invalid_event", None),
         (Method::POST, "/v1/dlq/abc/replay", "", 400, "invalid_seq", Some("seq")),
         (Method::GET, "/v1/dlq?limit=0", "", 400, "invalid_limit", Some("limit")),
+        // found by scripts/fuzz-api.sh: a NUL reached PostgreSQL and was a 500
+        (Method::GET, "/v1/fleet/scores?shipment=%00x&driver=y", "", 400, "invalid_url", None),
+        (Method::GET, "/v1/series/price/A%00B", "", 400, "invalid_url", None),
+        (Method::POST, "/v1/events/port.AEAJM", r#"{"name":"Aj\u0000man"}"#, 400, "invalid_event", None),
     ];
     for (method, path, body, status, code, field) in cases {
         let (s, b) = app.send(method.clone(), path, body).await;

@@ -133,8 +133,14 @@ impl TestApp {
         ack.sequence
     }
 
-    /// Waits until every processor consumer have nothing pending and nothing unacked.
+    /// Waits (up to a minute per consumer) until every processor consumer has nothing pending and
+    /// nothing unacked.
     pub async fn settled(&self) {
+        self.settled_within(Duration::from_secs(60)).await
+    }
+
+    /// [`TestApp::settled`], waiting up to `within` per consumer.
+    pub async fn settled_within(&self, within: Duration) {
         let prefix = &self.c.config.processor.durable_prefix;
         let consumers = tributary_broker::Kind::ALL.into_iter().flat_map(|k| {
             tributary_broker::consume::processor_consumers(prefix, k, self.c.config.processor.partitions)
@@ -143,7 +149,7 @@ impl TestApp {
         });
         for (stream, durable) in consumers {
             let js = self.c.js.clone();
-            eventually(Duration::from_secs(60), &format!("{durable} to settle"), || {
+            eventually(within, &format!("{durable} to settle"), || {
                 let (js, durable) = (js.clone(), durable.clone());
                 async move {
                     let s = js.get_stream(stream).await.ok()?;
@@ -215,8 +221,14 @@ impl Proc {
     }
 }
 
+/// The binary the process tests run: `TRIBUTARY_BIN` when set (`scripts/chaos.sh` points it at a release
+/// build for the runs at scale), else the one built for the tests.
+fn binary() -> String {
+    std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
-    let mut c = std::process::Command::new(BIN);
+    let mut c = std::process::Command::new(binary());
     c.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
     c.env_remove("TRIBUTARY_CONFIG").env("RUST_LOG", "warn");
     for (k, v) in env {

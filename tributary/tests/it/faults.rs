@@ -183,14 +183,15 @@ async fn two_replicas_killed_with_sigkill_mid_ingest_lose_and_duplicate_nothing(
 }
 
 /// Runs `replicas` processor processes on the shared consumers while prices and metric samples are
-/// published, kills one with SIGKILL (each time it has work in hand and has committed since the last
-/// kill) and restarts it, `CHAOS_KILLS` times; then compares everything with the batch computation.
+/// published, kills one with SIGKILL `CHAOS_KILLS` times and restarts it at once; then compares everything
+/// with the batch computation. The kills are spread over the ingest: the k-th comes once the price
+/// consumer's ack floor has passed a random point of the k-th of `CHAOS_KILLS` equal stretches of the
+/// stream, and only while the processors have work in hand and have committed since the previous kill.
 async fn kill9_mid_ingest(replicas: usize) {
     let events = env_usize("CHAOS_EVENTS", 20_000);
     let kills = env_usize("CHAOS_KILLS", 3);
     let instruments = (events / 200).clamp(10, 1000);
-    let seed: u64 =
-        std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     eprintln!("chaos seed {seed} (rerun with CHAOS_SEED={seed})");
     let nats = NatsServer::start();
     let app = spawn_services(nats.url(), Some(nats), |c| c.processor.ack_wait_secs = 2).await;
@@ -199,9 +200,11 @@ async fn kill9_mid_ingest(replicas: usize) {
     let mut procs: Vec<Proc> = (0..replicas).map(|_| processor(&env)).collect();
     let publisher = tokio::spawn(publish_chaos(app.js(), events, instruments, seed));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let stretch = events as f64 * 0.9 / kills as f64; // the last tenth is left to run undisturbed
+    let targets: Vec<u64> = (0..kills).map(|k| (stretch * (k as f64 + rng.random_range(0.0..1.0))) as u64).collect();
     let (mut done, mut floor_at_last_kill, mut waves) = (0, 0u64, 0);
     while done < kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
         let Some(info) = price_consumer_info(&app).await else { continue };
         if info.num_pending + info.num_ack_pending as u64 == 0 {
             if publisher.is_finished() {
@@ -211,18 +214,19 @@ async fn kill9_mid_ingest(replicas: usize) {
             }
             continue;
         }
-        if info.ack_floor.stream_sequence <= floor_at_last_kill {
-            continue; // nothing committed since the last kill: let the restarted one get going
+        let floor = info.ack_floor.stream_sequence;
+        if floor < targets[done] || floor <= floor_at_last_kill {
+            continue; // not there yet, or nothing committed since the last kill
         }
         let victim = rng.random_range(0..replicas);
         procs[victim].kill9();
         procs[victim] = processor(&env);
-        floor_at_last_kill = info.ack_floor.stream_sequence;
+        floor_at_last_kill = floor;
         done += 1;
     }
     let report = publisher.await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
-    app.settled().await;
+    app.settled_within(Duration::from_secs((events as u64 / 1000).max(60))).await;
     let ingest = started.elapsed();
     let raw = price_truth(&app).await;
     let samples = metric_truth(&app).await;
