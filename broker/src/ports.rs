@@ -69,7 +69,11 @@ impl PortRecord {
         }
         let texts = [("name", Some(&port.name)), ("city", port.city.as_ref()), ("country", port.country.as_ref())]
             .into_iter()
-            .chain([("province", port.province.as_ref()), ("timezone", port.timezone.as_ref()), ("code", port.code.as_ref())])
+            .chain([
+                ("province", port.province.as_ref()),
+                ("timezone", port.timezone.as_ref()),
+                ("code", port.code.as_ref()),
+            ])
             .filter_map(|(f, v)| v.map(|v| (f, v)))
             .chain(port.alias.iter().map(|v| ("alias", v)))
             .chain(port.regions.iter().map(|v| ("regions", v)))

@@ -80,8 +80,11 @@ async fn no_nul_in_url(req: Request<Body>, next: axum::middleware::Next) -> axum
     let uri = req.uri();
     let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
     if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
-        return ApiError::bad("invalid_url", "the URL holds a NUL character (%00), which no name or parameter may contain")
-            .into_response();
+        return ApiError::bad(
+            "invalid_url",
+            "the URL holds a NUL character (%00), which no name or parameter may contain",
+        )
+        .into_response();
     }
     next.run(req).await
 }

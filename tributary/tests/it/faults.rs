@@ -191,7 +191,8 @@ async fn kill9_mid_ingest(replicas: usize) {
     let events = env_usize("CHAOS_EVENTS", 20_000);
     let kills = env_usize("CHAOS_KILLS", 3);
     let instruments = (events / 200).clamp(10, 1000);
-    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
+    let seed: u64 =
+        std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     eprintln!("chaos seed {seed} (rerun with CHAOS_SEED={seed})");
     let nats = NatsServer::start();
     let app = spawn_services(nats.url(), Some(nats), |c| c.processor.ack_wait_secs = 2).await;
