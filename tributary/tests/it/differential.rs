@@ -150,14 +150,9 @@ async fn differential(mut app: TestApp, replicas: u32) -> TestApp {
     app
 }
 
-/// Raw prices (instrument, ts) → (stream sequence, price) of the last writer.
-pub type Raw = HashMap<(String, DateTime<Utc>), (u64, f64)>;
-
-/// Every stored raw point is the last writer's, and every derived value and index level equals the batch
-/// computation over the raw data, exactly.
-pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDefinition)>) {
+/// Every stored raw point is the last writer's by stream sequence, and there is one per (instrument, ts).
+pub async fn verify_raw(app: &TestApp, raw: &Raw) {
     let pool = app.c.db.get_postgres_connection_pool();
-    // Raw: last writer wins by stream sequence.
     let stored: Vec<(String, DateTime<Utc>, f64, i64)> =
         sqlx::query_as("SELECT instrument, ts, price, seq FROM price_points").fetch_all(pool).await.unwrap();
     assert_eq!(stored.len(), raw.len());
@@ -165,6 +160,16 @@ pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDe
         let (want_seq, want_price) = raw[&(i.clone(), *ts)];
         assert_eq!((*seq as u64, *price), (want_seq, want_price), "raw {i} {ts}");
     }
+}
+
+/// Raw prices (instrument, ts) → (stream sequence, price) of the last writer.
+pub type Raw = HashMap<(String, DateTime<Utc>), (u64, f64)>;
+
+/// Every stored raw point is the last writer's, and every derived value and index level equals the batch
+/// computation over the raw data, exactly.
+pub async fn verify(app: &TestApp, raw: &Raw, defs: &HashMap<&str, (u64, IndexDefinition)>) {
+    verify_raw(app, raw).await;
+    let pool = app.c.db.get_postgres_connection_pool();
 
     // Derived: the batch computation over the final raw data, compared exactly.
     let t = app.c.config.processor.prices.clone();

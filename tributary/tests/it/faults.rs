@@ -8,7 +8,7 @@
 //! `scripts/chaos.sh` runs 1,000,000 and 20 in a release build for the figures in RELIABILITY.md.
 
 use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_app_with, spawn_services, tributary, tributary_captured};
-use crate::differential::{Raw, verify};
+use crate::differential::{Raw, verify, verify_raw};
 use crate::metrics::{Msg as MetricMsg, verify_metrics};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
@@ -437,18 +437,7 @@ async fn sigterm_drains_or_gives_up_without_acking_and_a_second_signal_exits_at_
     app.settled().await;
     let raw = price_truth(&app).await;
     assert_eq!(raw.len(), 40);
-    verify_prices_only(&app, &raw).await;
-}
-
-/// The differential check of a small price-only run (fewer values than `verify` demands).
-async fn verify_prices_only(app: &TestApp, raw: &Raw) {
-    let pool = app.c.db.get_postgres_connection_pool();
-    let stored: Vec<(String, chrono::DateTime<Utc>, f64, i64)> =
-        sqlx::query_as("SELECT instrument, ts, price, seq FROM price_points").fetch_all(pool).await.unwrap();
-    assert_eq!(stored.len(), raw.len());
-    for (i, ts, price, seq) in stored {
-        assert_eq!(raw[&(i.clone(), ts)], (seq as u64, price), "{i} {ts}");
-    }
+    verify_raw(&app, &raw).await;
 }
 
 /// A payload that no decoder accepts, on a subject of some kind, with its headers.
