@@ -69,7 +69,8 @@ pub fn headers(msg_id: Option<&str>, content_type: &str) -> HeaderMap {
 
 /// A pipelined JetStream publisher.
 pub struct Publisher {
-    js: jetstream::Context,
+    /// Shared with the pending resends: one pointer each, not a copy of the context per publish.
+    js: std::sync::Arc<jetstream::Context>,
     max_in_flight: usize,
     retry_for: Duration,
     in_flight: FuturesUnordered<AckFuture>,
@@ -82,7 +83,7 @@ impl Publisher {
     /// for [`DEFAULT_RETRY`].
     pub fn new(js: jetstream::Context, max_in_flight: usize) -> Self {
         Publisher {
-            js,
+            js: std::sync::Arc::new(js),
             max_in_flight: max_in_flight.max(1),
             retry_for: DEFAULT_RETRY,
             in_flight: FuturesUnordered::new(),
@@ -198,7 +199,7 @@ const NOT_CONNECTED: &str = "not connected to NATS";
 
 /// What sending a keyed publish again needs.
 struct Resend {
-    js: jetstream::Context,
+    js: std::sync::Arc<jetstream::Context>,
     headers: HeaderMap,
     payload: Bytes,
     until: Instant,

@@ -364,7 +364,8 @@ pub async fn import_with(
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> PortsReport {
     let mut entries = ObjectEntries::new(input).unchecked_values();
-    let mut publisher = Publisher::new(js, 1024);
+    // 512 acks in flight: as fast as 1024 here, and each pending publish holds what a resend needs.
+    let mut publisher = Publisher::new(js, 512);
     let mut report = PortsReport::default();
     let mut p = Progress::default();
     loop {
