@@ -14,7 +14,6 @@ EXAMPLES=${1:-200}
 SEED=${SEED:-1}
 ST_VERSION=4.32.5
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 venv="$HOME/.cache/tributary/schemathesis-$ST_VERSION"
 if [ ! -x "$venv/bin/st" ]; then
@@ -25,24 +24,9 @@ fi
 cargo build --locked -q -p tributary
 bin="$CARGO_TARGET_DIR/debug/tributary"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-tmp=$(mktemp -d)
-db="tributary_fuzz_$$"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-nats_port=$(free_port)
+source scripts/private-stack.sh "tributary_fuzz_$$"
 api_port=$(free_port)
-nats-server -js -sd "$tmp/nats" -a 127.0.0.1 -p "$nats_port" >"$tmp/nats.log" 2>&1 &
-pids+=($!)
-NATS_URL="nats://127.0.0.1:$nats_port" DATABASE_URL="${admin%/*}/$db" RUST_LOG=warn \
-  "$bin" up --listen "127.0.0.1:$api_port" >"$tmp/up.log" 2>&1 &
+RUST_LOG=warn "$bin" up --listen "127.0.0.1:$api_port" >"$tmp/up.log" 2>&1 &
 pids+=($!)
 base="http://127.0.0.1:$api_port"
 for _ in $(seq 120); do

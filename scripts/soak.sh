@@ -16,27 +16,12 @@ DURATION=${1:-600}
 RATE=${2:-10000}
 BOUND_MIB=${BOUND_MIB:-32}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 cargo build --locked --release -q -p tributary
 bin="$CARGO_TARGET_DIR/release/tributary"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-tmp=$(mktemp -d)
-db="tributary_soak_$$"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-nats_port=$(free_port)
+source scripts/private-stack.sh "tributary_soak_$$"
 metrics_port=$(free_port)
-nats-server -js -sd "$tmp/nats" -a 127.0.0.1 -p "$nats_port" >"$tmp/nats.log" 2>&1 &
-pids+=($!)
-export NATS_URL="nats://127.0.0.1:$nats_port" DATABASE_URL="${admin%/*}/$db" RUST_LOG=warn
+export RUST_LOG=warn
 for _ in $(seq 50); do "$bin" migrate >/dev/null 2>&1 && break; sleep 0.2; done
 "$bin" processor --metrics-listen "127.0.0.1:$metrics_port" 2>"$tmp/processor.log" &
 processor=$!

@@ -188,7 +188,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 /// A child process of the binary, killed (SIGKILL) and reaped on drop.
 pub struct Proc {
     child: std::process::Child,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    /// What it has written to stderr so far (when started with [`tributary_captured`]), and the thread
+    /// reading it.
+    stderr: Option<(std::sync::Arc<std::sync::Mutex<String>>, std::thread::JoinHandle<()>)>,
 }
 
 impl Drop for Proc {
@@ -217,7 +219,18 @@ impl Proc {
 
     /// Everything it wrote to stderr (when started with [`tributary_captured`]); waits for it to exit.
     pub fn stderr(&mut self) -> String {
-        self.stderr.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default()
+        match self.stderr.take() {
+            Some((text, reader)) => {
+                let _ = reader.join();
+                std::mem::take(&mut *text.lock().unwrap())
+            }
+            None => String::new(),
+        }
+    }
+
+    /// What it has written to stderr so far (when started with [`tributary_captured`]).
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.as_ref().map(|(text, _)| text.lock().unwrap().clone()).unwrap_or_default()
     }
 }
 
@@ -249,14 +262,19 @@ pub fn tributary_captured(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut c = command(args, env);
     c.stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("starting the tributary binary");
-    let mut pipe = child.stderr.take().expect("a stderr pipe");
-    // Read as it comes, so a chatty process never blocks on a full pipe.
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
-        s
+    let pipe = child.stderr.take().expect("a stderr pipe");
+    // Read as it comes, so a chatty process never blocks on a full pipe and a test can wait for a line.
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
     });
-    Proc { child, stderr: Some(stderr) }
+    Proc { child, stderr: Some((text, reader)) }
 }
 
 /// Sends SIGTERM.

@@ -205,7 +205,7 @@ async fn kill9_mid_ingest(replicas: usize) {
     let targets: Vec<u64> = (0..kills).map(|k| (stretch * (k as f64 + rng.random_range(0.0..1.0))) as u64).collect();
     let (mut done, mut floor_at_last_kill, mut waves) = (0, 0u64, 0);
     while done < kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await; // a random moment
         let Some(info) = price_consumer_info(&app).await else { continue };
         if info.num_pending + info.num_ack_pending as u64 == 0 {
             if publisher.is_finished() {
@@ -260,6 +260,14 @@ async fn stream_messages(app: &TestApp, kind: Kind) -> Option<u64> {
     Some(s.info().await.ok()?.state.messages)
 }
 
+/// Waits until the price stream holds at least `n` messages.
+async fn wait_for_prices_stored(app: &TestApp, n: u64) {
+    eventually(Duration::from_secs(60), &format!("{n} prices stored"), || async move {
+        stream_messages(app, Kind::Price).await.filter(|stored| *stored >= n).map(|_| ())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_ingest_loses_nothing_as_the_gatherer_sends_again() {
     let nats = NatsServer::start();
@@ -270,13 +278,9 @@ async fn a_nats_restart_mid_ingest_loses_nothing_as_the_gatherer_sends_again() {
     let args =
         ["gatherer", "prices", "--instruments", "20", "--rate", "5000", "--limit", "20000", "--seed", "5", "--quiet"];
     let mut gatherer = tributary_captured(&args, &refs(&env));
-    eventually(Duration::from_secs(60), "a quarter of the events stored", || {
-        let app = &app;
-        async move { stream_messages(app, Kind::Price).await.filter(|n| *n >= limit / 4).map(|_| ()) }
-    })
-    .await;
+    wait_for_prices_stored(&app, limit / 4).await;
     app.nats().stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the length of the outage, not a wait
     app.nats().restart();
     let code = exit_code(&mut gatherer, Duration::from_secs(180)).await;
     let stderr = gatherer.stderr();
@@ -302,11 +306,7 @@ async fn a_gatherer_reports_what_it_could_not_deliver_instead_of_dropping_it() {
     let args =
         ["gatherer", "prices", "--instruments", "5", "--rate", "3000", "--limit", "6000", "--seed", "6", "--quiet"];
     let mut gatherer = tributary_captured(&args, &refs(&env));
-    eventually(Duration::from_secs(60), "some events stored", || {
-        let app = &app;
-        async move { stream_messages(app, Kind::Price).await.filter(|n| *n >= 500).map(|_| ()) }
-    })
-    .await;
+    wait_for_prices_stored(&app, 500).await;
     app.nats().stop();
     let code = exit_code(&mut gatherer, Duration::from_secs(120)).await;
     let stderr = gatherer.stderr();
@@ -348,7 +348,7 @@ async fn a_postgres_restart_mid_ingest_loses_nothing_and_readyz_says_not_ready_m
     })
     .await;
     assert_eq!(body["status"], "not_ready", "{status} {body}");
-    tokio::time::sleep(Duration::from_secs(2)).await; // batches fail, are nak'ed and back off meanwhile
+    tokio::time::sleep(Duration::from_secs(2)).await; // the length of the outage: batches fail and back off
     pg.start_again();
     eventually(Duration::from_secs(60), "/readyz to say ready again", || {
         let app = &app;
@@ -387,11 +387,15 @@ async fn publish_days(app: &TestApp, days: std::ops::Range<i64>) {
 async fn sigterm_drains_or_gives_up_without_acking_and_a_second_signal_exits_at_once() {
     let nats = NatsServer::start();
     let app = spawn_services(nats.url(), Some(nats), |c| c.processor.ack_wait_secs = 2).await;
-    let quick = env_of(&app, &[("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "2")]);
-    let patient = env_of(&app, &[("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "60")]);
+    let quick = env_of(&app, &[("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "2"), ("RUST_LOG", "info")]);
+    let patient = env_of(&app, &[("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "60"), ("RUST_LOG", "info")]);
+    let draining = |p: &Proc| {
+        let log = p.stderr_so_far();
+        std::future::ready(log.contains("shutting down (signal again to exit at once)").then_some(()))
+    };
 
     // Nothing in hand: SIGTERM exits 0.
-    let mut p = processor(&quick);
+    let mut p = tributary_captured(&["processor"], &refs(&quick));
     publish_days(&app, 0..20).await;
     app.settled().await;
     sigterm(&p);
@@ -403,7 +407,7 @@ async fn sigterm_drains_or_gives_up_without_acking_and_a_second_signal_exits_at_
     let watch = app.c.db.get_postgres_connection_pool().clone();
     sqlx::raw_sql("BEGIN; LOCK TABLE price_points IN ACCESS EXCLUSIVE MODE").execute(&mut lock).await.unwrap();
     let since = Utc::now();
-    let mut p = processor(&quick);
+    let mut p = tributary_captured(&["processor"], &refs(&quick));
     publish_days(&app, 20..40).await;
     eventually(Duration::from_secs(30), "a batch waiting on the lock", || {
         let w = watch.clone();
@@ -412,21 +416,21 @@ async fn sigterm_drains_or_gives_up_without_acking_and_a_second_signal_exits_at_
     .await;
     let floor = price_consumer_info(&app).await.unwrap().ack_floor.stream_sequence;
     sigterm(&p);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(10), "the signal to be handled", || draining(&p)).await;
     assert!(p.running(), "it waits for the batch in hand within the grace period");
     assert_eq!(exit_code(&mut p, Duration::from_secs(30)).await, Some(1), "past the grace period it exits 1");
     assert_eq!(price_consumer_info(&app).await.unwrap().ack_floor.stream_sequence, floor, "nothing was acked");
 
     // The batch comes back to the next processor, which waits on the lock too: a second signal exits at once.
     let since = Utc::now();
-    let mut p = processor(&patient);
+    let mut p = tributary_captured(&["processor"], &refs(&patient));
     eventually(Duration::from_secs(30), "the redelivered batch waiting on the lock", || {
         let w = watch.clone();
         async move { (waiting_on_locks(&w, since).await > 0).then_some(()) }
     })
     .await;
     sigterm(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(10), "the first signal to be handled", || draining(&p)).await;
     assert!(p.running(), "the first signal waits for the batch in hand");
     sigterm(&p);
     assert_eq!(exit_code(&mut p, Duration::from_secs(5)).await, Some(130), "a second signal exits at once");
