@@ -13,6 +13,11 @@ use tributary::{local, shutdown};
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::{Kind, Publisher};
 
+/// mimalloc instead of glibc's malloc: the processor allocates and frees per event and per batch, and
+/// glibc spent a third of its CPU in malloc, free and consolidation (perf, `scripts/measure-ingest.sh`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tributary turns raw events into always-correct derived time series.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
