@@ -54,7 +54,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
-            batch: 1000,
+            batch: 8000,
             ack_wait_secs: 30,
             max_ack_pending: 20_000,
             durable_prefix: "processor".into(),
