@@ -7,6 +7,10 @@
 //! 3. after the commit every message is acked; on a failure every message is nak'ed with a delay that
 //!    grows with its delivery count, so a database outage backs off instead of spinning.
 //!
+//! While a batch is being stored its messages are reported in progress every third of `ack_wait`, so a
+//! large batch that takes longer than `ack_wait` is not delivered a second time meanwhile (for at most
+//! [`MAX_WORK_ACK_WAITS`] × `ack_wait`: a batch stuck longer goes back to JetStream, to any replica).
+//!
 //! Nothing is acked before it is stored somewhere, so a crash anywhere means redelivery, never loss;
 //! handlers make redelivery harmless (last writer wins by stream sequence).
 
@@ -274,7 +278,7 @@ async fn process<H: BatchHandler>(
         for cx in parents.take(32) {
             span.add_link(cx.span().span_context().clone());
         }
-        match handler.handle(&deliveries).instrument(span).await {
+        match in_progress(&good, spec.ack_wait, handler.handle(&deliveries).instrument(span)).await {
             Ok(()) => {
                 let now = chrono::Utc::now();
                 let latency = metrics::histogram!("tributary_commit_latency_seconds", "consumer" => label);
@@ -304,6 +308,29 @@ async fn process<H: BatchHandler>(
     }
     metrics::histogram!("tributary_batch_seconds", "consumer" => label).record(started.elapsed().as_secs_f64());
     retry
+}
+
+/// How many `ack_wait`s a batch's messages are kept from redelivery while it is being stored.
+pub const MAX_WORK_ACK_WAITS: u32 = 10;
+
+/// Runs `work`, telling JetStream every third of `ack_wait` that `messages` are still being worked on
+/// (for at most [`MAX_WORK_ACK_WAITS`] × `ack_wait`).
+async fn in_progress<T>(messages: &[Message], ack_wait: Duration, work: impl Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let until = Instant::now() + ack_wait * MAX_WORK_ACK_WAITS;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(every), if Instant::now() < until => {
+                for m in messages {
+                    if let Err(e) = m.ack_with(AckKind::Progress).await {
+                        debug!(error = %e, "in-progress ack failed");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Publishes dead letters, then acks the originals whose dead letter is stored.
