@@ -9,10 +9,14 @@
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
 //!    derived window and an index over 10 instruments; then freshness at a fixed offered rate and the
 //!    processor's peak RSS;
-//! 4. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
+//! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
+//!    (the server's `partition()` mapping, one durable consumer per partition), on the same backlog;
+//!    their combined rate, and whether they stored exactly what one processor stored;
+//! 5. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
 //!
-//! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir), so
-//! the benchmark's streams never meet those of a running system. PostgreSQL: fresh databases on the
+//! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir, the
+//! partition mapping of `broker/nats/` for two partitions), so the benchmark's streams never meet those
+//! of a running system. PostgreSQL: fresh databases on the
 //! configured server, dropped afterwards.
 
 mod http;
@@ -109,6 +113,11 @@ struct TributaryReport {
     freshness_p99_ms: f64,
     freshness_p999_ms: f64,
     peak_rss_mb: f64,
+    /// Two replicas, one partition each: their combined rate.
+    two_replicas_events_per_s: f64,
+    two_replicas: Stats,
+    /// Whether every run of two replicas stored exactly the points and index levels one processor did.
+    two_replicas_equal_to_one: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +135,7 @@ struct Ratios {
     tributary_over_baseline: f64,
     tributary_over_jetstream_publish: f64,
     tributary_over_pg_upsert: f64,
+    two_replicas_over_one: f64,
 }
 
 /// The price event every throughput phase publishes, encoded as our publishers do.
@@ -149,7 +159,10 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let bin = local::nats_server_bin().context("the benchmark starts a private nats-server: install nats-server")?;
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
     let port = local::free_port(0);
-    let mut nats_child = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(&conf, pipeline::partition_mappings(pipeline::PARTITIONS))?;
+    let mut nats_child = local::spawn_nats_with(&bin, port, &dir.join("nats"), &dir.join("nats.log"), Some(&conf))?;
     let db_url = config.database.url.clone();
     let result = run_phases(config, &args, port).await;
     pipeline::drop_run_databases(&db_url).await;
@@ -218,6 +231,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
         tributary_over_baseline: trib.runs.median / baseline.median,
         tributary_over_jetstream_publish: trib.runs.median / publish.median,
         tributary_over_pg_upsert: trib.runs.median / upsert.median,
+        two_replicas_over_one: trib.scale.runs.median / trib.runs.median,
     };
     Ok(Report {
         machine: machine(&config).await,
@@ -226,6 +240,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             "freshness_rate": args.rate, "freshness_secs": args.freshness_secs,
             "api_secs": args.api_secs, "api_rate": args.api_rate, "batch": config.processor.batch,
             "windows": config.processor.prices.names(), "index_instruments": 10,
+            "partitions": pipeline::PARTITIONS, "db_parallelism": config.processor.db_parallelism,
             "tracing": "spans created; exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set",
         }),
         raw: RawReport {
@@ -247,6 +262,9 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             freshness_p99_ms: trib.freshness.p99_ms,
             freshness_p999_ms: trib.freshness.p999_ms,
             peak_rss_mb: trib.peak_rss_mb,
+            two_replicas_events_per_s: trib.scale.runs.median,
+            two_replicas: trib.scale.runs.clone(),
+            two_replicas_equal_to_one: trib.scale.equal,
         },
         api: ApiReport {
             generator: api.generator,
@@ -308,14 +326,23 @@ fn print_table(r: &Report) {
         r.tributary.freshness_achieved_per_s
     );
     println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
+    row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
+    println!(
+        "{:<44} {}",
+        "two replicas stored what one did",
+        if r.tributary.two_replicas_equal_to_one { "yes" } else { "NO" }
+    );
     row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
     println!(
         "{:<44} p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s",
         "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
     );
     println!(
-        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}",
-        r.ratios.tributary_over_baseline, r.ratios.tributary_over_jetstream_publish, r.ratios.tributary_over_pg_upsert
+        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}",
+        r.ratios.tributary_over_baseline,
+        r.ratios.tributary_over_jetstream_publish,
+        r.ratios.tributary_over_pg_upsert,
+        r.ratios.two_replicas_over_one
     );
     println!();
 }

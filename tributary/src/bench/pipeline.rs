@@ -91,6 +91,8 @@ pub struct Freshness {
 
 pub struct Measured {
     pub runs: Stats,
+    /// Two replicas on the same backlog.
+    pub scale: ScaleOut,
     pub freshness: Freshness,
     pub peak_rss_mb: f64,
     pub db: Database,
@@ -103,9 +105,17 @@ struct Processor {
 }
 
 impl Processor {
-    fn spawn(config: &Config, db_url: &str, durable: &str) -> anyhow::Result<Processor> {
+    /// A processor consuming everything, or with `replica`, replica `replica` of [`PARTITIONS`] replicas
+    /// owning one partition each.
+    fn spawn(config: &Config, db_url: &str, durable: &str, replica: Option<u32>) -> anyhow::Result<Processor> {
         let port = crate::local::free_port(0);
-        let child = Command::new(std::env::current_exe()?)
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if let Some(replica) = replica {
+            cmd.env("TRIBUTARY_PROCESSOR__PARTITIONS", PARTITIONS.to_string())
+                .env("TRIBUTARY_PROCESSOR__REPLICAS", PARTITIONS.to_string())
+                .env("TRIBUTARY_PROCESSOR__REPLICA", replica.to_string());
+        }
+        let child = cmd
             .args(["processor", "--metrics-listen", &format!("127.0.0.1:{port}")])
             .env("NATS_URL", &config.nats.url)
             .env("DATABASE_URL", db_url)
@@ -178,6 +188,77 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
+/// Partitions of `price.*` on the benchmark's nats-server; the scale-out phase runs one replica per partition.
+pub const PARTITIONS: u32 = 2;
+
+/// A nats-server configuration mapping `price.*` and `metric.*` onto `partitions` partitions, as
+/// `broker/nats/accounts.conf` does for 8.
+pub fn partition_mappings(partitions: u32) -> String {
+    format!(
+        "mappings = {{\n  \"price.*\": \"price.p.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n  \
+         \"metric.*\": \"metric.p.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n}}\n"
+    )
+}
+
+/// A digest of every stored price point (price, volume, return and derived values) and index level, to
+/// compare what two runs stored.
+async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
+    Ok(sqlx::query_scalar(
+        "SELECT md5(coalesce(string_agg(concat_ws('|', instrument, ts, price, volume, ret, derived::text), ','
+                                        ORDER BY instrument, ts), ''))
+             || md5(coalesce((SELECT string_agg(concat_ws('|', name, ts, level, ret), ',' ORDER BY name, ts)
+                                FROM index_points), ''))
+           FROM price_points",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Waits until all `n` backlog events are committed and the index definition is stored: from then on
+/// nothing changes (an index defined after its prices is computed from all of them).
+async fn settled(pool: &PgPool, n: u64, limit: Duration) -> anyhow::Result<()> {
+    until(limit, || async {
+        let indices: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(pool).await.unwrap_or(0);
+        (indices > 0 && committed(pool).await >= n).then_some(())
+    })
+    .await
+}
+
+/// The scale-out phase's result.
+pub struct ScaleOut {
+    pub runs: Stats,
+    /// Every run stored what one processor stored.
+    pub equal: bool,
+}
+
+/// Two replicas, one partition each, on the backlog of `args.events` (and nothing else: it runs before the
+/// freshness phase publishes more): their combined rate, repeated; and whether each run stored exactly
+/// what one processor did (`single`, a [`checksum`]).
+pub async fn scale_out(config: &Config, args: &super::BenchArgs, single: &str) -> anyhow::Result<ScaleOut> {
+    let n = args.events;
+    let mut runs = Vec::new();
+    let mut equal = true;
+    for r in 0..args.repeats.max(1) {
+        let db = Database::create(&config.database.url, &format!("scale{r}")).await?;
+        let started = Instant::now();
+        let replicas: Vec<Processor> = (0..PARTITIONS)
+            .map(|i| Processor::spawn(config, &db.url, &format!("scale{r}"), Some(i)))
+            .collect::<anyhow::Result<_>>()?;
+        let done = settled(&db.pool, n, Duration::from_secs(3600)).await;
+        let secs = started.elapsed().as_secs_f64();
+        drop(replicas);
+        let sum = match done {
+            Ok(()) => checksum(&db.pool).await,
+            Err(e) => Err(e),
+        };
+        db.drop().await;
+        runs.push(n as f64 / secs);
+        equal &= sum? == single;
+    }
+    Ok(ScaleOut { runs: Stats::of(runs), equal })
+}
+
 async fn committed(pool: &PgPool) -> u64 {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(points)::int8 FROM price_series")
         .fetch_one(pool)
@@ -198,8 +279,8 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
     for r in 0..args.repeats.max(1) {
         let db = Database::create(&config.database.url, &format!("trib{r}")).await?;
         let started = Instant::now();
-        let p = Processor::spawn(config, &db.url, &format!("bench{r}"))?;
-        until(limit, || async { (committed(&db.pool).await >= n).then_some(()) }).await?;
+        let p = Processor::spawn(config, &db.url, &format!("bench{r}"), None)?;
+        settled(&db.pool, n, limit).await?;
         runs.push(n as f64 / started.elapsed().as_secs_f64());
         if let Some((old, old_db)) = last.replace((p, db)) {
             drop(old);
@@ -207,6 +288,8 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
         }
     }
     let (p, db) = last.expect("at least one run");
+    // Two replicas on the same backlog, before the freshness phase adds to it.
+    let scale = scale_out(config, args, &checksum(&db.pool).await?).await?;
     // Freshness: a fixed offered rate on top of the caught-up processor.
     until(Duration::from_secs(10), || async { p.latency_buckets().await.ok().filter(|b| !b.is_empty()) }).await?;
     let before = p.latency_buckets().await?;
@@ -245,7 +328,7 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
     let peak_rss_mb = p.peak_rss_mb();
     drop(p);
     let db_url = db.url.clone();
-    Ok(Measured { runs: Stats::of(runs), freshness, peak_rss_mb, db, db_url })
+    Ok(Measured { runs: Stats::of(runs), scale, freshness, peak_rss_mb, db, db_url })
 }
 
 #[cfg(test)]
