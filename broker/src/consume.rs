@@ -10,6 +10,8 @@
 //! While a batch is being stored its messages are reported in progress every third of `ack_wait`, so a
 //! large batch that takes longer than `ack_wait` is not delivered a second time meanwhile (for at most
 //! [`MAX_WORK_ACK_WAITS`] × `ack_wait`: a batch stuck longer goes back to JetStream, to any replica).
+//! Messages already fetched behind it are not reported: keep a batch's commit well within `ack_wait`, or
+//! they come again (harmlessly).
 //!
 //! Nothing is acked before it is stored somewhere, so a crash anywhere means redelivery, never loss;
 //! handlers make redelivery harmless (last writer wins by stream sequence).

@@ -52,7 +52,11 @@ pub async fn spawn_services(url: String, nats: Option<NatsServer>, tune: impl Fn
     config.nats.url = url;
     config.database.url = db.url().to_owned();
     config.database.max_connections = 4;
+    // A crashed processor's batch comes back within 2 s. Messages fetched behind a batch wait for it
+    // without being reported in progress, so batches stay small enough to commit well within that on a
+    // debug build (a redelivery is harmless but counts twice in upload progress).
     config.processor.ack_wait_secs = 2;
+    config.processor.batch = 1000;
     config.api.write_wait_ms = 10_000;
     tune(&mut config);
     let c = app::connect(config).await.expect("connecting the test app");
