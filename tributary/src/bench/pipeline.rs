@@ -218,8 +218,7 @@ async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
 /// nothing changes (an index defined after its prices is computed from all of them).
 async fn settled(pool: &PgPool, n: u64, limit: Duration) -> anyhow::Result<()> {
     until(limit, || async {
-        let indices: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(pool).await.unwrap_or(0);
+        let indices: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(pool).await.unwrap_or(0);
         (indices > 0 && committed(pool).await >= n).then_some(())
     })
     .await

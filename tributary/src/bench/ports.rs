@@ -94,7 +94,8 @@ fn import_headers(i: u64) -> async_nats::HeaderMap {
 
 /// The size of a header block on the wire: `NATS/1.0\r\n`, `Name: value\r\n` per value, `\r\n`.
 fn header_bytes(h: &async_nats::HeaderMap) -> u64 {
-    let values: usize = h.iter().map(|(k, vs)| vs.iter().map(|v| k.to_string().len() + v.as_str().len() + 4).sum::<usize>()).sum();
+    let values: usize =
+        h.iter().map(|(k, vs)| vs.iter().map(|v| k.to_string().len() + v.as_str().len() + 4).sum::<usize>()).sum();
     (10 + values + 2) as u64
 }
 
