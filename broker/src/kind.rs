@@ -126,6 +126,21 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
     }
 }
 
+/// The nats-server `mappings` block that splits every partitioned kind into `partitions` partitions
+/// (`price.ACME` → `price.p.<n>.ACME`, n = FNV-1a of the key mod `partitions`), as `broker/nats/accounts.conf`
+/// does for 8. Processors must run with the same `processor.partitions`.
+pub fn partition_mappings(partitions: u32) -> String {
+    let lines: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|k| k.partitioned())
+        .map(|k| {
+            let p = k.prefix();
+            format!("  \"{p}.*\": \"{p}.{PARTITION_TOKEN}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n")
+        })
+        .collect();
+    format!("mappings = {{\n{}}}\n", lines.concat())
+}
+
 /// The token that marks a partitioned subject: `<prefix>.p.<n>.<key>`.
 pub const PARTITION_TOKEN: &str = "p";
 
@@ -147,6 +162,18 @@ pub fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mappings tests and the bench give their private servers are the shipped server's (for 8).
+    #[test]
+    fn partition_mappings_match_the_shipped_server_config() {
+        let shipped = include_str!("../nats/accounts.conf");
+        let ours = partition_mappings(8);
+        let lines: Vec<&str> = ours.lines().filter(|l| l.contains(':')).map(str::trim).collect();
+        assert_eq!(lines.len(), 2, "{ours}");
+        for line in lines {
+            assert!(shipped.lines().any(|l| l.trim() == line), "{line} not in accounts.conf");
+        }
+    }
 
     #[test]
     fn keys_are_single_tokens() {

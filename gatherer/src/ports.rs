@@ -401,7 +401,7 @@ pub async fn import_with(
             report.invalid.push((e.at, e.key.clone(), reason));
             p.invalid += 1;
         }
-        let id = format!("port:{}:{:016x}", e.key, fnv64(&e.value));
+        let id = msg_id(&e.key, &e.value);
         publisher.publish_raw(Kind::Port.subject(&e.key), import_headers(&id, codec::JSON, upload), e.value).await;
         p.published += 1;
         if report.entries % 256 == 0 {
@@ -414,6 +414,12 @@ pub async fn import_with(
     report.publish = publisher.finish().await;
     progress(&p);
     report
+}
+
+/// The idempotency key of one port member: its UN/LOCODE and a hash of its exact text, so re-importing
+/// the same file repeats every key and a changed member gets a new one.
+pub fn msg_id(unlocode: &str, member: &[u8]) -> String {
+    format!("port:{unlocode}:{:016x}", fnv64(member))
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let port = local::free_port(0);
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nats.conf");
-    std::fs::write(&conf, pipeline::partition_mappings(pipeline::PARTITIONS))?;
+    std::fs::write(&conf, tributary_broker::kind::partition_mappings(pipeline::PARTITIONS))?;
     let mut nats_child = local::spawn_nats_with(&bin, port, &dir.join("nats"), &dir.join("nats.log"), Some(&conf))?;
     let db_url = config.database.url.clone();
     let result = run_phases(config, &args, port).await;

@@ -191,15 +191,6 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
 /// Partitions of `price.*` on the benchmark's nats-server; the scale-out phase runs one replica per partition.
 pub const PARTITIONS: u32 = 2;
 
-/// A nats-server configuration mapping `price.*` and `metric.*` onto `partitions` partitions, as
-/// `broker/nats/accounts.conf` does for 8.
-pub fn partition_mappings(partitions: u32) -> String {
-    format!(
-        "mappings = {{\n  \"price.*\": \"price.p.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n  \
-         \"metric.*\": \"metric.p.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n}}\n"
-    )
-}
-
 /// A digest of every stored price point (price, volume, return and derived values) and index level, to
 /// compare what two runs stored.
 async fn checksum(pool: &PgPool) -> anyhow::Result<String> {

@@ -87,9 +87,10 @@ fn generate(path: &Path, bytes: u64) -> anyhow::Result<u64> {
     Ok(i)
 }
 
-/// The importer's headers for member `i` (as `gatherer::ports` makes them).
+/// The importer's headers for member `i`.
 fn import_headers(i: u64) -> async_nats::HeaderMap {
-    tributary_gatherer::import_headers(&format!("port:B{i:08}:{i:016x}"), tributary_broker::codec::JSON, None)
+    let id = tributary_gatherer::ports::msg_id(&format!("B{i:08}"), member(i).as_bytes());
+    tributary_gatherer::import_headers(&id, tributary_broker::codec::JSON, None)
 }
 
 /// The size of a header block on the wire: `NATS/1.0\r\n`, `Name: value\r\n` per value, `\r\n`.

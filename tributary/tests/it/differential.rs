@@ -28,15 +28,9 @@ async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_cras
     differential(spawn_app().await, 1).await;
 }
 
-/// The NATS server's partition mapping for 4 partitions, as in `broker/nats/`.
-const PARTITIONS_4: &str = r#"mappings = {
-  "price.*": "price.p.{{partition(4,1)}}.{{wildcard(1)}}"
-  "metric.*": "metric.p.{{partition(4,1)}}.{{wildcard(1)}}"
-}"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_replicas_keep_incremental_equal_to_batch() {
-    let app = spawn_app_on(NatsServer::start_with(PARTITIONS_4), |c| {
+    let app = spawn_app_on(NatsServer::start_with(&tributary_broker::kind::partition_mappings(4)), |c| {
         c.processor.partitions = 4;
         c.processor.replicas = 2;
     })
