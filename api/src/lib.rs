@@ -19,6 +19,7 @@ pub mod error;
 pub mod live;
 mod params;
 mod routes;
+pub mod series_cache;
 mod sync;
 pub mod tls;
 pub mod uploads;
@@ -36,6 +37,7 @@ use tributary_broker::StreamsConfig;
 use tributary_store::MetricsConfig;
 
 pub use live::Live;
+pub use series_cache::SeriesCache;
 pub use uploads::Uploads;
 
 pub use auth::ApiToken;
@@ -77,6 +79,9 @@ pub struct ApiConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
     pub tls_key_file: Option<PathBuf>,
+    /// The most bytes of response bodies the price series read cache holds ([`SeriesCache`]); 0 turns
+    /// it off.
+    pub series_cache_bytes: usize,
 }
 
 /// Settings that contradict each other.
@@ -124,6 +129,7 @@ impl Default for ApiConfig {
             require_read_token: false,
             tls_cert_file: None,
             tls_key_file: None,
+            series_cache_bytes: 32 << 20,
         }
     }
 }
@@ -153,6 +159,8 @@ pub struct AppState {
     pub durable_prefix: String,
     /// The processors' partitions (`processor.partitions`), for fresh reads.
     pub partitions: u32,
+    /// Bodies of `GET /v1/series/price/{instrument}`, dropped by the processor's commit notifications.
+    pub series_cache: SeriesCache,
 }
 
 impl AppState {
@@ -185,6 +193,10 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
     };
     state.live.relay(&state.nats).await.map_err(std::io::Error::other)?;
     state.uploads.relay(&state.nats).await.map_err(std::io::Error::other)?;
+    if state.config.series_cache_bytes > 0 {
+        let pool = state.db.get_postgres_connection_pool().clone();
+        tokio::spawn(state.series_cache.clone().listen(pool, shutdown.clone()));
+    }
     let (live, uploads) = (state.live.clone(), state.uploads.clone());
     let stopping = async move {
         shutdown.cancelled().await;

@@ -5,6 +5,7 @@
 //! - [`entity`]: sea-orm entities for the tables the API reads.
 //! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
 //! - [`db`]: connecting, creating a missing database, and readiness.
+//! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
@@ -13,6 +14,7 @@ pub mod db;
 pub mod entity;
 pub mod metrics;
 pub mod migrations;
+pub mod notify;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
 pub use metrics::MetricsConfig;

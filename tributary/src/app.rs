@@ -238,6 +238,7 @@ impl Connected {
             uploads: tributary_api::Uploads::new(),
             durable_prefix: self.config.processor.durable_prefix.clone(),
             partitions: self.config.processor.partitions,
+            series_cache: tributary_api::SeriesCache::new(self.config.api.series_cache_bytes),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")
     }

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::sqlx;
 use sea_orm::{EntityTrait, QueryOrder};
@@ -27,8 +28,10 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
 
 /// One instrument's points, ascending; `limit` keeps the newest within `from`..`to`.
 ///
-/// The hot read: one query, and the body written straight from the rows (the derived values' jsonb text
-/// is spliced in as PostgreSQL prints it, never parsed), so a point costs no JSON tree.
+/// The hot read: served from the [`crate::SeriesCache`] until a commit changes the series (a fresh read
+/// always reads the table); otherwise one query, and the body written straight from the rows (the
+/// derived values' jsonb text is spliced in as PostgreSQL prints it, never parsed), so a point costs no
+/// JSON tree.
 pub async fn get(
     State(s): State<AppState>,
     Path(instrument): Path<String>,
@@ -36,6 +39,13 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
+    let key = (from, to, limit);
+    let cache = (!crate::sync::fresh(&p)?).then_some(&s.series_cache);
+    if let Some(body) = cache.and_then(|c| c.get(&instrument, &key)) {
+        return Ok(json(body));
+    }
+    // Taken before the query: a commit notified after it keeps this body out of the cache.
+    let ticket = cache.and_then(|c| c.ticket());
     crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
     let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
         "SELECT ts, price, volume, ret, derived::text FROM price_points
@@ -77,7 +87,15 @@ pub async fn get(
         body.push('}');
     }
     body.push_str("]}");
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let body = Bytes::from(body);
+    if let (Some(c), Some(t)) = (cache, ticket) {
+        c.put(&instrument, key, body.clone(), t);
+    }
+    Ok(json(body))
+}
+
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// A JSON number or null (values stored are always finite).

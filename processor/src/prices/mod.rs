@@ -162,6 +162,7 @@ impl PriceHandler {
             tails.push((instrument, merged.tail));
         }
         let new_versions = sql::write_points(&mut tx, &writes).await?;
+        sql::notify_written(&mut tx, &writes).await?;
         // 6. indices
         if !changed_from.is_empty() {
             let indices = sql::indices_of(&mut tx, changed_from.keys().copied()).await?;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use tributary_store::notify;
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -167,6 +168,25 @@ pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<HashMap<Stri
     Ok(versions.into_iter().collect())
 }
 
+/// Tells readers, once the transaction commits, that the series in `w` changed (see
+/// [`tributary_store::notify`]).
+pub(crate) async fn notify_written(tx: &mut Tx, w: &Writes) -> Result<(), sqlx::Error> {
+    notify(tx, w.series.0.iter().map(String::as_str)).await
+}
+
+async fn notify<'a>(tx: &mut Tx, series: impl IntoIterator<Item = &'a str>) -> Result<(), sqlx::Error> {
+    let payloads = notify::payloads(series);
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .bind(notify::PRICE_SERIES_CHANNEL)
+        .bind(&payloads)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
 /// The names of the indices that hold any of `instruments`, sorted.
 pub(crate) async fn indices_of<'a>(
     tx: &mut Tx,
@@ -290,6 +310,9 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         let mut w = Writes::default();
         w.push(instrument, &rows, Vec::new(), &names);
         write_points(&mut tx, &w).await?;
+    }
+    if !instruments.is_empty() {
+        notify(&mut tx, [notify::ALL_SERIES]).await?;
     }
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

@@ -47,6 +47,7 @@ pub async fn measure(
         uploads: tributary_api::Uploads::new(),
         durable_prefix: config.processor.durable_prefix.clone(),
         partitions: config.processor.partitions,
+        series_cache: tributary_api::SeriesCache::new(config.api.series_cache_bytes),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -91,28 +92,10 @@ pub async fn measure(
         saturation.push(done.load(Ordering::Relaxed) as f64 / args.api_secs);
     }
 
-    // Open loop at a fixed rate: latency counted from when each request was due.
     let total = (args.api_rate * args.api_secs).round() as u64;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let started = Instant::now();
-    for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / args.api_rate);
-        tokio::time::sleep_until(due.into()).await;
-        let (client, tx, u) = (client.clone(), tx.clone(), url(i));
-        tokio::spawn(async move {
-            let ok = match client.get(u).send().await {
-                Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
-            let _ = tx.send((ok, due.elapsed().as_secs_f64() * 1e3));
-        });
-    }
-    drop(tx);
-    let mut latencies = Vec::with_capacity(total as usize);
-    while let Some((ok, ms)) = rx.recv().await {
-        anyhow::ensure!(ok, "a request failed during the fixed-rate run");
-        latencies.push(ms);
-    }
+    // A client of its own: its connections live on the generator's runtime.
+    let fresh_client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let mut latencies = fixed_rate(fresh_client, url, args.api_rate, total).await?;
     latencies.sort_by(f64::total_cmp);
     stop.cancel();
     let _ = server.await;
@@ -145,4 +128,49 @@ async fn run_wrk(wrk: &std::path::Path, base: &str, instruments: u64, secs: f64)
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
         .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk's output: {text}"))
+}
+
+/// Sends `total` requests open loop at `rate`/s and returns each one's latency in ms, counted from when
+/// it was due (so a slow server cannot slow the offered rate down). The pacing thread sleeps with the
+/// operating system's timer (tens of microseconds late, where tokio's millisecond timer would add up to a
+/// millisecond to every latency), and the requests run on their own runtime, apart from the server's.
+async fn fixed_rate(
+    client: reqwest::Client,
+    url: impl Fn(u64) -> String + Send + 'static,
+    rate: f64,
+    total: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || runtime.block_on(async { stopped.await.ok() }));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        for i in 0..total {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let (client, tx, u) = (client.clone(), tx.clone(), url(i));
+            handle.spawn(async move {
+                let ok = match client.get(u).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                let _ = tx.send((ok, due.elapsed().as_secs_f64() * 1e3));
+            });
+        }
+    });
+    let mut latencies = Vec::with_capacity(total as usize);
+    while latencies.len() < total as usize {
+        let Some((ok, ms)) = rx.recv().await else { break };
+        anyhow::ensure!(ok, "a request failed during the fixed-rate run");
+        latencies.push(ms);
+    }
+    pacer.await?;
+    let _ = stop.send(());
+    let _ = driver.join();
+    anyhow::ensure!(latencies.len() as u64 == total, "only {} of {total} requests answered", latencies.len());
+    Ok(latencies)
 }

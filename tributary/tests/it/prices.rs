@@ -3,6 +3,7 @@
 use crate::common::{spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::time::Duration;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::ts::Ts;
 use tributary_processor::prices::series::Transforms;
@@ -205,4 +206,47 @@ async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
             .await
             .unwrap();
     assert_eq!(rows[2].0, Some(40.0 / 30.0 - 1.0));
+}
+
+/// The series read cache: a body is served until the processor's commit notification drops it, a fresh
+/// read never waits for that, and a lost listener connection (notifications missed) empties the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_series_reads_follow_every_commit() {
+    let app = spawn_app().await;
+    let points = |body: &Value| body["points"].as_array().map_or(0, Vec::len);
+    app.publish_plain("price.CACHE", r#"{"ts":"2026-01-01","price":10}"#).await;
+    app.settled().await;
+    let (_, first) = app.get("/v1/series/price/CACHE").await;
+    assert_eq!(points(&first), 1, "{first}");
+    // Served again (from the cache now): the same body.
+    assert_eq!(app.get("/v1/series/price/CACHE").await.1, first);
+
+    app.publish_plain("price.CACHE", r#"{"ts":"2026-01-02","price":11}"#).await;
+    let (_, fresh) = app.get("/v1/series/price/CACHE?fresh=true").await;
+    assert_eq!(points(&fresh), 2, "a fresh read sees the commit at once: {fresh}");
+    let seen = tributary_testkit::eventually(Duration::from_secs(30), "the cached body to be dropped", || async {
+        let (_, b) = app.get("/v1/series/price/CACHE").await;
+        (points(&b) == 2).then_some(b)
+    })
+    .await;
+    assert!(close(&seen["points"][1]["ret"], 0.1), "{seen}");
+
+    // Cut the cache's listener off: it connects again (emptying the cache, as it may have missed
+    // notifications) and follows commits as before.
+    let pool = app.c.db.get_postgres_connection_pool();
+    let cut: Vec<i32> = sea_orm::sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid)::int FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "the API listens for commits");
+    app.publish_plain("price.CACHE", r#"{"ts":"2026-01-03","price":12.1}"#).await;
+    app.settled().await;
+    tributary_testkit::eventually(Duration::from_secs(30), "the third point after the reconnect", || async {
+        let (_, b) = app.get("/v1/series/price/CACHE").await;
+        (points(&b) == 3).then_some(())
+    })
+    .await;
 }

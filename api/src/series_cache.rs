@@ -1,0 +1,247 @@
+//! The read cache of `GET /v1/series/price/{instrument}`: response bodies kept per series until a
+//! commit changes the series.
+//!
+//! The processor notifies [`PRICE_SERIES_CHANNEL`] inside every transaction that writes price points,
+//! naming the series it wrote; PostgreSQL delivers a notification only once its transaction has
+//! committed. [`SeriesCache::listen`] drops the bodies of the series named. A body read from the
+//! database is kept only if no notification about its series arrived after the read began (the
+//! [`Ticket`] remembers when), so the cache never holds a body older than a commit it has heard of.
+//!
+//! - While the listener is not connected, nothing is served from or put into the cache; a lost
+//!   connection (notifications may have been missed meanwhile) empties it.
+//! - Between a commit and the arrival of its notification (well under a millisecond on one host) a
+//!   read may still get the body from before it: the same answer a read that started a moment earlier
+//!   would have had. A read that must see a commit asks `?fresh=true`, which bypasses the cache.
+//! - Memory is bounded by `api.series_cache_bytes`: past it the cache starts over (a miss costs one
+//!   query).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::PgPool;
+use sea_orm::sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+pub use tributary_store::notify::{ALL_SERIES, PRICE_SERIES_CHANNEL};
+
+/// What a body depends on besides its series: `from`, `to` and `limit`.
+pub type Key = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, u64);
+
+/// When a read began, in notifications heard.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+/// Response bodies by series; cheap to clone (one shared cache).
+#[derive(Clone)]
+pub struct SeriesCache {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    max_bytes: usize,
+    bytes: usize,
+    /// Whether the listener is connected: only then is the cache used.
+    live: bool,
+    /// Counts notifications (and restarts): a read's ticket is the value when it began.
+    epoch: u64,
+    /// The epoch of the last restart: a read that began before it may not fill.
+    cleared_at: u64,
+    series: HashMap<String, Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The epoch of the last notification about this series.
+    changed_at: u64,
+    bodies: Vec<(Key, Bytes)>,
+}
+
+/// Series whose slot is kept after a notification (to refuse fills that began before it) are bounded
+/// too: past this many the cache starts over.
+const MAX_SERIES: usize = 100_000;
+
+impl SeriesCache {
+    /// An empty cache holding at most `max_bytes` of bodies; it is used once [`SeriesCache::listen`]
+    /// has connected.
+    pub fn new(max_bytes: usize) -> Self {
+        let inner = Inner { max_bytes, bytes: 0, live: false, epoch: 0, cleared_at: 0, series: HashMap::new() };
+        SeriesCache { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached body of `series` for `key`, if any.
+    pub fn get(&self, series: &str, key: &Key) -> Option<Bytes> {
+        let inner = self.lock();
+        if !inner.live {
+            return None;
+        }
+        inner.series.get(series)?.bodies.iter().find(|(k, _)| k == key).map(|(_, b)| b.clone())
+    }
+
+    /// Taken before a read of the database, for [`SeriesCache::put`]; `None` while the cache is not used.
+    pub fn ticket(&self) -> Option<Ticket> {
+        let inner = self.lock();
+        inner.live.then_some(Ticket(inner.epoch))
+    }
+
+    /// Keeps `body`, read after `ticket` was taken, unless `series` changed (or the cache restarted)
+    /// since.
+    pub fn put(&self, series: &str, key: Key, body: Bytes, ticket: Ticket) {
+        let mut inner = self.lock();
+        if !inner.live || ticket.0 < inner.cleared_at || body.len() > inner.max_bytes {
+            return;
+        }
+        if inner.series.get(series).is_some_and(|s| s.changed_at > ticket.0) {
+            return;
+        }
+        if inner.bytes + body.len() > inner.max_bytes || inner.series.len() >= MAX_SERIES {
+            inner.restart();
+        }
+        inner.bytes += body.len();
+        let slot = inner.series.entry(series.to_owned()).or_default();
+        match slot.bodies.iter_mut().find(|(k, _)| *k == key) {
+            Some(b) => b.1 = body,
+            None => slot.bodies.push((key, body)),
+        }
+    }
+
+    /// Drops the bodies of `series` (every series for [`ALL_SERIES`]).
+    fn changed(&self, series: &str) {
+        let mut inner = self.lock();
+        if series == ALL_SERIES {
+            inner.restart();
+            return;
+        }
+        inner.epoch += 1;
+        let epoch = inner.epoch;
+        if inner.series.len() >= MAX_SERIES && !inner.series.contains_key(series) {
+            inner.restart();
+        }
+        let slot = inner.series.entry(series.to_owned()).or_default();
+        slot.changed_at = epoch;
+        let freed: usize = slot.bodies.drain(..).map(|(_, b)| b.len()).sum();
+        inner.bytes -= freed;
+    }
+
+    fn set_live(&self, live: bool) {
+        let mut inner = self.lock();
+        inner.restart();
+        inner.live = live;
+    }
+
+    /// Listens for commits until `stop`, reconnecting after a lost connection (the cache is unused
+    /// until it is back).
+    pub async fn listen(self, pool: PgPool, stop: CancellationToken) {
+        let run = async {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "series cache: cannot connect its listener; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(PRICE_SERIES_CHANNEL).await {
+                    tracing::warn!(error = %e, "series cache: LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                self.set_live(true);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => n.payload().split('\n').for_each(|s| self.changed(s)),
+                        // The connection was lost and made again: notifications may have been missed.
+                        Ok(None) => self.set_live(true),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "series cache: listener failed; reconnecting");
+                            self.set_live(false);
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = run => {}
+            () = stop.cancelled() => {}
+        }
+        self.set_live(false);
+    }
+}
+
+impl Inner {
+    /// Drops every body and refuses fills by reads that began before now.
+    fn restart(&mut self) {
+        self.epoch += 1;
+        self.cleared_at = self.epoch;
+        self.series.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(max: usize) -> SeriesCache {
+        let c = SeriesCache::new(max);
+        c.set_live(true);
+        c
+    }
+
+    const K: Key = (None, None, 100);
+
+    #[test]
+    fn serves_what_it_kept_until_the_series_changes() {
+        let c = live(1 << 20);
+        let t = c.ticket().unwrap();
+        c.put("A", K, Bytes::from_static(b"a1"), t);
+        c.put("B", K, Bytes::from_static(b"b1"), t);
+        assert_eq!(c.get("A", &K).as_deref(), Some(&b"a1"[..]));
+        assert_eq!(c.get("A", &(None, None, 5)), None);
+        c.changed("A");
+        assert_eq!(c.get("A", &K), None);
+        assert_eq!(c.get("B", &K).as_deref(), Some(&b"b1"[..]));
+        c.changed(ALL_SERIES);
+        assert_eq!(c.get("B", &K), None);
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_change_is_not_kept() {
+        let c = live(1 << 20);
+        let before = c.ticket().unwrap();
+        c.changed("A");
+        c.put("A", K, Bytes::from_static(b"old"), before);
+        assert_eq!(c.get("A", &K), None);
+        // Another series' change does not refuse it; a read after the change is kept.
+        let after = c.ticket().unwrap();
+        c.changed("B");
+        c.put("A", K, Bytes::from_static(b"new"), after);
+        assert_eq!(c.get("A", &K).as_deref(), Some(&b"new"[..]));
+        // A restart (lost connection, memory bound) refuses every read that began before it.
+        let t = c.ticket().unwrap();
+        c.set_live(true);
+        c.put("C", K, Bytes::from_static(b"c"), t);
+        assert_eq!(c.get("C", &K), None);
+    }
+
+    #[test]
+    fn unused_while_not_listening_and_bounded_in_bytes() {
+        let c = SeriesCache::new(10);
+        assert!(c.ticket().is_none());
+        let c = live(10);
+        let t = c.ticket().unwrap();
+        c.put("A", K, Bytes::from_static(b"123456"), t);
+        c.put("B", K, Bytes::from_static(b"123456"), t);
+        // Over the bound: started over, so only what came after holds.
+        assert_eq!(c.get("A", &K), None);
+        assert_eq!(c.lock().bytes, 6);
+        c.set_live(false);
+        assert_eq!(c.get("B", &K), None);
+    }
+}
