@@ -72,8 +72,11 @@ enum State {
 /// Members of a top-level JSON object, read incrementally from `R`.
 pub struct ObjectEntries<R> {
     input: R,
+    /// `buf[start..]` is unread; what is before it is dropped at the next read, once per chunk rather
+    /// than once per member (a member is usually far smaller than a chunk).
     buf: Vec<u8>,
-    /// Absolute position of `buf[0]`.
+    start: usize,
+    /// Absolute position of `buf[start]`.
     base: Position,
     eof: bool,
     state: State,
@@ -89,6 +92,7 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
         ObjectEntries {
             input,
             buf: Vec::with_capacity(CHUNK),
+            start: 0,
             base: Position { offset: 0, line: 1 },
             eof: false,
             state: State::Start,
@@ -114,6 +118,8 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
         if self.eof {
             return Ok(false);
         }
+        self.buf.drain(..self.start);
+        self.start = 0;
         let start = self.buf.len();
         self.buf.resize(start + CHUNK, 0);
         let n = self
@@ -128,15 +134,21 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
         Ok(n > 0)
     }
 
-    /// The absolute position of `buf[i]`.
+    /// The unread bytes.
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The absolute position of `unread()[i]`.
     fn pos(&self, i: usize) -> Position {
-        let lines = self.buf[..i.min(self.buf.len())].iter().filter(|b| **b == b'\n').count() as u64;
+        let b = self.unread();
+        let lines = b[..i.min(b.len())].iter().filter(|b| **b == b'\n').count() as u64;
         Position { offset: self.base.offset + i as u64, line: self.base.line + lines }
     }
 
     fn consume(&mut self, n: usize) {
         self.base = self.pos(n);
-        self.buf.drain(..n);
+        self.start += n;
     }
 
     /// The next member, `None` after the closing brace.
@@ -145,9 +157,9 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
             match self.scan() {
                 Scan::Entry { key, value, next, at } => {
                     let at = self.pos(at);
-                    let key: String = serde_json::from_slice(&self.buf[key.0..key.1])
+                    let key: String = serde_json::from_slice(&self.unread()[key.0..key.1])
                         .map_err(|e| SyntaxError { at, reason: format!("bad key: {e}") })?;
-                    let value = Bytes::copy_from_slice(&self.buf[value.0..value.1]);
+                    let value = Bytes::copy_from_slice(&self.unread()[value.0..value.1]);
                     if self.check_values
                         && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value)
                     {
@@ -168,7 +180,7 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
                 }
                 Scan::Error { at, reason } => return Err(SyntaxError { at: self.pos(at), reason }),
                 Scan::NeedMore => {
-                    if self.buf.len() > MAX_ENTRY {
+                    if self.unread().len() > MAX_ENTRY {
                         return Err(SyntaxError {
                             at: self.pos(0),
                             reason: format!("a member is larger than {MAX_ENTRY} bytes"),
@@ -178,7 +190,7 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
                         if self.state == State::Done {
                             return Ok(None);
                         }
-                        let at = self.pos(self.buf.len());
+                        let at = self.pos(self.unread().len());
                         return Err(SyntaxError { at, reason: "unexpected end of input (truncated file?)".into() });
                     }
                 }
@@ -188,7 +200,7 @@ impl<R: AsyncRead + Unpin> ObjectEntries<R> {
 
     /// One step over the buffer from its start, without reading.
     fn scan(&self) -> Scan {
-        let b = &self.buf;
+        let b = self.unread();
         let mut i = skip_ws(b, 0);
         if i == b.len() {
             return Scan::NeedMore;
