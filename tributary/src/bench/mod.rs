@@ -11,7 +11,9 @@
 //!    processor's peak RSS;
 //! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
 //!    (the server's `partition()` mapping, one durable consumer per partition), on the same backlog;
-//!    their combined rate, and whether they stored exactly what one processor stored;
+//!    their combined rate; then one processor owning both partitions (a consume loop per partition, so
+//!    one partition's fetch and decode overlap the other's commit); and whether every partitioned run
+//!    stored exactly what the unpartitioned processor stored;
 //! 5. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
 //!
 //! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir, the
@@ -116,7 +118,11 @@ struct TributaryReport {
     /// Two replicas, one partition each: their combined rate.
     two_replicas_events_per_s: f64,
     two_replicas: Stats,
-    /// Whether every run of two replicas stored exactly the points and index levels one processor did.
+    /// One processor owning both partitions (a consume loop each): its rate.
+    two_partitions_events_per_s: f64,
+    two_partitions: Stats,
+    /// Whether every partitioned run (two replicas, or one process with two partitions) stored exactly
+    /// the points and index levels the unpartitioned processor did.
     two_replicas_equal_to_one: bool,
 }
 
@@ -136,6 +142,8 @@ struct Ratios {
     tributary_over_jetstream_publish: f64,
     tributary_over_pg_upsert: f64,
     two_replicas_over_one: f64,
+    two_partitions_over_one: f64,
+    two_partitions_over_baseline: f64,
 }
 
 /// The price event every throughput phase publishes, encoded as our publishers do.
@@ -232,6 +240,8 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
         tributary_over_jetstream_publish: trib.runs.median / publish.median,
         tributary_over_pg_upsert: trib.runs.median / upsert.median,
         two_replicas_over_one: trib.scale.runs.median / trib.runs.median,
+        two_partitions_over_one: trib.scale.one_process.median / trib.runs.median,
+        two_partitions_over_baseline: trib.scale.one_process.median / baseline.median,
     };
     Ok(Report {
         machine: machine(&config).await,
@@ -264,6 +274,8 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             peak_rss_mb: trib.peak_rss_mb,
             two_replicas_events_per_s: trib.scale.runs.median,
             two_replicas: trib.scale.runs.clone(),
+            two_partitions_events_per_s: trib.scale.one_process.median,
+            two_partitions: trib.scale.one_process.clone(),
             two_replicas_equal_to_one: trib.scale.equal,
         },
         api: ApiReport {
@@ -327,9 +339,10 @@ fn print_table(r: &Report) {
     );
     println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
     row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
+    row("Tributary, one process, two partitions", &r.tributary.two_partitions, "events/s");
     println!(
         "{:<44} {}",
-        "two replicas stored what one did",
+        "partitioned runs stored what one did",
         if r.tributary.two_replicas_equal_to_one { "yes" } else { "NO" }
     );
     row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
@@ -338,11 +351,13 @@ fn print_table(r: &Report) {
         "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
     );
     println!(
-        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}",
+        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}, two partitions/one {:.2}, two partitions/baseline {:.2}",
         r.ratios.tributary_over_baseline,
         r.ratios.tributary_over_jetstream_publish,
         r.ratios.tributary_over_pg_upsert,
-        r.ratios.two_replicas_over_one
+        r.ratios.two_replicas_over_one,
+        r.ratios.two_partitions_over_one,
+        r.ratios.two_partitions_over_baseline
     );
     println!();
 }

@@ -105,14 +105,14 @@ struct Processor {
 }
 
 impl Processor {
-    /// A processor consuming everything, or with `replica`, replica `replica` of [`PARTITIONS`] replicas
-    /// owning one partition each.
-    fn spawn(config: &Config, db_url: &str, durable: &str, replica: Option<u32>) -> anyhow::Result<Processor> {
+    /// A processor consuming everything unpartitioned, or with `(replicas, replica)`, replica `replica`
+    /// of `replicas` splitting the [`PARTITIONS`] partitions.
+    fn spawn(config: &Config, db_url: &str, durable: &str, layout: Option<(u32, u32)>) -> anyhow::Result<Processor> {
         let port = crate::local::free_port(0);
         let mut cmd = Command::new(std::env::current_exe()?);
-        if let Some(replica) = replica {
+        if let Some((replicas, replica)) = layout {
             cmd.env("TRIBUTARY_PROCESSOR__PARTITIONS", PARTITIONS.to_string())
-                .env("TRIBUTARY_PROCESSOR__REPLICAS", PARTITIONS.to_string())
+                .env("TRIBUTARY_PROCESSOR__REPLICAS", replicas.to_string())
                 .env("TRIBUTARY_PROCESSOR__REPLICA", replica.to_string());
         }
         let child = cmd
@@ -217,36 +217,43 @@ async fn settled(pool: &PgPool, n: u64, limit: Duration) -> anyhow::Result<()> {
 
 /// The scale-out phase's result.
 pub struct ScaleOut {
+    /// Two replicas, one partition each: their combined rate.
     pub runs: Stats,
-    /// Every run stored what one processor stored.
+    /// One processor owning both partitions (a consume loop per partition).
+    pub one_process: Stats,
+    /// Every partitioned run stored what the unpartitioned processor stored.
     pub equal: bool,
 }
 
-/// Two replicas, one partition each, on the backlog of `args.events` (and nothing else: it runs before the
-/// freshness phase publishes more): their combined rate, repeated; and whether each run stored exactly
-/// what one processor did (`single`, a [`checksum`]).
+/// The backlog of `args.events` (and nothing else: this runs before the freshness phase publishes more)
+/// over [`PARTITIONS`] partitions, by two replicas owning one each and by one processor owning both:
+/// their rates, repeated; and whether each run stored exactly what the unpartitioned processor did
+/// (`single`, a [`checksum`]).
 pub async fn scale_out(config: &Config, args: &super::BenchArgs, single: &str) -> anyhow::Result<ScaleOut> {
     let n = args.events;
-    let mut runs = Vec::new();
+    let (mut runs, mut one_process) = (Vec::new(), Vec::new());
     let mut equal = true;
     for r in 0..args.repeats.max(1) {
-        let db = Database::create(&config.database.url, &format!("scale{r}")).await?;
-        let started = Instant::now();
-        let replicas: Vec<Processor> = (0..PARTITIONS)
-            .map(|i| Processor::spawn(config, &db.url, &format!("scale{r}"), Some(i)))
-            .collect::<anyhow::Result<_>>()?;
-        let done = settled(&db.pool, n, Duration::from_secs(3600)).await;
-        let secs = started.elapsed().as_secs_f64();
-        drop(replicas);
-        let sum = match done {
-            Ok(()) => checksum(&db.pool).await,
-            Err(e) => Err(e),
-        };
-        db.drop().await;
-        runs.push(n as f64 / secs);
-        equal &= sum? == single;
+        for (replicas, rates) in [(PARTITIONS, &mut runs), (1, &mut one_process)] {
+            let name = format!("scale{r}r{replicas}");
+            let db = Database::create(&config.database.url, &name).await?;
+            let started = Instant::now();
+            let processors: Vec<Processor> = (0..replicas)
+                .map(|i| Processor::spawn(config, &db.url, &name, Some((replicas, i))))
+                .collect::<anyhow::Result<_>>()?;
+            let done = settled(&db.pool, n, Duration::from_secs(3600)).await;
+            let secs = started.elapsed().as_secs_f64();
+            drop(processors);
+            let sum = match done {
+                Ok(()) => checksum(&db.pool).await,
+                Err(e) => Err(e),
+            };
+            db.drop().await;
+            rates.push(n as f64 / secs);
+            equal &= sum? == single;
+        }
     }
-    Ok(ScaleOut { runs: Stats::of(runs), equal })
+    Ok(ScaleOut { runs: Stats::of(runs), one_process: Stats::of(one_process), equal })
 }
 
 async fn committed(pool: &PgPool) -> u64 {
