@@ -12,34 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
 instruments=${2:-1000}
-admin=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-target=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p tributary
-bin="$target/release/tributary"
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-db="tributary_measure_$$"
-nats-server -a 127.0.0.1 -p "$port" -js -sd "$work" >/dev/null 2>&1 &
-nats_pid=$!
-cleanup() {
-  kill "$nats_pid" 2>/dev/null || true
-  [ -n "${proc_pid:-}" ] && kill "$proc_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-base=${admin%%\?*}
-query=""
-[ "$base" != "$admin" ] && query="?${admin#*\?}"
-export NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="${base%/*}/$db$query" RUST_LOG=warn
+. scripts/private-stack.sh
 "$bin" migrate >/dev/null 2>&1
 t0=$(date +%s.%N)
 "$bin" gatherer prices --instruments "$instruments" --rate 10000000 --limit "$events" --late-share 0 --correction-share 0 --seed 1
 t1=$(date +%s.%N)
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mport=$(free_port)
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
-proc_pid=$!
+stop_pids+=($!)
 start=$(date +%s.%N)
 while :; do
   n=$(psql "$DATABASE_URL" -qtAc "SELECT coalesce(sum(points),0) FROM price_series")

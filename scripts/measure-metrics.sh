@@ -15,35 +15,17 @@ cd "$(dirname "$0")/.."
 servers=${1:-1000}
 seconds=${2:-60}
 rounds=${3:-100}
-admin=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-target=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p tributary
-bin="$target/release/tributary"
-work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-db="tributary_measure_$$"
-nats-server -a 127.0.0.1 -p "$port" -js -sd "$work" >/dev/null 2>&1 &
-nats_pid=$!
-cleanup() {
-  kill "$nats_pid" 2>/dev/null || true
-  [ -n "${proc_pid:-}" ] && kill "$proc_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
+before_drop() {
   [ -n "${KEEP_DB:-}" ] && psql "$DATABASE_URL" -c "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes ORDER BY 1" -c "SELECT relname, seq_scan, seq_tup_read, last_autoanalyze FROM pg_stat_user_tables ORDER BY 1"
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
-trap cleanup EXIT
-base=${admin%%\?*}
-query=""
-[ "$base" != "$admin" ] && query="?${admin#*\?}"
-export NATS_URL="nats://127.0.0.1:$port" DATABASE_URL="${base%/*}/$db$query" RUST_LOG=warn
+. scripts/private-stack.sh
 "$bin" migrate >/dev/null 2>&1
 samples() { psql "$DATABASE_URL" -qtAc "SELECT count(*) FROM metric_samples"; }
 wait_for() { while [ "$(samples)" -lt "$1" ]; do sleep 0.2; done; }
 mport=$(free_port)
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
 proc_pid=$!
+stop_pids+=("$proc_pid")
 
 echo "== live: $servers servers every 1 s for $seconds s =="
 (
@@ -85,6 +67,7 @@ before=$(samples)
 "$bin" gatherer metrics --servers "$servers" --interval 1ms --rounds "$rounds" --seed 2 2>&1 | tail -n 1
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
 proc_pid=$!
+stop_pids+=("$proc_pid")
 s=$(date +%s.%N)
 wait_for $((before + servers * 3 * rounds))
 e=$(date +%s.%N)
