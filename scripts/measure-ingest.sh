@@ -12,14 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
 instruments=${2:-1000}
-. scripts/private-stack.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build --locked --release -q -p tributary
+bin="$CARGO_TARGET_DIR/release/tributary"
+source scripts/private-stack.sh "tributary_measure_$$"
+export RUST_LOG=warn
 "$bin" migrate >/dev/null 2>&1
 t0=$(date +%s.%N)
 "$bin" gatherer prices --instruments "$instruments" --rate 10000000 --limit "$events" --late-share 0 --correction-share 0 --seed 1
 t1=$(date +%s.%N)
 mport=$(free_port)
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
-stop_pids+=($!)
+pids+=($!)
 start=$(date +%s.%N)
 while :; do
   n=$(psql "$DATABASE_URL" -qtAc "SELECT coalesce(sum(points),0) FROM price_series")

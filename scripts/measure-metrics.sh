@@ -15,24 +15,25 @@ cd "$(dirname "$0")/.."
 servers=${1:-1000}
 seconds=${2:-60}
 rounds=${3:-100}
-before_drop() {
-  [ -n "${KEEP_DB:-}" ] && psql "$DATABASE_URL" -c "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes ORDER BY 1" -c "SELECT relname, seq_scan, seq_tup_read, last_autoanalyze FROM pg_stat_user_tables ORDER BY 1"
-}
-. scripts/private-stack.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+cargo build --locked --release -q -p tributary
+bin="$CARGO_TARGET_DIR/release/tributary"
+source scripts/private-stack.sh "tributary_measure_$$"
+export RUST_LOG=warn
 "$bin" migrate >/dev/null 2>&1
 samples() { psql "$DATABASE_URL" -qtAc "SELECT count(*) FROM metric_samples"; }
 wait_for() { while [ "$(samples)" -lt "$1" ]; do sleep 0.2; done; }
 mport=$(free_port)
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
 proc_pid=$!
-stop_pids+=("$proc_pid")
+pids+=("$proc_pid")
 
 echo "== live: $servers servers every 1 s for $seconds s =="
 (
   max=0
   while kill -0 "$proc_pid" 2>/dev/null; do
     p=$(curl -s "127.0.0.1:$mport/metrics" | awk '/^tributary_consumer_pending\{consumer="metrics"/ {print int($2)}')
-    [ -n "$p" ] && [ "$p" -gt "$max" ] && max=$p && echo "$max" >"$work/max_pending"
+    [ -n "$p" ] && [ "$p" -gt "$max" ] && max=$p && echo "$max" >"$tmp/max_pending"
     sleep 0.5
   done
 ) &
@@ -41,8 +42,8 @@ t0=$(date +%s.%N)
 expected=$((servers * 3 * seconds))
 wait_for "$expected"
 t1=$(date +%s.%N)
-curl -s "127.0.0.1:$mport/metrics" >"$work/live.prom"
-python3 - "$expected" "$t0" "$t1" "$work/live.prom" "$(cat "$work/max_pending" 2>/dev/null || echo 0)" <<'PY'
+curl -s "127.0.0.1:$mport/metrics" >"$tmp/live.prom"
+python3 - "$expected" "$t0" "$t1" "$tmp/live.prom" "$(cat "$tmp/max_pending" 2>/dev/null || echo 0)" <<'PY'
 import re, sys
 n, t0, t1, path, max_pending = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 buckets, count = [], 0
@@ -67,7 +68,7 @@ before=$(samples)
 "$bin" gatherer metrics --servers "$servers" --interval 1ms --rounds "$rounds" --seed 2 2>&1 | tail -n 1
 "$bin" processor --metrics-listen "127.0.0.1:$mport" &
 proc_pid=$!
-stop_pids+=("$proc_pid")
+pids+=("$proc_pid")
 s=$(date +%s.%N)
 wait_for $((before + servers * 3 * rounds))
 e=$(date +%s.%N)
@@ -80,3 +81,7 @@ import sys
 n, s, e = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 print(f"committed {n} messages ({3*n} samples) in {e-s:.2f} s: {n/(e-s):,.0f} messages/s, {3*n/(e-s):,.0f} samples/s")
 PY
+if [ -n "${KEEP_DB:-}" ]; then
+  psql "$DATABASE_URL" -c "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes ORDER BY 1" \
+    -c "SELECT relname, seq_scan, seq_tup_read, last_autoanalyze FROM pg_stat_user_tables ORDER BY 1"
+fi
