@@ -21,7 +21,7 @@ pub struct SimConfig {
     pub instruments: usize,
     /// Events per second, all instruments together.
     pub rate: f64,
-    /// Share of events held back and published after later ones (0 to 1).
+    /// Share of events held back and published 2 to 49 rounds (one price per instrument) later (0 to 1).
     pub late_share: f64,
     /// Share of events that correct an earlier price (0 to 1).
     pub correction_share: f64,
@@ -96,6 +96,14 @@ pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: Cancella
             sent += 1;
             if next == 0 {
                 round_ts = (round_ts + Span::milliseconds(1)).max(Ts::new(Utc::now()).0);
+                // Late prices are held for a number of rounds, not of ticks, so how late they are (in
+                // points of their series) does not grow with the rate.
+                for h in held.iter_mut() {
+                    h.0 = h.0.saturating_sub(1);
+                }
+                for (_, subject, id, e) in held.extract_if(.., |h| h.0 == 0) {
+                    publisher.publish(subject, Some(&id), &e).await;
+                }
             }
             let w = &mut walks[next];
             next = (next + 1) % walks_len;
@@ -124,12 +132,6 @@ pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: Cancella
             } else {
                 publisher.publish(subject, Some(&id), &e).await;
             }
-        }
-        for h in held.iter_mut() {
-            h.0 = h.0.saturating_sub(1);
-        }
-        for (_, subject, id, e) in held.extract_if(.., |h| h.0 == 0) {
-            publisher.publish(subject, Some(&id), &e).await;
         }
     }
     for (_, subject, id, e) in held.drain(..) {

@@ -169,6 +169,44 @@ async fn the_simulator_delivers_every_event_and_the_processor_commits_them() {
     assert!(points > 200 && points <= 300, "{points}");
 }
 
+/// A late price is held for 2 to 49 rounds of the simulator whatever its rate: at a high rate it was held
+/// for ticks, each thousands of rounds, which made every late price rewrite thousands of points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_late_prices_are_late_by_rounds_not_by_rate() {
+    let app = spawn_app().await;
+    let sim = tributary_gatherer::prices::SimConfig {
+        instruments: 10,
+        rate: 1_000_000.0,
+        late_share: 0.05,
+        correction_share: 0.0,
+        limit: Some(20_000),
+        seed: Some(7),
+        ..Default::default()
+    };
+    let report = tributary_gatherer::prices::simulate(app.js(), sim, tokio_util::sync::CancellationToken::new()).await;
+    assert_eq!(report.stored, 20_000);
+    app.settled().await;
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let rows: Vec<(String, i64)> =
+        sea_orm::sqlx::query_as("SELECT instrument, seq FROM price_points ORDER BY instrument, ts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 20_000);
+    // How late each point was: the points of its series with a later timestamp published before it.
+    let mut late = 0;
+    let mut latest = 0;
+    for series in rows.chunk_by(|a, b| a.0 == b.0) {
+        for (i, (_, seq)) in series.iter().enumerate() {
+            let before = series[i + 1..].iter().filter(|(_, s)| s < seq).count();
+            late += (before > 0) as usize;
+            latest = latest.max(before);
+        }
+    }
+    assert!(late > 500, "about 5% of the points are late, got {late}");
+    assert!(latest <= 49, "a point was published {latest} rounds late");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
     use tributary_broker::Delivery;
