@@ -220,3 +220,13 @@ fn fleet_plan_prints_the_optimal_total_and_matching_without_any_server() {
     assert_eq!(v["unassigned_shipments"].as_array().unwrap().len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The binary's relative relocations are packed (`tributary/build.rs`): unpacked, they are ~1 MiB read at
+/// every start and resident in every process, which took a ports import over its 16 MiB budget.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_packs_its_relative_relocations() {
+    let image = std::fs::read(BIN).unwrap();
+    let has = |name: &[u8]| image.windows(name.len()).any(|w| w == name);
+    assert!(has(b"\0.relr.dyn\0"), "no .relr.dyn section in {BIN}");
+}
