@@ -30,7 +30,7 @@ use tracing::Instrument;
 use tributary_broker::events::PricePoint;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
-pub use sql::{IndexDef, recompute_index, reconcile_transforms};
+pub use sql::{INDEX_PRICES_SINCE, IndexDef, recompute_index, reconcile_transforms};
 
 /// Consumes `price.<instrument>`.
 #[derive(Clone)]

@@ -229,6 +229,12 @@ pub(crate) async fn index_defs(tx: &mut Tx, names: &[String]) -> Result<Vec<Inde
     Ok(out)
 }
 
+/// The constituents' prices from an index date on (the recompute's input after its anchor).
+pub const INDEX_PRICES_SINCE: &str =
+    "SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1) AND ts >= $2";
+/// All the constituents' prices (a recompute from scratch).
+const INDEX_PRICES_ALL: &str = "SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1)";
+
 /// Recomputes an index from the last index date before `from` forward (from scratch when `from` is
 /// `None` or precedes every index date). The caller holds the locks of the index and its constituents.
 pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
@@ -244,22 +250,24 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
     };
     let since = anchor.map(|a| a.0);
     let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
-    let rows: Vec<(String, DateTime<Utc>, f64)> =
-        sqlx::query_as("SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1) AND ($2::timestamptz IS NULL OR ts >= $2)")
-            .bind(&instruments)
-            .bind(since)
-            .fetch_all(&mut **tx)
-            .await?;
+    // Two statements, not one with `$2 IS NULL OR ts >= $2`: under a generic plan that OR is a filter
+    // applied to every stored point of the constituents, so each recompute would read the whole history
+    // (likewise the delete below for the index's own levels).
+    let rows: Vec<(String, DateTime<Utc>, f64)> = match since {
+        Some(since) => sqlx::query_as(INDEX_PRICES_SINCE).bind(&instruments).bind(since).fetch_all(&mut **tx).await?,
+        None => sqlx::query_as(INDEX_PRICES_ALL).bind(&instruments).fetch_all(&mut **tx).await?,
+    };
     let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
     for (i, ts, p) in rows {
         prices.entry(i).or_default().insert(ts, p);
     }
     let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(sqlx::Error::Protocol)?;
-    sqlx::query("DELETE FROM index_points WHERE name = $1 AND ($2::timestamptz IS NULL OR ts > $2)")
-        .bind(&def.name)
-        .bind(since)
-        .execute(&mut **tx)
-        .await?;
+    match since {
+        Some(since) => sqlx::query("DELETE FROM index_points WHERE name = $1 AND ts > $2").bind(&def.name).bind(since),
+        None => sqlx::query("DELETE FROM index_points WHERE name = $1").bind(&def.name),
+    }
+    .execute(&mut **tx)
+    .await?;
     if !levels.is_empty() {
         let ts: Vec<DateTime<Utc>> = levels.iter().map(|l| l.ts).collect();
         let level: Vec<f64> = levels.iter().map(|l| l.level).collect();

@@ -288,3 +288,41 @@ async fn cached_series_reads_follow_every_commit() {
     })
     .await;
 }
+
+/// An index recompute after an append reads the constituents' prices from its anchor on through the
+/// primary key, not their whole history: under a generic plan (what a prepared statement gets after a
+/// few runs) no stored point is read and discarded by a filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_recompute_reads_only_the_points_after_its_anchor() {
+    use sea_orm::sqlx::{self, Connection};
+    let db = tributary_testkit::TestDb::create().await;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, seq)
+         SELECT 'S' || i, timestamptz '2026-01-01' + d * interval '1 minute', 100, d
+           FROM generate_series(0, 99) i, generate_series(0, 999) d",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE price_points").execute(&mut conn).await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
+    let prepare = format!("PREPARE since AS {}", tributary_processor::prices::INDEX_PRICES_SINCE);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
+    let plan: Value = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE since(ARRAY['S1','S2','S3']::text[], timestamptz '2026-01-01' + interval '990 minutes')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let root = &plan[0]["Plan"];
+    assert_eq!(root["Actual Rows"], 30, "{plan:#}");
+    fn discarded(node: &Value) -> u64 {
+        let own = ["Rows Removed by Filter", "Rows Removed by Index Recheck"]
+            .iter()
+            .filter_map(|k| node[*k].as_u64())
+            .sum::<u64>();
+        own + node["Plans"].as_array().map_or(0, |ps| ps.iter().map(discarded).sum())
+    }
+    assert_eq!(discarded(root), 0, "points read and thrown away: {plan:#}");
+}
