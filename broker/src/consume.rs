@@ -49,7 +49,7 @@ pub struct ConsumerSpec {
 }
 
 /// One valid event with what the consume loop knows about its message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Delivery<E> {
     /// The decoded event.
     pub event: E,

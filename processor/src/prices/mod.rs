@@ -16,6 +16,7 @@
 //! back; the cache is used only if no one else wrote the series since, and only for appends after its
 //! last point; otherwise the window and tail are loaded. So an append costs O(1) reads and writes.
 
+mod copy;
 pub mod index;
 pub mod series;
 mod sql;
@@ -144,7 +145,7 @@ impl PriceHandler {
         }
         let mut stored = sql::load_points(&mut tx, &to_load, self.transforms.window(), &self.names).await?;
         // 4-5. merge and recompute
-        let mut writes = sql::Writes::default();
+        let mut writes = sql::Writes::new(&self.names);
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
         let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
         for (instrument, incoming) in &by_instrument {
@@ -161,8 +162,8 @@ impl PriceHandler {
             }
             tails.push((instrument, merged.tail));
         }
-        let new_versions = sql::write_points(&mut tx, &writes).await?;
-        sql::notify_written(&mut tx, &writes).await?;
+        let new_versions = sql::write_points(&mut tx, writes).await?;
+        sql::notify_written(&mut tx, new_versions.keys().map(String::as_str)).await?;
         // 6. indices
         if !changed_from.is_empty() {
             let indices = sql::indices_of(&mut tx, changed_from.keys().copied()).await?;
@@ -269,15 +270,29 @@ impl BatchHandler for PriceHandler {
     /// transaction on its own connection: parts share no instrument, so their locks never meet (an index
     /// over instruments of both parts is recomputed by each in turn, under its lock). The batch counts as
     /// committed only when every part is; a failed part means redelivery of all, which is harmless.
+    ///
+    /// Each part runs as a task of its own, so it is never cancelled half-way, neither when a sibling
+    /// part fails nor when the consume loop is dropped: a `COPY` cut off mid-stream would leave its
+    /// pooled connection out of step with the server (see `copy.rs`). A part that outlives its consume
+    /// loop commits or fails like any other; its messages were not acked, so they come again and change
+    /// nothing.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
         let split = lock::split(batch, self.parallelism, "price", |d| &d.event.instrument);
         let commits = split.into_iter().map(|part| {
+            let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
             let span = crate::db_span("price batch", part.len());
-            async move { self.commit(&part).await }.instrument(span)
+            let this = self.clone();
+            tokio::spawn(async move { this.commit(&part).await }.instrument(span))
         });
-        futures::future::try_join_all(commits)
-            .await
-            .map(|_| ())
-            .map_err(|e| HandleError(anyhow::Error::new(e).context("storing a price batch")))
+        let mut failure = None;
+        for outcome in futures::future::join_all(commits).await {
+            let e = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Err(e) => anyhow::Error::new(e),
+            };
+            failure.get_or_insert(e);
+        }
+        failure.map_or(Ok(()), |e| Err(HandleError(e.context("storing a price batch"))))
     }
 }

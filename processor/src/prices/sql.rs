@@ -2,6 +2,7 @@
 //! column, inside the caller's transaction.
 
 use super::Row;
+use super::copy::{self, CopyRows};
 use super::index;
 use super::series::{Point, Transforms, recompute};
 use crate::lock;
@@ -73,9 +74,10 @@ pub(crate) async fn load_points(
     Ok(out)
 }
 
-/// The rows of one batch, column by column.
-#[derive(Default)]
+/// The rows of one batch: points new to their series as `COPY` rows, points already stored column by
+/// column for an upsert, and per series how many points were added and their span.
 pub(crate) struct Writes {
+    new: CopyRows,
     instrument: Vec<String>,
     ts: Vec<DateTime<Utc>>,
     price: Vec<f64>,
@@ -87,8 +89,30 @@ pub(crate) struct Writes {
 }
 
 impl Writes {
+    pub(crate) fn new(names: &[String]) -> Writes {
+        Writes {
+            new: CopyRows::new(names),
+            instrument: Vec::new(),
+            ts: Vec::new(),
+            price: Vec::new(),
+            volume: Vec::new(),
+            seq: Vec::new(),
+            ret: Vec::new(),
+            derived: Vec::new(),
+            series: Default::default(),
+        }
+    }
+
+    /// Adds the rows of `instrument` (ascending) of which those at `added` (ascending) are not stored:
+    /// the caller holds the series' lock and has read it (or validated its cached tail) in this
+    /// transaction, so no one else can have stored them.
     pub(crate) fn push(&mut self, instrument: &str, rows: &[Row], added: Vec<DateTime<Utc>>, names: &[String]) {
+        let mut new = added.iter().peekable();
         for r in rows {
+            if new.next_if(|t| **t == r.ts).is_some() {
+                self.new.push(instrument, r);
+                continue;
+            }
             self.instrument.push(instrument.to_owned());
             self.ts.push(r.ts);
             self.price.push(r.point.price);
@@ -97,10 +121,11 @@ impl Writes {
             self.ret.push(r.point.ret);
             self.derived.push(derived_of(&r.point.values, names));
         }
+        debug_assert!(new.next().is_none(), "every added point is among the rows");
         self.series.0.push(instrument.to_owned());
         self.series.1.push(added.len() as i64);
-        self.series.2.push(added.iter().min().copied());
-        self.series.3.push(added.iter().max().copied());
+        self.series.2.push(added.first().copied());
+        self.series.3.push(added.last().copied());
     }
 }
 
@@ -120,7 +145,12 @@ pub(crate) async fn series_versions<'a>(
 
 /// Upserts points (guarded by sequence) and the per-instrument summary, bumping the version of every
 /// series written; returns the new versions.
-pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<HashMap<String, i64>, sqlx::Error> {
+pub(crate) async fn write_points(tx: &mut Tx, w: Writes) -> Result<HashMap<String, i64>, sqlx::Error> {
+    if !w.new.is_empty() {
+        let mut copy = tx.copy_in_raw(copy::STATEMENT).await?;
+        copy.send(w.new.finish()).await?;
+        copy.finish().await?;
+    }
     if !w.instrument.is_empty() {
         sqlx::query(
             "INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
@@ -170,8 +200,11 @@ pub(crate) async fn write_points(tx: &mut Tx, w: &Writes) -> Result<HashMap<Stri
 
 /// Tells readers, once the transaction commits, that the series in `w` changed (see
 /// [`tributary_store::notify`]).
-pub(crate) async fn notify_written(tx: &mut Tx, w: &Writes) -> Result<(), sqlx::Error> {
-    notify(tx, w.series.0.iter().map(String::as_str)).await
+pub(crate) async fn notify_written<'a>(
+    tx: &mut Tx,
+    series: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    notify(tx, series).await
 }
 
 async fn notify<'a>(tx: &mut Tx, series: impl IntoIterator<Item = &'a str>) -> Result<(), sqlx::Error> {
@@ -315,9 +348,9 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         recompute(t, &mut points, 0);
         let rows: Vec<Row> =
             rows.iter().zip(points).map(|(r, point)| Row { ts: r.0, volume: r.2, seq: r.3, point }).collect();
-        let mut w = Writes::default();
+        let mut w = Writes::new(&names);
         w.push(instrument, &rows, Vec::new(), &names);
-        write_points(&mut tx, &w).await?;
+        write_points(&mut tx, w).await?;
     }
     if !instruments.is_empty() {
         notify(&mut tx, [notify::ALL_SERIES]).await?;
