@@ -251,10 +251,22 @@ struct PricesArgs {
     quiet: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // A file import runs on one thread: the reader, the publisher and the NATS connection hand every
+    // message to each other, and across threads each handoff is a wake-up through the kernel.
+    let mut runtime = match cli.command {
+        Command::Gatherer(Gatherer::Ports(_)) | Command::Import(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tributary: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tributary: {e:#}");
