@@ -158,7 +158,7 @@ impl PriceHandler {
                 changed_from.insert(instrument, t);
             }
             if !merged.rows.is_empty() {
-                writes.push(instrument, &merged.rows, merged.added, &self.names);
+                writes.push(instrument, &merged.rows, merged.added);
             }
             tails.push((instrument, merged.tail));
         }

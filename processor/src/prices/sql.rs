@@ -76,7 +76,8 @@ pub(crate) async fn load_points(
 
 /// The rows of one batch: points new to their series as `COPY` rows, points already stored column by
 /// column for an upsert, and per series how many points were added and their span.
-pub(crate) struct Writes {
+pub(crate) struct Writes<'a> {
+    names: &'a [String],
     new: CopyRows,
     instrument: Vec<String>,
     ts: Vec<DateTime<Utc>>,
@@ -88,9 +89,11 @@ pub(crate) struct Writes {
     series: (Vec<String>, Vec<i64>, Vec<Option<DateTime<Utc>>>, Vec<Option<DateTime<Utc>>>),
 }
 
-impl Writes {
-    pub(crate) fn new(names: &[String]) -> Writes {
+impl<'a> Writes<'a> {
+    /// No rows yet, for derived values named `names`.
+    pub(crate) fn new(names: &'a [String]) -> Writes<'a> {
         Writes {
+            names,
             new: CopyRows::new(names),
             instrument: Vec::new(),
             ts: Vec::new(),
@@ -106,7 +109,7 @@ impl Writes {
     /// Adds the rows of `instrument` (ascending) of which those at `added` (ascending) are not stored:
     /// the caller holds the series' lock and has read it (or validated its cached tail) in this
     /// transaction, so no one else can have stored them.
-    pub(crate) fn push(&mut self, instrument: &str, rows: &[Row], added: Vec<DateTime<Utc>>, names: &[String]) {
+    pub(crate) fn push(&mut self, instrument: &str, rows: &[Row], added: Vec<DateTime<Utc>>) {
         let mut new = added.iter().peekable();
         for r in rows {
             if new.next_if(|t| **t == r.ts).is_some() {
@@ -119,7 +122,7 @@ impl Writes {
             self.volume.push(r.volume);
             self.seq.push(r.seq);
             self.ret.push(r.point.ret);
-            self.derived.push(derived_of(&r.point.values, names));
+            self.derived.push(derived_of(&r.point.values, self.names));
         }
         debug_assert!(new.next().is_none(), "every added point is among the rows");
         self.series.0.push(instrument.to_owned());
@@ -145,7 +148,7 @@ pub(crate) async fn series_versions<'a>(
 
 /// Upserts points (guarded by sequence) and the per-instrument summary, bumping the version of every
 /// series written; returns the new versions.
-pub(crate) async fn write_points(tx: &mut Tx, w: Writes) -> Result<HashMap<String, i64>, sqlx::Error> {
+pub(crate) async fn write_points(tx: &mut Tx, w: Writes<'_>) -> Result<HashMap<String, i64>, sqlx::Error> {
     if !w.new.is_empty() {
         let mut copy = tx.copy_in_raw(copy::STATEMENT).await?;
         copy.send(w.new.finish()).await?;
@@ -198,16 +201,11 @@ pub(crate) async fn write_points(tx: &mut Tx, w: Writes) -> Result<HashMap<Strin
     Ok(versions.into_iter().collect())
 }
 
-/// Tells readers, once the transaction commits, that the series in `w` changed (see
-/// [`tributary_store::notify`]).
+/// Tells readers, once the transaction commits, that `series` changed (see [`tributary_store::notify`]).
 pub(crate) async fn notify_written<'a>(
     tx: &mut Tx,
     series: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    notify(tx, series).await
-}
-
-async fn notify<'a>(tx: &mut Tx, series: impl IntoIterator<Item = &'a str>) -> Result<(), sqlx::Error> {
     let payloads = notify::payloads(series);
     if payloads.is_empty() {
         return Ok(());
@@ -349,11 +347,11 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         let rows: Vec<Row> =
             rows.iter().zip(points).map(|(r, point)| Row { ts: r.0, volume: r.2, seq: r.3, point }).collect();
         let mut w = Writes::new(&names);
-        w.push(instrument, &rows, Vec::new(), &names);
+        w.push(instrument, &rows, Vec::new());
         write_points(&mut tx, w).await?;
     }
     if !instruments.is_empty() {
-        notify(&mut tx, [notify::ALL_SERIES]).await?;
+        notify_written(&mut tx, [notify::ALL_SERIES]).await?;
     }
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
