@@ -63,6 +63,20 @@ pub struct BenchArgs {
     /// Print only the JSON report.
     #[arg(long)]
     pub json: bool,
+    /// Measure only freshness, at each of these offered rates in turn (events/s, comma-separated), for
+    /// `--freshness-secs` each: where the publish→commit latency floor is and where it bends.
+    #[arg(long, value_delimiter = ',')]
+    pub freshness_rates: Vec<f64>,
+}
+
+/// `--freshness-rates`: the latency at each offered rate.
+#[derive(Debug, Serialize)]
+struct FreshnessPoint {
+    offered_per_s: f64,
+    achieved_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
 }
 
 /// The whole report.
@@ -172,18 +186,56 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&conf, tributary_broker::kind::partition_mappings(pipeline::PARTITIONS))?;
     let mut nats_child = local::spawn_nats_with(&bin, port, &dir.join("nats"), &dir.join("nats.log"), Some(&conf))?;
     let db_url = config.database.url.clone();
-    let result = run_phases(config, &args, port).await;
+    let result = if args.freshness_rates.is_empty() {
+        run_phases(config, &args, port).await.map(Some)
+    } else {
+        run_freshness_curve(config, &args, port).await.map(|_| None)
+    };
     pipeline::drop_run_databases(&db_url).await;
     let _ = nats_child.kill();
     let _ = nats_child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let report = result?;
+    let Some(report) = result? else { return Ok(()) };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
         println!("{}", serde_json::to_string(&report)?);
     }
+    Ok(())
+}
+
+/// `--freshness-rates`: runs the freshness measurement alone at each rate and prints one line each (or
+/// a JSON array with `--json`).
+async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
+    config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
+    let js = async_nats::jetstream::new(crate::app::connect_nats(&config.nats).await?);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    progress(args.json, "freshness at each offered rate");
+    let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates)
+        .await?
+        .into_iter()
+        .zip(&args.freshness_rates)
+        .map(|(f, &offered)| FreshnessPoint {
+            offered_per_s: offered,
+            achieved_per_s: f.achieved,
+            p50_ms: f.p50_ms,
+            p99_ms: f.p99_ms,
+            p999_ms: f.p999_ms,
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+        return Ok(());
+    }
+    println!("{:>14} {:>14} {:>10} {:>10} {:>10}", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms");
+    for p in &points {
+        println!(
+            "{:>14.0} {:>14.0} {:>10.1} {:>10.1} {:>10.1}",
+            p.offered_per_s, p.achieved_per_s, p.p50_ms, p.p99_ms, p.p999_ms
+        );
+    }
+    println!("{}", serde_json::to_string(&points)?);
     Ok(())
 }
 

@@ -288,20 +288,39 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
     // Two replicas on the same backlog, before the freshness phase adds to it.
     let scale = scale_out(config, args, &checksum(&db.pool).await?).await?;
     // Freshness: a fixed offered rate on top of the caught-up processor.
-    until(Duration::from_secs(10), || async { p.latency_buckets().await.ok().filter(|b| !b.is_empty()) }).await?;
-    let before = p.latency_buckets().await?;
-    let m = (args.rate * args.freshness_secs).round() as u64;
+    let freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
+    let peak_rss_mb = p.peak_rss_mb();
+    drop(p);
+    let db_url = db.url.clone();
+    Ok(Measured { runs: Stats::of(runs), scale, freshness, peak_rss_mb, db, db_url })
+}
+
+/// Publishes `rate` events/s for `secs` (event numbers from `from` on, so none is a duplicate of a stored
+/// one) to a caught-up processor `p`; waits until all are committed; returns the publish→commit latency
+/// quantiles of those events, from the processor's own histogram.
+async fn freshness(
+    p: &Processor,
+    pool: &PgPool,
+    js: &jetstream::Context,
+    instruments: usize,
+    from: u64,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<Freshness> {
+    // No buckets yet (nothing committed) counts as all zero.
+    let before = until(Duration::from_secs(10), || async { p.latency_buckets().await.ok() }).await?;
+    let m = (rate * secs).round() as u64;
     let started = Instant::now();
     let mut acks = VecDeque::new();
     let mut interval = tokio::time::interval(Duration::from_millis(5));
-    let per_tick = args.rate * 0.005;
+    let per_tick = rate * 0.005;
     let (mut due, mut i) = (0.0, 0u64);
     while i < m {
         interval.tick().await;
         due += per_tick;
         while due >= 1.0 && i < m {
             due -= 1.0;
-            let (subject, payload) = event(n + i, args.instruments);
+            let (subject, payload) = event(from + i, instruments);
             acks.push_back(js.publish(subject, payload).await?);
             i += 1;
         }
@@ -314,18 +333,53 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
         ack.await?;
     }
     let achieved = m as f64 / started.elapsed().as_secs_f64();
-    until(limit, || async { (committed(&db.pool).await >= n + m).then_some(()) }).await?;
+    until(Duration::from_secs(3600), || async { (committed(pool).await >= from + m).then_some(()) }).await?;
     let after = p.latency_buckets().await?;
-    let freshness = Freshness {
+    Ok(Freshness {
         achieved,
         p50_ms: bucket_quantile(&before, &after, 0.5) * 1e3,
         p99_ms: bucket_quantile(&before, &after, 0.99) * 1e3,
         p999_ms: bucket_quantile(&before, &after, 0.999) * 1e3,
-    };
-    let peak_rss_mb = p.peak_rss_mb();
-    drop(p);
-    let db_url = db.url.clone();
-    Ok(Measured { runs: Stats::of(runs), scale, freshness, peak_rss_mb, db, db_url })
+    })
+}
+
+/// Freshness alone at each of `rates`, in turn, on one processor with an index over 10 instruments, after
+/// a warm-up of three events per instrument (each series' first load, not reported) and an `ANALYZE`.
+pub async fn freshness_curve(
+    config: &Config,
+    args: &super::BenchArgs,
+    js: &jetstream::Context,
+    rates: &[f64],
+) -> anyhow::Result<Vec<Freshness>> {
+    let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
+    js.publish("index.bench", tributary_broker::codec::to_msgpack(&IndexDefinition { base: 100.0, weights }))
+        .await?
+        .await?;
+    let db = Database::create(&config.database.url, "freshness").await?;
+    let result = async {
+        let p = Processor::spawn(config, &db.url, "freshness", None)?;
+        until(Duration::from_secs(60), || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(&db.pool).await.unwrap_or(0);
+            (n > 0).then_some(())
+        })
+        .await?;
+        // Warm-up, not reported: every series' first load, and the tail cache filled.
+        let warm_up = args.instruments as f64 * 3.0 / args.freshness_secs;
+        freshness(&p, &db.pool, js, args.instruments, 0, warm_up, args.freshness_secs).await?;
+        // What autovacuum does within a minute: plans made from the statistics of near-empty tables
+        // (a sequential scan is cheapest there) would otherwise be measured.
+        sqlx::query("ANALYZE").execute(&db.pool).await?;
+        let mut out = Vec::new();
+        let mut from = (warm_up * args.freshness_secs).round() as u64;
+        for &rate in rates {
+            out.push(freshness(&p, &db.pool, js, args.instruments, from, rate, args.freshness_secs).await?);
+            from += (rate * args.freshness_secs).round() as u64;
+        }
+        Ok(out)
+    }
+    .await;
+    db.drop().await;
+    result
 }
 
 #[cfg(test)]
