@@ -80,8 +80,7 @@ impl FleetHandler {
                 *e = (&d.event, d.seq as i64);
             }
         }
-        let mut tx = self.pool.begin().await?;
-        lock::acquire(&mut tx, "fleet", ["plan"]).await?;
+        let mut tx = lock::begin(&self.pool, "fleet", ["plan"]).await?;
         let mut changed = 0;
         for (role, table, column) in
             [(Role::Driver, "fleet_drivers", "name"), (Role::Shipment, "fleet_shipments", "address")]

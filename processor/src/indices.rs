@@ -33,9 +33,9 @@ impl IndexHandler {
                 *e = (def, d.seq);
             }
         }
-        let mut tx = self.pool.begin().await?;
-        lock::acquire(&mut tx, "price", newest.values().flat_map(|(d, _)| d.weights.keys().map(String::as_str)))
-            .await?;
+        let mut tx =
+            lock::begin(&self.pool, "price", newest.values().flat_map(|(d, _)| d.weights.keys().map(String::as_str)))
+                .await?;
         lock::acquire(&mut tx, "index", newest.keys().copied()).await?;
         for (name, (def, seq)) in newest {
             let stored: Option<i64> = sqlx::query_scalar("SELECT seq FROM indices WHERE name = $1")

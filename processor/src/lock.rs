@@ -3,8 +3,10 @@
 //! Work on one series is serialised by `pg_advisory_xact_lock` on a key hashed from the series name,
 //! held until the transaction ends. To rule out deadlocks every transaction takes its locks in one global
 //! order: all instrument locks (ascending key), then all index locks (ascending key).
+//!
+//! [`begin`] opens a transaction and takes its first locks in one round trip; [`acquire`] takes more.
 
-use sea_orm::sqlx::{Postgres, Transaction};
+use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 /// The lock key of a series: FNV-1a 64 of `<class>:<name>`.
 pub fn key(class: &str, name: &str) -> i64 {
@@ -22,12 +24,10 @@ pub async fn acquire<'a>(
     class: &str,
     names: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sea_orm::sqlx::Error> {
-    let mut keys: Vec<i64> = names.into_iter().map(|n| key(class, n)).collect();
+    let keys = sorted_keys(class, names);
     if keys.is_empty() {
         return Ok(());
     }
-    keys.sort_unstable();
-    keys.dedup();
     sea_orm::sqlx::query(
         "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
     )
@@ -35,6 +35,42 @@ pub async fn acquire<'a>(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Begins a transaction holding the locks of `names` in class `class`, in one round trip: `BEGIN` and the
+/// locking `SELECT` go as one simple query (the keys are integers written into it, so nothing from the
+/// names reaches the SQL text).
+///
+/// The begin runs as a task of its own, so that it completes even if the caller is dropped while it
+/// waits for a lock: sqlx counts a transaction as open only once its begin statement has returned, so a
+/// begin dropped half-way would put the connection back in the pool inside a transaction that holds the
+/// locks, and every other session would wait on them for as long as that connection sat idle. Completed,
+/// the unused transaction is rolled back as usual.
+pub async fn begin<'a>(
+    pool: &PgPool,
+    class: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Transaction<'static, Postgres>, sea_orm::sqlx::Error> {
+    let keys = sorted_keys(class, names);
+    let list = keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let pool = pool.clone();
+    let begin = tokio::spawn(async move {
+        if list.is_empty() {
+            return pool.begin().await;
+        }
+        pool.begin_with(AssertSqlSafe(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
+        )))
+        .await
+    });
+    begin.await.map_err(|_| sea_orm::sqlx::Error::WorkerCrashed)?
+}
+
+fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<i64> {
+    let mut keys: Vec<i64> = names.into_iter().map(|n| key(class, n)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Splits a batch into at most `parts` non-empty parts by series (the lock key of `(class, name)`), so

@@ -33,8 +33,7 @@ impl PortHandler {
                 *e = (&d.event, d.seq as i64);
             }
         }
-        let mut tx = self.pool.begin().await?;
-        lock::acquire(&mut tx, "port", newest.keys().copied()).await?;
+        let mut tx = lock::begin(&self.pool, "port", newest.keys().copied()).await?;
         let codes: Vec<&str> = newest.keys().copied().collect();
         let stored: HashMap<String, (i64, Option<String>)> = sqlx::query_as::<_, (String, i64, Option<String>)>(
             "SELECT unlocode, seq, country FROM ports WHERE unlocode = ANY($1)",

@@ -45,10 +45,9 @@ impl SurveyHandler {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
         let providers: std::collections::BTreeSet<&str> =
             items.keys().map(|k| k.0).chain(statuses.keys().copied()).collect();
-        lock::acquire(&mut tx, "survey", providers.iter().copied()).await?;
+        let mut tx = lock::begin(&self.pool, "survey", providers.iter().copied()).await?;
         if !items.is_empty() {
             store_items(&mut tx, &items).await?;
         }

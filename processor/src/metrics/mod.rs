@@ -87,8 +87,7 @@ impl MetricHandler {
                 *e = (s, seq);
             }
         }
-        let mut tx = self.pool.begin().await?;
-        lock::acquire(&mut tx, "metric", newest.keys().copied()).await?;
+        let mut tx = lock::begin(&self.pool, "metric", newest.keys().copied()).await?;
         let changed = sql::upsert_samples(&mut tx, &values).await?;
         let base = self.widths[0].width.secs();
         let parts = self.rollup_base(&mut tx, &changed, base).await?;

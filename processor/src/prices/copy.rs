@@ -1,6 +1,6 @@
 //! New price points as PostgreSQL's binary `COPY` format: the cheapest way to insert rows (no SQL to
 //! plan, no arrays to unpack, no conflict check per row). Only points known not to be stored yet are
-//! written this way; see [`super::sql::write_points`].
+//! written this way, and only from [`super::sql::write_batch`]'s threshold on.
 //!
 //! A `COPY` must run from its start to `finish` once begun: sqlx does not account for a `COPY` dropped
 //! half-way, and the connection, back in the pool, would read the replies of the abandoned `COPY` as the
@@ -26,7 +26,6 @@ const JSONB_VERSION: u8 = 1;
 /// Rows of `price_points`, encoded as they are added.
 pub struct CopyRows {
     buf: Vec<u8>,
-    rows: usize,
     /// `"name":` per derived value, JSON-escaped once.
     keys: Vec<Vec<u8>>,
 }
@@ -46,12 +45,7 @@ impl CopyRows {
                 k
             })
             .collect();
-        CopyRows { buf, rows: 0, keys }
-    }
-
-    /// Whether no row is encoded.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        CopyRows { buf, keys }
     }
 
     /// Encodes one row of `instrument`. Derived values are written as a JSON object in `names` order,
@@ -88,7 +82,6 @@ impl CopyRows {
         b.put_u8(b'}');
         let len = (b.len() - len_at - 4) as i32;
         b[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-        self.rows += 1;
     }
 
     /// The encoded rows with the trailer, ready to send.

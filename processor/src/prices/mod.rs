@@ -2,19 +2,23 @@
 //!
 //! Per batch ([`PriceHandler::commit`]):
 //! 1. keep, per (instrument, ts), the message with the highest stream sequence;
-//! 2. lock the batch's instruments (see [`crate::lock`]);
+//! 2. begin, locking the batch's instruments (see [`crate::lock`]);
 //! 3. load per instrument the stored points from its earliest incoming ts on, and the
-//!    [`series::Transforms::window`] points before it;
+//!    [`series::Transforms::window`] points before it (or take them from the tail cache, below);
 //! 4. merge: an incoming point replaces a stored one only if its sequence is higher (last writer wins);
 //!    a point whose price and volume did not change only updates its sequence;
-//! 5. recompute from the first changed point forward and upsert those rows;
+//! 5. recompute from the first changed point forward and write those rows, in one statement with the
+//!    series rows ([`sql::write_batch`]);
 //! 6. recompute every index that holds a changed instrument from its first changed date forward.
 //!
 //! An append at the end of a series writes one row. Its window usually comes from the tail cache: the
 //! last [`series::Transforms::window`] points of each series this processor wrote, kept with the series'
-//! version (`price_series.version`, bumped by every write). Under the series lock the version is read
-//! back; the cache is used only if no one else wrote the series since, and only for appends after its
-//! last point; otherwise the window and tail are loaded. So an append costs O(1) reads and writes.
+//! version (`price_series.version`, bumped by every write). The cache serves only appends after its last
+//! point, and optimistically: the batch's write returns each series' new version, which must be the
+//! cached one plus one (no one else wrote the series since); otherwise, or if a "new" point turns out to
+//! be stored, the transaction is rolled back and the batch is done again from the table. So an append
+//! costs O(1) reads and writes, and a batch of appends few round trips: `BEGIN` with the locks, one
+//! statement for every write ([`sql`]), the index recompute, `COMMIT`.
 
 mod copy;
 pub mod index;
@@ -119,25 +123,35 @@ impl PriceHandler {
         for v in by_instrument.values_mut() {
             v.sort_unstable_by_key(|i| i.ts);
         }
+        match self.attempt(&by_instrument, true).await {
+            // Someone else wrote a cached series: again, reading every series from the table.
+            Err(Attempt::Stale) => self.attempt(&by_instrument, false).await,
+            other => other,
+        }
+        .map_err(|e| match e {
+            Attempt::Db(e) => e,
+            Attempt::Stale => unreachable!("an attempt without the cache cannot find it stale"),
+        })
+    }
 
-        let mut tx = self.pool.begin().await?;
-        // 2. lock
-        lock::acquire(&mut tx, "price", by_instrument.keys().copied()).await?;
-        // 3. load: from the tail cache where it is current, else from the table
-        let versions = sql::series_versions(&mut tx, by_instrument.keys().copied()).await?;
+    /// One transaction for the batch, trusting cached tails if `use_cache`; [`Attempt::Stale`] if a tail
+    /// it trusted was not current after all (then nothing is committed).
+    async fn attempt(&self, by_instrument: &BTreeMap<&str, Vec<Incoming>>, use_cache: bool) -> Result<(), Attempt> {
+        // 2. lock, in the same round trip as BEGIN
+        let mut tx = lock::begin(&self.pool, "price", by_instrument.keys().copied()).await?;
+        // 3. load: from the tail cache for appends after a cached tail, else from the table. A cached
+        //    tail is trusted now and checked at the write: its series' version must then step from the
+        //    cached one.
         let mut windows: HashMap<&str, Vec<Row>> = HashMap::new();
+        let mut trusted: HashMap<&str, i64> = HashMap::new();
         let mut to_load = Vec::new();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for (instrument, incoming) in &by_instrument {
-                let cached = cache.tails.remove(*instrument);
-                match (cached, versions.get(*instrument)) {
-                    (Some(t), Some(v)) if t.version == *v && t.rows.last().is_none_or(|r| r.ts < incoming[0].ts) => {
+            for (instrument, incoming) in by_instrument {
+                match cache.tails.remove(*instrument) {
+                    Some(t) if use_cache && t.rows.last().is_none_or(|r| r.ts < incoming[0].ts) => {
+                        trusted.insert(instrument, t.version);
                         windows.insert(instrument, t.rows);
-                    }
-                    // No series row: the instrument has no points yet.
-                    (_, None) => {
-                        windows.insert(instrument, Vec::new());
                     }
                     _ => to_load.push((*instrument, incoming[0].ts)),
                 }
@@ -148,7 +162,7 @@ impl PriceHandler {
         let mut writes = sql::Writes::new(&self.names);
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
         let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
-        for (instrument, incoming) in &by_instrument {
+        for (instrument, incoming) in by_instrument {
             let (window, tail) = match windows.remove(*instrument) {
                 Some(w) => (w, Vec::new()),
                 None => stored.remove(*instrument).unwrap_or_default(),
@@ -158,32 +172,54 @@ impl PriceHandler {
                 changed_from.insert(instrument, t);
             }
             if !merged.rows.is_empty() {
-                writes.push(instrument, &merged.rows, merged.added);
+                writes.push(instrument, merged.rows, merged.added);
             }
             tails.push((instrument, merged.tail));
         }
-        let new_versions = sql::write_points(&mut tx, writes).await?;
-        sql::notify_written(&mut tx, new_versions.keys().map(String::as_str)).await?;
+        let changed: Vec<&str> = changed_from.keys().copied().collect();
+        let written = match sql::write_batch(&mut tx, writes, &changed).await {
+            // A trusted tail missed points stored since: its "new" points were there.
+            Err(e) if !trusted.is_empty() && is_unique_violation(&e) => return Err(Attempt::Stale),
+            other => other?,
+        };
+        if trusted.iter().any(|(i, v)| written.versions.get(*i).is_some_and(|w| *w != v + 1)) {
+            return Err(Attempt::Stale);
+        }
         // 6. indices
-        if !changed_from.is_empty() {
-            let indices = sql::indices_of(&mut tx, changed_from.keys().copied()).await?;
-            if !indices.is_empty() {
-                lock::acquire(&mut tx, "index", indices.iter().map(String::as_str)).await?;
-                for def in sql::index_defs(&mut tx, &indices).await? {
-                    let from = def.weights.iter().filter_map(|(i, _)| changed_from.get(i.as_str())).min().copied();
-                    recompute_index(&mut tx, &def, from).await?;
-                }
+        if !written.indices.is_empty() {
+            lock::acquire(&mut tx, "index", written.indices.iter().map(String::as_str)).await?;
+            for def in sql::index_defs(&mut tx, &written.indices).await? {
+                let from = def.weights.iter().filter_map(|(i, _)| changed_from.get(i.as_str())).min().copied();
+                recompute_index(&mut tx, &def, from).await?;
             }
         }
         tx.commit().await?;
+        // A series read from the table and not written has no version known here: not cached.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for (instrument, rows) in tails {
-            if let Some(version) = new_versions.get(instrument).or(versions.get(instrument)) {
+            if let Some(version) = written.versions.get(instrument).or(trusted.get(instrument)) {
                 cache.put(instrument, Tail { version: *version, rows });
             }
         }
         Ok(())
     }
+}
+
+/// Why an attempt at a batch did not commit.
+enum Attempt {
+    /// A cached tail it trusted was not current.
+    Stale,
+    Db(sea_orm::sqlx::Error),
+}
+
+impl From<sea_orm::sqlx::Error> for Attempt {
+    fn from(e: sea_orm::sqlx::Error) -> Self {
+        Attempt::Db(e)
+    }
+}
+
+fn is_unique_violation(e: &sea_orm::sqlx::Error) -> bool {
+    matches!(e, sea_orm::sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 /// What a batch does to one instrument.

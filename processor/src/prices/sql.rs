@@ -74,160 +74,178 @@ pub(crate) async fn load_points(
     Ok(out)
 }
 
-/// The rows of one batch: points new to their series as `COPY` rows, points already stored column by
-/// column for an upsert, and per series how many points were added and their span.
+/// From this many new points on, a batch sends them by `COPY` (two round trips more, and cheaper per row
+/// than an `INSERT` from arrays); below it they go in the batch's one statement ([`write_batch`]).
+const COPY_MIN_ROWS: usize = 256;
+
+/// The rows of one batch: points new to their series, points already stored (rewritten), and per series
+/// how many points were added and their span.
 pub(crate) struct Writes<'a> {
     names: &'a [String],
-    new: CopyRows,
-    instrument: Vec<String>,
-    ts: Vec<DateTime<Utc>>,
-    price: Vec<f64>,
-    volume: Vec<Option<f64>>,
-    seq: Vec<i64>,
-    ret: Vec<Option<f64>>,
-    derived: Vec<Value>,
-    series: (Vec<String>, Vec<i64>, Vec<Option<DateTime<Utc>>>, Vec<Option<DateTime<Utc>>>),
+    new: Vec<(&'a str, Row)>,
+    rewritten: Vec<(&'a str, Row)>,
+    series: (Vec<&'a str>, Vec<i64>, Vec<Option<DateTime<Utc>>>, Vec<Option<DateTime<Utc>>>),
 }
 
 impl<'a> Writes<'a> {
     /// No rows yet, for derived values named `names`.
     pub(crate) fn new(names: &'a [String]) -> Writes<'a> {
-        Writes {
-            names,
-            new: CopyRows::new(names),
-            instrument: Vec::new(),
-            ts: Vec::new(),
-            price: Vec::new(),
-            volume: Vec::new(),
-            seq: Vec::new(),
-            ret: Vec::new(),
-            derived: Vec::new(),
-            series: Default::default(),
-        }
+        Writes { names, new: Vec::new(), rewritten: Vec::new(), series: Default::default() }
     }
 
     /// Adds the rows of `instrument` (ascending) of which those at `added` (ascending) are not stored:
-    /// the caller holds the series' lock and has read it (or validated its cached tail) in this
-    /// transaction, so no one else can have stored them.
-    pub(crate) fn push(&mut self, instrument: &str, rows: &[Row], added: Vec<DateTime<Utc>>) {
+    /// the caller holds the series' lock and has read it (or trusts a cached tail that [`write_batch`]'s
+    /// versions then confirm) in this transaction, so no one else can have stored them.
+    pub(crate) fn push(&mut self, instrument: &'a str, rows: Vec<Row>, added: Vec<DateTime<Utc>>) {
         let mut new = added.iter().peekable();
         for r in rows {
             if new.next_if(|t| **t == r.ts).is_some() {
-                self.new.push(instrument, r);
-                continue;
+                self.new.push((instrument, r));
+            } else {
+                self.rewritten.push((instrument, r));
             }
-            self.instrument.push(instrument.to_owned());
-            self.ts.push(r.ts);
-            self.price.push(r.point.price);
-            self.volume.push(r.volume);
-            self.seq.push(r.seq);
-            self.ret.push(r.point.ret);
-            self.derived.push(derived_of(&r.point.values, self.names));
         }
         debug_assert!(new.next().is_none(), "every added point is among the rows");
-        self.series.0.push(instrument.to_owned());
+        self.series.0.push(instrument);
         self.series.1.push(added.len() as i64);
         self.series.2.push(added.first().copied());
         self.series.3.push(added.last().copied());
     }
 }
 
-/// The current version of each existing series among `instruments`.
-pub(crate) async fn series_versions<'a>(
-    tx: &mut Tx,
-    instruments: impl Iterator<Item = &'a str>,
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let instruments: Vec<&str> = instruments.collect();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT instrument, version FROM price_series WHERE instrument = ANY($1)")
-            .bind(&instruments)
-            .fetch_all(&mut **tx)
-            .await?;
-    Ok(rows.into_iter().collect())
+/// `price_points` rows column by column, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    instrument: Vec<&'a str>,
+    ts: Vec<DateTime<Utc>>,
+    price: Vec<f64>,
+    volume: Vec<Option<f64>>,
+    seq: Vec<i64>,
+    ret: Vec<Option<f64>>,
+    derived: Vec<Value>,
 }
 
-/// Upserts points (guarded by sequence) and the per-instrument summary, bumping the version of every
-/// series written; returns the new versions.
-pub(crate) async fn write_points(tx: &mut Tx, w: Writes<'_>) -> Result<HashMap<String, i64>, sqlx::Error> {
-    if !w.new.is_empty() {
-        let mut copy = tx.copy_in_raw(copy::STATEMENT).await?;
-        copy.send(w.new.finish()).await?;
-        copy.finish().await?;
+impl<'a> Columns<'a> {
+    fn of(rows: &[(&'a str, Row)], names: &[String]) -> Columns<'a> {
+        let mut c = Columns::default();
+        for (instrument, r) in rows {
+            c.instrument.push(instrument);
+            c.ts.push(r.ts);
+            c.price.push(r.point.price);
+            c.volume.push(r.volume);
+            c.seq.push(r.seq);
+            c.ret.push(r.point.ret);
+            c.derived.push(derived_of(&r.point.values, names));
+        }
+        c
     }
-    if !w.instrument.is_empty() {
-        sqlx::query(
-            "INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
-             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[], $6::float8[], $7::jsonb[])
-             ON CONFLICT (instrument, ts) DO UPDATE
-               SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq,
-                   ret = EXCLUDED.ret, derived = EXCLUDED.derived
-             WHERE price_points.seq <= EXCLUDED.seq",
-        )
-        .bind(&w.instrument)
-        .bind(&w.ts)
-        .bind(&w.price)
-        .bind(&w.volume)
-        .bind(&w.seq)
-        .bind(&w.ret)
-        .bind(&w.derived)
-        .execute(&mut **tx)
-        .await?;
-    }
+}
+
+/// What [`write_batch`] reports.
+pub(crate) struct Written {
+    /// The new version of every series written.
+    pub versions: HashMap<String, i64>,
+    /// The indices that hold any of the changed instruments, sorted.
+    pub indices: Vec<String>,
+}
+
+/// The one statement of a batch's writes: new points (unless sent by `COPY`), rewritten points (guarded
+/// by sequence), the per-series summary with its version bumped, the notification of readers (sent on
+/// commit; see [`tributary_store::notify`]), and the names of the indices over the changed instruments.
+/// One round trip, where these were five statements.
+const WRITE_BATCH: &str = "
+WITH new_points AS (
+  INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
+  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[], $6::float8[], $7::jsonb[])
+), rewritten AS (
+  INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
+  SELECT * FROM unnest($8::text[], $9::timestamptz[], $10::float8[], $11::float8[], $12::int8[], $13::float8[], $14::jsonb[])
+  ON CONFLICT (instrument, ts) DO UPDATE
+    SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq,
+        ret = EXCLUDED.ret, derived = EXCLUDED.derived
+  WHERE price_points.seq <= EXCLUDED.seq
+), series AS (
+  -- A batch that added no point to a series (a correction) leaves its span as it was; such a series
+  -- exists already, so the placeholder span of the proposed row is never inserted.
+  INSERT INTO price_series (instrument, points, first_ts, last_ts)
+  SELECT i, n, coalesce(f, 'epoch'), coalesce(l, 'epoch')
+    FROM unnest($15::text[], $16::int8[], $17::timestamptz[], $18::timestamptz[]) AS u(i, n, f, l)
+  ON CONFLICT (instrument) DO UPDATE
+    SET points = price_series.points + EXCLUDED.points,
+        first_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.first_ts
+                        ELSE LEAST(price_series.first_ts, EXCLUDED.first_ts) END,
+        last_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.last_ts
+                       ELSE GREATEST(price_series.last_ts, EXCLUDED.last_ts) END,
+        version = price_series.version + 1,
+        updated_at = now()
+  RETURNING instrument, version
+), notified AS (
+  SELECT count(pg_notify($19, p)) AS n FROM unnest($20::text[]) AS p
+)
+SELECT 's' AS kind, instrument AS name, version FROM series
+UNION ALL
+SELECT 'n', NULL, n FROM notified
+UNION ALL
+SELECT DISTINCT 'i', name, NULL::int8 FROM index_constituents WHERE instrument = ANY($21)";
+
+/// Stores a batch's rows, bumps the version of every series written and notifies readers (see
+/// [`WRITE_BATCH`]); `changed` are the instruments whose prices changed, for the indices over them.
+pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result<Written, sqlx::Error> {
     if w.series.0.is_empty() {
-        return Ok(HashMap::new());
+        // Only redeliveries: nothing written, nothing changed.
+        return Ok(Written { versions: HashMap::new(), indices: Vec::new() });
     }
-    // A batch that added no point to a series (a correction) leaves its span as it was; such a series
-    // exists already, so the placeholder span of the proposed row is never inserted.
-    let versions: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO price_series (instrument, points, first_ts, last_ts)
-         SELECT i, n, coalesce(f, 'epoch'), coalesce(l, 'epoch')
-           FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[]) AS u(i, n, f, l)
-         ON CONFLICT (instrument) DO UPDATE
-           SET points = price_series.points + EXCLUDED.points,
-               first_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.first_ts
-                               ELSE LEAST(price_series.first_ts, EXCLUDED.first_ts) END,
-               last_ts = CASE WHEN EXCLUDED.points = 0 THEN price_series.last_ts
-                              ELSE GREATEST(price_series.last_ts, EXCLUDED.last_ts) END,
-               version = price_series.version + 1,
-               updated_at = now()
-         RETURNING instrument, version",
-    )
-    .bind(&w.series.0)
-    .bind(&w.series.1)
-    .bind(&w.series.2)
-    .bind(&w.series.3)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(versions.into_iter().collect())
-}
-
-/// Tells readers, once the transaction commits, that `series` changed (see [`tributary_store::notify`]).
-pub(crate) async fn notify_written<'a>(
-    tx: &mut Tx,
-    series: impl IntoIterator<Item = &'a str>,
-) -> Result<(), sqlx::Error> {
-    let payloads = notify::payloads(series);
-    if payloads.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+    let names = w.names;
+    let new = if w.new.len() >= COPY_MIN_ROWS {
+        let mut rows = CopyRows::new(names);
+        for (instrument, r) in &w.new {
+            rows.push(instrument, r);
+        }
+        let mut copy = tx.copy_in_raw(copy::STATEMENT).await?;
+        copy.send(rows.finish()).await?;
+        copy.finish().await?;
+        Columns::default()
+    } else {
+        Columns::of(&w.new, names)
+    };
+    let old = Columns::of(&w.rewritten, names);
+    let payloads = notify::payloads(w.series.0.iter().copied());
+    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(WRITE_BATCH)
+        .bind(&new.instrument)
+        .bind(&new.ts)
+        .bind(&new.price)
+        .bind(&new.volume)
+        .bind(&new.seq)
+        .bind(&new.ret)
+        .bind(&new.derived)
+        .bind(&old.instrument)
+        .bind(&old.ts)
+        .bind(&old.price)
+        .bind(&old.volume)
+        .bind(&old.seq)
+        .bind(&old.ret)
+        .bind(&old.derived)
+        .bind(&w.series.0)
+        .bind(&w.series.1)
+        .bind(&w.series.2)
+        .bind(&w.series.3)
         .bind(notify::PRICE_SERIES_CHANNEL)
         .bind(&payloads)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
-}
-
-/// The names of the indices that hold any of `instruments`, sorted.
-pub(crate) async fn indices_of<'a>(
-    tx: &mut Tx,
-    instruments: impl Iterator<Item = &'a str>,
-) -> Result<Vec<String>, sqlx::Error> {
-    let instruments: Vec<&str> = instruments.collect();
-    sqlx::query_scalar("SELECT DISTINCT name FROM index_constituents WHERE instrument = ANY($1) ORDER BY name")
-        .bind(&instruments)
+        .bind(changed)
         .fetch_all(&mut **tx)
-        .await
+        .await?;
+    let mut out = Written { versions: HashMap::with_capacity(w.series.0.len()), indices: Vec::new() };
+    for (kind, name, version) in rows {
+        match (kind.as_str(), name, version) {
+            ("s", Some(name), Some(version)) => {
+                out.versions.insert(name, version);
+            }
+            ("i", Some(name), _) => out.indices.push(name),
+            _ => {}
+        }
+    }
+    out.indices.sort_unstable();
+    Ok(out)
 }
 
 /// A stored index definition.
@@ -260,57 +278,66 @@ pub(crate) async fn index_defs(tx: &mut Tx, names: &[String]) -> Result<Vec<Inde
     Ok(out)
 }
 
-/// The constituents' prices from an index date on (the recompute's input after its anchor).
-pub const INDEX_PRICES_SINCE: &str =
-    "SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1) AND ts >= $2";
+/// The constituents' prices from the index's last date before `$2` on, led by that date and its level
+/// (the anchor: a row with a NULL instrument); nothing when the index has no date before `$2`. The anchor's
+/// date is a sub-select, not a join, so that it bounds the primary-key scan like a parameter (a join
+/// condition was planned as a filter over a sequential scan, from the statistics of a young table).
+pub const INDEX_PRICES_SINCE: &str = "
+WITH anchor AS (SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1)
+SELECT NULL::text AS instrument, ts, level AS price FROM anchor
+UNION ALL
+SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($3) AND ts >= (SELECT ts FROM anchor)";
 /// All the constituents' prices (a recompute from scratch).
 const INDEX_PRICES_ALL: &str = "SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1)";
 
+/// Writes an index's levels after `$2` (all of them when `$2` is NULL) and deletes those no longer index
+/// dates, in one statement. The delete sees the table as it was before the statement, so it must spare the dates
+/// the insert writes (`NOT IN` a hashed set).
+const STORE_INDEX_LEVELS: &str = "
+WITH stored AS (
+  INSERT INTO index_points (name, ts, level, ret)
+  SELECT $1, * FROM unnest($3::timestamptz[], $4::float8[], $5::float8[])
+  ON CONFLICT (name, ts) DO UPDATE SET level = EXCLUDED.level, ret = EXCLUDED.ret
+)
+DELETE FROM index_points
+ WHERE name = $1 AND ts > coalesce($2::timestamptz, '-infinity') AND ts NOT IN (SELECT unnest($3::timestamptz[]))";
+
 /// Recomputes an index from the last index date before `from` forward (from scratch when `from` is
 /// `None` or precedes every index date). The caller holds the locks of the index and its constituents.
+/// Two round trips: the anchor with the prices after it, then the levels.
 pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
-    let anchor: Option<(DateTime<Utc>, f64)> = match from {
-        Some(f) => {
-            sqlx::query_as("SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1")
-                .bind(&def.name)
-                .bind(f)
-                .fetch_optional(&mut **tx)
-                .await?
-        }
-        None => None,
-    };
-    let since = anchor.map(|a| a.0);
     let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
     // Two statements, not one with `$2 IS NULL OR ts >= $2`: under a generic plan that OR is a filter
-    // applied to every stored point of the constituents, so each recompute would read the whole history
-    // (likewise the delete below for the index's own levels).
-    let rows: Vec<(String, DateTime<Utc>, f64)> = match since {
-        Some(since) => sqlx::query_as(INDEX_PRICES_SINCE).bind(&instruments).bind(since).fetch_all(&mut **tx).await?,
-        None => sqlx::query_as(INDEX_PRICES_ALL).bind(&instruments).fetch_all(&mut **tx).await?,
+    // applied to every stored point of the constituents, so each recompute would read the whole history.
+    let mut rows: Vec<(Option<String>, DateTime<Utc>, f64)> = match from {
+        Some(from) => {
+            sqlx::query_as(INDEX_PRICES_SINCE)
+                .bind(&def.name)
+                .bind(from)
+                .bind(&instruments)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+        None => Vec::new(),
     };
+    let mut anchor = None;
+    if let Some(i) = rows.iter().position(|r| r.0.is_none()) {
+        let (_, ts, level) = rows.swap_remove(i);
+        anchor = Some((ts, level));
+    } else {
+        rows = sqlx::query_as(INDEX_PRICES_ALL).bind(&instruments).fetch_all(&mut **tx).await?;
+    }
     let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
     for (i, ts, p) in rows {
-        prices.entry(i).or_default().insert(ts, p);
+        prices.entry(i.unwrap_or_default()).or_default().insert(ts, p);
     }
     let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(sqlx::Error::Protocol)?;
-    match since {
-        Some(since) => sqlx::query("DELETE FROM index_points WHERE name = $1 AND ts > $2").bind(&def.name).bind(since),
-        None => sqlx::query("DELETE FROM index_points WHERE name = $1").bind(&def.name),
-    }
-    .execute(&mut **tx)
-    .await?;
-    if !levels.is_empty() {
-        let ts: Vec<DateTime<Utc>> = levels.iter().map(|l| l.ts).collect();
-        let level: Vec<f64> = levels.iter().map(|l| l.level).collect();
-        let ret: Vec<Option<f64>> = levels.iter().map(|l| l.ret).collect();
-        sqlx::query("INSERT INTO index_points (name, ts, level, ret) SELECT $1, * FROM unnest($2::timestamptz[], $3::float8[], $4::float8[])")
-            .bind(&def.name)
-            .bind(&ts)
-            .bind(&level)
-            .bind(&ret)
-            .execute(&mut **tx)
-            .await?;
-    }
+    let ts: Vec<DateTime<Utc>> = levels.iter().map(|l| l.ts).collect();
+    let level: Vec<f64> = levels.iter().map(|l| l.level).collect();
+    let ret: Vec<Option<f64>> = levels.iter().map(|l| l.ret).collect();
+    // No anchor: from scratch, and every stored level not written is deleted.
+    let query = sqlx::query(STORE_INDEX_LEVELS).bind(&def.name).bind(anchor.map(|a| a.0));
+    query.bind(&ts).bind(&level).bind(&ret).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -347,11 +374,8 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         let rows: Vec<Row> =
             rows.iter().zip(points).map(|(r, point)| Row { ts: r.0, volume: r.2, seq: r.3, point }).collect();
         let mut w = Writes::new(&names);
-        w.push(instrument, &rows, Vec::new());
-        write_points(&mut tx, w).await?;
-    }
-    if !instruments.is_empty() {
-        notify_written(&mut tx, [notify::ALL_SERIES]).await?;
+        w.push(instrument, rows, Vec::new());
+        write_batch(&mut tx, w, &[]).await?;
     }
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

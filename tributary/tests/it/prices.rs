@@ -244,6 +244,27 @@ async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
             .await
             .unwrap();
     assert_eq!(rows[2].0, Some(40.0 / 30.0 - 1.0));
+    // Another replica stores the very point `a` is about to append after its cached tail: `a`'s "new"
+    // point is there already; the batch is done again from the table, and the later message wins.
+    b.commit(&[point(4, 50.0, 5)]).await.unwrap();
+    a.commit(&[point(4, 60.0, 6)]).await.unwrap();
+    let rows: Vec<(f64, Option<f64>)> =
+        sea_orm::sqlx::query_as("SELECT price, ret FROM price_points WHERE instrument = 'X' ORDER BY ts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3], (60.0, Some(60.0 / 40.0 - 1.0)));
+    let (points, version): (i64, i64) =
+        sea_orm::sqlx::query_as("SELECT points, version FROM price_series WHERE instrument = 'X'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (points, version),
+        (4, 5),
+        "each of the six commits bumped the version once (from 0); rolled-back attempts left nothing"
+    );
 }
 
 /// The series read cache: a body is served until the processor's commit notification drops it, a fresh
@@ -305,18 +326,24 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
     .execute(&mut conn)
     .await
     .unwrap();
+    sqlx::query("INSERT INTO index_points (name, ts, level) VALUES ('X', timestamptz '2026-01-01' + interval '990 minutes', 100)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("ANALYZE price_points").execute(&mut conn).await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
     let prepare = format!("PREPARE since AS {}", tributary_processor::prices::INDEX_PRICES_SINCE);
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
     let plan: Value = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE since(ARRAY['S1','S2','S3']::text[], timestamptz '2026-01-01' + interval '990 minutes')",
+        "EXPLAIN (ANALYZE, FORMAT JSON)
+         EXECUTE since('X', timestamptz '2026-01-01' + interval '991 minutes', ARRAY['S1','S2','S3']::text[])",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
     let root = &plan[0]["Plan"];
-    assert_eq!(root["Actual Rows"], 30, "{plan:#}");
+    // The anchor (the index date 990) and the 10 points of each constituent from it on.
+    assert_eq!(root["Actual Rows"], 31, "{plan:#}");
     fn discarded(node: &Value) -> u64 {
         let own = ["Rows Removed by Filter", "Rows Removed by Index Recheck"]
             .iter()
@@ -325,4 +352,57 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
         own + node["Plans"].as_array().map_or(0, |ps| ps.iter().map(discarded).sum())
     }
     assert_eq!(discarded(root), 0, "points read and thrown away: {plan:#}");
+}
+
+/// `lock::begin` opens the transaction and takes its locks in one round trip: the locks are held (another
+/// session cannot take them) until the transaction ends, and a lock given twice is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begins_holding_its_locks_until_it_ends() {
+    use sea_orm::sqlx::{self, Connection};
+    use tributary_processor::lock;
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut try_lock = async |name: &str| -> bool {
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(lock::key("price", name))
+            .fetch_one(&mut other)
+            .await
+            .unwrap()
+    };
+    let tx = lock::begin(&pool, "price", ["A", "B", "A"]).await.unwrap();
+    assert!(!try_lock("A").await && !try_lock("B").await, "the locks are held");
+    assert!(try_lock("C").await, "only those");
+    tx.commit().await.unwrap();
+    assert!(try_lock("A").await && try_lock("B").await, "released at commit");
+}
+
+/// A `lock::begin` dropped while it waits for a lock (a consume loop stopped mid-batch) leaves no lock
+/// behind: the connection does not go back to the pool inside a transaction holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_dropped_while_waiting_for_its_lock_leaves_the_lock_free() {
+    use sea_orm::sqlx::{self, Connection};
+    use tributary_processor::lock;
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(db.url()).await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let key = lock::key("price", "A");
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut holder).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(300), lock::begin(&pool, "price", ["A"])).await;
+    assert!(waiting.is_err(), "the begin waits for the held lock");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut holder).await.unwrap();
+    tributary_testkit::eventually(Duration::from_secs(10), "the lock to be free again", || async {
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(key)
+            .fetch_one(&mut sqlx::PgConnection::connect(db.url()).await.ok()?)
+            .await
+            .ok()?;
+        free.then_some(())
+    })
+    .await;
+    // The pool's connections are all usable, none stuck in the abandoned transaction.
+    for _ in 0..4 {
+        let tx = lock::begin(&pool, "price", ["A"]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 }
