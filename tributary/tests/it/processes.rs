@@ -136,6 +136,36 @@ async fn bench_json_reports_every_promised_figure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args(["bench", "--json", "--freshness-rates", "200,400", "--instruments", "20", "--freshness-secs", "1"])
+            .env("RUST_LOG", "error")
+            .env(
+                "DATABASE_URL",
+                std::env::var("TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+            )
+            .env_remove("NATS_URL")
+            .output()
+            .expect("running tributary bench")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let offered: Vec<f64> = points.iter().filter_map(|p| p["offered_per_s"].as_f64()).collect();
+    assert_eq!(offered, [200.0, 400.0], "{points:?}");
+    for p in &points {
+        for key in ["achieved_per_s", "p50_ms", "p99_ms", "p999_ms"] {
+            let v = p[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {p}"));
+            assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+        }
+        assert!(p["p50_ms"].as_f64() <= p["p99_ms"].as_f64(), "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_streams_a_file_by_kind() {
     let nats = NatsServer::start();
     let dir = std::env::temp_dir().join(unique("import"));
