@@ -37,9 +37,13 @@ pub async fn acquire<'a>(
     Ok(())
 }
 
-/// Begins a transaction holding the locks of `names` in class `class`, in one round trip: `BEGIN` and the
-/// locking `SELECT` go as one simple query (the keys are integers written into it, so nothing from the
-/// names reaches the SQL text).
+/// Begins a transaction holding the locks of `names` in class `class`, in one round trip: the locking
+/// `SELECT` and `BEGIN` go as one simple query (the keys are integers written into it, so nothing from the
+/// names reaches the SQL text). The `SELECT` comes first: it runs in the query's implicit transaction,
+/// which the `BEGIN` after it turns into the transaction returned, locks held. Should the `SELECT` fail (a
+/// lock timeout, a deadlock, a cancel), the implicit transaction ends with it and the connection is idle
+/// again; with `BEGIN` first it would be left in an aborted transaction that sqlx, which counts a
+/// transaction as open only once its begin succeeded, never rolls back.
 ///
 /// The begin runs as a task of its own, so that it completes even if the caller is dropped while it
 /// waits for a lock: sqlx counts a transaction as open only once its begin statement has returned, so a
@@ -59,7 +63,7 @@ pub async fn begin<'a>(
             return pool.begin().await;
         }
         pool.begin_with(AssertSqlSafe(format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
+            "SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n; BEGIN"
         )))
         .await
     });

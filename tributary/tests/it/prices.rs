@@ -406,3 +406,35 @@ async fn a_begin_dropped_while_waiting_for_its_lock_leaves_the_lock_free() {
         tx.commit().await.unwrap();
     }
 }
+
+/// A `lock::begin` whose lock fails (here a lock timeout) returns the error and leaves its connection
+/// usable: not inside an aborted transaction that every later begin on it would fail in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_whose_lock_fails_leaves_its_connection_usable() {
+    use sea_orm::sqlx::{self, Connection};
+    use tributary_processor::lock;
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|c, _| {
+            Box::pin(async move { sqlx::query("SET lock_timeout = '100ms'").execute(c).await.map(|_| ()) })
+        })
+        .connect(db.url())
+        .await
+        .unwrap();
+    let mut holder = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let key = lock::key("price", "A");
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut holder).await.unwrap();
+    let failed = lock::begin(&pool, "price", ["B", "A"]).await;
+    assert!(failed.is_err(), "the lock times out");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut holder).await.unwrap();
+    // The pool's one connection: the next begin on it takes the locks and commits.
+    let mut tx = lock::begin(&pool, "price", ["A"]).await.expect("the connection is usable again");
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(held, 1, "only A's lock; B's went with the failed attempt");
+    tx.commit().await.unwrap();
+}
