@@ -96,12 +96,14 @@ async fn up_starts_a_private_nats_when_none_answers_serves_and_stops_on_sigterm(
     let _ = std::fs::remove_dir_all(&data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_json_reports_every_promised_figure() {
-    let out = tokio::task::spawn_blocking(|| {
+/// Runs `tributary bench` with `args` against the test PostgreSQL (it starts its own nats-server) and
+/// returns its standard output, having checked that it succeeded.
+async fn bench(args: &[&'static str]) -> Vec<u8> {
+    let args = args.to_vec();
+    let out = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
-            .args(["bench", "--json", "--events", "3000", "--instruments", "20", "--repeats", "1"])
-            .args(["--rate", "500", "--freshness-secs", "1", "--api-secs", "0.5", "--api-rate", "100"])
+            .arg("bench")
+            .args(args)
             .env("RUST_LOG", "error")
             .env(
                 "DATABASE_URL",
@@ -115,7 +117,30 @@ async fn bench_json_reports_every_promised_figure() {
     .await
     .unwrap();
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON object");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_json_reports_every_promised_figure() {
+    let out = bench(&[
+        "--json",
+        "--events",
+        "3000",
+        "--instruments",
+        "20",
+        "--repeats",
+        "1",
+        "--rate",
+        "500",
+        "--freshness-secs",
+        "1",
+        "--api-secs",
+        "0.5",
+        "--api-rate",
+        "100",
+    ])
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("bench --json prints one JSON object");
     for key in [
         "raw.jetstream_publish_per_s",
         "raw.jetstream_consume_per_s",
@@ -137,23 +162,8 @@ async fn bench_json_reports_every_promised_figure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
-    let out = tokio::task::spawn_blocking(|| {
-        Command::new(BIN)
-            .args(["bench", "--json", "--freshness-rates", "200,400", "--instruments", "20", "--freshness-secs", "1"])
-            .env("RUST_LOG", "error")
-            .env(
-                "DATABASE_URL",
-                std::env::var("TEST_DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-            )
-            .env_remove("NATS_URL")
-            .output()
-            .expect("running tributary bench")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let points: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let out = bench(&["--json", "--freshness-rates", "200,400", "--instruments", "20", "--freshness-secs", "1"]).await;
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("a JSON array");
     let offered: Vec<f64> = points.iter().filter_map(|p| p["offered_per_s"].as_f64()).collect();
     assert_eq!(offered, [200.0, 400.0], "{points:?}");
     for p in &points {
