@@ -42,14 +42,14 @@ pub async fn acquire<'a>(
 /// names reaches the SQL text). The `SELECT` comes first: it runs in the query's implicit transaction,
 /// which the `BEGIN` after it turns into the transaction returned, locks held. Should the `SELECT` fail (a
 /// lock timeout, a deadlock, a cancel), the implicit transaction ends with it and the connection is idle
-/// again; with `BEGIN` first it would be left in an aborted transaction that sqlx, which counts a
-/// transaction as open only once its begin succeeded, never rolls back.
+/// again.
 ///
-/// The begin runs as a task of its own, so that it completes even if the caller is dropped while it
-/// waits for a lock: sqlx counts a transaction as open only once its begin statement has returned, so a
-/// begin dropped half-way would put the connection back in the pool inside a transaction that holds the
-/// locks, and every other session would wait on them for as long as that connection sat idle. Completed,
-/// the unused transaction is rolled back as usual.
+/// Both rules come from one fact: sqlx counts a transaction as open, and rolls it back when dropped, only
+/// once its begin statement has returned. So with `BEGIN` first a failed lock would leave the connection
+/// in an aborted transaction for good; and a begin dropped while it waits for a lock would put the
+/// connection back in the pool inside a transaction holding the locks, for every other session to wait
+/// on. Hence the begin runs as a task of its own, which completes (and, unused, is rolled back as usual)
+/// even if the caller is gone.
 pub async fn begin<'a>(
     pool: &PgPool,
     class: &str,

@@ -128,10 +128,7 @@ impl PriceHandler {
             Err(Attempt::Stale) => self.attempt(&by_instrument, false).await,
             other => other,
         }
-        .map_err(|e| match e {
-            Attempt::Db(e) => e,
-            Attempt::Stale => unreachable!("an attempt without the cache cannot find it stale"),
-        })
+        .map_err(Attempt::into_error)
     }
 
     /// One transaction for the batch, trusting cached tails if `use_cache`; [`Attempt::Stale`] if a tail
@@ -210,6 +207,17 @@ enum Attempt {
     /// A cached tail it trusted was not current.
     Stale,
     Db(sea_orm::sqlx::Error),
+}
+
+impl Attempt {
+    /// The error of a batch that did not commit. (An attempt without the cache trusts no tail, so it is
+    /// never stale; should that change, the batch fails and is redelivered rather than panic.)
+    fn into_error(self) -> sea_orm::sqlx::Error {
+        match self {
+            Attempt::Db(e) => e,
+            Attempt::Stale => sea_orm::sqlx::Error::Protocol("a cached tail was stale twice".into()),
+        }
+    }
 }
 
 impl From<sea_orm::sqlx::Error> for Attempt {

@@ -329,6 +329,7 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
     }
     let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
     for (i, ts, p) in rows {
+        // Every row left names its instrument: the anchor's was taken out above.
         prices.entry(i.unwrap_or_default()).or_default().insert(ts, p);
     }
     let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(sqlx::Error::Protocol)?;
@@ -336,8 +337,14 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
     let level: Vec<f64> = levels.iter().map(|l| l.level).collect();
     let ret: Vec<Option<f64>> = levels.iter().map(|l| l.ret).collect();
     // No anchor: from scratch, and every stored level not written is deleted.
-    let query = sqlx::query(STORE_INDEX_LEVELS).bind(&def.name).bind(anchor.map(|a| a.0));
-    query.bind(&ts).bind(&level).bind(&ret).execute(&mut **tx).await?;
+    sqlx::query(STORE_INDEX_LEVELS)
+        .bind(&def.name)
+        .bind(anchor.map(|a| a.0))
+        .bind(&ts)
+        .bind(&level)
+        .bind(&ret)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
