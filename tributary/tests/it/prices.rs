@@ -212,8 +212,10 @@ async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
     use tributary_broker::Delivery;
     use tributary_broker::events::PricePoint;
     use tributary_processor::prices::PriceHandler;
-    let app = spawn_app().await;
-    let pool = app.c.db.get_postgres_connection_pool().clone();
+    // Two handlers on a database of their own: no running processor (whose start-up recompute of every
+    // series for its own windows would be one more writer, at a time of its choosing).
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
     let t = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
     let (a, b) = (PriceHandler::new(pool.clone(), t.clone(), 10, 1), PriceHandler::new(pool.clone(), t, 10, 1));
     let point = |day: u32, price: f64, seq: u64| Delivery {
