@@ -369,8 +369,10 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
     }
     let instruments: Vec<String> =
         sqlx::query_scalar("SELECT instrument FROM price_series ORDER BY instrument").fetch_all(&mut *tx).await?;
+    // All at once, in the global order: one by one in name order would deadlock with a batch of another
+    // replica holding a series whose key sorts first.
+    lock::acquire(&mut tx, "price", instruments.iter().map(String::as_str)).await?;
     for instrument in &instruments {
-        lock::acquire(&mut tx, "price", [instrument.as_str()]).await?;
         let rows: Vec<(DateTime<Utc>, f64, Option<f64>, i64)> =
             sqlx::query_as("SELECT ts, price, volume, seq FROM price_points WHERE instrument = $1 ORDER BY ts")
                 .bind(instrument)

@@ -440,3 +440,64 @@ async fn a_begin_whose_lock_fails_leaves_its_connection_usable() {
     assert_eq!(held, 1, "only A's lock; B's went with the failed attempt");
     tx.commit().await.unwrap();
 }
+
+/// The start-up recompute of every series (the windows changed) takes its series locks in the global
+/// order, so a batch of another replica running meanwhile, which takes its locks in that order, waits
+/// for it or it for the batch, but the two never deadlock. (It took them one by one in name order: with
+/// two series whose names and keys sort differently, each held the lock the other waited for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
+    use sea_orm::sqlx;
+    use tributary_broker::Delivery;
+    use tributary_broker::events::PricePoint;
+    use tributary_processor::lock;
+    use tributary_processor::prices::{PriceHandler, reconcile_transforms};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(db.url()).await.unwrap();
+    // `first` sorts first by name, `second` by lock key.
+    let names: Vec<String> = (b'A'..=b'Z').map(|c| (c as char).to_string()).collect();
+    let (first, second) = names
+        .iter()
+        .flat_map(|a| names.iter().map(move |b| (a, b)))
+        .find(|(a, b)| a < b && lock::key("price", a) > lock::key("price", b))
+        .expect("some two names sort differently by key");
+    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 0, "no series yet");
+    let handler = PriceHandler::new(pool.clone(), old, 10, 1);
+    for (seq, instrument) in [first, second].into_iter().enumerate() {
+        let event = PricePoint {
+            instrument: instrument.clone(),
+            ts: Ts::parse("2026-01-01").unwrap(),
+            price: 10.0,
+            volume: None,
+        };
+        handler
+            .commit(&[Delivery { event, seq: seq as u64 + 1, received: Ts::parse("2026-01-01").unwrap() }])
+            .await
+            .unwrap();
+    }
+
+    // A batch holding `second` (the lower key), then asking for `first`, as a batch of both would.
+    let mut batch = lock::begin(&pool, "price", [second.as_str()]).await.unwrap();
+    let new = Transforms { sma: vec![3], ema: vec![], vol: vec![] };
+    let reconcile = tokio::spawn({
+        let pool = pool.clone();
+        async move { reconcile_transforms(&pool, &new).await }
+    });
+    tributary_testkit::eventually(Duration::from_secs(10), "the recompute to wait for a series lock", || async {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let more = tokio::time::timeout(Duration::from_secs(5), lock::acquire(&mut batch, "price", [first.as_str()])).await;
+    assert!(matches!(more, Ok(Ok(()))), "the batch gets its second lock: {more:?}");
+    batch.commit().await.unwrap();
+    assert_eq!(reconcile.await.unwrap().unwrap(), 2, "then the recompute runs, over both series");
+    let sma: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT derived FROM price_points ORDER BY instrument").fetch_all(&pool).await.unwrap();
+    assert!(sma.iter().all(|d| d.get("sma_3").is_some()), "every series has the new window: {sma:?}");
+}
