@@ -77,6 +77,8 @@ struct FreshnessPoint {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    mean_batch_events: f64,
+    mean_batch_ms: f64,
 }
 
 /// The whole report.
@@ -222,17 +224,22 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             p50_ms: f.p50_ms,
             p99_ms: f.p99_ms,
             p999_ms: f.p999_ms,
+            mean_batch_events: f.mean_batch_events,
+            mean_batch_ms: f.mean_batch_ms,
         })
         .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&points)?);
         return Ok(());
     }
-    println!("{:>14} {:>14} {:>10} {:>10} {:>10}", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms");
+    println!(
+        "{:>14} {:>14} {:>10} {:>10} {:>10} {:>14} {:>14}",
+        "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "batch events", "batch ms"
+    );
     for p in &points {
         println!(
-            "{:>14.0} {:>14.0} {:>10.1} {:>10.1} {:>10.1}",
-            p.offered_per_s, p.achieved_per_s, p.p50_ms, p.p99_ms, p.p999_ms
+            "{:>14.0} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>14.1} {:>14.2}",
+            p.offered_per_s, p.achieved_per_s, p.p50_ms, p.p99_ms, p.p999_ms, p.mean_batch_events, p.mean_batch_ms
         );
     }
     println!("{}", serde_json::to_string(&points)?);

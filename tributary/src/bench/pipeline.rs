@@ -87,6 +87,18 @@ pub struct Freshness {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Mean events per batch and mean time per batch (decode, commit and acks) over the measurement:
+    /// what the latency is made of.
+    pub mean_batch_events: f64,
+    pub mean_batch_ms: f64,
+}
+
+/// What the freshness measurement reads off the processor's metrics.
+struct Scrape {
+    latency: Vec<(f64, f64)>,
+    batches: f64,
+    batch_events: f64,
+    batch_seconds: f64,
 }
 
 pub struct Measured {
@@ -140,9 +152,14 @@ impl Processor {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
-    async fn latency_buckets(&self) -> anyhow::Result<Vec<(f64, f64)>> {
+    async fn scrape(&self) -> anyhow::Result<Scrape> {
         let text = reqwest::get(&self.metrics).await?.text().await?;
-        Ok(parse_buckets(&text, "tributary_commit_latency_seconds_bucket", "prices"))
+        Ok(Scrape {
+            latency: parse_buckets(&text, "tributary_commit_latency_seconds_bucket", "prices"),
+            batches: parse_value(&text, "tributary_batch_size_count", "prices"),
+            batch_events: parse_value(&text, "tributary_batch_size_sum", "prices"),
+            batch_seconds: parse_value(&text, "tributary_batch_seconds_sum", "prices"),
+        })
     }
 }
 
@@ -166,6 +183,16 @@ fn parse_buckets(text: &str, name: &str, consumer: &str) -> Vec<(f64, f64)> {
         .collect();
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
+}
+
+/// The value of one sample (a histogram's `_sum` or `_count`) for a consumer label; 0 when absent.
+fn parse_value(text: &str, name: &str, consumer: &str) -> f64 {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name).is_some_and(|r| r.starts_with('{')) && l.contains(&format!("consumer=\"{consumer}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The `q` quantile of the difference of two cumulative histograms, interpolated within its bucket.
@@ -308,7 +335,7 @@ async fn freshness(
     secs: f64,
 ) -> anyhow::Result<Freshness> {
     // No buckets yet (nothing committed) counts as all zero.
-    let before = until(Duration::from_secs(10), || async { p.latency_buckets().await.ok() }).await?;
+    let before = until(Duration::from_secs(10), || async { p.scrape().await.ok() }).await?;
     let m = (rate * secs).round() as u64;
     let started = Instant::now();
     let mut acks = VecDeque::new();
@@ -334,12 +361,15 @@ async fn freshness(
     }
     let achieved = m as f64 / started.elapsed().as_secs_f64();
     until(Duration::from_secs(3600), || async { (committed(pool).await >= from + m).then_some(()) }).await?;
-    let after = p.latency_buckets().await?;
+    let after = p.scrape().await?;
+    let batches = after.batches - before.batches;
     Ok(Freshness {
         achieved,
-        p50_ms: bucket_quantile(&before, &after, 0.5) * 1e3,
-        p99_ms: bucket_quantile(&before, &after, 0.99) * 1e3,
-        p999_ms: bucket_quantile(&before, &after, 0.999) * 1e3,
+        p50_ms: bucket_quantile(&before.latency, &after.latency, 0.5) * 1e3,
+        p99_ms: bucket_quantile(&before.latency, &after.latency, 0.99) * 1e3,
+        p999_ms: bucket_quantile(&before.latency, &after.latency, 0.999) * 1e3,
+        mean_batch_events: (after.batch_events - before.batch_events) / batches,
+        mean_batch_ms: (after.batch_seconds - before.batch_seconds) / batches * 1e3,
     })
 }
 
@@ -398,5 +428,14 @@ mod tests {
         // The 10 new samples all fall in (1 ms, 2 ms]: the median interpolates to 1.5 ms.
         assert!((bucket_quantile(&before, &after, 0.5) - 0.0015).abs() < 1e-12);
         assert!((bucket_quantile(&before, &after, 1.0) - 0.002).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_sample_is_read_by_its_exact_name_and_consumer() {
+        let text = "tributary_batch_size_sum{consumer=\"indices\"} 7\n\
+                    tributary_batch_size_sum{consumer=\"prices\"} 1234.5\n\
+                    tributary_batch_size_sum_other{consumer=\"prices\"} 9\n";
+        assert_eq!(parse_value(text, "tributary_batch_size_sum", "prices"), 1234.5);
+        assert_eq!(parse_value(text, "tributary_batch_size_count", "prices"), 0.0);
     }
 }

@@ -167,11 +167,12 @@ async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
     let offered: Vec<f64> = points.iter().filter_map(|p| p["offered_per_s"].as_f64()).collect();
     assert_eq!(offered, [200.0, 400.0], "{points:?}");
     for p in &points {
-        for key in ["achieved_per_s", "p50_ms", "p99_ms", "p999_ms"] {
+        for key in ["achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "mean_batch_events", "mean_batch_ms"] {
             let v = p[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {p}"));
             assert!(v.is_finite() && v > 0.0, "{key} = {v}");
         }
         assert!(p["p50_ms"].as_f64() <= p["p99_ms"].as_f64(), "{p}");
+        assert!(p["mean_batch_events"].as_f64() >= Some(1.0), "a batch holds at least one event: {p}");
     }
 }
 
