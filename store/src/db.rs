@@ -32,6 +32,9 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
+/// How long a pooled connection may sit idle before it is pinged when handed out again.
+pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// Opens a pool.
 pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
     let mut opt = ConnectOptions::new(cfg.url.clone());
@@ -39,6 +42,9 @@ pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
+        // Not a ping (a round trip) on every acquire: only for a connection idle this long. One that
+        // broke while in use fails its statement, is closed on release, and the work is retried.
+        .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
         .sqlx_logging(false);
     Ok(Database::connect(opt).await?)
 }

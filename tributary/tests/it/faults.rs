@@ -534,3 +534,27 @@ async fn ten_thousand_malformed_payloads_are_dead_lettered_counted_and_never_sta
     assert_eq!(stored as usize, good);
     eprintln!("malformed: {bad} dead-lettered by class {classes:?}; {good} valid interleaved, all stored");
 }
+
+/// The pool does not ping a connection used moments ago before handing it out (a round trip on every
+/// transaction of the hot path): a connection that broke since fails the statement it was given, is
+/// closed on release, and the next statement gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recently_used_pool_connection_is_not_pinged_and_a_broken_one_is_replaced() {
+    let db = tributary_testkit::TestDb::create().await;
+    let store = tributary_store::connect(&tributary_store::DbConfig { url: db.url().into(), max_connections: 1 })
+        .await
+        .unwrap();
+    let pool = store.get_postgres_connection_pool();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let ended: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(pid).fetch_one(&mut admin).await.unwrap();
+    assert!(ended, "the pool's one connection is gone");
+    let broken = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(pool).await;
+    assert!(broken.is_err(), "handed out without a ping, the broken connection fails the statement: {broken:?}");
+    let next: i32 = eventually(Duration::from_secs(10), "a new connection", || async {
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.ok()
+    })
+    .await;
+    assert_ne!(next, pid);
+}
