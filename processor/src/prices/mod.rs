@@ -297,6 +297,11 @@ fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]
     Merged { rows, added, changed_from, tail }
 }
 
+/// The smallest batch split into concurrent transactions. A small batch's time is round trips and its
+/// commit, which a split doubles rather than shares, and both parts usually touch an index, whose
+/// recompute they then do one after the other.
+pub const SPLIT_MIN_EVENTS: usize = 1000;
+
 impl BatchHandler for PriceHandler {
     type Event = PricePoint;
 
@@ -310,10 +315,11 @@ impl BatchHandler for PriceHandler {
         PricePoint::decode(subject, headers, payload, received)
     }
 
-    /// Splits the batch by instrument into `parallelism` parts committed concurrently, each in its own
-    /// transaction on its own connection: parts share no instrument, so their locks never meet (an index
-    /// over instruments of both parts is recomputed by each in turn, under its lock). The batch counts as
-    /// committed only when every part is; a failed part means redelivery of all, which is harmless.
+    /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts committed
+    /// concurrently, each in its own transaction on its own connection: parts share no instrument, so
+    /// their locks never meet (an index over instruments of both parts is recomputed by each in turn,
+    /// under its lock). The batch counts as committed only when every part is; a failed part means
+    /// redelivery of all, which is harmless. A smaller batch is one transaction.
     ///
     /// Each part runs as a task of its own, so it is never cancelled half-way, neither when a sibling
     /// part fails nor when the consume loop is dropped: a `COPY` cut off mid-stream would leave its
@@ -321,7 +327,8 @@ impl BatchHandler for PriceHandler {
     /// loop commits or fails like any other; its messages were not acked, so they come again and change
     /// nothing.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
-        let split = lock::split(batch, self.parallelism, "price", |d| &d.event.instrument);
+        let parts = if batch.len() >= SPLIT_MIN_EVENTS { self.parallelism } else { 1 };
+        let split = lock::split(batch, parts, "price", |d| &d.event.instrument);
         let commits = split.into_iter().map(|part| {
             let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
             let span = crate::db_span("price batch", part.len());

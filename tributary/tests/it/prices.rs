@@ -501,3 +501,47 @@ async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
         sqlx::query_scalar("SELECT derived FROM price_points ORDER BY instrument").fetch_all(&pool).await.unwrap();
     assert!(sma.iter().all(|d| d.get("sma_3").is_some()), "every series has the new window: {sma:?}");
 }
+
+/// A small batch is one transaction (a split would double its round trips and commits); from
+/// `SPLIT_MIN_EVENTS` on, its instruments are split over `parallelism` concurrent transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_large_batch_is_split_over_concurrent_transactions() {
+    use sea_orm::sqlx;
+    use tributary_broker::events::PricePoint;
+    use tributary_broker::{BatchHandler, Delivery};
+    use tributary_processor::prices::{PriceHandler, SPLIT_MIN_EVENTS};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let handler = PriceHandler::new(pool.clone(), Transforms { sma: vec![2], ema: vec![], vol: vec![] }, 100, 2);
+    let batch = |prefix: &str, n: usize| -> Vec<Delivery<PricePoint>> {
+        (0..n)
+            .map(|i| Delivery {
+                event: PricePoint {
+                    instrument: format!("{prefix}{}", i % 50),
+                    ts: Ts(Ts::parse("2026-01-01").unwrap().0 + chrono::Duration::minutes(i as i64)),
+                    price: 1.0 + i as f64,
+                    volume: None,
+                },
+                seq: i as u64 + 1,
+                received: Ts::parse("2026-01-01").unwrap(),
+            })
+            .collect()
+    };
+    let transactions = |prefix: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT xmin::text) FROM price_points WHERE starts_with(instrument, $1)",
+            )
+            .bind(prefix)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    handler.handle(&batch("SMALL", SPLIT_MIN_EVENTS - 1)).await.unwrap();
+    assert_eq!(transactions("SMALL").await, 1, "50 instruments, one transaction");
+    handler.handle(&batch("LARGE", SPLIT_MIN_EVENTS)).await.unwrap();
+    assert_eq!(transactions("LARGE").await, 2, "50 instruments over two transactions");
+}
