@@ -57,10 +57,11 @@ pub fn metrics() -> PrometheusHandle {
     METRICS
         .get_or_init(|| {
             let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-            // Freshness needs finer steps where its targets are (milliseconds).
+            // Freshness needs finer steps where its targets are (milliseconds), and enough above 100 ms that
+            // a saturated machine's quantiles are not all interpolated inside one wide bucket.
             let freshness = [
                 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05,
-                0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("tributary_commit_latency_seconds".into()), &freshness)
