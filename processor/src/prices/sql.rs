@@ -261,13 +261,18 @@ pub struct IndexDef {
 
 /// Reads the definitions of `names`.
 pub(crate) async fn index_defs(tx: &mut Tx, names: &[String]) -> Result<Vec<IndexDef>, sqlx::Error> {
-    let rows: Vec<(String, f64, String, f64)> = sqlx::query_as(
+    let mut rows: Vec<(String, f64, String, f64)> = sqlx::query_as(
         "SELECT i.name, i.base, c.instrument, c.weight FROM indices i JOIN index_constituents c USING (name)
-          WHERE i.name = ANY($1) ORDER BY i.name, c.instrument",
+          WHERE i.name = ANY($1)",
     )
     .bind(names)
     .fetch_all(&mut **tx)
     .await?;
+    // Weights in byte order of the instrument names, the order [`index::levels`] sums in and a
+    // definition's own (a `BTreeMap`): an `ORDER BY` would follow the database's collation, under which
+    // (`en_US`, say) `S_1` sorts before `S1`, and the sum would differ in its last bits from the one of
+    // the definition's own recompute.
+    rows.sort_unstable_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
     let mut out: Vec<IndexDef> = Vec::new();
     for (name, base, instrument, weight) in rows {
         match out.last_mut() {

@@ -545,3 +545,76 @@ async fn only_a_large_batch_is_split_over_concurrent_transactions() {
     handler.handle(&batch("LARGE", SPLIT_MIN_EVENTS)).await.unwrap();
     assert_eq!(transactions("LARGE").await, 2, "50 instruments over two transactions");
 }
+
+/// An index level is summed over the constituents in byte order of their names, whichever path
+/// recomputes it and whatever the database's collation. (The price path read the weights `ORDER BY`
+/// instrument: under an `en-US` collation `a` sorts before `A` and `Z`, and the sum, taken in another
+/// order than the definition's own recompute takes it, came out one bit lower.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_sums_in_the_same_order_under_any_collation() {
+    use sea_orm::sqlx;
+    use std::collections::{BTreeMap, HashMap};
+    use tributary_broker::Delivery;
+    use tributary_broker::events::{IndexDefinition, PricePoint};
+    use tributary_processor::indices::IndexHandler;
+    use tributary_processor::prices::{PriceHandler, index};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query(r#"ALTER TABLE index_constituents ALTER COLUMN instrument TYPE text COLLATE "en-US-x-icu""#)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT i FROM unnest(ARRAY['A', 'Z', 'a']::text[] COLLATE \"en-US-x-icu\") AS i ORDER BY i",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(order, ["a", "A", "Z"], "the collation sorts otherwise than bytes");
+
+    let weights: BTreeMap<String, f64> = [("A", 0.1), ("Z", 0.1), ("a", 0.2)].map(|(i, w)| (i.to_owned(), w)).into();
+    let day = |d: &str| Ts::parse(d).unwrap();
+    IndexHandler::new(pool.clone())
+        .commit(&[Delivery {
+            event: ("ix".to_owned(), IndexDefinition { base: 100.0, weights: weights.clone() }),
+            seq: 1,
+            received: day("2026-01-01"),
+        }])
+        .await
+        .unwrap();
+    let prices = PriceHandler::new(pool.clone(), Transforms { sma: vec![2], ema: vec![], vol: vec![] }, 10, 1);
+    let points = |date: &str, ps: [f64; 3], seq: u64| -> Vec<Delivery<PricePoint>> {
+        ["A", "Z", "a"]
+            .into_iter()
+            .zip(ps)
+            .enumerate()
+            .map(|(k, (i, price))| Delivery {
+                event: PricePoint { instrument: i.to_owned(), ts: day(date), price, volume: None },
+                seq: seq + k as u64,
+                received: day(date),
+            })
+            .collect()
+    };
+    prices.commit(&points("2026-01-01", [1.0, 1.0, 1.0], 10)).await.unwrap();
+    // The second date is recomputed by the price path, from the first as its anchor.
+    prices.commit(&points("2026-01-02", [1.7, 1.3, 1.3], 20)).await.unwrap();
+
+    let by_definition = index::levels(
+        100.0,
+        &weights.into_iter().collect::<Vec<_>>(),
+        &HashMap::from([
+            ("A".to_owned(), BTreeMap::from([(day("2026-01-01").0, 1.0), (day("2026-01-02").0, 1.7)])),
+            ("Z".to_owned(), BTreeMap::from([(day("2026-01-01").0, 1.0), (day("2026-01-02").0, 1.3)])),
+            ("a".to_owned(), BTreeMap::from([(day("2026-01-01").0, 1.0), (day("2026-01-02").0, 1.3)])),
+        ]),
+        None,
+    )
+    .unwrap();
+    let stored: Vec<f64> = sqlx::query_scalar("SELECT level FROM index_points WHERE name = 'ix' ORDER BY ts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let expected: Vec<f64> = by_definition.iter().map(|l| l.level).collect();
+    assert_eq!(expected.len(), 2);
+    assert_eq!(stored, expected, "bit for bit the levels of the definition's own order");
+}
