@@ -299,8 +299,10 @@ fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]
 
 /// The smallest batch split into concurrent transactions. A small batch's time is round trips and its
 /// commit, which a split doubles rather than shares, and both parts usually touch an index, whose
-/// recompute they then do one after the other.
-pub const SPLIT_MIN_EVENTS: usize = 1000;
+/// recompute they then do one after the other. From a few hundred events on, the writes dominate and
+/// sharing them over two backends keeps a batch short, so the events arriving meanwhile make a small next
+/// batch rather than a larger one (at 25k events/s offered: 1000 gave p99 131–264 ms, 300 gave 95–97 ms).
+pub const SPLIT_MIN_EVENTS: usize = 300;
 
 impl BatchHandler for PriceHandler {
     type Event = PricePoint;
