@@ -270,7 +270,7 @@ pub(crate) async fn index_defs(tx: &mut Tx, names: &[String]) -> Result<Vec<Inde
     .await?;
     // Weights in byte order of the instrument names, the order [`index::levels`] sums in and a
     // definition's own (a `BTreeMap`): an `ORDER BY` would follow the database's collation, under which
-    // (`en_US`, say) `S_1` sorts before `S1`, and the sum would differ in its last bits from the one of
+    // (`en-US`, say) `a` sorts before `A` and `Z`, and the sum would differ in its last bits from the one of
     // the definition's own recompute.
     rows.sort_unstable_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
     let mut out: Vec<IndexDef> = Vec::new();

@@ -549,7 +549,7 @@ async fn only_a_large_batch_is_split_over_concurrent_transactions() {
 /// An index level is summed over the constituents in byte order of their names, whichever path
 /// recomputes it and whatever the database's collation. (The price path read the weights `ORDER BY`
 /// instrument: under an `en-US` collation `a` sorts before `A` and `Z`, and the sum, taken in another
-/// order than the definition's own recompute takes it, came out one bit lower.)
+/// order than the definition's own recompute takes it, came out lower in its last bits.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_sums_in_the_same_order_under_any_collation() {
     use sea_orm::sqlx;
