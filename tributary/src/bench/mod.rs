@@ -8,7 +8,8 @@
 //!    of the raw rows per batch in one transaction, ack each after commit; nothing derived);
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
 //!    derived window and an index over 10 instruments; then freshness at a fixed offered rate and the
-//!    processor's peak RSS;
+//!    processor's peak RSS; then the floor at that rate ([`floor`]): JetStream alone, and the baseline
+//!    taking whatever is ready, each as fresh as a pipeline on this machine can be;
 //! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
 //!    (the server's `partition()` mapping, one durable consumer per partition), on the same backlog;
 //!    their combined rate; then one processor owning both partitions (a consume loop per partition, so
@@ -21,6 +22,7 @@
 //! of a running system. PostgreSQL: fresh databases on the
 //! configured server, dropped afterwards.
 
+mod floor;
 mod http;
 mod pipeline;
 pub mod ports;
@@ -79,6 +81,8 @@ struct FreshnessPoint {
     p999_ms: f64,
     mean_batch_events: f64,
     mean_batch_ms: f64,
+    /// What JetStream alone and the baseline pipeline reach at this rate, just before.
+    floor: floor::Floor,
 }
 
 /// The whole report.
@@ -113,12 +117,20 @@ struct RawReport {
     pg_upsert_rows_per_s: f64,
     pg_upsert: Stats,
     message_bytes: usize,
+    /// JetStream arrival → delivery to a pull consumer at the freshness rate.
+    jetstream_freshness_p50_ms: f64,
+    jetstream_freshness_p99_ms: f64,
+    jetstream_freshness_p999_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct BaselineReport {
     events_per_s: f64,
     runs: Stats,
+    /// JetStream arrival → commit at the freshness rate, taking whatever is ready (at most 1000).
+    freshness_p50_ms: f64,
+    freshness_p99_ms: f64,
+    freshness_p999_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +172,8 @@ struct Ratios {
     two_replicas_over_one: f64,
     two_partitions_over_one: f64,
     two_partitions_over_baseline: f64,
+    /// Tributary's freshness p99 over the baseline's at the same offered rate.
+    freshness_p99_over_baseline: f64,
 }
 
 /// The price event every throughput phase publishes, encoded as our publishers do.
@@ -218,7 +232,7 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
         .await?
         .into_iter()
         .zip(&args.freshness_rates)
-        .map(|(f, &offered)| FreshnessPoint {
+        .map(|((f, floor), &offered)| FreshnessPoint {
             offered_per_s: offered,
             achieved_per_s: f.achieved,
             p50_ms: f.p50_ms,
@@ -226,6 +240,7 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             p999_ms: f.p999_ms,
             mean_batch_events: f.mean_batch_events,
             mean_batch_ms: f.mean_batch_ms,
+            floor,
         })
         .collect();
     if args.json {
@@ -233,13 +248,27 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
         return Ok(());
     }
     println!(
-        "{:>14} {:>14} {:>10} {:>10} {:>10} {:>14} {:>14}",
-        "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "batch events", "batch ms"
+        "{:>10} {:>10} {:>22} {:>8} {:>8} {:>22} {:>22}",
+        "offered/s",
+        "achieved/s",
+        "p50 / p99 / p99.9 ms",
+        "batch",
+        "batch ms",
+        "baseline p50/p99/p99.9",
+        "JetStream p50/p99/p99.9"
     );
+    let q = |a: f64, b: f64, c: f64| format!("{a:.1} / {b:.1} / {c:.1}");
     for p in &points {
+        let (b, j) = (p.floor.baseline, p.floor.jetstream);
         println!(
-            "{:>14.0} {:>14.0} {:>10.1} {:>10.1} {:>10.1} {:>14.1} {:>14.2}",
-            p.offered_per_s, p.achieved_per_s, p.p50_ms, p.p99_ms, p.p999_ms, p.mean_batch_events, p.mean_batch_ms
+            "{:>10.0} {:>10.0} {:>22} {:>8.1} {:>8.2} {:>22} {:>22}",
+            p.offered_per_s,
+            p.achieved_per_s,
+            q(p.p50_ms, p.p99_ms, p.p999_ms),
+            p.mean_batch_events,
+            p.mean_batch_ms,
+            q(b.p50_ms, b.p99_ms, b.p999_ms),
+            q(j.p50_ms, j.p99_ms, j.p999_ms)
         );
     }
     println!("{}", serde_json::to_string(&points)?);
@@ -301,6 +330,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
         two_replicas_over_one: trib.scale.runs.median / trib.runs.median,
         two_partitions_over_one: trib.scale.one_process.median / trib.runs.median,
         two_partitions_over_baseline: trib.scale.one_process.median / baseline.median,
+        freshness_p99_over_baseline: trib.freshness.p99_ms / trib.floor.baseline.p99_ms,
     };
     Ok(Report {
         machine: machine(&config).await,
@@ -320,8 +350,17 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             pg_upsert_rows_per_s: upsert.median,
             pg_upsert: upsert,
             message_bytes,
+            jetstream_freshness_p50_ms: trib.floor.jetstream.p50_ms,
+            jetstream_freshness_p99_ms: trib.floor.jetstream.p99_ms,
+            jetstream_freshness_p999_ms: trib.floor.jetstream.p999_ms,
         },
-        baseline: BaselineReport { events_per_s: baseline.median, runs: baseline },
+        baseline: BaselineReport {
+            events_per_s: baseline.median,
+            runs: baseline,
+            freshness_p50_ms: trib.floor.baseline.p50_ms,
+            freshness_p99_ms: trib.floor.baseline.p99_ms,
+            freshness_p999_ms: trib.floor.baseline.p999_ms,
+        },
         tributary: TributaryReport {
             events_per_s: trib.runs.median,
             runs: trib.runs,
@@ -396,6 +435,20 @@ fn print_table(r: &Report) {
         r.tributary.freshness_offered_per_s,
         r.tributary.freshness_achieved_per_s
     );
+    println!(
+        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
+        "baseline freshness (publish → commit)",
+        r.baseline.freshness_p50_ms,
+        r.baseline.freshness_p99_ms,
+        r.baseline.freshness_p999_ms
+    );
+    println!(
+        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
+        "JetStream alone (publish → delivery)",
+        r.raw.jetstream_freshness_p50_ms,
+        r.raw.jetstream_freshness_p99_ms,
+        r.raw.jetstream_freshness_p999_ms
+    );
     println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
     row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
     row("Tributary, one process, two partitions", &r.tributary.two_partitions, "events/s");
@@ -410,13 +463,14 @@ fn print_table(r: &Report) {
         "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
     );
     println!(
-        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}, two partitions/one {:.2}, two partitions/baseline {:.2}",
+        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}, two partitions/one {:.2}, two partitions/baseline {:.2}, freshness p99 Tributary/baseline {:.2}",
         r.ratios.tributary_over_baseline,
         r.ratios.tributary_over_jetstream_publish,
         r.ratios.tributary_over_pg_upsert,
         r.ratios.two_replicas_over_one,
         r.ratios.two_partitions_over_one,
-        r.ratios.two_partitions_over_baseline
+        r.ratios.two_partitions_over_baseline,
+        r.ratios.freshness_p99_over_baseline
     );
     println!();
 }

@@ -1,6 +1,7 @@
 //! Tributary's own path: the processor as a separate process (as deployed), on the backlog; then
 //! freshness at a fixed offered rate, read from the processor's own latency histogram; and its peak RSS.
 
+use super::floor::{self, Floor};
 use super::stats::Stats;
 use super::{event, until};
 use crate::config::Config;
@@ -8,7 +9,6 @@ use anyhow::Context;
 use async_nats::jetstream;
 use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use sea_orm_migration::MigratorTrait;
-use std::collections::VecDeque;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tributary_broker::events::IndexDefinition;
@@ -106,6 +106,8 @@ pub struct Measured {
     /// Two replicas on the same backlog.
     pub scale: ScaleOut,
     pub freshness: Freshness,
+    /// What JetStream alone and the baseline pipeline reach at the same offered rate.
+    pub floor: Floor,
     pub peak_rss_mb: f64,
     pub db: Database,
     pub db_url: String,
@@ -318,8 +320,12 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
     let freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
     let peak_rss_mb = p.peak_rss_mb();
     drop(p);
+    let floor_db = Database::create(&config.database.url, "floor").await?;
+    let floor = floor::measure(js, &floor_db.pool, "FLOOR", args.instruments, args.rate, args.freshness_secs).await;
+    floor_db.drop().await;
+    let floor = floor?;
     let db_url = db.url.clone();
-    Ok(Measured { runs: Stats::of(runs), scale, freshness, peak_rss_mb, db, db_url })
+    Ok(Measured { runs: Stats::of(runs), scale, freshness, floor, peak_rss_mb, db, db_url })
 }
 
 /// Publishes `rate` events/s for `secs` (event numbers from `from` on, so none is a duplicate of a stored
@@ -337,29 +343,7 @@ async fn freshness(
     // No buckets yet (nothing committed) counts as all zero.
     let before = until(Duration::from_secs(10), || async { p.scrape().await.ok() }).await?;
     let m = (rate * secs).round() as u64;
-    let started = Instant::now();
-    let mut acks = VecDeque::new();
-    let mut interval = tokio::time::interval(Duration::from_millis(5));
-    let per_tick = rate * 0.005;
-    let (mut due, mut i) = (0.0, 0u64);
-    while i < m {
-        interval.tick().await;
-        due += per_tick;
-        while due >= 1.0 && i < m {
-            due -= 1.0;
-            let (subject, payload) = event(from + i, instruments);
-            acks.push_back(js.publish(subject, payload).await?);
-            i += 1;
-        }
-        while acks.len() > 4096 {
-            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
-            ack.await?;
-        }
-    }
-    for ack in acks {
-        ack.await?;
-    }
-    let achieved = m as f64 / started.elapsed().as_secs_f64();
+    let achieved = super::raw::publish_paced(js, m, rate, |i| event(from + i, instruments)).await?;
     until(Duration::from_secs(3600), || async { (committed(pool).await >= from + m).then_some(()) }).await?;
     let after = p.scrape().await?;
     let batches = after.batches - before.batches;
@@ -374,18 +358,20 @@ async fn freshness(
 }
 
 /// Freshness alone at each of `rates`, in turn, on one processor with an index over 10 instruments, after
-/// a warm-up of three events per instrument (each series' first load, not reported) and an `ANALYZE`.
+/// a warm-up of three events per instrument (each series' first load, not reported) and an `ANALYZE`;
+/// before each, the floor at that rate (the processor idle meanwhile).
 pub async fn freshness_curve(
     config: &Config,
     args: &super::BenchArgs,
     js: &jetstream::Context,
     rates: &[f64],
-) -> anyhow::Result<Vec<Freshness>> {
+) -> anyhow::Result<Vec<(Freshness, Floor)>> {
     let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
     js.publish("index.bench", tributary_broker::codec::to_msgpack(&IndexDefinition { base: 100.0, weights }))
         .await?
         .await?;
     let db = Database::create(&config.database.url, "freshness").await?;
+    let floor_db = Database::create(&config.database.url, "floor").await?;
     let result = async {
         let p = Processor::spawn(config, &db.url, "freshness", None)?;
         until(Duration::from_secs(60), || async {
@@ -401,14 +387,18 @@ pub async fn freshness_curve(
         sqlx::query("ANALYZE").execute(&db.pool).await?;
         let mut out = Vec::new();
         let mut from = (warm_up * args.freshness_secs).round() as u64;
-        for &rate in rates {
-            out.push(freshness(&p, &db.pool, js, args.instruments, from, rate, args.freshness_secs).await?);
+        for (k, &rate) in rates.iter().enumerate() {
+            let floor =
+                floor::measure(js, &floor_db.pool, &format!("FLOOR{k}"), args.instruments, rate, args.freshness_secs)
+                    .await?;
+            out.push((freshness(&p, &db.pool, js, args.instruments, from, rate, args.freshness_secs).await?, floor));
             from += (rate * args.freshness_secs).round() as u64;
         }
         Ok(out)
     }
     .await;
     db.drop().await;
+    floor_db.drop().await;
     result
 }
 

@@ -35,6 +35,39 @@ async fn publish(
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Publishes `m` events `event_of(0..m)` at `rate` events/s, in ticks of 5 ms, keeping at most
+/// `IN_FLIGHT` acks outstanding; returns the rate achieved.
+pub async fn publish_paced(
+    js: &jetstream::Context,
+    m: u64,
+    rate: f64,
+    event_of: impl Fn(u64) -> (String, bytes::Bytes),
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut acks = VecDeque::with_capacity(IN_FLIGHT);
+    let mut interval = tokio::time::interval(Duration::from_millis(5));
+    let per_tick = rate * 0.005;
+    let (mut due, mut i) = (0.0, 0u64);
+    while i < m {
+        interval.tick().await;
+        due += per_tick;
+        while due >= 1.0 && i < m {
+            due -= 1.0;
+            let (subject, payload) = event_of(i);
+            acks.push_back(js.publish(subject, payload).await?);
+            i += 1;
+        }
+        while acks.len() > IN_FLIGHT {
+            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
+            ack.await?;
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(m as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Raw JetStream publish rate into a fresh file-backed stream `name`.
 pub async fn jetstream_publish(js: &jetstream::Context, name: &str, n: u64, instruments: usize) -> anyhow::Result<f64> {
     let prefix = name.to_lowercase();
@@ -145,44 +178,56 @@ pub async fn baseline(js: &jetstream::Context, pool: &PgPool, durable: &str, n: 
         while let Some(m) = batch.next().await {
             messages.push(m.map_err(|e| anyhow::anyhow!(e))?);
         }
-        let mut rows: HashMap<(String, chrono::DateTime<chrono::Utc>), (f64, Option<f64>, i64)> = HashMap::new();
-        for m in &messages {
-            let info = m.info().map_err(|e| anyhow::anyhow!(e))?;
-            let seq = info.stream_sequence as i64;
-            let p = PricePoint::decode(&m.subject, m.headers.as_ref(), &m.payload, Ts::new(info.published))
-                .map_err(|r| anyhow::anyhow!(r.reason))?;
-            let e = rows.entry((p.instrument, p.ts.0)).or_insert((p.price, p.volume, seq));
-            if seq > e.2 {
-                *e = (p.price, p.volume, seq);
-            }
-        }
-        let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((i, ts), (p, v, s)) in rows {
-            cols.0.push(i);
-            cols.1.push(ts);
-            cols.2.push(p);
-            cols.3.push(v);
-            cols.4.push(s);
-        }
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO price_points (instrument, ts, price, volume, seq)
-             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[])
-             ON CONFLICT (instrument, ts) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq
-             WHERE price_points.seq < EXCLUDED.seq",
-        )
-        .bind(&cols.0)
-        .bind(&cols.1)
-        .bind(&cols.2)
-        .bind(&cols.3)
-        .bind(&cols.4)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        store_raw(pool, &messages, |s| s).await?;
         for m in &messages {
             m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
         done += messages.len() as u64;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The baseline's work on one batch: decode, keep the last write per point, one `UNNEST` upsert of the raw
+/// rows in one transaction. `subject_of` maps a message's subject to the price subject it stands for.
+pub async fn store_raw(
+    pool: &PgPool,
+    messages: &[jetstream::Message],
+    subject_of: impl Fn(&str) -> &str,
+) -> anyhow::Result<()> {
+    let mut rows: HashMap<(String, chrono::DateTime<chrono::Utc>), (f64, Option<f64>, i64)> = HashMap::new();
+    for m in messages {
+        let info = m.info().map_err(|e| anyhow::anyhow!(e))?;
+        let seq = info.stream_sequence as i64;
+        let p =
+            PricePoint::decode(subject_of(m.subject.as_str()), m.headers.as_ref(), &m.payload, Ts::new(info.published))
+                .map_err(|r| anyhow::anyhow!(r.reason))?;
+        let e = rows.entry((p.instrument, p.ts.0)).or_insert((p.price, p.volume, seq));
+        if seq > e.2 {
+            *e = (p.price, p.volume, seq);
+        }
+    }
+    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((i, ts), (p, v, s)) in rows {
+        cols.0.push(i);
+        cols.1.push(ts);
+        cols.2.push(p);
+        cols.3.push(v);
+        cols.4.push(s);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, volume, seq)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[])
+         ON CONFLICT (instrument, ts) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq
+         WHERE price_points.seq < EXCLUDED.seq",
+    )
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .bind(&cols.4)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

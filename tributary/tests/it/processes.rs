@@ -152,6 +152,10 @@ async fn bench_json_reports_every_promised_figure() {
         "tributary.peak_rss_mb",
         "api.max_rps",
         "api.p99_ms",
+        "baseline.freshness_p50_ms",
+        "baseline.freshness_p99_ms",
+        "raw.jetstream_freshness_p99_ms",
+        "ratios.freshness_p99_over_baseline",
     ] {
         let (section, field) = key.split_once('.').unwrap();
         let v = report[section][field].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
@@ -173,6 +177,12 @@ async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
         }
         assert!(p["p50_ms"].as_f64() <= p["p99_ms"].as_f64(), "{p}");
         assert!(p["mean_batch_events"].as_f64() >= Some(1.0), "a batch holds at least one event: {p}");
+        // The floor at the same rate: JetStream alone and the baseline, every event's latency.
+        for floor in ["jetstream", "baseline"] {
+            let q = &p["floor"][floor];
+            let (p50, p99) = (q["p50_ms"].as_f64(), q["p99_ms"].as_f64());
+            assert!(p50.is_some_and(|v| v > 0.0) && p50 <= p99, "{floor}: {p}");
+        }
     }
 }
 

@@ -1,0 +1,130 @@
+//! The freshness floor: at an offered rate on this machine, the latency from JetStream's arrival of an
+//! event to its delivery to a pull consumer (JetStream alone), and to the commit of its raw row by the
+//! baseline pipeline taking whatever is ready (at most 1000 a batch). No pipeline on the same machine,
+//! with the same publisher beside it, can be fresher than these; Tributary's freshness is read against them.
+
+use super::{event, raw};
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use sea_orm::sqlx::PgPool;
+use serde::Serialize;
+use tributary_broker::ts::Ts;
+
+/// Latency quantiles over every event of one measurement, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Quantiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+impl Quantiles {
+    /// Exact (nearest-rank) quantiles of `samples`.
+    fn of(mut samples: Vec<f64>) -> Quantiles {
+        samples.sort_unstable_by(f64::total_cmp);
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len().max(1));
+            samples.get(rank - 1).copied().unwrap_or(f64::NAN)
+        };
+        Quantiles { p50_ms: at(0.5), p99_ms: at(0.99), p999_ms: at(0.999) }
+    }
+}
+
+/// The floor at one rate.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Floor {
+    /// Arrival → delivery to a pull consumer that acks each message.
+    pub jetstream: Quantiles,
+    /// Arrival → commit of the raw row by the baseline pipeline.
+    pub baseline: Quantiles,
+}
+
+/// Measures both floors at `rate` events/s for `secs` each, over `instruments`, in fresh streams named
+/// after `name` (so nothing else consumes their events); the baseline writes into `pool`'s `price_points`.
+pub async fn measure(
+    js: &jetstream::Context,
+    pool: &PgPool,
+    name: &str,
+    instruments: usize,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<Floor> {
+    let jetstream = one(js, None, &format!("{name}_JS"), instruments, rate, secs).await?;
+    let baseline = one(js, Some(pool), &format!("{name}_PG"), instruments, rate, secs).await?;
+    Ok(Floor { jetstream, baseline })
+}
+
+async fn one(
+    js: &jetstream::Context,
+    pool: Option<&PgPool>,
+    stream_name: &str,
+    instruments: usize,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<Quantiles> {
+    let prefix = stream_name.to_lowercase();
+    let stream = js
+        .create_stream(stream::Config {
+            name: stream_name.to_owned(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("floor".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    let m = (rate * secs).round() as u64;
+    let consumed = tokio::spawn(consume(messages, pool.cloned(), m, format!("{prefix}.")));
+    let published = raw::publish_paced(js, m, rate, |i| {
+        let (subject, payload) = event(i, instruments);
+        (format!("{prefix}.{subject}"), payload)
+    })
+    .await;
+    let latencies = consumed.await.context("floor consumer panicked")?;
+    js.delete_stream(stream_name).await.ok();
+    published?;
+    Ok(Quantiles::of(latencies?))
+}
+
+/// Takes `m` messages in batches of whatever is ready (at most 1000); with a pool, stores each batch as the
+/// baseline does before acking it. Returns each message's latency from its JetStream arrival, in ms.
+async fn consume(messages: pull::Stream, pool: Option<PgPool>, m: u64, prefix: String) -> anyhow::Result<Vec<f64>> {
+    let mut chunks = messages.ready_chunks(1000);
+    let mut latencies = Vec::with_capacity(m as usize);
+    while (latencies.len() as u64) < m {
+        // Unconstrained, as the processor's loop: tokio's budget would cap a ready chunk near 128.
+        let chunk = tokio::task::unconstrained(chunks.next()).await.context("consumer stream ended")?;
+        let batch = chunk.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(pool) = &pool {
+            raw::store_raw(pool, &batch, |s| s.strip_prefix(prefix.as_str()).unwrap_or(s)).await?;
+        }
+        let now = chrono::Utc::now();
+        for msg in &batch {
+            let info = msg.info().map_err(|e| anyhow::anyhow!(e))?;
+            let waited = now - Ts::new(info.published).0;
+            latencies.push(waited.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3);
+            msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
+    Ok(latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let q = Quantiles::of((1..=1000).rev().map(f64::from).collect());
+        assert_eq!((q.p50_ms, q.p99_ms, q.p999_ms), (500.0, 990.0, 999.0));
+        let one = Quantiles::of(vec![7.0]);
+        assert_eq!((one.p50_ms, one.p99_ms, one.p999_ms), (7.0, 7.0, 7.0));
+    }
+}
