@@ -81,10 +81,16 @@ fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec
 /// each part can commit in its own transaction: a series' events share one part, and parts lock disjoint
 /// series.
 pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T) -> &str) -> Vec<Vec<&'a T>> {
+    split_by(batch, parts, |d| key(class, name(d)))
+}
+
+/// Splits a batch into at most `parts` non-empty parts by `group`: items of one group share one part.
+/// For parts that lock disjoint series, every series' items must be of one group.
+pub fn split_by<T>(batch: &[T], parts: usize, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
     let parts = parts.min(batch.len()).max(1);
     let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
     for d in batch {
-        split[(key(class, name(d)) as u64 % parts as u64) as usize].push(d);
+        split[(group(d) as u64 % parts as u64) as usize].push(d);
     }
     split.retain(|p| !p.is_empty());
     split

@@ -44,7 +44,47 @@ pub struct PriceHandler {
     transforms: Arc<Transforms>,
     names: Arc<[String]>,
     cache: Arc<Mutex<TailCache>>,
+    index_of: Arc<Mutex<IndexOf>>,
     parallelism: usize,
+}
+
+/// Per instrument last seen as an index constituent, an index over it: a batch's split puts the
+/// constituents of one index in one part, so that only that part recomputes the index (parts over the
+/// constituents of one index would each recompute it, one after the other under its lock). A hint only:
+/// a stale entry costs time, never correctness, since every instrument still falls in exactly one part.
+struct IndexOf {
+    capacity: usize,
+    index: HashMap<String, String>,
+}
+
+impl IndexOf {
+    /// Learns from a committed write: `constituents` (instrument, index) among the `changed` instruments.
+    fn learn(&mut self, changed: &[&str], constituents: &[(String, String)]) {
+        for instrument in changed {
+            self.index.remove(*instrument);
+        }
+        for (instrument, index) in constituents {
+            if self.index.len() >= self.capacity && !self.index.contains_key(instrument) {
+                self.index.clear();
+            }
+            // The first in name order, so that the choice does not depend on the rows' order.
+            match self.index.get_mut(instrument) {
+                Some(i) if *i <= *index => {}
+                Some(i) => i.clone_from(index),
+                None => {
+                    self.index.insert(instrument.clone(), index.clone());
+                }
+            }
+        }
+    }
+
+    /// The group of `instrument` in a split: its index's lock key if it is known to be in one, else its own.
+    fn group(&self, instrument: &str) -> i64 {
+        match self.index.get(instrument) {
+            Some(index) => lock::key("index", index),
+            None => lock::key("price", instrument),
+        }
+    }
 }
 
 /// The last points of recently written series, each valid for one version of its series.
@@ -92,8 +132,16 @@ impl PriceHandler {
     pub fn new(pool: PgPool, transforms: Transforms, cached_series: usize, parallelism: usize) -> Self {
         let names = transforms.names().into();
         let cache = TailCache { capacity: cached_series.max(1), tails: HashMap::new() };
+        let index_of = IndexOf { capacity: cached_series.max(1), index: HashMap::new() };
         let parallelism = parallelism.max(1);
-        PriceHandler { pool, transforms: Arc::new(transforms), names, cache: Arc::new(Mutex::new(cache)), parallelism }
+        PriceHandler {
+            pool,
+            transforms: Arc::new(transforms),
+            names,
+            cache: Arc::new(Mutex::new(cache)),
+            index_of: Arc::new(Mutex::new(index_of)),
+            parallelism,
+        }
     }
 
     /// Stores one batch in one transaction.
@@ -191,6 +239,7 @@ impl PriceHandler {
             }
         }
         tx.commit().await?;
+        self.index_of.lock().unwrap_or_else(|e| e.into_inner()).learn(&changed, &written.constituents);
         // A series read from the table and not written has no version known here: not cached.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         for (instrument, rows) in tails {
@@ -319,8 +368,8 @@ impl BatchHandler for PriceHandler {
 
     /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts committed
     /// concurrently, each in its own transaction on its own connection: parts share no instrument, so
-    /// their locks never meet (an index over instruments of both parts is recomputed by each in turn,
-    /// under its lock). The batch counts as committed only when every part is; a failed part means
+    /// their locks never meet. The constituents of an index go to one part as far as [`IndexOf`] knows
+    /// them (an index over instruments of two parts is recomputed by each in turn, under its lock). The batch counts as committed only when every part is; a failed part means
     /// redelivery of all, which is harmless. A smaller batch is one transaction.
     ///
     /// Each part runs as a task of its own, so it is never cancelled half-way, neither when a sibling
@@ -330,7 +379,10 @@ impl BatchHandler for PriceHandler {
     /// nothing.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {
         let parts = if batch.len() >= SPLIT_MIN_EVENTS { self.parallelism } else { 1 };
-        let split = lock::split(batch, parts, "price", |d| &d.event.instrument);
+        let split = {
+            let index_of = self.index_of.lock().unwrap_or_else(|e| e.into_inner());
+            lock::split_by(batch, parts, |d| index_of.group(&d.event.instrument))
+        };
         let commits = split.into_iter().map(|part| {
             let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
             let span = crate::db_span("price batch", part.len());
@@ -347,5 +399,46 @@ impl BatchHandler for PriceHandler {
             failure.get_or_insert(e);
         }
         failure.map_or(Ok(()), |e| Err(HandleError(e.context("storing a price batch"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
+        let mut index_of = IndexOf { capacity: 100, index: HashMap::new() };
+        let constituents: Vec<(String, String)> =
+            (0..10).map(|i| (format!("S{i}"), "idx".to_owned())).chain([("S3".into(), "a-first".into())]).collect();
+        let changed: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        index_of.learn(&changed, &constituents);
+        // S3 is in two indices: it goes with the first by name, the rest with "idx".
+        assert_eq!(index_of.index["S3"], "a-first");
+        let batch: Vec<String> = (0..200).map(|i| format!("S{}", i % 100)).collect();
+        let parts = lock::split_by(&batch, 2, |s| index_of.group(s));
+        assert_eq!(parts.len(), 2, "the other instruments still spread over both parts");
+        let with_idx: Vec<usize> = (0..parts.len())
+            .filter(|&p| {
+                parts[p].iter().any(|s| ["S0", "S1", "S2", "S4", "S5", "S6", "S7", "S8", "S9"].contains(&s.as_str()))
+            })
+            .collect();
+        assert_eq!(with_idx.len(), 1, "every constituent of idx in one part");
+        for name in ["S3", "S42"] {
+            assert_eq!(parts.iter().filter(|p| p.iter().any(|s| *s == name)).count(), 1, "{name} in one part");
+        }
+        // A changed instrument no longer returned as a constituent is forgotten.
+        index_of.learn(&["S0"], &[]);
+        assert!(!index_of.index.contains_key("S0"));
+        assert_eq!(index_of.group("S0"), lock::key("price", "S0"));
+    }
+
+    #[test]
+    fn the_constituent_hint_is_bounded() {
+        let mut index_of = IndexOf { capacity: 3, index: HashMap::new() };
+        let constituents: Vec<(String, String)> = (0..10).map(|i| (format!("S{i}"), "idx".to_owned())).collect();
+        index_of.learn(&[], &constituents);
+        assert!(index_of.index.len() <= 3);
     }
 }

@@ -147,6 +147,8 @@ pub(crate) struct Written {
     pub versions: HashMap<String, i64>,
     /// The indices that hold any of the changed instruments, sorted.
     pub indices: Vec<String>,
+    /// The changed instruments that are constituents, each with an index over it.
+    pub constituents: Vec<(String, String)>,
 }
 
 /// The one statement of a batch's writes: new points (unless sent by `COPY`), rewritten points (guarded
@@ -182,18 +184,19 @@ WITH new_points AS (
 ), notified AS (
   SELECT count(pg_notify($19, p)) AS n FROM unnest($20::text[]) AS p
 )
-SELECT 's' AS kind, instrument AS name, version FROM series
+SELECT 's' AS kind, instrument AS name, version, NULL AS constituent FROM series
 UNION ALL
-SELECT 'n', NULL, n FROM notified
+SELECT 'n', NULL, n, NULL FROM notified
 UNION ALL
-SELECT DISTINCT 'i', name, NULL::int8 FROM index_constituents WHERE instrument = ANY($21)";
+SELECT 'i', name, NULL::int8, instrument FROM index_constituents WHERE instrument = ANY($21)";
 
 /// Stores a batch's rows, bumps the version of every series written and notifies readers (see
-/// [`WRITE_BATCH`]); `changed` are the instruments whose prices changed, for the indices over them.
+/// [`WRITE_BATCH`]); `changed` are the instruments whose prices changed, for the indices over them and
+/// which of them are constituents.
 pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result<Written, sqlx::Error> {
     if w.series.0.is_empty() {
         // Only redeliveries: nothing written, nothing changed.
-        return Ok(Written { versions: HashMap::new(), indices: Vec::new() });
+        return Ok(Written { versions: HashMap::new(), indices: Vec::new(), constituents: Vec::new() });
     }
     let names = w.names;
     let new = if w.new.len() >= COPY_MIN_ROWS {
@@ -210,7 +213,7 @@ pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) ->
     };
     let old = Columns::of(&w.rewritten, names);
     let payloads = notify::payloads(w.series.0.iter().copied());
-    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(WRITE_BATCH)
+    let rows: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(WRITE_BATCH)
         .bind(&new.instrument)
         .bind(&new.ts)
         .bind(&new.price)
@@ -234,17 +237,22 @@ pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) ->
         .bind(changed)
         .fetch_all(&mut **tx)
         .await?;
-    let mut out = Written { versions: HashMap::with_capacity(w.series.0.len()), indices: Vec::new() };
-    for (kind, name, version) in rows {
-        match (kind.as_str(), name, version) {
-            ("s", Some(name), Some(version)) => {
+    let mut out =
+        Written { versions: HashMap::with_capacity(w.series.0.len()), indices: Vec::new(), constituents: Vec::new() };
+    for (kind, name, version, constituent) in rows {
+        match (kind.as_str(), name, version, constituent) {
+            ("s", Some(name), Some(version), _) => {
                 out.versions.insert(name, version);
             }
-            ("i", Some(name), _) => out.indices.push(name),
+            ("i", Some(name), _, Some(instrument)) => {
+                out.indices.push(name.clone());
+                out.constituents.push((instrument, name));
+            }
             _ => {}
         }
     }
     out.indices.sort_unstable();
+    out.indices.dedup();
     Ok(out)
 }
 
