@@ -7,7 +7,9 @@
 //! 2. the baseline ([`raw::baseline`]): the minimal hand-written pipeline (fetch 1000, decode, one upsert
 //!    of the raw rows per batch in one transaction, ack each after commit; nothing derived);
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
-//!    derived window and an index over 10 instruments; then freshness at a fixed offered rate and the
+//!    derived window and an index over 10 instruments, and beside the prices one metric message (two
+//!    fields) for every 10 price events, with their 1m and 1h rollups ([`MetricsBacklog`]; the rate
+//!    counts price events only, so the metric work is on top); then freshness at a fixed offered rate and the
 //!    processor's peak RSS; then the floor at that rate ([`floor`]): JetStream alone, and the baseline
 //!    taking whatever is ready, each as fresh as a pipeline on this machine can be;
 //! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
@@ -36,6 +38,7 @@ use serde::Serialize;
 use stats::Stats;
 use std::time::Duration;
 use tributary_broker::events::PriceEvent;
+use tributary_broker::metrics::MetricEvent;
 use tributary_broker::ts::Ts;
 
 /// What to measure.
@@ -176,6 +179,56 @@ struct Ratios {
     freshness_p99_over_baseline: f64,
 }
 
+/// Metric messages in the throughput backlog: one for every this many price events, so that Tributary's
+/// path also computes its rollups (the baseline consumes prices only and leaves them be).
+const PRICE_EVENTS_PER_METRIC: u64 = 10;
+/// Hosts the metric messages are spread over, two fields each.
+const METRIC_HOSTS: u64 = 100;
+
+/// The metric messages of the throughput backlog: `messages` (a multiple of `hosts`), host `i % hosts`
+/// sampled once a second from `base_ms` on, fields `cpu` and `mem`. Their times are recent (the processor
+/// refuses samples older than the raw retention) and fixed at publication, so every run over the backlog
+/// stores the same rollups.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsBacklog {
+    /// Messages in all, a multiple of `hosts`.
+    pub messages: u64,
+    /// Hosts, sampled once a second each.
+    pub hosts: u64,
+    base_ms: i64,
+}
+
+impl MetricsBacklog {
+    /// The metric messages published beside `price_events`, ending a minute before now.
+    fn beside(price_events: u64) -> MetricsBacklog {
+        let hosts = METRIC_HOSTS;
+        let rounds = (price_events / PRICE_EVENTS_PER_METRIC / hosts).max(1);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let base_ms = (now_ms - (rounds as i64 + 60) * 1000) / 60_000 * 60_000;
+        MetricsBacklog { messages: rounds * hosts, hosts, base_ms }
+    }
+
+    /// The `i`th message, encoded as our publishers do.
+    fn event(&self, i: u64) -> (String, bytes::Bytes) {
+        let (host, round) = (i % self.hosts, i / self.hosts);
+        let fields = std::collections::BTreeMap::from([
+            ("cpu".to_owned(), ((i * 7919) % 1000) as f64 / 10.0),
+            ("mem".to_owned(), ((i * 104_729) % 1000) as f64 / 10.0),
+        ]);
+        let e = MetricEvent { ts: Some(self.ts(round)), fields };
+        (format!("metric.H{host}"), tributary_broker::codec::to_msgpack(&e))
+    }
+
+    fn ts(&self, round: u64) -> Ts {
+        Ts::from_millis(self.base_ms + round as i64 * 1000).expect("in range")
+    }
+
+    /// The time of every host's last sample.
+    pub fn last_ts(&self) -> Ts {
+        self.ts(self.messages / self.hosts - 1)
+    }
+}
+
 /// The price event every throughput phase publishes, encoded as our publishers do.
 fn event(i: u64, instruments: usize) -> (String, bytes::Bytes) {
     let inst = i % instruments as u64;
@@ -301,9 +354,11 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
     }
     scratch.drop().await;
 
-    progress(args.json, "publishing the price backlog");
+    progress(args.json, "publishing the price and metric backlog");
     tributary_broker::streams::ensure(&js, &config.streams).await?;
     raw::publish_backlog(&js, n, args.instruments).await?;
+    let metrics = MetricsBacklog::beside(n);
+    raw::publish_metrics(&js, &metrics).await?;
 
     progress(args.json, "baseline pipeline");
     let mut baseline = Vec::new();
@@ -314,7 +369,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
     }
 
     progress(args.json, "Tributary's processor");
-    let trib = pipeline::measure(&config, args, &js).await?;
+    let trib = pipeline::measure(&config, args, &js, &metrics).await?;
 
     progress(args.json, "API reads");
     let api = http::measure(&config, args, &trib.db_url, &js).await;
@@ -339,6 +394,8 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             "freshness_rate": args.rate, "freshness_secs": args.freshness_secs,
             "api_secs": args.api_secs, "api_rate": args.api_rate, "batch": config.processor.batch,
             "windows": config.processor.prices.names(), "index_instruments": 10,
+            "metric_messages": metrics.messages, "metric_hosts": metrics.hosts, "metric_fields": 2,
+            "rollups": config.metrics.width_names(),
             "partitions": pipeline::PARTITIONS, "db_parallelism": config.processor.db_parallelism,
             "tracing": "spans created; exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set",
         }),
@@ -425,7 +482,7 @@ fn print_table(r: &Report) {
     row("raw JetStream pull-consume (ack each)", &r.raw.jetstream_consume, "msgs/s");
     row("raw PostgreSQL UNNEST upsert", &r.raw.pg_upsert, "rows/s");
     row("baseline pipeline (raw rows only)", &r.baseline.runs, "events/s");
-    row("Tributary (all derived + index)", &r.tributary.runs, "events/s");
+    row("Tributary (all derived + index + rollups)", &r.tributary.runs, "events/s");
     println!(
         "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at {:.0}/s offered ({:.0}/s achieved)",
         "Tributary freshness (publish → commit)",

@@ -3,7 +3,7 @@
 
 use super::floor::{self, Floor};
 use super::stats::Stats;
-use super::{event, until};
+use super::{MetricsBacklog, event, until};
 use crate::config::Config;
 use anyhow::Context;
 use async_nats::jetstream;
@@ -228,18 +228,29 @@ async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
                                         ORDER BY instrument, ts), ''))
              || md5(coalesce((SELECT string_agg(concat_ws('|', name, ts, level, ret), ',' ORDER BY name, ts)
                                 FROM index_points), ''))
+             || md5(coalesce((SELECT string_agg(concat_ws('|', host, field, width, start, count, sum, min, max,
+                                                          mean, first, last, p50, p95, p99), ','
+                                                ORDER BY host, field, width, start)
+                                FROM metric_rollups), ''))
            FROM price_points",
     )
     .fetch_one(pool)
     .await?)
 }
 
-/// Waits until all `n` backlog events are committed and the index definition is stored: from then on
-/// nothing changes (an index defined after its prices is computed from all of them).
-async fn settled(pool: &PgPool, n: u64, limit: Duration) -> anyhow::Result<()> {
+/// Waits until all `n` backlog price events are committed, the index definition is stored and every
+/// host's last metric sample is in: from then on nothing changes (an index defined after its prices is
+/// computed from all of them; a host's samples are committed in stream order).
+async fn settled(pool: &PgPool, n: u64, metrics: &MetricsBacklog, limit: Duration) -> anyhow::Result<()> {
     until(limit, || async {
-        let indices: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(pool).await.unwrap_or(0);
-        (indices > 0 && committed(pool).await >= n).then_some(())
+        let (indices, hosts): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM indices), (SELECT count(*) FROM metric_latest WHERE ts >= $1)",
+        )
+        .bind(metrics.last_ts().0)
+        .fetch_one(pool)
+        .await
+        .unwrap_or((0, 0));
+        (indices > 0 && hosts as u64 >= metrics.hosts && committed(pool).await >= n).then_some(())
     })
     .await
 }
@@ -258,7 +269,12 @@ pub struct ScaleOut {
 /// over [`PARTITIONS`] partitions, by two replicas owning one each and by one processor owning both:
 /// their rates, repeated; and whether each run stored exactly what the unpartitioned processor did
 /// (`single`, a [`checksum`]).
-pub async fn scale_out(config: &Config, args: &super::BenchArgs, single: &str) -> anyhow::Result<ScaleOut> {
+pub async fn scale_out(
+    config: &Config,
+    args: &super::BenchArgs,
+    metrics: &MetricsBacklog,
+    single: &str,
+) -> anyhow::Result<ScaleOut> {
     let n = args.events;
     let (mut runs, mut one_process) = (Vec::new(), Vec::new());
     let mut equal = true;
@@ -270,7 +286,7 @@ pub async fn scale_out(config: &Config, args: &super::BenchArgs, single: &str) -
             let processors: Vec<Processor> = (0..replicas)
                 .map(|i| Processor::spawn(config, &db.url, &name, Some((replicas, i))))
                 .collect::<anyhow::Result<_>>()?;
-            let done = settled(&db.pool, n, Duration::from_secs(3600)).await;
+            let done = settled(&db.pool, n, metrics, Duration::from_secs(3600)).await;
             let secs = started.elapsed().as_secs_f64();
             drop(processors);
             let sum = match done {
@@ -294,7 +310,14 @@ async fn committed(pool: &PgPool) -> u64 {
         .unwrap_or(0) as u64
 }
 
-pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::Context) -> anyhow::Result<Measured> {
+/// Tributary on the backlog of `args.events` price events and `metrics`, repeated; then scale-out, freshness
+/// and the floor (see the module doc).
+pub async fn measure(
+    config: &Config,
+    args: &super::BenchArgs,
+    js: &jetstream::Context,
+    metrics: &MetricsBacklog,
+) -> anyhow::Result<Measured> {
     let n = args.events;
     let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
     let def = IndexDefinition { base: 100.0, weights };
@@ -306,7 +329,7 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
         let db = Database::create(&config.database.url, &format!("trib{r}")).await?;
         let started = Instant::now();
         let p = Processor::spawn(config, &db.url, &format!("bench{r}"), None)?;
-        settled(&db.pool, n, limit).await?;
+        settled(&db.pool, n, metrics, limit).await?;
         runs.push(n as f64 / started.elapsed().as_secs_f64());
         if let Some((old, old_db)) = last.replace((p, db)) {
             drop(old);
@@ -315,7 +338,7 @@ pub async fn measure(config: &Config, args: &super::BenchArgs, js: &jetstream::C
     }
     let (p, db) = last.expect("at least one run");
     // Two replicas on the same backlog, before the freshness phase adds to it.
-    let scale = scale_out(config, args, &checksum(&db.pool).await?).await?;
+    let scale = scale_out(config, args, metrics, &checksum(&db.pool).await?).await?;
     // Freshness: a fixed offered rate on top of the caught-up processor.
     let freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
     let peak_rss_mb = p.peak_rss_mb();

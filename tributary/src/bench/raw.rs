@@ -158,6 +158,11 @@ pub async fn publish_backlog(js: &jetstream::Context, n: u64, instruments: usize
     publish(js, n, |i| event(i, instruments)).await
 }
 
+/// Publishes the metric messages only Tributary processes (its rollups).
+pub async fn publish_metrics(js: &jetstream::Context, metrics: &super::MetricsBacklog) -> anyhow::Result<f64> {
+    publish(js, metrics.messages, |i| metrics.event(i)).await
+}
+
 /// The baseline: fetch batches of 1000, decode, one UNNEST upsert of the raw rows per batch in one
 /// transaction, ack each message after commit. Returns events/s over the backlog of `n`.
 pub async fn baseline(js: &jetstream::Context, pool: &PgPool, durable: &str, n: u64) -> anyhow::Result<f64> {

@@ -162,6 +162,10 @@ async fn bench_json_reports_every_promised_figure() {
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
     assert_eq!(report["machine"]["cpus"].as_u64(), Some(std::thread::available_parallelism().unwrap().get() as u64));
+    // Tributary's path computes metric rollups too (one message per 10 price events, 100 hosts), and the
+    // partitioned runs stored what one did, rollups included.
+    assert_eq!(report["parameters"]["metric_messages"].as_u64(), Some(300), "{report}");
+    assert_eq!(report["tributary"]["two_replicas_equal_to_one"].as_bool(), Some(true), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
