@@ -9,7 +9,8 @@
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
 //!    derived window and an index over 10 instruments, and beside the prices one metric message (two
 //!    fields) for every 10 price events, with their 1m and 1h rollups ([`MetricsBacklog`]; the rate
-//!    counts price events only, so the metric work is on top); then freshness at a fixed offered rate and the
+//!    counts price events only, so the metric work is on top), and traces exported over OTLP/HTTP at the
+//!    configured sampling ratio to the benchmark's own collector ([`traces`]); then freshness at a fixed offered rate and the
 //!    processor's peak RSS; then the floor at that rate ([`floor`]): JetStream alone, and the baseline
 //!    taking whatever is ready, each as fresh as a pipeline on this machine can be;
 //! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
@@ -30,6 +31,7 @@ mod pipeline;
 pub mod ports;
 mod raw;
 mod stats;
+mod traces;
 
 use crate::config::Config;
 use crate::local;
@@ -153,8 +155,10 @@ struct TributaryReport {
     two_partitions_events_per_s: f64,
     two_partitions: Stats,
     /// Whether every partitioned run (two replicas, or one process with two partitions) stored exactly
-    /// the points and index levels the unpartitioned processor did.
+    /// the points, index levels and rollups the unpartitioned processor did.
     two_replicas_equal_to_one: bool,
+    /// Spans the processors exported over OTLP during the throughput, scale-out and freshness phases.
+    spans_exported: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,11 +259,15 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&conf, tributary_broker::kind::partition_mappings(pipeline::PARTITIONS))?;
     let mut nats_child = local::spawn_nats_with(&bin, port, &dir.join("nats"), &dir.join("nats.log"), Some(&conf))?;
     let db_url = config.database.url.clone();
+    let mut config = config;
+    let sink = traces::TraceSink::start().await?;
+    config.telemetry.otlp_endpoint = Some(sink.endpoint.clone());
     let result = if args.freshness_rates.is_empty() {
-        run_phases(config, &args, port).await.map(Some)
+        run_phases(config, &args, port, &sink).await.map(Some)
     } else {
         run_freshness_curve(config, &args, port).await.map(|_| None)
     };
+    drop(sink);
     pipeline::drop_run_databases(&db_url).await;
     let _ = nats_child.kill();
     let _ = nats_child.wait();
@@ -328,7 +336,12 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
     Ok(())
 }
 
-async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<Report> {
+async fn run_phases(
+    mut config: Config,
+    args: &BenchArgs,
+    nats_port: u16,
+    sink: &traces::TraceSink,
+) -> anyhow::Result<Report> {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     // The private server has no TLS and no users: the configured ones are not for it.
     config.nats = crate::config::NatsConfig::with_url(nats_url);
@@ -371,6 +384,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
     progress(args.json, "Tributary's processor");
     let trib = pipeline::measure(&config, args, &js, &metrics).await?;
 
+    let spans_exported = sink.spans();
     progress(args.json, "API reads");
     let api = http::measure(&config, args, &trib.db_url, &js).await;
     trib.db.drop().await;
@@ -397,7 +411,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             "metric_messages": metrics.messages, "metric_hosts": metrics.hosts, "metric_fields": 2,
             "rollups": config.metrics.width_names(),
             "partitions": pipeline::PARTITIONS, "db_parallelism": config.processor.db_parallelism,
-            "tracing": "spans created; exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set",
+            "tracing": "OTLP/HTTP export to the benchmark's collector", "sampling_ratio": config.telemetry.sampling_ratio,
         }),
         raw: RawReport {
             jetstream_publish_per_s: publish.median,
@@ -432,6 +446,7 @@ async fn run_phases(mut config: Config, args: &BenchArgs, nats_port: u16) -> any
             two_partitions_events_per_s: trib.scale.one_process.median,
             two_partitions: trib.scale.one_process.clone(),
             two_replicas_equal_to_one: trib.scale.equal,
+            spans_exported,
         },
         api: ApiReport {
             generator: api.generator,
@@ -507,6 +522,10 @@ fn print_table(r: &Report) {
         r.raw.jetstream_freshness_p999_ms
     );
     println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
+    println!(
+        "{:<44} {:>12} (OTLP/HTTP, to the bench's collector)",
+        "Tributary spans exported", r.tributary.spans_exported
+    );
     row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
     row("Tributary, one process, two partitions", &r.tributary.two_partitions, "events/s");
     println!(

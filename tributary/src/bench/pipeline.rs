@@ -134,6 +134,9 @@ impl Processor {
             .env("NATS_URL", &config.nats.url)
             .env("DATABASE_URL", db_url)
             .env("TRIBUTARY_PROCESSOR__DURABLE_PREFIX", durable)
+            // Traces exported as deployed, to the benchmark's collector ([`super::traces`]).
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", config.telemetry.otlp_endpoint.as_deref().unwrap_or_default())
+            .env("TRIBUTARY_TELEMETRY__SAMPLING_RATIO", config.telemetry.sampling_ratio.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,7 +169,22 @@ impl Processor {
 }
 
 impl Drop for Processor {
+    /// Stops the processor as an orchestrator would, with SIGTERM (it finishes the batch in hand and
+    /// flushes its traces), and kills it if it is not gone within 10 s.
     fn drop(&mut self) {
+        let termed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while termed && Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -166,6 +166,8 @@ async fn bench_json_reports_every_promised_figure() {
     // partitioned runs stored what one did, rollups included.
     assert_eq!(report["parameters"]["metric_messages"].as_u64(), Some(300), "{report}");
     assert_eq!(report["tributary"]["two_replicas_equal_to_one"].as_bool(), Some(true), "{report}");
+    // Traces are exported as deployed, to the bench's own OTLP collector.
+    assert!(report["tributary"]["spans_exported"].as_u64() > Some(0), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
