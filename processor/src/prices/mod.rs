@@ -369,8 +369,9 @@ impl BatchHandler for PriceHandler {
     /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts committed
     /// concurrently, each in its own transaction on its own connection: parts share no instrument, so
     /// their locks never meet. The constituents of an index go to one part as far as [`IndexOf`] knows
-    /// them (an index over instruments of two parts is recomputed by each in turn, under its lock). The batch counts as committed only when every part is; a failed part means
-    /// redelivery of all, which is harmless. A smaller batch is one transaction.
+    /// them (an index over instruments of two parts is recomputed by each in turn, under its lock). The
+    /// batch counts as committed only when every part is; a failed part means redelivery of all, which is
+    /// harmless. A smaller batch is one transaction.
     ///
     /// Each part runs as a task of its own, so it is never cancelled half-way, neither when a sibling
     /// part fails nor when the consume loop is dropped: a `COPY` cut off mid-stream would leave its

@@ -9,10 +9,11 @@
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
 //!    derived window and an index over 10 instruments, and beside the prices one metric message (two
 //!    fields) for every 10 price events, with their 1m and 1h rollups ([`MetricsBacklog`]; the rate
-//!    counts price events only, so the metric work is on top), and traces exported over OTLP/HTTP at the
-//!    configured sampling ratio to the benchmark's own collector ([`traces`]); then freshness at a fixed offered rate and the
-//!    processor's peak RSS; then the floor at that rate ([`floor`]): JetStream alone, and the baseline
-//!    taking whatever is ready, each as fresh as a pipeline on this machine can be;
+//!    counts price events only, so the metric work is on top), and traces exported over OTLP/HTTP at
+//!    the configured sampling ratio to the benchmark's own collector ([`traces`]); then freshness at a
+//!    fixed offered rate and the processor's peak RSS; then the floor at that rate ([`floor`]):
+//!    JetStream alone, and the baseline taking whatever is ready, each as fresh as a pipeline on this
+//!    machine can be;
 //! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
 //!    (the server's `partition()` mapping, one durable consumer per partition), on the same backlog;
 //!    their combined rate; then one processor owning both partitions (a consume loop per partition, so
@@ -411,7 +412,8 @@ async fn run_phases(
             "metric_messages": metrics.messages, "metric_hosts": metrics.hosts, "metric_fields": 2,
             "rollups": config.metrics.width_names(),
             "partitions": pipeline::PARTITIONS, "db_parallelism": config.processor.db_parallelism,
-            "tracing": "OTLP/HTTP export to the benchmark's collector", "sampling_ratio": config.telemetry.sampling_ratio,
+            "tracing": "OTLP/HTTP export to the benchmark's collector",
+            "sampling_ratio": config.telemetry.sampling_ratio,
         }),
         raw: RawReport {
             jetstream_publish_per_s: publish.median,
