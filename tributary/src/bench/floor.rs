@@ -82,15 +82,19 @@ async fn one(
     let messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
     let m = (rate * secs).round() as u64;
     let consumed = tokio::spawn(consume(messages, pool.cloned(), m, format!("{prefix}.")));
-    let published = raw::publish_paced(js, m, rate, |i| {
+    let published = raw::publish(js, m, rate, |i| {
         let (subject, payload) = event(i, instruments);
         (format!("{prefix}.{subject}"), payload)
     })
     .await;
-    let latencies = consumed.await.context("floor consumer panicked")?;
+    if published.is_err() {
+        // Its messages will never all come: the consumer would wait for them forever.
+        consumed.abort();
+    }
+    let latencies = consumed.await;
     js.delete_stream(stream_name).await.ok();
     published?;
-    Ok(Quantiles::of(latencies?))
+    Ok(Quantiles::of(latencies.context("floor consumer panicked")??))
 }
 
 /// Takes `m` messages in batches of whatever is ready (at most 1000); with a pool, stores each batch as the

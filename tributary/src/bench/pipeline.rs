@@ -384,7 +384,7 @@ async fn freshness(
     // No buckets yet (nothing committed) counts as all zero.
     let before = until(Duration::from_secs(10), || async { p.scrape().await.ok() }).await?;
     let m = (rate * secs).round() as u64;
-    let achieved = super::raw::publish_paced(js, m, rate, |i| event(from + i, instruments)).await?;
+    let achieved = super::raw::publish(js, m, rate, |i| event(from + i, instruments)).await?;
     until(Duration::from_secs(3600), || async { (committed(pool).await >= from + m).then_some(()) }).await?;
     let after = p.scrape().await?;
     let batches = after.batches - before.batches;

@@ -13,31 +13,9 @@ use tributary_broker::ts::Ts;
 
 const IN_FLIGHT: usize = 4096;
 
-/// Publishes `n` events to `subject_of(i)` keeping `IN_FLIGHT` acks outstanding; returns msgs/s.
-async fn publish(
-    js: &jetstream::Context,
-    n: u64,
-    subject_of: impl Fn(u64) -> (String, bytes::Bytes),
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut acks = VecDeque::with_capacity(IN_FLIGHT);
-    for i in 0..n {
-        if acks.len() >= IN_FLIGHT {
-            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
-            ack.await?;
-        }
-        let (subject, payload) = subject_of(i);
-        acks.push_back(js.publish(subject, payload).await?);
-    }
-    for ack in acks {
-        ack.await?;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Publishes `m` events `event_of(0..m)` at `rate` events/s, in ticks of 5 ms, keeping at most
-/// `IN_FLIGHT` acks outstanding; returns the rate achieved.
-pub async fn publish_paced(
+/// Publishes `m` events `event_of(0..m)` at `rate` events/s in ticks of 5 ms (`f64::INFINITY`: as fast as
+/// JetStream acks them), keeping at most `IN_FLIGHT` acks outstanding; returns the rate achieved.
+pub async fn publish(
     js: &jetstream::Context,
     m: u64,
     rate: f64,
@@ -53,13 +31,13 @@ pub async fn publish_paced(
         due += per_tick;
         while due >= 1.0 && i < m {
             due -= 1.0;
+            if acks.len() >= IN_FLIGHT {
+                let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
+                ack.await?;
+            }
             let (subject, payload) = event_of(i);
             acks.push_back(js.publish(subject, payload).await?);
             i += 1;
-        }
-        while acks.len() > IN_FLIGHT {
-            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("not empty");
-            ack.await?;
         }
     }
     for ack in acks {
@@ -78,7 +56,7 @@ pub async fn jetstream_publish(js: &jetstream::Context, name: &str, n: u64, inst
         ..Default::default()
     })
     .await?;
-    publish(js, n, |i| {
+    publish(js, n, f64::INFINITY, |i| {
         let (subject, payload) = event(i, instruments);
         (format!("{prefix}.{subject}"), payload)
     })
@@ -155,12 +133,12 @@ pub async fn pg_upsert(pool: &PgPool, table: &str, n: u64, instruments: usize) -
 
 /// Publishes the backlog the baseline and Tributary both process.
 pub async fn publish_backlog(js: &jetstream::Context, n: u64, instruments: usize) -> anyhow::Result<f64> {
-    publish(js, n, |i| event(i, instruments)).await
+    publish(js, n, f64::INFINITY, |i| event(i, instruments)).await
 }
 
 /// Publishes the metric messages only Tributary processes (its rollups).
 pub async fn publish_metrics(js: &jetstream::Context, metrics: &super::MetricsBacklog) -> anyhow::Result<f64> {
-    publish(js, metrics.messages, |i| metrics.event(i)).await
+    publish(js, metrics.messages, f64::INFINITY, |i| metrics.event(i)).await
 }
 
 /// The baseline: fetch batches of 1000, decode, one UNNEST upsert of the raw rows per batch in one
