@@ -34,37 +34,61 @@ pub fn levels(
     anchor: Option<(DateTime<Utc>, f64)>,
 ) -> Result<Vec<Level>, String> {
     let empty = BTreeMap::new();
-    let series: Vec<(&BTreeMap<DateTime<Utc>, f64>, f64)> =
-        weights.iter().map(|(name, w)| (prices.get(name).unwrap_or(&empty), *w)).collect();
-    let Some(shortest) = series.iter().map(|(s, _)| *s).min_by_key(|s| s.len()) else {
+    let series: Vec<&BTreeMap<DateTime<Utc>, f64>> =
+        weights.iter().map(|(name, _)| prices.get(name).unwrap_or(&empty)).collect();
+    let Some(shortest) = series.iter().min_by_key(|s| s.len()) else {
         return Ok(Vec::new());
     };
+    let mut chain = Chain::new(base, weights.iter().map(|w| w.1).collect(), anchor);
     let mut out = Vec::new();
-    let mut prev: Option<(f64, Vec<f64>)> = None;
     for ts in shortest.keys() {
-        let Some(now) = series.iter().map(|(s, _)| s.get(ts).copied()).collect::<Option<Vec<f64>>>() else {
-            continue;
-        };
-        match (&prev, anchor) {
-            (None, Some((at, level))) => {
-                if *ts != at {
-                    return Err(format!("index anchor {at} is not an index date"));
-                }
-                prev = Some((level, now));
-            }
-            (None, None) => {
-                out.push(Level { ts: *ts, level: base, ret: None });
-                prev = Some((base, now));
-            }
-            (Some((level, before)), _) => {
-                let r: f64 = series.iter().zip(before.iter().zip(&now)).map(|((_, w), (b, n))| w * (n / b - 1.0)).sum();
-                let level = level * (1.0 + r);
-                out.push(Level { ts: *ts, level, ret: Some(r) });
-                prev = Some((level, now));
-            }
+        if let Some(now) = series.iter().map(|s| s.get(ts).copied()).collect::<Option<Vec<f64>>>() {
+            out.extend(chain.step(*ts, now)?);
         }
     }
     Ok(out)
+}
+
+/// The level recurrence one index date at a time, so that a long history can be computed in chunks with
+/// the same arithmetic as [`levels`] (which is this over every date at once).
+#[derive(Debug, Clone)]
+pub struct Chain {
+    base: f64,
+    weights: Vec<f64>,
+    anchor: Option<(DateTime<Utc>, f64)>,
+    prev: Option<(f64, Vec<f64>)>,
+}
+
+impl Chain {
+    /// A chain starting at `base`, or continuing from `anchor` (its date must be the first one stepped).
+    pub fn new(base: f64, weights: Vec<f64>, anchor: Option<(DateTime<Utc>, f64)>) -> Chain {
+        Chain { base, weights, anchor, prev: None }
+    }
+
+    /// Steps over one index date, `now` holding every constituent's price there in weight order; the
+    /// anchor's date yields no level (it has one).
+    pub fn step(&mut self, ts: DateTime<Utc>, now: Vec<f64>) -> Result<Option<Level>, String> {
+        match (&self.prev, self.anchor) {
+            (None, Some((at, level))) => {
+                if ts != at {
+                    return Err(format!("index anchor {at} is not an index date"));
+                }
+                self.prev = Some((level, now));
+                Ok(None)
+            }
+            (None, None) => {
+                self.prev = Some((self.base, now));
+                Ok(Some(Level { ts, level: self.base, ret: None }))
+            }
+            (Some((level, before)), _) => {
+                let r: f64 =
+                    self.weights.iter().zip(before.iter().zip(&now)).map(|(w, (b, n))| w * (n / b - 1.0)).sum();
+                let level = level * (1.0 + r);
+                self.prev = Some((level, now));
+                Ok(Some(Level { ts, level, ret: Some(r) }))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -202,24 +202,41 @@ impl PriceHandler {
                 }
             }
         }
-        let mut stored = sql::load_points(&mut tx, &to_load, self.transforms.window(), &self.names).await?;
-        // 4-5. merge and recompute
+        let mut stored =
+            sql::load_points(&mut tx, &to_load, self.transforms.window(), CHUNK_POINTS, &self.names).await?;
+        // 4-5. merge and recompute, chunk by chunk where a change reaches past the first chunk
         let mut writes = sql::Writes::new(&self.names);
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
         let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
         for (instrument, incoming) in by_instrument {
-            let (window, tail) = match windows.remove(*instrument) {
+            let (window, chunk) = match windows.remove(*instrument) {
                 Some(w) => (w, Vec::new()),
                 None => stored.remove(*instrument).unwrap_or_default(),
             };
-            let merged = merge(&self.transforms, window, tail, incoming);
-            if let Some(t) = merged.changed_from {
+            let complete = chunk.len() < CHUNK_POINTS;
+            let mut step = merge(&self.transforms, window, chunk, incoming, complete, false);
+            let mut added = std::mem::take(&mut step.added);
+            let first_rows = std::mem::take(&mut step.rows);
+            let mut first_change = step.changed_from;
+            let mut rewrote = false;
+            while let Some(carry) = step.carry.take() {
+                let chunk = sql::load_after(&mut tx, instrument, carry.after, CHUNK_POINTS, &self.names).await?;
+                let complete = chunk.len() < CHUNK_POINTS;
+                step = merge(&self.transforms, carry.window, chunk, carry.incoming, complete, carry.unsettled);
+                rewrote |= !step.rows.is_empty();
+                sql::write_rows(&mut tx, instrument, &step.rows, &self.names).await?;
+                added.append(&mut step.added);
+                first_change = first_change.or(step.changed_from);
+            }
+            if let Some(t) = first_change {
                 changed_from.insert(instrument, t);
             }
-            if !merged.rows.is_empty() {
-                writes.push(instrument, merged.rows, merged.added);
+            if !first_rows.is_empty() || !added.is_empty() || rewrote {
+                writes.push(instrument, first_rows, added);
             }
-            tails.push((instrument, merged.tail));
+            if let Some(tail) = step.tail {
+                tails.push((instrument, tail));
+            }
         }
         let changed: Vec<&str> = changed_from.keys().copied().collect();
         let written = match sql::write_batch(&mut tx, writes, &changed).await {
@@ -279,72 +296,150 @@ fn is_unique_violation(e: &sea_orm::sqlx::Error) -> bool {
     matches!(e, sea_orm::sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// What a batch does to one instrument.
-struct Merged {
-    /// The rows to upsert, ascending.
+/// What a batch does to one instrument, one chunk of its stored points at a time.
+struct Merged<'a> {
+    /// The rows to write, ascending: new points, points whose values or sequence changed.
     rows: Vec<Row>,
     /// Points that did not exist before.
     added: Vec<DateTime<Utc>>,
     /// The first point whose price changed or appeared, if any.
     changed_from: Option<DateTime<Utc>>,
-    /// The last `window` points of the series after the batch, for the tail cache.
-    tail: Vec<Row>,
+    /// The last `window` points of the series after the batch, for the tail cache, when the chunk reached
+    /// the series' end.
+    tail: Option<Vec<Row>>,
+    /// What is left when the next stored chunk must be read too.
+    carry: Option<Carry<'a>>,
 }
 
-/// Merges incoming points into the stored tail and recomputes from the first change.
+/// The state carried from one chunk of a series' rewrite into the next.
+struct Carry<'a> {
+    /// The ts of the last point read: the next chunk starts after it.
+    after: DateTime<Utc>,
+    /// The last `window` points so far, as they are now.
+    window: Vec<Row>,
+    /// The incoming points after the chunk.
+    incoming: &'a [Incoming],
+    /// Whether the chunk ended before the recompute settled: the next chunk is recomputed from its start.
+    unsettled: bool,
+}
+
+/// Merges incoming points into one chunk of stored points and recomputes from the first change until the
+/// rest is provably unchanged ([`series::recompute_until_settled`]).
 ///
-/// `window` is the stored points before the first incoming ts (ascending), `tail` the stored points from
-/// it on.
-fn merge(t: &Transforms, window: Vec<Row>, tail: Vec<Row>, incoming: &[Incoming]) -> Merged {
+/// `window` is the (at most [`Transforms::window`]) points before the chunk, ascending; `chunk` the stored
+/// points after them, ascending; `complete` whether `chunk` reaches the series' end. Incoming points after
+/// an incomplete chunk, and a recompute that has not settled by its end, are carried to the next chunk,
+/// so memory is bounded by the chunk whatever the series' length. `unsettled`: the window differs from
+/// what is stored (carried from a chunk that did not settle).
+fn merge<'a>(
+    t: &Transforms,
+    window: Vec<Row>,
+    chunk: Vec<Row>,
+    incoming: &'a [Incoming],
+    complete: bool,
+    unsettled: bool,
+) -> Merged<'a> {
+    let upto = match chunk.last() {
+        Some(last) if !complete => incoming.partition_point(|i| i.ts <= last.ts),
+        _ => incoming.len(),
+    };
+    let (now, later) = incoming.split_at(upto);
+    let base = window.len();
     let mut merged: Vec<Row> = window;
-    merged.reserve(tail.len() + incoming.len());
-    let mut stored = tail.into_iter().peekable();
-    let mut first_change: Option<usize> = None;
-    let mut seq_only = Vec::new();
+    merged.reserve(chunk.len() + now.len());
+    // Per merged point past the window: its stored version (`None` when new), and whether its sequence changed.
+    let mut stored_points: Vec<Option<Point>> = Vec::with_capacity(chunk.len() + now.len());
+    let mut seq_changed: Vec<bool> = Vec::with_capacity(chunk.len() + now.len());
+    let mut stored = chunk.into_iter().peekable();
+    let mut first_change: Option<usize> = unsettled.then_some(base);
+    let mut last_change: Option<usize> = None;
     let mut added = Vec::new();
-    for inc in incoming {
+    let mut keep = |merged: &mut Vec<Row>, r: Row, original: Option<Point>, seq: bool| {
+        stored_points.push(original);
+        seq_changed.push(seq);
+        merged.push(r);
+    };
+    for inc in now {
         while let Some(s) = stored.next_if(|s| s.ts < inc.ts) {
-            merged.push(s);
+            let p = s.point.clone();
+            keep(&mut merged, s, Some(p), false);
         }
         match stored.next_if(|s| s.ts == inc.ts) {
             // A redelivery, or an older message than the one stored: no change.
-            Some(s) if s.seq >= inc.seq => merged.push(s),
+            Some(s) if s.seq >= inc.seq => {
+                let p = s.point.clone();
+                keep(&mut merged, s, Some(p), false);
+            }
             Some(mut s) => {
+                let original = s.point.clone();
                 s.seq = inc.seq;
-                if s.point.price == inc.price && s.volume == inc.volume {
-                    seq_only.push(merged.len());
-                } else {
+                if s.point.price != inc.price || s.volume != inc.volume {
                     first_change.get_or_insert(merged.len());
+                    last_change = Some(merged.len());
                     s.point = Point::raw(inc.price);
                     s.volume = inc.volume;
                 }
-                merged.push(s);
+                keep(&mut merged, s, Some(original), true);
             }
             None => {
                 first_change.get_or_insert(merged.len());
+                last_change = Some(merged.len());
                 added.push(inc.ts);
-                merged.push(Row { ts: inc.ts, volume: inc.volume, seq: inc.seq, point: Point::raw(inc.price) });
+                let r = Row { ts: inc.ts, volume: inc.volume, seq: inc.seq, point: Point::raw(inc.price) };
+                keep(&mut merged, r, None, true);
             }
         }
     }
-    merged.extend(stored);
-    let mut rows: Vec<Row> =
-        seq_only.iter().filter(|&&i| first_change.is_none_or(|f| i < f)).map(|&i| merged[i].clone()).collect();
+    for s in stored {
+        let p = s.point.clone();
+        keep(&mut merged, s, Some(p), false);
+    }
     let mut changed_from = None;
+    let mut end = base;
     if let Some(from) = first_change {
         let mut points: Vec<Point> =
             merged.iter_mut().map(|r| std::mem::replace(&mut r.point, Point::raw(0.0))).collect();
-        series::recompute(t, &mut points, from);
+        let originals: Vec<Option<&Point>> =
+            std::iter::repeat_n(None, base).chain(stored_points.iter().map(Option::as_ref)).collect();
+        // With nothing changed in this chunk (only carried), every point of it is compared.
+        let last = last_change.unwrap_or(from.saturating_sub(1));
+        end = series::recompute_until_settled(t, &mut points, &originals, from, last);
         for (r, p) in merged.iter_mut().zip(points) {
             r.point = p;
         }
-        changed_from = Some(merged[from].ts);
-        rows.extend(merged[from..].iter().cloned());
+        if last_change.is_some() {
+            changed_from = Some(merged[from].ts);
+        }
     }
-    let keep = merged.len().saturating_sub(t.window());
-    let tail = merged.split_off(keep);
-    Merged { rows, added, changed_from, tail }
+    let rows: Vec<Row> = (base..merged.len())
+        .filter(|&i| {
+            let k = i - base;
+            let differs = || stored_points[k].as_ref().is_none_or(|s| !series::same_bits(s, &merged[i].point));
+            seq_changed[k] || (first_change.is_some_and(|f| f <= i) && i < end && differs())
+        })
+        .map(|i| merged[i].clone())
+        .collect();
+    let settled = first_change.is_none() || end < merged.len();
+    let last_window = |merged: Vec<Row>| {
+        let mut merged = merged;
+        let keep = merged.len().saturating_sub(t.window());
+        merged.split_off(keep)
+    };
+    if complete {
+        return Merged { rows, added, changed_from, tail: Some(last_window(merged)), carry: None };
+    }
+    let carry = (!later.is_empty() || !settled).then(|| Carry {
+        after: merged.last().map_or(DateTime::<Utc>::MIN_UTC, |r| r.ts),
+        window: last_window(merged),
+        incoming: later,
+        unsettled: !settled,
+    });
+    Merged { rows, added, changed_from, tail: None, carry }
 }
+
+/// How many stored points of a series are read at a time, from its first incoming point on: a correction
+/// deep in a long history reads chunks until its recompute settles, never the whole history at once.
+pub const CHUNK_POINTS: usize = 4096;
 
 /// The smallest batch split into concurrent transactions. A small batch's time is round trips and its
 /// commit, which a split doubles rather than shares, and both parts usually touch an index, whose

@@ -86,29 +86,75 @@ impl Point {
 /// `points[..from]` must carry their derived values and be either the whole series before `from` or at
 /// least its last [`Transforms::window`] points.
 pub fn recompute(t: &Transforms, points: &mut [Point], from: usize) {
+    for i in from..points.len() {
+        compute_at(t, points, i);
+    }
+}
+
+/// Like [`recompute`], but stops once the rest of the series is provably what is stored: `stored[i]` is
+/// the stored version of `points[i]` (`None` for a point not stored), and no price after `last_change`
+/// differs from the stored one. Returns the end of what was computed: `points[from..end]` are computed,
+/// `points[end..]` are untouched and equal to their stored versions as computed.
+///
+/// Why stopping is exact: a point's values read only its own price and the [`Transforms::window`] − 1
+/// points before it (prices, returns, the previous EMA values). Once `window` consecutive points after the
+/// last change compute to exactly the stored bits, the next point reads exactly what it read when it was
+/// stored, with the same price, so it computes to its stored bits too, and so on to the end.
+pub fn recompute_until_settled(
+    t: &Transforms,
+    points: &mut [Point],
+    stored: &[Option<&Point>],
+    from: usize,
+    last_change: usize,
+) -> usize {
+    let need = t.window();
+    let mut same = 0;
+    for i in from..points.len() {
+        compute_at(t, points, i);
+        if i > last_change && stored.get(i).copied().flatten().is_some_and(|s| same_bits(s, &points[i])) {
+            same += 1;
+            if same >= need {
+                return i + 1;
+            }
+        } else {
+            same = 0;
+        }
+    }
+    points.len()
+}
+
+/// Whether two points hold the same bits (a `-0.0` is not a `0.0` here: equal bits, not equal values).
+pub fn same_bits(a: &Point, b: &Point) -> bool {
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    a.price.to_bits() == b.price.to_bits()
+        && bits(a.ret) == bits(b.ret)
+        && a.values.len() == b.values.len()
+        && a.values.iter().zip(&b.values).all(|(x, y)| bits(*x) == bits(*y))
+}
+
+/// Computes `ret` and the derived values of `points[i]` from the points before it.
+fn compute_at(t: &Transforms, points: &mut [Point], i: usize) {
     let ema_at = t.sma.len();
     let vol_at = ema_at + t.ema.len();
-    for i in from..points.len() {
-        let p = points[i].price;
-        let ret = (i > 0).then(|| p / points[i - 1].price - 1.0);
-        let mut values = Vec::with_capacity(vol_at + t.vol.len());
-        for &n in &t.sma {
-            values.push((i + 1 >= n).then(|| points[i + 1 - n..=i].iter().map(|q| q.price).sum::<f64>() / n as f64));
-        }
-        for (j, &n) in t.ema.iter().enumerate() {
-            let alpha = 2.0 / (n as f64 + 1.0);
-            let prev = if i == 0 { None } else { points[i - 1].values.get(ema_at + j).copied().flatten() };
-            values.push(Some(match prev {
-                Some(e) => alpha * p + (1.0 - alpha) * e,
-                None => p,
-            }));
-        }
-        for &n in &t.vol {
-            values.push(volatility(points, i, n, ret));
-        }
-        points[i].ret = ret;
-        points[i].values = values;
+    let p = points[i].price;
+    let ret = (i > 0).then(|| p / points[i - 1].price - 1.0);
+    let mut values = Vec::with_capacity(vol_at + t.vol.len());
+    for &n in &t.sma {
+        values.push((i + 1 >= n).then(|| points[i + 1 - n..=i].iter().map(|q| q.price).sum::<f64>() / n as f64));
     }
+    for (j, &n) in t.ema.iter().enumerate() {
+        let alpha = 2.0 / (n as f64 + 1.0);
+        let prev = if i == 0 { None } else { points[i - 1].values.get(ema_at + j).copied().flatten() };
+        values.push(Some(match prev {
+            Some(e) => alpha * p + (1.0 - alpha) * e,
+            None => p,
+        }));
+    }
+    for &n in &t.vol {
+        values.push(volatility(points, i, n, ret));
+    }
+    points[i].ret = ret;
+    points[i].values = values;
 }
 
 /// Sample standard deviation of the returns of points `i-n+1..=i`, `ret_i` given (not yet stored).
@@ -174,6 +220,67 @@ mod tests {
             recompute(&t, &mut part, from - start);
             assert_eq!(&part[from - start..], &batch[from..], "from {from}");
         }
+    }
+
+    /// Early cutoff is exact: corrections anywhere in a long series, recomputed from a window before the
+    /// first one and stopped once settled, leave every point (computed or not) equal to the batch
+    /// computation over the corrected prices, bit for bit.
+    #[test]
+    fn early_cutoff_equals_the_batch_computation() {
+        use proptest::prelude::*;
+        let config = proptest::test_runner::Config { cases: 64, ..Default::default() };
+        proptest::proptest!(config, |(
+            seed in any::<u64>(),
+            len in 60usize..1500,
+            changes in proptest::collection::vec((any::<prop::sample::Index>(), -0.2f64..0.2), 1..4),
+            windows in prop::sample::select(vec![(vec![20, 50], vec![12, 26], vec![20]), (vec![3], vec![], vec![2]), (vec![], vec![5], vec![])]),
+        )| {
+            let t = Transforms { sma: windows.0, ema: windows.1, vol: windows.2 };
+            let mut x = seed | 1;
+            let mut prices: Vec<f64> = Vec::with_capacity(len);
+            let mut p = 100.0;
+            for _ in 0..len {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                p *= 1.0 + ((x % 2001) as f64 - 1000.0) / 50_000.0;
+                prices.push(p);
+            }
+            let old = series(&prices, &t);
+            let mut at: Vec<usize> = changes.iter().map(|(i, _)| i.index(len)).collect();
+            for ((_, d), &i) in changes.iter().zip(&at) {
+                prices[i] *= 1.0 + d;
+            }
+            at.sort_unstable();
+            let want = series(&prices, &t);
+            let (first, last) = (at[0], *at.last().unwrap());
+            let start = first.saturating_sub(t.window());
+            let mut part: Vec<Point> = old[start..first].to_vec();
+            part.extend(prices[first..].iter().map(|&p| Point::raw(p)));
+            let stored: Vec<Option<&Point>> = old[start..].iter().map(Some).collect();
+            let end = recompute_until_settled(&t, &mut part, &stored, first - start, last - start);
+            for (k, w) in want[first..].iter().enumerate() {
+                let got = if first - start + k < end { &part[first - start + k] } else { &old[first + k] };
+                prop_assert!(same_bits(got, w), "point {} of {len} (changes {at:?}, stopped at {})", first + k, start + end);
+            }
+        });
+    }
+
+    /// A correction deep in a long history stops within a few hundred points of it.
+    #[test]
+    fn a_deep_correction_settles_within_a_few_hundred_points() {
+        let t = Transforms::default();
+        let prices: Vec<f64> =
+            (0..100_000).map(|i| 100.0 + ((i * 37) % 23) as f64 * 0.37 + (i % 1000) as f64 * 0.01).collect();
+        let old = series(&prices, &t);
+        let mut part: Vec<Point> = prices.iter().map(|&p| Point::raw(p)).collect();
+        part[0].price *= 1.05;
+        let stored: Vec<Option<&Point>> = old.iter().map(Some).collect();
+        let end = recompute_until_settled(&t, &mut part, &stored, 0, 0);
+        assert!(end < 2_000, "settled only at {end}");
+        let mut corrected = prices.clone();
+        corrected[0] *= 1.05;
+        let want = series(&corrected, &t);
+        assert!(part[..end].iter().zip(&want).all(|(a, b)| same_bits(a, b)));
+        assert!(old[end..].iter().zip(&want[end..]).all(|(a, b)| same_bits(a, b)));
     }
 
     #[test]

@@ -32,12 +32,13 @@ fn row_of(r: &PointRow, names: &[String]) -> Row {
     Row { ts: r.1, volume: r.3, seq: r.4, point: Point { price: r.2, ret: r.5, values: values_of(&r.6, names) } }
 }
 
-/// Per instrument: (the `window` stored points before its start, ascending; the stored points from its
-/// start on, ascending).
+/// Per instrument: (the `window` stored points before its start, ascending; at most `chunk` stored points
+/// from its start on, ascending). Fewer than `chunk` points from the start means the series' end was read.
 pub(crate) async fn load_points(
     tx: &mut Tx,
     starts: &[(&str, DateTime<Utc>)],
     window: usize,
+    chunk: usize,
     names: &[String],
 ) -> Result<HashMap<String, (Vec<Row>, Vec<Row>)>, sqlx::Error> {
     if starts.is_empty() {
@@ -54,12 +55,14 @@ pub(crate) async fn load_points(
                 ORDER BY p.ts DESC LIMIT $3)
              UNION ALL
              (SELECT p.ts, p.price, p.volume, p.seq, p.ret, p.derived, true
-                FROM price_points p WHERE p.instrument = q.instrument AND p.ts >= q.t0)
+                FROM price_points p WHERE p.instrument = q.instrument AND p.ts >= q.t0
+                ORDER BY p.ts LIMIT $4)
            ) w",
     )
     .bind(&instruments)
     .bind(&froms)
     .bind(window as i64)
+    .bind(chunk as i64)
     .fetch_all(&mut **tx)
     .await?;
     let mut out: HashMap<String, (Vec<Row>, Vec<Row>)> = HashMap::new();
@@ -72,6 +75,59 @@ pub(crate) async fn load_points(
         t.sort_unstable_by_key(|r| r.ts);
     }
     Ok(out)
+}
+
+/// At most `chunk` stored points of `instrument` after `after`, ascending: the next chunk of a rewrite.
+pub(crate) async fn load_after(
+    tx: &mut Tx,
+    instrument: &str,
+    after: DateTime<Utc>,
+    chunk: usize,
+    names: &[String],
+) -> Result<Vec<Row>, sqlx::Error> {
+    let rows: Vec<PointRow> = sqlx::query_as(
+        "SELECT instrument, ts, price, volume, seq, ret, derived, true FROM price_points
+          WHERE instrument = $1 AND ts > $2 ORDER BY ts LIMIT $3",
+    )
+    .bind(instrument)
+    .bind(after)
+    .bind(chunk as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.iter().map(|r| row_of(r, names)).collect())
+}
+
+/// Upserts rows of `instrument` (guarded by sequence): a later chunk of a rewrite, written as it goes so
+/// that memory does not grow with the series. The series row is written with the batch ([`write_batch`]).
+pub(crate) async fn write_rows(
+    tx: &mut Tx,
+    instrument: &str,
+    rows: &[Row],
+    names: &[String],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(&str, Row)> = rows.iter().map(|r| (instrument, r.clone())).collect();
+    let c = Columns::of(&rows, names);
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[], $6::float8[], $7::jsonb[])
+         ON CONFLICT (instrument, ts) DO UPDATE
+           SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq,
+               ret = EXCLUDED.ret, derived = EXCLUDED.derived
+         WHERE price_points.seq <= EXCLUDED.seq",
+    )
+    .bind(&c.instrument)
+    .bind(&c.ts)
+    .bind(&c.price)
+    .bind(&c.volume)
+    .bind(&c.seq)
+    .bind(&c.ret)
+    .bind(&c.derived)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// From this many new points on, a batch sends them by `COPY` (two round trips more, and cheaper per row
@@ -93,7 +149,8 @@ impl<'a> Writes<'a> {
         Writes { names, new: Vec::new(), rewritten: Vec::new(), series: Default::default() }
     }
 
-    /// Adds the rows of `instrument` (ascending) of which those at `added` (ascending) are not stored:
+    /// Adds the rows of `instrument` (ascending) of which those at `added` (ascending) are not stored (added
+    /// points past the rows were written with a later chunk of a rewrite, [`write_rows`]; they count here):
     /// the caller holds the series' lock and has read it (or trusts a cached tail that [`write_batch`]'s
     /// versions then confirm) in this transaction, so no one else can have stored them.
     pub(crate) fn push(&mut self, instrument: &'a str, rows: Vec<Row>, added: Vec<DateTime<Utc>>) {
@@ -105,7 +162,6 @@ impl<'a> Writes<'a> {
                 self.rewritten.push((instrument, r));
             }
         }
-        debug_assert!(new.next().is_none(), "every added point is among the rows");
         self.series.0.push(instrument);
         self.series.1.push(added.len() as i64);
         self.series.2.push(added.first().copied());
@@ -291,21 +347,29 @@ pub(crate) async fn index_defs(tx: &mut Tx, names: &[String]) -> Result<Vec<Inde
     Ok(out)
 }
 
-/// The constituents' prices from the index's last date before `$2` on, led by that date and its level
-/// (the anchor: a row with a NULL instrument); nothing when the index has no date before `$2`. The anchor's
-/// date is a sub-select, not a join, so that it bounds the primary-key scan like a parameter (a join
-/// condition was planned as a filter over a sequential scan, from the statistics of a young table).
+/// The constituents' prices from the index's last date before `$2` on (at most `$4` per constituent), led
+/// by that date and its level (the anchor: a row with a NULL instrument); nothing when the index has no
+/// date before `$2`. The anchor's date is a sub-select, not a join, so that it bounds the primary-key scan
+/// like a parameter (a join condition was planned as a filter over a sequential scan, from the statistics
+/// of a young table).
 pub const INDEX_PRICES_SINCE: &str = "
 WITH anchor AS (SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1)
 SELECT NULL::text AS instrument, ts, level AS price FROM anchor
 UNION ALL
-SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($3) AND ts >= (SELECT ts FROM anchor)";
-/// All the constituents' prices (a recompute from scratch).
-const INDEX_PRICES_ALL: &str = "SELECT instrument, ts, price FROM price_points WHERE instrument = ANY($1)";
+SELECT q.instrument, p.ts, p.price FROM unnest($3::text[]) AS q(instrument)
+  CROSS JOIN LATERAL (SELECT ts, price FROM price_points
+                       WHERE instrument = q.instrument AND ts >= (SELECT ts FROM anchor) ORDER BY ts LIMIT $4) p";
+/// The constituents' prices from `$2` on (from the start when NULL), at most `$3` per constituent: the next
+/// chunk of a recompute.
+const INDEX_PRICES_FROM: &str = "
+SELECT q.instrument, p.ts, p.price FROM unnest($1::text[]) AS q(instrument)
+  CROSS JOIN LATERAL (SELECT ts, price FROM price_points
+                       WHERE instrument = q.instrument AND ts >= coalesce($2, '-infinity'::timestamptz)
+                       ORDER BY ts LIMIT $3) p";
 
-/// Writes an index's levels after `$2` (all of them when `$2` is NULL) and deletes those no longer index
-/// dates, in one statement. The delete sees the table as it was before the statement, so it must spare the dates
-/// the insert writes (`NOT IN` a hashed set).
+/// Writes an index's levels in (`$2`, `$6`] (unbounded where NULL) and deletes the dates there that are
+/// no longer index dates, in one statement. The delete sees the table as it was before the statement, so it
+/// must spare the dates the insert writes (`NOT IN` a hashed set).
 const STORE_INDEX_LEVELS: &str = "
 WITH stored AS (
   INSERT INTO index_points (name, ts, level, ret)
@@ -313,13 +377,24 @@ WITH stored AS (
   ON CONFLICT (name, ts) DO UPDATE SET level = EXCLUDED.level, ret = EXCLUDED.ret
 )
 DELETE FROM index_points
- WHERE name = $1 AND ts > coalesce($2::timestamptz, '-infinity') AND ts NOT IN (SELECT unnest($3::timestamptz[]))";
+ WHERE name = $1 AND ts > coalesce($2::timestamptz, '-infinity') AND ts <= coalesce($6::timestamptz, 'infinity')
+   AND ts NOT IN (SELECT unnest($3::timestamptz[]))";
+
+/// How many prices of each constituent one chunk of an index recompute reads: about 64k prices a chunk,
+/// whatever the number of constituents, so memory does not grow with the history.
+fn index_chunk(constituents: usize) -> usize {
+    (65_536 / constituents.max(1)).max(64)
+}
 
 /// Recomputes an index from the last index date before `from` forward (from scratch when `from` is
-/// `None` or precedes every index date). The caller holds the locks of the index and its constituents.
-/// Two round trips: the anchor with the prices after it, then the levels.
+/// `None` or precedes every index date), in chunks of [`index_chunk`] prices per constituent: the levels
+/// after a changed date all change (each is the one before times a return), so a correction early in a
+/// long history rewrites the rest, but never holds more than a chunk. The caller holds the locks of the
+/// index and its constituents. An append costs two round trips: the anchor with the prices after it,
+/// then the levels.
 pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
     let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
+    let per = index_chunk(instruments.len());
     // Two statements, not one with `$2 IS NULL OR ts >= $2`: under a generic plan that OR is a filter
     // applied to every stored point of the constituents, so each recompute would read the whole history.
     let mut rows: Vec<(Option<String>, DateTime<Utc>, f64)> = match from {
@@ -328,6 +403,7 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
                 .bind(&def.name)
                 .bind(from)
                 .bind(&instruments)
+                .bind(per as i64)
                 .fetch_all(&mut **tx)
                 .await?
         }
@@ -338,27 +414,59 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
         let (_, ts, level) = rows.swap_remove(i);
         anchor = Some((ts, level));
     } else {
-        rows = sqlx::query_as(INDEX_PRICES_ALL).bind(&instruments).fetch_all(&mut **tx).await?;
+        rows = index_prices_from(tx, &instruments, None, per).await?;
     }
-    let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
-    for (i, ts, p) in rows {
-        // Every row left names its instrument: the anchor's was taken out above.
-        prices.entry(i.unwrap_or_default()).or_default().insert(ts, p);
-    }
-    let levels = index::levels(def.base, &def.weights, &prices, anchor).map_err(sqlx::Error::Protocol)?;
-    let ts: Vec<DateTime<Utc>> = levels.iter().map(|l| l.ts).collect();
-    let level: Vec<f64> = levels.iter().map(|l| l.level).collect();
-    let ret: Vec<Option<f64>> = levels.iter().map(|l| l.ret).collect();
+    let position: HashMap<&str, usize> = instruments.iter().enumerate().map(|(k, i)| (*i, k)).collect();
+    let mut chain = index::Chain::new(def.base, def.weights.iter().map(|w| w.1).collect(), anchor);
     // No anchor: from scratch, and every stored level not written is deleted.
-    sqlx::query(STORE_INDEX_LEVELS)
-        .bind(&def.name)
-        .bind(anchor.map(|a| a.0))
-        .bind(&ts)
-        .bind(&level)
-        .bind(&ret)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let mut written_after = anchor.map(|a| a.0);
+    loop {
+        // Every constituent's prices are read up to the horizon: the earliest last price of a constituent
+        // whose chunk was full (none full: the end).
+        let mut counts = vec![0usize; instruments.len()];
+        let mut last = vec![DateTime::<Utc>::MIN_UTC; instruments.len()];
+        let mut dates: BTreeMap<DateTime<Utc>, Vec<Option<f64>>> = BTreeMap::new();
+        for (i, ts, p) in rows.drain(..) {
+            let Some(&k) = i.as_deref().and_then(|i| position.get(i)) else { continue };
+            counts[k] += 1;
+            last[k] = last[k].max(ts);
+            dates.entry(ts).or_insert_with(|| vec![None; instruments.len()])[k] = Some(p);
+        }
+        let horizon = (0..instruments.len()).filter(|&k| counts[k] >= per).map(|k| last[k]).min();
+        let mut levels = Vec::new();
+        for (ts, now) in dates {
+            if horizon.is_some_and(|h| ts > h) {
+                break;
+            }
+            if let Some(now) = now.into_iter().collect::<Option<Vec<f64>>>() {
+                levels.extend(chain.step(ts, now).map_err(sqlx::Error::Protocol)?);
+            }
+        }
+        let ts: Vec<DateTime<Utc>> = levels.iter().map(|l| l.ts).collect();
+        let level: Vec<f64> = levels.iter().map(|l| l.level).collect();
+        let ret: Vec<Option<f64>> = levels.iter().map(|l| l.ret).collect();
+        sqlx::query(STORE_INDEX_LEVELS)
+            .bind(&def.name)
+            .bind(written_after)
+            .bind(&ts)
+            .bind(&level)
+            .bind(&ret)
+            .bind(horizon)
+            .execute(&mut **tx)
+            .await?;
+        let Some(h) = horizon else { return Ok(()) };
+        written_after = Some(h);
+        rows = index_prices_from(tx, &instruments, Some(h + chrono::Duration::microseconds(1)), per).await?;
+    }
+}
+
+async fn index_prices_from(
+    tx: &mut Tx,
+    instruments: &[&str],
+    from: Option<DateTime<Utc>>,
+    per: usize,
+) -> Result<Vec<(Option<String>, DateTime<Utc>, f64)>, sqlx::Error> {
+    sqlx::query_as(INDEX_PRICES_FROM).bind(instruments).bind(from).bind(per as i64).fetch_all(&mut **tx).await
 }
 
 const TRANSFORMS_KEY: &str = "price_transforms";

@@ -338,7 +338,7 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
     let plan: Value = sqlx::query_scalar(
         "EXPLAIN (ANALYZE, FORMAT JSON)
-         EXECUTE since('X', timestamptz '2026-01-01' + interval '991 minutes', ARRAY['S1','S2','S3']::text[])",
+         EXECUTE since('X', timestamptz '2026-01-01' + interval '991 minutes', ARRAY['S1','S2','S3']::text[], 4096)",
     )
     .fetch_one(&mut conn)
     .await
