@@ -58,6 +58,8 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         ack_wait,
         max_ack_pending: 1000,
         label: "slow",
+        max_failures: 5,
+        lanes: 3,
     };
     let handler = Slow { batches: Arc::default(), slow: ack_wait * 3 };
     let shutdown = CancellationToken::new();
@@ -78,4 +80,241 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
     for seq in first {
         assert!(!later.iter().flatten().any(|s| s == seq), "message {seq} of the slow batch came again: {batches:?}");
     }
+}
+
+/// How the scripted handler treats a message on a given attempt.
+#[derive(Clone, Copy, PartialEq)]
+enum Act {
+    Commit,
+    Fail,
+    Transient,
+    Panic,
+    Sleep(Duration),
+}
+
+/// A handler whose every message's fate is scripted by its payload and how often it was tried; it
+/// records what it committed. A batch fails (or panics) if any of its messages does.
+#[derive(Clone)]
+struct Scripted {
+    script: Arc<dyn Fn(&str, usize) -> Act + Send + Sync>,
+    tries: Arc<Mutex<std::collections::HashMap<u64, usize>>>,
+    committed: Arc<Mutex<Vec<(String, Instant)>>>,
+}
+
+impl Scripted {
+    fn new(script: impl Fn(&str, usize) -> Act + Send + Sync + 'static) -> Self {
+        Scripted { script: Arc::new(script), tries: Arc::default(), committed: Arc::default() }
+    }
+
+    fn committed(&self) -> Vec<String> {
+        self.committed.lock().unwrap().iter().map(|c| c.0.clone()).collect()
+    }
+}
+
+impl BatchHandler for Scripted {
+    type Event = String;
+
+    fn decode(&self, _: &str, _: Option<&async_nats::HeaderMap>, payload: &[u8], _: Ts) -> Result<String, Rejection> {
+        Ok(String::from_utf8_lossy(payload).into_owned())
+    }
+
+    async fn handle(&self, batch: &[Delivery<String>]) -> Result<(), HandleError> {
+        let acts: Vec<Act> = {
+            let mut tries = self.tries.lock().unwrap();
+            batch
+                .iter()
+                .map(|d| {
+                    let n = tries.entry(d.seq).or_default();
+                    *n += 1;
+                    (self.script)(&d.event, *n)
+                })
+                .collect()
+        };
+        for act in &acts {
+            match act {
+                Act::Panic => panic!("scripted panic"),
+                Act::Fail => return Err(HandleError(anyhow::anyhow!("scripted failure"))),
+                Act::Transient => return Err(HandleError(anyhow::anyhow!("transient: database restarting"))),
+                Act::Sleep(d) => tokio::time::sleep(*d).await,
+                Act::Commit => {}
+            }
+        }
+        let now = Instant::now();
+        self.committed.lock().unwrap().extend(batch.iter().map(|d| (d.event.clone(), now)));
+        Ok(())
+    }
+
+    fn transient(&self, error: &HandleError) -> bool {
+        error.to_string().starts_with("transient")
+    }
+}
+
+/// A private nats-server with a stream `T` on `t.>` and the dead-letter stream, and `payloads` published
+/// on `t.<payload>`.
+async fn setup(payloads: &[String]) -> (NatsServer, jetstream::Context) {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(stream::Config { name: "T".into(), subjects: vec!["t.>".into()], ..Default::default() })
+        .await
+        .unwrap();
+    js.create_stream(stream::Config { name: "DLQ".into(), subjects: vec!["dlq.>".into()], ..Default::default() })
+        .await
+        .unwrap();
+    for p in payloads {
+        js.publish(format!("t.{p}"), p.clone().into()).await.unwrap().await.unwrap();
+    }
+    (nats, js)
+}
+
+fn spec() -> ConsumerSpec {
+    ConsumerSpec {
+        stream: "T".into(),
+        durable: "t".into(),
+        filter_subject: "t.>".into(),
+        batch: 100,
+        ack_wait: Duration::from_secs(5),
+        max_ack_pending: 1000,
+        label: "t",
+        max_failures: 3,
+        lanes: 3,
+    }
+}
+
+/// Waits until `done` holds, for at most 30 s.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The dead letters stored: (subject, class, reason).
+async fn dead_letters(js: &jetstream::Context) -> Vec<(String, String, String)> {
+    let stream = js.get_stream("DLQ").await.unwrap();
+    let n = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let h = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        out.push((
+            h(tributary_broker::dlq::SUBJECT),
+            h(tributary_broker::dlq::CLASS),
+            h(tributary_broker::dlq::REASON),
+        ));
+    }
+    out
+}
+
+async fn ack_floor(js: &jetstream::Context) -> u64 {
+    js.get_stream("T").await.unwrap().consumer_info("t").await.map_or(0, |i| i.ack_floor.stream_sequence)
+}
+
+fn payloads(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
+
+/// A message that always fails is isolated from its batch and dead-lettered as `processing_failed` with
+/// the error; every other message commits. A message that panics the handler is treated the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_with_its_error_and_the_rest_commit() {
+    let mut all = payloads(60);
+    all[17] = "poison".into();
+    all[42] = "panic".into();
+    let (_nats, js) = setup(&all).await;
+    let handler = Scripted::new(|p, _| match p {
+        "poison" => Act::Fail,
+        "panic" => Act::Panic,
+        _ => Act::Commit,
+    });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    until("every message acked", async || ack_floor(&js).await >= 60).await;
+    let mut committed = handler.committed();
+    committed.sort();
+    committed.dedup();
+    assert_eq!(committed.len(), 58, "{committed:?}");
+    let mut letters = dead_letters(&js).await;
+    letters.sort();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].0, "t.panic");
+    assert_eq!(letters[0].1, consume::PROCESSING_FAILED);
+    assert!(letters[0].2.contains("scripted panic"), "{letters:?}");
+    assert_eq!(letters[1].0, "t.poison");
+    assert!(letters[1].2.contains("scripted failure"), "{letters:?}");
+    // The poison message was tried alone max_failures times, not forever.
+    let tries = handler.tries.lock().unwrap()[&18];
+    assert!(tries <= 3 + 16, "tried {tries} times");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// A message that fails twice and then commits is not dead-lettered; nor is anything when every failure
+/// is transient (a database restarting), however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_and_transient_failures_dead_letter_nothing() {
+    let (_nats, js) = setup(&payloads(30)).await;
+    let started = Instant::now();
+    let handler = Scripted::new(move |p, n| {
+        if started.elapsed() < Duration::from_secs(2) {
+            Act::Transient
+        } else if p == "m7" && n <= 2 {
+            Act::Fail
+        } else {
+            Act::Commit
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    until("every message acked", async || ack_floor(&js).await >= 30).await;
+    assert!(dead_letters(&js).await.is_empty());
+    let mut committed = handler.committed();
+    committed.sort();
+    committed.dedup();
+    assert_eq!(committed.len(), 30);
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// When every message fails (a revoked permission, a missing table), nothing is dead-lettered: the
+/// messages are kept, and commit once the cause is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_everything_fails_nothing_is_dead_lettered_and_all_commits_once_fixed() {
+    let (_nats, js) = setup(&payloads(40)).await;
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = broken.clone();
+    let handler =
+        Scripted::new(move |_, _| if b.load(std::sync::atomic::Ordering::Relaxed) { Act::Fail } else { Act::Commit });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(dead_letters(&js).await.is_empty(), "{:?}", dead_letters(&js).await);
+    assert_eq!(ack_floor(&js).await, 0);
+    assert!(handler.committed().is_empty());
+    broken.store(false, std::sync::atomic::Ordering::Relaxed);
+    until("every message acked once fixed", async || ack_floor(&js).await >= 40).await;
+    assert!(dead_letters(&js).await.is_empty());
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// A series whose work takes long holds back neither the other series of its batch nor those published
+/// after it: they commit and are acked while it is still in flight; its own later events wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_series_does_not_hold_back_the_others() {
+    let (_nats, js) = setup(&["slow".to_string()]).await;
+    let handler = Scripted::new(|p, _| if p == "slow" { Act::Sleep(Duration::from_secs(4)) } else { Act::Commit });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in payloads(20) {
+        js.publish(format!("t.{p}"), p.into()).await.unwrap().await.unwrap();
+    }
+    until("the fast series committed", async || handler.committed().len() >= 20).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the others waited for the slow one: {:?}", started.elapsed());
+    assert!(!handler.committed().contains(&"slow".to_string()));
+    until("everything acked", async || ack_floor(&js).await >= 21).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
 }

@@ -125,6 +125,10 @@ async fn upsert(
 impl BatchHandler for PortHandler {
     type Event = PortRecord;
 
+    fn transient(&self, error: &HandleError) -> bool {
+        crate::transient(error)
+    }
+
     fn decode(
         &self,
         subject: &str,

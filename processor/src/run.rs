@@ -44,6 +44,10 @@ pub struct ProcessorConfig {
     /// This replica's index (0 … replicas − 1; a StatefulSet ordinal): it consumes the partitions `p` with
     /// `p % replicas == replica`. Unpartitioned kinds are shared by every replica.
     pub replica: u32,
+    /// How many times a message may fail alone (its batch bisected until it stands alone) before it is
+    /// dead-lettered as `processing_failed`. Transient failures (the database down or restarting, a lost
+    /// connection) never count: they back off and retry.
+    pub max_failures: u32,
     /// On a shutdown signal, how long the batches in hand get to commit before the process exits without
     /// acking them (they are delivered again, to this or another replica).
     pub shutdown_grace_secs: u64,
@@ -63,6 +67,7 @@ impl Default for ProcessorConfig {
             partitions: 1,
             replicas: 1,
             replica: 0,
+            max_failures: 5,
             shutdown_grace_secs: 20,
             prices: Transforms::default(),
         }
@@ -83,6 +88,9 @@ impl ProcessorConfig {
                 ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
                 max_ack_pending: self.max_ack_pending,
                 label,
+                max_failures: self.max_failures.max(1),
+                // One lane more than a batch's transactions: a slow series never holds every lane.
+                lanes: self.db_parallelism.max(1) + 1,
             })
             .collect()
     }

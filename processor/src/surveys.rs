@@ -124,6 +124,10 @@ async fn store_statuses(
 impl BatchHandler for SurveyHandler {
     type Event = SurveyRecord;
 
+    fn transient(&self, error: &HandleError) -> bool {
+        crate::transient(error)
+    }
+
     fn decode(
         &self,
         subject: &str,

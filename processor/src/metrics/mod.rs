@@ -204,6 +204,10 @@ impl MetricHandler {
 impl BatchHandler for MetricHandler {
     type Event = MetricSample;
 
+    fn transient(&self, error: &HandleError) -> bool {
+        crate::transient(error)
+    }
+
     fn decode(
         &self,
         subject: &str,

@@ -451,6 +451,10 @@ pub const SPLIT_MIN_EVENTS: usize = 300;
 impl BatchHandler for PriceHandler {
     type Event = PricePoint;
 
+    fn transient(&self, error: &HandleError) -> bool {
+        crate::transient(error)
+    }
+
     fn decode(
         &self,
         subject: &str,

@@ -10,6 +10,7 @@ mod dlq;
 mod faults;
 mod fleet;
 mod grafana;
+mod isolation;
 mod metrics;
 mod ports;
 mod prices;

@@ -1,0 +1,129 @@
+//! One series' failure or cost is never every series' problem: a price whose write always fails is
+//! dead-lettered as `processing_failed` while every other series commits, and replays once the cause is
+//! fixed; a correction deep in a long series rewrites only what it changes.
+
+use crate::common::spawn_app;
+use reqwest::Method;
+use sea_orm::sqlx;
+use std::time::Duration;
+use tributary_testkit::eventually;
+
+/// A trigger that raises for one instrument stands in for any failure that is the message's own (a
+/// constraint, a value the schema refuses, a bug): the message is isolated from its batches and
+/// dead-lettered with the database's error, the other instruments (published before, beside and after
+/// it) commit, and a replay after the trigger is dropped stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixed() {
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.instrument = 'POISON' THEN RAISE EXCEPTION 'refusing % (test trigger)', NEW.instrument; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON price_points
+           FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let day = |d: u64| 1_767_225_600_000u64 + d * 86_400_000;
+    for d in 0..10 {
+        for i in 0..5 {
+            app.publish_plain(&format!("price.S{i}"), &format!(r#"{{"ts":{},"price":{}}}"#, day(d), 10 + d + i)).await;
+        }
+        if d == 3 {
+            app.publish_plain("price.POISON", &format!(r#"{{"ts":{},"price":7}}"#, day(d))).await;
+        }
+    }
+    app.settled().await;
+    for i in 0..5 {
+        let (s, body) = app.get(&format!("/v1/series/price/S{i}?limit=100")).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["points"].as_array().unwrap().len(), 10, "S{i}: {body}");
+    }
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{body}");
+    let letter = &letters[0];
+    assert_eq!(letter["subject"], "price.POISON");
+    assert_eq!(letter["class"], "processing_failed");
+    assert!(letter["reason"].as_str().unwrap().contains("refusing POISON (test trigger)"), "{letter}");
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tributary_dead_letters_total")
+            && l.contains(r#"class="processing_failed""#)
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Fixed: the replay stores it.
+    sqlx::query("DROP TRIGGER refuse_poison ON price_points").execute(pool).await.unwrap();
+    let (s, body) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
+    assert!(s.is_success(), "{body}");
+    eventually(Duration::from_secs(30), "the replayed price to be stored", || async {
+        let (_, body) = app.get("/v1/series/price/POISON").await;
+        (body["points"].as_array().map_or(0, Vec::len) == 1).then_some(())
+    })
+    .await;
+}
+
+/// A correction of the first point of a long series rewrites the points up to where its effect dies
+/// out (the longest window plus the EMAs' convergence), not the whole history after it, and leaves
+/// every stored value equal to the batch computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_deep_in_a_long_series_rewrites_only_what_it_changes() {
+    use tributary_processor::prices::series::{Point, recompute};
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    let n = 20_000usize;
+    let prices: Vec<f64> = (0..n).map(|i| 100.0 + ((i * 37) % 23) as f64 * 0.37 + (i % 1000) as f64 * 0.01).collect();
+    let ts = |i: usize| 1_767_225_600_000u64 + i as u64 * 60_000;
+    // The history, through the pipeline.
+    let lines: String = prices.iter().enumerate().map(|(i, p)| format!("DEEP,{},{p}\n", ts(i))).collect();
+    let (s, body) = app.send(Method::POST, "/v1/uploads?kind=prices-csv", &lines).await;
+    assert!(s.is_success(), "{body}");
+    eventually(Duration::from_secs(120), "the history to be stored", || async {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM price_points WHERE instrument = 'DEEP'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (stored == n as i64).then_some(())
+    })
+    .await;
+    app.settled().await;
+    let before: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT xmin::text::int8, NULL::int8 FROM price_points WHERE instrument = 'DEEP' ORDER BY ts")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    // The correction of the first point.
+    app.publish_plain("price.DEEP", &format!(r#"{{"ts":{},"price":{}}}"#, ts(0), prices[0] * 1.05)).await;
+    app.settled().await;
+    let after: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT xmin::text::int8, NULL::int8 FROM price_points WHERE instrument = 'DEEP' ORDER BY ts")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let rewritten = before.iter().zip(&after).filter(|(b, a)| b.0 != a.0).count();
+    assert!((1..2_000).contains(&rewritten), "{rewritten} of {n} points rewritten");
+    // Every value equals the batch computation over the corrected prices.
+    let t = app.c.config.processor.prices.clone();
+    let names = t.names();
+    let mut want: Vec<Point> = prices.iter().map(|&p| Point::raw(p)).collect();
+    want[0].price = prices[0] * 1.05;
+    recompute(&t, &mut want, 0);
+    let rows: Vec<(f64, Option<f64>, serde_json::Value)> =
+        sqlx::query_as("SELECT price, ret, derived FROM price_points WHERE instrument = 'DEEP' ORDER BY ts")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), n);
+    for (k, (r, w)) in rows.iter().zip(&want).enumerate() {
+        assert_eq!((r.0, r.1), (w.price, w.ret), "point {k}");
+        for (name, v) in names.iter().zip(&w.values) {
+            assert_eq!(r.2[name].as_f64(), *v, "{name} at point {k}");
+        }
+    }
+}
