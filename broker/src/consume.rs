@@ -313,7 +313,6 @@ struct Lanes<H: BatchHandler> {
     ready: VecDeque<(Item, Delivery<H::Event>)>,
     /// Items whose series is in flight, waiting for it.
     blocked: HashMap<u64, Vec<(Item, Delivery<H::Event>)>>,
-    blocked_items: usize,
     busy: HashSet<u64>,
     tasks: JoinSet<Done>,
     /// Commits of this consumer so far: a failure alone counts against its message only if something
@@ -331,7 +330,6 @@ impl<H: BatchHandler> Lanes<H> {
             handler,
             ready: VecDeque::new(),
             blocked: HashMap::new(),
-            blocked_items: 0,
             busy: HashSet::new(),
             tasks: JoinSet::new(),
             commits: Arc::default(),
@@ -340,9 +338,12 @@ impl<H: BatchHandler> Lanes<H> {
         }
     }
 
-    /// How many items are fetched and not in flight.
+    /// How many items are ready to launch: fetching pauses at a batch of them. Items waiting on a busy
+    /// series do not count, so a slow series' own backlog never stops the others being fetched; they are
+    /// bounded by the consumer's `max_ack_pending` (and come again, harmlessly, if they wait past
+    /// `ack_wait`).
     fn waiting(&self) -> usize {
-        self.ready.len() + self.blocked_items
+        self.ready.len()
     }
 
     /// Decodes a fetched chunk: refused messages are dead-lettered, valid ones wait for their series.
@@ -371,7 +372,6 @@ impl<H: BatchHandler> Lanes<H> {
                     let delivery = Delivery { event, seq, received };
                     if self.busy.contains(&item.series) {
                         self.blocked.entry(item.series).or_default().push((item, delivery));
-                        self.blocked_items += 1;
                     } else {
                         self.ready.push_back((item, delivery));
                     }
@@ -476,7 +476,6 @@ impl<H: BatchHandler> Lanes<H> {
         let freed: Vec<u64> = self.blocked.keys().copied().filter(|s| !self.busy.contains(s)).collect();
         for s in freed {
             let items = self.blocked.remove(&s).unwrap_or_default();
-            self.blocked_items -= items.len();
             for item in items.into_iter().rev() {
                 self.ready.push_front(item);
             }

@@ -89,8 +89,15 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!("tributary_events_total", "Events handled by a consumer, by outcome (processed).");
     describe_counter!("tributary_dead_letters_total", "Events sent to the dead-letter stream, by class of rejection.");
-    describe_counter!("tributary_batch_failures_total", "Batches whose commit failed (every message nak'ed).");
+    describe_counter!(
+        "tributary_batch_failures_total",
+        "Units of work with messages nak'ed for a later retry (a transient or systemic failure)."
+    );
     describe_gauge!("tributary_consumer_pending", "Messages in the stream not yet delivered to the consumer.");
+    describe_gauge!(
+        "tributary_consumer_failing",
+        "1 while every message of a consumer fails (a systemic fault: kept, nak'ed, not dead-lettered), else 0."
+    );
     describe_histogram!("tributary_batch_size", "Messages per batch.");
     describe_histogram!("tributary_batch_seconds", "Time to decode, commit and ack one batch.");
     describe_histogram!(
