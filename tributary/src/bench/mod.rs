@@ -21,11 +21,15 @@
 //!    stored exactly what the unpartitioned processor stored;
 //! 5. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
 //!
+//! `--freshness-rates` measures only freshness at several offered rates; `--corrections` only what a
+//! correction deep in a long history costs ([`corrections`]).
+//!
 //! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir, the
 //! partition mapping of `broker/nats/` for two partitions), so the benchmark's streams never meet those
 //! of a running system. PostgreSQL: fresh databases on the
 //! configured server, dropped afterwards.
 
+mod corrections;
 mod floor;
 mod http;
 mod pipeline;
@@ -75,6 +79,10 @@ pub struct BenchArgs {
     /// `--freshness-secs` each: where the publish→commit latency floor is and where it bends.
     #[arg(long, value_delimiter = ',')]
     pub freshness_rates: Vec<f64>,
+    /// Measure only corrections: for each of these series lengths (points, comma-separated), the time
+    /// and memory a correction of the first point costs, and the other instruments' freshness during it.
+    #[arg(long, value_delimiter = ',')]
+    pub corrections: Vec<u64>,
 }
 
 /// `--freshness-rates`: the latency at each offered rate.
@@ -263,7 +271,9 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let mut config = config;
     let sink = traces::TraceSink::start().await?;
     config.telemetry.otlp_endpoint = Some(sink.endpoint.clone());
-    let result = if args.freshness_rates.is_empty() {
+    let result = if !args.corrections.is_empty() {
+        run_corrections(config, &args, port).await.map(|_| None)
+    } else if args.freshness_rates.is_empty() {
         run_phases(config, &args, port, &sink).await.map(Some)
     } else {
         run_freshness_curve(config, &args, port).await.map(|_| None)
@@ -281,6 +291,20 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// `--corrections`: the corrections scenario alone ([`corrections`]).
+async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
+    config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
+    let js = async_nats::jetstream::new(crate::app::connect_nats(&config.nats).await?);
+    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let figures = corrections::measure(&config, args, &js, &args.corrections).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        Ok(())
+    } else {
+        corrections::print(&figures)
+    }
 }
 
 /// `--freshness-rates`: runs the freshness measurement alone at each rate and prints one line each (or

@@ -113,7 +113,7 @@ pub struct Measured {
     pub db_url: String,
 }
 
-struct Processor {
+pub(super) struct Processor {
     child: Child,
     metrics: String,
 }
@@ -121,7 +121,12 @@ struct Processor {
 impl Processor {
     /// A processor consuming everything unpartitioned, or with `(replicas, replica)`, replica `replica`
     /// of `replicas` splitting the [`PARTITIONS`] partitions.
-    fn spawn(config: &Config, db_url: &str, durable: &str, layout: Option<(u32, u32)>) -> anyhow::Result<Processor> {
+    pub(super) fn spawn(
+        config: &Config,
+        db_url: &str,
+        durable: &str,
+        layout: Option<(u32, u32)>,
+    ) -> anyhow::Result<Processor> {
         let port = crate::local::free_port(0);
         let mut cmd = Command::new(std::env::current_exe()?);
         if let Some((replicas, replica)) = layout {
@@ -147,14 +152,22 @@ impl Processor {
 
     /// Peak resident set (VmHWM) in MB.
     fn peak_rss_mb(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        self.status_mb("VmHWM:")
+    }
+
+    /// Resident set now (VmRSS) in MB.
+    pub(super) fn rss_mb(&self) -> f64 {
+        self.status_mb("VmRSS:")
+    }
+
+    /// A reader of the resident set (VmRSS, MB) that outlives this borrow, for sampling from a task.
+    pub(super) fn rss_reader(&self) -> impl Fn() -> f64 + Send + 'static {
+        let pid = self.child.id();
+        move || status_mb(pid, "VmRSS:")
+    }
+
+    fn status_mb(&self, field: &str) -> f64 {
+        status_mb(self.child.id(), field)
     }
 
     async fn scrape(&self) -> anyhow::Result<Scrape> {
@@ -166,6 +179,16 @@ impl Processor {
             batch_seconds: parse_value(&text, "tributary_batch_seconds_sum", "prices"),
         })
     }
+}
+
+/// A field of `/proc/<pid>/status` given in kB, in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 impl Drop for Processor {
@@ -372,7 +395,7 @@ pub async fn measure(
 /// Publishes `rate` events/s for `secs` (event numbers from `from` on, so none is a duplicate of a stored
 /// one) to a caught-up processor `p`; waits until all are committed; returns the publish→commit latency
 /// quantiles of those events, from the processor's own histogram.
-async fn freshness(
+pub(super) async fn freshness(
     p: &Processor,
     pool: &PgPool,
     js: &jetstream::Context,

@@ -170,6 +170,23 @@ async fn bench_json_reports_every_promised_figure() {
     assert!(report["tributary"]["spans_exported"].as_u64() > Some(0), "{report}");
 }
 
+/// `tributary bench --corrections N`: a correction of the first of N points, its time, the processor's
+/// memory growth meanwhile and the other instruments' freshness with and without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_corrections_reports_what_a_deep_correction_costs() {
+    let out =
+        bench(&["--json", "--corrections", "3000", "--instruments", "20", "--rate", "200", "--freshness-secs", "1"])
+            .await;
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON array");
+    let c = &report[0];
+    assert_eq!(c["points"].as_u64(), Some(3000), "{report}");
+    for key in ["ingest_secs", "correction_ms", "others_p99_ms_without", "others_p99_ms_with"] {
+        let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert!(c["rss_growth_mb"].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
     let out = bench(&["--json", "--freshness-rates", "200,400", "--instruments", "20", "--freshness-secs", "1"]).await;
