@@ -318,3 +318,58 @@ async fn a_slow_series_does_not_hold_back_the_others() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// A message that kills the process (here the consume loop is dropped mid-work, which drops its units as
+/// a crash would: nothing acked, nothing recorded as finished) is narrowed down over the restarts, in
+/// ever smaller units of suspects, and dead-lettered once it has stopped the processor `max_failures`
+/// times alone; every other message commits, and the restarts end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_the_process_is_dead_lettered_after_a_few_restarts() {
+    let mut all = payloads(40);
+    all[13] = "crash".into();
+    let (_nats, js) = setup(&all).await;
+    let crashed = Arc::new(tokio::sync::Notify::new());
+    let c = crashed.clone();
+    let handler = Scripted::new(move |p, _| {
+        if p == "crash" {
+            c.notify_one();
+            Act::Sleep(Duration::from_secs(3600))
+        } else {
+            Act::Commit
+        }
+    });
+    let spec = ConsumerSpec { batch: 8, ack_wait: Duration::from_secs(1), max_failures: 2, ..spec() };
+    let mut restarts = 0;
+    loop {
+        let shutdown = CancellationToken::new();
+        let mut run = tokio::spawn(consume::run(js.clone(), spec.clone(), handler.clone(), shutdown.clone()));
+        let done = async {
+            while dead_letters(&js).await.is_empty() || ack_floor(&js).await < 40 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            _ = crashed.notified() => {
+                run.abort();
+                let _ = (&mut run).await;
+                restarts += 1;
+                assert!(restarts <= 12, "still crashing after {restarts} restarts");
+            }
+            _ = done => {
+                shutdown.cancel();
+                run.await.unwrap().unwrap();
+                break;
+            }
+        }
+    }
+    let letters = dead_letters(&js).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].0, "t.crash");
+    assert_eq!(letters[0].1, consume::PROCESSING_FAILED);
+    assert!(letters[0].2.contains("stopped 2 times"), "{letters:?}");
+    let mut committed = handler.committed();
+    committed.sort();
+    committed.dedup();
+    assert_eq!(committed.len(), 39, "{committed:?}");
+    assert!(restarts >= 2, "{restarts} restarts");
+}

@@ -365,13 +365,26 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// `/metrics` and `/healthz` for roles without the API.
+/// A role's `/readyz` on its metrics listener: 503 while a consumer of it fails on every message.
+async fn processor_readyz() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    let failing = tributary_broker::consume::failing();
+    let status =
+        if failing.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if failing.is_empty() { "ready" } else { "not_ready" },
+        "failing_consumers": failing,
+    });
+    (status, axum::Json(body))
+}
+
 async fn serve_metrics(addr: Option<String>, stop: CancellationToken) -> anyhow::Result<()> {
     let Some(addr) = addr else { return Ok(()) };
     let listener = bind(&addr).await?;
     let handle = tributary_telemetry::metrics();
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(move || std::future::ready(handle.render())))
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(processor_readyz));
     tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await });
     Ok(())
 }

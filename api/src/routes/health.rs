@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (NATS and PostgreSQL reachable, migrations applied) and
+//! `/healthz` (the process answers), `/readyz` (NATS and PostgreSQL reachable, migrations applied, no
+//! consumer of a processor in this process failing on every message) and
 //! `/metrics` (Prometheus text).
 
 use crate::AppState;
@@ -17,10 +18,13 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let nats = s.nats.connection_state() == async_nats::connection::State::Connected;
     let db = s.db.execute_unprepared("SELECT 1").await.is_ok();
     let migrations = db && tributary_store::db::migrations_applied(&s.db).await.unwrap_or(false);
-    let ready = nats && db && migrations;
+    // Consumers of a processor in this process (`tributary up`) whose every message fails.
+    let failing = tributary_broker::consume::failing();
+    let ready = nats && db && migrations && failing.is_empty();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"nats": nats, "postgres": db, "migrations": migrations},
+        "checks": {"nats": nats, "postgres": db, "migrations": migrations, "consumers": failing.is_empty()},
+        "failing_consumers": failing,
     });
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

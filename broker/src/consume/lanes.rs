@@ -1,0 +1,315 @@
+//! The per-series scheduler of one consumer ([`Lanes`]): which fetched messages wait, which go into the
+//! next unit of work, and what happens to each message once its unit is done.
+
+use super::crashes::{CrashLog, Stops};
+use super::unit::{Done, Outcome, Unit};
+use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, backoff, dead_letter, report_uploads};
+use crate::ts::Ts;
+use async_nats::jetstream::{self, AckKind, Message};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+/// One valid message waiting for, or in, a unit of work (its event travels beside it, in the
+/// [`Delivery`] the handler is given).
+pub(super) struct Item {
+    pub(super) message: Message,
+    pub(super) seq: u64,
+    pub(super) received: Ts,
+    pub(super) series: u64,
+    pub(super) delivered: i64,
+    pub(super) parent: opentelemetry::Context,
+    /// Redelivered without this process having nak'ed it: what the crash records say of it.
+    pub(super) suspect: Option<Stops>,
+}
+
+/// A valid message with its decoded event.
+type Entry<E> = (Item, Delivery<E>);
+
+/// The per-series scheduler of one consumer: the items waiting (per busy series, or ready), the units in
+/// flight, and the series they hold.
+pub(super) struct Lanes<H: BatchHandler> {
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    /// Items whose series is free, in arrival order.
+    ready: VecDeque<Entry<H::Event>>,
+    /// Suspects whose series is free: they go in units of suspects only ([`super::crashes`]).
+    suspects: VecDeque<Entry<H::Event>>,
+    /// Items whose series is in flight, waiting for it.
+    blocked: HashMap<u64, Vec<Entry<H::Event>>>,
+    busy: HashSet<u64>,
+    pub(super) tasks: JoinSet<Done>,
+    crashes: Option<CrashLog>,
+    /// Whether a unit of suspects is in flight.
+    suspect_in_flight: bool,
+    /// Sequences this process nak'ed: their redelivery is explained, not a suspect's.
+    nakked: HashSet<u64>,
+    /// Commits of this consumer so far: a failure alone counts against its message only if something
+    /// else committed meanwhile.
+    commits: Arc<AtomicU64>,
+    pub(super) paused_until: Option<tokio::time::Instant>,
+    failing: bool,
+}
+
+/// The most sequences remembered as nak'ed; past it the set starts over (a forgotten one is a suspect
+/// once, which costs time, not messages).
+const NAKKED_MAX: usize = 200_000;
+
+impl<H: BatchHandler> Lanes<H> {
+    pub(super) async fn new(js: &jetstream::Context, spec: &ConsumerSpec, handler: H) -> Self {
+        Lanes {
+            js: js.clone(),
+            spec: spec.clone(),
+            handler,
+            ready: VecDeque::new(),
+            suspects: VecDeque::new(),
+            blocked: HashMap::new(),
+            busy: HashSet::new(),
+            tasks: JoinSet::new(),
+            crashes: CrashLog::open(js, &spec.stream, &spec.durable).await,
+            suspect_in_flight: false,
+            nakked: HashSet::new(),
+            commits: Arc::default(),
+            paused_until: None,
+            failing: false,
+        }
+    }
+
+    /// How many items are ready to launch: fetching pauses at a batch of them. Items waiting on a busy
+    /// series do not count, so a slow series' own backlog never stops the others being fetched; they are
+    /// bounded by the consumer's `max_ack_pending` (and come again, harmlessly, if they wait past
+    /// `ack_wait`).
+    pub(super) fn waiting(&self) -> usize {
+        self.ready.len() + self.suspects.len()
+    }
+
+    /// Decodes a fetched chunk: refused messages are dead-lettered, valid ones wait for their series.
+    pub(super) async fn accept(&mut self, batch: Vec<Message>) {
+        let spec = self.spec.clone();
+        let spec = &spec;
+        let mut dead = Vec::new();
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut pending = 0;
+        let size = batch.len();
+        for m in batch {
+            let Ok(info) = m.info() else {
+                warn!(consumer = spec.durable, subject = %m.subject, "message without JetStream metadata; leaving it to redelivery");
+                continue;
+            };
+            let (seq, received, delivered) = (info.stream_sequence, Ts::new(info.published), info.delivered);
+            pending = info.pending;
+            match self.handler.decode(&m.subject, m.headers.as_ref(), &m.payload, received) {
+                Ok(event) => {
+                    // A redelivery this process did not ask for may have been in flight when one died.
+                    let suspect = (delivered > 1 && !self.nakked.remove(&seq)).then(Stops::default);
+                    let item = Item {
+                        parent: crate::trace::extract(m.headers.as_ref()),
+                        series: series_of(&m.subject),
+                        seq,
+                        received,
+                        delivered,
+                        message: m,
+                        suspect,
+                    };
+                    valid.push((item, Delivery { event, seq, received }));
+                }
+                Err(rejection) => dead.push((m, seq, rejection.class, rejection.reason)),
+            }
+        }
+        if let Some(log) = &self.crashes {
+            let (at, seqs): (Vec<usize>, Vec<u64>) = valid
+                .iter()
+                .enumerate()
+                .filter(|(_, (i, _))| i.suspect.is_some())
+                .map(|(k, (i, _))| (k, i.seq))
+                .unzip();
+            if !seqs.is_empty() {
+                for (k, stops) in at.into_iter().zip(log.read(&seqs).await) {
+                    valid[k].0.suspect = Some(stops);
+                }
+            }
+        }
+        let mut stopped = Vec::new();
+        for (item, delivery) in valid {
+            match item.suspect {
+                Some(s) if s.alone >= spec.max_failures => {
+                    let reason = format!(
+                        "the processor stopped {} times while storing this message alone ({} stops in all): it \
+                         crashes, is killed (out of memory?) or hangs past the shutdown grace on it",
+                        s.alone, s.all
+                    );
+                    warn!(consumer = spec.durable, seq = item.seq, reason, "dead-lettering");
+                    stopped.push(item.seq);
+                    dead.push((item.message, item.seq, PROCESSING_FAILED, reason));
+                }
+                _ => self.queue(item, delivery),
+            }
+        }
+        metrics::gauge!("tributary_consumer_pending", "consumer" => spec.label).set(pending as f64);
+        metrics::histogram!("tributary_batch_size", "consumer" => spec.label).record(size as f64);
+        let retry = if dead.is_empty() { None } else { dead_letter(&self.js, spec, dead).await };
+        match (retry, &self.crashes) {
+            (Some(delay), _) => self.pause(delay),
+            // Their dead letters are stored: their records are done with.
+            (None, Some(log)) if !stopped.is_empty() => log.finished(&stopped).await,
+            _ => {}
+        }
+    }
+
+    /// Queues an item: behind its series if that is busy, else with the ready items or suspects.
+    fn queue(&mut self, item: Item, delivery: Delivery<H::Event>) {
+        if self.busy.contains(&item.series) {
+            self.blocked.entry(item.series).or_default().push((item, delivery));
+        } else if item.suspect.is_some() {
+            self.suspects.push_back((item, delivery));
+        } else {
+            self.ready.push_back((item, delivery));
+        }
+    }
+
+    fn pause(&mut self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Starts units of work while a lane is free and items are ready (and no backoff is in force): a unit
+    /// of suspects first, sized by their stops ([`Stops::unit_size`]), else up to `batch` ready items.
+    /// The items' series become busy.
+    pub(super) fn launch(&mut self) {
+        if self.paused_until.is_some_and(|t| t > tokio::time::Instant::now()) {
+            return;
+        }
+        let batch = self.spec.batch.max(1);
+        while self.tasks.len() < self.spec.lanes.max(2) {
+            // One unit of suspects at a time: a process that dies then blames only that unit's
+            // messages, never a suspect in another lane.
+            let (queue, take) = match self.suspects.front() {
+                Some((first, _)) if !self.suspect_in_flight => {
+                    self.suspect_in_flight = true;
+                    let size = first.suspect.unwrap_or_default().unit_size(batch);
+                    (&mut self.suspects, size)
+                }
+                _ if !self.ready.is_empty() => (&mut self.ready, batch),
+                _ => break,
+            };
+            let take = queue.len().min(take);
+            let (items, deliveries): (Vec<Item>, Vec<Delivery<H::Event>>) = queue.drain(..take).unzip();
+            self.busy.extend(items.iter().map(|i| i.series));
+            let crashes = self.crashes.clone().filter(|_| items[0].suspect.is_some());
+            let unit =
+                Unit { handler: self.handler.clone(), spec: self.spec.clone(), commits: self.commits.clone(), crashes };
+            self.tasks.spawn(unit.run(items, deliveries));
+        }
+    }
+
+    /// Acks, naks or dead-letters a finished unit's messages and frees its series.
+    pub(super) async fn finish(&mut self, done: Result<Done, tokio::task::JoinError>) {
+        let spec = self.spec.clone();
+        let spec = &spec;
+        let done = match done {
+            Ok(d) => d,
+            // A unit catches its handler's panics; this is a bug in the loop itself. Its messages were
+            // not acked, so they come again; their series stay busy no longer than this process.
+            Err(e) => {
+                error!(consumer = spec.durable, error = %e, "a unit of work was lost; its messages will be redelivered");
+                // Which series it held is lost with it: free them all rather than hold any forever.
+                self.busy.clear();
+                self.suspect_in_flight = false;
+                self.release_blocked();
+                return;
+            }
+        };
+        if done.items.first().is_some_and(|(i, _)| i.suspect.is_some()) {
+            self.suspect_in_flight = false;
+        }
+        let label = spec.label;
+        let now = chrono::Utc::now();
+        let latency = metrics::histogram!("tributary_commit_latency_seconds", "consumer" => label);
+        let (mut committed, mut failed) = (Vec::new(), Vec::new());
+        let mut retried = 0u64;
+        for (item, outcome) in done.items {
+            self.busy.remove(&item.series);
+            match outcome {
+                Outcome::Committed => {
+                    latency.record((now - item.received.0).num_microseconds().unwrap_or(0) as f64 / 1e6);
+                    if let Err(e) = item.message.ack().await {
+                        // The commit stands; the message will be redelivered and change nothing.
+                        debug!(error = %e, "ack failed");
+                    }
+                    committed.push(item.message);
+                }
+                Outcome::Retry => {
+                    retried += 1;
+                    if self.nakked.len() >= NAKKED_MAX {
+                        self.nakked.clear();
+                    }
+                    self.nakked.insert(item.seq);
+                    let _ = item.message.ack_with(AckKind::Nak(Some(backoff(item.delivered)))).await;
+                }
+                Outcome::Failed(reason) => failed.push((item.message, item.seq, PROCESSING_FAILED, reason)),
+            }
+        }
+        if !committed.is_empty() {
+            metrics::counter!("tributary_events_total", "consumer" => label, "outcome" => "processed")
+                .increment(committed.len() as u64);
+            report_uploads(&self.js, "committed", committed.iter()).await;
+        }
+        if retried > 0 {
+            metrics::counter!("tributary_batch_failures_total", "consumer" => label).increment(1);
+        }
+        if !failed.is_empty()
+            && let Some(delay) = dead_letter(&self.js, spec, failed).await
+        {
+            self.pause(delay);
+        }
+        match (&done.systemic, self.failing, committed.is_empty()) {
+            (Some(e), _, _) => {
+                if !self.failing {
+                    error!(consumer = spec.durable, error = %e, "every message fails: keeping them and backing off");
+                }
+                self.failing = true;
+                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.durable.clone(), e.clone());
+            }
+            (None, true, false) => {
+                info!(consumer = spec.durable, "commits succeed again");
+                self.failing = false;
+                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.durable);
+            }
+            _ => {}
+        }
+        metrics::gauge!("tributary_consumer_failing", "consumer" => label).set(if self.failing { 1.0 } else { 0.0 });
+        if let Some(delay) = done.pause {
+            self.pause(delay);
+        }
+        self.release_blocked();
+    }
+
+    /// The freed series' waiting items are ready again, ahead of items that arrived after them.
+    fn release_blocked(&mut self) {
+        let freed: Vec<u64> = self.blocked.keys().copied().filter(|s| !self.busy.contains(s)).collect();
+        for s in freed {
+            let items = self.blocked.remove(&s).unwrap_or_default();
+            for item in items.into_iter().rev() {
+                if item.0.suspect.is_some() {
+                    self.suspects.push_front(item);
+                } else {
+                    self.ready.push_front(item);
+                }
+            }
+        }
+    }
+}
+
+/// A series is a subject: the unit of ordering and of isolation.
+fn series_of(subject: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in subject.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

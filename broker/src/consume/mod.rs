@@ -1,0 +1,346 @@
+//! The consume loop: the one place that knows JetStream delivery semantics.
+//!
+//! A durable pull consumer feeds a [`BatchHandler`]. Every message is decoded first; a refused one is
+//! dead-lettered with its reason and acked only once the dead letter is stored (if that fails it is
+//! nak'ed and comes back). The valid events are scheduled **per series** (a series is a subject, e.g.
+//! `price.ACME`):
+//!
+//! - up to [`ConsumerSpec::lanes`] units of work are in flight at once, each a set of series handed to
+//!   [`BatchHandler::handle`] together and committed in one go;
+//! - a series in flight is busy: its later events wait for it, while every other series goes on in
+//!   another lane, so one slow series (a deep correction, a held lock) never holds back the others;
+//! - a unit's messages are acked after its commit, and only then, whatever the other lanes do.
+//!
+//! A unit that fails is isolated ([`unit`]): a transient failure (the database down, a lost connection, a
+//! serialization failure: [`BatchHandler::transient`]) naks everything with a delay that grows with the
+//! delivery count, so an outage backs off and loses nothing. Any other failure bisects the unit until the
+//! failing messages stand alone; one that fails alone `max_failures` times is dead-lettered as
+//! `processing_failed` with the error, but only when something else committed since it began failing.
+//! When nothing commits at all (a revoked permission, a missing table: the failure is the system's, not
+//! the message's), every message is kept and nak'ed, and the consumer reports itself failing
+//! (`tributary_consumer_failing`, a log line) until a commit succeeds again. A panic in a handler counts
+//! as a failure like any other. A message that kills the process itself (an abort, an OOM kill) is
+//! caught by its redeliveries ([`crashes`]): stored in ever smaller units across restarts, and
+//! dead-lettered once it has stopped the process `max_failures` times alone.
+//!
+//! # Layout
+//! - this module: the spec, the handler trait, the loop (fetch, accept, launch, finish), dead letters;
+//! - [`lanes`]: the per-series scheduler, what waits and what goes next, acks and naks;
+//! - [`unit`]: one unit of work, its attempts and its isolation by bisection;
+//! - [`crashes`]: the KV records that tell a message killing the process from an ordinary redelivery.
+//!
+//! While a unit is being stored its messages are reported in progress every third of `ack_wait`, so a
+//! unit that takes longer than `ack_wait` is not delivered a second time meanwhile (for at most
+//! [`MAX_WORK_ACK_WAITS`] × `ack_wait`: work stuck longer goes back to JetStream, to any replica).
+//!
+//! Nothing is acked before it is stored somewhere, so a crash anywhere means redelivery, never loss;
+//! handlers make redelivery harmless (last writer wins by stream sequence).
+
+mod crashes;
+mod lanes;
+mod unit;
+
+use crate::dlq;
+use crate::events::Rejection;
+use crate::ts::Ts;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, Message, consumer::pull};
+use futures::StreamExt;
+use lanes::Lanes;
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use crashes::BUCKET as CRASH_RECORDS_BUCKET;
+pub use unit::MAX_WORK_ACK_WAITS;
+
+/// Which consumer to run and how.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The stream to consume.
+    pub stream: String,
+    /// The durable consumer's name; replicas sharing it share the work.
+    pub durable: String,
+    /// One subject filter (NATS 2.9 has no `filter_subjects`).
+    pub filter_subject: String,
+    /// The most messages handled in one transaction.
+    pub batch: usize,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// The most messages delivered and not yet acked.
+    pub max_ack_pending: i64,
+    /// A name for logs and metrics labels, e.g. `prices`.
+    pub label: &'static str,
+    /// How many times a message may fail alone before it is dead-lettered as `processing_failed`.
+    pub max_failures: u32,
+    /// How many units of work may be in flight at once (at least 2, so that one slow series never holds
+    /// every lane).
+    pub lanes: usize,
+}
+
+/// The consumers of this process whose every message fails (a systemic fault), each with its last
+/// error: what `/readyz` reports. Cleared per consumer by its next commit.
+pub fn failing() -> std::collections::BTreeMap<String, String> {
+    FAILING.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+static FAILING: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The class of dead letters whose processing kept failing.
+pub const PROCESSING_FAILED: &str = "processing_failed";
+
+/// One valid event with what the consume loop knows about its message.
+#[derive(Debug, Clone)]
+pub struct Delivery<E> {
+    /// The decoded event.
+    pub event: E,
+    /// The JetStream stream sequence: the last-writer-wins order.
+    pub seq: u64,
+    /// When JetStream stored it.
+    pub received: Ts,
+}
+
+/// A batch could not be committed. Every message in it is nak'ed and redelivered later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct HandleError(#[from] pub anyhow::Error);
+
+/// Turns batches of one kind of event into one commit each.
+pub trait BatchHandler: Clone + Send + Sync + 'static {
+    /// The decoded event.
+    type Event: Clone + Send + Sync + 'static;
+
+    /// Decodes and validates one message; a rejection sends it to the dead-letter stream.
+    fn decode(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        received: Ts,
+    ) -> Result<Self::Event, Rejection>;
+
+    /// Stores a batch in one transaction. Returning `Ok` means committed.
+    fn handle(&self, batch: &[Delivery<Self::Event>]) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Whether a failure is the system's for a while (a lost connection, a database restarting, a
+    /// serialization failure) rather than something the messages do: such a failure is retried with a
+    /// backoff and never dead-letters anything. Anything else is isolated to the messages that cause it.
+    fn transient(&self, _error: &HandleError) -> bool {
+        false
+    }
+}
+
+/// The consume loop stopped for a reason other than shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The stream does not exist (streams are created by `streams::ensure` at startup).
+    #[error("stream {0} does not exist")]
+    NoStream(String),
+}
+
+/// The processors' durable consumers of a kind, as (durable name, filter subject, partition): one per
+/// partition (`processor-price-p3` on `price.p.3.>`) when the kind is partitioned and `partitions > 1`,
+/// else one for the whole kind (`processor-price` on `price.>`). The API reads their progress for fresh
+/// reads.
+pub fn processor_consumers(prefix: &str, kind: crate::Kind, partitions: u32) -> Vec<(String, String, Option<u32>)> {
+    if kind.partitioned() && partitions > 1 {
+        (0..partitions)
+            .map(|p| (format!("{prefix}-{}-p{p}", kind.prefix()), kind.partition_filter(p), Some(p)))
+            .collect()
+    } else {
+        vec![(format!("{prefix}-{}", kind.prefix()), kind.filter(), None)]
+    }
+}
+
+/// The header naming the upload a message came from (set by the API's upload route).
+pub const UPLOAD_HEADER: &str = "Tributary-Upload";
+/// Core NATS subjects `tributary.upload.<id>`: after a commit (or a stored dead letter), how many of an
+/// upload's messages it covered, as JSON `{"committed": n}` or `{"dead_letters": n}`.
+pub const UPLOAD_PROGRESS_PREFIX: &str = "tributary.upload";
+
+/// Tells an upload's watchers how many of its messages were just committed or dead-lettered.
+async fn report_uploads<'a>(js: &jetstream::Context, what: &str, messages: impl Iterator<Item = &'a Message>) {
+    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for m in messages {
+        if let Some(id) = m.headers.as_ref().and_then(|h| h.get(UPLOAD_HEADER)) {
+            *counts.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    for (id, n) in counts {
+        let body = format!("{{\"{what}\":{n}}}");
+        if let Err(e) = js.client().publish(format!("{UPLOAD_PROGRESS_PREFIX}.{id}"), body.into()).await {
+            debug!(error = %e, "cannot report upload progress");
+        }
+    }
+}
+
+/// Delay before a message delivered `delivered` times comes back: 100 ms doubling, at most 10 s.
+pub fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 8) - 1;
+    Duration::from_millis(100 << exp).min(Duration::from_secs(10))
+}
+
+/// Runs the consume loop until `shutdown` fires; the work in flight is finished first.
+pub async fn run<H: BatchHandler>(
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut failures = 0i64;
+    let mut lanes = Lanes::new(&js, &spec, handler).await;
+    while !shutdown.is_cancelled() {
+        let messages = match open(&js, &spec).await {
+            Ok(m) => m,
+            Err(OpenError::NoStream) => return Err(ConsumeError::NoStream(spec.stream.clone())),
+            Err(OpenError::Other(e)) => {
+                failures += 1;
+                let delay = backoff(failures);
+                warn!(consumer = spec.durable, error = %e, ?delay, "cannot open consumer; retrying");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => continue }
+            }
+        };
+        failures = 0;
+        info!(consumer = spec.durable, stream = spec.stream, "consuming");
+        let mut chunks = messages.ready_chunks(spec.batch);
+        loop {
+            lanes.launch();
+            let paused = lanes.paused_until.filter(|t| *t > tokio::time::Instant::now());
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = lanes.tasks.join_next(), if !lanes.tasks.is_empty() => lanes.finish(done).await,
+                _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                    lanes.paused_until = None;
+                }
+                // Unconstrained: tokio's cooperative budget would otherwise end a chunk after ~128
+                // ready messages, however many are buffered, and cap every batch there.
+                chunk = tokio::task::unconstrained(chunks.next()), if lanes.waiting() < spec.batch => {
+                    let Some(chunk) = chunk else {
+                        warn!(consumer = spec.durable, "message stream ended; reopening");
+                        break;
+                    };
+                    let mut batch = Vec::with_capacity(chunk.len());
+                    let mut broken = false;
+                    for m in chunk {
+                        match m {
+                            Ok(m) => batch.push(m),
+                            Err(e) => {
+                                warn!(consumer = spec.durable, error = %e, "consumer stream error");
+                                broken |= matches!(
+                                    e.kind(),
+                                    pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::MissingHeartbeat
+                                );
+                            }
+                        }
+                    }
+                    lanes.accept(batch).await;
+                    if broken {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown: what is in flight commits (or fails) and is acked (or nak'ed); what waits is left to
+    // redelivery.
+    while let Some(done) = lanes.tasks.join_next().await {
+        lanes.finish(done).await;
+    }
+    Ok(())
+}
+
+enum OpenError {
+    NoStream,
+    Other(async_nats::Error),
+}
+
+async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stream, OpenError> {
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| match e.kind() {
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            OpenError::NoStream
+        }
+        _ => OpenError::Other(e.into()),
+    })?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            &spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| OpenError::Other(e.into()))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(spec.batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| OpenError::Other(e.into()))
+}
+
+/// Publishes dead letters, then acks the originals whose dead letter is stored; returns a delay when one
+/// could not be stored (its original is nak'ed and comes back).
+async fn dead_letter(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    dead: Vec<(Message, u64, &'static str, String)>,
+) -> Option<Duration> {
+    let mut acks = Vec::with_capacity(dead.len());
+    for (m, seq, class, reason) in &dead {
+        warn!(consumer = spec.durable, subject = %m.subject, seq, class, reason, "dead-lettering");
+        acks.push(
+            dlq::send(js, &m.subject, m.headers.as_ref(), m.payload.clone(), &spec.stream, *seq, class, reason).await,
+        );
+    }
+    let mut retry = None;
+    let mut stored_letters = Vec::with_capacity(dead.len());
+    for ((m, _, class, _), ack) in dead.iter().zip(acks) {
+        let stored = match ack {
+            Ok(fut) => fut.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                metrics::counter!("tributary_dead_letters_total", "consumer" => spec.label, "class" => *class)
+                    .increment(1);
+                let _ = m.ack().await;
+                stored_letters.push(m);
+            }
+            Err(e) => {
+                let delay = backoff(m.info().map(|i| i.delivered).unwrap_or(1));
+                warn!(consumer = spec.durable, error = %e, "dead letter not stored; nak'ed");
+                let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
+                retry = Some(delay);
+            }
+        }
+    }
+    report_uploads(js, "dead_letters", stored_letters.into_iter()).await;
+    retry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(8), Duration::from_millis(10_000));
+        assert_eq!(backoff(100), Duration::from_millis(10_000));
+    }
+}
