@@ -18,9 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tributary_broker::consume::UPLOAD_PROGRESS_PREFIX;
 use tributary_gatherer::numbers::Stats;
 
-/// The kinds of upload.
-pub const KINDS: [&str; 4] = ["ports", "prices-csv", "ndjson", "numbers"];
-
 /// What an upload has done so far.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Status {

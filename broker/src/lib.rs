@@ -12,15 +12,17 @@
 //! - [`surveys`]: `survey.<provider>` items pulled from survey providers, and each pull's outcome.
 //! - [`streams`]: stream definitions, created or updated idempotently.
 //! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
-//! - [`consume`]: the consume loop (batch, one commit, ack after commit, nak with backoff, dead-letter).
+//! - [`consume`]: the consume loop (per-series lanes, ack after commit, backoff, poison isolation, dead letters).
 //! - [`dlq`]: dead letters: their headers, listing and replay.
 //! - [`trace`]: W3C trace context carried in NATS headers.
+//! - [`hash`]: FNV-1a 64, the one stable hash.
 
 pub mod codec;
 pub mod consume;
 pub mod dlq;
 pub mod events;
 pub mod fleet;
+pub mod hash;
 pub mod kind;
 pub mod metrics;
 pub mod ports;

@@ -60,6 +60,7 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         label: "slow",
         max_failures: 5,
         lanes: 3,
+        transient: |_| false,
     };
     let handler = Slow { batches: Arc::default(), slow: ack_wait * 3 };
     let shutdown = CancellationToken::new();
@@ -143,10 +144,6 @@ impl BatchHandler for Scripted {
         self.committed.lock().unwrap().extend(batch.iter().map(|d| (d.event.clone(), now)));
         Ok(())
     }
-
-    fn transient(&self, error: &HandleError) -> bool {
-        error.to_string().starts_with("transient")
-    }
 }
 
 /// A private nats-server with a stream `T` on `t.>` and the dead-letter stream, and `payloads` published
@@ -177,6 +174,7 @@ fn spec() -> ConsumerSpec {
         label: "t",
         max_failures: 3,
         lanes: 3,
+        transient: |e| e.to_string().starts_with("transient"),
     }
 }
 
@@ -372,4 +370,76 @@ async fn a_message_that_kills_the_process_is_dead_lettered_after_a_few_restarts(
     committed.dedup();
     assert_eq!(committed.len(), 39, "{committed:?}");
     assert!(restarts >= 2, "{restarts} restarts");
+}
+
+/// Records the subjects of every unit in flight and whether two units ever held one subject at once.
+#[derive(Clone, Default)]
+struct Overlap {
+    in_flight: Arc<Mutex<Vec<std::collections::HashSet<String>>>>,
+    shared: Arc<Mutex<Vec<String>>>,
+    units: Arc<Mutex<usize>>,
+    handled: Arc<Mutex<usize>>,
+}
+
+impl BatchHandler for Overlap {
+    type Event = String;
+
+    fn decode(&self, subject: &str, _: Option<&async_nats::HeaderMap>, _: &[u8], _: Ts) -> Result<String, Rejection> {
+        Ok(subject.to_owned())
+    }
+
+    async fn handle(&self, batch: &[Delivery<String>]) -> Result<(), HandleError> {
+        let mine: std::collections::HashSet<String> = batch.iter().map(|d| d.event.clone()).collect();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            for other in in_flight.iter() {
+                self.shared.lock().unwrap().extend(other.intersection(&mine).cloned());
+            }
+            in_flight.push(mine.clone());
+            *self.units.lock().unwrap() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.in_flight.lock().unwrap().retain(|s| *s != mine);
+        *self.handled.lock().unwrap() += batch.len();
+        Ok(())
+    }
+}
+
+/// Units in flight at once never share a series, however the events of a series arrive (here ten
+/// series, each in bursts while units of it are in flight), so lanes never wait on each other's locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_in_flight_never_share_a_series() {
+    let (_nats, js) = setup(&[]).await;
+    let handler = Overlap::default();
+    let shutdown = CancellationToken::new();
+    let spec = ConsumerSpec { batch: 16, ..spec() };
+    let run = tokio::spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
+    for round in 0..30 {
+        for s in 0..10 {
+            js.publish(format!("t.s{s}"), format!("{round}").into()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    until("every message handled", async || *handler.handled.lock().unwrap() >= 300).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert!(handler.shared.lock().unwrap().is_empty(), "shared: {:?}", handler.shared.lock().unwrap());
+    assert!(*handler.units.lock().unwrap() > 3, "the work went in several units");
+}
+
+/// A poison message on a quiet stream (nothing else arrives while it fails) is dead-lettered too: the
+/// consumer committed before, and nothing else failed while it was tried alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_poison_message_on_a_quiet_stream_is_dead_lettered() {
+    let (_nats, js) = setup(&payloads(5)).await;
+    let handler = Scripted::new(|p, _| if p == "poison" { Act::Fail } else { Act::Commit });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    until("the first messages acked", async || ack_floor(&js).await >= 5).await;
+    js.publish("t.poison", "poison".into()).await.unwrap().await.unwrap();
+    until("the poison message dead-lettered", async || !dead_letters(&js).await.is_empty()).await;
+    until("everything acked", async || ack_floor(&js).await >= 6).await;
+    assert_eq!(dead_letters(&js).await[0].0, "t.poison");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
 }

@@ -38,7 +38,7 @@ pub async fn publish_lists(
     for (role, list) in [(Role::Driver, drivers), (Role::Shipment, shipments)] {
         for (line, text) in list {
             let subject = role.subject(&line.to_string());
-            let key = format!("{subject}:{:016x}", crate::fnv64(text.as_bytes()));
+            let key = format!("{subject}:{:016x}", tributary_broker::hash::fnv1a(&[text.as_bytes()]));
             let payload = match role {
                 Role::Driver => FleetPayload::driver(text),
                 Role::Shipment => FleetPayload::shipment(text),

@@ -14,12 +14,15 @@
 //! report of what was stored, deduplicated or not delivered.
 
 pub mod fleet;
+mod kind;
 pub mod metrics;
 pub mod ndjson;
 pub mod numbers;
 pub mod ports;
 pub mod prices;
 pub mod surveys;
+
+pub use kind::ImportKind;
 
 /// How far an import has got, reported as it streams (for progress bars and upload progress events).
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
@@ -69,11 +72,6 @@ pub(crate) fn keep_error(errors: &mut Vec<LineError>, line: u64, byte: u64, reas
     if errors.len() < MAX_ERRORS {
         errors.push(LineError { line, byte, reason });
     }
-}
-
-/// FNV-1a 64 of `bytes`: a cheap, stable content hash for idempotency keys.
-pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Reads one line into `line` (cleared first), holding at most `max` bytes of it: a longer line is read

@@ -63,7 +63,7 @@ impl Server {
     /// Levels come from the host name (and disk from the clock), so a restarted simulator carries on near
     /// where the last one was.
     fn new(host: String) -> Self {
-        let rng = &mut StdRng::seed_from_u64(crate::fnv64(host.as_bytes()));
+        let rng = &mut StdRng::seed_from_u64(tributary_broker::hash::fnv1a(&[host.as_bytes()]));
         let cpu_level = rng.random_range(10.0..60.0);
         Server {
             subject: Kind::Metric.subject(&host),

@@ -3,10 +3,11 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{LineError, Progress, fnv64, import_headers, keep_error, read_line_bounded};
+use crate::{LineError, Progress, import_headers, keep_error, read_line_bounded};
 use async_nats::jetstream;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
+use tributary_broker::hash::fnv1a;
 use tributary_broker::{PublishReport, Publisher, codec, kind};
 
 /// The longest line accepted: a bound on memory.
@@ -81,7 +82,7 @@ pub async fn import_with(
             continue;
         }
         let body = parsed.event.get().as_bytes().to_vec();
-        let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv64(&body));
+        let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv1a(&[&body]));
         publisher.publish_raw(parsed.subject, import_headers(&id, codec::JSON, upload), body.into()).await;
         r.progress.published += 1;
         if r.progress.entries % 1000 == 0 {

@@ -13,10 +13,11 @@
 //! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
 //! stores nothing new (and after the duplicate window, changes no value).
 
-use crate::{Progress, fnv64, import_headers};
+use crate::{Progress, import_headers};
 use async_nats::jetstream;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tributary_broker::hash::fnv1a;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ports::{Port, PortRecord};
 use tributary_broker::{Kind, PublishReport, Publisher, codec};
@@ -431,7 +432,7 @@ pub async fn import_with(
 /// The idempotency key of one port member: its UN/LOCODE and a hash of its exact text, so re-importing
 /// the same file repeats every key and a changed member gets a new one.
 pub fn msg_id(unlocode: &str, member: &[u8]) -> String {
-    format!("port:{unlocode}:{:016x}", fnv64(member))
+    format!("port:{unlocode}:{:016x}", fnv1a(&[member]))
 }
 
 #[cfg(test)]

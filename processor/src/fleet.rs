@@ -158,10 +158,6 @@ async fn store_plan(
 impl BatchHandler for FleetHandler {
     type Event = FleetRecord;
 
-    fn transient(&self, error: &HandleError) -> bool {
-        crate::transient(error)
-    }
-
     fn decode(
         &self,
         subject: &str,

@@ -79,10 +79,6 @@ impl IndexHandler {
 impl BatchHandler for IndexHandler {
     type Event = (String, IndexDefinition);
 
-    fn transient(&self, error: &HandleError) -> bool {
-        crate::transient(error)
-    }
-
     fn decode(
         &self,
         subject: &str,

@@ -10,12 +10,7 @@ use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 /// The lock key of a series: FNV-1a 64 of `<class>:<name>`.
 pub fn key(class: &str, name: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in class.bytes().chain([b':']).chain(name.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
+    tributary_broker::hash::fnv1a(&[class.as_bytes(), b":", name.as_bytes()]) as i64
 }
 
 /// Takes the locks of `names` in class `class` in ascending key order.

@@ -125,10 +125,6 @@ async fn upsert(
 impl BatchHandler for PortHandler {
     type Event = PortRecord;
 
-    fn transient(&self, error: &HandleError) -> bool {
-        crate::transient(error)
-    }
-
     fn decode(
         &self,
         subject: &str,

@@ -91,6 +91,7 @@ impl ProcessorConfig {
                 max_failures: self.max_failures.max(1),
                 // One lane more than a batch's transactions: a slow series never holds every lane.
                 lanes: self.db_parallelism.max(1) + 1,
+                transient: crate::transient,
             })
             .collect()
     }

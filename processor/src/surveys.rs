@@ -124,10 +124,6 @@ async fn store_statuses(
 impl BatchHandler for SurveyHandler {
     type Event = SurveyRecord;
 
-    fn transient(&self, error: &HandleError) -> bool {
-        crate::transient(error)
-    }
-
     fn decode(
         &self,
         subject: &str,

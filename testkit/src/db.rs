@@ -26,12 +26,7 @@ fn with_db(admin: &str, name: &str) -> String {
 
 /// FNV-1a 64 of the schema: the template's version.
 fn schema_hash() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in schema_sql().concat().bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    tributary_broker::hash::fnv1a(&[schema_sql().concat().as_bytes()])
 }
 
 impl TestDb {

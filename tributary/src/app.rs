@@ -165,6 +165,16 @@ pub async fn connect(config: Config) -> anyhow::Result<Connected> {
     Ok(Connected { config, nats, js, db })
 }
 
+/// Connects to NATS and ensures the streams: what every publisher and the benchmark start with.
+pub async fn jetstream(
+    nats: &NatsConfig,
+    streams: &tributary_broker::StreamsConfig,
+) -> anyhow::Result<jetstream::Context> {
+    let js = jetstream::new(connect_nats(nats).await?);
+    ensure_streams(&js, streams).await?;
+    Ok(js)
+}
+
 /// Creates or updates the streams, retrying for up to a minute while JetStream is not ready (a cluster
 /// electing its leader after a start or a lost node answers nothing until it has one).
 pub async fn ensure_streams(js: &jetstream::Context, cfg: &tributary_broker::StreamsConfig) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let db = s.db.execute_unprepared("SELECT 1").await.is_ok();
     let migrations = db && tributary_store::db::migrations_applied(&s.db).await.unwrap_or(false);
     // Consumers of a processor in this process (`tributary up`) whose every message fails.
-    let failing = tributary_broker::consume::failing();
+    let failing = tributary_broker::consume::failing(Some(&s.nats.server_info().server_id));
     let ready = nats && db && migrations && failing.is_empty();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

@@ -3,7 +3,7 @@
 //! change, then one `summary`).
 
 use crate::params::Params;
-use crate::uploads::{KINDS, Status};
+use crate::uploads::Status;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::watch;
 use tokio_util::io::StreamReader;
+use tributary_gatherer::ImportKind;
 
 /// Starts an upload: the body is streamed through the importer of `kind` on its own task.
 pub async fn start(
@@ -23,21 +24,19 @@ pub async fn start(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let kind = p.get("kind").map(String::as_str).unwrap_or("");
-    if !KINDS.contains(&kind) {
-        return Err(ApiError::field(
-            "invalid_kind",
-            "kind",
-            format!("kind must be one of {}, got {kind:?}", KINDS.join(", ")),
-        ));
-    }
+    let kind: ImportKind = p
+        .get("kind")
+        .map(String::as_str)
+        .unwrap_or("")
+        .parse()
+        .map_err(|e: String| ApiError::field("invalid_kind", "kind", e))?;
     let max = s.config.max_upload_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::TooLarge(max as usize));
     }
-    let (id, tx) = s.uploads.start(kind);
+    let (id, tx) = s.uploads.start(kind.as_str());
     // The body as a reader, cut off (with an error the importer reports) past the size limit.
     let mut seen = 0u64;
     let chunks = body.into_data_stream().map(move |chunk| {
@@ -49,7 +48,6 @@ pub async fn start(
         Ok::<_, std::io::Error>(chunk)
     });
     let reader = StreamReader::new(chunks);
-    let kind = kind.to_owned();
     tokio::spawn(run(s.clone(), id.clone(), kind, reader, tx));
     Ok((
         StatusCode::ACCEPTED,
@@ -60,7 +58,7 @@ pub async fn start(
 async fn run(
     s: AppState,
     id: String,
-    kind: String,
+    kind: ImportKind,
     reader: impl tokio::io::AsyncRead + Unpin + Send,
     tx: watch::Sender<Status>,
 ) {
@@ -72,7 +70,7 @@ async fn run(
             st.invalid = p.invalid;
         })
     };
-    if kind == "numbers" {
+    if kind == ImportKind::Numbers {
         let r = tributary_gatherer::numbers::stats(reader, &mut |p, stats| {
             progress(&tx, p);
             tx.send_modify(|st| st.stats = Some(*stats));
@@ -88,8 +86,8 @@ async fn run(
     // What the importer left: (problems with positions, the error that stopped it, stored, duplicates,
     // not delivered, buffer peak).
     let (errors, stopped, stored, duplicates, failed, peak): (Vec<String>, Option<String>, u64, u64, usize, usize) =
-        match kind.as_str() {
-            "ports" => {
+        match kind {
+            ImportKind::Ports => {
                 let r =
                     tributary_gatherer::ports::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
                         .await;
@@ -105,7 +103,7 @@ async fn run(
                     r.max_buffer,
                 )
             }
-            "prices-csv" => {
+            ImportKind::PricesCsv => {
                 let r = tributary_gatherer::prices::import_csv_with(s.js.clone(), reader, Some(&id), &mut |p| {
                     progress(&tx, p)
                 })

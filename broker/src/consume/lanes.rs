@@ -2,13 +2,12 @@
 //! next unit of work, and what happens to each message once its unit is done.
 
 use super::crashes::{CrashLog, Stops};
-use super::unit::{Done, Outcome, Unit};
+use super::unit::{Done, Health, Outcome, Unit};
 use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, backoff, dead_letter, report_uploads};
 use crate::ts::Ts;
 use async_nats::jetstream::{self, AckKind, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -48,11 +47,18 @@ pub(super) struct Lanes<H: BatchHandler> {
     suspect_in_flight: bool,
     /// Sequences this process nak'ed: their redelivery is explained, not a suspect's.
     nakked: HashSet<u64>,
-    /// Commits of this consumer so far: a failure alone counts against its message only if something
-    /// else committed meanwhile.
-    commits: Arc<AtomicU64>,
+    /// What this consumer's units did: whether a failure alone is its message's own.
+    health: Arc<Health>,
     pub(super) paused_until: Option<tokio::time::Instant>,
     failing: bool,
+    /// This consumer's key in [`super::failing`]: (NATS server id, durable name).
+    failing_key: (String, String),
+}
+
+impl<H: BatchHandler> Drop for Lanes<H> {
+    fn drop(&mut self) {
+        super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.failing_key);
+    }
 }
 
 /// The most sequences remembered as nak'ed; past it the set starts over (a forgotten one is a suspect
@@ -73,9 +79,10 @@ impl<H: BatchHandler> Lanes<H> {
             crashes: CrashLog::open(js, &spec.stream, &spec.durable).await,
             suspect_in_flight: false,
             nakked: HashSet::new(),
-            commits: Arc::default(),
+            health: Arc::default(),
             paused_until: None,
             failing: false,
+            failing_key: (js.client().server_info().server_id, spec.durable.clone()),
         }
     }
 
@@ -185,25 +192,45 @@ impl<H: BatchHandler> Lanes<H> {
         }
         let batch = self.spec.batch.max(1);
         while self.tasks.len() < self.spec.lanes.max(2) {
+            let mut unit = None;
             // One unit of suspects at a time: a process that dies then blames only that unit's
             // messages, never a suspect in another lane.
-            let (queue, take) = match self.suspects.front() {
-                Some((first, _)) if !self.suspect_in_flight => {
-                    self.suspect_in_flight = true;
-                    let size = first.suspect.unwrap_or_default().unit_size(batch);
-                    (&mut self.suspects, size)
-                }
-                _ if !self.ready.is_empty() => (&mut self.ready, batch),
-                _ => break,
-            };
-            let take = queue.len().min(take);
-            let (items, deliveries): (Vec<Item>, Vec<Delivery<H::Event>>) = queue.drain(..take).unzip();
+            if !self.suspect_in_flight
+                && let Some((first, _)) = self.suspects.front()
+            {
+                let size = first.suspect.unwrap_or_default().unit_size(batch);
+                unit = Some(self.take(true, size)).filter(|(items, _)| !items.is_empty());
+                self.suspect_in_flight = unit.is_some();
+            }
+            if unit.is_none() && !self.ready.is_empty() {
+                unit = Some(self.take(false, batch)).filter(|(items, _)| !items.is_empty());
+            }
+            let Some((items, deliveries)) = unit else { break };
             self.busy.extend(items.iter().map(|i| i.series));
             let crashes = self.crashes.clone().filter(|_| items[0].suspect.is_some());
             let unit =
-                Unit { handler: self.handler.clone(), spec: self.spec.clone(), commits: self.commits.clone(), crashes };
+                Unit { handler: self.handler.clone(), spec: self.spec.clone(), health: self.health.clone(), crashes };
             self.tasks.spawn(unit.run(items, deliveries));
         }
+    }
+
+    /// Takes up to `size` items from the front of the suspects or of the ready items. One whose series
+    /// became busy since it was queued (a unit launched after it arrived) waits behind that unit
+    /// instead: two units in flight never share a series, so they never wait on each other's locks.
+    fn take(&mut self, suspects: bool, size: usize) -> (Vec<Item>, Vec<Delivery<H::Event>>) {
+        let queue = if suspects { &mut self.suspects } else { &mut self.ready };
+        let (mut items, mut deliveries) = (Vec::new(), Vec::new());
+        while items.len() < size
+            && let Some((item, delivery)) = queue.pop_front()
+        {
+            if self.busy.contains(&item.series) {
+                self.blocked.entry(item.series).or_default().push((item, delivery));
+            } else {
+                items.push(item);
+                deliveries.push(delivery);
+            }
+        }
+        (items, deliveries)
     }
 
     /// Acks, naks or dead-letters a finished unit's messages and frees its series.
@@ -272,12 +299,12 @@ impl<H: BatchHandler> Lanes<H> {
                     error!(consumer = spec.durable, error = %e, "every message fails: keeping them and backing off");
                 }
                 self.failing = true;
-                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.durable.clone(), e.clone());
+                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).insert(self.failing_key.clone(), e.clone());
             }
             (None, true, false) => {
                 info!(consumer = spec.durable, "commits succeed again");
                 self.failing = false;
-                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.durable);
+                super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.failing_key);
             }
             _ => {}
         }
@@ -306,10 +333,5 @@ impl<H: BatchHandler> Lanes<H> {
 
 /// A series is a subject: the unit of ordering and of isolation.
 fn series_of(subject: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in subject.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::hash::fnv1a(&[subject.as_bytes()])
 }

@@ -12,10 +12,11 @@
 //! - a unit's messages are acked after its commit, and only then, whatever the other lanes do.
 //!
 //! A unit that fails is isolated ([`unit`]): a transient failure (the database down, a lost connection, a
-//! serialization failure: [`BatchHandler::transient`]) naks everything with a delay that grows with the
+//! serialization failure: [`ConsumerSpec::transient`]) naks everything with a delay that grows with the
 //! delivery count, so an outage backs off and loses nothing. Any other failure bisects the unit until the
 //! failing messages stand alone; one that fails alone `max_failures` times is dead-lettered as
-//! `processing_failed` with the error, but only when something else committed since it began failing.
+//! `processing_failed` with the error, but only when the failure is its own: something else committed
+//! meanwhile, or the consumer had committed before and nothing else failed while it was tried alone.
 //! When nothing commits at all (a revoked permission, a missing table: the failure is the system's, not
 //! the message's), every message is kept and nak'ed, and the consumer reports itself failing
 //! (`tributary_consumer_failing`, a log line) until a commit succeeds again. A panic in a handler counts
@@ -77,15 +78,26 @@ pub struct ConsumerSpec {
     /// How many units of work may be in flight at once (at least 2, so that one slow series never holds
     /// every lane).
     pub lanes: usize,
+    /// Whether a failure is the system's for a while (a lost connection, a database restarting, a
+    /// serialization failure) rather than something the messages do: such a failure is retried with a
+    /// backoff and never dead-letters anything. Anything else is isolated to the messages that cause it.
+    pub transient: fn(&HandleError) -> bool,
 }
 
 /// The consumers of this process whose every message fails (a systemic fault), each with its last
-/// error: what `/readyz` reports. Cleared per consumer by its next commit.
-pub fn failing() -> std::collections::BTreeMap<String, String> {
-    FAILING.lock().unwrap_or_else(|e| e.into_inner()).clone()
+/// error: what `/readyz` reports; only those on the NATS server `server` (its id) when given. Cleared per
+/// consumer by its next commit, or when its loop ends.
+pub fn failing(server: Option<&str>) -> std::collections::BTreeMap<String, String> {
+    let failing = FAILING.lock().unwrap_or_else(|e| e.into_inner());
+    failing
+        .iter()
+        .filter(|((s, _), _)| server.is_none_or(|id| id == s))
+        .map(|((_, d), e)| (d.clone(), e.clone()))
+        .collect()
 }
 
-static FAILING: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+/// (NATS server id, durable consumer) → the last error, of the consumers failing on every message.
+static FAILING: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// The class of dead letters whose processing kept failing.
@@ -123,13 +135,6 @@ pub trait BatchHandler: Clone + Send + Sync + 'static {
 
     /// Stores a batch in one transaction. Returning `Ok` means committed.
     fn handle(&self, batch: &[Delivery<Self::Event>]) -> impl Future<Output = Result<(), HandleError>> + Send;
-
-    /// Whether a failure is the system's for a while (a lost connection, a database restarting, a
-    /// serialization failure) rather than something the messages do: such a failure is retried with a
-    /// backoff and never dead-letters anything. Anything else is isolated to the messages that cause it.
-    fn transient(&self, _error: &HandleError) -> bool {
-        false
-    }
 }
 
 /// The consume loop stopped for a reason other than shutdown.

@@ -34,11 +34,20 @@ pub(super) struct Done {
     pub(super) systemic: Option<String>,
 }
 
+/// What a consumer's units have done so far, for telling a message's own failure from the system's.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    /// Attempts that committed.
+    pub(super) commits: AtomicU64,
+    /// Attempts that failed.
+    pub(super) failures: AtomicU64,
+}
+
 /// One unit of work: a set of items stored together, isolated on failure.
 pub(super) struct Unit<H> {
     pub(super) handler: H,
     pub(super) spec: ConsumerSpec,
-    pub(super) commits: Arc<AtomicU64>,
+    pub(super) health: Arc<Health>,
     /// For a unit of suspects: the records that count its stops.
     pub(super) crashes: Option<CrashLog>,
 }
@@ -83,26 +92,29 @@ impl<H: BatchHandler> Unit<H> {
                 .unwrap_or_else(|| "a panic".into());
             Err(HandleError(anyhow::anyhow!("the handler panicked: {what}")))
         });
-        if out.is_ok() {
-            self.commits.fetch_add(1, Ordering::Relaxed);
-        }
+        match &out {
+            Ok(()) => self.health.commits.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.health.failures.fetch_add(1, Ordering::Relaxed),
+        };
         out
     }
 
     /// Stores `items`, and on a failure that is not transient narrows it down: halves are tried depth
     /// first until each failing message stands alone; a message failing alone is then tried alone up to
-    /// `max_failures` times in all, and dead-lettered if it still fails while other work commits (here or
-    /// in another lane). Returns each item's outcome, a delay to pause the loop for, and the error when
-    /// the failure looks systemic: nothing commits at all, neither here within a few more attempts than
-    /// it takes to reach one message, nor anywhere else meanwhile.
+    /// `max_failures` times in all, and dead-lettered if it still fails and the failure is its own: other
+    /// work committed meanwhile (here or in another lane), or the consumer had committed before and
+    /// nothing else failed while this message was tried alone (a poison message on a quiet stream).
+    /// Returns each item's outcome, a delay to pause the loop for, and the error when the failure looks
+    /// systemic: nothing commits at all, neither here within a few more attempts than it takes to reach
+    /// one message, nor anywhere else meanwhile, and other messages fail too.
     async fn isolate(
         &self,
         items: &[Item],
         deliveries: &[Delivery<H::Event>],
     ) -> (Vec<Outcome>, Option<Duration>, Option<String>) {
         let mut outcomes = vec![Outcome::Retry; items.len()];
-        let commits_before = self.commits.load(Ordering::Relaxed);
-        let others_committed = || self.commits.load(Ordering::Relaxed) > commits_before;
+        let commits_before = self.health.commits.load(Ordering::Relaxed);
+        let others_committed = || self.health.commits.load(Ordering::Relaxed) > commits_before;
         let delay = backoff(items.iter().map(|i| i.delivered).max().unwrap_or(1));
         // Reaching one message takes log2(n) failed halves; as many again find a half that commits,
         // unless nothing does.
@@ -120,7 +132,7 @@ impl<H: BatchHandler> Unit<H> {
                 }
                 Err(e) => e,
             };
-            if self.handler.transient(&error) {
+            if (self.spec.transient)(&error) {
                 warn!(consumer = self.spec.durable, error = %error, events = range.len(), ?delay, "transient failure; nak'ed for redelivery");
                 return (outcomes, Some(delay), None);
             }
@@ -138,37 +150,42 @@ impl<H: BatchHandler> Unit<H> {
             }
         }
         for (i, error) in suspects {
-            if successes == 0 && !others_committed() {
-                // Failing alone with nothing else committing: not known to be this message's fault.
-                return (outcomes, Some(delay), Some(error.to_string()));
-            }
-            match self.alone(&deliveries[i], error).await {
+            let failures_before = self.health.failures.load(Ordering::Relaxed);
+            let (result, tries) = self.alone(&deliveries[i], error).await;
+            let others_failed = self.health.failures.load(Ordering::Relaxed) - failures_before > tries;
+            match result {
                 Ok(()) => outcomes[i] = Outcome::Committed,
-                Err(e) if self.handler.transient(&e) => return (outcomes, Some(delay), None),
-                Err(e) => {
+                Err(e) if (self.spec.transient)(&e) => return (outcomes, Some(delay), None),
+                Err(e) if successes > 0 || others_committed() || (commits_before > 0 && !others_failed) => {
                     warn!(consumer = self.spec.durable, seq = items[i].seq, error = %e, "failed alone {} times: dead-lettering", self.spec.max_failures);
                     outcomes[i] = Outcome::Failed(e.to_string());
                 }
+                // Failing alone while nothing commits and other messages fail too: not known to be this
+                // message's fault.
+                Err(e) => return (outcomes, Some(delay), Some(e.to_string())),
             }
         }
         (outcomes, None, None)
     }
 
     /// Tries one message alone until it commits, fails transiently, or has failed `max_failures` times
-    /// (counting the failure that brought it here), pausing 100 ms, doubling, between tries.
-    async fn alone(&self, delivery: &Delivery<H::Event>, mut error: HandleError) -> Result<(), HandleError> {
+    /// (counting the failure that brought it here), pausing 100 ms, doubling, between tries; also returns
+    /// how many tries it made.
+    async fn alone(&self, delivery: &Delivery<H::Event>, mut error: HandleError) -> (Result<(), HandleError>, u64) {
         let item = std::slice::from_ref(delivery);
+        let mut tries = 0;
         for failed in 1..self.spec.max_failures.max(1) {
-            if self.handler.transient(&error) {
-                return Err(error);
+            if (self.spec.transient)(&error) {
+                return (Err(error), tries);
             }
             tokio::time::sleep(backoff(failed as i64).min(Duration::from_secs(2))).await;
+            tries += 1;
             match self.attempt(item).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return (Ok(()), tries),
                 Err(e) => error = e,
             }
         }
-        Err(error)
+        (Err(error), tries)
     }
 }
 

@@ -204,10 +204,6 @@ impl MetricHandler {
 impl BatchHandler for MetricHandler {
     type Event = MetricSample;
 
-    fn transient(&self, error: &HandleError) -> bool {
-        crate::transient(error)
-    }
-
     fn decode(
         &self,
         subject: &str,

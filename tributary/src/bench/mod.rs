@@ -296,8 +296,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
 /// `--corrections`: the corrections scenario alone ([`corrections`]).
 async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
     config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = async_nats::jetstream::new(crate::app::connect_nats(&config.nats).await?);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
     let figures = corrections::measure(&config, args, &js, &args.corrections).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -311,8 +310,7 @@ async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -
 /// a JSON array with `--json`).
 async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
     config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = async_nats::jetstream::new(crate::app::connect_nats(&config.nats).await?);
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
+    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
     progress(args.json, "freshness at each offered rate");
     let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates)
         .await?
@@ -370,8 +368,7 @@ async fn run_phases(
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     // The private server has no TLS and no users: the configured ones are not for it.
     config.nats = crate::config::NatsConfig::with_url(nats_url);
-    let nats = crate::app::connect_nats(&config.nats).await?;
-    let js = async_nats::jetstream::new(nats);
+    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
     let n = args.events;
     let message_bytes = event(0, args.instruments).1.len();
 
@@ -393,7 +390,6 @@ async fn run_phases(
     scratch.drop().await;
 
     progress(args.json, "publishing the price and metric backlog");
-    tributary_broker::streams::ensure(&js, &config.streams).await?;
     raw::publish_backlog(&js, n, args.instruments).await?;
     let metrics = MetricsBacklog::beside(n);
     raw::publish_metrics(&js, &metrics).await?;

@@ -5,7 +5,7 @@
 //! Equality is exact (bit for bit): the incremental path runs the same arithmetic on the same inputs in
 //! the same order as the batch path, and float8 round-trips f64 exactly (see `prices::series`).
 
-use crate::common::{TestApp, spawn_app, spawn_app_on};
+use crate::common::{TestApp, spawn_app, spawn_app_on, spawn_app_with};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use tributary_broker::events::{IndexDefinition, PriceEvent};
 use tributary_broker::ts::Ts;
 use tributary_processor::prices::index;
-use tributary_processor::prices::series::{Point, recompute};
+use tributary_processor::prices::series::{Point, Transforms, recompute};
 use tributary_testkit::NatsServer;
 
 enum Msg {
@@ -25,7 +25,18 @@ enum Msg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_equals_batch_under_shuffles_duplicates_corrections_and_crashes() {
-    differential(spawn_app().await, 1).await;
+    differential(spawn_app().await, 1, 80).await;
+}
+
+/// Short windows over long series: a correction's effect dies out long before the series ends, so most
+/// corrections stop early (the recompute settles), shuffled, duplicated and with processors killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_cutoff_keeps_incremental_equal_to_batch_deep_in_long_series() {
+    let app = spawn_app_with(|c| {
+        c.processor.prices = Transforms { sma: vec![3, 5], ema: vec![4], vol: vec![3] };
+    })
+    .await;
+    differential(app, 1, 400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +46,7 @@ async fn partitioned_replicas_keep_incremental_equal_to_batch() {
         c.processor.replicas = 2;
     })
     .await;
-    let app = differential(app, 2).await;
+    let app = differential(app, 2, 80).await;
     // Every partition had work, and each was consumed by its own durable consumer.
     let stream = app.c.js.get_stream("PRICES").await.unwrap();
     for p in 0..4 {
@@ -48,10 +59,10 @@ async fn partitioned_replicas_keep_incremental_equal_to_batch() {
     assert_eq!(s, 200, "{b}");
 }
 
-/// Publishes shuffled prices with corrections and duplicates and index definitions, killing and
-/// restarting processors (as `replicas` replicas splitting the partitions) mid-stream, then compares
-/// every stored value with the batch computation.
-async fn differential(mut app: TestApp, replicas: u32) -> TestApp {
+/// Publishes shuffled prices over `days` days with corrections and duplicates and index definitions,
+/// killing and restarting processors (as `replicas` replicas splitting the partitions) mid-stream, then
+/// compares every stored value with the batch computation.
+async fn differential(mut app: TestApp, replicas: u32, days: i64) -> TestApp {
     let seed: u64 =
         std::env::var("DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random());
     eprintln!("differential seed {seed} (rerun with DIFF_SEED={seed})");
@@ -70,7 +81,7 @@ async fn differential(mut app: TestApp, replicas: u32) -> TestApp {
     let mut msgs = Vec::new();
     for inst in &instruments {
         let mut p = 100.0;
-        for d in 0..80 {
+        for d in 0..days {
             if rng.random_bool(0.1) {
                 continue; // a gap: not every instrument has every date
             }

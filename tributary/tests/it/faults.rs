@@ -360,6 +360,11 @@ async fn a_postgres_restart_mid_ingest_loses_nothing_and_readyz_says_not_ready_m
     app.settled().await;
     verify(&app, &price_truth(&app).await, &HashMap::new()).await;
     verify_metrics(&app, &metric_truth(&app).await).await;
+    // The outage was transient: nothing was dead-lettered for it.
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let failed: Vec<_> =
+        body["dead_letters"].as_array().unwrap().iter().filter(|l| l["class"] == "processing_failed").collect();
+    assert!(failed.is_empty(), "dead-lettered for an outage: {failed:?}");
 }
 
 /// Backends of the test database connected since `since` and waiting for a lock (a processor's

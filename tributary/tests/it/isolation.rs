@@ -176,3 +176,34 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
     app.settled().await;
     check().await;
 }
+
+/// The isolation is the consume loop's, so every kind has it: a port whose write always fails is
+/// dead-lettered as `processing_failed` while the ports around it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_whose_write_always_fails_is_dead_lettered_and_the_others_stored() {
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_port() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.unlocode = 'XXBAD' THEN RAISE EXCEPTION 'refusing port % (test trigger)', NEW.unlocode; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_port BEFORE INSERT OR UPDATE ON ports FOR EACH ROW EXECUTE FUNCTION refuse_port();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    for code in ["AAAAA", "BBBBB", "XXBAD", "CCCCC", "DDDDD"] {
+        app.publish_plain(&format!("port.{code}"), &format!(r#"{{"name":"{code}","coordinates":[1,2]}}"#)).await;
+    }
+    app.settled().await;
+    let (_, b) = app.get("/v1/ports?limit=10").await;
+    assert_eq!(b["total"], 4, "{b}");
+    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+    let letters = dlq["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{dlq}");
+    assert_eq!(letters[0]["subject"], "port.XXBAD");
+    assert_eq!(letters[0]["class"], "processing_failed");
+    assert!(letters[0]["reason"].as_str().unwrap().contains("refusing port XXBAD"), "{dlq}");
+}

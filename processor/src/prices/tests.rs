@@ -1,0 +1,118 @@
+//! The price path's pure parts: the split hint and the chunked rewrite.
+
+use super::*;
+
+#[test]
+fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
+    let mut index_of = IndexOf { capacity: 100, index: HashMap::new() };
+    let constituents: Vec<(String, String)> =
+        (0..10).map(|i| (format!("S{i}"), "idx".to_owned())).chain([("S3".into(), "a-first".into())]).collect();
+    let changed: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
+    let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+    index_of.learn(&changed, &constituents);
+    // S3 is in two indices: it goes with the first by name, the rest with "idx".
+    assert_eq!(index_of.index["S3"], "a-first");
+    let batch: Vec<String> = (0..200).map(|i| format!("S{}", i % 100)).collect();
+    let parts = lock::split_by(&batch, 2, |s| index_of.group(s));
+    assert_eq!(parts.len(), 2, "the other instruments still spread over both parts");
+    let with_idx: Vec<usize> = (0..parts.len())
+        .filter(|&p| {
+            parts[p].iter().any(|s| ["S0", "S1", "S2", "S4", "S5", "S6", "S7", "S8", "S9"].contains(&s.as_str()))
+        })
+        .collect();
+    assert_eq!(with_idx.len(), 1, "every constituent of idx in one part");
+    for name in ["S3", "S42"] {
+        assert_eq!(parts.iter().filter(|p| p.iter().any(|s| *s == name)).count(), 1, "{name} in one part");
+    }
+    // A changed instrument no longer returned as a constituent is forgotten.
+    index_of.learn(&["S0"], &[]);
+    assert!(!index_of.index.contains_key("S0"));
+    assert_eq!(index_of.group("S0"), lock::key("price", "S0"));
+}
+
+/// The chunked rewrite equals the batch computation whatever the chunk size: a series kept in memory
+/// as the table, incoming corrections, new and redelivered points anywhere in it, read `chunk` points
+/// at a time with the window and incoming points carried between chunks as `attempt` does.
+#[test]
+fn a_rewrite_read_in_chunks_equals_the_batch_computation() {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    let config = proptest::test_runner::Config { cases: 200, ..Default::default() };
+    proptest::proptest!(config, |(
+        seed in any::<u64>(),
+        len in 0usize..400,
+        chunk in 1usize..40,
+        incoming in proptest::collection::vec((0usize..500, 0u8..4, -0.1f64..0.1), 1..12),
+        small in any::<bool>(),
+    )| {
+        let t = if small { Transforms { sma: vec![3], ema: vec![4], vol: vec![2] } } else { Transforms::default() };
+        let day0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let ts = |i: usize| day0 + chrono::Duration::hours(i as i64);
+        // The table: every other hour of `2 * len`, so that new points can fall between stored ones.
+        let mut x = seed | 1;
+        let mut raw: BTreeMap<DateTime<Utc>, (f64, i64)> = BTreeMap::new();
+        for i in 0..len {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            raw.insert(ts(2 * i), (100.0 + (x % 1000) as f64 / 100.0, 1));
+        }
+        let computed = |raw: &BTreeMap<DateTime<Utc>, (f64, i64)>| -> Vec<Row> {
+            let mut points: Vec<Point> = raw.values().map(|(p, _)| Point::raw(*p)).collect();
+            series::recompute(&t, &mut points, 0);
+            raw.iter().zip(points).map(|((ts, (_, seq)), point)| Row { ts: *ts, volume: None, seq: *seq, point }).collect()
+        };
+        let mut table: BTreeMap<DateTime<Utc>, Row> = computed(&raw).into_iter().map(|r| (r.ts, r)).collect();
+        // Incoming: a correction, a redelivery or a new point, each with a higher sequence.
+        let mut by_ts: BTreeMap<DateTime<Utc>, Incoming> = BTreeMap::new();
+        for (k, (at, what, d)) in incoming.iter().enumerate() {
+            let at = ts(*at % (2 * len + 2));
+            let seq = 2 + k as i64;
+            let price = match (what, raw.get(&at)) {
+                (0, Some((p, _))) => *p,
+                (_, Some((p, _))) => p * (1.0 + d),
+                (_, None) => 100.0 * (1.0 + d),
+            };
+            by_ts.insert(at, Incoming { ts: at, price, volume: None, seq });
+        }
+        let incoming: Vec<Incoming> = by_ts.values().copied().collect();
+        for inc in &incoming {
+            raw.insert(inc.ts, (inc.price, inc.seq));
+        }
+        // The rewrite, chunk by chunk, writing to the table as it goes.
+        let t0 = incoming[0].ts;
+        let mut window: Vec<Row> = table.range(..t0).rev().take(t.window()).map(|(_, r)| r.clone()).collect();
+        window.reverse();
+        let read = |table: &BTreeMap<DateTime<Utc>, Row>, from: std::ops::Bound<DateTime<Utc>>| -> Vec<Row> {
+            table.range((from, std::ops::Bound::Unbounded)).take(chunk).map(|(_, r)| r.clone()).collect()
+        };
+        let first = read(&table, std::ops::Bound::Included(t0));
+        let complete = first.len() < chunk;
+        let mut step = merge(&t, window, first, &incoming, complete, false);
+        loop {
+            for r in std::mem::take(&mut step.rows) {
+                table.insert(r.ts, r);
+            }
+            let Some(carry) = step.carry.take() else { break };
+            let next = read(&table, std::ops::Bound::Excluded(carry.after));
+            let complete = next.len() < chunk;
+            step = merge(&t, carry.window, next, carry.incoming, complete, carry.unsettled);
+        }
+        let want = computed(&raw);
+        let got: Vec<&Row> = table.values().collect();
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert!(g.ts == w.ts && g.seq == w.seq && series::same_bits(&g.point, &w.point), "at {}: {:?} vs {:?}", w.ts, g, w);
+        }
+        if let Some(tail) = step.tail {
+            let n = want.len().saturating_sub(t.window());
+            prop_assert!(tail.iter().zip(&want[n..]).all(|(a, b)| a.ts == b.ts && series::same_bits(&a.point, &b.point)));
+        }
+    });
+}
+
+#[test]
+fn the_constituent_hint_is_bounded() {
+    let mut index_of = IndexOf { capacity: 3, index: HashMap::new() };
+    let constituents: Vec<(String, String)> = (0..10).map(|i| (format!("S{i}"), "idx".to_owned())).collect();
+    index_of.learn(&[], &constituents);
+    assert!(index_of.index.len() <= 3);
+}

@@ -1,0 +1,113 @@
+//! `tributary fleet plan|bench`: the fleet assignment with no server, the exercise's own usage.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub(crate) enum FleetCmd {
+    /// Print the assignment of shipments to drivers that maximises the total suitability score.
+    Plan(FleetPlanArgs),
+    /// Time the optimal assignment of N random shipments to N random drivers.
+    Bench(FleetBenchArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct FleetPlanArgs {
+    /// Driver names, one per line (`-` for stdin).
+    #[arg(long)]
+    drivers: PathBuf,
+    /// Shipment destination addresses, one per line (`-` for stdin).
+    #[arg(long)]
+    shipments: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct FleetBenchArgs {
+    /// Shipments and drivers.
+    #[arg(long, default_value_t = 1000)]
+    size: usize,
+    /// Repeats (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Runs `tributary fleet …`.
+pub(crate) fn run(cmd: FleetCmd) -> anyhow::Result<()> {
+    match cmd {
+        FleetCmd::Plan(args) => fleet_plan(args),
+        FleetCmd::Bench(args) => fleet_bench(args),
+    }
+}
+
+/// `tributary fleet plan`: reads the two lists and prints the optimal total and matching.
+fn fleet_plan(args: FleetPlanArgs) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| {
+        tributary_gatherer::fleet::read_list(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let (drivers, shipments) = (read(&args.drivers)?, read(&args.shipments)?);
+    let names: Vec<&str> = drivers.iter().map(|d| d.1.as_str()).collect();
+    let addresses: Vec<&str> = shipments.iter().map(|s| s.1.as_str()).collect();
+    let plan = tributary_fleet::plan(&addresses, &names);
+    if args.json {
+        let pairs: Vec<_> = plan
+            .pairs
+            .iter()
+            .map(|&(s, d, q)| serde_json::json!({"address": addresses[s], "driver": names[d], "score": q.value()}))
+            .collect();
+        let out = serde_json::json!({
+            "total_score": plan.total.value(),
+            "assignments": pairs,
+            "unassigned_shipments": plan.unassigned_shipments.iter().map(|&s| addresses[s]).collect::<Vec<_>>(),
+            "unassigned_drivers": plan.unassigned_drivers.iter().map(|&d| names[d]).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("total suitability score: {}", plan.total.value());
+    for &(s, d, q) in &plan.pairs {
+        println!("{:>8}  {}  <-  {}", q.value(), addresses[s], names[d]);
+    }
+    for &s in &plan.unassigned_shipments {
+        println!("{:>8}  {}  (no driver)", "-", addresses[s]);
+    }
+    for &d in &plan.unassigned_drivers {
+        println!("{:>8}  (no shipment)  <-  {}", "-", names[d]);
+    }
+    Ok(())
+}
+
+/// `tributary fleet bench`: the optimal assignment of N × N random names and addresses, timed.
+fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let word = |r: &mut StdRng, n: usize| -> String {
+        (0..r.random_range(2..n)).map(|_| (b'a' + r.random_range(0..26)) as char).collect()
+    };
+    let addresses: Vec<String> =
+        (0..args.size).map(|_| format!("{} {} St., Town", rng.random_range(1..9999), word(&mut rng, 14))).collect();
+    let names: Vec<String> = (0..args.size).map(|_| format!("{} {}", word(&mut rng, 9), word(&mut rng, 12))).collect();
+    let mut times = Vec::new();
+    let mut total = 0.0;
+    for _ in 0..args.repeats.max(1) {
+        let started = std::time::Instant::now();
+        total = tributary_fleet::plan(&addresses, &names).total.value();
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{n} shipments × {n} drivers: median {:.3} s (min {:.3}, max {:.3}) over {} runs; total score {total}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        times.len(),
+        n = args.size
+    );
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `tributary import FILE --kind K`: the importers of the upload route, from the command line.
+
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tributary::app;
+use tributary::config::Config;
+use tributary_gatherer::ImportKind;
+
+#[derive(Args)]
+pub(crate) struct ImportArgs {
+    /// The file (`-` for stdin).
+    file: PathBuf,
+    /// What the file holds.
+    #[arg(long, value_parser = |s: &str| s.parse::<ImportKind>())]
+    kind: ImportKind,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `tributary import FILE --kind K`.
+pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
+    match args.kind {
+        ImportKind::Ports => return ports(&config, &args.file, args.quiet).await,
+        ImportKind::PricesCsv => return prices_csv(&config, &args.file, args.quiet).await,
+        ImportKind::Ndjson | ImportKind::Numbers => {}
+    }
+    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let f = tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?;
+        let size = f.metadata().await.ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    // Bytes read and entries/s, as the other importers show.
+    let bar = tributary_gatherer::byte_progress_bar(size, !args.quiet);
+    let started = std::time::Instant::now();
+    let show = |p: &tributary_gatherer::Progress| {
+        bar.set_position(p.bytes);
+        let rate = p.entries as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{} lines, {rate:.0}/s, {} refused", p.entries, p.invalid));
+    };
+    if args.kind == ImportKind::Numbers {
+        let r = tributary_gatherer::numbers::stats(input, &mut |p, _| show(p)).await;
+        bar.finish_and_clear();
+        println!("{}", serde_json::to_string_pretty(&r.stats)?);
+        for e in &r.errors {
+            eprintln!("  {e}");
+        }
+        return Ok(());
+    }
+    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |p| show(p)).await;
+    bar.finish_and_clear();
+    eprintln!(
+        "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
+        r.progress.entries,
+        r.progress.bytes,
+        r.publish.stored,
+        r.publish.duplicates,
+        r.progress.invalid,
+        r.publish.failed.len()
+    );
+    for e in &r.errors {
+        eprintln!("  {e}");
+    }
+    anyhow::ensure!(r.publish.failed.is_empty() && r.errors.is_empty(), "import finished with errors");
+    Ok(())
+}
+
+/// Imports `instrument,ts,price[,volume]` lines (`-`: standard input) with a progress bar, and reports
+/// what it did.
+pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> anyhow::Result<()> {
+    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let report = if path.as_os_str() == "-" {
+        tributary_gatherer::prices::import_csv(js, tokio::io::stdin(), None, !quiet).await
+    } else {
+        let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        tributary_gatherer::prices::import_csv(js, file, size, !quiet).await
+    };
+    eprintln!(
+        "imported {} lines ({} bytes): {} stored, {} duplicates, {} not delivered, {} bad lines",
+        report.lines,
+        report.bytes,
+        report.publish.stored,
+        report.publish.duplicates,
+        report.publish.failed.len(),
+        report.bad_lines
+    );
+    for e in &report.errors {
+        eprintln!("  {e}");
+    }
+    for (subject, reason) in report.publish.failed.iter().take(20) {
+        eprintln!("  not delivered to {subject}: {reason}");
+    }
+    anyhow::ensure!(report.publish.failed.is_empty() && report.bad_lines == 0, "import finished with errors");
+    Ok(())
+}
+
+/// Imports a ports file (`-`: standard input), streamed with a progress bar, and reports what it did.
+pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::Result<()> {
+    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let started = std::time::Instant::now();
+    let report = if file.as_os_str() == "-" {
+        tributary_gatherer::ports::import(js, tokio::io::stdin(), None, !quiet).await
+    } else {
+        let file = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        tributary_gatherer::ports::import(js, file, size, !quiet).await
+    };
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "read {} ports ({} bytes, {:.1} MB/s, {:.0} ports/s): {} published, {} duplicates, {} invalid (dead-lettered by the processor), {} skipped, {} not delivered; decoder buffer peak {} bytes",
+        report.entries,
+        report.bytes,
+        report.bytes as f64 / secs / 1e6,
+        report.entries as f64 / secs,
+        report.publish.stored,
+        report.publish.duplicates,
+        report.invalid.len(),
+        report.skipped.len(),
+        report.publish.failed.len(),
+        report.max_buffer
+    );
+    for (at, key, reason) in report.invalid.iter().chain(&report.skipped).take(20) {
+        eprintln!("  {at}: {key}: {reason}");
+    }
+    if let Some(e) = &report.syntax_error {
+        eprintln!("stopped: {e} (everything before it was published)");
+    }
+    anyhow::ensure!(
+        report.syntax_error.is_none() && report.publish.failed.is_empty() && report.skipped.is_empty(),
+        "import finished with errors"
+    );
+    Ok(())
+}
