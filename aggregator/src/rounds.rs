@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
+use tributary_broker::metric_names as names;
 use tributary_broker::publish::{self, Publisher};
 use tributary_broker::surveys::SurveyPayload;
 use tributary_broker::ts::Ts;
@@ -155,8 +156,8 @@ impl Rounds {
             let reports = futures::future::join_all(self.providers.iter().map(|p| self.pull(p))).await;
             self.publish_outcomes(&reports).await;
             let took = started.elapsed();
-            metrics::counter!("tributary_aggregator_rounds_total").increment(1);
-            metrics::histogram!("tributary_aggregator_round_seconds").record(took.as_secs_f64());
+            metrics::counter!(names::AGGREGATOR_ROUNDS).increment(1);
+            metrics::histogram!(names::AGGREGATOR_ROUND_SECONDS).record(took.as_secs_f64());
             tracing::debug!(round = n, ?took, "round done");
             RoundReport { round: n, started_at, took_ms: took.as_secs_f64() * 1e3, providers: reports }
         }
@@ -219,9 +220,8 @@ impl Rounds {
         if let Some(e) = &error {
             tracing::warn!(provider = %p.name, status, error = %e, "pull failed");
         }
-        metrics::counter!("tributary_aggregator_pulls_total", "provider" => p.name.clone(), "status" => status)
-            .increment(1);
-        metrics::counter!("tributary_aggregator_items_total", "provider" => p.name.clone()).increment(items);
+        metrics::counter!(names::AGGREGATOR_PULLS, "provider" => p.name.clone(), "status" => status).increment(1);
+        metrics::counter!(names::AGGREGATOR_ITEMS, "provider" => p.name.clone()).increment(items);
         ProviderReport {
             provider: p.name.clone(),
             status: status.to_owned(),

@@ -16,6 +16,7 @@
 //! - [`dlq`]: dead letters: their headers, listing and replay.
 //! - [`trace`]: W3C trace context carried in NATS headers.
 //! - [`hash`]: FNV-1a 64, the one stable hash.
+//! - [`metric_names`]: every Prometheus metric the pipeline records, with its help text.
 
 pub mod codec;
 pub mod consume;
@@ -24,6 +25,7 @@ pub mod events;
 pub mod fleet;
 pub mod hash;
 pub mod kind;
+pub mod metric_names;
 pub mod metrics;
 pub mod ports;
 pub mod publish;

@@ -64,7 +64,10 @@ pub fn metrics() -> PrometheusHandle {
                 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ];
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full("tributary_commit_latency_seconds".into()), &freshness)
+                .set_buckets_for_metric(
+                    Matcher::Full(tributary_broker::metric_names::COMMIT_LATENCY.into()),
+                    &freshness,
+                )
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency))
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -84,26 +87,17 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// The help text of every metric the pipeline records (Prometheus' `# HELP` lines).
+/// The help text of every metric the pipeline records (Prometheus' `# HELP` lines), from the one list
+/// of them ([`tributary_broker::metric_names::ALL`]).
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("tributary_events_total", "Events handled by a consumer, by outcome (processed).");
-    describe_counter!("tributary_dead_letters_total", "Events sent to the dead-letter stream, by class of rejection.");
-    describe_counter!(
-        "tributary_batch_failures_total",
-        "Units of work with messages nak'ed for a later retry (a transient or systemic failure)."
-    );
-    describe_gauge!("tributary_consumer_pending", "Messages in the stream not yet delivered to the consumer.");
-    describe_gauge!(
-        "tributary_consumer_failing",
-        "1 while every message of a consumer fails (a systemic fault: kept, nak'ed, not dead-lettered), else 0."
-    );
-    describe_histogram!("tributary_batch_size", "Messages per batch.");
-    describe_histogram!("tributary_batch_seconds", "Time to decode, commit and ack one batch.");
-    describe_histogram!(
-        "tributary_commit_latency_seconds",
-        "From an event's arrival in JetStream to the commit of its derived values."
-    );
+    use tributary_broker::metric_names::{ALL, MetricKind};
+    for (name, kind, help) in ALL {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(*name, *help),
+            MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
+            MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 /// Installs logging, tracing and metrics for `service`. Call once, early in `main`.

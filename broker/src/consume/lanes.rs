@@ -4,6 +4,7 @@
 use super::crashes::{CrashLog, Stops};
 use super::unit::{Done, Health, Outcome, Unit};
 use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, backoff, dead_letter, report_uploads};
+use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::jetstream::{self, AckKind, Message};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -156,8 +157,8 @@ impl<H: BatchHandler> Lanes<H> {
                 _ => self.queue(item, delivery),
             }
         }
-        metrics::gauge!("tributary_consumer_pending", "consumer" => spec.label).set(pending as f64);
-        metrics::histogram!("tributary_batch_size", "consumer" => spec.label).record(size as f64);
+        metrics::gauge!(names::CONSUMER_PENDING, "consumer" => spec.label).set(pending as f64);
+        metrics::histogram!(names::BATCH_SIZE, "consumer" => spec.label).record(size as f64);
         let retry = if dead.is_empty() { None } else { dead_letter(&self.js, spec, dead).await };
         match (retry, &self.crashes) {
             (Some(delay), _) => self.pause(delay),
@@ -255,7 +256,7 @@ impl<H: BatchHandler> Lanes<H> {
         }
         let label = spec.label;
         let now = chrono::Utc::now();
-        let latency = metrics::histogram!("tributary_commit_latency_seconds", "consumer" => label);
+        let latency = metrics::histogram!(names::COMMIT_LATENCY, "consumer" => label);
         let (mut committed, mut failed) = (Vec::new(), Vec::new());
         let mut retried = 0u64;
         for (item, outcome) in done.items {
@@ -281,12 +282,12 @@ impl<H: BatchHandler> Lanes<H> {
             }
         }
         if !committed.is_empty() {
-            metrics::counter!("tributary_events_total", "consumer" => label, "outcome" => "processed")
+            metrics::counter!(names::EVENTS, "consumer" => label, "outcome" => "processed")
                 .increment(committed.len() as u64);
             report_uploads(&self.js, "committed", committed.iter()).await;
         }
         if retried > 0 {
-            metrics::counter!("tributary_batch_failures_total", "consumer" => label).increment(1);
+            metrics::counter!(names::BATCH_FAILURES, "consumer" => label).increment(1);
         }
         if !failed.is_empty()
             && let Some(delay) = dead_letter(&self.js, spec, failed).await
@@ -308,7 +309,7 @@ impl<H: BatchHandler> Lanes<H> {
             }
             _ => {}
         }
-        metrics::gauge!("tributary_consumer_failing", "consumer" => label).set(if self.failing { 1.0 } else { 0.0 });
+        metrics::gauge!(names::CONSUMER_FAILING, "consumer" => label).set(if self.failing { 1.0 } else { 0.0 });
         if let Some(delay) = done.pause {
             self.pause(delay);
         }

@@ -43,6 +43,7 @@ mod unit;
 
 use crate::dlq;
 use crate::events::Rejection;
+use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message, consumer::pull};
@@ -319,8 +320,7 @@ async fn dead_letter(
         };
         match stored {
             Ok(()) => {
-                metrics::counter!("tributary_dead_letters_total", "consumer" => spec.label, "class" => *class)
-                    .increment(1);
+                metrics::counter!(names::DEAD_LETTERS, "consumer" => spec.label, "class" => *class).increment(1);
                 let _ = m.ack().await;
                 stored_letters.push(m);
             }

@@ -4,6 +4,7 @@
 use super::crashes::{CrashLog, Stops};
 use super::lanes::Item;
 use super::{BatchHandler, ConsumerSpec, Delivery, HandleError, backoff};
+use crate::metric_names as names;
 use async_nats::jetstream::{AckKind, Message};
 use futures::FutureExt;
 use opentelemetry::trace::TraceContextExt;
@@ -76,7 +77,7 @@ impl<H: BatchHandler> Unit<H> {
         if let Some(log) = &self.crashes {
             log.finished(&suspects.iter().map(|s| s.0).collect::<Vec<_>>()).await;
         }
-        metrics::histogram!("tributary_batch_seconds", "consumer" => self.spec.label)
+        metrics::histogram!(names::BATCH_SECONDS, "consumer" => self.spec.label)
             .record(started.elapsed().as_secs_f64());
         Done { items: items.into_iter().zip(outcomes).collect(), pause, systemic }
     }

@@ -35,13 +35,14 @@ mod http;
 mod pipeline;
 pub mod ports;
 mod raw;
+mod report;
 mod stats;
 mod traces;
 
 use crate::config::Config;
 use crate::local;
 use anyhow::Context;
-use serde::Serialize;
+use report::*;
 use stats::Stats;
 use std::time::Duration;
 use tributary_broker::events::PriceEvent;
@@ -83,113 +84,6 @@ pub struct BenchArgs {
     /// and memory a correction of the first point costs, and the other instruments' freshness during it.
     #[arg(long, value_delimiter = ',')]
     pub corrections: Vec<u64>,
-}
-
-/// `--freshness-rates`: the latency at each offered rate.
-#[derive(Debug, Serialize)]
-struct FreshnessPoint {
-    offered_per_s: f64,
-    achieved_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    mean_batch_events: f64,
-    mean_batch_ms: f64,
-    /// What JetStream alone and the baseline pipeline reach at this rate, just before.
-    floor: floor::Floor,
-}
-
-/// The whole report.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    machine: Machine,
-    parameters: serde_json::Value,
-    raw: RawReport,
-    baseline: BaselineReport,
-    tributary: TributaryReport,
-    api: ApiReport,
-    ratios: Ratios,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
-    memory_gib: f64,
-    kernel: String,
-    nats_server: String,
-    postgres: String,
-    tributary: &'static str,
-    date: String,
-}
-
-#[derive(Debug, Serialize)]
-struct RawReport {
-    jetstream_publish_per_s: f64,
-    jetstream_publish: Stats,
-    jetstream_consume_per_s: f64,
-    jetstream_consume: Stats,
-    pg_upsert_rows_per_s: f64,
-    pg_upsert: Stats,
-    message_bytes: usize,
-    /// JetStream arrival → delivery to a pull consumer at the freshness rate.
-    jetstream_freshness_p50_ms: f64,
-    jetstream_freshness_p99_ms: f64,
-    jetstream_freshness_p999_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct BaselineReport {
-    events_per_s: f64,
-    runs: Stats,
-    /// JetStream arrival → commit at the freshness rate, taking whatever is ready (at most 1000).
-    freshness_p50_ms: f64,
-    freshness_p99_ms: f64,
-    freshness_p999_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct TributaryReport {
-    events_per_s: f64,
-    runs: Stats,
-    freshness_offered_per_s: f64,
-    freshness_achieved_per_s: f64,
-    freshness_p50_ms: f64,
-    freshness_p99_ms: f64,
-    freshness_p999_ms: f64,
-    peak_rss_mb: f64,
-    /// Two replicas, one partition each: their combined rate.
-    two_replicas_events_per_s: f64,
-    two_replicas: Stats,
-    /// One processor owning both partitions (a consume loop each): its rate.
-    two_partitions_events_per_s: f64,
-    two_partitions: Stats,
-    /// Whether every partitioned run (two replicas, or one process with two partitions) stored exactly
-    /// the points, index levels and rollups the unpartitioned processor did.
-    two_replicas_equal_to_one: bool,
-    /// Spans the processors exported over OTLP during the throughput, scale-out and freshness phases.
-    spans_exported: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ApiReport {
-    generator: &'static str,
-    max_rps: f64,
-    saturation: Stats,
-    p99_ms: f64,
-    p50_ms: f64,
-    fixed_rate_per_s: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Ratios {
-    tributary_over_baseline: f64,
-    tributary_over_jetstream_publish: f64,
-    tributary_over_pg_upsert: f64,
-    two_replicas_over_one: f64,
-    two_partitions_over_one: f64,
-    two_partitions_over_baseline: f64,
-    /// Tributary's freshness p99 over the baseline's at the same offered rate.
-    freshness_p99_over_baseline: f64,
 }
 
 /// Metric messages in the throughput backlog: one for every this many price events, so that Tributary's
@@ -480,97 +374,6 @@ async fn run_phases(
         },
         ratios,
     })
-}
-
-async fn machine(config: &Config) -> Machine {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let memory_kb: f64 = read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
-    let nats_server = local::nats_server_bin()
-        .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let postgres = pipeline::server_version(&config.database.url).await.unwrap_or_default();
-    Machine {
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        memory_gib: (memory_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        nats_server,
-        postgres,
-        tributary: env!("CARGO_PKG_VERSION"),
-        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }
-}
-
-fn print_table(r: &Report) {
-    let row = |name: &str, s: &Stats, unit: &str| {
-        println!("{name:<44} {:>12.0} {unit:<10} (min {:.0}, max {:.0}, n={})", s.median, s.min, s.max, s.samples.len())
-    };
-    println!();
-    println!(
-        "machine: {} cpus, {} GiB, kernel {}, {}, PostgreSQL {}",
-        r.machine.cpus, r.machine.memory_gib, r.machine.kernel, r.machine.nats_server, r.machine.postgres
-    );
-    println!("{:<44} {:>12} {:<10}", "measure", "median", "unit");
-    row("raw JetStream publish (async acks)", &r.raw.jetstream_publish, "msgs/s");
-    row("raw JetStream pull-consume (ack each)", &r.raw.jetstream_consume, "msgs/s");
-    row("raw PostgreSQL UNNEST upsert", &r.raw.pg_upsert, "rows/s");
-    row("baseline pipeline (raw rows only)", &r.baseline.runs, "events/s");
-    row("Tributary (all derived + index + rollups)", &r.tributary.runs, "events/s");
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at {:.0}/s offered ({:.0}/s achieved)",
-        "Tributary freshness (publish → commit)",
-        r.tributary.freshness_p50_ms,
-        r.tributary.freshness_p99_ms,
-        r.tributary.freshness_p999_ms,
-        r.tributary.freshness_offered_per_s,
-        r.tributary.freshness_achieved_per_s
-    );
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
-        "baseline freshness (publish → commit)",
-        r.baseline.freshness_p50_ms,
-        r.baseline.freshness_p99_ms,
-        r.baseline.freshness_p999_ms
-    );
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
-        "JetStream alone (publish → delivery)",
-        r.raw.jetstream_freshness_p50_ms,
-        r.raw.jetstream_freshness_p99_ms,
-        r.raw.jetstream_freshness_p999_ms
-    );
-    println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
-    println!(
-        "{:<44} {:>12} (OTLP/HTTP, to the bench's collector)",
-        "Tributary spans exported", r.tributary.spans_exported
-    );
-    row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
-    row("Tributary, one process, two partitions", &r.tributary.two_partitions, "events/s");
-    println!(
-        "{:<44} {}",
-        "partitioned runs stored what one did",
-        if r.tributary.two_replicas_equal_to_one { "yes" } else { "NO" }
-    );
-    row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
-    println!(
-        "{:<44} p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s",
-        "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
-    );
-    println!(
-        "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}, two partitions/one {:.2}, two partitions/baseline {:.2}, freshness p99 Tributary/baseline {:.2}",
-        r.ratios.tributary_over_baseline,
-        r.ratios.tributary_over_jetstream_publish,
-        r.ratios.tributary_over_pg_upsert,
-        r.ratios.two_replicas_over_one,
-        r.ratios.two_partitions_over_one,
-        r.ratios.two_partitions_over_baseline,
-        r.ratios.freshness_p99_over_baseline
-    );
-    println!();
 }
 
 /// Waits until `f` returns `Some`, polling every 20 ms, at most `limit`.
