@@ -11,6 +11,8 @@ mod faults;
 mod fleet;
 mod grafana;
 mod isolation;
+mod locks;
+mod malformed;
 mod metrics;
 mod ports;
 mod prices;

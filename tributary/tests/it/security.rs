@@ -490,7 +490,7 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
     // Debug logging was on, and the connections it describes happened.
     assert!(all.contains("DEBUG") && all.contains("connected successfully"), "no debug logs captured");
     // The processor's permissions cover its crash records (the KV bucket of redelivered messages).
-    assert!(!all.contains("no crash records") && !all.contains("crash record"), "crash records refused: {all}");
+    assert!(!all.contains("crash record"), "crash records refused: {all}");
     let secrets = [
         ("the processor's NATS password", broker.password("processor")),
         ("the api's NATS password", broker.password("api")),
