@@ -3,7 +3,7 @@
 
 use crate::codec;
 use crate::events::Rejection;
-use crate::kind::{Kind, valid_key};
+use crate::kind::Kind;
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 
@@ -111,20 +111,16 @@ impl FleetRecord {
     }
 }
 
-/// `fleet.driver.<id>` → (Driver, id).
+/// `fleet.driver.<id>` → (Driver, id); the shape is checked by [`crate::kind::parse_subject`].
 pub fn parse_subject(subject: &str) -> Result<(Role, &str), String> {
-    let shape = || format!("unknown subject shape {subject:?}: expected {}", Kind::Fleet.shape());
-    let rest = subject.strip_prefix("fleet.").ok_or_else(shape)?;
-    let (role, id) = rest.split_once('.').ok_or_else(shape)?;
-    let role = match role {
-        "driver" => Role::Driver,
-        "shipment" => Role::Shipment,
-        _ => return Err(shape()),
-    };
-    if !valid_key(id) {
-        return Err(shape());
-    }
-    Ok((role, id))
+    crate::kind::parse_subject(subject).and_then(|k| match k {
+        Kind::Fleet => Ok(()),
+        other => {
+            Err(format!("unknown subject shape {subject:?}: expected {}, not {}", Kind::Fleet.shape(), other.shape()))
+        }
+    })?;
+    let (role, id) = subject.strip_prefix("fleet.").and_then(|r| r.split_once('.')).unwrap_or_default();
+    Ok((if role == "driver" { Role::Driver } else { Role::Shipment }, id))
 }
 
 #[cfg(test)]

@@ -121,7 +121,10 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
         format!("unknown subject {subject:?}: expected one of {}", known.join(", "))
     })?;
     match kind {
-        Kind::Fleet => crate::fleet::parse_subject(subject).map(|_| kind),
+        Kind::Fleet => match subject.strip_prefix("fleet.").and_then(|rest| rest.split_once('.')) {
+            Some(("driver" | "shipment", id)) if valid_key(id) => Ok(kind),
+            _ => Err(format!("unknown subject shape {subject:?}: expected {}", Kind::Fleet.shape())),
+        },
         _ => kind.key_of(subject).map(|_| kind),
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring: connect to NATS and PostgreSQL once, then run any set of roles on one shutdown token.
 
 use crate::config::{Config, NatsConfig};
+use crate::urls::{NatsAuth, nats_credentials, redact, redact_nats, without_credentials};
 use anyhow::Context;
 use async_nats::jetstream;
 use sea_orm::DatabaseConnection;
@@ -22,29 +23,6 @@ pub struct Connected {
     pub js: jetstream::Context,
     /// PostgreSQL.
     pub db: DatabaseConnection,
-}
-
-/// The credentials in a NATS URL: `nats://user:password@host` or `nats://token@host` (percent-decoded).
-/// async-nats does not send the ones written in the URL, so they are passed as options.
-pub fn nats_credentials(urls: &str) -> Option<NatsAuth> {
-    urls.split(',').find_map(|u| {
-        let u = reqwest::Url::parse(u.trim()).ok()?;
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-        match (u.username(), u.password()) {
-            ("", _) => None,
-            (user, Some(pass)) => Some(NatsAuth::UserPassword(decode(user), decode(pass))),
-            (token, None) => Some(NatsAuth::Token(decode(token))),
-        }
-    })
-}
-
-/// How a role authenticates to NATS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NatsAuth {
-    /// User and password.
-    UserPassword(String, String),
-    /// A token.
-    Token(String),
 }
 
 /// Connects to NATS as `cfg` says: credentials from the URL, an NKey seed file or a `.creds` file; TLS
@@ -128,28 +106,6 @@ fn tls_refusal(e: &async_nats::ConnectError) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
-/// The URL(s) with user, password and token removed (they are passed as options).
-fn without_credentials(urls: &str) -> String {
-    map_urls(urls, |u| {
-        let _ = u.set_username("");
-        let _ = u.set_password(None);
-    })
-}
-
-/// Applies `f` to each comma-separated URL that parses and carries credentials; others are kept as written.
-fn map_urls(urls: &str, f: impl Fn(&mut reqwest::Url)) -> String {
-    urls.split(',')
-        .map(|raw| match reqwest::Url::parse(raw.trim()) {
-            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-                f(&mut u);
-                u.to_string()
-            }
-            _ => raw.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Connects to everything, creates the database if missing, migrates, and ensures the streams.
 pub async fn connect(config: Config) -> anyhow::Result<Connected> {
     let nats = connect_nats(&config.nats).await?;
@@ -189,28 +145,6 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &tributary_broker::Str
             Err(e) => return Err(e).context("creating streams"),
         }
     }
-}
-
-/// URL(s) with their passwords replaced by `***`, for logs (a user name alone, as in
-/// `postgres://postgres@host/db`, is kept).
-pub fn redact(url: &str) -> String {
-    map_urls(url, |u| {
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
-        }
-    })
-}
-
-/// NATS URL(s) for logs: passwords replaced by `***`, and a lone user part too, since for NATS
-/// `nats://token@host` is a token.
-pub fn redact_nats(url: &str) -> String {
-    map_urls(url, |u| {
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
-        } else {
-            let _ = u.set_username("***");
-        }
-    })
 }
 
 impl Connected {
@@ -257,35 +191,6 @@ impl Connected {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_come_from_the_url() {
-        assert_eq!(
-            nats_credentials("nats://api:s%40cret@nats:4222"),
-            Some(NatsAuth::UserPassword("api".into(), "s@cret".into()))
-        );
-        assert_eq!(nats_credentials("nats://a:4222,nats://tok@b:4222"), Some(NatsAuth::Token("tok".into())));
-        assert_eq!(nats_credentials("nats://127.0.0.1:4222"), None);
-        assert_eq!(redact("nats://api:secret@nats:4222"), "nats://api:***@nats:4222");
-    }
-
-    #[test]
-    fn redaction_hides_passwords_and_nats_tokens_in_every_url() {
-        assert_eq!(redact("postgres://postgres@db:5432/t"), "postgres://postgres@db:5432/t");
-        assert_eq!(
-            redact("postgres://app:pw@db:5432/t?sslmode=require"),
-            "postgres://app:***@db:5432/t?sslmode=require"
-        );
-        assert_eq!(
-            redact_nats("nats://a:one@n1:4222,nats://tok@n2:4222,nats://n3:4222"),
-            "nats://a:***@n1:4222,nats://***@n2:4222,nats://n3:4222"
-        );
-        assert_eq!(redact_nats("tls://u:p%40ss@n:4222"), "tls://u:***@n:4222");
-        assert_eq!(without_credentials("nats://a:s@n1:4222, nats://tok@n2:4222"), "nats://n1:4222,nats://n2:4222");
-        assert_eq!(without_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
-        let shown = format!("{:?}", NatsConfig::with_url("nats://api:hunter2@nats:4222"));
-        assert!(!shown.contains("hunter2") && shown.contains("api:***@nats"), "{shown}");
-    }
 
     #[test]
     fn one_way_to_authenticate_and_whole_client_certificates() {

@@ -98,7 +98,7 @@ impl NatsConfig {
     /// Refuses settings that contradict each other: two ways to authenticate, or half a client
     /// certificate.
     pub fn check(&self) -> anyhow::Result<()> {
-        let in_url = crate::app::nats_credentials(&self.url).is_some();
+        let in_url = crate::urls::nats_credentials(&self.url).is_some();
         let ways = [in_url, self.nkey_seed_file.is_some(), self.credentials_file.is_some()];
         anyhow::ensure!(
             ways.iter().filter(|w| **w).count() <= 1,
@@ -115,7 +115,7 @@ impl NatsConfig {
 impl std::fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsConfig")
-            .field("url", &crate::app::redact_nats(&self.url))
+            .field("url", &crate::urls::redact_nats(&self.url))
             .field("nkey_seed_file", &self.nkey_seed_file)
             .field("credentials_file", &self.credentials_file)
             .field("tls_ca_file", &self.tls_ca_file)
@@ -257,5 +257,12 @@ mod tests {
     fn unknown_fields_are_refused() {
         let r: Result<Config, _> = Figment::new().merge(Toml::string("[api]\nlisten_on = 'x'")).extract();
         assert!(r.unwrap_err().to_string().contains("listen_on"));
+    }
+
+    /// A NATS URL's password never reaches a log through the configuration's `Debug`.
+    #[test]
+    fn the_nats_url_is_shown_redacted() {
+        let shown = format!("{:?}", NatsConfig::with_url("nats://api:hunter2@nats:4222"));
+        assert!(!shown.contains("hunter2") && shown.contains("api:***@nats"), "{shown}");
     }
 }

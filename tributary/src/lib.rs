@@ -6,9 +6,11 @@
 //! - [`bench`]: `tributary bench`, Tributary measured against the raw limits of NATS and PostgreSQL.
 //! - [`local`]: finding, installing and starting private nats-server and PostgreSQL for `tributary up`.
 //! - [`shutdown`]: one signal handler: the first SIGINT/SIGTERM drains, a second exits at once.
+//! - [`urls`]: credentials in URLs, read for connecting and hidden from logs.
 
 pub mod app;
 pub mod bench;
 pub mod config;
 pub mod local;
 pub mod shutdown;
+pub mod urls;
