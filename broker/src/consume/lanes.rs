@@ -2,7 +2,7 @@
 //! next unit of work, and what happens to each message once its unit is done.
 
 use super::crashes::{CrashLog, Stops};
-use super::unit::{Done, Health, Outcome, Unit};
+use super::unit::{Done, Health, Item, Outcome, Unit};
 use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, backoff, dead_letter, report_uploads};
 use crate::metric_names as names;
 use crate::ts::Ts;
@@ -12,19 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
-
-/// One valid message waiting for, or in, a unit of work (its event travels beside it, in the
-/// [`Delivery`] the handler is given).
-pub(super) struct Item {
-    pub(super) message: Message,
-    pub(super) seq: u64,
-    pub(super) received: Ts,
-    pub(super) series: u64,
-    pub(super) delivered: i64,
-    pub(super) parent: opentelemetry::Context,
-    /// Redelivered without this process having nak'ed it: what the crash records say of it.
-    pub(super) suspect: Option<Stops>,
-}
 
 /// A valid message with its decoded event.
 type Entry<E> = (Item, Delivery<E>);

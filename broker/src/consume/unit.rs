@@ -2,9 +2,9 @@
 //! what fails stands alone.
 
 use super::crashes::{CrashLog, Stops};
-use super::lanes::Item;
 use super::{BatchHandler, ConsumerSpec, Delivery, HandleError, backoff};
 use crate::metric_names as names;
+use crate::ts::Ts;
 use async_nats::jetstream::{AckKind, Message};
 use futures::FutureExt;
 use opentelemetry::trace::TraceContextExt;
@@ -15,6 +15,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// One valid message waiting for, or in, a unit of work (its event travels beside it, in the
+/// [`Delivery`] the handler is given).
+pub(super) struct Item {
+    pub(super) message: Message,
+    pub(super) seq: u64,
+    pub(super) received: Ts,
+    pub(super) series: u64,
+    pub(super) delivered: i64,
+    pub(super) parent: opentelemetry::Context,
+    /// Redelivered without this process having nak'ed it: what the crash records say of it.
+    pub(super) suspect: Option<Stops>,
+}
 
 /// What became of one message of a unit.
 #[derive(Debug, Clone, PartialEq)]
