@@ -17,6 +17,7 @@ mod metrics;
 mod ports;
 mod prices;
 mod processes;
+mod secrets;
 mod security;
 mod surveys;
 mod uploads;
