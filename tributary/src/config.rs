@@ -180,10 +180,31 @@ impl Config {
         {
             cfg.database.url = url;
         }
-        cfg.nats.check()?;
-        cfg.api.check().context("api")?;
+        cfg.validate()?;
         Ok(cfg)
     }
+
+    /// Checks every section at once, so that a bad setting stops any role at load, naming its section,
+    /// rather than one role when it starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |section: &'static str| move |e: String| ConfigError { section, message: e };
+        self.nats.check().map_err(|e| e.to_string()).map_err(err("nats"))?;
+        self.api.check().map_err(|e| e.to_string()).map_err(err("api"))?;
+        self.processor.validate().map_err(err("processor"))?;
+        self.processor.prices.validate().map_err(err("processor.prices"))?;
+        self.metrics.validate().map(|_| ()).map_err(err("metrics"))?;
+        Ok(())
+    }
+}
+
+/// A setting that cannot work, with the section that holds it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {section}: {message}")]
+pub struct ConfigError {
+    /// The section (`processor.prices`, `api`, ...).
+    pub section: &'static str,
+    /// What is wrong, naming the field.
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -264,5 +285,20 @@ mod tests {
     fn the_nats_url_is_shown_redacted() {
         let shown = format!("{:?}", NatsConfig::with_url("nats://api:hunter2@nats:4222"));
         assert!(!shown.contains("hunter2") && shown.contains("api:***@nats"), "{shown}");
+    }
+
+    /// Every section is checked at load: a processor setting stops `tributary api` too, naming the field.
+    #[test]
+    fn every_section_is_validated_at_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIBUTARY_PROCESSOR__PARTITIONS", "0");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("processor") && e.contains("partitions"), "{e}");
+            jail.set_env("TRIBUTARY_PROCESSOR__PARTITIONS", "1");
+            jail.set_env("TRIBUTARY_PROCESSOR__PRICES__SMA", "[0]");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("processor.prices") && e.contains("sma"), "{e}");
+            Ok(())
+        });
     }
 }
