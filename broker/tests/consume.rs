@@ -301,17 +301,16 @@ async fn when_everything_fails_nothing_is_dead_lettered_and_all_commits_once_fix
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_series_does_not_hold_back_the_others() {
     let (_nats, js) = setup(&["slow".to_string()]).await;
-    let handler = Scripted::new(|p, _| if p == "slow" { Act::Sleep(Duration::from_secs(4)) } else { Act::Commit });
+    let handler = Scripted::new(|p, _| if p == "slow" { Act::Sleep(Duration::from_secs(8)) } else { Act::Commit });
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
-    let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for p in payloads(20) {
         js.publish(format!("t.{p}"), p.into()).await.unwrap().await.unwrap();
     }
     until("the fast series committed", async || handler.committed().len() >= 20).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "the others waited for the slow one: {:?}", started.elapsed());
-    assert!(!handler.committed().contains(&"slow".to_string()));
+    // Not a timing: the slow series is still in flight, so the others did not wait for it.
+    assert!(!handler.committed().contains(&"slow".to_string()), "the others waited for the slow one");
     until("everything acked", async || ack_floor(&js).await >= 21).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
