@@ -4,7 +4,7 @@
 //! Progress comes from two places: the importer (bytes read, entries read and published, invalid
 //! entries, running statistics for `numbers`) and the processors, which report after each commit how many
 //! of the upload's messages it covered (`tributary.upload.<id>` on core NATS, see
-//! `tributary_broker::consume::UPLOAD_PROGRESS_PREFIX`). An upload is `streaming`, then `settling` until
+//! `tributary_broker::uploads::PROGRESS_PREFIX`). An upload is `streaming`, then `settling` until
 //! every published entry is committed or dead-lettered (or `settle_timeout` passes), then `done`
 //! (or `failed`).
 
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tributary_broker::consume::UPLOAD_PROGRESS_PREFIX;
+use tributary_broker::uploads::PROGRESS_PREFIX as UPLOAD_PROGRESS_PREFIX;
 use tributary_gatherer::numbers::Stats;
 
 /// What an upload has done so far.

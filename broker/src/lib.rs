@@ -16,6 +16,7 @@
 //! - [`dlq`]: dead letters: their headers, listing and replay.
 //! - [`trace`]: W3C trace context carried in NATS headers.
 //! - [`hash`]: FNV-1a 64, the one stable hash.
+//! - [`uploads`]: the upload header and the processors' progress reports.
 //! - [`metric_names`]: every Prometheus metric the pipeline records, with its help text.
 
 pub mod codec;
@@ -33,6 +34,7 @@ pub mod streams;
 pub mod surveys;
 pub mod trace;
 pub mod ts;
+pub mod uploads;
 
 pub use consume::{BatchHandler, ConsumerSpec, Delivery, HandleError};
 pub use events::Rejection;

@@ -61,6 +61,7 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         max_failures: 5,
         lanes: 3,
         transient: |_| false,
+        settled: None,
     };
     let handler = Slow { batches: Arc::default(), slow: ack_wait * 3 };
     let shutdown = CancellationToken::new();
@@ -175,6 +176,7 @@ fn spec() -> ConsumerSpec {
         max_failures: 3,
         lanes: 3,
         transient: |e| e.to_string().starts_with("transient"),
+        settled: None,
     }
 }
 

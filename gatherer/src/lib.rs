@@ -42,7 +42,7 @@ pub struct Progress {
 pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) -> async_nats::HeaderMap {
     let mut h = tributary_broker::publish::headers(Some(msg_id), content_type);
     if let Some(id) = upload {
-        h.insert(tributary_broker::consume::UPLOAD_HEADER, id);
+        h.insert(tributary_broker::uploads::HEADER, id);
     }
     h
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::BatchHandler;
-use tributary_broker::consume::{self, ConsumerSpec};
+use tributary_broker::consume::{self, ConsumerSpec, Settled, SettledHook};
 use tributary_broker::{Kind, StreamsConfig};
 use tributary_store::MetricsConfig;
 
@@ -76,7 +76,13 @@ impl Default for ProcessorConfig {
 
 impl ProcessorConfig {
     /// The consumers this replica runs for `kind`: its own partitions, or the kind's shared consumer.
-    fn specs(&self, streams: &StreamsConfig, kind: Kind, label: &'static str) -> Vec<ConsumerSpec> {
+    fn specs(
+        &self,
+        streams: &StreamsConfig,
+        kind: Kind,
+        label: &'static str,
+        settled: &SettledHook,
+    ) -> Vec<ConsumerSpec> {
         consume::processor_consumers(&self.durable_prefix, kind, self.partitions)
             .into_iter()
             .filter(|(_, _, p)| p.is_none_or(|p| p % self.replicas.max(1) == self.replica))
@@ -92,6 +98,7 @@ impl ProcessorConfig {
                 // One lane more than a batch's transactions: a slow series never holds every lane.
                 lanes: self.db_parallelism.max(1) + 1,
                 transient: crate::transient,
+                settled: Some(settled.clone()),
             })
             .collect()
     }
@@ -129,6 +136,7 @@ pub async fn run(
     if recomputed > 0 {
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");
     }
+    let progress = upload_progress(js.client());
     let mut tasks = tokio::task::JoinSet::new();
     fn spawn<H: BatchHandler + Clone>(
         tasks: &mut tokio::task::JoinSet<Result<(), consume::ConsumeError>>,
@@ -142,12 +150,36 @@ pub async fn run(
         }
     }
     let prices = PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Price, "prices"), prices, &shutdown);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Index, "indices"), IndexHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Port, "ports"), PortHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Fleet, "fleet"), FleetHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Survey, "surveys"), SurveyHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Metric, "metrics"), metric_handler, &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Price, "prices", &progress), prices, &shutdown);
+    spawn(
+        &mut tasks,
+        &js,
+        cfg.specs(&streams, Kind::Index, "indices", &progress),
+        IndexHandler::new(pool.clone()),
+        &shutdown,
+    );
+    spawn(
+        &mut tasks,
+        &js,
+        cfg.specs(&streams, Kind::Port, "ports", &progress),
+        PortHandler::new(pool.clone()),
+        &shutdown,
+    );
+    spawn(
+        &mut tasks,
+        &js,
+        cfg.specs(&streams, Kind::Fleet, "fleet", &progress),
+        FleetHandler::new(pool.clone()),
+        &shutdown,
+    );
+    spawn(
+        &mut tasks,
+        &js,
+        cfg.specs(&streams, Kind::Survey, "surveys", &progress),
+        SurveyHandler::new(pool.clone()),
+        &shutdown,
+    );
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Metric, "metrics", &progress), metric_handler, &shutdown);
     tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {
@@ -184,4 +216,21 @@ async fn sweep_until(
             Err(e) => tracing::warn!(error = %e, "metric retention sweep failed; retrying later"),
         }
     }
+}
+
+/// Reports, after each commit and each set of stored dead letters, how many of an upload's messages they
+/// covered (`tributary_broker::uploads`), for the API's upload status.
+fn upload_progress(client: async_nats::Client) -> SettledHook {
+    SettledHook(std::sync::Arc::new(move |settled, messages| {
+        let counts = tributary_broker::uploads::count(messages.iter().map(|m| m.headers.as_ref()));
+        if counts.is_empty() {
+            return;
+        }
+        let what = match settled {
+            Settled::Committed => "committed",
+            Settled::DeadLettered => "dead_letters",
+        };
+        let client = client.clone();
+        tokio::spawn(async move { tributary_broker::uploads::report(&client, what, counts).await });
+    }))
 }

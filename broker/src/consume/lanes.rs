@@ -3,7 +3,7 @@
 
 use super::crashes::{CrashLog, Stops};
 use super::unit::{Done, Health, Item, Outcome, Unit};
-use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, backoff, dead_letter, report_uploads};
+use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, Settled, backoff, dead_letter};
 use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::jetstream::{self, AckKind, Message};
@@ -271,7 +271,9 @@ impl<H: BatchHandler> Lanes<H> {
         if !committed.is_empty() {
             metrics::counter!(names::EVENTS, "consumer" => label, "outcome" => "processed")
                 .increment(committed.len() as u64);
-            report_uploads(&self.js, "committed", committed.iter()).await;
+            if let Some(hook) = &spec.settled {
+                (hook.0)(Settled::Committed, &committed.iter().collect::<Vec<_>>());
+            }
         }
         if retried > 0 {
             metrics::counter!(names::BATCH_FAILURES, "consumer" => label).increment(1);

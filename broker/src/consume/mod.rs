@@ -52,7 +52,7 @@ use lanes::Lanes;
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use crashes::BUCKET as CRASH_RECORDS_BUCKET;
 pub use unit::MAX_WORK_ACK_WAITS;
@@ -83,6 +83,8 @@ pub struct ConsumerSpec {
     /// serialization failure) rather than something the messages do: such a failure is retried with a
     /// backoff and never dead-letters anything. Anything else is isolated to the messages that cause it.
     pub transient: fn(&HandleError) -> bool,
+    /// Told what became of settled messages, if anyone wants to know.
+    pub settled: Option<SettledHook>,
 }
 
 /// The consumers of this process whose every message fails (a systemic fault), each with its last
@@ -160,25 +162,24 @@ pub fn processor_consumers(prefix: &str, kind: crate::Kind, partitions: u32) -> 
     }
 }
 
-/// The header naming the upload a message came from (set by the API's upload route).
-pub const UPLOAD_HEADER: &str = "Tributary-Upload";
-/// Core NATS subjects `tributary.upload.<id>`: after a commit (or a stored dead letter), how many of an
-/// upload's messages it covered, as JSON `{"committed": n}` or `{"dead_letters": n}`.
-pub const UPLOAD_PROGRESS_PREFIX: &str = "tributary.upload";
+/// How a unit's messages ended, for a [`SettledHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Committed and acked.
+    Committed,
+    /// Dead-lettered (the letter stored) and acked.
+    DeadLettered,
+}
 
-/// Tells an upload's watchers how many of its messages were just committed or dead-lettered.
-async fn report_uploads<'a>(js: &jetstream::Context, what: &str, messages: impl Iterator<Item = &'a Message>) {
-    let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-    for m in messages {
-        if let Some(id) = m.headers.as_ref().and_then(|h| h.get(UPLOAD_HEADER)) {
-            *counts.entry(id.as_str()).or_default() += 1;
-        }
-    }
-    for (id, n) in counts {
-        let body = format!("{{\"{what}\":{n}}}");
-        if let Err(e) = js.client().publish(format!("{UPLOAD_PROGRESS_PREFIX}.{id}"), body.into()).await {
-            debug!(error = %e, "cannot report upload progress");
-        }
+/// Called with the messages of each commit and of each set of stored dead letters, after their acks: how
+/// a role learns what became of its messages (the processor reports upload progress with it) without the
+/// loop knowing why.
+#[derive(Clone)]
+pub struct SettledHook(pub std::sync::Arc<dyn Fn(Settled, &[&Message]) + Send + Sync>);
+
+impl std::fmt::Debug for SettledHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SettledHook")
     }
 }
 
@@ -332,7 +333,11 @@ async fn dead_letter(
             }
         }
     }
-    report_uploads(js, "dead_letters", stored_letters.into_iter()).await;
+    if let Some(hook) = &spec.settled
+        && !stored_letters.is_empty()
+    {
+        (hook.0)(Settled::DeadLettered, &stored_letters);
+    }
     retry
 }
 
