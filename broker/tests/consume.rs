@@ -287,7 +287,12 @@ async fn when_everything_fails_nothing_is_dead_lettered_and_all_commits_once_fix
         Scripted::new(move |_, _| if b.load(std::sync::atomic::Ordering::Relaxed) { Act::Fail } else { Act::Commit });
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every message tried three times: bisected, nak'ed as systemic, and delivered again at least once.
+    until("every message tried three times", async || {
+        let tries = handler.tries.lock().unwrap();
+        tries.len() == 40 && tries.values().all(|n| *n >= 3)
+    })
+    .await;
     assert!(dead_letters(&js).await.is_empty(), "{:?}", dead_letters(&js).await);
     assert_eq!(ack_floor(&js).await, 0);
     assert!(handler.committed().is_empty());
@@ -306,7 +311,7 @@ async fn a_slow_series_does_not_hold_back_the_others() {
     let handler = Scripted::new(|p, _| if p == "slow" { Act::Sleep(Duration::from_secs(8)) } else { Act::Commit });
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("the slow series in flight", async || handler.tries.lock().unwrap().contains_key(&1)).await;
     for p in payloads(20) {
         js.publish(format!("t.{p}"), p.into()).await.unwrap().await.unwrap();
     }

@@ -20,7 +20,7 @@ type Entry<E> = (Item, Delivery<E>);
 /// flight, and the series they hold.
 pub(super) struct Lanes<H: BatchHandler> {
     js: jetstream::Context,
-    spec: ConsumerSpec,
+    spec: Arc<ConsumerSpec>,
     handler: H,
     /// Items whose series is free, in arrival order.
     ready: VecDeque<Entry<H::Event>>,
@@ -57,7 +57,7 @@ impl<H: BatchHandler> Lanes<H> {
     pub(super) async fn new(js: &jetstream::Context, spec: &ConsumerSpec, handler: H) -> Self {
         Lanes {
             js: js.clone(),
-            spec: spec.clone(),
+            spec: Arc::new(spec.clone()),
             handler,
             ready: VecDeque::new(),
             suspects: VecDeque::new(),
@@ -84,8 +84,8 @@ impl<H: BatchHandler> Lanes<H> {
 
     /// Decodes a fetched chunk: refused messages are dead-lettered, valid ones wait for their series.
     pub(super) async fn accept(&mut self, batch: Vec<Message>) {
-        let spec = self.spec.clone();
-        let spec = &spec;
+        let spec = Arc::clone(&self.spec);
+        let spec = &*spec;
         let mut dead = Vec::new();
         let mut valid = Vec::with_capacity(batch.len());
         let mut pending = 0;
@@ -223,8 +223,8 @@ impl<H: BatchHandler> Lanes<H> {
 
     /// Acks, naks or dead-letters a finished unit's messages and frees its series.
     pub(super) async fn finish(&mut self, done: Result<Done, tokio::task::JoinError>) {
-        let spec = self.spec.clone();
-        let spec = &spec;
+        let spec = Arc::clone(&self.spec);
+        let spec = &*spec;
         let done = match done {
             Ok(d) => d,
             // A unit catches its handler's panics; this is a bug in the loop itself. Its messages were

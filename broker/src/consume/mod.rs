@@ -54,7 +54,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use crashes::BUCKET as CRASH_RECORDS_BUCKET;
 pub use unit::MAX_WORK_ACK_WAITS;
 
 /// Which consumer to run and how.

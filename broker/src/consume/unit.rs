@@ -60,7 +60,7 @@ pub(super) struct Health {
 /// One unit of work: a set of items stored together, isolated on failure.
 pub(super) struct Unit<H> {
     pub(super) handler: H,
-    pub(super) spec: ConsumerSpec,
+    pub(super) spec: Arc<ConsumerSpec>,
     pub(super) health: Arc<Health>,
     /// For a unit of suspects: the records that count its stops.
     pub(super) crashes: Option<CrashLog>,
@@ -79,14 +79,13 @@ impl<H: BatchHandler> Unit<H> {
         for cx in parents.take(32) {
             span.add_link(cx.span().span_context().clone());
         }
-        let messages: Vec<Message> = items.iter().map(|i| i.message.clone()).collect();
         let suspects: Vec<(u64, Stops)> = items.iter().filter_map(|i| Some((i.seq, i.suspect?))).collect();
         if let Some(log) = &self.crashes {
             log.starting(&suspects).await;
         }
         let ack_wait = self.spec.ack_wait;
         let (outcomes, pause, systemic) =
-            in_progress(&messages, ack_wait, self.isolate(&items, &deliveries).instrument(span)).await;
+            in_progress(&items, ack_wait, self.isolate(&items, &deliveries).instrument(span)).await;
         if let Some(log) = &self.crashes {
             log.finished(&suspects.iter().map(|s| s.0).collect::<Vec<_>>()).await;
         }
@@ -206,9 +205,9 @@ impl<H: BatchHandler> Unit<H> {
 /// How many `ack_wait`s a unit's messages are kept from redelivery while it is being stored.
 pub const MAX_WORK_ACK_WAITS: u32 = 10;
 
-/// Runs `work`, telling JetStream every third of `ack_wait` that `messages` are still being worked on
-/// (for at most [`MAX_WORK_ACK_WAITS`] × `ack_wait`).
-pub(super) async fn in_progress<T>(messages: &[Message], ack_wait: Duration, work: impl Future<Output = T>) -> T {
+/// Runs `work`, telling JetStream every third of `ack_wait` that the messages of `items` are still being
+/// worked on (for at most [`MAX_WORK_ACK_WAITS`] × `ack_wait`).
+async fn in_progress<T>(items: &[Item], ack_wait: Duration, work: impl Future<Output = T>) -> T {
     let mut work = std::pin::pin!(work);
     let every = (ack_wait / 3).max(Duration::from_millis(100));
     let until = Instant::now() + ack_wait * MAX_WORK_ACK_WAITS;
@@ -216,8 +215,8 @@ pub(super) async fn in_progress<T>(messages: &[Message], ack_wait: Duration, wor
         tokio::select! {
             out = &mut work => return out,
             _ = tokio::time::sleep(every), if Instant::now() < until => {
-                for m in messages {
-                    if let Err(e) = m.ack_with(AckKind::Progress).await {
+                for i in items {
+                    if let Err(e) = i.message.ack_with(AckKind::Progress).await {
                         debug!(error = %e, "in-progress ack failed");
                     }
                 }

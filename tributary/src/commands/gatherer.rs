@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tributary::config::Config;
 use tributary::{app, shutdown};
+use tributary_broker::PublishReport;
 
 #[derive(Subcommand)]
 pub(crate) enum Gatherer {
@@ -194,9 +195,14 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
     sim.seed = args.seed.or(sim.seed);
     let started = std::time::Instant::now();
     let report = tributary_gatherer::prices::simulate(js, config.gatherer.prices, shutdown::on_signal()).await;
+    simulated("events", started, &report)
+}
+
+/// Prints what a simulator published (`what`: events, samples …) and fails if any was not delivered.
+fn simulated(what: &str, started: std::time::Instant, report: &PublishReport) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "published {} events in {secs:.1} s ({:.0}/s): {} duplicates, {} sent again, {} not delivered",
+        "published {} {what} in {secs:.1} s ({:.0}/s): {} duplicates, {} sent again, {} not delivered",
         report.stored,
         report.stored as f64 / secs.max(1e-9),
         report.duplicates,
@@ -204,7 +210,7 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
         report.failed.len()
     );
     report_undelivered(&report.failed);
-    anyhow::ensure!(report.failed.is_empty(), "{} events were not delivered", report.failed.len());
+    anyhow::ensure!(report.failed.is_empty(), "{} {what} were not delivered", report.failed.len());
     Ok(())
 }
 
@@ -221,16 +227,5 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
     eprintln!("publishing {} servers every {} ms (Ctrl-C stops)", sim.servers, sim.interval_ms);
     let started = std::time::Instant::now();
     let report = tributary_gatherer::metrics::simulate(js, config.gatherer.metrics, stop).await;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "published {} samples (messages of all fields of one server) in {secs:.1} s ({:.0}/s): {} duplicates, {} sent again, {} not delivered",
-        report.stored,
-        report.stored as f64 / secs.max(1e-9),
-        report.duplicates,
-        report.resent,
-        report.failed.len()
-    );
-    report_undelivered(&report.failed);
-    anyhow::ensure!(report.failed.is_empty(), "{} samples were not delivered", report.failed.len());
-    Ok(())
+    simulated("samples (messages of all fields of one server)", started, &report)
 }

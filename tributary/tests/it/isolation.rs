@@ -16,18 +16,7 @@ use tributary_testkit::eventually;
 async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixed() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NEW.instrument = 'POISON' THEN RAISE EXCEPTION 'refusing % (test trigger)', NEW.instrument; END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON price_points
-           FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
+    refuse(pool, "price_points", "instrument", "POISON", "refusing").await;
     let day = |d: u64| 1_767_225_600_000u64 + d * 86_400_000;
     for d in 0..10 {
         for i in 0..5 {
@@ -59,7 +48,7 @@ async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixe
     );
 
     // Fixed: the replay stores it.
-    sqlx::query("DROP TRIGGER refuse_poison ON price_points").execute(pool).await.unwrap();
+    sqlx::query("DROP TRIGGER refuse ON price_points").execute(pool).await.unwrap();
     let (s, body) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
     assert!(s.is_success(), "{body}");
     eventually(Duration::from_secs(30), "the replayed price to be stored", || async {
@@ -183,17 +172,7 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
 async fn a_port_whose_write_always_fails_is_dead_lettered_and_the_others_stored() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_port() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NEW.unlocode = 'XXBAD' THEN RAISE EXCEPTION 'refusing port % (test trigger)', NEW.unlocode; END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER refuse_port BEFORE INSERT OR UPDATE ON ports FOR EACH ROW EXECUTE FUNCTION refuse_port();",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
+    refuse(pool, "ports", "unlocode", "XXBAD", "refusing port").await;
     for code in ["AAAAA", "BBBBB", "XXBAD", "CCCCC", "DDDDD"] {
         app.publish_plain(&format!("port.{code}"), &format!(r#"{{"name":"{code}","coordinates":[1,2]}}"#)).await;
     }
@@ -206,4 +185,20 @@ async fn a_port_whose_write_always_fails_is_dead_lettered_and_the_others_stored(
     assert_eq!(letters[0]["subject"], "port.XXBAD");
     assert_eq!(letters[0]["class"], "processing_failed");
     assert!(letters[0]["reason"].as_str().unwrap().contains("refusing port XXBAD"), "{dlq}");
+}
+
+/// A trigger on `table` that refuses every write of the row whose `column` is `value`, raising
+/// `<message> <value> (test trigger)`: a failure that is the message's own, as a constraint or a bug is.
+async fn refuse(pool: &sqlx::PgPool, table: &str, column: &str, value: &str, message: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.{column} = '{value}' THEN RAISE EXCEPTION '{message} % (test trigger)', NEW.{column}; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
 }
