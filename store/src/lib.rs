@@ -17,5 +17,9 @@ pub mod migrations;
 pub mod notify;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
+/// The SQL toolkit of the hot path, re-exported so that callers name the same types (pools, errors).
+pub use sea_orm::sqlx;
+/// A transaction on the pool, as every write of a batch runs in one.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 pub use metrics::MetricsConfig;
 pub use migrations::Migrator;
