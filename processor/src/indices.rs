@@ -6,10 +6,11 @@
 
 use crate::lock;
 use crate::prices::{IndexDef, recompute_index};
-use sea_orm::sqlx::{self, PgPool};
 use std::collections::BTreeMap;
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_store::indices;
+use tributary_store::sqlx::{self, PgPool};
 
 /// Consumes `index.<name>`.
 #[derive(Clone)]
@@ -38,38 +39,15 @@ impl IndexHandler {
                 .await?;
         lock::acquire(&mut tx, "index", newest.keys().copied()).await?;
         for (name, (def, seq)) in newest {
-            let stored: Option<i64> = sqlx::query_scalar("SELECT seq FROM indices WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if stored.is_some_and(|s| s >= seq as i64) {
+            if indices::stored_seq(&mut tx, name).await?.is_some_and(|s| s >= seq as i64) {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO indices (name, base, weights, seq) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO UPDATE SET base = EXCLUDED.base, weights = EXCLUDED.weights,
-                   seq = EXCLUDED.seq, updated_at = now()",
-            )
-            .bind(name)
-            .bind(def.base)
-            .bind(serde_json::to_value(&def.weights).unwrap_or_default())
-            .bind(seq as i64)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM index_constituents WHERE name = $1").bind(name).execute(&mut *tx).await?;
-            let (instruments, weights): (Vec<&str>, Vec<f64>) =
-                def.weights.iter().map(|(k, w)| (k.as_str(), *w)).unzip();
-            sqlx::query("INSERT INTO index_constituents (name, instrument, weight) SELECT $1, * FROM unnest($2::text[], $3::float8[])")
-                .bind(name)
-                .bind(&instruments)
-                .bind(&weights)
-                .execute(&mut *tx)
-                .await?;
             let def = IndexDef {
                 name: name.to_owned(),
                 base: def.base,
                 weights: def.weights.iter().map(|(k, w)| (k.clone(), *w)).collect(),
             };
+            indices::store_definition(&mut tx, &def, seq as i64).await?;
             recompute_index(&mut tx, &def, None).await?;
         }
         tx.commit().await

@@ -4,9 +4,11 @@
 //! held until the transaction ends. To rule out deadlocks every transaction takes its locks in one global
 //! order: all instrument locks (ascending key), then all index locks (ascending key).
 //!
-//! [`begin`] opens a transaction and takes its first locks in one round trip; [`acquire`] takes more.
+//! [`begin`] opens a transaction and takes its first locks in one round trip; [`acquire`] takes more. The
+//! SQL is [`tributary_store::locks`]'; the keys and their order are this module's.
 
-use sea_orm::sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use tributary_store::sqlx::{self, PgPool};
+use tributary_store::{Tx, locks};
 
 /// The lock key of a series: FNV-1a 64 of `<class>:<name>`.
 pub fn key(class: &str, name: &str) -> i64 {
@@ -15,54 +17,21 @@ pub fn key(class: &str, name: &str) -> i64 {
 
 /// Takes the locks of `names` in class `class` in ascending key order.
 pub async fn acquire<'a>(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx,
     class: &str,
     names: impl IntoIterator<Item = &'a str>,
-) -> Result<(), sea_orm::sqlx::Error> {
-    let keys = sorted_keys(class, names);
-    if keys.is_empty() {
-        return Ok(());
-    }
-    sea_orm::sqlx::query(
-        "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
-    )
-    .bind(keys)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+) -> Result<(), sqlx::Error> {
+    locks::acquire(tx, &sorted_keys(class, names)).await
 }
 
-/// Begins a transaction holding the locks of `names` in class `class`, in one round trip: the locking
-/// `SELECT` and `BEGIN` go as one simple query (the keys are integers written into it, so nothing from the
-/// names reaches the SQL text). The `SELECT` comes first: it runs in the query's implicit transaction,
-/// which the `BEGIN` after it turns into the transaction returned, locks held. Should the `SELECT` fail (a
-/// lock timeout, a deadlock, a cancel), the implicit transaction ends with it and the connection is idle
-/// again.
-///
-/// Both rules come from one fact: sqlx counts a transaction as open, and rolls it back when dropped, only
-/// once its begin statement has returned. So with `BEGIN` first a failed lock would leave the connection
-/// in an aborted transaction for good; and a begin dropped while it waits for a lock would put the
-/// connection back in the pool inside a transaction holding the locks, for every other session to wait
-/// on. Hence the begin runs as a task of its own, which completes (and, unused, is rolled back as usual)
-/// even if the caller is gone.
+/// Begins a transaction holding the locks of `names` in class `class`, in one round trip (see
+/// [`locks::begin`], which also says why it cannot be cancelled half-way).
 pub async fn begin<'a>(
     pool: &PgPool,
     class: &str,
     names: impl IntoIterator<Item = &'a str>,
-) -> Result<Transaction<'static, Postgres>, sea_orm::sqlx::Error> {
-    let keys = sorted_keys(class, names);
-    let list = keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    let pool = pool.clone();
-    let begin = tokio::spawn(async move {
-        if list.is_empty() {
-            return pool.begin().await;
-        }
-        pool.begin_with(AssertSqlSafe(format!(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n; BEGIN"
-        )))
-        .await
-    });
-    begin.await.map_err(|_| sea_orm::sqlx::Error::WorkerCrashed)?
+) -> Result<Tx, sqlx::Error> {
+    locks::begin(pool, &sorted_keys(class, names)).await
 }
 
 fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<i64> {

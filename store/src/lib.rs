@@ -4,6 +4,9 @@
 //! - [`migrations`]: the schema, as SQL migrations run by sea-orm's migrator (`Migrator::up` at startup).
 //! - [`entity`]: sea-orm entities for the tables the API reads.
 //! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
+//! - [`prices`]: price points, their series and the derived windows' setting.
+//! - [`indices`]: index definitions, constituents and levels.
+//! - [`locks`]: advisory locks on keys the processor computes.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
 //!
@@ -12,9 +15,12 @@
 
 pub mod db;
 pub mod entity;
+pub mod indices;
+pub mod locks;
 pub mod metrics;
 pub mod migrations;
 pub mod notify;
+pub mod prices;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
 /// The SQL toolkit of the hot path, re-exported so that callers name the same types (pools, errors).

@@ -10,7 +10,7 @@
 //! 5. recompute from the first changed point until the change has died out (a window of points computes
 //!    to their stored bits: [`series::recompute_until_settled`]), reading further chunks only while it
 //!    has not, and write the changed rows, the first chunk's in one statement with the series rows
-//!    ([`sql::write_batch`]);
+//!    ([`tributary_store::prices::write_batch`]);
 //! 6. recompute every index that holds a changed instrument from its first changed date forward, in
 //!    chunks ([`recompute_index`]).
 //!
@@ -21,14 +21,13 @@
 //! cached one plus one (no one else wrote the series since); otherwise, or if a "new" point turns out to
 //! be stored, the transaction is rolled back and the batch is done again from the table. So an append
 //! costs O(1) reads and writes, and a batch of appends few round trips: `BEGIN` with the locks, one
-//! statement for every write ([`sql`]), the index recompute, `COMMIT`.
+//! statement for every write ([`tributary_store::prices`]), the index recompute, `COMMIT`.
 
-mod copy;
 pub mod index;
-mod index_sql;
 mod merge;
+mod reconcile;
+mod reindex;
 pub mod series;
-mod sql;
 
 use crate::lock;
 use chrono::{DateTime, Utc};
@@ -40,9 +39,11 @@ use tracing::Instrument;
 use tributary_broker::events::PricePoint;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 
-pub use index_sql::{INDEX_PRICES_SINCE, IndexDef, recompute_index};
 use merge::merge;
-pub use sql::reconcile_transforms;
+pub use reconcile::reconcile_transforms;
+pub use reindex::recompute_index;
+pub use tributary_store::indices::IndexDef;
+use tributary_store::prices::{self as store, Row};
 
 /// Consumes `price.<instrument>`.
 #[derive(Clone)]
@@ -124,15 +125,6 @@ pub(crate) struct Incoming {
     pub(crate) seq: i64,
 }
 
-/// A stored or merged point.
-#[derive(Debug, Clone)]
-pub(crate) struct Row {
-    pub ts: DateTime<Utc>,
-    pub volume: Option<f64>,
-    pub seq: i64,
-    pub point: Point,
-}
-
 impl PriceHandler {
     /// A handler writing through `pool` with the given windows, caching the tails of at most
     /// `cached_series` series, committing each batch as `parallelism` concurrent transactions.
@@ -210,9 +202,9 @@ impl PriceHandler {
             }
         }
         let mut stored =
-            sql::load_points(&mut tx, &to_load, self.transforms.window(), CHUNK_POINTS, &self.names).await?;
+            store::load_points(&mut tx, &to_load, self.transforms.window(), CHUNK_POINTS, &self.names).await?;
         // 4-5. merge and recompute, chunk by chunk where a change reaches past the first chunk
-        let mut writes = sql::Writes::new(&self.names);
+        let mut writes = store::Writes::new(&self.names);
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
         let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
         for (instrument, incoming) in by_instrument {
@@ -227,11 +219,11 @@ impl PriceHandler {
             let mut first_change = step.changed_from;
             let mut rewrote = false;
             while let Some(carry) = step.carry.take() {
-                let chunk = sql::load_after(&mut tx, instrument, carry.after, CHUNK_POINTS, &self.names).await?;
+                let chunk = store::load_after(&mut tx, instrument, carry.after, CHUNK_POINTS, &self.names).await?;
                 let complete = chunk.len() < CHUNK_POINTS;
                 step = merge(&self.transforms, carry.window, chunk, carry.incoming, complete, carry.unsettled);
                 rewrote |= !step.rows.is_empty();
-                sql::write_rows(&mut tx, instrument, &step.rows, &self.names).await?;
+                store::write_rows(&mut tx, instrument, &step.rows, &self.names).await?;
                 added.append(&mut step.added);
                 first_change = first_change.or(step.changed_from);
             }
@@ -246,7 +238,7 @@ impl PriceHandler {
             }
         }
         let changed: Vec<&str> = changed_from.keys().copied().collect();
-        let written = match sql::write_batch(&mut tx, writes, &changed).await {
+        let written = match store::write_batch(&mut tx, writes, &changed).await {
             // A trusted tail missed points stored since: its "new" points were there.
             Err(e) if !trusted.is_empty() && is_unique_violation(&e) => return Err(Attempt::Stale),
             other => other?,
@@ -257,7 +249,7 @@ impl PriceHandler {
         // 6. indices
         if !written.indices.is_empty() {
             lock::acquire(&mut tx, "index", written.indices.iter().map(String::as_str)).await?;
-            for def in index_sql::index_defs(&mut tx, &written.indices).await? {
+            for def in tributary_store::indices::definitions(&mut tx, &written.indices).await? {
                 let from = def.weights.iter().filter_map(|(i, _)| changed_from.get(i.as_str())).min().copied();
                 recompute_index(&mut tx, &def, from).await?;
             }
@@ -336,7 +328,7 @@ impl BatchHandler for PriceHandler {
     ///
     /// Each part runs as a task of its own, so it is never cancelled half-way, neither when a sibling
     /// part fails nor when the consume loop is dropped: a `COPY` cut off mid-stream would leave its
-    /// pooled connection out of step with the server (see `copy.rs`). A part that outlives its consume
+    /// pooled connection out of step with the server (see `tributary_store::prices`' `copy.rs`). A part that outlives its consume
     /// loop commits or fails like any other; its messages were not acked, so they come again and change
     /// nothing.
     async fn handle(&self, batch: &[Delivery<PricePoint>]) -> Result<(), HandleError> {

@@ -63,23 +63,8 @@ impl Transforms {
     }
 }
 
-/// One point of a series with its derived values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Point {
-    /// The price.
-    pub price: f64,
-    /// The simple return against the previous point.
-    pub ret: Option<f64>,
-    /// The derived values, in [`Transforms::names`] order.
-    pub values: Vec<Option<f64>>,
-}
-
-impl Point {
-    /// A point whose derived values are not computed yet.
-    pub fn raw(price: f64) -> Point {
-        Point { price, ret: None, values: Vec::new() }
-    }
-}
+/// One point of a series with its derived values (stored as a row of `price_points`).
+pub use tributary_store::prices::Point;
 
 /// Computes `ret` and the derived values of `points[from..]` from the points before them.
 ///

@@ -28,7 +28,7 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
         .unwrap();
     sqlx::query("ANALYZE price_points").execute(&mut conn).await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
-    let prepare = format!("PREPARE since AS {}", tributary_processor::prices::INDEX_PRICES_SINCE);
+    let prepare = format!("PREPARE since AS {}", tributary_store::indices::INDEX_PRICES_SINCE);
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
     let plan: Value = sqlx::query_scalar(
         "EXPLAIN (ANALYZE, FORMAT JSON)

@@ -1,10 +1,10 @@
 //! New price points as PostgreSQL's binary `COPY` format: the cheapest way to insert rows (no SQL to
 //! plan, no arrays to unpack, no conflict check per row). Only points known not to be stored yet are
-//! written this way, and only from [`super::sql::write_batch`]'s threshold on.
+//! written this way, and only from [`super::write_batch`]'s threshold on.
 //!
 //! A `COPY` must run from its start to `finish` once begun: sqlx does not account for a `COPY` dropped
 //! half-way, and the connection, back in the pool, would read the replies of the abandoned `COPY` as the
-//! next statement's. [`super::PriceHandler`] runs every commit as a task of its own for this reason.
+//! next statement's. The processor runs every commit as a task of its own for this reason.
 //!
 //! The format (<https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>): a signature and
 //! two zero words, then per row a 16-bit field count and per field a 32-bit length (-1 for NULL) and the

@@ -1,17 +1,53 @@
-//! The SQL of the price and index paths: bulk reads and `UNNEST ... ON CONFLICT` writes, one bind per
-//! column, inside the caller's transaction.
+//! Prices: `price_points`, `price_series` and the `settings` row of the derived windows.
+//!
+//! The processor's writes are bulk statements inside the caller's transaction (the series locked by the
+//! caller): [`load_points`] and [`load_after`] read stored points a chunk at a time, [`write_batch`] is a
+//! batch's one statement (new points by [`copy`] from [`COPY_MIN_ROWS`] on), [`write_rows`] a later chunk
+//! of a rewrite. [`Row`] is a stored point as the derivations see it: derived values are a JSON object in
+//! the table and a vector in [`Point`], in the order of the names the caller passes. The API's reads are
+//! [`list_series`], [`read_points`] and [`series_exists`].
 
-use super::Row;
-use super::copy::{self, CopyRows};
-use super::series::{Point, Transforms, recompute};
-use crate::lock;
+mod copy;
+
+use crate::entity::price_series;
+use crate::{Tx, notify};
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
+use copy::CopyRows;
+use sea_orm::sqlx::{self, PgPool};
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryOrder};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use tributary_store::notify;
 
-type Tx = Transaction<'static, Postgres>;
+/// One point of a series with its derived values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The price.
+    pub price: f64,
+    /// The simple return against the previous point.
+    pub ret: Option<f64>,
+    /// The derived values, in the order of the windows' names.
+    pub values: Vec<Option<f64>>,
+}
+
+impl Point {
+    /// A point whose derived values are not computed yet.
+    pub fn raw(price: f64) -> Point {
+        Point { price, ret: None, values: Vec::new() }
+    }
+}
+
+/// A stored (or about to be stored) row of `price_points`, its instrument aside.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The point's time.
+    pub ts: DateTime<Utc>,
+    /// The traded volume, if given.
+    pub volume: Option<f64>,
+    /// The stream sequence of the event that last wrote the point: the newer write wins.
+    pub seq: i64,
+    /// The price and its derived values.
+    pub point: Point,
+}
 
 fn values_of(derived: &Value, names: &[String]) -> Vec<Option<f64>> {
     names.iter().map(|n| derived.get(n).and_then(Value::as_f64)).collect()
@@ -33,7 +69,7 @@ fn row_of(r: &PointRow, names: &[String]) -> Row {
 
 /// Per instrument: (the `window` stored points before its start, ascending; at most `chunk` stored points
 /// from its start on, ascending). Fewer than `chunk` points from the start means the series' end was read.
-pub(crate) async fn load_points(
+pub async fn load_points(
     tx: &mut Tx,
     starts: &[(&str, DateTime<Utc>)],
     window: usize,
@@ -77,7 +113,7 @@ pub(crate) async fn load_points(
 }
 
 /// At most `chunk` stored points of `instrument` after `after`, ascending: the next chunk of a rewrite.
-pub(crate) async fn load_after(
+pub async fn load_after(
     tx: &mut Tx,
     instrument: &str,
     after: DateTime<Utc>,
@@ -98,12 +134,7 @@ pub(crate) async fn load_after(
 
 /// Upserts rows of `instrument` (guarded by sequence): a later chunk of a rewrite, written as it goes so
 /// that memory does not grow with the series. The series row is written with the batch ([`write_batch`]).
-pub(crate) async fn write_rows(
-    tx: &mut Tx,
-    instrument: &str,
-    rows: &[Row],
-    names: &[String],
-) -> Result<(), sqlx::Error> {
+pub async fn write_rows(tx: &mut Tx, instrument: &str, rows: &[Row], names: &[String]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -135,7 +166,7 @@ const COPY_MIN_ROWS: usize = 256;
 
 /// The rows of one batch: points new to their series, points already stored (rewritten), and per series
 /// how many points were added and their span.
-pub(crate) struct Writes<'a> {
+pub struct Writes<'a> {
     names: &'a [String],
     new: Vec<(&'a str, Row)>,
     rewritten: Vec<(&'a str, Row)>,
@@ -144,7 +175,7 @@ pub(crate) struct Writes<'a> {
 
 impl<'a> Writes<'a> {
     /// No rows yet, for derived values named `names`.
-    pub(crate) fn new(names: &'a [String]) -> Writes<'a> {
+    pub fn new(names: &'a [String]) -> Writes<'a> {
         Writes { names, new: Vec::new(), rewritten: Vec::new(), series: Default::default() }
     }
 
@@ -152,7 +183,7 @@ impl<'a> Writes<'a> {
     /// points past the rows were written with a later chunk of a rewrite, [`write_rows`]; they count here):
     /// the caller holds the series' lock and has read it (or trusts a cached tail that [`write_batch`]'s
     /// versions then confirm) in this transaction, so no one else can have stored them.
-    pub(crate) fn push(&mut self, instrument: &'a str, rows: Vec<Row>, added: Vec<DateTime<Utc>>) {
+    pub fn push(&mut self, instrument: &'a str, rows: Vec<Row>, added: Vec<DateTime<Utc>>) {
         let mut new = added.iter().peekable();
         for r in rows {
             if new.next_if(|t| **t == r.ts).is_some() {
@@ -197,7 +228,7 @@ impl<'a> Columns<'a> {
 }
 
 /// What [`write_batch`] reports.
-pub(crate) struct Written {
+pub struct Written {
     /// The new version of every series written.
     pub versions: HashMap<String, i64>,
     /// The indices that hold any of the changed instruments, sorted.
@@ -208,7 +239,7 @@ pub(crate) struct Written {
 
 /// The one statement of a batch's writes: new points (unless sent by `COPY`), rewritten points (guarded
 /// by sequence), the per-series summary with its version bumped, the notification of readers (sent on
-/// commit; see [`tributary_store::notify`]), and the names of the indices over the changed instruments.
+/// commit; see [`crate::notify`]), and the names of the indices over the changed instruments.
 /// One round trip, where these were five statements.
 const WRITE_BATCH: &str = "
 WITH new_points AS (
@@ -248,7 +279,7 @@ SELECT 'i', name, NULL::int8, instrument FROM index_constituents WHERE instrumen
 /// Stores a batch's rows, bumps the version of every series written and notifies readers (see
 /// [`WRITE_BATCH`]); `changed` are the instruments whose prices changed, for the indices over them and
 /// which of them are constituents.
-pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result<Written, sqlx::Error> {
+pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result<Written, sqlx::Error> {
     if w.series.0.is_empty() {
         // Only redeliveries: nothing written, nothing changed.
         return Ok(Written { versions: HashMap::new(), indices: Vec::new(), constituents: Vec::new() });
@@ -311,53 +342,109 @@ pub(crate) async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) ->
     Ok(out)
 }
 
+/// The `settings` key of the windows the stored derived values were computed with.
 const TRANSFORMS_KEY: &str = "price_transforms";
 
-/// Makes stored derived values match the configured windows: when the windows differ from the ones the
-/// values were computed with, every series is recomputed. Returns how many series were recomputed.
-pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize, sqlx::Error> {
-    let names = t.names();
-    let wanted = Value::from(names.clone());
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(lock::key("settings", TRANSFORMS_KEY))
-        .execute(&mut *tx)
-        .await?;
-    let stored: Option<Value> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-        .bind(TRANSFORMS_KEY)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if stored.as_ref() == Some(&wanted) {
-        return tx.commit().await.map(|_| 0);
-    }
-    let instruments: Vec<String> =
-        sqlx::query_scalar("SELECT instrument FROM price_series ORDER BY instrument").fetch_all(&mut *tx).await?;
-    // All at once, in the global order: one by one in name order would deadlock with a batch of another
-    // replica holding a series whose key sorts first.
-    lock::acquire(&mut tx, "price", instruments.iter().map(String::as_str)).await?;
-    for instrument in &instruments {
-        let rows: Vec<(DateTime<Utc>, f64, Option<f64>, i64)> =
-            sqlx::query_as("SELECT ts, price, volume, seq FROM price_points WHERE instrument = $1 ORDER BY ts")
-                .bind(instrument)
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut points: Vec<Point> = rows.iter().map(|r| Point::raw(r.1)).collect();
-        recompute(t, &mut points, 0);
-        let rows: Vec<Row> =
-            rows.iter().zip(points).map(|(r, point)| Row { ts: r.0, volume: r.2, seq: r.3, point }).collect();
-        let mut w = Writes::new(&names);
-        w.push(instrument, rows, Vec::new());
-        write_batch(&mut tx, w, &[]).await?;
-    }
+/// The names of the windows the stored derived values were computed with, if recorded.
+pub async fn stored_windows(tx: &mut Tx) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(TRANSFORMS_KEY).fetch_optional(&mut **tx).await
+}
+
+/// Records the names of the windows the stored derived values are computed with.
+pub async fn store_windows(tx: &mut Tx, names: &Value) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     )
     .bind(TRANSFORMS_KEY)
-    .bind(&wanted)
-    .execute(&mut *tx)
+    .bind(names)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
-    Ok(instruments.len())
+    Ok(())
+}
+
+/// Every instrument with a series, by name.
+pub async fn instruments(tx: &mut Tx) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT instrument FROM price_series ORDER BY instrument").fetch_all(&mut **tx).await
+}
+
+/// Every stored point of `instrument`, ascending, without its derived values (`point.values` empty).
+pub async fn raw_points(tx: &mut Tx, instrument: &str) -> Result<Vec<Row>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, f64, Option<f64>, i64)> =
+        sqlx::query_as("SELECT ts, price, volume, seq FROM price_points WHERE instrument = $1 ORDER BY ts")
+            .bind(instrument)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| Row { ts: r.0, volume: r.2, seq: r.3, point: Point::raw(r.1) }).collect())
+}
+
+/// A row of `price_series`: one instrument's point count and span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesRow {
+    /// The instrument.
+    pub instrument: String,
+    /// How many points it has.
+    pub points: i64,
+    /// Its first point's time.
+    pub first_ts: DateTime<Utc>,
+    /// Its last point's time.
+    pub last_ts: DateTime<Utc>,
+}
+
+/// Every series, by instrument.
+pub async fn list_series(db: &DatabaseConnection) -> Result<Vec<SeriesRow>, DbErr> {
+    let rows = price_series::Entity::find().order_by_asc(price_series::Column::Instrument).all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SeriesRow { instrument: r.instrument, points: r.points, first_ts: r.first_ts, last_ts: r.last_ts })
+        .collect())
+}
+
+/// Whether `instrument` has a series.
+pub async fn series_exists(db: &DatabaseConnection, instrument: &str) -> Result<bool, DbErr> {
+    Ok(price_series::Entity::find_by_id(instrument.to_owned()).one(db).await?.is_some())
+}
+
+/// A point as the API serves it: the derived values as the JSON text PostgreSQL prints, to be spliced
+/// into a response unparsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointText {
+    /// The point's time.
+    pub ts: DateTime<Utc>,
+    /// The price.
+    pub price: f64,
+    /// The volume, if given.
+    pub volume: Option<f64>,
+    /// The simple return.
+    pub ret: Option<f64>,
+    /// The derived values, a JSON object.
+    pub derived: String,
+}
+
+/// The newest `limit` points of `instrument` in [`from`, `to`] (unbounded where `None`), newest first.
+///
+/// The bounds are `coalesce`d to infinities, not written `$2 IS NULL OR ts >= $2`: under a generic plan
+/// (a prepared statement after five runs) that OR is a filter over every point of the instrument, where
+/// the coalesced bound is an index range.
+pub async fn read_points(
+    pool: &PgPool,
+    instrument: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<PointText>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
+        "SELECT ts, price, volume, ret, derived::text FROM price_points
+          WHERE instrument = $1 AND ts >= coalesce($2, '-infinity'::timestamptz)
+            AND ts <= coalesce($3, 'infinity'::timestamptz)
+          ORDER BY ts DESC LIMIT $4",
+    )
+    .bind(instrument)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| PointText { ts: r.0, price: r.1, volume: r.2, ret: r.3, derived: r.4 }).collect())
 }
 
 #[cfg(test)]
