@@ -7,8 +7,8 @@
 use crate::lock;
 use crate::prices::{IndexDef, recompute_index};
 use std::collections::BTreeMap;
+use tributary_broker::Delivery;
 use tributary_broker::events::IndexDefinition;
-use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 use tributary_store::indices;
 use tributary_store::sqlx::{self, PgPool};
 
@@ -54,20 +54,10 @@ impl IndexHandler {
     }
 }
 
-impl BatchHandler for IndexHandler {
-    type Event = (String, IndexDefinition);
-
-    fn decode(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
-        _received: Ts,
-    ) -> Result<Self::Event, Rejection> {
-        IndexDefinition::decode(subject, headers, payload)
-    }
-
-    async fn handle(&self, batch: &[Delivery<Self::Event>]) -> Result<(), HandleError> {
-        crate::commit_in_span("index definitions", "storing index definitions", batch.len(), self.commit(batch)).await
-    }
-}
+commits_batches!(
+    IndexHandler,
+    (String, IndexDefinition),
+    |subject, headers, payload, _| IndexDefinition::decode(subject, headers, payload),
+    "index definitions",
+    "storing index definitions"
+);

@@ -16,6 +16,35 @@
 //! The invariant every module keeps: a stored derived value equals the batch computation over the raw
 //! data stored so far, whatever the order, duplication or lateness of delivery.
 
+/// Implements [`tributary_broker::BatchHandler`] for a handler whose batches are each one transaction,
+/// its `commit`, run in a `db` span named `$operation`; a failure says it was `$what`. `$decode` turns
+/// (subject, headers, payload, received) into the event or a rejection.
+macro_rules! commits_batches {
+    ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal) => {
+        impl tributary_broker::BatchHandler for $handler {
+            type Event = $event;
+
+            fn decode(
+                &self,
+                subject: &str,
+                headers: Option<&async_nats::HeaderMap>,
+                payload: &[u8],
+                received: tributary_broker::ts::Ts,
+            ) -> Result<$event, tributary_broker::Rejection> {
+                let decode: fn(&str, Option<&async_nats::HeaderMap>, &[u8], tributary_broker::ts::Ts) -> _ = $decode;
+                decode(subject, headers, payload, received)
+            }
+
+            async fn handle(
+                &self,
+                batch: &[tributary_broker::Delivery<$event>],
+            ) -> Result<(), tributary_broker::HandleError> {
+                crate::commit_in_span($operation, $what, batch.len(), self.commit(batch)).await
+            }
+        }
+    };
+}
+
 pub mod fleet;
 pub mod indices;
 pub mod lock;
