@@ -6,12 +6,14 @@
 //! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
+//! - [`fleet`]: the fleet's drivers, shipments and plan: the processor's writes, the API's reads.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
 
 pub mod db;
 pub mod entity;
+pub mod fleet;
 pub mod metrics;
 pub mod migrations;
 pub mod notify;
