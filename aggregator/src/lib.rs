@@ -96,7 +96,7 @@ impl AggregatorConfig {
 pub async fn run(
     cfg: AggregatorConfig,
     js: async_nats::jetstream::Context,
-    db: sea_orm::sqlx::PgPool,
+    db: tributary_store::sqlx::PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.validate()?;

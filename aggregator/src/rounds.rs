@@ -60,7 +60,7 @@ type Pending = watch::Receiver<Option<Arc<RoundReport>>>;
 pub struct Rounds {
     cfg: AggregatorConfig,
     js: jetstream::Context,
-    db: sea_orm::sqlx::PgPool,
+    db: tributary_store::sqlx::PgPool,
     providers: Vec<Provider>,
     in_flight: Mutex<Option<Pending>>,
     count: AtomicU64,
@@ -68,7 +68,11 @@ pub struct Rounds {
 
 impl Rounds {
     /// Rounds over `cfg.providers`, publishing to `js`, reading stored cursors from `db`.
-    pub fn new(cfg: AggregatorConfig, js: jetstream::Context, db: sea_orm::sqlx::PgPool) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: AggregatorConfig,
+        js: jetstream::Context,
+        db: tributary_store::sqlx::PgPool,
+    ) -> anyhow::Result<Self> {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_millis(cfg.provider_timeout_ms)).build()?;
         let providers = cfg
@@ -167,11 +171,9 @@ impl Rounds {
 
     /// Takes the stored cursors where they are ahead (after a restart, or another replica's pulls).
     async fn resume_cursors(&self) {
-        let stored: Result<Vec<(String, i64)>, _> =
-            sea_orm::sqlx::query_as("SELECT provider, cursor FROM survey_providers").fetch_all(&self.db).await;
-        match stored {
+        match tributary_store::surveys::cursors(&self.db).await {
             Ok(rows) => {
-                let rows: HashMap<String, i64> = rows.into_iter().collect();
+                let rows: HashMap<String, i64> = rows.into_iter().map(|r| (r.provider, r.cursor)).collect();
                 for p in &self.providers {
                     if let Some(c) = rows.get(&p.name) {
                         p.cursor.fetch_max(*c, Ordering::Relaxed);

@@ -8,33 +8,19 @@
 //! stored plan is always the plan of the stored drivers and shipments, the batch computation itself.
 
 use crate::lock;
-use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 use tributary_broker::fleet::{FleetRecord, Role};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_store::fleet::{self as store, Table, Upsert};
+use tributary_store::sqlx::{self, PgPool};
+
+/// The fleet as stored, and reading it: its SQL lives in [`tributary_store::fleet`].
+pub use tributary_store::fleet::{Fleet, StoredPlan, load};
 
 /// Consumes `fleet.driver.<id>` and `fleet.shipment.<id>`.
 #[derive(Clone)]
 pub struct FleetHandler {
     pool: PgPool,
-}
-
-/// The live drivers and shipments, by id, as the plan is computed from them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fleet {
-    /// `(id, address)` by id.
-    pub shipments: Vec<(String, String)>,
-    /// `(id, name)` by id.
-    pub drivers: Vec<(String, String)>,
-}
-
-/// A computed plan with the ids it pairs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredPlan {
-    /// Total suitability score.
-    pub total: f64,
-    /// `(shipment id, driver id, score)`.
-    pub assignments: Vec<(String, String, f64)>,
 }
 
 /// The batch computation: the optimal plan of a fleet.
@@ -50,18 +36,6 @@ pub fn compute(fleet: &Fleet) -> StoredPlan {
             .map(|&(s, d, q)| (fleet.shipments[s].0.clone(), fleet.drivers[d].0.clone(), q.value()))
             .collect(),
     }
-}
-
-/// Reads the live drivers and shipments.
-pub async fn load(db: &mut sqlx::PgConnection) -> Result<Fleet, sqlx::Error> {
-    let shipments =
-        sqlx::query_as("SELECT id, address FROM fleet_shipments WHERE address IS NOT NULL ORDER BY id COLLATE \"C\"")
-            .fetch_all(&mut *db)
-            .await?;
-    let drivers = sqlx::query_as("SELECT id, name FROM fleet_drivers WHERE name IS NOT NULL ORDER BY id COLLATE \"C\"")
-        .fetch_all(&mut *db)
-        .await?;
-    Ok(Fleet { shipments, drivers })
 }
 
 impl FleetHandler {
@@ -82,77 +56,28 @@ impl FleetHandler {
         }
         let mut tx = lock::begin(&self.pool, "fleet", ["plan"]).await?;
         let mut changed = 0;
-        for (role, table, column) in
-            [(Role::Driver, "fleet_drivers", "name"), (Role::Shipment, "fleet_shipments", "address")]
-        {
-            let rows: Vec<_> = newest.iter().filter(|((r, _), _)| *r == role).map(|(_, v)| *v).collect();
+        for (role, table) in [(Role::Driver, Table::Drivers), (Role::Shipment, Table::Shipments)] {
+            let rows: Vec<Upsert<'_>> = newest
+                .iter()
+                .filter(|((r, _), _)| *r == role)
+                .map(|(_, (r, seq))| Upsert { id: &r.id, text: r.text.as_deref(), seq: *seq })
+                .collect();
             if !rows.is_empty() {
-                changed += upsert(&mut tx, table, column, &rows).await?;
+                changed += store::upsert(&mut tx, table, &rows).await?;
             }
         }
         // Recompute when something changed, or when no plan exists yet (the first batch may change nothing).
-        let recompute = changed > 0
-            || !sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut *tx).await?;
+        let recompute = changed > 0 || !store::plan_exists(&mut tx).await?;
         if recompute {
             let fleet = load(&mut tx).await?;
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))
                 .await
                 .map_err(|e| sqlx::Error::Protocol(format!("computing the fleet plan panicked: {e}")))?;
-            store_plan(&mut tx, &plan, drivers, shipments).await?;
+            store::store_plan(&mut tx, &plan, drivers, shipments).await?;
         }
         tx.commit().await
     }
-}
-
-/// Upserts newer versions; returns how many rows changed.
-async fn upsert(
-    tx: &mut Transaction<'static, Postgres>,
-    table: &str,
-    column: &str,
-    rows: &[(&FleetRecord, i64)],
-) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO {table} (id, {column}, seq) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-         ON CONFLICT (id) DO UPDATE SET {column} = EXCLUDED.{column}, seq = EXCLUDED.seq, updated_at = now()
-         WHERE {table}.seq < EXCLUDED.seq"
-    );
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(rows.iter().map(|(r, _)| r.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(r, _)| r.text.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    Ok(r.rows_affected())
-}
-
-async fn store_plan(
-    tx: &mut Transaction<'static, Postgres>,
-    plan: &StoredPlan,
-    drivers: i32,
-    shipments: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM fleet_assignments").execute(&mut **tx).await?;
-    sqlx::query(
-        "INSERT INTO fleet_assignments (shipment_id, driver_id, score)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])",
-    )
-    .bind(plan.assignments.iter().map(|a| a.0.as_str()).collect::<Vec<_>>())
-    .bind(plan.assignments.iter().map(|a| a.1.as_str()).collect::<Vec<_>>())
-    .bind(plan.assignments.iter().map(|a| a.2).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO fleet_plan (version, total_score, drivers, shipments, computed_at) VALUES (1, $1, $2, $3, now())
-         ON CONFLICT (one) DO UPDATE SET version = fleet_plan.version + 1, total_score = EXCLUDED.total_score,
-           drivers = EXCLUDED.drivers, shipments = EXCLUDED.shipments, computed_at = EXCLUDED.computed_at",
-    )
-    .bind(plan.total)
-    .bind(drivers)
-    .bind(shipments)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 impl BatchHandler for FleetHandler {

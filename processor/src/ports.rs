@@ -7,10 +7,11 @@
 //! So re-importing the same file changes nothing, and the counts always equal a `GROUP BY` over `ports`.
 
 use crate::lock;
-use sea_orm::sqlx::{self, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use tributary_broker::ports::PortRecord;
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_store::ports::{self as store, PortUpsert};
+use tributary_store::sqlx::{self, PgPool};
 
 /// Consumes `port.<unlocode>`.
 #[derive(Clone)]
@@ -35,15 +36,11 @@ impl PortHandler {
         }
         let mut tx = lock::begin(&self.pool, "port", newest.keys().copied()).await?;
         let codes: Vec<&str> = newest.keys().copied().collect();
-        let stored: HashMap<String, (i64, Option<String>)> = sqlx::query_as::<_, (String, i64, Option<String>)>(
-            "SELECT unlocode, seq, country FROM ports WHERE unlocode = ANY($1)",
-        )
-        .bind(&codes)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(u, s, c)| (u, (s, c)))
-        .collect();
+        let stored: HashMap<String, (i64, Option<String>)> = store::stored_versions(&mut tx, &codes)
+            .await?
+            .into_iter()
+            .map(|v| (v.unlocode, (v.seq, v.country)))
+            .collect();
         let mut rows = Vec::new();
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         for (code, (p, seq)) in newest {
@@ -57,69 +54,36 @@ impl PortHandler {
             if let Some(new) = &p.port.country {
                 *counts.entry(new.clone()).or_default() += 1;
             }
-            rows.push((p, seq));
+            rows.push(upsert_of(p, seq));
         }
         if !rows.is_empty() {
-            upsert(&mut tx, &rows).await?;
+            store::upsert(&mut tx, &rows).await?;
         }
         counts.retain(|_, d| *d != 0);
         if !counts.is_empty() {
-            let (countries, deltas): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO port_countries (country, ports) SELECT * FROM unnest($1::text[], $2::int8[])
-                 ON CONFLICT (country) DO UPDATE SET ports = port_countries.ports + EXCLUDED.ports",
-            )
-            .bind(&countries)
-            .bind(&deltas)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM port_countries WHERE country = ANY($1) AND ports = 0")
-                .bind(&countries)
-                .execute(&mut *tx)
-                .await?;
+            store::move_country_counts(&mut tx, &counts).await?;
         }
         tx.commit().await
     }
 }
 
-async fn upsert(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    rows: &[(&PortRecord, i64)],
-) -> Result<(), sqlx::Error> {
-    let text =
-        |f: fn(&PortRecord) -> Option<&str>| rows.iter().map(|(p, _)| f(p).map(str::to_owned)).collect::<Vec<_>>();
-    let list = |f: fn(&PortRecord) -> &Vec<String>| {
-        rows.iter().map(|(p, _)| serde_json::to_string(f(p)).unwrap_or_else(|_| "[]".into())).collect::<Vec<_>>()
-    };
-    sqlx::query(
-        "INSERT INTO ports (unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat, seq)
-         SELECT u, n, ci, co, pr, tz, cd,
-                ARRAY(SELECT jsonb_array_elements_text(al::jsonb)), ARRAY(SELECT jsonb_array_elements_text(re::jsonb)),
-                ARRAY(SELECT jsonb_array_elements_text(ul::jsonb)), lo, la, s
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::int8[])
-             AS x(u, n, ci, co, pr, tz, cd, al, re, ul, lo, la, s)
-         ON CONFLICT (unlocode) DO UPDATE SET name = EXCLUDED.name, city = EXCLUDED.city, country = EXCLUDED.country,
-           province = EXCLUDED.province, timezone = EXCLUDED.timezone, code = EXCLUDED.code, alias = EXCLUDED.alias,
-           regions = EXCLUDED.regions, unlocs = EXCLUDED.unlocs, lon = EXCLUDED.lon, lat = EXCLUDED.lat,
-           seq = EXCLUDED.seq, updated_at = now()",
-    )
-    .bind(rows.iter().map(|(p, _)| p.unlocode.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(p, _)| p.port.name.as_str()).collect::<Vec<_>>())
-    .bind(text(|p| p.port.city.as_deref()))
-    .bind(text(|p| p.port.country.as_deref()))
-    .bind(text(|p| p.port.province.as_deref()))
-    .bind(text(|p| p.port.timezone.as_deref()))
-    .bind(text(|p| p.port.code.as_deref()))
-    .bind(list(|p| &p.port.alias))
-    .bind(list(|p| &p.port.regions))
-    .bind(list(|p| &p.port.unlocs))
-    .bind(rows.iter().map(|(p, _)| p.lon_lat.map(|c| c.0)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(p, _)| p.lon_lat.map(|c| c.1)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// The row that stores version `seq` of a port.
+fn upsert_of(p: &PortRecord, seq: i64) -> PortUpsert<'_> {
+    PortUpsert {
+        unlocode: &p.unlocode,
+        name: &p.port.name,
+        city: p.port.city.as_deref(),
+        country: p.port.country.as_deref(),
+        province: p.port.province.as_deref(),
+        timezone: p.port.timezone.as_deref(),
+        code: p.port.code.as_deref(),
+        alias: &p.port.alias,
+        regions: &p.port.regions,
+        unlocs: &p.port.unlocs,
+        lon: p.lon_lat.map(|c| c.0),
+        lat: p.lon_lat.map(|c| c.1),
+        seq,
+    }
 }
 
 impl BatchHandler for PortHandler {

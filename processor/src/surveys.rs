@@ -7,10 +7,11 @@
 //! pull (a maximum, so the order of delivery does not matter).
 
 use crate::lock;
-use sea_orm::sqlx::{self, PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 use tributary_broker::surveys::{PullStatus, SurveyEvent, SurveyItem, SurveyRecord};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_store::sqlx::{self, PgPool};
+use tributary_store::surveys::{self as store, ItemUpsert, StatusUpsert};
 
 /// Consumes `survey.<provider>`.
 #[derive(Clone)]
@@ -52,73 +53,46 @@ impl SurveyHandler {
             store_items(&mut tx, &items).await?;
         }
         if !statuses.is_empty() {
-            store_statuses(&mut tx, &statuses).await?;
+            let rows: Vec<StatusUpsert<'_>> = statuses
+                .iter()
+                .map(|(provider, (s, seq))| StatusUpsert {
+                    provider,
+                    status: &s.status,
+                    error: s.error.as_deref(),
+                    at: s.at.0,
+                    seq: *seq,
+                })
+                .collect();
+            store::store_statuses(&mut tx, &rows).await?;
         }
         tx.commit().await
     }
 }
 
+/// Stores the items and advances each provider's cursor to the highest provider id among them.
 async fn store_items(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut tributary_store::Tx,
     items: &BTreeMap<(&str, i64), (&SurveyItem, i64)>,
 ) -> Result<(), sqlx::Error> {
-    let col = |f: fn(&SurveyItem) -> &str| items.values().map(|(i, _)| f(i)).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO survey_items (provider, provider_id, text, device, location, created_at, seq)
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int8[])
-         ON CONFLICT (provider, provider_id) DO UPDATE SET text = EXCLUDED.text, device = EXCLUDED.device,
-           location = EXCLUDED.location, created_at = EXCLUDED.created_at, seq = EXCLUDED.seq
-         WHERE survey_items.seq < EXCLUDED.seq",
-    )
-    .bind(items.keys().map(|k| k.0).collect::<Vec<_>>())
-    .bind(items.keys().map(|k| k.1).collect::<Vec<_>>())
-    .bind(col(|i| &i.text))
-    .bind(col(|i| &i.device))
-    .bind(col(|i| &i.location))
-    .bind(items.values().map(|(i, _)| i.created_at.0).collect::<Vec<_>>())
-    .bind(items.values().map(|(_, s)| *s).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    let rows: Vec<ItemUpsert<'_>> = items
+        .iter()
+        .map(|(&(provider, provider_id), &(i, seq))| ItemUpsert {
+            provider,
+            provider_id,
+            text: &i.text,
+            device: &i.device,
+            location: &i.location,
+            created_at: i.created_at.0,
+            seq,
+        })
+        .collect();
+    store::upsert_items(tx, &rows).await?;
     let mut cursors: BTreeMap<&str, i64> = BTreeMap::new();
     for (p, id) in items.keys() {
         let c = cursors.entry(p).or_default();
         *c = (*c).max(*id);
     }
-    sqlx::query(
-        "INSERT INTO survey_providers (provider, cursor) SELECT * FROM unnest($1::text[], $2::int8[])
-         ON CONFLICT (provider) DO UPDATE SET cursor = GREATEST(survey_providers.cursor, EXCLUDED.cursor)",
-    )
-    .bind(cursors.keys().copied().collect::<Vec<_>>())
-    .bind(cursors.values().copied().collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn store_statuses(
-    tx: &mut Transaction<'static, Postgres>,
-    statuses: &BTreeMap<&str, (&PullStatus, i64)>,
-) -> Result<(), sqlx::Error> {
-    let v = statuses.values();
-    sqlx::query(
-        "INSERT INTO survey_providers AS p (provider, status, error, last_pull, last_sync, status_seq)
-         SELECT pr, st, er, at, CASE WHEN st = 'ok' THEN at END, sq
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) AS x(pr, st, er, at, sq)
-         ON CONFLICT (provider) DO UPDATE SET
-           status = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.status ELSE p.status END,
-           error = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.error ELSE p.error END,
-           last_pull = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.last_pull ELSE p.last_pull END,
-           last_sync = GREATEST(p.last_sync, EXCLUDED.last_sync),
-           status_seq = GREATEST(p.status_seq, EXCLUDED.status_seq)",
-    )
-    .bind(statuses.keys().copied().collect::<Vec<_>>())
-    .bind(v.clone().map(|(s, _)| s.status.as_str()).collect::<Vec<_>>())
-    .bind(v.clone().map(|(s, _)| s.error.as_deref()).collect::<Vec<_>>())
-    .bind(v.clone().map(|(s, _)| s.at.0).collect::<Vec<_>>())
-    .bind(v.map(|(_, q)| *q).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    store::advance_cursors(tx, &cursors.into_iter().collect::<Vec<_>>()).await
 }
 
 impl BatchHandler for SurveyHandler {

@@ -9,18 +9,24 @@
 //! - [`locks`]: advisory locks on keys the processor computes.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
+//! - [`fleet`]: the fleet's drivers, shipments and plan: the processor's writes, the API's reads.
+//! - [`ports`]: ports and per-country counts: the processor's writes, the API's reads.
+//! - [`surveys`]: survey items and providers: the processor's writes, the aggregator's and API's reads.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
 
 pub mod db;
 pub mod entity;
+pub mod fleet;
 pub mod indices;
 pub mod locks;
 pub mod metrics;
 pub mod migrations;
 pub mod notify;
+pub mod ports;
 pub mod prices;
+pub mod surveys;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
 /// The SQL toolkit of the hot path, re-exported so that callers name the same types (pools, errors).
