@@ -9,8 +9,8 @@
 
 use crate::lock;
 use std::collections::BTreeMap;
+use tributary_broker::Delivery;
 use tributary_broker::fleet::{FleetRecord, Role};
-use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 use tributary_store::fleet::{self as store, Table, Upsert};
 use tributary_store::sqlx::{self, PgPool};
 
@@ -80,20 +80,10 @@ impl FleetHandler {
     }
 }
 
-impl BatchHandler for FleetHandler {
-    type Event = FleetRecord;
-
-    fn decode(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
-        _received: Ts,
-    ) -> Result<FleetRecord, Rejection> {
-        FleetRecord::decode(subject, headers, payload)
-    }
-
-    async fn handle(&self, batch: &[Delivery<FleetRecord>]) -> Result<(), HandleError> {
-        crate::commit_in_span("fleet batch", "storing the fleet", batch.len(), self.commit(batch)).await
-    }
-}
+commits_batches!(
+    FleetHandler,
+    FleetRecord,
+    |subject, headers, payload, _| FleetRecord::decode(subject, headers, payload),
+    "fleet batch",
+    "storing the fleet"
+);

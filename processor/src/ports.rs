@@ -8,8 +8,8 @@
 
 use crate::lock;
 use std::collections::{BTreeMap, HashMap};
+use tributary_broker::Delivery;
 use tributary_broker::ports::PortRecord;
-use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 use tributary_store::ports::{self as store, PortUpsert};
 use tributary_store::sqlx::{self, PgPool};
 
@@ -86,20 +86,10 @@ fn upsert_of(p: &PortRecord, seq: i64) -> PortUpsert<'_> {
     }
 }
 
-impl BatchHandler for PortHandler {
-    type Event = PortRecord;
-
-    fn decode(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
-        _received: Ts,
-    ) -> Result<PortRecord, Rejection> {
-        PortRecord::decode(subject, headers, payload)
-    }
-
-    async fn handle(&self, batch: &[Delivery<PortRecord>]) -> Result<(), HandleError> {
-        crate::commit_in_span("port batch", "storing ports", batch.len(), self.commit(batch)).await
-    }
-}
+commits_batches!(
+    PortHandler,
+    PortRecord,
+    |subject, headers, payload, _| PortRecord::decode(subject, headers, payload),
+    "port batch",
+    "storing ports"
+);

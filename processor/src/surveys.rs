@@ -8,8 +8,8 @@
 
 use crate::lock;
 use std::collections::BTreeMap;
+use tributary_broker::Delivery;
 use tributary_broker::surveys::{PullStatus, SurveyEvent, SurveyItem, SurveyRecord};
-use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 use tributary_store::sqlx::{self, PgPool};
 use tributary_store::surveys::{self as store, ItemUpsert, StatusUpsert};
 
@@ -95,20 +95,4 @@ async fn store_items(
     store::advance_cursors(tx, &cursors.into_iter().collect::<Vec<_>>()).await
 }
 
-impl BatchHandler for SurveyHandler {
-    type Event = SurveyRecord;
-
-    fn decode(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
-        received: Ts,
-    ) -> Result<SurveyRecord, Rejection> {
-        SurveyRecord::decode(subject, headers, payload, received)
-    }
-
-    async fn handle(&self, batch: &[Delivery<SurveyRecord>]) -> Result<(), HandleError> {
-        crate::commit_in_span("survey batch", "storing survey items", batch.len(), self.commit(batch)).await
-    }
-}
+commits_batches!(SurveyHandler, SurveyRecord, SurveyRecord::decode, "survey batch", "storing survey items");
