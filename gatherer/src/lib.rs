@@ -98,6 +98,32 @@ pub(crate) async fn read_line_bounded(
     }
 }
 
+/// Reads the next line of an import into `line` (at most `max` bytes of it kept, see
+/// [`read_line_bounded`]), adding its bytes to `progress` and its length to `longest`: the line's first
+/// byte and whether it was too long, or `None` at the end of the input or on a read error (kept in
+/// `errors` against the next line's number).
+pub(crate) async fn next_line(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    max: usize,
+    progress: &mut Progress,
+    longest: &mut usize,
+    errors: &mut Vec<LineError>,
+) -> Option<(u64, bool)> {
+    let (n, too_long) = match read_line_bounded(reader, line, max).await {
+        Ok((0, _)) => return None,
+        Ok(read) => read,
+        Err(e) => {
+            keep_error(errors, progress.entries + 1, progress.bytes, format!("read error: {e}"));
+            return None;
+        }
+    };
+    let start = progress.bytes;
+    progress.bytes += n as u64;
+    *longest = (*longest).max(line.len());
+    Some((start, too_long))
+}
+
 /// A progress bar over bytes read (a spinner when the size is unknown; hidden when `show` is false).
 pub fn byte_progress_bar(size: Option<u64>, show: bool) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressStyle};

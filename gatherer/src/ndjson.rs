@@ -3,7 +3,7 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{LineError, Progress, import_headers, keep_error, read_line_bounded};
+use crate::{LineError, Progress, import_headers, keep_error, next_line};
 use async_nats::jetstream;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, BufReader};
@@ -45,19 +45,10 @@ pub async fn import_with(
     let mut publisher = Publisher::new(js, 4096);
     let mut r = NdjsonReport::default();
     let mut line = Vec::new();
-    loop {
-        let (n, too_long) = match read_line_bounded(&mut reader, &mut line, MAX_LINE).await {
-            Ok((0, _)) => break,
-            Ok(read) => read,
-            Err(e) => {
-                keep_error(&mut r.errors, r.progress.entries + 1, r.progress.bytes, format!("read error: {e}"));
-                break;
-            }
-        };
-        let start = r.progress.bytes;
-        r.progress.bytes += n as u64;
+    while let Some((start, too_long)) =
+        next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors).await
+    {
         r.progress.entries += 1;
-        r.longest_line = r.longest_line.max(line.len());
         let number = r.progress.entries;
         let refuse = |r: &mut NdjsonReport, why: String| {
             r.progress.invalid += 1;

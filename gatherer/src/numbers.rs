@@ -1,7 +1,7 @@
 //! Online statistics over plain numbers, one per line, streamed with bounded memory: count, mean,
 //! variance, min and max by Welford's method, reported as the stream goes.
 
-use crate::{LineError, Progress, keep_error, read_line_bounded};
+use crate::{LineError, Progress, keep_error, next_line};
 use serde::Serialize;
 use tokio::io::{AsyncRead, BufReader};
 
@@ -59,18 +59,9 @@ pub async fn stats(
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut r = NumbersReport::default();
     let mut line = Vec::with_capacity(128);
-    loop {
-        let (n, too_long) = match read_line_bounded(&mut reader, &mut line, MAX_LINE).await {
-            Ok((0, _)) => break,
-            Ok(read) => read,
-            Err(e) => {
-                keep_error(&mut r.errors, r.progress.entries + 1, r.progress.bytes, format!("read error: {e}"));
-                break;
-            }
-        };
-        let start = r.progress.bytes;
-        r.progress.bytes += n as u64;
-        r.longest_line = r.longest_line.max(line.len());
+    while let Some((start, too_long)) =
+        next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors).await
+    {
         if too_long {
             r.progress.entries += 1;
             r.progress.invalid += 1;
