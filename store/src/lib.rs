@@ -6,6 +6,8 @@
 //! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
+//! - [`samples`]: server samples (`metric.<host>`): every statement on `metric_samples`, `metric_rollups`,
+//!   `metric_series` and `metric_latest`, with typed rows: the processor's batch statements and retention.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
@@ -15,6 +17,7 @@ pub mod entity;
 pub mod metrics;
 pub mod migrations;
 pub mod notify;
+pub mod samples;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};
 /// The SQL toolkit of the hot path, re-exported so that callers name the same types (pools, errors).
