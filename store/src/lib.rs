@@ -7,7 +7,7 @@
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
 //! - [`samples`]: server samples (`metric.<host>`): every statement on `metric_samples`, `metric_rollups`,
-//!   `metric_series` and `metric_latest`, with typed rows: the processor's batch statements and retention.
+//!   `metric_series` and `metric_latest`, the processor's writes and the API's reads, with typed rows.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).

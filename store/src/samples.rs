@@ -10,13 +10,20 @@
 //!   ([`load_samples`], [`load_buckets`], [`load_rollups`], keyed by [`BucketKey`]), then
 //!   [`upsert_rollups`], [`upsert_series`] and [`upsert_latest`].
 //! - Retention, on the pool: [`sweep`].
+//! - The API's reads, on the pool: [`latest_samples`], [`hosts`], [`series_exists`], [`raw_samples`] and
+//!   [`rollup_buckets`].
 //!
 //! Rows are plain column structs. A [`RollupRow`] holds the sketch and the sorted values as the stored bytes:
 //! the processor owns their encoding (and the bucket arithmetic), converting to and from its `Rollup`.
 
 mod batch;
+mod read;
 
 pub use batch::{
     BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
     load_samples, sweep, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
+};
+pub use read::{
+    HostFields, LatestSample, RollupBucket, SamplePoint, hosts, latest_samples, raw_samples, rollup_buckets,
+    series_exists,
 };
