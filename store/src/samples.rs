@@ -18,6 +18,8 @@
 
 mod batch;
 mod read;
+#[cfg(test)]
+mod tests;
 
 pub use batch::{
     BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
