@@ -12,6 +12,8 @@
 //! - [`fleet`]: the fleet's drivers, shipments and plan: the processor's writes, the API's reads.
 //! - [`ports`]: ports and per-country counts: the processor's writes, the API's reads.
 //! - [`surveys`]: survey items and providers: the processor's writes, the aggregator's and API's reads.
+//! - [`samples`]: server samples (`metric.<host>`): every statement on `metric_samples`, `metric_rollups`,
+//!   `metric_series` and `metric_latest`, the processor's writes and the API's reads, with typed rows.
 //!
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
@@ -26,6 +28,7 @@ pub mod migrations;
 pub mod notify;
 pub mod ports;
 pub mod prices;
+pub mod samples;
 pub mod surveys;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};

@@ -13,9 +13,13 @@
 //!
 //! Retention: samples older than `metrics.raw_retention` are refused (dead-lettered as `expired`) so that
 //! a bucket is never recomputed from a partly deleted set; [`sweep`] deletes expired rows.
+//!
+//! The SQL is the store's ([`tributary_store::samples`], which owns the tables); this module keeps the
+//! derivations ([`rollup`]: statistics, sketches, bucket math) and orchestrates, and `storage` converts
+//! between the two (a [`Rollup`] to and from its stored row, store rows grouped into buckets).
 
 pub mod rollup;
-mod sql;
+mod storage;
 
 use crate::lock;
 use chrono::{DateTime, Utc};
@@ -26,13 +30,12 @@ use std::sync::Arc;
 use tracing::Instrument;
 use tributary_broker::metrics::{LIVE_PREFIX, LiveSample, MetricSample};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_store::Tx;
 use tributary_store::metrics::{MetricsConfig, Rollup as Width};
+use tributary_store::samples::{self as store, BucketKey as Key, ChangedSample, NewLatest, NewSample, RollupRow};
 
-pub use sql::sweep;
-
-type Tx = sea_orm::sqlx::Transaction<'static, sea_orm::sqlx::Postgres>;
-/// (host, field, bucket start)
-type Key = (String, String, DateTime<Utc>);
+/// The retention sweep: it lives with the tables, in the store; re-exported for the processor that runs it.
+pub use tributary_store::samples::sweep;
 
 /// A smallest-width bucket updated by a batch, and the values it gained if it was extended in place.
 struct Part {
@@ -88,18 +91,31 @@ impl MetricHandler {
             }
         }
         let mut tx = lock::begin(&self.pool, "metric", newest.keys().copied()).await?;
-        let changed = sql::upsert_samples(&mut tx, &values).await?;
+        let samples: Vec<NewSample> = values
+            .iter()
+            .map(|(&(host, field, ts), &(value, seq))| NewSample { host, field, ts, value, seq })
+            .collect();
+        let changed = store::upsert_samples(&mut tx, &samples).await?;
         let base = self.widths[0].width.secs();
         let parts = self.rollup_base(&mut tx, &changed, base).await?;
         for w in &self.widths[1..] {
             self.rollup_wide(&mut tx, &parts, base, w.width.secs()).await?;
         }
-        sql::upsert_series(&mut tx, &changed).await?;
+        store::upsert_series(&mut tx, &storage::spans(&changed)).await?;
         let latest: Vec<(LiveSample, i64)> = newest
             .into_values()
             .map(|(s, seq)| (LiveSample { host: s.host.clone(), ts: s.ts, fields: s.fields.clone() }, seq))
             .collect();
-        sql::upsert_latest(&mut tx, &latest).await?;
+        let latest_rows: Vec<NewLatest> = latest
+            .iter()
+            .map(|(l, seq)| NewLatest {
+                host: &l.host,
+                ts: l.ts.0,
+                seq: *seq,
+                fields: serde_json::to_string(&l.fields).unwrap_or_else(|_| "{}".into()),
+            })
+            .collect();
+        store::upsert_latest(&mut tx, &latest_rows).await?;
         tx.commit().await?;
         Ok(latest.into_iter().map(|(l, _)| l).collect())
     }
@@ -110,14 +126,15 @@ impl MetricHandler {
     async fn rollup_base(
         &self,
         tx: &mut Tx,
-        changed: &[sql::Changed],
+        changed: &[ChangedSample],
         base: i64,
     ) -> Result<Vec<Part>, sea_orm::sqlx::Error> {
         let mut by_bucket: BTreeMap<Key, Vec<(DateTime<Utc>, f64, bool)>> = BTreeMap::new();
-        for (h, f, ts, v, inserted) in changed {
-            by_bucket.entry((h.clone(), f.clone(), rollup::bucket(*ts, base))).or_default().push((*ts, *v, *inserted));
+        for c in changed {
+            let key = (c.host.clone(), c.field.clone(), rollup::bucket(c.ts, base));
+            by_bucket.entry(key).or_default().push((c.ts, c.value, c.inserted));
         }
-        let stored = sql::load_buckets(tx, &by_bucket.keys().cloned().collect(), base).await?;
+        let stored = storage::load_buckets(tx, &by_bucket.keys().cloned().collect(), base).await?;
         let mut parts = Vec::with_capacity(by_bucket.len());
         let mut recompute = BTreeSet::new();
         for (key, mut new) in by_bucket {
@@ -138,13 +155,14 @@ impl MetricHandler {
             };
             parts.push(Part { key, rollup, added: Some(appended.iter().map(|s| s.1).collect()) });
         }
-        for (key, samples) in sql::load_samples(tx, &recompute, base).await? {
+        for (key, samples) in storage::load_samples(tx, &recompute, base).await? {
             let rollup = Rollup::of_samples(key.2, &samples);
             parts.push(Part { key, rollup, added: None });
         }
         parts.sort_by(|a, b| a.key.cmp(&b.key));
-        let rows: Vec<_> = parts.iter().map(|p| ((p.key.0.clone(), p.key.1.clone()), p.rollup.clone())).collect();
-        sql::upsert_rollups(tx, base, &rows).await?;
+        let rows: Vec<RollupRow> =
+            parts.iter().map(|p| storage::row_of(p.key.0.clone(), p.key.1.clone(), &p.rollup)).collect();
+        store::upsert_rollups(tx, base, &rows).await?;
         Ok(parts)
     }
 
@@ -161,7 +179,7 @@ impl MetricHandler {
         for p in parts {
             by_bucket.entry((p.key.0.clone(), p.key.1.clone(), rollup::bucket(p.key.2, width))).or_default().push(p);
         }
-        let stored = sql::load_buckets(tx, &by_bucket.keys().cloned().collect(), width).await?;
+        let stored = storage::load_buckets(tx, &by_bucket.keys().cloned().collect(), width).await?;
         let mut out = Vec::with_capacity(by_bucket.len());
         let mut remerge = BTreeSet::new();
         for (key, parts) in by_bucket {
@@ -182,12 +200,12 @@ impl MetricHandler {
                     continue;
                 }
             };
-            out.push(((key.0, key.1), rollup));
+            out.push(storage::row_of(key.0, key.1, &rollup));
         }
-        for ((h, f, start), parts) in sql::load_rollups(tx, &remerge, base, width).await? {
-            out.push(((h, f), Rollup::merge(start, &parts)));
+        for ((h, f, start), parts) in storage::load_rollups(tx, &remerge, base, width).await? {
+            out.push(storage::row_of(h, f, &Rollup::merge(start, &parts)));
         }
-        sql::upsert_rollups(tx, width, &out).await
+        store::upsert_rollups(tx, width, &out).await
     }
 
     async fn announce(&self, latest: Vec<LiveSample>) {

@@ -1,35 +1,133 @@
-//! The SQL of the metrics path: `UNNEST ... ON CONFLICT` writes and bulk bucket reads, one bind per
-//! column, inside the caller's transaction; and the retention sweep.
+//! What the processor's batch transaction runs on the metric tables, and the retention sweep.
 
-use super::rollup::{Rollup, Sketch, bucket, values_from_bytes, values_to_bytes};
+use crate::{MetricsConfig, Tx};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sqlx::postgres::PgRow;
-use sea_orm::sqlx::{self, PgPool, Postgres, Row, Transaction};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tributary_broker::metrics::LiveSample;
-use tributary_store::MetricsConfig;
+use sea_orm::sqlx::{self, PgPool, Row};
+use std::collections::BTreeSet;
 
-type Tx = Transaction<'static, Postgres>;
-/// (host, field, bucket start or ts)
-type Key = (String, String, DateTime<Utc>);
+/// A bucket of one series: (host, field, bucket start).
+pub type BucketKey = (String, String, DateTime<Utc>);
 
-/// A sample row the upsert changed: (host, field, ts, value, inserted rather than updated).
-pub(super) type Changed = (String, String, DateTime<Utc>, f64, bool);
+/// A sample to store: one field of one message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewSample<'a> {
+    /// The server.
+    pub host: &'a str,
+    /// The field of its message.
+    pub field: &'a str,
+    /// The message's time.
+    pub ts: DateTime<Utc>,
+    /// The field's value.
+    pub value: f64,
+    /// The message's stream sequence: of two writes at one (host, field, ts), the higher wins.
+    pub seq: i64,
+}
+
+/// A sample row an upsert inserted or updated (`RETURNING`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedSample {
+    /// The server.
+    pub host: String,
+    /// The field.
+    pub field: String,
+    /// The sample's time.
+    pub ts: DateTime<Utc>,
+    /// The value now stored.
+    pub value: f64,
+    /// Inserted rather than updated (`xmax = 0`).
+    pub inserted: bool,
+}
+
+/// A stored sample of one series (`metric_samples` without its sequence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    /// The server.
+    pub host: String,
+    /// The field.
+    pub field: String,
+    /// The sample's time.
+    pub ts: DateTime<Utc>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// One bucket of one series and width, as `metric_rollups` stores it (the width is the caller's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupRow {
+    /// The server.
+    pub host: String,
+    /// The field.
+    pub field: String,
+    /// The bucket's start.
+    pub start: DateTime<Utc>,
+    /// Samples in the bucket.
+    pub count: i64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+    /// `sum / count`.
+    pub mean: f64,
+    /// The earliest sample's value.
+    pub first: f64,
+    /// The latest sample's value.
+    pub last: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The distribution, encoded (the processor's `Sketch::to_bytes`).
+    pub sketch: Vec<u8>,
+    /// Smallest width: the latest sample's time. Wider: the start of the latest part.
+    pub last_ts: DateTime<Utc>,
+    /// Smallest width: the bucket's values in ascending order as little-endian f64s. Wider: `None`.
+    pub sorted_values: Option<Vec<u8>>,
+    /// Wider: the sum of every part but the latest. Smallest width: `None`.
+    pub prefix_sum: Option<f64>,
+}
+
+/// The time span a batch wrote in one series, to widen the stored one with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesSpan<'a> {
+    /// The server.
+    pub host: &'a str,
+    /// The field.
+    pub field: &'a str,
+    /// The earliest sample written.
+    pub first_ts: DateTime<Utc>,
+    /// The latest sample written.
+    pub last_ts: DateTime<Utc>,
+}
+
+/// A host's newest message of a batch, to replace the stored one if newer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewLatest<'a> {
+    /// The server.
+    pub host: &'a str,
+    /// The message's time.
+    pub ts: DateTime<Utc>,
+    /// Its stream sequence (the tie-break between messages at one time).
+    pub seq: i64,
+    /// All its fields, as a JSON object (text, cast to `jsonb`).
+    pub fields: String,
+}
 
 /// Upserts samples, last writer wins by sequence; returns the rows that changed.
-pub(super) async fn upsert_samples(
-    tx: &mut Tx,
-    values: &BTreeMap<(&str, &str, DateTime<Utc>), (f64, i64)>,
-) -> Result<Vec<Changed>, sqlx::Error> {
+pub async fn upsert_samples(tx: &mut Tx, samples: &[NewSample<'_>]) -> Result<Vec<ChangedSample>, sqlx::Error> {
     let (mut hosts, mut fields, mut ts, mut vals, mut seqs) = (vec![], vec![], vec![], vec![], vec![]);
-    for ((h, f, t), (v, s)) in values {
-        hosts.push(*h);
-        fields.push(*f);
-        ts.push(*t);
-        vals.push(*v);
-        seqs.push(*s);
+    for s in samples {
+        hosts.push(s.host);
+        fields.push(s.field);
+        ts.push(s.ts);
+        vals.push(s.value);
+        seqs.push(s.seq);
     }
-    sqlx::query_as(
+    let rows: Vec<(String, String, DateTime<Utc>, f64, bool)> = sqlx::query_as(
         "INSERT INTO metric_samples (host, field, ts, value, seq)
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::int8[])
          ON CONFLICT (host, field, ts) DO UPDATE SET value = EXCLUDED.value, seq = EXCLUDED.seq
@@ -42,10 +140,14 @@ pub(super) async fn upsert_samples(
     .bind(&vals)
     .bind(&seqs)
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(host, field, ts, value, inserted)| ChangedSample { host, field, ts, value, inserted })
+        .collect())
 }
 
-fn columns(keys: &BTreeSet<Key>) -> (Vec<&str>, Vec<&str>, Vec<DateTime<Utc>>) {
+fn columns(keys: &BTreeSet<BucketKey>) -> (Vec<&str>, Vec<&str>, Vec<DateTime<Utc>>) {
     let mut out = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
     for (h, f, t) in keys {
         out.0.push(h.as_str());
@@ -55,12 +157,12 @@ fn columns(keys: &BTreeSet<Key>) -> (Vec<&str>, Vec<&str>, Vec<DateTime<Utc>>) {
     out
 }
 
-/// The raw samples of each `width`-second bucket in `buckets`, in time order.
-pub(super) async fn load_samples(
+/// The raw samples of each `width`-second bucket in `buckets`, ordered by host, field and time.
+pub async fn load_samples(
     tx: &mut Tx,
-    buckets: &BTreeSet<Key>,
+    buckets: &BTreeSet<BucketKey>,
     width: i64,
-) -> Result<Vec<(Key, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
+) -> Result<Vec<SampleRow>, sqlx::Error> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
@@ -83,24 +185,16 @@ pub(super) async fn load_samples(
     .bind(width as f64)
     .fetch_all(&mut **tx)
     .await?;
-    let mut out: Vec<(Key, Vec<(DateTime<Utc>, f64)>)> = Vec::new();
-    for (h, f, ts, v) in rows {
-        let start = bucket(ts, width);
-        match out.last_mut() {
-            Some(((lh, lf, ls), s)) if *lh == h && *lf == f && *ls == start => s.push((ts, v)),
-            _ => out.push(((h, f, start), vec![(ts, v)])),
-        }
-    }
-    Ok(out)
+    Ok(rows.into_iter().map(|(host, field, ts, value)| SampleRow { host, field, ts, value }).collect())
 }
 
 const ROLLUP_COLUMNS: &str = "r.start, r.count, r.sum, r.min, r.max, r.mean, r.first, r.last, r.p50, r.p95, r.p99,
     r.sketch, r.last_ts, r.sorted_values, r.prefix_sum";
 
-fn rollup_of(row: &PgRow) -> Result<((String, String), Rollup), sqlx::Error> {
-    let sketch: Vec<u8> = row.try_get("sketch")?;
-    let values: Option<Vec<u8>> = row.try_get("sorted_values")?;
-    let r = Rollup {
+fn rollup_row(row: &PgRow) -> Result<RollupRow, sqlx::Error> {
+    Ok(RollupRow {
+        host: row.try_get("host")?,
+        field: row.try_get("field")?,
         start: row.try_get("start")?,
         count: row.try_get("count")?,
         sum: row.try_get("sum")?,
@@ -112,22 +206,21 @@ fn rollup_of(row: &PgRow) -> Result<((String, String), Rollup), sqlx::Error> {
         p50: row.try_get("p50")?,
         p95: row.try_get("p95")?,
         p99: row.try_get("p99")?,
-        sketch: Sketch::from_bytes(&sketch).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        sketch: row.try_get("sketch")?,
         last_ts: row.try_get("last_ts")?,
-        values: values.map(|v| values_from_bytes(&v)).unwrap_or_default(),
+        sorted_values: row.try_get("sorted_values")?,
         prefix_sum: row.try_get("prefix_sum")?,
-    };
-    Ok(((row.try_get("host")?, row.try_get("field")?), r))
+    })
 }
 
-/// The stored rollups of `width` at exactly the given (host, field, start) keys.
-pub(super) async fn load_buckets(
+/// The stored rollups of `width` at exactly the given (host, field, start) keys (those that exist).
+pub async fn load_buckets(
     tx: &mut Tx,
-    buckets: &BTreeSet<Key>,
+    buckets: &BTreeSet<BucketKey>,
     width: i64,
-) -> Result<HashMap<Key, Rollup>, sqlx::Error> {
+) -> Result<Vec<RollupRow>, sqlx::Error> {
     if buckets.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Vec::new());
     }
     let (hosts, fields, starts) = columns(buckets);
     let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -144,16 +237,16 @@ pub(super) async fn load_buckets(
     .bind(width as i32)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter().map(|row| rollup_of(row).map(|((h, f), r)| ((h, f, r.start), r))).collect()
+    rows.iter().map(rollup_row).collect()
 }
 
-/// The `base`-width rollups inside each `width`-second bucket in `buckets`, in start order.
-pub(super) async fn load_rollups(
+/// The `base`-width rollups inside each `width`-second bucket in `buckets`, ordered by host, field and start.
+pub async fn load_rollups(
     tx: &mut Tx,
-    buckets: &BTreeSet<Key>,
+    buckets: &BTreeSet<BucketKey>,
     base: i64,
     width: i64,
-) -> Result<Vec<(Key, Vec<Rollup>)>, sqlx::Error> {
+) -> Result<Vec<RollupRow>, sqlx::Error> {
     if buckets.is_empty() {
         return Ok(Vec::new());
     }
@@ -176,37 +269,23 @@ pub(super) async fn load_rollups(
     .bind(width as f64)
     .fetch_all(&mut **tx)
     .await?;
-    let mut out: Vec<(Key, Vec<Rollup>)> = Vec::new();
-    for row in &rows {
-        let ((h, f), r) = rollup_of(row)?;
-        let wide = bucket(r.start, width);
-        match out.last_mut() {
-            Some(((lh, lf, ls), parts)) if *lh == h && *lf == f && *ls == wide => parts.push(r),
-            _ => out.push(((h, f, wide), vec![r])),
-        }
-    }
-    Ok(out)
+    rows.iter().map(rollup_row).collect()
 }
 
 /// Upserts rollups of one width.
-pub(super) async fn upsert_rollups(
-    tx: &mut Tx,
-    width: i64,
-    rollups: &[((String, String), Rollup)],
-) -> Result<(), sqlx::Error> {
+pub async fn upsert_rollups(tx: &mut Tx, width: i64, rollups: &[RollupRow]) -> Result<(), sqlx::Error> {
     if rollups.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&Rollup) -> f64| rollups.iter().map(|(_, r)| f(r)).collect::<Vec<f64>>();
-    let hosts: Vec<&str> = rollups.iter().map(|((h, _), _)| h.as_str()).collect();
-    let fields: Vec<&str> = rollups.iter().map(|((_, f), _)| f.as_str()).collect();
-    let starts: Vec<DateTime<Utc>> = rollups.iter().map(|(_, r)| r.start).collect();
-    let counts: Vec<i64> = rollups.iter().map(|(_, r)| r.count).collect();
-    let sketches: Vec<Vec<u8>> = rollups.iter().map(|(_, r)| r.sketch.to_bytes()).collect();
-    let last_ts: Vec<DateTime<Utc>> = rollups.iter().map(|(_, r)| r.last_ts).collect();
-    let values: Vec<Option<Vec<u8>>> =
-        rollups.iter().map(|(_, r)| r.prefix_sum.is_none().then(|| values_to_bytes(&r.values))).collect();
-    let prefix_sums: Vec<Option<f64>> = rollups.iter().map(|(_, r)| r.prefix_sum).collect();
+    let col = |f: fn(&RollupRow) -> f64| rollups.iter().map(f).collect::<Vec<f64>>();
+    let hosts: Vec<&str> = rollups.iter().map(|r| r.host.as_str()).collect();
+    let fields: Vec<&str> = rollups.iter().map(|r| r.field.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.start).collect();
+    let counts: Vec<i64> = rollups.iter().map(|r| r.count).collect();
+    let sketches: Vec<&[u8]> = rollups.iter().map(|r| r.sketch.as_slice()).collect();
+    let last_ts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.last_ts).collect();
+    let values: Vec<Option<&[u8]>> = rollups.iter().map(|r| r.sorted_values.as_deref()).collect();
+    let prefix_sums: Vec<Option<f64>> = rollups.iter().map(|r| r.prefix_sum).collect();
     sqlx::query(
         "INSERT INTO metric_rollups
            (host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch,
@@ -245,21 +324,15 @@ pub(super) async fn upsert_rollups(
     Ok(())
 }
 
-/// Widens each changed series' first and last time.
-pub(super) async fn upsert_series(tx: &mut Tx, changed: &[Changed]) -> Result<(), sqlx::Error> {
-    let mut span: BTreeMap<(&str, &str), (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-    for (h, f, t, _, _) in changed {
-        let e = span.entry((h, f)).or_insert((*t, *t));
-        e.0 = e.0.min(*t);
-        e.1 = e.1.max(*t);
-    }
-    if span.is_empty() {
+/// Widens each series' stored first and last time to include `spans` (one per series).
+pub async fn upsert_series(tx: &mut Tx, spans: &[SeriesSpan<'_>]) -> Result<(), sqlx::Error> {
+    if spans.is_empty() {
         return Ok(());
     }
-    let hosts: Vec<&str> = span.keys().map(|k| k.0).collect();
-    let fields: Vec<&str> = span.keys().map(|k| k.1).collect();
-    let firsts: Vec<DateTime<Utc>> = span.values().map(|v| v.0).collect();
-    let lasts: Vec<DateTime<Utc>> = span.values().map(|v| v.1).collect();
+    let hosts: Vec<&str> = spans.iter().map(|s| s.host).collect();
+    let fields: Vec<&str> = spans.iter().map(|s| s.field).collect();
+    let firsts: Vec<DateTime<Utc>> = spans.iter().map(|s| s.first_ts).collect();
+    let lasts: Vec<DateTime<Utc>> = spans.iter().map(|s| s.last_ts).collect();
     sqlx::query(
         "INSERT INTO metric_series (host, field, first_ts, last_ts)
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
@@ -276,12 +349,11 @@ pub(super) async fn upsert_series(tx: &mut Tx, changed: &[Changed]) -> Result<()
 }
 
 /// Replaces each host's latest sample by the batch's newest one where that is newer (ts, then sequence).
-pub(super) async fn upsert_latest(tx: &mut Tx, latest: &[(LiveSample, i64)]) -> Result<(), sqlx::Error> {
-    let hosts: Vec<&str> = latest.iter().map(|(l, _)| l.host.as_str()).collect();
-    let ts: Vec<DateTime<Utc>> = latest.iter().map(|(l, _)| l.ts.0).collect();
-    let seqs: Vec<i64> = latest.iter().map(|(_, s)| *s).collect();
-    let fields: Vec<String> =
-        latest.iter().map(|(l, _)| serde_json::to_string(&l.fields).unwrap_or_else(|_| "{}".into())).collect();
+pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), sqlx::Error> {
+    let hosts: Vec<&str> = latest.iter().map(|l| l.host).collect();
+    let ts: Vec<DateTime<Utc>> = latest.iter().map(|l| l.ts).collect();
+    let seqs: Vec<i64> = latest.iter().map(|l| l.seq).collect();
+    let fields: Vec<&str> = latest.iter().map(|l| l.fields.as_str()).collect();
     sqlx::query(
         "INSERT INTO metric_latest (host, ts, seq, fields)
          SELECT h, t, s, f::jsonb FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[]) AS x(h, t, s, f)

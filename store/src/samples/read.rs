@@ -1,0 +1,165 @@
+//! The API's reads of the metric tables.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::{self, PgPool};
+
+/// A host's latest message (`metric_latest`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestSample {
+    /// The server.
+    pub host: String,
+    /// The message's time.
+    pub ts: DateTime<Utc>,
+    /// All its fields, a JSON object of numbers.
+    pub fields: serde_json::Value,
+}
+
+/// A known server (from `metric_series`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFields {
+    /// The server.
+    pub host: String,
+    /// Its fields, ascending.
+    pub fields: Vec<String>,
+    /// The latest sample time of any of its series.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// One raw sample of a series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplePoint {
+    /// The sample's time.
+    pub ts: DateTime<Utc>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// One rollup bucket's statistics, as the API serves them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollupBucket {
+    /// The bucket's start.
+    pub start: DateTime<Utc>,
+    /// Samples in the bucket.
+    pub count: i64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+    /// `sum / count`.
+    pub mean: f64,
+    /// The earliest sample's value.
+    pub first: f64,
+    /// The latest sample's value.
+    pub last: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// The latest message of every host, newest first (then by host), at most `limit`.
+pub async fn latest_samples(pool: &PgPool, limit: i64) -> Result<Vec<LatestSample>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>, serde_json::Value)> =
+        sqlx::query_as("SELECT host, ts, fields FROM metric_latest ORDER BY ts DESC, host LIMIT $1")
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(host, ts, fields)| LatestSample { host, ts, fields }).collect())
+}
+
+/// Every known host with its fields and its latest sample time, by host.
+pub async fn hosts(pool: &PgPool) -> Result<Vec<HostFields>, sqlx::Error> {
+    let rows: Vec<(String, Vec<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT host, array_agg(field ORDER BY field), max(last_ts) FROM metric_series GROUP BY host ORDER BY host",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(host, fields, last_seen)| HostFields { host, fields, last_seen }).collect())
+}
+
+/// Whether the series (`host`, `field`) has ever had a sample.
+pub async fn series_exists(pool: &PgPool, host: &str, field: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM metric_series WHERE host = $1 AND field = $2")
+        .bind(host)
+        .bind(field)
+        .fetch_optional(pool)
+        .await?;
+    Ok(found.is_some())
+}
+
+// The optional bounds below are `ts >= coalesce($n, '-infinity'::timestamptz)` (`'infinity'` for an upper
+// one), not `($n::timestamptz IS NULL OR ts >= $n)`: sqlx prepares its statements, and once PostgreSQL
+// picks a generic plan for one (after five executions) the OR cannot be an index condition, so it turns
+// into a filter over every row of the series. The coalesce is a comparison with a value: a bound of the
+// primary-key range scan under any plan, that keeps every row when the parameter is NULL.
+
+/// [`raw_samples`]: (host, field, from, to, limit).
+pub(super) const RAW_SAMPLES: &str = "
+SELECT ts, value FROM metric_samples
+ WHERE host = $1 AND field = $2
+   AND ts >= coalesce($3, '-infinity'::timestamptz) AND ts <= coalesce($4, 'infinity'::timestamptz)
+ ORDER BY ts DESC LIMIT $5";
+
+/// [`rollup_buckets`]: (host, field, width, from, to, limit).
+pub(super) const ROLLUP_BUCKETS: &str = "
+SELECT start, count, sum, min, max, mean, first, last, p50, p95, p99 FROM metric_rollups
+ WHERE host = $1 AND field = $2 AND width = $3
+   AND start >= coalesce($4, '-infinity'::timestamptz) AND start <= coalesce($5, 'infinity'::timestamptz)
+ ORDER BY start DESC LIMIT $6";
+
+/// A series' raw samples from `from` to `to` inclusive (unbounded where `None`): the newest `limit`, newest
+/// first.
+pub async fn raw_samples(
+    pool: &PgPool,
+    host: &str,
+    field: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<SamplePoint>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, f64)> =
+        sqlx::query_as(RAW_SAMPLES).bind(host).bind(field).bind(from).bind(to).bind(limit).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(ts, value)| SamplePoint { ts, value }).collect())
+}
+
+/// A series' `width`-second rollups starting from `from` to `to` inclusive (unbounded where `None`): the
+/// newest `limit`, newest first.
+pub async fn rollup_buckets(
+    pool: &PgPool,
+    host: &str,
+    field: &str,
+    width: i64,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<RollupBucket>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, i64, f64, f64, f64, f64, f64, f64, f64, f64, f64)> = sqlx::query_as(ROLLUP_BUCKETS)
+        .bind(host)
+        .bind(field)
+        .bind(width as i32)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(start, count, sum, min, max, mean, first, last, p50, p95, p99)| RollupBucket {
+            start,
+            count,
+            sum,
+            min,
+            max,
+            mean,
+            first,
+            last,
+            p50,
+            p95,
+            p99,
+        })
+        .collect())
+}
