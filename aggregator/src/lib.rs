@@ -99,7 +99,6 @@ pub async fn run(
     db: tributary_store::sqlx::PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    cfg.validate()?;
     if cfg.providers.is_empty() {
         tracing::info!("aggregator: no providers configured; rounds report nothing");
     } else {

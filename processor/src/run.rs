@@ -127,8 +127,6 @@ pub async fn run(
     streams: StreamsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    cfg.prices.validate().map_err(anyhow::Error::msg).context("processor.prices")?;
-    cfg.validate().map_err(anyhow::Error::msg).context("processor")?;
     let metric_handler = MetricHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
         .map_err(anyhow::Error::msg)
         .context("metrics")?;

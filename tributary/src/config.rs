@@ -193,6 +193,7 @@ impl Config {
         self.processor.validate().map_err(err("processor"))?;
         self.processor.prices.validate().map_err(err("processor.prices"))?;
         self.metrics.validate().map(|_| ()).map_err(err("metrics"))?;
+        self.aggregator.validate().map_err(|e| e.to_string()).map_err(err("aggregator"))?;
         Ok(())
     }
 }
@@ -298,6 +299,10 @@ mod tests {
             jail.set_env("TRIBUTARY_PROCESSOR__PRICES__SMA", "[0]");
             let e = Config::load(None).unwrap_err().to_string();
             assert!(e.contains("processor.prices") && e.contains("sma"), "{e}");
+            jail.set_env("TRIBUTARY_PROCESSOR__PRICES__SMA", "[20]");
+            jail.set_env("TRIBUTARY_AGGREGATOR__PROVIDERS", "{red=\"ftp://x\"}");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("aggregator") && e.contains("ftp://x"), "{e}");
             Ok(())
         });
     }
