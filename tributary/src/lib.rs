@@ -3,13 +3,11 @@
 //! # Layout
 //! - [`config`]: the TOML file plus environment overrides.
 //! - [`app`]: connecting (NATS, PostgreSQL, migrations, streams) and running each role.
-//! - [`bench`]: `tributary bench`, Tributary measured against the raw limits of NATS and PostgreSQL.
 //! - [`local`]: finding, installing and starting private nats-server and PostgreSQL for `tributary up`.
 //! - [`shutdown`]: one signal handler: the first SIGINT/SIGTERM drains, a second exits at once.
 //! - [`urls`]: credentials in URLs, read for connecting and hidden from logs.
 
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod local;
 pub mod shutdown;

@@ -1,10 +1,11 @@
 //! `tributary`: every role of the pipeline behind one command. `main` parses the command line, reads the
-//! configuration, starts telemetry and runs the command ([`commands`], one module each).
+//! configuration, starts telemetry and runs the command ([`commands`], one module each); `bench` and
+//! `bench-ports` hand over to the `tributary-bench` binary instead ([`commands::bench`]).
 
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{fleet::FleetCmd, gatherer::Gatherer, import::ImportArgs, roles, up::UpArgs};
+use commands::{bench::BenchCmd, fleet::FleetCmd, gatherer::Gatherer, import::ImportArgs, roles, up::UpArgs};
 use std::path::PathBuf;
 use tributary::config::Config;
 
@@ -26,6 +27,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Run(RunCmd),
+    #[command(flatten)]
+    Bench(BenchCmd),
+}
+
+/// The commands this binary runs itself.
+#[derive(Subcommand)]
+enum RunCmd {
     /// Run the whole system in one process (migrations, streams, processor, aggregator, API, demo).
     Up(UpArgs),
     /// Run the processor role: consume events, write derived series.
@@ -44,18 +54,23 @@ enum Command {
     Import(ImportArgs),
     /// Create the database if missing, apply migrations and create the streams, then exit.
     Migrate,
-    /// Measure throughput, freshness and API latency against the raw limits of NATS and PostgreSQL.
-    Bench(tributary::bench::BenchArgs),
-    /// Stream a generated ports file of a given size: MB/s, ports/s and peak RSS beside the raw publish rate.
-    BenchPorts(tributary::bench::ports::PortsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Run(command) => command,
+        // Another binary, which reads the configuration and starts telemetry itself.
+        Command::Bench(bench) => {
+            let e = commands::bench::exec(cli.config.as_deref(), bench);
+            eprintln!("tributary: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // A file import runs on one thread: the reader, the publisher and the NATS connection hand every
     // message to each other, and across threads each handoff is a wake-up through the kernel.
-    let mut runtime = match cli.command {
-        Command::Gatherer(Gatherer::Ports(_)) | Command::Import(_) => tokio::runtime::Builder::new_current_thread(),
+    let mut runtime = match command {
+        RunCmd::Gatherer(Gatherer::Ports(_)) | RunCmd::Import(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match runtime.enable_all().build() {
@@ -65,7 +80,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.config, command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tributary: {e:#}");
@@ -74,30 +89,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
-    let service = match &cli.command {
-        Command::Up(_) => "tributary",
-        Command::Processor(_) => "tributary-processor",
-        Command::Api(_) => "tributary-api",
-        Command::Aggregator(_) => "tributary-aggregator",
-        Command::Fleet(_) => "tributary-fleet",
-        Command::Gatherer(_) => "tributary-gatherer",
-        Command::Migrate => "tributary-migrate",
-        Command::Import(_) => "tributary-import",
-        Command::Bench(_) | Command::BenchPorts(_) => "tributary-bench",
+async fn run(config: Option<PathBuf>, command: RunCmd) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let service = match &command {
+        RunCmd::Up(_) => "tributary",
+        RunCmd::Processor(_) => "tributary-processor",
+        RunCmd::Api(_) => "tributary-api",
+        RunCmd::Aggregator(_) => "tributary-aggregator",
+        RunCmd::Fleet(_) => "tributary-fleet",
+        RunCmd::Gatherer(_) => "tributary-gatherer",
+        RunCmd::Migrate => "tributary-migrate",
+        RunCmd::Import(_) => "tributary-import",
     };
     let _telemetry = tributary_telemetry::init(service, &config.telemetry)?;
-    match cli.command {
-        Command::Up(args) => commands::up::run(config, args).await,
-        Command::Processor(args) => roles::processor(config, args).await,
-        Command::Api(args) => roles::api(config, args).await,
-        Command::Aggregator(args) => roles::aggregator(config, args).await,
-        Command::Migrate => roles::migrate(config).await,
-        Command::Fleet(cmd) => commands::fleet::run(cmd),
-        Command::Gatherer(g) => commands::gatherer::run(config, g).await,
-        Command::Import(args) => commands::import::run(config, args).await,
-        Command::Bench(args) => tributary::bench::run(config, args).await,
-        Command::BenchPorts(args) => tributary::bench::ports::run(args).await,
+    match command {
+        RunCmd::Up(args) => commands::up::run(config, args).await,
+        RunCmd::Processor(args) => roles::processor(config, args).await,
+        RunCmd::Api(args) => roles::api(config, args).await,
+        RunCmd::Aggregator(args) => roles::aggregator(config, args).await,
+        RunCmd::Migrate => roles::migrate(config).await,
+        RunCmd::Fleet(cmd) => commands::fleet::run(cmd),
+        RunCmd::Gatherer(g) => commands::gatherer::run(config, g).await,
+        RunCmd::Import(args) => commands::import::run(config, args).await,
     }
 }

@@ -7,7 +7,9 @@
 //! - [`gatherer`]: `gatherer prices|metrics|ports|fleet|survey-provider`.
 //! - [`import`]: `import FILE --kind K`.
 //! - [`fleet`]: `fleet plan|bench`, with no server.
+//! - [`bench`]: `bench` and `bench-ports`, which exec the `tributary-bench` binary.
 
+pub(crate) mod bench;
 pub(crate) mod fleet;
 pub(crate) mod gatherer;
 pub(crate) mod import;

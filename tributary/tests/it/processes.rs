@@ -96,119 +96,6 @@ async fn up_starts_a_private_nats_when_none_answers_serves_and_stops_on_sigterm(
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// Runs `tributary bench` with `args` against the test PostgreSQL (it starts its own nats-server) and
-/// returns its standard output, having checked that it succeeded.
-async fn bench(args: &[&'static str]) -> Vec<u8> {
-    let args = args.to_vec();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("bench")
-            .args(args)
-            .env("RUST_LOG", "error")
-            .env(
-                "DATABASE_URL",
-                std::env::var("TEST_DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-            )
-            .env_remove("NATS_URL")
-            .output()
-            .expect("running tributary bench")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_json_reports_every_promised_figure() {
-    let out = bench(&[
-        "--json",
-        "--events",
-        "3000",
-        "--instruments",
-        "20",
-        "--repeats",
-        "1",
-        "--rate",
-        "500",
-        "--freshness-secs",
-        "1",
-        "--api-secs",
-        "0.5",
-        "--api-rate",
-        "100",
-    ])
-    .await;
-    let report: serde_json::Value = serde_json::from_slice(&out).expect("bench --json prints one JSON object");
-    for key in [
-        "raw.jetstream_publish_per_s",
-        "raw.jetstream_consume_per_s",
-        "raw.pg_upsert_rows_per_s",
-        "baseline.events_per_s",
-        "tributary.events_per_s",
-        "tributary.freshness_p50_ms",
-        "tributary.freshness_p99_ms",
-        "tributary.peak_rss_mb",
-        "api.max_rps",
-        "api.p99_ms",
-        "baseline.freshness_p50_ms",
-        "baseline.freshness_p99_ms",
-        "raw.jetstream_freshness_p99_ms",
-        "ratios.freshness_p99_over_baseline",
-    ] {
-        let (section, field) = key.split_once('.').unwrap();
-        let v = report[section][field].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
-        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
-    }
-    assert_eq!(report["machine"]["cpus"].as_u64(), Some(std::thread::available_parallelism().unwrap().get() as u64));
-    // Tributary's path computes metric rollups too (one message per 10 price events, 100 hosts), and the
-    // partitioned runs stored what one did, rollups included.
-    assert_eq!(report["parameters"]["metric_messages"].as_u64(), Some(300), "{report}");
-    assert_eq!(report["tributary"]["two_replicas_equal_to_one"].as_bool(), Some(true), "{report}");
-    // Traces are exported as deployed, to the bench's own OTLP collector.
-    assert!(report["tributary"]["spans_exported"].as_u64() > Some(0), "{report}");
-}
-
-/// `tributary bench --corrections N`: a correction of the first of N points, its time, the processor's
-/// memory growth meanwhile and the other instruments' freshness with and without it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_corrections_reports_what_a_deep_correction_costs() {
-    let out =
-        bench(&["--json", "--corrections", "3000", "--instruments", "20", "--rate", "200", "--freshness-secs", "1"])
-            .await;
-    let report: serde_json::Value = serde_json::from_slice(&out).expect("one JSON array");
-    let c = &report[0];
-    assert_eq!(c["points"].as_u64(), Some(3000), "{report}");
-    for key in ["ingest_secs", "correction_ms", "others_p99_ms_without", "others_p99_ms_with"] {
-        let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
-        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
-    }
-    assert!(c["rss_growth_mb"].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{report}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_freshness_rates_reports_the_latency_at_each_rate() {
-    let out = bench(&["--json", "--freshness-rates", "200,400", "--instruments", "20", "--freshness-secs", "1"]).await;
-    let points: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("a JSON array");
-    let offered: Vec<f64> = points.iter().filter_map(|p| p["offered_per_s"].as_f64()).collect();
-    assert_eq!(offered, [200.0, 400.0], "{points:?}");
-    for p in &points {
-        for key in ["achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "mean_batch_events", "mean_batch_ms"] {
-            let v = p[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {p}"));
-            assert!(v.is_finite() && v > 0.0, "{key} = {v}");
-        }
-        assert!(p["p50_ms"].as_f64() <= p["p99_ms"].as_f64(), "{p}");
-        assert!(p["mean_batch_events"].as_f64() >= Some(1.0), "a batch holds at least one event: {p}");
-        // The floor at the same rate: JetStream alone and the baseline, every event's latency.
-        for floor in ["jetstream", "baseline"] {
-            let q = &p["floor"][floor];
-            let (p50, p99) = (q["p50_ms"].as_f64(), q["p99_ms"].as_f64());
-            assert!(p50.is_some_and(|v| v > 0.0) && p50 <= p99, "{floor}: {p}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_streams_a_file_by_kind() {
     let nats = NatsServer::start();
@@ -241,30 +128,23 @@ async fn import_streams_a_file_by_kind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_ports_reports_throughput_rss_and_the_raw_rate() {
-    let out = tokio::task::spawn_blocking(|| {
-        Command::new(BIN).args(["bench-ports", "--mib", "1", "--json"]).env("RUST_LOG", "error").output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(r["bytes"].as_u64().unwrap() >= 1 << 20, "{r}");
-    assert!(r["entries"].as_u64().unwrap() > 3000, "{r}");
-    for k in [
-        "import_mb_per_s",
-        "import_entries_per_s",
-        "raw_publish_per_s",
-        "ratio",
-        "raw_publish_with_ids_per_s",
-        "ratio_with_ids",
-    ] {
-        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+/// The benchmark is the tributary-bench binary beside this one (`bench/`, tested there); without it,
+/// `tributary bench` and `bench-ports` say how to build it.
+#[test]
+fn bench_without_tributary_bench_beside_it_says_how_to_build_it() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("tributary_alone"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join("tributary");
+    if std::fs::hard_link(BIN, &alone).is_err() {
+        std::fs::copy(BIN, &alone).unwrap();
     }
-    if std::path::Path::new("/usr/bin/time").exists() {
-        assert!(r["import_peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0), "{r}");
+    // Options tributary-bench would refuse: even a binary that ran a benchmark itself would end at once.
+    for command in ["bench", "bench-ports"] {
+        let out = Command::new(&alone).args([command, "--no-such-option"]).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains("cargo build -p tributary-bench"), "{command}: {said}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

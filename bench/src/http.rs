@@ -6,12 +6,12 @@
 //! request's latency counts from when it was due.
 
 use super::stats::{Stats, quantile};
-use crate::config::Config;
 use async_nats::jetstream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tributary::config::Config;
 use tributary_store::DbConfig;
 
 pub struct ApiMeasured {
@@ -28,7 +28,7 @@ pub async fn measure(
     js: &jetstream::Context,
 ) -> anyhow::Result<ApiMeasured> {
     let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16 }).await?;
-    let nats = crate::app::connect_nats(&config.nats).await?;
+    let nats = tributary::app::connect_nats(&config.nats).await?;
     let state = tributary_api::AppState {
         db,
         nats,
@@ -62,7 +62,7 @@ pub async fn measure(
     anyhow::ensure!(first.status() == 200, "GET series answered {}", first.status());
 
     let mut saturation = Vec::new();
-    let wrk = crate::local::find_binary("wrk");
+    let wrk = tributary::local::find_binary("wrk");
     for _ in 0..args.repeats.max(1) {
         if let Some(wrk) = &wrk {
             saturation.push(run_wrk(wrk, &base_url, instruments, args.api_secs).await?);

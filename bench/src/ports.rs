@@ -1,8 +1,7 @@
-//! `tributary bench-ports`: streams a generated ports-shaped file of a given size through the ports
+//! `tributary-bench ports` (`tributary bench-ports`): streams a generated ports-shaped file of a given size through the ports
 //! importer (a child process, so its peak RSS is its own) into a private nats-server, beside the raw
 //! JetStream publish rate of messages of the same size in the same run.
 
-use crate::local;
 use anyhow::Context;
 use async_nats::jetstream::{self, stream};
 use serde::Serialize;
@@ -10,6 +9,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
+use tributary::local;
 
 /// What to measure.
 #[derive(clap::Args, Debug, Clone)]
@@ -137,6 +137,7 @@ async fn raw_publish(js: &jetstream::Context, n: u64, size: usize, ids: bool) ->
 
 /// Runs the measurement.
 pub async fn run(args: PortsBenchArgs) -> anyhow::Result<()> {
+    crate::tributary_exe()?;
     let dir = std::env::temp_dir().join(format!("tributary-bench-ports-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = measure(&args, &dir).await;
@@ -185,7 +186,8 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
     let mut nats = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
     let url = format!("nats://127.0.0.1:{port}");
     let outcome = async {
-        let js = jetstream::new(crate::app::connect_nats(&crate::config::NatsConfig::with_url(url.clone())).await?);
+        let js =
+            jetstream::new(tributary::app::connect_nats(&tributary::config::NatsConfig::with_url(url.clone())).await?);
         tributary_broker::streams::ensure(&js, &Default::default()).await?;
         eprintln!("raw JetStream publish of {entries} messages of {entry_bytes} bytes…");
         let raw = raw_publish(&js, entries, entry_bytes as usize, false).await?;
@@ -193,7 +195,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
         let raw_same_bytes = raw_publish(&js, entries, (entry_bytes + header_bytes) as usize, false).await?;
         let raw_ids = raw_publish(&js, entries, entry_bytes as usize, true).await?;
         eprintln!("streaming the file through `tributary gatherer ports`…");
-        let exe = std::env::current_exe()?;
+        let exe = crate::tributary_exe()?;
         let time = Path::new("/usr/bin/time");
         let mut cmd = if time.exists() {
             let mut c = std::process::Command::new(time);

@@ -2,9 +2,9 @@
 
 use super::stats::Stats;
 use super::{floor, pipeline};
-use crate::config::Config;
-use crate::local;
 use serde::Serialize;
+use tributary::config::Config;
+use tributary::local;
 
 /// `--freshness-rates`: the latency at each offered rate.
 #[derive(Debug, Serialize)]

@@ -4,13 +4,13 @@
 use super::floor::{self, Floor};
 use super::stats::Stats;
 use super::{MetricsBacklog, event, until};
-use crate::config::Config;
 use anyhow::Context;
 use async_nats::jetstream;
 use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use sea_orm_migration::MigratorTrait;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tributary::config::Config;
 use tributary_broker::events::IndexDefinition;
 use tributary_store::{DbConfig, Migrator};
 
@@ -127,8 +127,8 @@ impl Processor {
         durable: &str,
         layout: Option<(u32, u32)>,
     ) -> anyhow::Result<Processor> {
-        let port = crate::local::free_port(0);
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let port = tributary::local::free_port(0);
+        let mut cmd = Command::new(crate::tributary_exe()?);
         if let Some((replicas, replica)) = layout {
             cmd.env("TRIBUTARY_PROCESSOR__PARTITIONS", PARTITIONS.to_string())
                 .env("TRIBUTARY_PROCESSOR__REPLICAS", replicas.to_string())

@@ -1,5 +1,13 @@
-//! `tributary bench`: Tributary's throughput, freshness and API latency measured in one run against the
-//! raw limits of NATS JetStream and PostgreSQL on the same machine.
+//! The benchmark, `tributary-bench` (also run as `tributary bench`): Tributary's throughput, freshness
+//! and API latency measured in one run against the raw limits of NATS JetStream and PostgreSQL on the same
+//! machine; and `tributary-bench ports` (`tributary bench-ports`), the ports importer against the raw
+//! publish rate.
+//!
+//! A crate of its own so that the production binary carries none of it: `tributary bench` and
+//! `tributary bench-ports` exec the `tributary-bench` binary beside the `tributary` binary, and the
+//! benchmark runs the processor and the ports importer as that `tributary` binary's own processes
+//! ([`tributary_exe`]), so what it measures is what is deployed. It shares the configuration and the
+//! connecting code with the binary through the `tributary` library.
 //!
 //! Phases, each repeated `--repeats` times (median and min–max reported):
 //! 1. raw limits ([`raw`]): JetStream publish with pipelined acks, pull-consume with an ack per message,
@@ -28,6 +36,17 @@
 //! partition mapping of `broker/nats/` for two partitions), so the benchmark's streams never meet those
 //! of a running system. PostgreSQL: fresh databases on the
 //! configured server, dropped afterwards.
+//!
+//! # Layout
+//! - this file: [`BenchArgs`], the price and metric backlogs, and [`run`], which runs the phases in order.
+//! - [`raw`]: the raw limits and the baseline pipeline.
+//! - [`pipeline`]: Tributary's processor as a child process: throughput, freshness, scale-out.
+//! - [`floor`]: the freshness floor: JetStream alone, and the baseline taking whatever is ready.
+//! - [`corrections`]: `--corrections`, a correction deep in a long history.
+//! - [`http`]: API reads under load, with `wrk` when installed.
+//! - [`traces`]: the OTLP/HTTP collector that counts the processor's spans.
+//! - [`report`]: the report, as JSON and as a table, and the machine it ran on; [`stats`]: medians.
+//! - [`ports`]: `tributary-bench ports`, the ports importer against the raw publish rate.
 
 mod corrections;
 mod floor;
@@ -39,12 +58,13 @@ mod report;
 mod stats;
 mod traces;
 
-use crate::config::Config;
-use crate::local;
 use anyhow::Context;
 use report::*;
 use stats::Stats;
+use std::path::PathBuf;
 use std::time::Duration;
+use tributary::config::Config;
+use tributary::local;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::metrics::MetricEvent;
 use tributary_broker::ts::Ts;
@@ -152,8 +172,26 @@ fn progress(json: bool, what: &str) {
     }
 }
 
+/// The `tributary` binary the benchmark runs as the processor and the ports importer: the one beside
+/// this executable, so that both come from the same build.
+///
+/// # Errors
+/// When there is none, naming the path and the command that builds it.
+pub fn tributary_exe() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating the tributary-bench executable")?;
+    let exe = me.with_file_name(format!("tributary{}", std::env::consts::EXE_SUFFIX));
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    anyhow::ensure!(
+        exe.is_file(),
+        "the benchmark runs the `tributary` binary beside it, and {} does not exist: build it with cargo build{profile} -p tributary",
+        exe.display()
+    );
+    Ok(exe)
+}
+
 /// Runs every phase and prints the report.
 pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    tributary_exe()?;
     let bin = local::nats_server_bin().context("the benchmark starts a private nats-server: install nats-server")?;
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
     let port = local::free_port(0);
@@ -189,8 +227,8 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
 
 /// `--corrections`: the corrections scenario alone ([`corrections`]).
 async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
-    config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
+    config.nats = tributary::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
+    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
     let figures = corrections::measure(&config, args, &js, &args.corrections).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -203,8 +241,8 @@ async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -
 /// `--freshness-rates`: runs the freshness measurement alone at each rate and prints one line each (or
 /// a JSON array with `--json`).
 async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
-    config.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
+    config.nats = tributary::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
+    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
     progress(args.json, "freshness at each offered rate");
     let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates)
         .await?
@@ -261,8 +299,8 @@ async fn run_phases(
 ) -> anyhow::Result<Report> {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     // The private server has no TLS and no users: the configured ones are not for it.
-    config.nats = crate::config::NatsConfig::with_url(nats_url);
-    let js = crate::app::jetstream(&config.nats, &config.streams).await?;
+    config.nats = tributary::config::NatsConfig::with_url(nats_url);
+    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
     let n = args.events;
     let message_bytes = event(0, args.instruments).1.len();
 

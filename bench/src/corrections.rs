@@ -10,7 +10,6 @@
 
 use super::pipeline::{Database, Processor, freshness};
 use super::{progress, until};
-use crate::config::Config;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
@@ -18,6 +17,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tributary::config::Config;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::ts::Ts;
 
