@@ -12,12 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-200000}
 instruments=${2:-1000}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --locked --release -q -p tributary
-bin="$CARGO_TARGET_DIR/release/tributary"
-source scripts/private-stack.sh "tributary_measure_$$"
-export RUST_LOG=warn
-"$bin" migrate >/dev/null 2>&1
+source scripts/measure-stack.sh
 t0=$(date +%s.%N)
 "$bin" gatherer prices --instruments "$instruments" --rate 10000000 --limit "$events" --late-share 0 --correction-share 0 --seed 1
 t1=$(date +%s.%N)

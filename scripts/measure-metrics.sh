@@ -15,12 +15,7 @@ cd "$(dirname "$0")/.."
 servers=${1:-1000}
 seconds=${2:-60}
 rounds=${3:-100}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --locked --release -q -p tributary
-bin="$CARGO_TARGET_DIR/release/tributary"
-source scripts/private-stack.sh "tributary_measure_$$"
-export RUST_LOG=warn
-"$bin" migrate >/dev/null 2>&1
+source scripts/measure-stack.sh
 samples() { psql "$DATABASE_URL" -qtAc "SELECT count(*) FROM metric_samples"; }
 wait_for() { while [ "$(samples)" -lt "$1" ]; do sleep 0.2; done; }
 mport=$(free_port)

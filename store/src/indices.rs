@@ -6,7 +6,7 @@
 //! the next chunk, [`store_levels`] writes a chunk's levels. The API reads [`list`], [`definition`] and
 //! [`levels`].
 
-use crate::Tx;
+use crate::{Range, Tx};
 use crate::entity::{index_points, indices};
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
@@ -200,22 +200,16 @@ pub async fn definition_seq(db: &DatabaseConnection, name: &str) -> Result<Optio
         .await
 }
 
-/// The newest `limit` levels of `name` in [`from`, `to`] (unbounded where `None`), ascending.
-pub async fn levels(
-    db: &DatabaseConnection,
-    name: &str,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    limit: u64,
-) -> Result<Vec<LevelRow>, DbErr> {
+/// The levels of `name` in `range`, ascending.
+pub async fn levels(db: &DatabaseConnection, name: &str, range: Range) -> Result<Vec<LevelRow>, DbErr> {
     let mut q = index_points::Entity::find().filter(index_points::Column::Name.eq(name));
-    if let Some(f) = from {
+    if let Some(f) = range.from {
         q = q.filter(index_points::Column::Ts.gte(f));
     }
-    if let Some(t) = to {
+    if let Some(t) = range.to {
         q = q.filter(index_points::Column::Ts.lte(t));
     }
-    let mut rows = q.order_by_desc(index_points::Column::Ts).limit(limit).all(db).await?;
+    let mut rows = q.order_by_desc(index_points::Column::Ts).limit(range.limit.max(0) as u64).all(db).await?;
     rows.reverse();
     Ok(rows)
 }

@@ -36,5 +36,17 @@ pub use db::{DbConfig, StoreError, connect, ensure_database};
 pub use sea_orm::sqlx;
 /// A transaction on the pool, as every write of a batch runs in one.
 pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// What a range read returns: the newest `limit` rows from `from` to `to` inclusive (unbounded where
+/// `None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    /// The earliest time, if bounded.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// The latest time, if bounded.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many rows at most.
+    pub limit: i64,
+}
 pub use metrics::MetricsConfig;
 pub use migrations::Migrator;

@@ -7,24 +7,26 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tributary_store::Tx;
-use tributary_store::samples::{self, BucketKey as Key, ChangedSample, RollupRow, SeriesSpan};
+use tributary_store::samples::{self, BucketKey as Key, ChangedSample, RollupBucket, RollupRow, SeriesSpan};
 
 /// The row storing `r` as a bucket of the series (`host`, `field`).
 pub(super) fn row_of(host: String, field: String, r: &Rollup) -> RollupRow {
     RollupRow {
         host,
         field,
-        start: r.start,
-        count: r.count,
-        sum: r.sum,
-        min: r.min,
-        max: r.max,
-        mean: r.mean,
-        first: r.first,
-        last: r.last,
-        p50: r.p50,
-        p95: r.p95,
-        p99: r.p99,
+        bucket: RollupBucket {
+            start: r.start,
+            count: r.count,
+            sum: r.sum,
+            min: r.min,
+            max: r.max,
+            mean: r.mean,
+            first: r.first,
+            last: r.last,
+            p50: r.p50,
+            p95: r.p95,
+            p99: r.p99,
+        },
         sketch: r.sketch.to_bytes(),
         last_ts: r.last_ts,
         sorted_values: r.prefix_sum.is_none().then(|| values_to_bytes(&r.values)),
@@ -34,18 +36,19 @@ pub(super) fn row_of(host: String, field: String, r: &Rollup) -> RollupRow {
 
 /// The rollup a row stores, with its series (host, field); a sketch that does not decode is a decode error.
 fn rollup_of(row: RollupRow) -> Result<((String, String), Rollup), sqlx::Error> {
+    let b = row.bucket;
     let r = Rollup {
-        start: row.start,
-        count: row.count,
-        sum: row.sum,
-        min: row.min,
-        max: row.max,
-        mean: row.mean,
-        first: row.first,
-        last: row.last,
-        p50: row.p50,
-        p95: row.p95,
-        p99: row.p99,
+        start: b.start,
+        count: b.count,
+        sum: b.sum,
+        min: b.min,
+        max: b.max,
+        mean: b.mean,
+        first: b.first,
+        last: b.last,
+        p50: b.p50,
+        p95: b.p95,
+        p99: b.p99,
         sketch: Sketch::from_bytes(&row.sketch).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         last_ts: row.last_ts,
         values: row.sorted_values.map(|v| values_from_bytes(&v)).unwrap_or_default(),

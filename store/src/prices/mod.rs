@@ -10,7 +10,7 @@
 mod copy;
 
 use crate::entity::price_series;
-use crate::{Tx, notify};
+use crate::{Range, Tx, notify};
 use chrono::{DateTime, Utc};
 use copy::CopyRows;
 use sea_orm::sqlx::{self, PgPool};
@@ -420,7 +420,7 @@ pub struct PointText {
     pub derived: String,
 }
 
-/// The newest `limit` points of `instrument` in [`from`, `to`] (unbounded where `None`), newest first.
+/// The points of `instrument` in `range`, newest first.
 ///
 /// The bounds are `coalesce`d to infinities, not written `$2 IS NULL OR ts >= $2`: under a generic plan
 /// (a prepared statement after five runs) that OR is a filter over every point of the instrument, where
@@ -428,9 +428,7 @@ pub struct PointText {
 pub async fn read_points(
     pool: &PgPool,
     instrument: &str,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    limit: i64,
+    range: Range,
 ) -> Result<Vec<PointText>, sqlx::Error> {
     let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
         "SELECT ts, price, volume, ret, derived::text FROM price_points
@@ -439,9 +437,9 @@ pub async fn read_points(
           ORDER BY ts DESC LIMIT $4",
     )
     .bind(instrument)
-    .bind(from)
-    .bind(to)
-    .bind(limit)
+    .bind(range.from)
+    .bind(range.to)
+    .bind(range.limit)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| PointText { ts: r.0, price: r.1, volume: r.2, ret: r.3, derived: r.4 }).collect())

@@ -1,5 +1,6 @@
 //! What the processor's batch transaction runs on the metric tables, and the retention sweep.
 
+use super::read::RollupBucket;
 use crate::{MetricsConfig, Tx};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sqlx::postgres::PgRow;
@@ -59,28 +60,8 @@ pub struct RollupRow {
     pub host: String,
     /// The field.
     pub field: String,
-    /// The bucket's start.
-    pub start: DateTime<Utc>,
-    /// Samples in the bucket.
-    pub count: i64,
-    /// Their sum.
-    pub sum: f64,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
-    /// The earliest sample's value.
-    pub first: f64,
-    /// The latest sample's value.
-    pub last: f64,
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
+    /// The bucket's start and statistics.
+    pub bucket: RollupBucket,
     /// The distribution, encoded (the processor's `Sketch::to_bytes`).
     pub sketch: Vec<u8>,
     /// Smallest width: the latest sample's time. Wider: the start of the latest part.
@@ -195,17 +176,7 @@ fn rollup_row(row: &PgRow) -> Result<RollupRow, sqlx::Error> {
     Ok(RollupRow {
         host: row.try_get("host")?,
         field: row.try_get("field")?,
-        start: row.try_get("start")?,
-        count: row.try_get("count")?,
-        sum: row.try_get("sum")?,
-        min: row.try_get("min")?,
-        max: row.try_get("max")?,
-        mean: row.try_get("mean")?,
-        first: row.try_get("first")?,
-        last: row.try_get("last")?,
-        p50: row.try_get("p50")?,
-        p95: row.try_get("p95")?,
-        p99: row.try_get("p99")?,
+        bucket: RollupBucket::from_row(row)?,
         sketch: row.try_get("sketch")?,
         last_ts: row.try_get("last_ts")?,
         sorted_values: row.try_get("sorted_values")?,
@@ -280,8 +251,8 @@ pub async fn upsert_rollups(tx: &mut Tx, width: i64, rollups: &[RollupRow]) -> R
     let col = |f: fn(&RollupRow) -> f64| rollups.iter().map(f).collect::<Vec<f64>>();
     let hosts: Vec<&str> = rollups.iter().map(|r| r.host.as_str()).collect();
     let fields: Vec<&str> = rollups.iter().map(|r| r.field.as_str()).collect();
-    let starts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.start).collect();
-    let counts: Vec<i64> = rollups.iter().map(|r| r.count).collect();
+    let starts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.bucket.start).collect();
+    let counts: Vec<i64> = rollups.iter().map(|r| r.bucket.count).collect();
     let sketches: Vec<&[u8]> = rollups.iter().map(|r| r.sketch.as_slice()).collect();
     let last_ts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.last_ts).collect();
     let values: Vec<Option<&[u8]>> = rollups.iter().map(|r| r.sorted_values.as_deref()).collect();
@@ -306,15 +277,15 @@ pub async fn upsert_rollups(tx: &mut Tx, width: i64, rollups: &[RollupRow]) -> R
     .bind(width as i32)
     .bind(&starts)
     .bind(&counts)
-    .bind(col(|r| r.sum))
-    .bind(col(|r| r.min))
-    .bind(col(|r| r.max))
-    .bind(col(|r| r.mean))
-    .bind(col(|r| r.first))
-    .bind(col(|r| r.last))
-    .bind(col(|r| r.p50))
-    .bind(col(|r| r.p95))
-    .bind(col(|r| r.p99))
+    .bind(col(|r| r.bucket.sum))
+    .bind(col(|r| r.bucket.min))
+    .bind(col(|r| r.bucket.max))
+    .bind(col(|r| r.bucket.mean))
+    .bind(col(|r| r.bucket.first))
+    .bind(col(|r| r.bucket.last))
+    .bind(col(|r| r.bucket.p50))
+    .bind(col(|r| r.bucket.p95))
+    .bind(col(|r| r.bucket.p99))
     .bind(&sketches)
     .bind(&last_ts)
     .bind(&values)

@@ -1,6 +1,8 @@
 //! The API's reads of the metric tables.
 
 use chrono::{DateTime, Utc};
+use crate::Range;
+use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgPool};
 
 /// A host's latest message (`metric_latest`).
@@ -61,6 +63,26 @@ pub struct RollupBucket {
     pub p99: f64,
 }
 
+impl RollupBucket {
+    /// The bucket of a `metric_rollups` row read with its column names.
+    pub(super) fn from_row(row: &PgRow) -> Result<RollupBucket, sqlx::Error> {
+        use sqlx::Row;
+        Ok(RollupBucket {
+            start: row.try_get("start")?,
+            count: row.try_get("count")?,
+            sum: row.try_get("sum")?,
+            min: row.try_get("min")?,
+            max: row.try_get("max")?,
+            mean: row.try_get("mean")?,
+            first: row.try_get("first")?,
+            last: row.try_get("last")?,
+            p50: row.try_get("p50")?,
+            p95: row.try_get("p95")?,
+            p99: row.try_get("p99")?,
+        })
+    }
+}
+
 /// The latest message of every host, newest first (then by host), at most `limit`.
 pub async fn latest_samples(pool: &PgPool, limit: i64) -> Result<Vec<LatestSample>, sqlx::Error> {
     let rows: Vec<(String, DateTime<Utc>, serde_json::Value)> =
@@ -111,55 +133,40 @@ SELECT start, count, sum, min, max, mean, first, last, p50, p95, p99 FROM metric
    AND start >= coalesce($4, '-infinity'::timestamptz) AND start <= coalesce($5, 'infinity'::timestamptz)
  ORDER BY start DESC LIMIT $6";
 
-/// A series' raw samples from `from` to `to` inclusive (unbounded where `None`): the newest `limit`, newest
-/// first.
+/// A series' raw samples in `range`, newest first.
 pub async fn raw_samples(
     pool: &PgPool,
     host: &str,
     field: &str,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    limit: i64,
+    range: Range,
 ) -> Result<Vec<SamplePoint>, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, f64)> =
-        sqlx::query_as(RAW_SAMPLES).bind(host).bind(field).bind(from).bind(to).bind(limit).fetch_all(pool).await?;
+    let rows: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(RAW_SAMPLES)
+        .bind(host)
+        .bind(field)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(range.limit)
+        .fetch_all(pool)
+        .await?;
     Ok(rows.into_iter().map(|(ts, value)| SamplePoint { ts, value }).collect())
 }
 
-/// A series' `width`-second rollups starting from `from` to `to` inclusive (unbounded where `None`): the
-/// newest `limit`, newest first.
+/// A series' `width`-second rollups starting in `range`, newest first.
 pub async fn rollup_buckets(
     pool: &PgPool,
     host: &str,
     field: &str,
     width: i64,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    limit: i64,
+    range: Range,
 ) -> Result<Vec<RollupBucket>, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, i64, f64, f64, f64, f64, f64, f64, f64, f64, f64)> = sqlx::query_as(ROLLUP_BUCKETS)
+    let rows: Vec<PgRow> = sqlx::query(ROLLUP_BUCKETS)
         .bind(host)
         .bind(field)
         .bind(width as i32)
-        .bind(from)
-        .bind(to)
-        .bind(limit)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(range.limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(start, count, sum, min, max, mean, first, last, p50, p95, p99)| RollupBucket {
-            start,
-            count,
-            sum,
-            min,
-            max,
-            mean,
-            first,
-            last,
-            p50,
-            p95,
-            p99,
-        })
-        .collect())
+    rows.iter().map(RollupBucket::from_row).collect()
 }

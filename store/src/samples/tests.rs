@@ -3,6 +3,7 @@
 
 use super::read::{RAW_SAMPLES, ROLLUP_BUCKETS};
 use super::*;
+use crate::Range;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool};
 use std::collections::BTreeSet;
@@ -24,17 +25,19 @@ fn rollup(host: &str, field: &str, start: i64, sum: f64, prefix_sum: Option<f64>
     RollupRow {
         host: host.into(),
         field: field.into(),
-        start: t(start),
-        count: 2,
-        sum,
-        min: -0.0,
-        max: 2.5,
-        mean: sum / 2.0,
-        first: 1.0,
-        last: 2.5,
-        p50: 1.0,
-        p95: 2.5,
-        p99: 2.5,
+        bucket: RollupBucket {
+            start: t(start),
+            count: 2,
+            sum,
+            min: -0.0,
+            max: 2.5,
+            mean: sum / 2.0,
+            first: 1.0,
+            last: 2.5,
+            p50: 1.0,
+            p95: 2.5,
+            p99: 2.5,
+        },
         sketch: vec![0x92, 0x01, 0xff],
         last_ts: t(start + 30),
         sorted_values: prefix_sum.is_none().then(|| 1.5f64.to_le_bytes().repeat(2)),
@@ -76,7 +79,7 @@ async fn batch_statements_round_trip_their_rows() {
     let wide = rollup("h-1", "cpu", 0, 7.0, Some(3.0));
     upsert_rollups(&mut tx, 60, &[r0.clone(), r1.clone()]).await.unwrap();
     upsert_rollups(&mut tx, 3600, std::slice::from_ref(&wide)).await.unwrap();
-    let updated = RollupRow { sum: 3.5, ..r0.clone() };
+    let updated = RollupRow { bucket: RollupBucket { sum: 3.5, ..r0.bucket }, ..r0.clone() };
     upsert_rollups(&mut tx, 60, std::slice::from_ref(&updated)).await.unwrap();
     let at: BTreeSet<BucketKey> = [key("h-1", "cpu", 0), key("h-1", "cpu", 120)].into();
     assert_eq!(
@@ -157,19 +160,19 @@ async fn range_reads_bound_the_index_scan_and_treat_a_missing_bound_as_open() {
             (Some(400), Some(410), 100, vec![]),
         ] {
             let (from, to) = (from.map(t), to.map(t));
-            let raw = raw_samples(&pool, "h", "cpu", from, to, limit).await.unwrap();
+            let raw = raw_samples(&pool, "h", "cpu", Range { from, to, limit }).await.unwrap();
             let want_raw: Vec<SamplePoint> =
                 want.iter().map(|&i| SamplePoint { ts: t(i * 60), value: i as f64 }).collect();
             assert_eq!(raw, want_raw, "raw samples {from:?}..{to:?} limit {limit}");
-            let got = rollup_buckets(&pool, "h", "cpu", 60, from, to, limit).await.unwrap();
+            let got = rollup_buckets(&pool, "h", "cpu", 60, Range { from, to, limit }).await.unwrap();
             let starts: Vec<i64> = got.iter().map(|b| b.start.timestamp() / 60).collect();
             assert_eq!(starts, want, "1m rollups {from:?}..{to:?} limit {limit}");
             assert!(got.iter().all(|b| b.sum == b.start.timestamp() as f64 / 60.0 && b.count == 2));
         }
     }
-    let wide = rollup_buckets(&pool, "h", "cpu", 3600, None, None, 10).await.unwrap();
+    let wide = rollup_buckets(&pool, "h", "cpu", 3600, Range { from: None, to: None, limit: 10 }).await.unwrap();
     assert_eq!(wide.iter().map(|b| (b.start, b.sum)).collect::<Vec<_>>(), [(t(0), 45.0)]);
-    assert!(raw_samples(&pool, "h", "disk", None, None, 10).await.unwrap().is_empty());
+    assert!(raw_samples(&pool, "h", "disk", Range { from: None, to: None, limit: 10 }).await.unwrap().is_empty());
 
     // Under a generic plan both bounds stay conditions of the primary-key scan, not a filter after it.
     for (query, types, args, column) in [
