@@ -7,6 +7,7 @@
 //! tests send what these schemas allow and what they refuse (`scripts/fuzz-api.sh` too).
 
 use serde_json::{Value, json};
+use tributary_broker::ts::{MAX_MILLIS, MIN_MILLIS};
 
 /// Whitespace as Rust's `char::is_whitespace` has it (what `trim` removes), for a regex class.
 const WHITESPACE: &str = "\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
@@ -34,8 +35,8 @@ fn ts() -> Value {
     json!({"anyOf": [
         {"type": "string", "format": "date-time"},
         {"type": "string", "format": "date"},
-        {"type": "number", "minimum": -8.0e15, "maximum": 8.0e15},
-    ], "description": "RFC 3339, YYYY-MM-DD or epoch milliseconds"})
+        {"type": "number", "minimum": MIN_MILLIS, "maximum": MAX_MILLIS},
+    ], "description": "RFC 3339, YYYY-MM-DD or epoch milliseconds, in the years 0000 to 9999"})
 }
 
 fn or_null(v: Value) -> Value {

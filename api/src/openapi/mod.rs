@@ -85,16 +85,16 @@ pub(crate) struct BucketRange {
 pub(crate) fn timestamp() -> RefOr<Schema> {
     let string =
         |format| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(format)));
-    // What chrono represents: ±262143 years around 1970, in milliseconds.
+    // The years 0000 to 9999 (what RFC 3339 writes), in milliseconds.
     let millis = ObjectBuilder::new()
         .schema_type(Type::Integer)
-        .minimum(Some(-8_210_266_876_800_000i64))
-        .maximum(Some(8_210_266_876_799_999i64));
+        .minimum(Some(tributary_broker::ts::MIN_MILLIS))
+        .maximum(Some(tributary_broker::ts::MAX_MILLIS));
     let any_of = AnyOfBuilder::new()
         .item(string(KnownFormat::DateTime))
         .item(string(KnownFormat::Date))
         .item(millis)
-        .description(Some("RFC 3339, YYYY-MM-DD or epoch milliseconds"));
+        .description(Some("RFC 3339, YYYY-MM-DD or epoch milliseconds, in the years 0000 to 9999"));
     RefOr::T(Schema::AnyOf(any_of.build()))
 }
 
@@ -128,6 +128,24 @@ pub(crate) fn finish(doc: utoipa::openapi::OpenApi, config: &ApiConfig, rollups:
             for status in ["400", "503"] {
                 responses.entry(status).or_insert_with(|| error.clone());
             }
+            // A JSON body is required (an empty one is not JSON); an upload may be empty.
+            if let Some(body) = op.get_mut("requestBody") {
+                body["required"] = json!(body["content"].get("application/json").is_some());
+            }
+            // A stream's events: `event` and `data` (the JSON of one item).
+            if let Some(sse) = op.pointer_mut("/responses/200/content/text~1event-stream") {
+                let (events, item) = match path.as_str() {
+                    "/v1/uploads/{id}/events" => (json!(["progress", "summary"]), "UploadStatus"),
+                    _ => (json!(["metric"]), "LiveSample"),
+                };
+                sse["schema"] = json!({"type": "object", "required": ["data"], "properties": {
+                    "event": {"type": "string", "enum": events},
+                    "data": {"type": "string", "contentMediaType": "application/json",
+                             "contentSchema": {"$ref": format!("#/components/schemas/{item}")}},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer", "minimum": 0},
+                }});
+            }
             let write = !matches!(method.as_str(), "get" | "head" | "options");
             if tokens.required(path, write) {
                 op["security"] = json!([{"bearer": []}]);
@@ -147,6 +165,10 @@ pub(crate) fn finish(doc: utoipa::openapi::OpenApi, config: &ApiConfig, rollups:
                     if let [one] = types.as_slice() {
                         p["schema"]["type"] = one.clone();
                     }
+                }
+                // No name or parameter holds a NUL: the middleware refuses `%00` anywhere in the URL.
+                if p["schema"]["type"] == "string" && p["schema"].get("pattern").is_none() {
+                    p["schema"]["pattern"] = json!("^[^\\x00]*$");
                 }
             }
         }

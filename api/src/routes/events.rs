@@ -150,8 +150,8 @@ event_route!(
 event_route!(
     driver,
     "publishDriver",
-    "/v1/events/fleet.driver.{id}",
-    "id",
+    "/v1/events/fleet.driver.{driver_id}",
+    "driver_id",
     "fleet.driver.",
     "#/components/schemas/DriverEvent",
     "Publish a driver (or its removal)"
@@ -159,8 +159,8 @@ event_route!(
 event_route!(
     shipment,
     "publishShipment",
-    "/v1/events/fleet.shipment.{id}",
-    "id",
+    "/v1/events/fleet.shipment.{shipment_id}",
+    "shipment_id",
     "fleet.shipment.",
     "#/components/schemas/ShipmentEvent",
     "Publish a shipment (or its removal)"

@@ -61,8 +61,8 @@ pub struct Index {
 /// One level.
 #[derive(Serialize, ToSchema)]
 pub struct IndexPoint {
-    /// The level.
-    pub level: f64,
+    /// The level; null where it is not a finite number (a weight of 0 over a price of 0, say).
+    pub level: Option<f64>,
     /// The return from the previous level.
     pub ret: Option<f64>,
     /// When.
@@ -139,7 +139,10 @@ pub async fn get(
     }
     let mut rows = q.order_by_desc(index_points::Column::Ts).limit(limit).all(&s.db).await?;
     rows.reverse();
-    let points = rows.into_iter().map(|r| IndexPoint { level: r.level, ret: r.ret, ts: r.ts }).collect();
+    let points = rows
+        .into_iter()
+        .map(|r| IndexPoint { level: Some(r.level).filter(|l| l.is_finite()), ret: r.ret, ts: r.ts })
+        .collect();
     Ok(Json(Index { base: def.base, name: def.name, points, seq: def.seq, weights: def.weights }))
 }
 

@@ -96,33 +96,33 @@ pub struct Rollups {
     pub width: String,
 }
 
-/// One time bucket.
+/// One time bucket; a statistic that is not a finite number (a sum past f64's range) is null.
 #[derive(Serialize, ToSchema)]
 pub struct Bucket {
     /// Samples in it.
     #[schema(minimum = 1)]
     pub count: i64,
     /// The earliest sample's value.
-    pub first: f64,
+    pub first: Option<f64>,
     /// The latest sample's value.
-    pub last: f64,
+    pub last: Option<f64>,
     /// The largest.
-    pub max: f64,
+    pub max: Option<f64>,
     /// The mean.
-    pub mean: f64,
+    pub mean: Option<f64>,
     /// The smallest.
-    pub min: f64,
+    pub min: Option<f64>,
     /// The median (nearest rank).
-    pub p50: f64,
+    pub p50: Option<f64>,
     /// The 95th percentile.
-    pub p95: f64,
+    pub p95: Option<f64>,
     /// The 99th percentile.
-    pub p99: f64,
+    pub p99: Option<f64>,
     /// Its start.
     #[schema(format = DateTime)]
     pub start: String,
     /// The sum.
-    pub sum: f64,
+    pub sum: Option<f64>,
 }
 
 fn pool(s: &AppState) -> &PgPool {
@@ -135,6 +135,11 @@ fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// `x` when it is a finite number (JSON has no other).
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 /// The latest sample of every server, newest first; `limit` (1–10000) is required.
@@ -304,16 +309,16 @@ pub async fn rollups(
         .rev()
         .map(|(start, count, sum, min, max, mean, first, last, p50, p95, p99)| Bucket {
             count,
-            first,
-            last,
-            max,
-            mean,
-            min,
-            p50,
-            p95,
-            p99,
+            first: finite(first),
+            last: finite(last),
+            max: finite(max),
+            mean: finite(mean),
+            min: finite(min),
+            p50: finite(p50),
+            p95: finite(p95),
+            p99: finite(p99),
             start: time(start),
-            sum,
+            sum: finite(sum),
         })
         .collect();
     Ok(Json(Rollups { buckets, field, host, width: w.to_string() }))

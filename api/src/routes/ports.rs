@@ -192,9 +192,12 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
 fn coordinate(p: &Params, field: &'static str, range: f64) -> Result<f64, ApiError> {
     let code = if field == "lat" { "invalid_lat" } else { "invalid_lon" };
     let v = p.get(field).ok_or_else(|| ApiError::field(code, field, format!("{field} is required")))?;
+    // To a billionth of a degree (a tenth of a millimetre): a subnormal such as 5e-324 would underflow
+    // PostgreSQL's earth distance arithmetic (an error, not a zero).
     v.parse::<f64>()
         .ok()
         .filter(|x| x.is_finite() && x.abs() <= range)
+        .map(|x| (x * 1e9).round() / 1e9 + 0.0)
         .ok_or_else(|| ApiError::field(code, field, format!("{field} must be a number within ±{range}, got {v:?}")))
 }
 

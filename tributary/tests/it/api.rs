@@ -122,7 +122,9 @@ async fn health_readiness_metrics_and_the_openapi_document() {
                 .replace("{width}", "1m")
                 .replace("{unlocode}", "AEDXB")
                 .replace("{id}", "u1")
-                .replace("{provider}", "blue");
+                .replace("{provider}", "blue")
+                .replace("{driver_id}", "d1")
+                .replace("{shipment_id}", "s1");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (_, b) = app.send(m, &concrete, "{}").await;
             assert_ne!(b["error"]["message"], "no such route", "{method} {path} is documented but not routed");
