@@ -21,7 +21,7 @@ pub const MAX_MILLIS: i64 = 253_402_300_799_999;
 /// Refuses a time RFC 3339 cannot write (a year before 0000 or after 9999).
 fn within_years(t: Ts, what: &dyn fmt::Display) -> Result<Ts, String> {
     let micros = t.0.timestamp_micros();
-    if micros < MIN_MILLIS * 1000 || micros > MAX_MILLIS * 1000 + 999 {
+    if !(MIN_MILLIS * 1000..=MAX_MILLIS * 1000 + 999).contains(&micros) {
         return Err(format!("bad ts {what}: outside the years 0000 to 9999"));
     }
     Ok(t)
