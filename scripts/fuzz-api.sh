@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API from its own OpenAPI document with Schemathesis (from PyPI, into a venv under
-# ~/.cache/tributary): every operation gets generated valid and invalid requests. Passes when no response
-# is a 5xx and every error response (4xx) is a JSON body {"error": {"code", "message"}}.
+# ~/.cache/tributary): every operation gets generated valid and invalid requests, with every check
+# (`--checks all`: valid requests accepted, invalid ones refused, statuses, content types, headers and bodies
+# as documented). Passes when no check fails, no response is a 5xx and every error response (4xx) is a JSON
+# body {"error": {"code", "message"}}.
 #
 # Runs `tributary up` (with the demo, so reads find data) on a private nats-server and a fresh database
 # (dropped afterwards) on TEST_DATABASE_URL's server (default postgres://postgres@127.0.0.1:5432/postgres).
@@ -37,7 +39,7 @@ curl -sf "$base/readyz" >/dev/null || { echo "fuzz-api: the API did not become r
 
 set +e
 "$venv/bin/st" run "$base/openapi.json" \
-  --checks not_a_server_error,content_type_conformance \
+  --checks all \
   --exclude-path /v1/live/metrics --exclude-path /v1/live/ws \
   --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 --request-timeout 30 \
   --report har --report-har-path "$tmp/run.har" --output-truncate true 2>&1 | tee "$tmp/st.out"

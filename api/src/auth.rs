@@ -132,6 +132,11 @@ impl Auth {
         }))
     }
 
+    /// Whether a request to `path` (a write or a read) needs a token under these settings.
+    pub(crate) fn required(&self, path: &str, write: bool) -> bool {
+        self.enabled() && !ALWAYS_OPEN.contains(&path) && (write || self.0.require_read)
+    }
+
     fn enabled(&self) -> bool {
         !self.0.write.is_empty() || !self.0.read.is_empty()
     }
@@ -161,11 +166,8 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// The middleware: answers 401 or 403 where the request's token does not allow it, else runs the route.
 pub(crate) async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Response {
-    if !auth.enabled() || ALWAYS_OPEN.contains(&req.uri().path()) {
-        return next.run(req).await;
-    }
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !write && !auth.0.require_read {
+    if !auth.required(req.uri().path(), write) {
         return next.run(req).await;
     }
     let presented = bearer(req.headers());

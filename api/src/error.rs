@@ -7,7 +7,39 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response: `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `invalid_limit`, `not_found`, `unauthorized`.
+    #[schema(min_length = 1)]
+    pub code: String,
+    /// The parameter at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong, for people.
+    #[schema(min_length = 1)]
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(code: &str, message: impl Into<String>, field: Option<&str>) -> Self {
+        ErrorBody {
+            error: ErrorDetail { code: code.to_owned(), field: field.map(str::to_owned), message: message.into() },
+        }
+    }
+}
 
 /// An error answered as JSON.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +118,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut error = json!({ "code": code, "message": message });
-        if let Some(f) = field {
-            error["field"] = f.into();
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let mut response = (status, Json(ErrorBody::new(code, message, field))).into_response();
         if matches!(self, ApiError::TooLarge(_)) {
             // The rest of the body was not read: the connection cannot carry another request.
             response

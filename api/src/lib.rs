@@ -10,13 +10,16 @@
 //! - [`live`]: the hub relaying committed metric samples to Server-Sent Events and WebSocket readers.
 //! - `sync`: the barrier behind `?fresh=true` (wait until the processors committed what the streams hold).
 //! - `dashboard.html`: the live page at `/` (dependency-free: plain DOM and SVG).
-//! - `openapi.json`: the OpenAPI 3.1 document served at `/openapi.json`, with a docs page at `/docs`.
+//! - `openapi`: the OpenAPI 3.1 document, generated from the routes' `#[utoipa::path]` attributes and the
+//!   derived schemas of their request and response types (utoipa, utoipa-axum), served at `/openapi.json`
+//!   and rendered at `/docs`.
 //!
 //! [`router`] builds the app for a state; [`serve`] runs it on a listener until a token is cancelled.
 
 pub mod auth;
 pub mod error;
 pub mod live;
+mod openapi;
 mod params;
 mod routes;
 pub mod series_cache;
@@ -175,8 +178,7 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let deadline = Duration::from_millis(state.config.request_timeout_ms.max(1));
-    routes::router(auth::Auth::new(&state.config), deadline).with_state(state)
+    routes::router(&state).with_state(state)
 }
 
 /// Serves the API on `listener` (over TLS when `api.tls_cert_file` and `api.tls_key_file` are set) until

@@ -19,15 +19,10 @@ pub fn time(p: &Params, field: &'static str) -> Result<Option<DateTime<Utc>>, Ap
         .map_err(|e| ApiError::field(if field == "from" { "invalid_from" } else { "invalid_to" }, field, e))
 }
 
-/// `from` and `to`, with `from` ≤ `to`.
+/// `from` and `to`. A `from` after `to` is an empty range, not a mistake: whether two valid times are in
+/// order is not something a client's schema can check, so every pair of valid times is a valid request.
 pub fn range(p: &Params) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
-    let (from, to) = (time(p, "from")?, time(p, "to")?);
-    if let (Some(f), Some(t)) = (from, to)
-        && f > t
-    {
-        return Err(ApiError::field("invalid_range", "from", "from is after to"));
-    }
-    Ok((from, to))
+    Ok((time(p, "from")?, time(p, "to")?))
 }
 
 /// `limit`: a whole number from 1 to `max`; `default` when absent.

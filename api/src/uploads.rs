@@ -17,15 +17,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::uploads::PROGRESS_PREFIX as UPLOAD_PROGRESS_PREFIX;
 use tributary_gatherer::numbers::Stats;
+use utoipa::ToSchema;
 
 /// What an upload has done so far.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
+#[schema(as = UploadStatus)]
 pub struct Status {
     /// The upload's id.
     pub id: String,
     /// `ports`, `prices-csv`, `ndjson` or `numbers`.
+    #[schema(value_type = UploadKind)]
     pub kind: String,
     /// `streaming`, `settling`, `done` or `failed`.
+    #[schema(value_type = UploadState)]
     pub state: &'static str,
     /// Bytes read from the request body.
     pub bytes: u64,
@@ -41,6 +45,7 @@ pub struct Status {
     pub dead_letters: u64,
     /// Running statistics (`numbers` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<NumberStats>)]
     pub stats: Option<Stats>,
     /// The importer's buffer high-water mark, in bytes: what memory the upload cost, whatever its size.
     pub buffer_peak: usize,
@@ -49,6 +54,52 @@ pub struct Status {
     /// Why the upload stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What an upload imports.
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum UploadKind {
+    /// A JSON object keyed by UN/LOCODE (the ports file).
+    Ports,
+    /// `instrument,ts,price[,volume]` lines.
+    PricesCsv,
+    /// One `{"subject", "event"}` per line.
+    Ndjson,
+    /// One number per line.
+    Numbers,
+}
+
+/// Where an upload is.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum UploadState {
+    /// The body is being read.
+    Streaming,
+    /// The body is read; waiting for the processors.
+    Settling,
+    /// Finished.
+    Done,
+    /// Stopped early with nothing published.
+    Failed,
+}
+
+/// Running statistics of a `numbers` upload (Welford).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NumberStats {
+    /// How many numbers.
+    count: u64,
+    /// Their mean.
+    mean: f64,
+    /// Sample variance (n − 1); null below two values.
+    variance: Option<f64>,
+    /// The smallest.
+    min: Option<f64>,
+    /// The largest.
+    max: Option<f64>,
 }
 
 impl Status {

@@ -20,8 +20,8 @@ pub const MAX_TEXT: usize = 10_000;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SurveyPayload {
-    /// The provider's id of the item (≥ 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The provider's id of the item (≥ 1): a JSON integer, also written with a zero fraction (`3.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole")]
     pub id: Option<i64>,
     /// The item's text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +70,19 @@ pub struct PullStatus {
     pub at: Ts,
     /// What went wrong.
     pub error: Option<String>,
+}
+
+/// A whole number, as JSON has it: `3` or `3.0` (JSON Schema's `integer` takes both).
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(Some(f as i64)),
+            _ => Err(D::Error::custom(format!("invalid type: {n}, expected a whole number"))),
+        },
+    }
 }
 
 /// The statuses a pull can end with.
@@ -165,6 +178,11 @@ mod tests {
         assert_eq!(r.provider, "blue");
         let SurveyEvent::Item(i) = r.event else { panic!("an item") };
         assert_eq!((i.id, i.text.as_str(), i.device.as_str()), (3, "hi", "ios"));
+        // JSON's integers: 3.0 is 3 (as JSON Schema's `integer` has it); 3.5 is not an id.
+        let item = |id: &str| format!(r#"{{"id":{id},"text":"hi","device":"ios","location":"MX"}}"#);
+        let r = SurveyRecord::decode("survey.blue", None, item("3.0").as_bytes(), now()).unwrap();
+        assert!(matches!(r.event, SurveyEvent::Item(SurveyItem { id: 3, .. })));
+        assert!(SurveyRecord::decode("survey.blue", None, item("3.5").as_bytes(), now()).is_err());
         let r = SurveyRecord::decode("survey.red", None, br#"{"status":"timeout","error":"slow"}"#, now()).unwrap();
         assert_eq!(
             r.event,

@@ -2,7 +2,8 @@
 //!
 //! On the wire a timestamp is an RFC 3339 string, a plain `YYYY-MM-DD` date (midnight UTC) or an integer
 //! (or float) count of milliseconds since the Unix epoch. Timestamps are truncated to microseconds, the
-//! precision PostgreSQL stores, so that a key read back equals the key decoded.
+//! precision PostgreSQL stores, so that a key read back equals the key decoded. Only years 0000 to 9999
+//! are taken: what RFC 3339 can write back (and PostgreSQL store).
 
 use chrono::{DateTime, NaiveDate, SubsecRound, TimeZone, Utc};
 use serde::de::{self, Deserializer, Visitor};
@@ -11,6 +12,20 @@ use std::fmt;
 /// A UTC instant with microsecond precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ts(pub DateTime<Utc>);
+
+/// The earliest time taken, 0000-01-01T00:00:00Z, in epoch milliseconds.
+pub const MIN_MILLIS: i64 = -62_167_219_200_000;
+/// The latest time taken, 9999-12-31T23:59:59.999Z, in epoch milliseconds.
+pub const MAX_MILLIS: i64 = 253_402_300_799_999;
+
+/// Refuses a time RFC 3339 cannot write (a year before 0000 or after 9999).
+fn within_years(t: Ts, what: &dyn fmt::Display) -> Result<Ts, String> {
+    let micros = t.0.timestamp_micros();
+    if !(MIN_MILLIS * 1000..=MAX_MILLIS * 1000 + 999).contains(&micros) {
+        return Err(format!("bad ts {what}: outside the years 0000 to 9999"));
+    }
+    Ok(t)
+}
 
 impl Ts {
     /// Truncates to microseconds.
@@ -22,10 +37,11 @@ impl Ts {
     pub fn parse(s: &str) -> Result<Ts, String> {
         let s = s.trim();
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-            return Ok(Ts::new(t.with_timezone(&Utc)));
+            return within_years(Ts::new(t.with_timezone(&Utc)), &format_args!("{s:?}"));
         }
         if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            return Ok(Ts(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))));
+            let t = Ts(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists")));
+            return within_years(t, &format_args!("{s:?}"));
         }
         Err(format!("bad ts {s:?}: expected RFC 3339, YYYY-MM-DD or epoch milliseconds"))
     }
@@ -40,12 +56,16 @@ impl Ts {
         if micros.abs() > 8.0e18 {
             return Err(format!("bad ts {ms}: out of range"));
         }
-        DateTime::from_timestamp_micros(micros as i64).map(Ts).ok_or_else(|| format!("bad ts {ms}: out of range"))
+        let t = DateTime::from_timestamp_micros(micros as i64)
+            .map(Ts)
+            .ok_or_else(|| format!("bad ts {ms}: out of range"))?;
+        within_years(t, &ms)
     }
 
     /// From epoch milliseconds.
     pub fn from_millis(ms: i64) -> Result<Ts, String> {
-        DateTime::from_timestamp_millis(ms).map(Ts).ok_or_else(|| format!("bad ts {ms}: out of range"))
+        let t = DateTime::from_timestamp_millis(ms).map(Ts).ok_or_else(|| format!("bad ts {ms}: out of range"))?;
+        within_years(t, &ms)
     }
 
     /// Epoch milliseconds (truncated).
@@ -122,5 +142,16 @@ mod tests {
         assert!(Ts::parse("2026-13-01").is_err());
         assert!(Ts::from_millis_f64(f64::NAN).is_err());
         assert!(serde_json::from_str::<Ts>("true").is_err());
+    }
+
+    #[test]
+    fn only_years_rfc_3339_can_write() {
+        assert_eq!(Ts::from_millis(MIN_MILLIS).unwrap().to_string(), "0000-01-01T00:00:00Z");
+        assert_eq!(Ts::from_millis(MAX_MILLIS).unwrap().to_string(), "9999-12-31T23:59:59.999Z");
+        assert!(Ts::from_millis(MIN_MILLIS - 1).is_err());
+        assert!(Ts::from_millis(MAX_MILLIS + 1).is_err());
+        assert!(Ts::from_millis_f64(8.0e15).is_err());
+        assert!(Ts::parse("9999-12-31T23:59:59-01:00").is_err());
+        assert!(Ts::parse("0001-01-01").is_ok());
     }
 }

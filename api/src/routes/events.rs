@@ -1,11 +1,16 @@
-//! `POST /v1/events/{subject}`: validates a JSON event and publishes it to its stream.
+//! `POST /v1/events/<kind>.<key>`: validates a JSON event and publishes it to its stream.
+//!
+//! One operation per kind of subject, each with its payload's schema (see `crate::openapi::events`); a
+//! subject of no kind (`/v1/events/nope.x`) reaches [`unknown`] through the router's fallback and is
+//! answered 400 `unknown_subject`, naming the kinds.
 
+use crate::error::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tributary_broker::events::{IndexDefinition, PricePoint};
 use tributary_broker::fleet::FleetRecord;
 use tributary_broker::metrics::MetricSample;
@@ -13,14 +18,36 @@ use tributary_broker::ports::PortRecord;
 use tributary_broker::surveys::SurveyRecord;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, codec, publish};
+use utoipa::{IntoParams, ToSchema};
 
-/// Publishes one event; an `Idempotency-Key` header becomes its `Nats-Msg-Id`.
-pub async fn publish(
-    State(s): State<AppState>,
-    Path(subject): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// Where a message was stored.
+#[derive(Serialize, ToSchema)]
+pub struct Published {
+    /// Whether the stream already held a message with this idempotency key (it was not stored again).
+    pub duplicate: bool,
+    /// The message's sequence in its stream.
+    pub seq: u64,
+    /// The stream.
+    pub stream: String,
+    /// The subject.
+    pub subject: String,
+}
+
+/// `Idempotency-Key`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct Idempotency {
+    /// Becomes the Nats-Msg-Id: a repeat within the duplicate window is not stored twice.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+type Answer = Result<(StatusCode, Json<Published>), ApiError>;
+
+/// Validates one event for `subject` and publishes it; an `Idempotency-Key` header becomes its
+/// `Nats-Msg-Id`.
+async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -> Answer {
     let kind = Kind::of_subject(&subject).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.shape()).collect();
         ApiError::field(
@@ -49,6 +76,101 @@ pub async fn publish(
         .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"subject": subject, "stream": ack.stream, "seq": ack.sequence, "duplicate": ack.duplicate})),
+        Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject }),
     ))
 }
+
+/// A subject of no kind (the fallback of `POST /v1/events/{subject}`): 400 `unknown_subject`.
+pub async fn unknown(s: AppState, subject: String, headers: HeaderMap, body: Body) -> Answer {
+    publish(s, subject, headers, body).await
+}
+
+/// One route per kind: the handler, its path, the key's name and the payload's schema.
+macro_rules! event_route {
+    ($handler:ident, $op:literal, $path:literal, $key:literal, $prefix:literal, $schema:literal, $summary:literal) => {
+        #[utoipa::path(post, path = $path, tag = "events", operation_id = $op, summary = $summary,
+                    params(
+                        ($key = String, Path, pattern = "^[^.*> \\x00-\\x1f\\x7f-\\x9f]+$",
+                            description = "The key: one subject token (no '.', '*', '>', space or control character)"),
+                        Idempotency,
+                    ),
+                    request_body(content = ref($schema), content_type = "application/json"),
+                    responses(
+                        (status = 202, description = "Stored in the stream", body = Published),
+                        (status = 413, description = "The body is larger than api.max_body_bytes", body = ErrorBody),
+                        (status = 503, description = "NATS is unavailable", body = ErrorBody),
+                    ))]
+        pub async fn $handler(
+            State(s): State<AppState>,
+            Path(key): Path<String>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Answer {
+            publish(s, format!(concat!($prefix, "{}"), key), headers, body).await
+        }
+    };
+}
+
+event_route!(
+    price,
+    "publishPrice",
+    "/v1/events/price.{instrument}",
+    "instrument",
+    "price.",
+    "#/components/schemas/PriceEvent",
+    "Publish a price of one instrument"
+);
+event_route!(
+    index,
+    "publishIndex",
+    "/v1/events/index.{name}",
+    "name",
+    "index.",
+    "#/components/schemas/IndexDefinition",
+    "Publish an index definition (PUT /v1/indices/{name} waits for it)"
+);
+event_route!(
+    metric,
+    "publishMetric",
+    "/v1/events/metric.{host}",
+    "host",
+    "metric.",
+    "#/components/schemas/MetricEvent",
+    "Publish a server's metric sample"
+);
+event_route!(
+    port,
+    "publishPort",
+    "/v1/events/port.{unlocode}",
+    "unlocode",
+    "port.",
+    "#/components/schemas/PortEvent",
+    "Publish a port"
+);
+event_route!(
+    driver,
+    "publishDriver",
+    "/v1/events/fleet.driver.{driver_id}",
+    "driver_id",
+    "fleet.driver.",
+    "#/components/schemas/DriverEvent",
+    "Publish a driver (or its removal)"
+);
+event_route!(
+    shipment,
+    "publishShipment",
+    "/v1/events/fleet.shipment.{shipment_id}",
+    "shipment_id",
+    "fleet.shipment.",
+    "#/components/schemas/ShipmentEvent",
+    "Publish a shipment (or its removal)"
+);
+event_route!(
+    survey,
+    "publishSurvey",
+    "/v1/events/survey.{provider}",
+    "provider",
+    "survey.",
+    "#/components/schemas/SurveyEvent",
+    "Publish a survey item or a pull's outcome"
+);

@@ -4,6 +4,7 @@
 //! stores it and computes the index over existing history. The PUT waits, up to `api.write_wait_ms`,
 //! for that commit and answers 200 with the index; past the wait it answers 202 with the sequence.
 
+use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -11,29 +12,117 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::kind::valid_key;
 use tributary_broker::{Kind, codec, publish};
 use tributary_store::entity::{index_points, indices};
+use utoipa::ToSchema;
 
 /// Every index definition.
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[derive(Serialize, ToSchema)]
+pub struct Indices {
+    /// By name.
+    pub indices: Vec<IndexSummary>,
+}
+
+/// One index's definition.
+#[derive(Serialize, ToSchema)]
+pub struct IndexSummary {
+    /// The level of the first index date.
+    pub base: f64,
+    /// The index.
+    pub name: String,
+    /// Weight per constituent instrument.
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
+    pub weights: Value,
+}
+
+/// One index with its levels.
+#[derive(Serialize, ToSchema)]
+pub struct Index {
+    /// The level of the first index date.
+    pub base: f64,
+    /// The index.
+    pub name: String,
+    /// Levels, ascending by ts.
+    pub points: Vec<IndexPoint>,
+    /// The sequence of the definition in force (in the INDICES stream).
+    pub seq: i64,
+    /// Weight per constituent instrument.
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
+    pub weights: Value,
+}
+
+/// One level.
+#[derive(Serialize, ToSchema)]
+pub struct IndexPoint {
+    /// The level; null where it is not a finite number (a weight of 0 over a price of 0, say).
+    pub level: Option<f64>,
+    /// The return from the previous level.
+    pub ret: Option<f64>,
+    /// When.
+    pub ts: DateTime<Utc>,
+}
+
+/// A definition published that the processor had not stored within `api.write_wait_ms`.
+#[derive(Serialize, ToSchema)]
+pub struct Pending {
+    /// Its sequence in the stream.
+    pub seq: u64,
+    /// Always `pending`.
+    pub status: PendingStatus,
+    /// The stream.
+    pub stream: String,
+}
+
+/// `pending`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingStatus {
+    /// Published, not stored yet.
+    Pending,
+}
+
+/// Every index definition.
+#[utoipa::path(get, path = "/v1/indices", tag = "indices", operation_id = "listIndices",
+    summary = "List index definitions",
+    params(crate::openapi::Fresh),
+    responses(
+        (status = 200, description = "Definitions", body = Indices),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Indices>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Index]).await?;
     let rows = indices::Entity::find().order_by_asc(indices::Column::Name).all(&s.db).await?;
-    let list: Vec<Value> =
-        rows.into_iter().map(|r| json!({"name": r.name, "base": r.base, "weights": r.weights})).collect();
-    Ok(Json(json!({"indices": list})))
+    let list = rows.into_iter().map(|r| IndexSummary { base: r.base, name: r.name, weights: r.weights }).collect();
+    Ok(Json(Indices { indices: list }))
 }
 
 /// One index with its levels, ascending; `limit` keeps the newest within `from`..`to`.
+#[utoipa::path(get, path = "/v1/indices/{name}", tag = "indices", operation_id = "getIndex",
+    summary = "One index with its levels",
+    params(
+        ("name" = String, Path, description = "The index"),
+        crate::openapi::Range,
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000,
+            description = "Keep the newest N points in range (1 to 100000, default 1000)."),
+        crate::openapi::Fresh,
+    ),
+    responses(
+        (status = 200, description = "The index", body = Index),
+        (status = 404, description = "No such index", body = ErrorBody),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Query(p): Query<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Index>, ApiError> {
     let (from, to) = params::range(&p)?;
     let limit = params::limit(&p, 1000, 100_000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Index, Kind::Price]).await?;
@@ -50,11 +139,26 @@ pub async fn get(
     }
     let mut rows = q.order_by_desc(index_points::Column::Ts).limit(limit).all(&s.db).await?;
     rows.reverse();
-    let points: Vec<Value> = rows.into_iter().map(|r| json!({"ts": r.ts, "level": r.level, "ret": r.ret})).collect();
-    Ok(Json(json!({"name": def.name, "base": def.base, "weights": def.weights, "seq": def.seq, "points": points})))
+    let points = rows
+        .into_iter()
+        .map(|r| IndexPoint { level: Some(r.level).filter(|l| l.is_finite()), ret: r.ret, ts: r.ts })
+        .collect();
+    Ok(Json(Index { base: def.base, name: def.name, points, seq: def.seq, weights: def.weights }))
 }
 
 /// Defines or redefines an index.
+#[utoipa::path(put, path = "/v1/indices/{name}", tag = "indices", operation_id = "putIndex",
+    summary = "Define or redefine an index; it is computed over existing history",
+    params(("name" = String, Path, min_length = 1, max_length = 128,
+        pattern = "^[^.*>\\x00-\\x20\\x7f-\\xa0\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]+$",
+        description = "The index: one token (no spaces, '.', '*' or '>'), at most 128 bytes")),
+    request_body(content = ref("#/components/schemas/IndexDefinition"), content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored and computed", body = Index),
+        (status = 202, description = "Published; the processor has not committed it yet", body = Pending),
+        (status = 413, description = "The body is larger than api.max_body_bytes", body = ErrorBody),
+        (status = 503, description = "NATS is unavailable", body = ErrorBody),
+    ))]
 pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
     if !valid_key(&name) {
         return Err(ApiError::field(
@@ -79,13 +183,12 @@ pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body
             .one(&s.db)
             .await?;
         if stored.is_some_and(|seq| seq >= ack.sequence as i64) {
-            let Json(v) = get(State(s), Path(name), Query(Params::new())).await?;
-            return Ok((StatusCode::OK, Json(v)).into_response());
+            return Ok((StatusCode::OK, get(State(s), Path(name), Query(Params::new())).await?).into_response());
         }
         if Instant::now() >= deadline {
             return Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"stream": ack.stream, "seq": ack.sequence, "status": "pending"})),
+                Json(Pending { seq: ack.sequence, status: PendingStatus::Pending, stream: ack.stream }),
             )
                 .into_response());
         }

@@ -1,13 +1,15 @@
 //! `GET /v1/live/metrics` (Server-Sent Events) and `GET /v1/live/ws` (WebSocket): every committed metric
 //! sample as `{"host", "ts", "fields"}`, one per committed batch per host; `?host=` keeps one host.
 
-use crate::AppState;
+use crate::error::ErrorBody;
 use crate::live::LiveMsg;
 use crate::params::Params;
+use crate::{ApiError, AppState};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +27,14 @@ async fn next(rx: &mut Receiver<Arc<LiveMsg>>, host: Option<&str>) -> Option<Arc
 }
 
 /// Server-Sent Events: `event: metric`, `data: {...}`; keep-alive comments every 15 s.
+#[utoipa::path(get, path = "/v1/live/metrics", tag = "live", operation_id = "liveMetrics",
+    summary = "Committed metric samples as Server-Sent Events",
+    description = "One `event: metric` per committed batch per server, sent after the commit; `data` is a \
+        LiveSample (see components). The stream ends when the server shuts down; browsers' EventSource reconnects \
+        by itself.",
+    params(("host" = Option<String>, Query, description = "Only this host.")),
+    responses((status = 200, description = "An endless event stream of LiveSample", body = String,
+        content_type = "text/event-stream")))]
 pub async fn sse(
     State(s): State<AppState>,
     Query(p): Query<Params>,
@@ -42,8 +52,26 @@ pub async fn sse(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-/// WebSocket: one text message per sample; closed with 1001 (going away) on shutdown.
-pub async fn ws(State(s): State<AppState>, Query(p): Query<Params>, upgrade: WebSocketUpgrade) -> Response {
+/// WebSocket: one text message per sample; closed with 1001 (going away) on shutdown. A request that is
+/// not a WebSocket upgrade is a JSON 400 `not_websocket`, as every error.
+#[utoipa::path(get, path = "/v1/live/ws", tag = "live", operation_id = "liveMetricsWs",
+    summary = "Committed metric samples over WebSocket",
+    description = "Upgrade to a WebSocket; each text message is a LiveSample (see components). Closed with code \
+        1001 when the server shuts down.",
+    params(("host" = Option<String>, Query, description = "Only this host.")),
+    responses(
+        (status = 101, description = "Switching protocols"),
+        (status = 400, description = "Not a WebSocket upgrade request (not_websocket)", body = ErrorBody),
+    ))]
+pub async fn ws(
+    State(s): State<AppState>,
+    Query(p): Query<Params>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => return ApiError::bad("not_websocket", e.body_text()).into_response(),
+    };
     let host = p.get("host").cloned();
     let (rx, closed) = (s.live.subscribe(), s.live.closed());
     upgrade.on_upgrade(move |socket| relay(socket, rx, host, closed))

@@ -7,70 +7,104 @@ mod health;
 mod indices;
 mod live;
 mod metrics;
+mod pages;
 mod ports;
 mod series;
 mod surveys;
 mod uploads;
 
+pub(crate) use metrics::LiveSample;
+
 use crate::{ApiError, AppState};
-use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, header};
-use axum::response::{Html, IntoResponse};
-use axum::routing::{get, post};
+use axum::http::{Method, Request};
+use axum::response::IntoResponse;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-const OPENAPI: &str = include_str!("../openapi.json");
-const DOCS: &str = include_str!("../docs.html");
-const DASHBOARD: &str = include_str!("../dashboard.html");
-
-/// Every route, behind the bearer token check and a deadline to the response headers (inside the trace
-/// layer, so refusals and timeouts are traced too).
-pub fn router(auth: crate::auth::Auth, deadline: std::time::Duration) -> Router<AppState> {
-    Router::new()
-        .route("/v1/series/price", get(series::list))
-        .route("/v1/series/price/{instrument}", get(series::get))
-        .route("/v1/metrics/latest", get(metrics::latest))
-        .route("/v1/servers", get(metrics::servers))
-        .route("/v1/series/metric/{host}/{field}", get(metrics::raw))
-        .route("/v1/series/metric/{host}/{field}/rollups/{width}", get(metrics::rollups))
-        .route("/v1/live/metrics", get(live::sse))
-        .route("/v1/live/ws", get(live::ws))
-        .route("/v1/uploads", post(uploads::start))
-        .route("/v1/uploads/{id}", get(uploads::status))
-        .route("/v1/uploads/{id}/events", get(uploads::events))
-        .route("/v1/ports", get(ports::list))
-        .route("/v1/ports/nearest", get(ports::nearest))
-        .route("/v1/ports/countries", get(ports::countries))
-        .route("/v1/ports/{unlocode}", get(ports::get))
-        .route("/v1/fleet/plan", get(fleet::plan))
-        .route("/v1/fleet/scores", get(fleet::scores))
-        .route("/v1/surveys", get(surveys::list))
-        .route("/v1/indices", get(indices::list))
-        .route("/v1/indices/{name}", get(indices::get).put(indices::put))
-        .route("/v1/events/{subject}", post(events::publish))
-        .route("/v1/dlq", get(dlq::list))
-        .route("/v1/dlq/{seq}/replay", post(dlq::replay))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .route("/docs", get(|| async { Html(DOCS) }))
-        .route("/", get(|| async { Html(DASHBOARD) }))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+/// Every route with its documentation, behind the bearer token check and a deadline to the response
+/// headers (inside the trace layer, so refusals and timeouts are traced too). The document served at
+/// `/openapi.json` is the one these routes make, finished for `state`'s settings.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let (router, doc) = documented().split_for_parts();
+    let doc = crate::openapi::finish(doc, &state.config, &state.rollups);
+    let deadline = std::time::Duration::from_millis(state.config.request_timeout_ms.max(1));
+    router
+        .fallback(fallback)
         .method_not_allowed_fallback(|| async {
-            (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({
-                "error": {"code": "method_not_allowed", "message": "method not allowed on this route"}
-            })))
-                .into_response()
+            let body = crate::error::ErrorBody::new("method_not_allowed", "method not allowed on this route", None);
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
         })
-        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::check))
+        .layer(Extension(pages::Document(doc.into())))
+        .layer(axum::middleware::from_fn_with_state(crate::auth::Auth::new(&state.config), crate::auth::check))
         .layer(axum::middleware::from_fn_with_state(deadline, within_deadline))
         .layer(axum::middleware::from_fn(no_nul_in_url))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path())
         }))
+}
+
+/// Every route, each registered with its `#[utoipa::path]` (so none is served undocumented).
+pub(crate) fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(series::list))
+        .routes(routes!(series::get))
+        .routes(routes!(metrics::latest))
+        .routes(routes!(metrics::servers))
+        .routes(routes!(metrics::raw))
+        .routes(routes!(metrics::rollups))
+        .routes(routes!(live::sse))
+        .routes(routes!(live::ws))
+        .routes(routes!(uploads::start))
+        .routes(routes!(uploads::status))
+        .routes(routes!(uploads::events))
+        .routes(routes!(ports::list))
+        .routes(routes!(ports::nearest))
+        .routes(routes!(ports::countries))
+        .routes(routes!(ports::get))
+        .routes(routes!(fleet::plan))
+        .routes(routes!(fleet::scores))
+        .routes(routes!(surveys::list))
+        .routes(routes!(indices::list))
+        .routes(routes!(indices::get, indices::put))
+        .routes(routes!(events::price))
+        .routes(routes!(events::index))
+        .routes(routes!(events::metric))
+        .routes(routes!(events::port))
+        .routes(routes!(events::driver))
+        .routes(routes!(events::shipment))
+        .routes(routes!(events::survey))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(pages::dashboard))
+        .routes(routes!(pages::docs))
+        .routes(routes!(pages::openapi))
+}
+
+/// No route: 404, except a POST to `/v1/events/<subject>` of no known kind, which is a 400
+/// `unknown_subject` naming the kinds there are.
+async fn fallback(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> axum::response::Response {
+    let subject = uri.path().strip_prefix("/v1/events/").filter(|s| !s.is_empty() && !s.contains('/'));
+    match subject {
+        Some(subject) if method == Method::POST => {
+            let subject = percent_encoding::percent_decode_str(subject).decode_utf8_lossy().into_owned();
+            events::unknown(s, subject, headers, body).await.into_response()
+        }
+        _ => ApiError::NotFound("no such route".into()).into_response(),
+    }
 }
 
 /// Refuses a URL holding an encoded NUL (`%00`) with 400 `invalid_url`: no name or parameter may

@@ -1,13 +1,94 @@
 //! Ports: `GET /v1/ports/{unlocode}`, `GET /v1/ports?country=&q=&limit=&offset=`, `GET /v1/ports/nearest`
 //! and `GET /v1/ports/countries`.
 
+use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tributary_broker::Kind;
+use utoipa::ToSchema;
+
+/// One port; missing fields are null.
+#[derive(Serialize, ToSchema)]
+pub struct Port {
+    /// Other names.
+    pub alias: Vec<String>,
+    /// The city.
+    pub city: Option<String>,
+    /// The port code.
+    pub code: Option<String>,
+    /// `[lon, lat]`, when known.
+    #[schema(min_items = 2, max_items = 2)]
+    pub coordinates: Option<Vec<f64>>,
+    /// The country.
+    pub country: Option<String>,
+    /// The name.
+    pub name: String,
+    /// The province.
+    pub province: Option<String>,
+    /// Regions.
+    pub regions: Vec<String>,
+    /// The time zone.
+    pub timezone: Option<String>,
+    /// The UN/LOCODE.
+    pub unlocode: String,
+    /// Related UN/LOCODEs.
+    pub unlocs: Vec<String>,
+}
+
+/// A port with its distance.
+#[derive(Serialize, ToSchema)]
+pub struct NearPort {
+    /// Great-circle distance from the asked coordinate, in metres.
+    #[schema(minimum = 0)]
+    pub distance_m: f64,
+    /// The port.
+    #[serde(flatten)]
+    pub port: Port,
+}
+
+/// A page of ports.
+#[derive(Serialize, ToSchema)]
+pub struct PortPage {
+    /// The page size asked for.
+    pub limit: u64,
+    /// Skipped.
+    pub offset: i64,
+    /// By name.
+    pub ports: Vec<Port>,
+    /// How many match.
+    pub total: i64,
+}
+
+/// The nearest ports.
+#[derive(Serialize, ToSchema)]
+pub struct NearestPorts {
+    /// The latitude asked for.
+    pub lat: f64,
+    /// The longitude asked for.
+    pub lon: f64,
+    /// Nearest first.
+    pub ports: Vec<NearPort>,
+}
+
+/// Ports per country.
+#[derive(Serialize, ToSchema)]
+pub struct Countries {
+    /// Most ports first.
+    pub countries: Vec<CountryPorts>,
+}
+
+/// One country's ports.
+#[derive(Serialize, ToSchema)]
+pub struct CountryPorts {
+    /// The country.
+    pub country: String,
+    /// How many ports.
+    pub ports: i64,
+}
 
 const COLUMNS: &str = "unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat";
 
@@ -19,30 +100,38 @@ fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
 }
 
-fn port(r: &PgRow) -> Value {
+fn port(r: &PgRow) -> Port {
     let lon: Option<f64> = r.get("lon");
     let lat: Option<f64> = r.get("lat");
-    json!({
-        "unlocode": r.get::<String, _>("unlocode"),
-        "name": r.get::<String, _>("name"),
-        "city": r.get::<Option<String>, _>("city"),
-        "country": r.get::<Option<String>, _>("country"),
-        "province": r.get::<Option<String>, _>("province"),
-        "timezone": r.get::<Option<String>, _>("timezone"),
-        "code": r.get::<Option<String>, _>("code"),
-        "alias": r.get::<Vec<String>, _>("alias"),
-        "regions": r.get::<Vec<String>, _>("regions"),
-        "unlocs": r.get::<Vec<String>, _>("unlocs"),
-        "coordinates": lon.zip(lat).map(|(lon, lat)| json!([lon, lat])),
-    })
+    Port {
+        unlocode: r.get::<String, _>("unlocode"),
+        name: r.get::<String, _>("name"),
+        city: r.get::<Option<String>, _>("city"),
+        country: r.get::<Option<String>, _>("country"),
+        province: r.get::<Option<String>, _>("province"),
+        timezone: r.get::<Option<String>, _>("timezone"),
+        code: r.get::<Option<String>, _>("code"),
+        alias: r.get::<Vec<String>, _>("alias"),
+        regions: r.get::<Vec<String>, _>("regions"),
+        unlocs: r.get::<Vec<String>, _>("unlocs"),
+        coordinates: lon.zip(lat).map(|(lon, lat)| vec![lon, lat]),
+    }
 }
 
 /// One port.
+#[utoipa::path(get, path = "/v1/ports/{unlocode}", tag = "ports", operation_id = "getPort",
+    summary = "One port; missing fields are null",
+    params(("unlocode" = String, Path, description = "The UN/LOCODE"), crate::openapi::Fresh),
+    responses(
+        (status = 200, description = "The port", body = Port),
+        (status = 404, description = "No such port", body = ErrorBody),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Path(unlocode): Path<String>,
     Query(p): Query<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Port>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM ports WHERE unlocode = $1")))
         .bind(&unlocode)
@@ -54,7 +143,20 @@ pub async fn get(
 }
 
 /// Ports by name, filtered by `country` and a name fragment `q`, with the total that match.
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/ports", tag = "ports", operation_id = "listPorts",
+    summary = "Ports by name, filtered by country and a name fragment, with the total",
+    params(
+        ("country" = Option<String>, Query, description = "Exact country name."),
+        ("q" = Option<String>, Query, description = "A fragment of the name (case-insensitive)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 50."),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Skip this many (default 0)."),
+        crate::openapi::Fresh,
+    ),
+    responses(
+        (status = 200, description = "A page of ports", body = PortPage),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<PortPage>, ApiError> {
     let limit = params::limit(&p, 50, 1000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let offset = match p.get("offset") {
@@ -84,23 +186,36 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     .fetch_all(pool(&s))
     .await
     .map_err(internal("listing ports"))?;
-    Ok(Json(
-        json!({"total": total, "limit": limit, "offset": offset, "ports": rows.iter().map(port).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(PortPage { limit, offset, ports: rows.iter().map(port).collect(), total }))
 }
 
 fn coordinate(p: &Params, field: &'static str, range: f64) -> Result<f64, ApiError> {
     let code = if field == "lat" { "invalid_lat" } else { "invalid_lon" };
     let v = p.get(field).ok_or_else(|| ApiError::field(code, field, format!("{field} is required")))?;
+    // To a billionth of a degree (a tenth of a millimetre): a subnormal such as 5e-324 would underflow
+    // PostgreSQL's earth distance arithmetic (an error, not a zero).
     v.parse::<f64>()
         .ok()
         .filter(|x| x.is_finite() && x.abs() <= range)
+        .map(|x| (x * 1e9).round() / 1e9 + 0.0)
         .ok_or_else(|| ApiError::field(code, field, format!("{field} must be a number within ±{range}, got {v:?}")))
 }
 
 /// The ports nearest to (`lat`, `lon`), nearest first, with their distance in metres (great circle).
 /// Answered by a GiST index on the earth position (cube/earthdistance), not a scan.
-pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/ports/nearest", tag = "ports", operation_id = "nearestPorts",
+    summary = "The ports nearest to a coordinate, nearest first, with distance_m (great circle, metres)",
+    params(
+        ("lat" = f64, Query, minimum = -90, maximum = 90, description = "Latitude, -90..90."),
+        ("lon" = f64, Query, minimum = -180, maximum = 180, description = "Longitude, -180..180."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 10."),
+        crate::openapi::Fresh,
+    ),
+    responses(
+        (status = 200, description = "The nearest ports", body = NearestPorts),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<NearestPorts>, ApiError> {
     let lat = coordinate(&p, "lat", 90.0)?;
     let lon = coordinate(&p, "lon", 180.0)?;
     let limit = params::limit(&p, 10, 1000)?;
@@ -116,25 +231,25 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     .fetch_all(pool(&s))
     .await
     .map_err(internal("finding nearest ports"))?;
-    let ports: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = port(r);
-            v["distance_m"] = json!(r.get::<f64, _>("distance_m"));
-            v
-        })
-        .collect();
-    Ok(Json(json!({"lat": lat, "lon": lon, "ports": ports})))
+    let ports = rows.iter().map(|r| NearPort { distance_m: r.get::<f64, _>("distance_m"), port: port(r) }).collect();
+    Ok(Json(NearestPorts { lat, lon, ports }))
 }
 
 /// Ports per country, most first.
-pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/ports/countries", tag = "ports", operation_id = "portCountries",
+    summary = "Ports per country, most first",
+    params(crate::openapi::Fresh),
+    responses(
+        (status = 200, description = "Countries", body = Countries),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Countries>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT country, ports FROM port_countries ORDER BY ports DESC, country")
             .fetch_all(pool(&s))
             .await
             .map_err(internal("counting ports by country"))?;
-    let list: Vec<Value> = rows.into_iter().map(|(c, n)| json!({"country": c, "ports": n})).collect();
-    Ok(Json(json!({ "countries": list })))
+    let countries = rows.into_iter().map(|(country, ports)| CountryPorts { country, ports }).collect();
+    Ok(Json(Countries { countries }))
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/series/price` and `GET /v1/series/price/{instrument}`.
 
+use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -10,20 +11,90 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::sqlx;
 use sea_orm::{EntityTrait, QueryOrder};
-use serde_json::{Value, json};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use tributary_broker::Kind;
 use tributary_store::entity::price_series;
+use utoipa::ToSchema;
+
+/// The kind of a price series.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceKind {
+    /// Prices.
+    Price,
+}
+
+/// Every price instrument.
+#[derive(Serialize, ToSchema)]
+pub struct SeriesList {
+    /// Always `price`.
+    pub kind: PriceKind,
+    /// One entry per instrument, by key.
+    pub series: Vec<SeriesInfo>,
+}
+
+/// One instrument's extent.
+#[derive(Serialize, ToSchema)]
+pub struct SeriesInfo {
+    /// Its first point's time.
+    pub first_ts: DateTime<Utc>,
+    /// The instrument.
+    pub key: String,
+    /// Its last point's time.
+    pub last_ts: DateTime<Utc>,
+    /// How many points it has.
+    #[schema(minimum = 0)]
+    pub points: i64,
+}
+
+/// One instrument's points (the body is written by hand, see [`get`]; this is its shape).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PriceSeries {
+    /// The instrument.
+    pub key: String,
+    /// Always `price`.
+    pub kind: PriceKind,
+    /// The points, ascending by ts.
+    pub points: Vec<PricePoint>,
+}
+
+/// One point: ts, value, volume, ret and one field per configured window (sma_20, ema_12, vol_20, ...);
+/// null where undefined.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PricePoint {
+    /// When.
+    pub ts: DateTime<Utc>,
+    /// The price.
+    pub value: f64,
+    /// The traded volume, if known.
+    pub volume: Option<f64>,
+    /// The return from the previous point.
+    pub ret: Option<f64>,
+    /// The derived values, by window name.
+    #[serde(flatten)]
+    pub derived: BTreeMap<String, Option<f64>>,
+}
 
 /// Every instrument with its point count and time span.
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/series/price", tag = "series", operation_id = "listPriceSeries",
+    summary = "List price instruments",
+    params(crate::openapi::Fresh),
+    responses(
+        (status = 200, description = "Instruments", body = SeriesList),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<SeriesList>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
     let rows = price_series::Entity::find().order_by_asc(price_series::Column::Instrument).all(&s.db).await?;
-    let series: Vec<Value> = rows
+    let series = rows
         .into_iter()
-        .map(|r| json!({"key": r.instrument, "points": r.points, "first_ts": r.first_ts, "last_ts": r.last_ts}))
+        .map(|r| SeriesInfo { first_ts: r.first_ts, key: r.instrument, last_ts: r.last_ts, points: r.points })
         .collect();
-    Ok(Json(json!({"kind": "price", "series": series})))
+    Ok(Json(SeriesList { kind: PriceKind::Price, series }))
 }
 
 /// One instrument's points, ascending; `limit` keeps the newest within `from`..`to`.
@@ -32,6 +103,21 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
 /// always reads the table); otherwise one query, and the body written straight from the rows (the
 /// derived values' jsonb text is spliced in as PostgreSQL prints it, never parsed), so a point costs no
 /// JSON tree.
+#[utoipa::path(get, path = "/v1/series/price/{instrument}", tag = "series", operation_id = "getPriceSeries",
+    summary = "Points of one instrument with derived values, ascending by ts",
+    description = "`limit` keeps the newest points within from..to.",
+    params(
+        ("instrument" = String, Path, description = "The instrument"),
+        crate::openapi::Range,
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000,
+            description = "Keep the newest N points in range (1 to 100000, default 1000)."),
+        crate::openapi::Fresh,
+    ),
+    responses(
+        (status = 200, description = "The series", body = PriceSeries),
+        (status = 404, description = "No such instrument", body = ErrorBody),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Path(instrument): Path<String>,

@@ -4,16 +4,126 @@
 //! waits until the processor has committed everything in the SURVEYS stream, so the answer holds every
 //! item the providers had when the round asked them. Without it, it answers from what is stored.
 
+use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::time::Instant;
 use tributary_aggregator::{RoundReport, SYNC_SUBJECT};
 use tributary_broker::Kind;
+use utoipa::ToSchema;
+
+/// `fresh` of surveys, which pulls first.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct FreshRound {
+    /// true: join (or start) a pull round over every provider, then wait until the processor committed what it
+    /// found; 503 when no aggregator runs, 504 past api.fresh_timeout_ms.
+    #[param(default = false)]
+    fresh: Option<bool>,
+}
+
+/// Survey items with each provider's latest pull.
+#[derive(Serialize, ToSchema)]
+pub struct Surveys {
+    /// Newest first.
+    pub items: Vec<SurveyItem>,
+    /// By name.
+    pub providers: Vec<Provider>,
+    /// With fresh=true: the pull round this read waited for (shared with every read that arrived while it
+    /// was in flight).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<Round>,
+}
+
+/// One item.
+#[derive(Serialize, ToSchema)]
+pub struct SurveyItem {
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// The device.
+    pub device: String,
+    /// The location.
+    pub location: String,
+    /// The provider it came from.
+    pub provider: String,
+    /// Its id at the provider.
+    pub provider_id: i64,
+    /// The text.
+    pub text: String,
+}
+
+/// One provider's latest pull.
+#[derive(Serialize, ToSchema)]
+pub struct Provider {
+    /// The highest provider id stored.
+    pub cursor: i64,
+    /// What went wrong in the latest pull.
+    pub error: Option<String>,
+    /// When it was last pulled.
+    pub last_pull: Option<DateTime<Utc>>,
+    /// When it was last pulled successfully.
+    pub last_sync: Option<DateTime<Utc>>,
+    /// The provider.
+    pub provider: String,
+    /// The latest pull's outcome: `ok`, `timeout`, `unreachable` or `error`.
+    pub status: Option<String>,
+}
+
+/// A pull round.
+#[derive(Serialize, ToSchema)]
+pub struct Round {
+    /// Each provider's outcome.
+    pub providers: Vec<RoundProvider>,
+    /// The round's number in its aggregator (from 1).
+    pub round: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// How long it took, in milliseconds.
+    pub took_ms: f64,
+}
+
+/// One provider's outcome in a round.
+#[derive(Serialize, ToSchema)]
+pub struct RoundProvider {
+    /// The highest provider id published so far.
+    pub cursor: i64,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Items published this round.
+    pub items: u64,
+    /// The provider.
+    pub provider: String,
+    /// `ok`, `timeout`, `unreachable` or `error`.
+    pub status: String,
+}
+
+impl From<RoundReport> for Round {
+    fn from(r: RoundReport) -> Self {
+        Round {
+            providers: r
+                .providers
+                .into_iter()
+                .map(|p| RoundProvider {
+                    cursor: p.cursor,
+                    error: p.error,
+                    items: p.items,
+                    provider: p.provider,
+                    status: p.status,
+                })
+                .collect(),
+            round: r.round,
+            started_at: r.started_at,
+            took_ms: r.took_ms,
+        }
+    }
+}
 
 fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
@@ -23,7 +133,21 @@ type ItemRow = (String, i64, String, String, String, DateTime<Utc>);
 type ProviderRow = (String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64, Option<String>);
 
 /// Items, newest first, with each provider's latest pull.
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/surveys", tag = "surveys", operation_id = "listSurveys",
+    summary = "Survey items pulled from every provider, newest first; fresh=true pulls first (fully synced)",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000,
+            description = "At most this many items (1 to 10000, default 100)."),
+        ("device" = Option<String>, Query, description = "Exact device."),
+        ("location" = Option<String>, Query, description = "Exact location."),
+        FreshRound,
+    ),
+    responses(
+        (status = 200, description = "Items and each provider's latest pull", body = Surveys),
+        (status = 503, description = "No aggregator runs (fresh=true)", body = ErrorBody),
+        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+    ))]
+pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Surveys>, ApiError> {
     let limit = params::limit(&p, 100, 10_000)?;
     let round = if crate::sync::fresh(&p)? {
         let deadline = Instant::now() + s.fresh_timeout();
@@ -51,21 +175,31 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     .fetch_all(pool)
     .await
     .map_err(internal("reading survey providers"))?;
-    let mut body = json!({
-        "items": items.into_iter().map(|(provider, id, text, device, location, created_at)| json!({
-            "provider": provider, "provider_id": id, "text": text, "device": device, "location": location,
-            "created_at": created_at,
-        })).collect::<Vec<_>>(),
-        "providers": providers.into_iter().map(|(provider, status, last_sync, last_pull, cursor, error)| json!({
-            "provider": provider, "status": status, "last_sync": last_sync, "last_pull": last_pull,
-            "cursor": cursor, "error": error,
-        })).collect::<Vec<_>>(),
-    });
-    if let Some(r) = round {
-        body["round"] =
-            json!({"round": r.round, "started_at": r.started_at, "took_ms": r.took_ms, "providers": r.providers});
-    }
-    Ok(Json(body))
+    Ok(Json(Surveys {
+        items: items
+            .into_iter()
+            .map(|(provider, provider_id, text, device, location, created_at)| SurveyItem {
+                created_at,
+                device,
+                location,
+                provider,
+                provider_id,
+                text,
+            })
+            .collect(),
+        providers: providers
+            .into_iter()
+            .map(|(provider, status, last_sync, last_pull, cursor, error)| Provider {
+                cursor,
+                error,
+                last_pull,
+                last_sync,
+                provider,
+                status,
+            })
+            .collect(),
+        round: round.map(Round::from),
+    }))
 }
 
 /// Asks the aggregator for a round and waits for its report.

@@ -2,6 +2,7 @@
 //! `GET /v1/uploads/{id}` and `GET /v1/uploads/{id}/events` (Server-Sent Events: `progress` on every
 //! change, then one `summary`).
 
+use crate::error::ErrorBody;
 use crate::params::Params;
 use crate::uploads::Status;
 use crate::{ApiError, AppState};
@@ -11,19 +12,45 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::convert::Infallible;
 use tokio::sync::watch;
 use tokio_util::io::StreamReader;
 use tributary_gatherer::ImportKind;
+use utoipa::ToSchema;
+
+/// An upload started.
+#[derive(Serialize, ToSchema)]
+pub struct Started {
+    /// Where its progress streams (Server-Sent Events).
+    pub events: String,
+    /// The upload's id.
+    pub id: String,
+    /// Where its status is.
+    pub status: String,
+}
 
 /// Starts an upload: the body is streamed through the importer of `kind` on its own task.
+#[utoipa::path(post, path = "/v1/uploads", tag = "uploads", operation_id = "startUpload",
+    summary = "Stream a file through an importer; answered 202 as soon as streaming starts",
+    description = "kind=ports: a JSON object keyed by UN/LOCODE (the ports file), published to port.<unlocode>. \
+        kind=prices-csv: instrument,ts,price[,volume] lines. kind=ndjson: one {\"subject\": \"<kind>.<key>\", \
+        \"event\": {...}} per line, any event kind. kind=numbers: one number per line; running count, mean, sample \
+        variance, min, max (Welford). The body is streamed (chunked is fine), never held whole; \
+        api.max_upload_bytes bounds it. Bad entries are reported with their position in the upload's status; \
+        invalid events are dead-lettered by the processor.",
+    params(("kind" = crate::uploads::UploadKind, Query, description = "What the body is (else 400 invalid_kind).")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file"),
+    responses(
+        (status = 202, description = "Streaming", body = Started),
+        (status = 413, description = "Content-Length over api.max_upload_bytes", body = ErrorBody),
+    ))]
 pub async fn start(
     State(s): State<AppState>,
     Query(p): Query<Params>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Started>), ApiError> {
     let kind: ImportKind = p
         .get("kind")
         .map(String::as_str)
@@ -51,7 +78,7 @@ pub async fn start(
     tokio::spawn(run(s.clone(), id.clone(), kind, reader, tx));
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": format!("/v1/uploads/{id}"), "events": format!("/v1/uploads/{id}/events")})),
+        Json(Started { events: format!("/v1/uploads/{id}/events"), status: format!("/v1/uploads/{id}"), id }),
     ))
 }
 
@@ -144,12 +171,30 @@ async fn run(
 }
 
 /// An upload's status.
+#[utoipa::path(get, path = "/v1/uploads/{id}", tag = "uploads", operation_id = "getUpload",
+    summary = "An upload's status: streaming, settling, done or failed, with bytes, entries, published, invalid, \
+        committed, dead_letters, stats, errors with positions, buffer_peak",
+    params(("id" = String, Path, description = "The upload id")),
+    responses(
+        (status = 200, description = "Its status", body = Status),
+        (status = 404, description = "No such upload (this process keeps the newest 1000)", body = ErrorBody),
+    ))]
 pub async fn status(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Status>, ApiError> {
     let rx = s.uploads.watch(&id).ok_or_else(|| ApiError::NotFound(format!("no upload {id:?}")))?;
     Ok(Json(rx.borrow().clone()))
 }
 
 /// An upload's progress as Server-Sent Events: `progress` on each change, a final `summary`, then the end.
+#[utoipa::path(get, path = "/v1/uploads/{id}/events", tag = "uploads", operation_id = "uploadEvents",
+    summary = "An upload's progress as Server-Sent Events: `progress` on each change, then one `summary` (after \
+        every published entry is committed or dead-lettered), then the end",
+    description = "Each event's data is an UploadStatus (see components).",
+    params(("id" = String, Path, description = "The upload id")),
+    responses(
+        (status = 200, description = "An event stream of UploadStatus", body = String,
+            content_type = "text/event-stream"),
+        (status = 404, description = "No such upload", body = ErrorBody),
+    ))]
 pub async fn events(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -17,7 +17,6 @@ async fn errors_are_json_with_the_right_status() {
         (Method::GET, "/v1/series/price/ACME?limit=ten", "", 400, "invalid_limit", Some("limit")),
         (Method::GET, "/v1/series/price/ACME?from=yesterday", "", 400, "invalid_from", Some("from")),
         (Method::GET, "/v1/series/price/ACME?to=2026-13-45", "", 400, "invalid_to", Some("to")),
-        (Method::GET, "/v1/series/price/ACME?from=2026-02-01&to=2026-01-01", "", 400, "invalid_range", Some("from")),
         (Method::GET, "/v1/indices/NOPE", "", 404, "not_found", None),
         (Method::GET, "/v1/nothing/here", "", 404, "not_found", None),
         (Method::DELETE, "/v1/series/price/ACME", "", 405, "method_not_allowed", None),
@@ -57,6 +56,10 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!(s, 200);
     assert_eq!(b["points"].as_array().unwrap().len(), 1);
     let (_, b) = app.get("/v1/series/price/ACME?from=2026-01-03").await;
+    assert!(b["points"].as_array().unwrap().is_empty());
+    // A start after the end is an empty range (a schema cannot say two times must be in order).
+    let (s, b) = app.get("/v1/series/price/ACME?from=2026-02-01&to=2026-01-01").await;
+    assert_eq!(s, 200, "{b}");
     assert!(b["points"].as_array().unwrap().is_empty());
 }
 
@@ -118,7 +121,10 @@ async fn health_readiness_metrics_and_the_openapi_document() {
                 .replace("{field}", "cpu_usage")
                 .replace("{width}", "1m")
                 .replace("{unlocode}", "AEDXB")
-                .replace("{id}", "u1");
+                .replace("{id}", "u1")
+                .replace("{provider}", "blue")
+                .replace("{driver_id}", "d1")
+                .replace("{shipment_id}", "s1");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (_, b) = app.send(m, &concrete, "{}").await;
             assert_ne!(b["error"]["message"], "no such route", "{method} {path} is documented but not routed");

@@ -14,6 +14,7 @@ mod isolation;
 mod locks;
 mod malformed;
 mod metrics;
+mod openapi;
 mod ports;
 mod prices;
 mod processes;
