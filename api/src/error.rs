@@ -92,6 +92,12 @@ impl ApiError {
     }
 }
 
+impl From<tributary_store::sqlx::Error> for ApiError {
+    fn from(e: tributary_store::sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         ApiError::Internal(anyhow::Error::new(e).context("database"))

@@ -174,6 +174,11 @@ impl AppState {
     fn fresh_timeout(&self) -> Duration {
         Duration::from_millis(self.config.fresh_timeout_ms)
     }
+
+    /// The pool under the connection, for `tributary_store`'s reads.
+    fn pool(&self) -> &tributary_store::sqlx::PgPool {
+        self.db.get_postgres_connection_pool()
+    }
 }
 
 /// The whole API.

@@ -34,3 +34,10 @@ pub fn limit(p: &Params, default: u64, max: u64) -> Result<u64, ApiError> {
         Err(_) => Err(ApiError::field("invalid_limit", "limit", format!("limit must be a whole number, got {v:?}"))),
     }
 }
+
+/// The `from`..`to` range and `limit` (see [`range`] and [`limit`]) as a store read takes them: the newest
+/// `limit` rows in range.
+pub fn newest(p: &Params, default: u64, max: u64) -> Result<tributary_store::Range, ApiError> {
+    let (from, to) = range(p)?;
+    Ok(tributary_store::Range { from, to, limit: limit(p, default, max)? as i64 })
+}

@@ -123,6 +123,11 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, StoreEr
     Ok(applied as usize >= crate::Migrator::migrations().len())
 }
 
+/// Whether the database answers a query now.
+pub async fn answers(db: &DatabaseConnection) -> bool {
+    db.execute_unprepared("SELECT 1").await.is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{database_url, maintenance_url};

@@ -6,8 +6,8 @@
 //! the next chunk, [`store_levels`] writes a chunk's levels. The API reads [`list`], [`definition`] and
 //! [`levels`].
 
-use crate::{Range, Tx};
 use crate::entity::{index_points, indices};
+use crate::{Range, Tx};
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};

@@ -7,9 +7,9 @@ use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, Row};
 use serde::Serialize;
 use tributary_broker::Kind;
+use tributary_store::fleet;
 use utoipa::ToSchema;
 
 /// The stored plan.
@@ -96,10 +96,6 @@ pub struct FleetScore {
     pub vowels: u64,
 }
 
-fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
-    move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
-}
-
 /// The plan: total, version, every assignment (best first) and who is left without one. Read in one
 /// snapshot, so the parts always belong to the same version.
 #[utoipa::path(get, path = "/v1/fleet/plan", tag = "fleet", operation_id = "getFleetPlan",
@@ -111,58 +107,28 @@ fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
     ))]
 pub async fn plan(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<FleetPlan>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Fleet]).await?;
-    let mut tx = s.db.get_postgres_connection_pool().begin().await.map_err(internal("reading the plan"))?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(internal("reading the plan"))?;
-    let head: Option<(i64, f64, DateTime<Utc>)> =
-        sqlx::query_as("SELECT version, total_score, computed_at FROM fleet_plan")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(internal("reading the plan"))?;
-    let assignments: Vec<Assignment> = sqlx::query(
-        "SELECT a.shipment_id, s.address, a.driver_id, d.name, a.score FROM fleet_assignments a
-           JOIN fleet_shipments s ON s.id = a.shipment_id JOIN fleet_drivers d ON d.id = a.driver_id
-          ORDER BY a.score DESC, a.shipment_id",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(internal("reading assignments"))?
-    .iter()
-    .map(|r| Assignment {
-        shipment_id: r.get::<String, _>(0),
-        address: r.get::<String, _>(1),
-        driver_id: r.get::<String, _>(2),
-        driver: r.get::<String, _>(3),
-        score: r.get::<f64, _>(4),
-    })
-    .collect();
-    let unassigned = |sql: &'static str| sqlx::query_as::<_, (String, String)>(sql);
-    let shipments = unassigned(
-        "SELECT id, address FROM fleet_shipments s WHERE address IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM fleet_assignments a WHERE a.shipment_id = s.id) ORDER BY id",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(internal("reading unassigned shipments"))?;
-    let drivers = unassigned(
-        "SELECT id, name FROM fleet_drivers d WHERE name IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM fleet_assignments a WHERE a.driver_id = d.id) ORDER BY id",
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(internal("reading unassigned drivers"))?;
-    let (version, total, computed_at) = head.map_or((0, 0.0, None), |(v, t, c)| (v, t, Some(c)));
+    let plan = fleet::plan_snapshot(s.pool()).await?;
+    let (version, total, computed_at) =
+        plan.head.map_or((0, 0.0, None), |h| (h.version, h.total_score, Some(h.computed_at)));
+    let assignments = plan
+        .assignments
+        .into_iter()
+        .map(|a| Assignment {
+            address: a.address,
+            driver: a.driver,
+            driver_id: a.driver_id,
+            score: a.score,
+            shipment_id: a.shipment_id,
+        })
+        .collect();
+    let drivers = plan.unassigned_drivers.into_iter().map(|d| (d.driver_id, d.driver));
+    let shipments = plan.unassigned_shipments.into_iter().map(|s| (s.shipment_id, s.address));
     Ok(Json(FleetPlan {
         assignments,
         computed_at,
         total_score: total,
-        unassigned_drivers: drivers.into_iter().map(|(driver_id, driver)| Driver { driver, driver_id }).collect(),
-        unassigned_shipments: shipments
-            .into_iter()
-            .map(|(shipment_id, address)| Shipment { address, shipment_id })
-            .collect(),
+        unassigned_drivers: drivers.map(|(driver_id, driver)| Driver { driver, driver_id }).collect(),
+        unassigned_shipments: shipments.map(|(shipment_id, address)| Shipment { address, shipment_id }).collect(),
         version,
     }))
 }
@@ -188,18 +154,8 @@ pub async fn scores(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     };
     let (shipment, driver) = (id("shipment")?, id("driver")?);
     crate::sync::if_fresh(&s, &p, &[Kind::Fleet]).await?;
-    let pool = s.db.get_postgres_connection_pool();
-    let address: Option<String> =
-        sqlx::query_scalar("SELECT address FROM fleet_shipments WHERE id = $1 AND address IS NOT NULL")
-            .bind(shipment)
-            .fetch_optional(pool)
-            .await
-            .map_err(internal("reading a shipment"))?;
-    let name: Option<String> = sqlx::query_scalar("SELECT name FROM fleet_drivers WHERE id = $1 AND name IS NOT NULL")
-        .bind(driver)
-        .fetch_optional(pool)
-        .await
-        .map_err(internal("reading a driver"))?;
+    let address = fleet::shipment_address(s.pool(), shipment).await?;
+    let name = fleet::driver_name(s.pool(), driver).await?;
     let address = address.ok_or_else(|| ApiError::NotFound(format!("no shipment {shipment:?}")))?;
     let name = name.ok_or_else(|| ApiError::NotFound(format!("no driver {driver:?}")))?;
     let e = tributary_fleet::explain(&address, &name);

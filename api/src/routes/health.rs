@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use sea_orm::ConnectionTrait;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -76,7 +75,7 @@ pub async fn healthz() -> Json<Health> {
     ))]
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let nats = s.nats.connection_state() == async_nats::connection::State::Connected;
-    let db = s.db.execute_unprepared("SELECT 1").await.is_ok();
+    let db = tributary_store::db::answers(&s.db).await;
     let migrations = db && tributary_store::db::migrations_applied(&s.db).await.unwrap_or(false);
     // Consumers of a processor in this process (`tributary up`) whose every message fails.
     let failing = tributary_broker::consume::failing(Some(&s.nats.server_info().server_id));

@@ -13,14 +13,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::kind::valid_key;
 use tributary_broker::{Kind, codec, publish};
-use tributary_store::entity::{index_points, indices};
+use tributary_store::indices;
 use utoipa::ToSchema;
 
 /// Every index definition.
@@ -98,7 +97,7 @@ pub enum PendingStatus {
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Indices>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Index]).await?;
-    let rows = indices::Entity::find().order_by_asc(indices::Column::Name).all(&s.db).await?;
+    let rows = indices::list(&s.db).await?;
     let list = rows.into_iter().map(|r| IndexSummary { base: r.base, name: r.name, weights: r.weights }).collect();
     Ok(Json(Indices { indices: list }))
 }
@@ -123,22 +122,11 @@ pub async fn get(
     Path(name): Path<String>,
     Query(p): Query<Params>,
 ) -> Result<Json<Index>, ApiError> {
-    let (from, to) = params::range(&p)?;
-    let limit = params::limit(&p, 1000, 100_000)?;
+    let range = params::newest(&p, 1000, 100_000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Index, Kind::Price]).await?;
-    let def = indices::Entity::find_by_id(name.clone())
-        .one(&s.db)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no index {name:?}")))?;
-    let mut q = index_points::Entity::find().filter(index_points::Column::Name.eq(name.clone()));
-    if let Some(f) = from {
-        q = q.filter(index_points::Column::Ts.gte(f));
-    }
-    if let Some(t) = to {
-        q = q.filter(index_points::Column::Ts.lte(t));
-    }
-    let mut rows = q.order_by_desc(index_points::Column::Ts).limit(limit).all(&s.db).await?;
-    rows.reverse();
+    let def =
+        indices::definition(&s.db, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no index {name:?}")))?;
+    let rows = indices::levels(&s.db, &name, range).await?;
     let points = rows
         .into_iter()
         .map(|r| IndexPoint { level: Some(r.level).filter(|l| l.is_finite()), ret: r.ret, ts: r.ts })
@@ -176,12 +164,7 @@ pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body
         .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
     let deadline = Instant::now() + s.write_wait();
     loop {
-        let stored = indices::Entity::find_by_id(name.clone())
-            .select_only()
-            .column(indices::Column::Seq)
-            .into_tuple::<i64>()
-            .one(&s.db)
-            .await?;
+        let stored = indices::definition_seq(&s.db, &name).await?;
         if stored.is_some_and(|seq| seq >= ack.sequence as i64) {
             return Ok((StatusCode::OK, get(State(s), Path(name), Query(Params::new())).await?).into_response());
         }

@@ -7,10 +7,10 @@ use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
 use serde_json::Value;
 use tributary_broker::Kind;
+use tributary_store::samples;
 use utoipa::ToSchema;
 
 /// A server's sample: `{"host", "ts", "fields"}` (also what the live streams carry).
@@ -125,14 +125,6 @@ pub struct Bucket {
     pub sum: Option<f64>,
 }
 
-fn pool(s: &AppState) -> &PgPool {
-    s.db.get_postgres_connection_pool()
-}
-
-fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
-    move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
-}
-
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
@@ -160,13 +152,8 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     }
     let limit = params::limit(&p, 100, 10_000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
-    let rows: Vec<(String, DateTime<Utc>, Value)> =
-        sqlx::query_as("SELECT host, ts, fields FROM metric_latest ORDER BY ts DESC, host LIMIT $1")
-            .bind(limit as i64)
-            .fetch_all(pool(&s))
-            .await
-            .map_err(internal("reading the latest samples"))?;
-    let servers = rows.into_iter().map(|(host, ts, fields)| LiveSample { fields, host, ts: time(ts) }).collect();
+    let rows = samples::latest_samples(s.pool(), limit as i64).await?;
+    let servers = rows.into_iter().map(|l| LiveSample { fields: l.fields, host: l.host, ts: time(l.ts) }).collect();
     Ok(Json(LatestMetrics { servers }))
 }
 
@@ -180,26 +167,16 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     ))]
 pub async fn servers(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Servers>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
-    let rows: Vec<(String, Vec<String>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT host, array_agg(field ORDER BY field), max(last_ts) FROM metric_series GROUP BY host ORDER BY host",
-    )
-    .fetch_all(pool(&s))
-    .await
-    .map_err(internal("listing servers"))?;
-    let servers = rows.into_iter().map(|(host, fields, seen)| Server { fields, host, last_seen: time(seen) }).collect();
+    let rows = samples::hosts(s.pool()).await?;
+    let servers =
+        rows.into_iter().map(|h| Server { fields: h.fields, host: h.host, last_seen: time(h.last_seen) }).collect();
     Ok(Json(Servers { servers }))
 }
 
 async fn known(s: &AppState, host: &str, field: &str) -> Result<(), ApiError> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM metric_series WHERE host = $1 AND field = $2")
-        .bind(host)
-        .bind(field)
-        .fetch_optional(pool(s))
-        .await
-        .map_err(internal("finding a metric series"))?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(ApiError::NotFound(format!("no metric series {host}/{field}"))),
+    match samples::series_exists(s.pool(), host, field).await? {
+        true => Ok(()),
+        false => Err(ApiError::NotFound(format!("no metric series {host}/{field}"))),
     }
 }
 
@@ -224,30 +201,15 @@ pub async fn raw(
     Path((host, field)): Path<(String, String)>,
     Query(p): Query<Params>,
 ) -> Result<Json<MetricSeries>, ApiError> {
-    let (from, to) = params::range(&p)?;
-    let limit = params::limit(&p, 1000, 100_000)?;
+    let range = params::newest(&p, 1000, 100_000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
-    let rows: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT ts, value FROM metric_samples
-          WHERE host = $1 AND field = $2 AND ($3::timestamptz IS NULL OR ts >= $3) AND ($4::timestamptz IS NULL OR ts <= $4)
-          ORDER BY ts DESC LIMIT $5",
-    )
-    .bind(&host)
-    .bind(&field)
-    .bind(from)
-    .bind(to)
-    .bind(limit as i64)
-    .fetch_all(pool(&s))
-    .await
-    .map_err(internal("reading metric samples"))?;
+    let rows = samples::raw_samples(s.pool(), &host, &field, range).await?;
     if rows.is_empty() {
         known(&s, &host, &field).await?;
     }
-    let points = rows.into_iter().rev().map(|(ts, value)| MetricPoint { ts: time(ts), value }).collect();
+    let points = rows.into_iter().rev().map(|p| MetricPoint { ts: time(p.ts), value: p.value }).collect();
     Ok(Json(MetricSeries { field, host, kind: MetricKind::Metric, points }))
 }
-
-type BucketRow = (DateTime<Utc>, i64, f64, f64, f64, f64, f64, f64, f64, f64, f64);
 
 /// One series' rollups of one width, ascending; `limit` (default 1000) keeps the newest within `from`..`to`
 /// (bucket starts).
@@ -283,42 +245,27 @@ pub async fn rollups(
             format!("no rollups of width {width:?}; configured: {}", s.rollups.width_names().join(", ")),
         )
     })?;
-    let (from, to) = params::range(&p)?;
-    let limit = params::limit(&p, 1000, 100_000)?;
+    let range = params::newest(&p, 1000, 100_000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
-    let rows: Vec<BucketRow> = sqlx::query_as(
-        "SELECT start, count, sum, min, max, mean, first, last, p50, p95, p99 FROM metric_rollups
-          WHERE host = $1 AND field = $2 AND width = $3
-            AND ($4::timestamptz IS NULL OR start >= $4) AND ($5::timestamptz IS NULL OR start <= $5)
-          ORDER BY start DESC LIMIT $6",
-    )
-    .bind(&host)
-    .bind(&field)
-    .bind(w.secs() as i32)
-    .bind(from)
-    .bind(to)
-    .bind(limit as i64)
-    .fetch_all(pool(&s))
-    .await
-    .map_err(internal("reading rollups"))?;
+    let rows = samples::rollup_buckets(s.pool(), &host, &field, w.secs(), range).await?;
     if rows.is_empty() {
         known(&s, &host, &field).await?;
     }
     let buckets = rows
         .into_iter()
         .rev()
-        .map(|(start, count, sum, min, max, mean, first, last, p50, p95, p99)| Bucket {
-            count,
-            first: finite(first),
-            last: finite(last),
-            max: finite(max),
-            mean: finite(mean),
-            min: finite(min),
-            p50: finite(p50),
-            p95: finite(p95),
-            p99: finite(p99),
-            start: time(start),
-            sum: finite(sum),
+        .map(|b| Bucket {
+            count: b.count,
+            first: finite(b.first),
+            last: finite(b.last),
+            max: finite(b.max),
+            mean: finite(b.mean),
+            min: finite(b.min),
+            p50: finite(b.p50),
+            p95: finite(b.p95),
+            p99: finite(b.p99),
+            start: time(b.start),
+            sum: finite(b.sum),
         })
         .collect();
     Ok(Json(Rollups { buckets, field, host, width: w.to_string() }))

@@ -6,9 +6,9 @@ use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 use serde::Serialize;
 use tributary_broker::Kind;
+use tributary_store::ports;
 use utoipa::ToSchema;
 
 /// One port; missing fields are null.
@@ -90,31 +90,21 @@ pub struct CountryPorts {
     pub ports: i64,
 }
 
-const COLUMNS: &str = "unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat";
-
-fn pool(s: &AppState) -> &PgPool {
-    s.db.get_postgres_connection_pool()
-}
-
-fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
-    move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
-}
-
-fn port(r: &PgRow) -> Port {
-    let lon: Option<f64> = r.get("lon");
-    let lat: Option<f64> = r.get("lat");
-    Port {
-        unlocode: r.get::<String, _>("unlocode"),
-        name: r.get::<String, _>("name"),
-        city: r.get::<Option<String>, _>("city"),
-        country: r.get::<Option<String>, _>("country"),
-        province: r.get::<Option<String>, _>("province"),
-        timezone: r.get::<Option<String>, _>("timezone"),
-        code: r.get::<Option<String>, _>("code"),
-        alias: r.get::<Vec<String>, _>("alias"),
-        regions: r.get::<Vec<String>, _>("regions"),
-        unlocs: r.get::<Vec<String>, _>("unlocs"),
-        coordinates: lon.zip(lat).map(|(lon, lat)| vec![lon, lat]),
+impl From<ports::Port> for Port {
+    fn from(p: ports::Port) -> Port {
+        Port {
+            coordinates: p.coordinates().map(|(lon, lat)| vec![lon, lat]),
+            unlocode: p.unlocode,
+            name: p.name,
+            city: p.city,
+            country: p.country,
+            province: p.province,
+            timezone: p.timezone,
+            code: p.code,
+            alias: p.alias,
+            regions: p.regions,
+            unlocs: p.unlocs,
+        }
     }
 }
 
@@ -133,13 +123,9 @@ pub async fn get(
     Query(p): Query<Params>,
 ) -> Result<Json<Port>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM ports WHERE unlocode = $1")))
-        .bind(&unlocode)
-        .fetch_optional(pool(&s))
-        .await
-        .map_err(internal("reading a port"))?
-        .ok_or_else(|| ApiError::NotFound(format!("no port {unlocode:?}")))?;
-    Ok(Json(port(&row)))
+    let port =
+        ports::get(s.pool(), &unlocode).await?.ok_or_else(|| ApiError::NotFound(format!("no port {unlocode:?}")))?;
+    Ok(Json(port.into()))
 }
 
 /// Ports by name, filtered by `country` and a name fragment `q`, with the total that match.
@@ -165,28 +151,9 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
             ApiError::field("invalid_offset", "offset", format!("offset must be a whole number ≥ 0, got {v:?}"))
         })?,
     };
-    let country = p.get("country");
-    let q = p
-        .get("q")
-        .map(|q| format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-    let filter = "($1::text IS NULL OR country = $1) AND ($2::text IS NULL OR lower(name) LIKE $2)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM ports WHERE {filter}")))
-        .bind(country)
-        .bind(&q)
-        .fetch_one(pool(&s))
-        .await
-        .map_err(internal("counting ports"))?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM ports WHERE {filter} ORDER BY name, unlocode LIMIT $3 OFFSET $4"
-    )))
-    .bind(country)
-    .bind(&q)
-    .bind(limit as i64)
-    .bind(offset)
-    .fetch_all(pool(&s))
-    .await
-    .map_err(internal("listing ports"))?;
-    Ok(Json(PortPage { limit, offset, ports: rows.iter().map(port).collect(), total }))
+    let filter = ports::PortFilter { country: p.get("country").cloned(), name_contains: p.get("q").cloned() };
+    let page = ports::list(s.pool(), &filter, limit as i64, offset).await?;
+    Ok(Json(PortPage { limit, offset, ports: page.ports.into_iter().map(Port::from).collect(), total: page.total }))
 }
 
 fn coordinate(p: &Params, field: &'static str, range: f64) -> Result<f64, ApiError> {
@@ -220,18 +187,8 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     let lon = coordinate(&p, "lon", 180.0)?;
     let limit = params::limit(&p, 10, 1000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, earth_distance(ll_to_earth(lat, lon), ll_to_earth($1, $2)) AS distance_m
-           FROM ports WHERE lat IS NOT NULL
-          ORDER BY ll_to_earth(lat, lon) <-> ll_to_earth($1, $2) LIMIT $3"
-    )))
-    .bind(lat)
-    .bind(lon)
-    .bind(limit as i64)
-    .fetch_all(pool(&s))
-    .await
-    .map_err(internal("finding nearest ports"))?;
-    let ports = rows.iter().map(|r| NearPort { distance_m: r.get::<f64, _>("distance_m"), port: port(r) }).collect();
+    let rows = ports::nearest(s.pool(), lat, lon, limit as i64).await?;
+    let ports = rows.into_iter().map(|r| NearPort { distance_m: r.distance_m, port: r.port.into() }).collect();
     Ok(Json(NearestPorts { lat, lon, ports }))
 }
 
@@ -245,11 +202,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     ))]
 pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Countries>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT country, ports FROM port_countries ORDER BY ports DESC, country")
-            .fetch_all(pool(&s))
-            .await
-            .map_err(internal("counting ports by country"))?;
-    let countries = rows.into_iter().map(|(country, ports)| CountryPorts { country, ports }).collect();
+    let rows = ports::countries(s.pool()).await?;
+    let countries = rows.into_iter().map(|c| CountryPorts { country: c.country, ports: c.ports }).collect();
     Ok(Json(Countries { countries }))
 }

@@ -9,13 +9,11 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::sqlx;
-use sea_orm::{EntityTrait, QueryOrder};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use tributary_broker::Kind;
-use tributary_store::entity::price_series;
+use tributary_store::prices;
 use utoipa::ToSchema;
 
 /// The kind of a price series.
@@ -89,7 +87,7 @@ pub struct PricePoint {
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<SeriesList>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
-    let rows = price_series::Entity::find().order_by_asc(price_series::Column::Instrument).all(&s.db).await?;
+    let rows = prices::list_series(&s.db).await?;
     let series = rows
         .into_iter()
         .map(|r| SeriesInfo { first_ts: r.first_ts, key: r.instrument, last_ts: r.last_ts, points: r.points })
@@ -123,9 +121,8 @@ pub async fn get(
     Path(instrument): Path<String>,
     Query(p): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = params::range(&p)?;
-    let limit = params::limit(&p, 1000, 100_000)?;
-    let key = (from, to, limit);
+    let range = params::newest(&p, 1000, 100_000)?;
+    let key = (range.from, range.to, range.limit as u64);
     let cache = (!crate::sync::fresh(&p)?).then_some(&s.series_cache);
     if let Some(body) = cache.and_then(|c| c.get(&instrument, &key)) {
         return Ok(json(body));
@@ -133,26 +130,15 @@ pub async fn get(
     // Taken before the query: a commit notified after it keeps this body out of the cache.
     let ticket = cache.and_then(|c| c.ticket());
     crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
-    let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
-        "SELECT ts, price, volume, ret, derived::text FROM price_points
-          WHERE instrument = $1 AND ($2::timestamptz IS NULL OR ts >= $2) AND ($3::timestamptz IS NULL OR ts <= $3)
-          ORDER BY ts DESC LIMIT $4",
-    )
-    .bind(&instrument)
-    .bind(from)
-    .bind(to)
-    .bind(limit as i64)
-    .fetch_all(s.db.get_postgres_connection_pool())
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading price points")))?;
-    if rows.is_empty() && price_series::Entity::find_by_id(instrument.clone()).one(&s.db).await?.is_none() {
+    let rows = prices::read_points(s.pool(), &instrument, range).await?;
+    if rows.is_empty() && !prices::series_exists(&s.db, &instrument).await? {
         return Err(ApiError::NotFound(format!("no price series {instrument:?}")));
     }
     let mut body = String::with_capacity(64 + rows.len() * 256);
     body.push_str(r#"{"kind":"price","key":"#);
     body.push_str(&serde_json::to_string(&instrument).map_err(anyhow::Error::from)?);
     body.push_str(r#","points":["#);
-    for (i, (ts, price, volume, ret, derived)) in rows.iter().rev().enumerate() {
+    for (i, prices::PointText { ts, price, volume, ret, derived }) in rows.iter().rev().enumerate() {
         if i > 0 {
             body.push(',');
         }

@@ -10,11 +10,11 @@ use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx;
 use serde::Serialize;
 use std::time::Instant;
 use tributary_aggregator::{RoundReport, SYNC_SUBJECT};
 use tributary_broker::Kind;
+use tributary_store::surveys;
 use utoipa::ToSchema;
 
 /// `fresh` of surveys, which pulls first.
@@ -125,13 +125,6 @@ impl From<RoundReport> for Round {
     }
 }
 
-fn internal(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
-    move |e| ApiError::Internal(anyhow::Error::new(e).context(what))
-}
-
-type ItemRow = (String, i64, String, String, String, DateTime<Utc>);
-type ProviderRow = (String, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64, Option<String>);
-
 /// Items, newest first, with each provider's latest pull.
 #[utoipa::path(get, path = "/v1/surveys", tag = "surveys", operation_id = "listSurveys",
     summary = "Survey items pulled from every provider, newest first; fresh=true pulls first (fully synced)",
@@ -157,45 +150,30 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     } else {
         None
     };
-    let pool = s.db.get_postgres_connection_pool();
-    let items: Vec<ItemRow> = sqlx::query_as(
-        "SELECT provider, provider_id, text, device, location, created_at FROM survey_items
-          WHERE ($1::text IS NULL OR device = $1) AND ($2::text IS NULL OR location = $2)
-          ORDER BY created_at DESC, provider, provider_id DESC LIMIT $3",
-    )
-    .bind(p.get("device"))
-    .bind(p.get("location"))
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(internal("reading survey items"))?;
-    let providers: Vec<ProviderRow> = sqlx::query_as(
-        "SELECT provider, status, last_sync, last_pull, cursor, error FROM survey_providers ORDER BY provider",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(internal("reading survey providers"))?;
+    let filter = surveys::ItemFilter { device: p.get("device").cloned(), location: p.get("location").cloned() };
+    let items = surveys::items(s.pool(), &filter, limit as i64).await?;
+    let providers = surveys::providers(s.pool()).await?;
     Ok(Json(Surveys {
         items: items
             .into_iter()
-            .map(|(provider, provider_id, text, device, location, created_at)| SurveyItem {
-                created_at,
-                device,
-                location,
-                provider,
-                provider_id,
-                text,
+            .map(|i| SurveyItem {
+                created_at: i.created_at,
+                device: i.device,
+                location: i.location,
+                provider: i.provider,
+                provider_id: i.provider_id,
+                text: i.text,
             })
             .collect(),
         providers: providers
             .into_iter()
-            .map(|(provider, status, last_sync, last_pull, cursor, error)| Provider {
-                cursor,
-                error,
-                last_pull,
-                last_sync,
-                provider,
-                status,
+            .map(|p| Provider {
+                cursor: p.cursor,
+                error: p.error,
+                last_pull: p.last_pull,
+                last_sync: p.last_sync,
+                provider: p.provider,
+                status: p.status,
             })
             .collect(),
         round: round.map(Round::from),

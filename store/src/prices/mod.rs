@@ -425,11 +425,7 @@ pub struct PointText {
 /// The bounds are `coalesce`d to infinities, not written `$2 IS NULL OR ts >= $2`: under a generic plan
 /// (a prepared statement after five runs) that OR is a filter over every point of the instrument, where
 /// the coalesced bound is an index range.
-pub async fn read_points(
-    pool: &PgPool,
-    instrument: &str,
-    range: Range,
-) -> Result<Vec<PointText>, sqlx::Error> {
+pub async fn read_points(pool: &PgPool, instrument: &str, range: Range) -> Result<Vec<PointText>, sqlx::Error> {
     let rows: Vec<(DateTime<Utc>, f64, Option<f64>, Option<f64>, String)> = sqlx::query_as(
         "SELECT ts, price, volume, ret, derived::text FROM price_points
           WHERE instrument = $1 AND ts >= coalesce($2, '-infinity'::timestamptz)

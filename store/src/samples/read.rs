@@ -1,7 +1,7 @@
 //! The API's reads of the metric tables.
 
-use chrono::{DateTime, Utc};
 use crate::Range;
+use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgPool};
 
