@@ -4,7 +4,7 @@
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
 //! - [`auth`]: bearer tokens for writes (and, if asked, reads), compared in constant time.
 //! - [`tls`]: HTTPS with rustls, as a listener `axum::serve` accepts.
-//! - `routes/`: one module per resource: `series`, `metrics`, `live`, `indices`, `ports`, `fleet`, `surveys`,
+//! - `routes/`: one module per resource: `series`, `samples` (server samples), `live`, `indices`, `ports`, `fleet`, `surveys`,
 //!   `uploads`, `events`, `dlq`, `health`.
 //! - [`uploads`]: streamed uploads and their progress (importer and processors).
 //! - [`live`]: the hub relaying committed metric samples to Server-Sent Events and WebSocket readers.
@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::StreamsConfig;
-use tributary_store::MetricsConfig;
+use tributary_store::RollupConfig;
 
 pub use live::Live;
 pub use series_cache::SeriesCache;
@@ -153,7 +153,7 @@ pub struct AppState {
     /// Limits and waits.
     pub config: ApiConfig,
     /// Rollup widths (for `/rollups/{width}`).
-    pub rollups: MetricsConfig,
+    pub rollups: RollupConfig,
     /// Live samples for streaming readers.
     pub live: Live,
     /// Uploads in progress and done.

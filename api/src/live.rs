@@ -9,7 +9,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tributary_broker::metrics::LIVE_PREFIX;
+use tributary_broker::samples::LIVE_PREFIX;
 
 /// One announced sample: its host (for filtering) and its JSON text.
 #[derive(Debug)]

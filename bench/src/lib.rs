@@ -66,7 +66,7 @@ use std::time::Duration;
 use tributary::config::Config;
 use tributary::local;
 use tributary_broker::events::PriceEvent;
-use tributary_broker::metrics::MetricEvent;
+use tributary_broker::samples::SampleEvent;
 use tributary_broker::ts::Ts;
 
 /// What to measure.
@@ -142,7 +142,7 @@ impl MetricsBacklog {
             ("cpu".to_owned(), ((i * 7919) % 1000) as f64 / 10.0),
             ("mem".to_owned(), ((i * 104_729) % 1000) as f64 / 10.0),
         ]);
-        let e = MetricEvent { ts: Some(self.ts(round)), fields };
+        let e = SampleEvent { ts: Some(self.ts(round)), fields };
         (format!("metric.H{host}"), tributary_broker::codec::to_msgpack(&e))
     }
 

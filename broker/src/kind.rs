@@ -10,7 +10,7 @@ pub enum Kind {
     /// `index.<name>`: the definition of a weighted index.
     Index,
     /// `metric.<host>`: a sample of numeric fields of one host.
-    Metric,
+    Sample,
     /// `port.<unlocode>`: one port.
     Port,
     /// `fleet.driver.<id>` / `fleet.shipment.<id>`: a driver or a shipment, or its deletion.
@@ -21,14 +21,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 6] = [Kind::Price, Kind::Index, Kind::Metric, Kind::Port, Kind::Fleet, Kind::Survey];
+    pub const ALL: [Kind; 6] = [Kind::Price, Kind::Index, Kind::Sample, Kind::Port, Kind::Fleet, Kind::Survey];
 
     /// The first subject token, e.g. `price`.
     pub fn prefix(self) -> &'static str {
         match self {
             Kind::Price => "price",
             Kind::Index => "index",
-            Kind::Metric => "metric",
+            Kind::Sample => "metric",
             Kind::Port => "port",
             Kind::Fleet => "fleet",
             Kind::Survey => "survey",
@@ -40,7 +40,7 @@ impl Kind {
         match self {
             Kind::Price => "PRICES",
             Kind::Index => "INDICES",
-            Kind::Metric => "METRICS",
+            Kind::Sample => "METRICS",
             Kind::Port => "PORTS",
             Kind::Fleet => "FLEET",
             Kind::Survey => "SURVEYS",
@@ -57,7 +57,7 @@ impl Kind {
         match self {
             Kind::Price => "price.<instrument>",
             Kind::Index => "index.<name>",
-            Kind::Metric => "metric.<host>",
+            Kind::Sample => "metric.<host>",
             Kind::Port => "port.<unlocode>",
             Kind::Fleet => "fleet.driver.<id> or fleet.shipment.<id>",
             Kind::Survey => "survey.<provider>",
@@ -78,7 +78,7 @@ impl Kind {
     /// Whether the NATS server splits this kind into partitions (`price.ACME` stored as `price.p.<n>.ACME`
     /// by a `partition()` subject mapping, see `broker/nats/`), so processor replicas can each own some.
     pub fn partitioned(self) -> bool {
-        matches!(self, Kind::Price | Kind::Metric)
+        matches!(self, Kind::Price | Kind::Sample)
     }
 
     /// The subjects of one partition, e.g. `price.p.3.>`.
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(Kind::Price.key_of("price.p"), Ok("p"));
         assert!(Kind::Price.key_of("price.p.x.ACME").is_err());
         assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
-        assert_eq!(Kind::Metric.partition_filter(2), "metric.p.2.>");
+        assert_eq!(Kind::Sample.partition_filter(2), "metric.p.2.>");
         assert_eq!(parse_subject("fleet.driver.7"), Ok(Kind::Fleet));
         assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));
         assert!(parse_subject("fleet.7").unwrap_err().contains("fleet.driver.<id>"));

@@ -6,7 +6,7 @@
 //! - [`ts`]: event timestamps (RFC 3339, `YYYY-MM-DD` or epoch milliseconds).
 //! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
 //! - [`events`]: the payload types and their validation into domain values.
-//! - [`metrics`]: `metric.<host>` samples (any object of numeric fields) and their validation.
+//! - [`samples`]: server samples on `metric.<host>` (any object of numeric fields) and their validation.
 //! - [`ports`]: `port.<unlocode>` ports and their validation.
 //! - [`fleet`]: `fleet.driver.<id>` / `fleet.shipment.<id>` drivers and shipments, and their deletion.
 //! - [`surveys`]: `survey.<provider>` items pulled from survey providers, and each pull's outcome.
@@ -27,9 +27,9 @@ pub mod fleet;
 pub mod hash;
 pub mod kind;
 pub mod metric_names;
-pub mod metrics;
 pub mod ports;
 pub mod publish;
+pub mod samples;
 pub mod streams;
 pub mod surveys;
 pub mod trace;

@@ -10,8 +10,8 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use tributary_broker::events::{IndexDefinition, PricePoint, Rejection};
 use tributary_broker::fleet::FleetRecord;
-use tributary_broker::metrics::MetricSample;
 use tributary_broker::ports::PortRecord;
+use tributary_broker::samples::ServerSample;
 use tributary_broker::surveys::SurveyRecord;
 use tributary_broker::ts::Ts;
 
@@ -41,7 +41,7 @@ fn received() -> Ts {
 fn decode(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<(), (String, String)> {
     let r: Result<(), Rejection> = match subject.split('.').next().unwrap_or_default() {
         "price" => PricePoint::decode(subject, headers, payload, received()).map(drop),
-        "metric" => MetricSample::decode(subject, headers, payload, received()).map(drop),
+        "metric" => ServerSample::decode(subject, headers, payload, received()).map(drop),
         "index" => IndexDefinition::decode(subject, headers, payload).map(drop),
         "port" => PortRecord::decode(subject, headers, payload).map(drop),
         "fleet" => FleetRecord::decode(subject, headers, payload).map(drop),

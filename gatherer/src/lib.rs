@@ -6,7 +6,7 @@
 //! - [`ports`]: the ports importer (a JSON object keyed by UN/LOCODE, streamed with bounded memory).
 //! - [`ndjson`]: NDJSON of any event kind (`{"subject": ..., "event": ...}` per line).
 //! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
-//! - [`metrics`]: the server metrics simulator (N servers, one sample each per interval).
+//! - [`samples`]: the server-sample simulator (N servers, one sample each per interval).
 //! - [`fleet`]: drivers and shipments from the exercise's two list files, or simulated over time.
 //! - [`surveys`]: a survey provider (the original reporter API) for the aggregator to pull from.
 //!
@@ -15,11 +15,11 @@
 
 pub mod fleet;
 mod kind;
-pub mod metrics;
 pub mod ndjson;
 pub mod numbers;
 pub mod ports;
 pub mod prices;
+pub mod samples;
 pub mod surveys;
 
 pub use kind::ImportKind;

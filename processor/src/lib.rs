@@ -5,8 +5,8 @@
 //!   over them; [`prices::series`] and [`prices::index`] are the pure derivations (the same code is
 //!   the batch computation the tests compare against).
 //! - [`indices`]: index definitions → stored definition and a recomputed history.
-//! - [`metrics`]: server metric samples → raw series, time-bucket rollups with percentiles
-//!   ([`metrics::rollup`] is their pure arithmetic), each host's latest sample, live announcements.
+//! - [`samples`]: server samples (`metric.<host>`) → raw series, time-bucket rollups with percentiles
+//!   ([`samples::rollup`] is their pure arithmetic), each host's latest sample, live announcements.
 //! - [`ports`]: ports → the latest version of each port and the per-country counts.
 //! - [`fleet`]: drivers and shipments → the assignment that maximises the total suitability score.
 //! - [`surveys`]: items pulled from survey providers → one row each, cursors and pull outcomes.
@@ -48,10 +48,10 @@ macro_rules! commits_batches {
 pub mod fleet;
 pub mod indices;
 pub mod lock;
-pub mod metrics;
 pub mod ports;
 pub mod prices;
 mod run;
+pub mod samples;
 pub mod surveys;
 
 pub use run::{ProcessorConfig, run};

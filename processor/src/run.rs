@@ -2,9 +2,9 @@
 
 use crate::fleet::FleetHandler;
 use crate::indices::IndexHandler;
-use crate::metrics::{MetricHandler, sweep};
 use crate::ports::PortHandler;
 use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
+use crate::samples::{SampleHandler, sweep};
 use crate::surveys::SurveyHandler;
 use anyhow::Context;
 use async_nats::jetstream;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_broker::BatchHandler;
 use tributary_broker::consume::{self, ConsumerSpec, Settled, SettledHook};
 use tributary_broker::{Kind, StreamsConfig};
-use tributary_store::MetricsConfig;
+use tributary_store::RollupConfig;
 
 /// How a processor consumes.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,11 +123,11 @@ pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
     cfg: ProcessorConfig,
-    metrics: MetricsConfig,
+    metrics: RollupConfig,
     streams: StreamsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metric_handler = MetricHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
+    let metric_handler = SampleHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
         .map_err(anyhow::Error::msg)
         .context("metrics")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
@@ -177,7 +177,7 @@ pub async fn run(
         SurveyHandler::new(pool.clone()),
         &shutdown,
     );
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Metric, "metrics", &progress), metric_handler, &shutdown);
+    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Sample, "metrics", &progress), metric_handler, &shutdown);
     tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {
@@ -199,7 +199,7 @@ pub async fn run(
 /// tried again next time (every replica sweeps; deleting twice is harmless).
 async fn sweep_until(
     pool: PgPool,
-    cfg: MetricsConfig,
+    cfg: RollupConfig,
     shutdown: CancellationToken,
 ) -> Result<(), tributary_broker::consume::ConsumeError> {
     let mut every = tokio::time::interval(Duration::from_secs(cfg.sweep_interval_secs.max(1)));

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`migrations`]: the schema, as SQL migrations run by sea-orm's migrator (`Migrator::up` at startup).
 //! - [`entity`]: sea-orm entities for the tables the API reads.
-//! - [`metrics`]: metric rollup widths and retention, shared by the processor and the API.
+//! - [`rollups`]: the rollup widths and retentions of server samples (the `[metrics]` section), shared by
+//!   the processor and the API.
 //! - [`prices`]: price points, their series and the derived windows' setting.
 //! - [`indices`]: index definitions, constituents and levels.
 //! - [`locks`]: advisory locks on keys the processor computes.
@@ -23,11 +24,11 @@ pub mod entity;
 pub mod fleet;
 pub mod indices;
 pub mod locks;
-pub mod metrics;
 pub mod migrations;
 pub mod notify;
 pub mod ports;
 pub mod prices;
+pub mod rollups;
 pub mod samples;
 pub mod surveys;
 
@@ -48,5 +49,5 @@ pub struct Range {
     /// How many rows at most.
     pub limit: i64,
 }
-pub use metrics::MetricsConfig;
 pub use migrations::Migrator;
+pub use rollups::RollupConfig;

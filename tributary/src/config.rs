@@ -14,10 +14,10 @@ use tributary_aggregator::AggregatorConfig;
 use tributary_api::ApiConfig;
 use tributary_broker::StreamsConfig;
 use tributary_gatherer::fleet::FleetSimConfig;
-use tributary_gatherer::metrics::MetricsSimConfig;
 use tributary_gatherer::prices::SimConfig;
+use tributary_gatherer::samples::SampleSimConfig;
 use tributary_processor::ProcessorConfig;
-use tributary_store::{DbConfig, MetricsConfig};
+use tributary_store::{DbConfig, RollupConfig};
 use tributary_telemetry::TelemetryConfig;
 
 /// Everything.
@@ -33,7 +33,7 @@ pub struct Config {
     /// The processor role.
     pub processor: ProcessorConfig,
     /// Metric rollups and retention (the processor computes them, the API serves them).
-    pub metrics: MetricsConfig,
+    pub metrics: RollupConfig,
     /// The API role.
     pub api: ApiConfig,
     /// Logs, traces, metrics.
@@ -133,7 +133,7 @@ pub struct GathererConfig {
     /// The price simulator.
     pub prices: SimConfig,
     /// The server metrics simulator.
-    pub metrics: MetricsSimConfig,
+    pub metrics: SampleSimConfig,
     /// The fleet simulator.
     pub fleet: FleetSimConfig,
 }

@@ -83,7 +83,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                "example": {"base": 100, "weights": {"ACME": 0.5, "INITECH": 0.5}}}),
         ),
         (
-            "MetricEvent",
+            "SampleEvent",
             json!({"type": "object",
                "description": "A server's sample: numeric fields by name (`*_usage`, `*_pct` and `*_percent` are \
                    percentages, 0–100) and an optional ts; at least one field besides ts.",

@@ -9,7 +9,7 @@ mod events;
 use crate::error::ErrorBody;
 use crate::{ApiConfig, auth};
 use serde_json::json;
-use tributary_store::MetricsConfig;
+use tributary_store::RollupConfig;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::{IntoParams, OpenApi};
@@ -101,7 +101,7 @@ pub(crate) fn timestamp() -> RefOr<Schema> {
 /// The document this server serves, as JSON text: the routes' paths with what every route shares
 /// (400 `invalid_url` and 503 `request_timeout` from the middleware, the bearer tokens this server's
 /// settings ask for) and the rollup widths it is configured with.
-pub(crate) fn finish(doc: utoipa::openapi::OpenApi, config: &ApiConfig, rollups: &MetricsConfig) -> String {
+pub(crate) fn finish(doc: utoipa::openapi::OpenApi, config: &ApiConfig, rollups: &RollupConfig) -> String {
     let mut doc = serde_json::to_value(doc).expect("an OpenAPI document is JSON");
     let error = json!({"$ref": "#/components/responses/Error"});
     doc["components"]["responses"] = json!({"Error": {
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn the_document_is_made_and_names_every_route() {
         let (_, doc) = crate::routes::documented().split_for_parts();
-        let text = finish(doc, &ApiConfig::default(), &MetricsConfig::default());
+        let text = finish(doc, &ApiConfig::default(), &RollupConfig::default());
         if let Ok(path) = std::env::var("TRIBUTARY_OPENAPI_DUMP") {
             std::fs::write(path, &text).unwrap();
         }

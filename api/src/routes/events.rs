@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use tributary_broker::events::{IndexDefinition, PricePoint};
 use tributary_broker::fleet::FleetRecord;
-use tributary_broker::metrics::MetricSample;
 use tributary_broker::ports::PortRecord;
+use tributary_broker::samples::ServerSample;
 use tributary_broker::surveys::SurveyRecord;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, codec, publish};
@@ -62,7 +62,7 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
     let checked = match kind {
         Kind::Price => PricePoint::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
         Kind::Index => IndexDefinition::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
-        Kind::Metric => MetricSample::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
+        Kind::Sample => ServerSample::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
         Kind::Port => PortRecord::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
         Kind::Fleet => FleetRecord::decode(&subject, Some(&json_headers), &bytes).map(|_| ()),
         Kind::Survey => SurveyRecord::decode(&subject, Some(&json_headers), &bytes, now).map(|_| ()),
@@ -135,7 +135,7 @@ event_route!(
     "/v1/events/metric.{host}",
     "host",
     "metric.",
-    "#/components/schemas/MetricEvent",
+    "#/components/schemas/SampleEvent",
     "Publish a server's metric sample"
 );
 event_route!(

@@ -6,14 +6,14 @@ mod fleet;
 mod health;
 mod indices;
 mod live;
-mod metrics;
 mod pages;
 mod ports;
+mod samples;
 mod series;
 mod surveys;
 mod uploads;
 
-pub(crate) use metrics::LiveSample;
+pub(crate) use samples::LiveSample;
 
 use crate::{ApiError, AppState};
 use axum::body::Body;
@@ -53,10 +53,10 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(series::list))
         .routes(routes!(series::get))
-        .routes(routes!(metrics::latest))
-        .routes(routes!(metrics::servers))
-        .routes(routes!(metrics::raw))
-        .routes(routes!(metrics::rollups))
+        .routes(routes!(samples::latest))
+        .routes(routes!(samples::servers))
+        .routes(routes!(samples::raw))
+        .routes(routes!(samples::rollups))
         .routes(routes!(live::sse))
         .routes(routes!(live::ws))
         .routes(routes!(uploads::start))

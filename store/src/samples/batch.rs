@@ -1,7 +1,7 @@
 //! What the processor's batch transaction runs on the metric tables, and the retention sweep.
 
 use super::read::RollupBucket;
-use crate::{MetricsConfig, Tx};
+use crate::{RollupConfig, Tx};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgPool, Row};
@@ -344,7 +344,7 @@ pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), 
 /// Deletes raw samples and rollups past their retention, as of `now`. Returns (samples, buckets) deleted.
 ///
 /// Series by series (through `metric_series`), so each delete is a primary-key range scan.
-pub async fn sweep(pool: &PgPool, cfg: &MetricsConfig, now: DateTime<Utc>) -> Result<(u64, u64), sqlx::Error> {
+pub async fn sweep(pool: &PgPool, cfg: &RollupConfig, now: DateTime<Utc>) -> Result<(u64, u64), sqlx::Error> {
     let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs());
     let samples = sqlx::query(
         "DELETE FROM metric_samples m USING metric_series s

@@ -94,7 +94,7 @@ pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     if let Some(ms) = s.strip_suffix("ms") {
         return ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad interval {s:?}"));
     }
-    tributary_store::metrics::Span::parse(s).map(|d| Duration::from_secs(d.secs() as u64))
+    tributary_store::rollups::Span::parse(s).map(|d| Duration::from_secs(d.secs() as u64))
 }
 
 #[derive(Args)]
@@ -226,6 +226,6 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
     sim.seed = args.seed.or(sim.seed);
     eprintln!("publishing {} servers every {} ms (Ctrl-C stops)", sim.servers, sim.interval_ms);
     let started = std::time::Instant::now();
-    let report = tributary_gatherer::metrics::simulate(js, config.gatherer.metrics, stop).await;
+    let report = tributary_gatherer::samples::simulate(js, config.gatherer.metrics, stop).await;
     simulated("samples (messages of all fields of one server)", started, &report)
 }

@@ -85,7 +85,7 @@ async fn up(mut config: Config, demo: bool) -> anyhow::Result<()> {
         });
         let (js, sim, s) = (c.js.clone(), c.config.gatherer.metrics.clone(), stop.clone());
         tasks.spawn(async move {
-            let report = tributary_gatherer::metrics::simulate(js, sim, s).await;
+            let report = tributary_gatherer::samples::simulate(js, sim, s).await;
             tracing::info!(stored = report.stored, failed = report.failed.len(), "metrics simulator stopped");
             Ok(())
         });

@@ -8,7 +8,7 @@
 
 use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_app_with, spawn_services, tributary, tributary_captured};
 use crate::differential::{Raw, verify, verify_raw};
-use crate::metrics::{Msg as MetricMsg, verify_metrics};
+use crate::samples::{Msg as MetricMsg, verify_metrics};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use chrono::{Duration as Span, TimeZone, Utc};
@@ -20,7 +20,7 @@ use sea_orm::sqlx::{self, Connection};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tributary_broker::events::{PriceEvent, PricePoint};
-use tributary_broker::metrics::{MetricEvent, MetricSample};
+use tributary_broker::samples::{SampleEvent, ServerSample};
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, PublishReport, Publisher};
 use tributary_testkit::{NatsServer, PgCluster, eventually};
@@ -81,9 +81,9 @@ async fn price_truth(app: &TestApp) -> Raw {
 /// Metric samples as the stream holds them, in stream order.
 async fn metric_truth(app: &TestApp) -> Vec<MetricMsg> {
     let mut order = Vec::new();
-    let stream = app.c.config.streams.stream_name(Kind::Metric);
+    let stream = app.c.config.streams.stream_name(Kind::Sample);
     for_each_message(&app.c.js, &stream, |_, subject, headers, payload, received| {
-        let s = MetricSample::decode(subject, headers, payload, received).expect("only valid samples were published");
+        let s = ServerSample::decode(subject, headers, payload, received).expect("only valid samples were published");
         order.push(MetricMsg { host: s.host, ts: s.ts.0.timestamp_millis(), fields: s.fields });
     })
     .await;
@@ -140,7 +140,7 @@ async fn publish_chaos(js: jetstream::Context, n: usize, instruments: usize, see
                             .insert("cpu_usage".to_owned(), (rng.random_range(0.0..100.0f64) * 100.0).round() / 100.0);
                         fields.insert("load1".to_owned(), rng.random_range(0.0..4.0));
                         let host = format!("metric.h-{}", ts % 10);
-                        let e = MetricEvent { ts: Some(Ts(Utc.timestamp_millis_opt(ts).unwrap())), fields };
+                        let e = SampleEvent { ts: Some(Ts(Utc.timestamp_millis_opt(ts).unwrap())), fields };
                         p.publish(host, Some(&format!("chaos-{seed}-m{id}")), &e).await;
                     }
                 }

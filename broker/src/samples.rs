@@ -34,7 +34,7 @@ pub struct LiveSample {
 
 /// The wire form our simulator publishes.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct MetricEvent {
+pub struct SampleEvent {
     /// When the sample was taken; a missing `ts` takes the JetStream message time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<Ts>,
@@ -45,7 +45,7 @@ pub struct MetricEvent {
 
 /// A validated sample of one host.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricSample {
+pub struct ServerSample {
     /// The host, from the subject.
     pub host: String,
     /// When, from the payload or the message time.
@@ -54,10 +54,10 @@ pub struct MetricSample {
     pub fields: BTreeMap<String, f64>,
 }
 
-impl MetricSample {
+impl ServerSample {
     /// Decodes and validates a metric message. `received` is the JetStream time, used when `ts` is missing.
     pub fn decode(subject: &str, headers: Option<&HeaderMap>, payload: &[u8], received: Ts) -> Result<Self, Rejection> {
-        let host = Kind::Metric.key_of(subject).map_err(Rejection::subject)?.to_owned();
+        let host = Kind::Sample.key_of(subject).map_err(Rejection::subject)?.to_owned();
         let members: Members = codec::decode(headers, payload).map_err(Rejection::undecodable)?;
         let mut ts = None;
         let mut fields = BTreeMap::new();
@@ -86,7 +86,7 @@ impl MetricSample {
         if fields.is_empty() {
             return Err(invalid("a metric sample needs at least one numeric field besides ts".into()));
         }
-        Ok(MetricSample { host, ts: ts.unwrap_or(received), fields })
+        Ok(ServerSample { host, ts: ts.unwrap_or(received), fields })
     }
 }
 
@@ -201,19 +201,19 @@ mod tests {
     }
 
     fn reason(payload: &[u8]) -> String {
-        MetricSample::decode("metric.db-1", None, payload, now()).unwrap_err().reason
+        ServerSample::decode("metric.db-1", None, payload, now()).unwrap_err().reason
     }
 
     #[test]
     fn any_object_of_numbers_is_a_sample() {
-        let s = MetricSample::decode("metric.db-1", None, br#"{"cpu_usage":12.5,"load1":0.7}"#, now()).unwrap();
+        let s = ServerSample::decode("metric.db-1", None, br#"{"cpu_usage":12.5,"load1":0.7}"#, now()).unwrap();
         assert_eq!(s.host, "db-1");
         assert_eq!(s.ts, now());
         assert_eq!(s.fields, BTreeMap::from([("cpu_usage".into(), 12.5), ("load1".into(), 0.7)]));
-        let s = MetricSample::decode("metric.h", None, br#"{"ts":1700000000000,"x":-3}"#, now()).unwrap();
+        let s = ServerSample::decode("metric.h", None, br#"{"ts":1700000000000,"x":-3}"#, now()).unwrap();
         assert_eq!(s.ts, Ts::from_millis(1_700_000_000_000).unwrap());
-        let e = MetricEvent { ts: Some(now()), fields: BTreeMap::from([("disk_usage".into(), 70.25)]) };
-        let s = MetricSample::decode("metric.h", None, &codec::to_msgpack(&e), now()).unwrap();
+        let e = SampleEvent { ts: Some(now()), fields: BTreeMap::from([("disk_usage".into(), 70.25)]) };
+        let s = ServerSample::decode("metric.h", None, &codec::to_msgpack(&e), now()).unwrap();
         assert_eq!((s.ts, s.fields), (now(), e.fields));
     }
 
@@ -231,8 +231,8 @@ mod tests {
         assert!(reason(br#"{"ts":"yesterday","x":1}"#).contains("bad ts"));
         assert!(reason(br#"[1,2]"#).contains("invalid type"));
         assert!(reason(br#"{"a b":1}"#).contains("not a valid field name"));
-        let nan = codec::to_msgpack(&MetricEvent { ts: None, fields: BTreeMap::from([("x".into(), f64::NAN)]) });
+        let nan = codec::to_msgpack(&SampleEvent { ts: None, fields: BTreeMap::from([("x".into(), f64::NAN)]) });
         assert!(reason(&nan).contains("finite"));
-        assert_eq!(MetricSample::decode("metric.a.b", None, br#"{"x":1}"#, now()).unwrap_err().class, "bad_subject");
+        assert_eq!(ServerSample::decode("metric.a.b", None, br#"{"x":1}"#, now()).unwrap_err().class, "bad_subject");
     }
 }

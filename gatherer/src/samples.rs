@@ -10,14 +10,14 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tributary_broker::metrics::MetricEvent;
+use tributary_broker::samples::SampleEvent;
 use tributary_broker::ts::Ts;
 use tributary_broker::{Kind, PublishReport, Publisher};
 
 /// What to simulate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsSimConfig {
+pub struct SampleSimConfig {
     /// How many servers: `<prefix>1` … `<prefix>N`.
     pub servers: usize,
     /// The server id prefix.
@@ -35,9 +35,9 @@ pub struct MetricsSimConfig {
     pub retry_secs: u64,
 }
 
-impl Default for MetricsSimConfig {
+impl Default for SampleSimConfig {
     fn default() -> Self {
-        MetricsSimConfig {
+        SampleSimConfig {
             servers: 10,
             prefix: "server-".into(),
             interval_ms: 1000,
@@ -66,7 +66,7 @@ impl Server {
         let rng = &mut StdRng::seed_from_u64(tributary_broker::hash::fnv1a(&[host.as_bytes()]));
         let cpu_level = rng.random_range(10.0..60.0);
         Server {
-            subject: Kind::Metric.subject(&host),
+            subject: Kind::Sample.subject(&host),
             host,
             cpu_level,
             cpu: cpu_level,
@@ -96,7 +96,7 @@ impl Server {
 }
 
 /// Publishes simulated samples until `shutdown` or the round limit; returns what was delivered.
-pub async fn simulate(js: jetstream::Context, cfg: MetricsSimConfig, shutdown: CancellationToken) -> PublishReport {
+pub async fn simulate(js: jetstream::Context, cfg: SampleSimConfig, shutdown: CancellationToken) -> PublishReport {
     let mut rng = match cfg.seed {
         Some(s) => StdRng::seed_from_u64(s),
         None => StdRng::from_os_rng(),
@@ -129,7 +129,7 @@ pub async fn simulate(js: jetstream::Context, cfg: MetricsSimConfig, shutdown: C
         for s in &mut servers {
             let fields = s.step(&mut rng);
             let id = format!("{}:{}", s.host, ts.millis());
-            publisher.publish(s.subject.clone(), Some(&id), &MetricEvent { ts: Some(ts), fields }).await;
+            publisher.publish(s.subject.clone(), Some(&id), &SampleEvent { ts: Some(ts), fields }).await;
         }
     }
     publisher.finish().await

@@ -73,7 +73,7 @@ pub struct Rollup {
 /// How metric samples are rolled up and kept.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
+pub struct RollupConfig {
     /// Raw samples older than this are deleted, and samples older than this are refused on arrival.
     pub raw_retention: Span,
     /// The rollup widths. The smallest is computed from raw samples (exact percentiles); every other must
@@ -83,9 +83,9 @@ pub struct MetricsConfig {
     pub sweep_interval_secs: u64,
 }
 
-impl Default for MetricsConfig {
+impl Default for RollupConfig {
     fn default() -> Self {
-        MetricsConfig {
+        RollupConfig {
             raw_retention: Span(7 * 86_400),
             rollups: vec![
                 Rollup { width: Span(60), retention: Span(30 * 86_400) },
@@ -96,7 +96,7 @@ impl Default for MetricsConfig {
     }
 }
 
-impl MetricsConfig {
+impl RollupConfig {
     /// Checks that the widths form a hierarchy and that retention never cuts a bucket that can still
     /// change. Returns the rollups sorted by width.
     pub fn validate(&self) -> Result<Vec<Rollup>, String> {
@@ -173,16 +173,16 @@ mod tests {
 
     #[test]
     fn widths_must_form_a_hierarchy() {
-        let mut c = MetricsConfig::default();
+        let mut c = RollupConfig::default();
         assert_eq!(c.validate().unwrap().len(), 2);
         assert_eq!(c.width("1h"), Some(Span(3600)));
         assert_eq!(c.width("5m"), None);
         c.rollups.push(Rollup { width: Span(90), retention: Span(86_400 * 30) });
         assert!(c.validate().unwrap_err().contains("multiple"));
-        let mut c = MetricsConfig::default();
+        let mut c = RollupConfig::default();
         c.rollups[0].retention = Span(86_400);
         assert!(c.validate().unwrap_err().contains("retention"));
-        let mut c = MetricsConfig::default();
+        let mut c = RollupConfig::default();
         c.rollups[1].retention = Span(86_400);
         assert!(c.validate().unwrap_err().contains("the 1h retention"));
     }

@@ -151,7 +151,7 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
         return Err(ApiError::field("invalid_limit", "limit", "limit is required: a whole number from 1 to 10000"));
     }
     let limit = params::limit(&p, 100, 10_000)?;
-    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
     let rows = samples::latest_samples(s.pool(), limit as i64).await?;
     let servers = rows.into_iter().map(|l| LiveSample { fields: l.fields, host: l.host, ts: time(l.ts) }).collect();
     Ok(Json(LatestMetrics { servers }))
@@ -166,7 +166,7 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
         (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
     ))]
 pub async fn servers(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Servers>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
     let rows = samples::hosts(s.pool()).await?;
     let servers =
         rows.into_iter().map(|h| Server { fields: h.fields, host: h.host, last_seen: time(h.last_seen) }).collect();
@@ -202,7 +202,7 @@ pub async fn raw(
     Query(p): Query<Params>,
 ) -> Result<Json<MetricSeries>, ApiError> {
     let range = params::newest(&p, 1000, 100_000)?;
-    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
     let rows = samples::raw_samples(s.pool(), &host, &field, range).await?;
     if rows.is_empty() {
         known(&s, &host, &field).await?;
@@ -246,7 +246,7 @@ pub async fn rollups(
         )
     })?;
     let range = params::newest(&p, 1000, 100_000)?;
-    crate::sync::if_fresh(&s, &p, &[Kind::Metric]).await?;
+    crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
     let rows = samples::rollup_buckets(s.pool(), &host, &field, w.secs(), range).await?;
     if rows.is_empty() {
         known(&s, &host, &field).await?;

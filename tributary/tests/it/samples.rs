@@ -12,9 +12,9 @@ use sea_orm::sqlx::{self, Row};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tributary_broker::metrics::MetricEvent;
+use tributary_broker::samples::SampleEvent;
 use tributary_broker::ts::Ts;
-use tributary_processor::metrics::rollup::{Rollup, Sketch, bucket, values_from_bytes};
+use tributary_processor::samples::rollup::{Rollup, Sketch, bucket, values_from_bytes};
 use tributary_testkit::eventually;
 
 pub type Fields = BTreeMap<String, f64>;
@@ -82,7 +82,7 @@ async fn rollups_equal_a_batch_computation_whatever_the_delivery() {
         async move {
             let mut p = tributary_broker::Publisher::new(js, 512);
             for (i, m) in wave.iter().enumerate() {
-                let e = MetricEvent { ts: Some(Ts(t(m.ts))), fields: m.fields.clone() };
+                let e = SampleEvent { ts: Some(Ts(t(m.ts))), fields: m.fields.clone() };
                 if i % 3 == 0 {
                     // some as plain JSON without headers, as `nats pub` sends them
                     let body = serde_json::to_vec(&e).unwrap();
@@ -409,9 +409,9 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     app.publish_plain("metric.old", &json!({"ts": now.timestamp_millis() - 120_000, "cpu_usage": 5}).to_string()).await;
     app.settled().await;
     let pool = app.c.db.get_postgres_connection_pool();
-    let cfg = tributary_store::MetricsConfig::default(); // raw 7d, 1m 30d, 1h 365d
+    let cfg = tributary_store::RollupConfig::default(); // raw 7d, 1m 30d, 1h 365d
     let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
-    let sweep = |days: i64| tributary_processor::metrics::sweep(pool, &cfg, now + chrono::Duration::days(days));
+    let sweep = |days: i64| tributary_processor::samples::sweep(pool, &cfg, now + chrono::Duration::days(days));
     assert_eq!(sweep(6).await.unwrap(), (0, 0), "nothing is due within the raw retention");
     assert_eq!(sweep(8).await.unwrap(), (1, 0), "raw samples go after 7 days");
     assert_eq!(count("SELECT count(*) FROM metric_rollups").await, 2);

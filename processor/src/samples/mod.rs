@@ -1,6 +1,6 @@
 //! Server metrics: raw samples, their rollups, each host's latest sample; one transaction per batch.
 //!
-//! Per batch ([`MetricHandler::commit`]):
+//! Per batch ([`SampleHandler::commit`]):
 //! 1. keep, per (host, field, ts), the value with the highest stream sequence, and per host the newest
 //!    message (greatest ts, then sequence);
 //! 2. lock the batch's hosts (see [`crate::lock`]);
@@ -28,10 +28,10 @@ use sea_orm::sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tracing::Instrument;
-use tributary_broker::metrics::{LIVE_PREFIX, LiveSample, MetricSample};
+use tributary_broker::samples::{LIVE_PREFIX, LiveSample, ServerSample};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
 use tributary_store::Tx;
-use tributary_store::metrics::{MetricsConfig, Rollup as Width};
+use tributary_store::rollups::{Rollup as Width, RollupConfig};
 use tributary_store::samples::{self as store, BucketKey as Key, ChangedSample, NewLatest, NewSample, RollupRow};
 
 /// The retention sweep: it lives with the tables, in the store; re-exported for the processor that runs it.
@@ -46,7 +46,7 @@ struct Part {
 
 /// Consumes `metric.<host>`.
 #[derive(Clone)]
-pub struct MetricHandler {
+pub struct SampleHandler {
     pool: PgPool,
     /// Rollup widths, ascending (validated).
     widths: Arc<[Width]>,
@@ -55,27 +55,27 @@ pub struct MetricHandler {
     parallelism: usize,
 }
 
-impl MetricHandler {
+impl SampleHandler {
     /// A handler writing through `pool` with up to `parallelism` concurrent transactions per batch,
     /// announcing commits on `live` when given.
     pub fn new(
         pool: PgPool,
-        cfg: &MetricsConfig,
+        cfg: &RollupConfig,
         parallelism: usize,
         live: Option<async_nats::Client>,
     ) -> Result<Self, String> {
         let widths = cfg.validate()?;
         let raw_retention = cfg.raw_retention.secs();
-        Ok(MetricHandler { pool, widths: widths.into(), raw_retention, live, parallelism: parallelism.max(1) })
+        Ok(SampleHandler { pool, widths: widths.into(), raw_retention, live, parallelism: parallelism.max(1) })
     }
 
     /// Stores a batch in one transaction and returns each host's newest sample in it.
-    pub async fn commit<D: std::borrow::Borrow<Delivery<MetricSample>>>(
+    pub async fn commit<D: std::borrow::Borrow<Delivery<ServerSample>>>(
         &self,
         batch: &[D],
     ) -> Result<Vec<LiveSample>, sea_orm::sqlx::Error> {
         let mut values: BTreeMap<(&str, &str, DateTime<Utc>), (f64, i64)> = BTreeMap::new();
-        let mut newest: BTreeMap<&str, (&MetricSample, i64)> = BTreeMap::new();
+        let mut newest: BTreeMap<&str, (&ServerSample, i64)> = BTreeMap::new();
         for d in batch {
             let d = d.borrow();
             let (s, seq) = (&d.event, d.seq as i64);
@@ -219,8 +219,8 @@ impl MetricHandler {
     }
 }
 
-impl BatchHandler for MetricHandler {
-    type Event = MetricSample;
+impl BatchHandler for SampleHandler {
+    type Event = ServerSample;
 
     fn decode(
         &self,
@@ -228,8 +228,8 @@ impl BatchHandler for MetricHandler {
         headers: Option<&async_nats::HeaderMap>,
         payload: &[u8],
         received: Ts,
-    ) -> Result<MetricSample, Rejection> {
-        let s = MetricSample::decode(subject, headers, payload, received)?;
+    ) -> Result<ServerSample, Rejection> {
+        let s = ServerSample::decode(subject, headers, payload, received)?;
         // Kept only if its smallest bucket starts a full bucket inside the raw retention, so the sweep
         // (which runs on the same clock) cannot have deleted part of the bucket it is about to recompute.
         let base = self.widths[0].width.secs();
@@ -250,7 +250,7 @@ impl BatchHandler for MetricHandler {
         Ok(s)
     }
 
-    async fn handle(&self, batch: &[Delivery<MetricSample>]) -> Result<(), HandleError> {
+    async fn handle(&self, batch: &[Delivery<ServerSample>]) -> Result<(), HandleError> {
         // Split by host over concurrent transactions (hosts are locked, so the parts never overlap).
         let split = lock::split(batch, self.parallelism, "metric", |d| &d.event.host);
         let commits = split.into_iter().map(|part| {
