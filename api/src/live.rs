@@ -6,10 +6,13 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::samples::LIVE_PREFIX;
+use utoipa::ToSchema;
 
 /// One announced sample: its host (for filtering) and its JSON text.
 #[derive(Debug)]
@@ -74,4 +77,17 @@ impl Live {
         });
         Ok(())
     }
+}
+
+/// A server's sample: `{"host", "ts", "fields"}` (also what the live streams carry).
+#[derive(Serialize, ToSchema)]
+pub struct LiveSample {
+    /// Numeric fields by name.
+    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
+    pub fields: Value,
+    /// The host, from `metric.<host>`.
+    pub host: String,
+    /// When.
+    #[schema(format = DateTime)]
+    pub ts: String,
 }

@@ -26,7 +26,7 @@ use utoipa::{IntoParams, OpenApi};
             token); reads need a token only with api.require_read_token. The operations' `security` and their 401 \
             and 403 responses say what this server's settings enforce."
     ),
-    components(schemas(ErrorBody, crate::routes::LiveSample, crate::uploads::Status)),
+    components(schemas(ErrorBody, crate::live::LiveSample, crate::uploads::Status)),
     tags(
         (name = "series", description = "Price series and their derived values"),
         (name = "metrics", description = "Server metrics: latest samples, raw series and rollups"),
@@ -174,24 +174,4 @@ pub(crate) fn finish(doc: utoipa::openapi::OpenApi, config: &ApiConfig, rollups:
         }
     }
     doc.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The document with the default settings (`TRIBUTARY_OPENAPI_DUMP=path` writes it there).
-    #[test]
-    fn the_document_is_made_and_names_every_route() {
-        let (_, doc) = crate::routes::documented().split_for_parts();
-        let text = finish(doc, &ApiConfig::default(), &RollupConfig::default());
-        if let Ok(path) = std::env::var("TRIBUTARY_OPENAPI_DUMP") {
-            std::fs::write(path, &text).unwrap();
-        }
-        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(doc["openapi"], "3.1.0");
-        assert!(doc["paths"]["/v1/events/price.{instrument}"]["post"]["requestBody"].is_object());
-        assert!(!text.contains("\"security\""), "no tokens configured: nothing asks for one");
-        assert!(!text.contains(":null"), "no member of the document is null");
-    }
 }

@@ -13,8 +13,6 @@ mod series;
 mod surveys;
 mod uploads;
 
-pub(crate) use samples::LiveSample;
-
 use crate::{ApiError, AppState};
 use axum::body::Body;
 use axum::http::{Method, Request};
@@ -140,4 +138,26 @@ async fn within_deadline(
 async fn body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let max = state.config.max_body_bytes;
     axum::body::to_bytes(body, max).await.map_err(|_| ApiError::TooLarge(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ApiConfig;
+    use crate::openapi::finish;
+    use tributary_store::RollupConfig;
+
+    /// The document with the default settings (`TRIBUTARY_OPENAPI_DUMP=path` writes it there).
+    #[test]
+    fn the_document_is_made_and_names_every_route() {
+        let (_, doc) = super::documented().split_for_parts();
+        let text = finish(doc, &ApiConfig::default(), &RollupConfig::default());
+        if let Ok(path) = std::env::var("TRIBUTARY_OPENAPI_DUMP") {
+            std::fs::write(path, &text).unwrap();
+        }
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["paths"]["/v1/events/price.{instrument}"]["post"]["requestBody"].is_object());
+        assert!(!text.contains("\"security\""), "no tokens configured: nothing asks for one");
+        assert!(!text.contains(":null"), "no member of the document is null");
+    }
 }

@@ -2,29 +2,16 @@
 //! `GET /v1/series/metric/{host}/{field}/rollups/{width}`.
 
 use crate::error::ErrorBody;
+use crate::live::LiveSample;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use tributary_broker::Kind;
 use tributary_store::samples;
 use utoipa::ToSchema;
-
-/// A server's sample: `{"host", "ts", "fields"}` (also what the live streams carry).
-#[derive(Serialize, ToSchema)]
-pub struct LiveSample {
-    /// Numeric fields by name.
-    #[schema(value_type = std::collections::BTreeMap<String, f64>)]
-    pub fields: Value,
-    /// The host, from `metric.<host>`.
-    pub host: String,
-    /// When.
-    #[schema(format = DateTime)]
-    pub ts: String,
-}
 
 /// The latest sample of every server.
 #[derive(Serialize, ToSchema)]
