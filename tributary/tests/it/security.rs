@@ -85,10 +85,18 @@ impl Broker {
 
     /// Waits for the server to log a publish violation by `user` on `subject` (or on its partitioned form
     /// `<kind>.p.<n>.<key>`, which the account's `partition()` mappings make of prices and metrics).
+    ///
+    /// nats-server 2.9 logs `Publish Violation - User "<user>", Subject "<subject>"`; 2.10 on name the
+    /// client first (`"<account>/user:<user>" - Publish Violation - Subject "<subject>"`).
     async fn violation_logged(&self, user: &str, subject: &str) {
         let prefix = format!("Publish Violation - User {user:?}, Subject \"");
+        let (client, current) = (format!("/user:{user}\""), "Publish Violation - Subject \"");
         let denied = |line: &str| -> Option<String> {
-            let rest = &line[line.find(&prefix)? + prefix.len()..];
+            let rest = match line.find(&prefix) {
+                Some(at) => &line[at + prefix.len()..],
+                None if line.contains(&client) => &line[line.find(current)? + current.len()..],
+                None => return None,
+            };
             let logged = &rest[..rest.find('"')?];
             let mut t: Vec<&str> = logged.split('.').collect();
             if t.len() > 3 && t[1] == "p" && t[2].bytes().all(|b| b.is_ascii_digit()) {
