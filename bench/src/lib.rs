@@ -194,7 +194,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     tributary_exe()?;
     let bin = local::nats_server_bin().context("the benchmark starts a private nats-server: install nats-server")?;
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
-    let port = local::free_port(0);
+    let port = local::free_port();
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nats.conf");
     std::fs::write(&conf, tributary_broker::kind::partition_mappings(pipeline::PARTITIONS))?;

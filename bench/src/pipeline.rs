@@ -127,7 +127,7 @@ impl Processor {
         durable: &str,
         layout: Option<(u32, u32)>,
     ) -> anyhow::Result<Processor> {
-        let port = tributary::local::free_port(0);
+        let port = tributary::local::free_port();
         let mut cmd = Command::new(crate::tributary_exe()?);
         if let Some((replicas, replica)) = layout {
             cmd.env("TRIBUTARY_PROCESSOR__PARTITIONS", PARTITIONS.to_string())

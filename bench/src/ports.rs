@@ -182,7 +182,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
     let bytes = std::fs::metadata(&file)?.len();
     let entry_bytes = bytes / entries.max(1);
     let bin = local::nats_server_bin().context("nats-server is not installed")?;
-    let port = local::free_port(0);
+    let port = local::free_port();
     let mut nats = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
     let url = format!("nats://127.0.0.1:{port}");
     let outcome = async {

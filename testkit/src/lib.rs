@@ -53,7 +53,4 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{s}", std::process::id())
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+pub use tributary_local::free_port;

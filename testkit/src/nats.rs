@@ -15,7 +15,7 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one on a free port (the `nats-server` binary must be on PATH or in /usr/sbin).
+    /// Starts one on a free port (`$TRIBUTARY_NATS_SERVER`, else the `nats-server` on PATH or in /usr/sbin).
     pub fn start() -> NatsServer {
         Self::start_with("")
     }
@@ -102,10 +102,8 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
-            .expect("nats-server is not installed (apt-get install nats-server)");
+        let bin = tributary_local::nats_server_bin()
+            .expect("nats-server is not installed (apt-get install nats-server, or set TRIBUTARY_NATS_SERVER)");
         let log = self.dir.join("nats.log");
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])

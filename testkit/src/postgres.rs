@@ -13,15 +13,9 @@ pub struct PgCluster {
     as_root: bool,
 }
 
-/// The newest installed PostgreSQL's binaries (Debian's layout), else whatever `initdb` is on PATH.
+/// The newest installed PostgreSQL's binaries (Debian's layout), else the directory of the `initdb` on PATH.
 fn bin_dir() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
-        .unwrap_or_default();
-    versions.sort_by_key(|p| {
-        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
-    });
-    versions.pop().unwrap_or_default()
+    tributary_local::postgres_bin_dir().unwrap_or_default()
 }
 
 impl PgCluster {

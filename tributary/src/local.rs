@@ -4,10 +4,11 @@
 
 use crate::config::Config;
 use anyhow::{Context, bail};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tributary_local::{answers, free_port_or, postgres_bin_dir, wait_listening};
+pub use tributary_local::{find_binary, free_port, nats_server_bin};
 
 /// Private servers started by `up`; stopped when dropped.
 #[derive(Default)]
@@ -26,16 +27,6 @@ impl Drop for LocalServers {
             let _ = run_pg(&pg_ctl, as_postgres, &["-D", &dir.to_string_lossy(), "-m", "fast", "-w", "stop"]);
         }
     }
-}
-
-/// An installed binary by name (PATH, then /usr/sbin and /usr/local/bin).
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    find(name, &["/usr/sbin", "/usr/local/bin"])
-}
-
-/// The installed nats-server binary, if any.
-pub fn nats_server_bin() -> Option<PathBuf> {
-    find("nats-server", &["/usr/sbin", "/usr/local/bin"])
 }
 
 /// Starts `bin` with JetStream on 127.0.0.1:`port`, storing in `dir`, logging to `log`; returns once it
@@ -75,38 +66,6 @@ fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     }
 }
 
-fn answers(host: &str, port: u16) -> bool {
-    use std::net::ToSocketAddrs;
-    (host, port)
-        .to_socket_addrs()
-        .map(|mut a| a.any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()))
-        .unwrap_or(false)
-}
-
-/// A free TCP port on 127.0.0.1: `preferred` if it is free (and not 0), else one the kernel picks.
-pub fn free_port(preferred: u16) -> u16 {
-    if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
-        return preferred;
-    }
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(preferred)
-}
-
-fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(extra.iter().map(PathBuf::from)).map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-fn pg_bin(name: &str) -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    versions.sort();
-    versions.reverse();
-    let extra: Vec<String> = versions.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    find(name, &extra)
-}
-
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
@@ -124,14 +83,15 @@ fn apt_install(package: &str) -> anyhow::Result<()> {
 }
 
 fn wait_for(host: &str, port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if answers(host, port) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !wait_listening(host, port, Duration::from_secs(30)) {
+        bail!("{what} did not start listening on {host}:{port} within 30 s");
     }
-    bail!("{what} did not start listening on {host}:{port} within 30 s")
+    Ok(())
+}
+
+/// A PostgreSQL binary (`initdb`, `pg_ctl`) of the newest installed version.
+fn pg_bin(name: &str) -> Option<PathBuf> {
+    postgres_bin_dir().map(|d| d.join(name)).filter(|p| p.is_file())
 }
 
 fn run_pg(bin: &Path, as_postgres: bool, args: &[&str]) -> anyhow::Result<()> {
@@ -175,15 +135,14 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
             Some(b) => b,
             None if cfg.up.install_missing && is_root() => {
                 apt_install("nats-server")?;
-                find("nats-server", &["/usr/sbin", "/usr/local/bin"])
-                    .context("nats-server not found after installing it")?
+                nats_server_bin().context("nats-server not found after installing it")?
             }
             None => bail!(
                 "NATS does not answer at {} and nats-server is not installed (apt-get install nats-server)",
                 cfg.nats.url
             ),
         };
-        let port = free_port(4222);
+        let port = free_port_or(4222);
         let dir = data.join("nats");
         let child = spawn_nats(&bin, port, &dir, &data.join("nats.log"))?;
         servers.nats = Some(child);
@@ -226,7 +185,7 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
                 &["-D", &dir.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
             )?;
         }
-        let port = free_port(5433);
+        let port = free_port_or(5433);
         let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
         let log = dir.join("postgres.log");
         run_pg(
