@@ -16,24 +16,32 @@
 //! The invariant every module keeps: a stored derived value equals the batch computation over the raw
 //! data stored so far, whatever the order, duplication or lateness of delivery.
 
-/// Implements [`tributary_broker::BatchHandler`] for a handler whose batches are each one transaction,
-/// its `commit`, run in a `db` span named `$operation`; a failure says it was `$what`. `$decode` turns
+/// The `decode` of a [`tributary_broker::BatchHandler`] whose event is `$event`: `$decode` turns
 /// (subject, headers, payload, received) into the event or a rejection.
+macro_rules! decode_with {
+    ($event:ty, $decode:expr) => {
+        fn decode(
+            &self,
+            subject: &str,
+            headers: Option<&async_nats::HeaderMap>,
+            payload: &[u8],
+            received: tributary_broker::ts::Ts,
+        ) -> Result<$event, tributary_broker::Rejection> {
+            let decode: fn(&str, Option<&async_nats::HeaderMap>, &[u8], tributary_broker::ts::Ts) -> _ = $decode;
+            decode(subject, headers, payload, received)
+        }
+    };
+}
+
+/// Implements [`tributary_broker::BatchHandler`] for a handler whose batches are each one transaction,
+/// its `commit`, run in a `db` span named `$operation`; a failure says it was `$what`. `$decode` as in
+/// `decode_with!`.
 macro_rules! commits_batches {
     ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal) => {
         impl tributary_broker::BatchHandler for $handler {
             type Event = $event;
 
-            fn decode(
-                &self,
-                subject: &str,
-                headers: Option<&async_nats::HeaderMap>,
-                payload: &[u8],
-                received: tributary_broker::ts::Ts,
-            ) -> Result<$event, tributary_broker::Rejection> {
-                let decode: fn(&str, Option<&async_nats::HeaderMap>, &[u8], tributary_broker::ts::Ts) -> _ = $decode;
-                decode(subject, headers, payload, received)
-            }
+            decode_with!($event, $decode);
 
             async fn handle(
                 &self,

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 use tributary_broker::events::PricePoint;
-use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
+use tributary_broker::{BatchHandler, Delivery, HandleError};
 
 use merge::merge;
 pub use reconcile::reconcile_transforms;
@@ -309,15 +309,7 @@ pub const SPLIT_MIN_EVENTS: usize = 300;
 impl BatchHandler for PriceHandler {
     type Event = PricePoint;
 
-    fn decode(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
-        received: Ts,
-    ) -> Result<PricePoint, Rejection> {
-        PricePoint::decode(subject, headers, payload, received)
-    }
+    decode_with!(PricePoint, PricePoint::decode);
 
     /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts committed
     /// concurrently, each in its own transaction on its own connection: parts share no instrument, so
