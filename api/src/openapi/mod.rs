@@ -54,11 +54,11 @@ pub(crate) struct Fresh {
     fresh: Option<bool>,
 }
 
-/// `from` and `to`, taken by series reads.
+/// `from`, `to`, `limit` and `fresh`, taken by the reads of one series: the newest `limit` points in range.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub(crate) struct Range {
+pub(crate) struct Newest {
     /// Start (inclusive): RFC 3339, YYYY-MM-DD or epoch milliseconds. A range whose start is after its end
     /// holds nothing.
     #[param(schema_with = timestamp)]
@@ -66,6 +66,34 @@ pub(crate) struct Range {
     /// End (inclusive), same forms as from.
     #[param(schema_with = timestamp)]
     to: Option<String>,
+    /// Keep the newest N in range (1 to 100000, default 1000).
+    #[param(minimum = 1, maximum = 100000)]
+    limit: Option<u32>,
+    /// true: answer only after the processors have committed everything that was in the streams this read
+    /// depends on when the request arrived (504 sync_timeout after api.fresh_timeout_ms).
+    #[param(default = false)]
+    fresh: Option<bool>,
+}
+
+/// The answer of a read that can wait for the processors and found nothing else wrong.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Stale {
+    /// A fresh read's wait ran out
+    #[response(status = 504)]
+    Timeout(ErrorBody),
+}
+
+/// The errors of a read of one thing by name that can wait for the processors.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Lookup {
+    /// Nothing by that name
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A fresh read's wait ran out
+    #[response(status = 504)]
+    Timeout(ErrorBody),
 }
 
 /// `from` and `to` of rollups, which bound bucket starts.

@@ -1,7 +1,6 @@
 //! Fleet: `GET /v1/fleet/plan` (the stored optimal assignment) and `GET /v1/fleet/scores` (one score,
 //! explained).
 
-use crate::error::ErrorBody;
 use crate::params::Params;
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -103,7 +102,7 @@ pub struct FleetScore {
     params(crate::openapi::Fresh),
     responses(
         (status = 200, description = "The plan", body = FleetPlan),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn plan(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<FleetPlan>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Fleet]).await?;
@@ -143,8 +142,7 @@ pub async fn plan(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     ),
     responses(
         (status = 200, description = "The score with its parts", body = FleetScore),
-        (status = 404, description = "No such shipment or driver", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn scores(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<FleetScore>, ApiError> {
     let id = |f: &'static str| {

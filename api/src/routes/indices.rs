@@ -93,7 +93,7 @@ pub enum PendingStatus {
     params(crate::openapi::Fresh),
     responses(
         (status = 200, description = "Definitions", body = Indices),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Indices>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Index]).await?;
@@ -107,15 +107,11 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     summary = "One index with its levels",
     params(
         ("name" = String, Path, description = "The index"),
-        crate::openapi::Range,
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000,
-            description = "Keep the newest N points in range (1 to 100000, default 1000)."),
-        crate::openapi::Fresh,
+        crate::openapi::Newest,
     ),
     responses(
         (status = 200, description = "The index", body = Index),
-        (status = 404, description = "No such index", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn get(
     State(s): State<AppState>,

@@ -1,7 +1,6 @@
 //! Ports: `GET /v1/ports/{unlocode}`, `GET /v1/ports?country=&q=&limit=&offset=`, `GET /v1/ports/nearest`
 //! and `GET /v1/ports/countries`.
 
-use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -114,8 +113,7 @@ impl From<ports::Port> for Port {
     params(("unlocode" = String, Path, description = "The UN/LOCODE"), crate::openapi::Fresh),
     responses(
         (status = 200, description = "The port", body = Port),
-        (status = 404, description = "No such port", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn get(
     State(s): State<AppState>,
@@ -140,7 +138,7 @@ pub async fn get(
     ),
     responses(
         (status = 200, description = "A page of ports", body = PortPage),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<PortPage>, ApiError> {
     let limit = params::limit(&p, 50, 1000)?;
@@ -180,7 +178,7 @@ fn coordinate(p: &Params, field: &'static str, range: f64) -> Result<f64, ApiErr
     ),
     responses(
         (status = 200, description = "The nearest ports", body = NearestPorts),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<NearestPorts>, ApiError> {
     let lat = coordinate(&p, "lat", 90.0)?;
@@ -198,7 +196,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     params(crate::openapi::Fresh),
     responses(
         (status = 200, description = "Countries", body = Countries),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Countries>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;

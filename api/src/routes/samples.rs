@@ -1,7 +1,6 @@
 //! Server metrics: `GET /v1/metrics/latest`, `GET /v1/servers`, `GET /v1/series/metric/{host}/{field}` and
 //! `GET /v1/series/metric/{host}/{field}/rollups/{width}`.
 
-use crate::error::ErrorBody;
 use crate::live::LiveSample;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
@@ -131,7 +130,7 @@ fn finite(x: f64) -> Option<f64> {
     ),
     responses(
         (status = 200, description = "The servers' latest samples", body = LatestMetrics),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<LatestMetrics>, ApiError> {
     if !p.contains_key("limit") {
@@ -150,7 +149,7 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     params(crate::openapi::Fresh),
     responses(
         (status = 200, description = "The servers", body = Servers),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn servers(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Servers>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
@@ -173,15 +172,11 @@ async fn known(s: &AppState, host: &str, field: &str) -> Result<(), ApiError> {
     params(
         ("host" = String, Path, description = "The host, from metric.<host>"),
         ("field" = String, Path, description = "The field, e.g. cpu_usage"),
-        crate::openapi::Range,
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000,
-            description = "Keep the newest N in range (1 to 100000, default 1000)."),
-        crate::openapi::Fresh,
+        crate::openapi::Newest,
     ),
     responses(
         (status = 200, description = "The samples", body = MetricSeries),
-        (status = 404, description = "No such series", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn raw(
     State(s): State<AppState>,
@@ -217,8 +212,7 @@ pub async fn raw(
     ),
     responses(
         (status = 200, description = "The buckets", body = Rollups),
-        (status = 404, description = "No such series", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn rollups(
     State(s): State<AppState>,

@@ -1,6 +1,5 @@
 //! `GET /v1/series/price` and `GET /v1/series/price/{instrument}`.
 
-use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -83,7 +82,7 @@ pub struct PricePoint {
     params(crate::openapi::Fresh),
     responses(
         (status = 200, description = "Instruments", body = SeriesList),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<SeriesList>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
@@ -106,15 +105,11 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     description = "`limit` keeps the newest points within from..to.",
     params(
         ("instrument" = String, Path, description = "The instrument"),
-        crate::openapi::Range,
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000,
-            description = "Keep the newest N points in range (1 to 100000, default 1000)."),
-        crate::openapi::Fresh,
+        crate::openapi::Newest,
     ),
     responses(
         (status = 200, description = "The series", body = PriceSeries),
-        (status = 404, description = "No such instrument", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Lookup,
     ))]
 pub async fn get(
     State(s): State<AppState>,

@@ -138,7 +138,7 @@ impl From<RoundReport> for Round {
     responses(
         (status = 200, description = "Items and each provider's latest pull", body = Surveys),
         (status = 503, description = "No aggregator runs (fresh=true)", body = ErrorBody),
-        (status = 504, description = "A fresh read's wait ran out", body = ErrorBody),
+        crate::openapi::Stale,
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Surveys>, ApiError> {
     let limit = params::limit(&p, 100, 10_000)?;
