@@ -6,6 +6,7 @@
 //! - [`ts`]: event timestamps (RFC 3339, `YYYY-MM-DD` or epoch milliseconds).
 //! - [`codec`]: MessagePack from our publishers, JSON from anyone, told apart by header or first byte.
 //! - [`events`]: the payload types and their validation into domain values.
+//! - [`server`]: the oldest nats-server supported, checked at startup.
 //! - [`samples`]: server samples on `metric.<host>` (any object of numeric fields) and their validation.
 //! - [`ports`]: `port.<unlocode>` ports and their validation.
 //! - [`fleet`]: `fleet.driver.<id>` / `fleet.shipment.<id>` drivers and shipments, and their deletion.
@@ -30,6 +31,7 @@ pub mod metric_names;
 pub mod ports;
 pub mod publish;
 pub mod samples;
+pub mod server;
 pub mod streams;
 pub mod surveys;
 pub mod trace;

@@ -84,7 +84,12 @@ pub async fn connect_nats(cfg: &NatsConfig) -> anyhow::Result<async_nats::Client
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         match opts.clone().connect(addrs.clone()).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                let version = client.server_info().version;
+                tributary_broker::server::check_version(&version)
+                    .map_err(|e| anyhow::anyhow!("{e} (NATS at {shown})"))?;
+                return Ok(client);
+            }
             // Not up yet: try again (async-nats' own retry would hide a refused login until first use).
             Err(e) if matches!(e.kind(), Kind::Io | Kind::TimedOut | Kind::Dns) && !tls_refusal(&e) => {
                 if tokio::time::Instant::now() >= deadline {
@@ -191,6 +196,34 @@ impl Connected {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server older than the oldest supported is refused at connect, with a message naming both
+    /// versions. The "server" is a socket that speaks just enough of the NATS protocol (INFO, then PONG
+    /// to the client's PING) to announce version 2.8.4.
+    #[tokio::test]
+    async fn an_old_nats_server_is_refused_naming_both_versions() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (read, mut write) = socket.into_split();
+            let info = format!(
+                "INFO {{\"server_id\":\"OLD\",\"version\":\"2.8.4\",\"go\":\"go1.17\",\"host\":\"127.0.0.1\",\
+                 \"port\":{port},\"headers\":true,\"max_payload\":1048576,\"proto\":1}}\r\n"
+            );
+            write.write_all(info.as_bytes()).await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("PING") {
+                    let _ = write.write_all(b"PONG\r\n").await;
+                }
+            }
+        });
+        let e = connect_nats(&NatsConfig::with_url(format!("nats://127.0.0.1:{port}"))).await.unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("2.8.4") && e.contains(tributary_broker::server::MIN_SERVER_VERSION), "{e}");
+    }
 
     #[test]
     fn one_way_to_authenticate_and_whole_client_certificates() {
