@@ -127,7 +127,7 @@ pub async fn run(
     streams: StreamsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metric_handler = SampleHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
+    let samples = SampleHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
         .map_err(anyhow::Error::msg)
         .context("metrics")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
@@ -147,37 +147,14 @@ pub async fn run(
             tasks.spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
         }
     }
+    let specs = |kind, name| cfg.specs(&streams, kind, name, &progress);
     let prices = PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism);
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Price, "prices", &progress), prices, &shutdown);
-    spawn(
-        &mut tasks,
-        &js,
-        cfg.specs(&streams, Kind::Index, "indices", &progress),
-        IndexHandler::new(pool.clone()),
-        &shutdown,
-    );
-    spawn(
-        &mut tasks,
-        &js,
-        cfg.specs(&streams, Kind::Port, "ports", &progress),
-        PortHandler::new(pool.clone()),
-        &shutdown,
-    );
-    spawn(
-        &mut tasks,
-        &js,
-        cfg.specs(&streams, Kind::Fleet, "fleet", &progress),
-        FleetHandler::new(pool.clone()),
-        &shutdown,
-    );
-    spawn(
-        &mut tasks,
-        &js,
-        cfg.specs(&streams, Kind::Survey, "surveys", &progress),
-        SurveyHandler::new(pool.clone()),
-        &shutdown,
-    );
-    spawn(&mut tasks, &js, cfg.specs(&streams, Kind::Sample, "metrics", &progress), metric_handler, &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Price, "prices"), prices, &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Index, "indices"), IndexHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Port, "ports"), PortHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Fleet, "fleet"), FleetHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Survey, "surveys"), SurveyHandler::new(pool.clone()), &shutdown);
+    spawn(&mut tasks, &js, specs(Kind::Sample, "metrics"), samples, &shutdown);
     tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {

@@ -26,13 +26,7 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
         ImportKind::PricesCsv => return prices_csv(&config, &args.file, args.quiet).await,
         ImportKind::Ndjson | ImportKind::Numbers => {}
     }
-    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if args.file.as_os_str() == "-" {
-        (Box::new(tokio::io::stdin()), None)
-    } else {
-        let f = tokio::fs::File::open(&args.file).await.with_context(|| format!("opening {}", args.file.display()))?;
-        let size = f.metadata().await.ok().map(|m| m.len());
-        (Box::new(f), size)
-    };
+    let (input, size) = open(&args.file).await?;
     // Bytes read and entries/s, as the other importers show.
     let bar = tributary_gatherer::byte_progress_bar(size, !args.quiet);
     let started = std::time::Instant::now();
@@ -73,13 +67,8 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
 /// what it did.
 pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> anyhow::Result<()> {
     let js = app::jetstream(&config.nats, &config.streams).await?;
-    let report = if path.as_os_str() == "-" {
-        tributary_gatherer::prices::import_csv(js, tokio::io::stdin(), None, !quiet).await
-    } else {
-        let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
-        tributary_gatherer::prices::import_csv(js, file, size, !quiet).await
-    };
+    let (input, size) = open(path).await?;
+    let report = tributary_gatherer::prices::import_csv(js, input, size, !quiet).await;
     eprintln!(
         "imported {} lines ({} bytes): {} stored, {} duplicates, {} not delivered, {} bad lines",
         report.lines,
@@ -103,13 +92,8 @@ pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> any
 pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::Result<()> {
     let js = app::jetstream(&config.nats, &config.streams).await?;
     let started = std::time::Instant::now();
-    let report = if file.as_os_str() == "-" {
-        tributary_gatherer::ports::import(js, tokio::io::stdin(), None, !quiet).await
-    } else {
-        let file = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
-        tributary_gatherer::ports::import(js, file, size, !quiet).await
-    };
+    let (input, size) = open(file).await?;
+    let report = tributary_gatherer::ports::import(js, input, size, !quiet).await;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
         "read {} ports ({} bytes, {:.1} MB/s, {:.0} ports/s): {} published, {} duplicates, {} invalid (dead-lettered by the processor), {} skipped, {} not delivered; decoder buffer peak {} bytes",
@@ -135,4 +119,14 @@ pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::
         "import finished with errors"
     );
     Ok(())
+}
+
+/// An import's input: the file at `path` with its size, or standard input (`-`, size unknown).
+async fn open(path: &Path) -> anyhow::Result<(Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>)> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(tokio::io::stdin()), None));
+    }
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().await.ok().map(|m| m.len());
+    Ok((Box::new(file), size))
 }
