@@ -145,6 +145,7 @@ pub struct PlanHead {
 
 /// One assignment of the plan, with the address and the driver's name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     /// The shipment's id.
     pub shipment_id: String,
@@ -160,6 +161,8 @@ pub struct Assignment {
 
 /// A live shipment that the plan leaves without a driver.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Shipment))]
 pub struct UnassignedShipment {
     /// The shipment's id.
     pub shipment_id: String,
@@ -169,6 +172,8 @@ pub struct UnassignedShipment {
 
 /// A live driver that the plan leaves without a shipment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Driver))]
 pub struct UnassignedDriver {
     /// The driver's id.
     pub driver_id: String,

@@ -123,6 +123,8 @@ pub async fn cursors(pool: &PgPool) -> Result<Vec<ProviderCursor>, sqlx::Error> 
 
 /// A stored item, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = SurveyItem))]
 pub struct Item {
     /// The provider's name.
     pub provider: String,
@@ -198,6 +200,7 @@ pub async fn items(pool: &PgPool, filter: &ItemFilter, limit: i64) -> Result<Vec
 
 /// A provider's state, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Provider {
     /// The provider's name.
     pub provider: String,

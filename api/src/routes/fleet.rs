@@ -15,51 +15,18 @@ use utoipa::ToSchema;
 #[derive(Serialize, ToSchema)]
 pub struct FleetPlan {
     /// Every assignment, best first.
-    pub assignments: Vec<Assignment>,
+    pub assignments: Vec<fleet::Assignment>,
     /// When it was computed; null before the first.
     pub computed_at: Option<DateTime<Utc>>,
     /// The maximum total suitability score over the live drivers and shipments.
     pub total_score: f64,
     /// Drivers without a shipment.
-    pub unassigned_drivers: Vec<Driver>,
+    pub unassigned_drivers: Vec<fleet::UnassignedDriver>,
     /// Shipments without a driver.
-    pub unassigned_shipments: Vec<Shipment>,
+    pub unassigned_shipments: Vec<fleet::UnassignedShipment>,
     /// Bumped by every recompute; 0 before the first.
     #[schema(minimum = 0)]
     pub version: i64,
-}
-
-/// One shipment given to one driver.
-#[derive(Serialize, ToSchema)]
-pub struct Assignment {
-    /// The shipment's address.
-    pub address: String,
-    /// The driver's name.
-    pub driver: String,
-    /// The driver's id.
-    pub driver_id: String,
-    /// The suitability score.
-    pub score: f64,
-    /// The shipment's id.
-    pub shipment_id: String,
-}
-
-/// A driver.
-#[derive(Serialize, ToSchema)]
-pub struct Driver {
-    /// The name.
-    pub driver: String,
-    /// The id.
-    pub driver_id: String,
-}
-
-/// A shipment.
-#[derive(Serialize, ToSchema)]
-pub struct Shipment {
-    /// The address.
-    pub address: String,
-    /// The id.
-    pub shipment_id: String,
 }
 
 /// One shipment's score for one driver, explained.
@@ -109,25 +76,12 @@ pub async fn plan(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     let plan = fleet::plan_snapshot(s.pool()).await?;
     let (version, total, computed_at) =
         plan.head.map_or((0, 0.0, None), |h| (h.version, h.total_score, Some(h.computed_at)));
-    let assignments = plan
-        .assignments
-        .into_iter()
-        .map(|a| Assignment {
-            address: a.address,
-            driver: a.driver,
-            driver_id: a.driver_id,
-            score: a.score,
-            shipment_id: a.shipment_id,
-        })
-        .collect();
-    let drivers = plan.unassigned_drivers.into_iter().map(|d| (d.driver_id, d.driver));
-    let shipments = plan.unassigned_shipments.into_iter().map(|s| (s.shipment_id, s.address));
     Ok(Json(FleetPlan {
-        assignments,
+        assignments: plan.assignments,
         computed_at,
         total_score: total,
-        unassigned_drivers: drivers.map(|(driver_id, driver)| Driver { driver, driver_id }).collect(),
-        unassigned_shipments: shipments.map(|(shipment_id, address)| Shipment { address, shipment_id }).collect(),
+        unassigned_drivers: plan.unassigned_drivers,
+        unassigned_shipments: plan.unassigned_shipments,
         version,
     }))
 }

@@ -9,7 +9,6 @@ use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Instant;
 use tributary_aggregator::{RoundReport, SYNC_SUBJECT};
@@ -32,47 +31,13 @@ struct FreshRound {
 #[derive(Serialize, ToSchema)]
 pub struct Surveys {
     /// Newest first.
-    pub items: Vec<SurveyItem>,
+    pub items: Vec<surveys::Item>,
     /// By name.
-    pub providers: Vec<Provider>,
+    pub providers: Vec<surveys::Provider>,
     /// With fresh=true: the pull round this read waited for (shared with every read that arrived while it
     /// was in flight).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round: Option<Round>,
-}
-
-/// One item.
-#[derive(Serialize, ToSchema)]
-pub struct SurveyItem {
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-    /// The device.
-    pub device: String,
-    /// The location.
-    pub location: String,
-    /// The provider it came from.
-    pub provider: String,
-    /// Its id at the provider.
-    pub provider_id: i64,
-    /// The text.
-    pub text: String,
-}
-
-/// One provider's latest pull.
-#[derive(Serialize, ToSchema)]
-pub struct Provider {
-    /// The highest provider id stored.
-    pub cursor: i64,
-    /// What went wrong in the latest pull.
-    pub error: Option<String>,
-    /// When it was last pulled.
-    pub last_pull: Option<DateTime<Utc>>,
-    /// When it was last pulled successfully.
-    pub last_sync: Option<DateTime<Utc>>,
-    /// The provider.
-    pub provider: String,
-    /// The latest pull's outcome: `ok`, `timeout`, `unreachable` or `error`.
-    pub status: Option<String>,
 }
 
 /// A pull round.
@@ -153,31 +118,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     let filter = surveys::ItemFilter { device: p.get("device").cloned(), location: p.get("location").cloned() };
     let items = surveys::items(s.pool(), &filter, limit as i64).await?;
     let providers = surveys::providers(s.pool()).await?;
-    Ok(Json(Surveys {
-        items: items
-            .into_iter()
-            .map(|i| SurveyItem {
-                created_at: i.created_at,
-                device: i.device,
-                location: i.location,
-                provider: i.provider,
-                provider_id: i.provider_id,
-                text: i.text,
-            })
-            .collect(),
-        providers: providers
-            .into_iter()
-            .map(|p| Provider {
-                cursor: p.cursor,
-                error: p.error,
-                last_pull: p.last_pull,
-                last_sync: p.last_sync,
-                provider: p.provider,
-                status: p.status,
-            })
-            .collect(),
-        round: round.map(Round::from),
-    }))
+    Ok(Json(Surveys { items, providers, round: round.map(Round::from) }))
 }
 
 /// Asks the aggregator for a round and waits for its report.
