@@ -39,7 +39,7 @@ impl IndexHandler {
                 .await?;
         lock::acquire(&mut tx, "index", newest.keys().copied()).await?;
         for (name, (def, seq)) in newest {
-            if indices::stored_seq(&mut tx, name).await?.is_some_and(|s| s >= seq as i64) {
+            if indices::stored_seq(&mut *tx, name).await?.is_some_and(|s| s >= seq as i64) {
                 continue;
             }
             let def = IndexDef {

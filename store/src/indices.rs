@@ -147,9 +147,9 @@ pub async fn store_levels(
     Ok(())
 }
 
-/// The stream sequence of the stored definition of `name`, if any.
-pub async fn stored_seq(tx: &mut Tx, name: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT seq FROM indices WHERE name = $1").bind(name).fetch_optional(&mut **tx).await
+/// The stream sequence of the stored definition of `name`, if any (in a transaction or on the pool).
+pub async fn stored_seq<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT seq FROM indices WHERE name = $1").bind(name).fetch_optional(db).await
 }
 
 /// Stores a definition (its weights also as the constituents' rows), replacing any before it.
@@ -188,16 +188,6 @@ pub async fn list(db: &DatabaseConnection) -> Result<Vec<DefinitionRow>, DbErr> 
 /// The definition of `name`, if any.
 pub async fn definition(db: &DatabaseConnection, name: &str) -> Result<Option<DefinitionRow>, DbErr> {
     indices::Entity::find_by_id(name.to_owned()).one(db).await
-}
-
-/// The stream sequence of the stored definition of `name`, if any, outside a transaction.
-pub async fn definition_seq(db: &DatabaseConnection, name: &str) -> Result<Option<i64>, DbErr> {
-    indices::Entity::find_by_id(name.to_owned())
-        .select_only()
-        .column(indices::Column::Seq)
-        .into_tuple::<i64>()
-        .one(db)
-        .await
 }
 
 /// The levels of `name` in `range`, ascending.

@@ -160,7 +160,7 @@ pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body
         .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
     let deadline = Instant::now() + s.write_wait();
     loop {
-        let stored = indices::definition_seq(&s.db, &name).await?;
+        let stored = indices::stored_seq(s.pool(), &name).await?;
         if stored.is_some_and(|seq| seq >= ack.sequence as i64) {
             return Ok((StatusCode::OK, get(State(s), Path(name), Query(Params::new())).await?).into_response());
         }
