@@ -40,7 +40,7 @@ impl Ts {
             return within_years(Ts::new(t.with_timezone(&Utc)), &format_args!("{s:?}"));
         }
         if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            let t = Ts(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists")));
+            let t = Ts(Utc.from_utc_datetime(&d.and_time(chrono::NaiveTime::MIN)));
             return within_years(t, &format_args!("{s:?}"));
         }
         Err(format!("bad ts {s:?}: expected RFC 3339, YYYY-MM-DD or epoch milliseconds"))

@@ -57,9 +57,10 @@ fn find_in(name: &str, extra: impl Iterator<Item = PathBuf>) -> Option<PathBuf> 
     std::env::split_paths(&path).chain(extra).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// A free TCP port on 127.0.0.1, picked by the kernel.
+/// A free TCP port on 127.0.0.1, picked by the kernel; 0 when it gave none (no loopback), for the caller
+/// to report rather than a panic.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port on 127.0.0.1")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
 /// `preferred` if it is free on 127.0.0.1 (and not 0), else [`free_port`].
@@ -67,7 +68,10 @@ pub fn free_port_or(preferred: u16) -> u16 {
     if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         return preferred;
     }
-    free_port()
+    match free_port() {
+        0 => preferred,
+        port => port,
+    }
 }
 
 /// Whether something accepts TCP connections at `host`:`port` (within half a second).

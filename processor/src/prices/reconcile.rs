@@ -21,8 +21,7 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
     lock::acquire(&mut tx, "price", instruments.iter().map(String::as_str)).await?;
     for instrument in &instruments {
         let mut rows = store::raw_points(&mut tx, instrument).await?;
-        let mut points: Vec<_> =
-            rows.iter_mut().map(|r| std::mem::replace(&mut r.point, super::Point::raw(0.0))).collect();
+        let mut points: Vec<_> = rows.iter().map(|r| super::Point::raw(r.point.price)).collect();
         recompute(t, &mut points, 0);
         for (r, p) in rows.iter_mut().zip(points) {
             r.point = p;
