@@ -149,17 +149,22 @@ impl TestApp {
         let consumers = tributary_broker::Kind::ALL.into_iter().flat_map(|k| {
             tributary_broker::consume::processor_consumers(prefix, k, self.c.config.processor.partitions)
                 .into_iter()
-                .map(move |(durable, _, _)| (k.stream(), durable))
+                .map(move |(durable, _, partition)| (k.stream(), durable, partition.is_none()))
         });
-        for (stream, durable) in consumers {
+        for (stream, durable, whole_stream) in consumers {
             let js = self.c.js.clone();
             eventually(within, &format!("{durable} to settle"), || {
                 let (js, durable) = (js.clone(), durable.clone());
                 async move {
-                    let s = js.get_stream(stream).await.ok()?;
+                    let mut s = js.get_stream(stream).await.ok()?;
+                    let last = s.info().await.ok()?.state.last_sequence;
                     let mut consumer: jetstream::consumer::PullConsumer = s.get_consumer(&durable).await.ok()?;
                     let info = consumer.info().await.ok()?;
-                    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+                    // The consumer's own counts can trail the stream just after a cluster node rejoined
+                    // (seen on nats-server 2.15): a consumer of the whole stream has also acked up to the
+                    // stream's last message, as its leader reports it.
+                    let caught_up = !whole_stream || info.ack_floor.stream_sequence >= last;
+                    (info.num_pending == 0 && info.num_ack_pending == 0 && caught_up).then_some(())
                 }
             })
             .await;
