@@ -73,7 +73,7 @@ async fn one(
     k: usize,
     points: u64,
 ) -> anyhow::Result<Correction> {
-    let p = Processor::spawn(config, &db.url, &format!("corr{k}"), None)?;
+    let p = Processor::spawn(config, &db.url, &format!("corr{k}"), 1)?;
     progress(args.json, &format!("corrections: ingesting {points} points of one series"));
     let started = Instant::now();
     super::raw::publish(js, points, f64::INFINITY, |i| deep(i, None)).await?;

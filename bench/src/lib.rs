@@ -196,9 +196,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
     let port = local::free_port();
     std::fs::create_dir_all(&dir)?;
-    let conf = dir.join("nats.conf");
-    std::fs::write(&conf, tributary_broker::kind::partition_mappings(pipeline::PARTITIONS))?;
-    let mut nats_child = local::spawn_nats_with(&bin, port, &dir.join("nats"), &dir.join("nats.log"), Some(&conf))?;
+    let mut nats_child = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
     let db_url = config.database.url.clone();
     let mut config = config;
     let sink = traces::TraceSink::start().await?;
@@ -228,7 +226,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
 /// `--corrections`: the corrections scenario alone ([`corrections`]).
 async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
     config.nats = tributary::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
+    let js = tributary::app::jetstream(&config).await?;
     let figures = corrections::measure(&config, args, &js, &args.corrections).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -242,7 +240,7 @@ async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -
 /// a JSON array with `--json`).
 async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
     config.nats = tributary::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
-    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
+    let js = tributary::app::jetstream(&config).await?;
     progress(args.json, "freshness at each offered rate");
     let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates)
         .await?
@@ -300,7 +298,9 @@ async fn run_phases(
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     // The private server has no TLS and no users: the configured ones are not for it.
     config.nats = tributary::config::NatsConfig::with_url(nats_url);
-    let js = tributary::app::jetstream(&config.nats, &config.streams).await?;
+    // The backlog is stored over the partitions the scale-out phase splits.
+    config.processor.partitions = pipeline::PARTITIONS;
+    let js = tributary::app::jetstream(&config).await?;
     let n = args.events;
     let message_bytes = event(0, args.instruments).1.len();
 

@@ -119,22 +119,12 @@ pub(super) struct Processor {
 }
 
 impl Processor {
-    /// A processor consuming everything unpartitioned, or with `(replicas, replica)`, replica `replica`
-    /// of `replicas` splitting the [`PARTITIONS`] partitions.
-    pub(super) fn spawn(
-        config: &Config,
-        db_url: &str,
-        durable: &str,
-        layout: Option<(u32, u32)>,
-    ) -> anyhow::Result<Processor> {
+    /// A processor with `processor.partitions = partitions`: 1 consumes every price on one consumer;
+    /// more, it takes its share of the partitions among the processors with the same `durable` prefix.
+    pub(super) fn spawn(config: &Config, db_url: &str, durable: &str, partitions: u32) -> anyhow::Result<Processor> {
         let port = tributary::local::free_port();
-        let mut cmd = Command::new(crate::tributary_exe()?);
-        if let Some((replicas, replica)) = layout {
-            cmd.env("TRIBUTARY_PROCESSOR__PARTITIONS", PARTITIONS.to_string())
-                .env("TRIBUTARY_PROCESSOR__REPLICAS", replicas.to_string())
-                .env("TRIBUTARY_PROCESSOR__REPLICA", replica.to_string());
-        }
-        let child = cmd
+        let child = Command::new(crate::tributary_exe()?)
+            .env("TRIBUTARY_PROCESSOR__PARTITIONS", partitions.to_string())
             .args(["processor", "--metrics-listen", &format!("127.0.0.1:{port}")])
             .env("NATS_URL", &config.nats.url)
             .env("DATABASE_URL", db_url)
@@ -258,7 +248,8 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
-/// Partitions of `price.*` on the benchmark's nats-server; the scale-out phase runs one replica per partition.
+/// Partitions of `price.*` and `metric.*` the benchmark publishes its backlog over; the scale-out phase
+/// runs one processor per partition, and one processor owning them all.
 pub const PARTITIONS: u32 = 2;
 
 /// A digest of every stored price point (price, volume, return and derived values) and index level, to
@@ -325,7 +316,7 @@ pub async fn scale_out(
             let db = Database::create(&config.database.url, &name).await?;
             let started = Instant::now();
             let processors: Vec<Processor> = (0..replicas)
-                .map(|i| Processor::spawn(config, &db.url, &name, Some((replicas, i))))
+                .map(|_| Processor::spawn(config, &db.url, &name, PARTITIONS))
                 .collect::<anyhow::Result<_>>()?;
             let done = settled(&db.pool, n, metrics, Duration::from_secs(3600)).await;
             let secs = started.elapsed().as_secs_f64();
@@ -369,7 +360,7 @@ pub async fn measure(
     for r in 0..args.repeats.max(1) {
         let db = Database::create(&config.database.url, &format!("trib{r}")).await?;
         let started = Instant::now();
-        let p = Processor::spawn(config, &db.url, &format!("bench{r}"), None)?;
+        let p = Processor::spawn(config, &db.url, &format!("bench{r}"), 1)?;
         settled(&db.pool, n, metrics, limit).await?;
         runs.push(n as f64 / started.elapsed().as_secs_f64());
         if let Some((old, old_db)) = last.replace((p, db)) {
@@ -437,7 +428,7 @@ pub async fn freshness_curve(
     let db = Database::create(&config.database.url, "freshness").await?;
     let floor_db = Database::create(&config.database.url, "floor").await?;
     let result = async {
-        let p = Processor::spawn(config, &db.url, "freshness", None)?;
+        let p = Processor::spawn(config, &db.url, "freshness", 1)?;
         until(Duration::from_secs(60), || async {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(&db.pool).await.unwrap_or(0);
             (n > 0).then_some(())

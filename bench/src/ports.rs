@@ -188,7 +188,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
     let outcome = async {
         let js =
             jetstream::new(tributary::app::connect_nats(&tributary::config::NatsConfig::with_url(url.clone())).await?);
-        tributary_broker::streams::ensure(&js, &Default::default()).await?;
+        tributary_broker::streams::ensure(&js, &Default::default(), 1).await?;
         eprintln!("raw JetStream publish of {entries} messages of {entry_bytes} bytes…");
         let raw = raw_publish(&js, entries, entry_bytes as usize, false).await?;
         let header_bytes = header_bytes(&import_headers(entries / 2));

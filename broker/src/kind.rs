@@ -75,8 +75,8 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.prefix() == prefix)
     }
 
-    /// Whether the NATS server splits this kind into partitions (`price.ACME` stored as `price.p.<n>.ACME`
-    /// by a `partition()` subject mapping, see `broker/nats/`), so processor replicas can each own some.
+    /// Whether the stream splits this kind into partitions (`price.ACME` stored as `price.p.<n>.ACME` by
+    /// its subject transform, [`partition_transform`]), so processors can each own some.
     pub fn partitioned(self) -> bool {
         matches!(self, Kind::Price | Kind::Sample)
     }
@@ -129,19 +129,18 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
     }
 }
 
-/// The nats-server `mappings` block that splits every partitioned kind into `partitions` partitions
-/// (`price.ACME` → `price.p.<n>.ACME`, n = FNV-1a of the key mod `partitions`), as `broker/nats/accounts.conf`
-/// does for 8. Processors must run with the same `processor.partitions`.
-pub fn partition_mappings(partitions: u32) -> String {
-    let lines: Vec<String> = Kind::ALL
-        .iter()
-        .filter(|k| k.partitioned())
-        .map(|k| {
-            let p = k.prefix();
-            format!("  \"{p}.*\": \"{p}.{PARTITION_TOKEN}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}\"\n")
-        })
-        .collect();
-    format!("mappings = {{\n{}}}\n", lines.concat())
+/// The stream subject transform that splits a partitioned kind into `partitions` partitions as JetStream
+/// stores it (`price.ACME` → `price.p.<n>.ACME`, n = the server's FNV-1a of the key mod `partitions`):
+/// `None` for a kind that is not partitioned, or one partition. The streams carry it themselves
+/// ([`crate::streams::ensure`]), so a plain `nats-server -js` runs partitioned processors.
+pub fn partition_transform(kind: Kind, partitions: u32) -> Option<async_nats::jetstream::stream::SubjectTransform> {
+    (kind.partitioned() && partitions > 1).then(|| {
+        let p = kind.prefix();
+        async_nats::jetstream::stream::SubjectTransform {
+            source: format!("{p}.*"),
+            destination: format!("{p}.{PARTITION_TOKEN}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"),
+        }
+    })
 }
 
 /// The token that marks a partitioned subject: `<prefix>.p.<n>.<key>`.
@@ -166,16 +165,14 @@ pub fn valid_key(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// The mappings tests and the bench give their private servers are the shipped server's (for 8).
     #[test]
-    fn partition_mappings_match_the_shipped_server_config() {
-        let shipped = include_str!("../nats/accounts.conf");
-        let ours = partition_mappings(8);
-        let lines: Vec<&str> = ours.lines().filter(|l| l.contains(':')).map(str::trim).collect();
-        assert_eq!(lines.len(), 2, "{ours}");
-        for line in lines {
-            assert!(shipped.lines().any(|l| l.trim() == line), "{line} not in accounts.conf");
-        }
+    fn only_partitioned_kinds_with_partitions_are_transformed() {
+        let t = partition_transform(Kind::Price, 8).expect("prices are partitioned");
+        assert_eq!(t.source, "price.*");
+        assert_eq!(t.destination, "price.p.{{partition(8,1)}}.{{wildcard(1)}}");
+        assert!(partition_transform(Kind::Price, 1).is_none());
+        assert!(partition_transform(Kind::Index, 8).is_none());
+        assert_eq!(partition_transform(Kind::Sample, 2).map(|t| t.source), Some("metric.*".to_owned()));
     }
 
     #[test]

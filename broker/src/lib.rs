@@ -13,6 +13,7 @@
 //! - [`surveys`]: `survey.<provider>` items pulled from survey providers, and each pull's outcome.
 //! - [`streams`]: stream definitions, created or updated idempotently.
 //! - [`publish`]: publishing with idempotency keys, pipelined acks and trace context.
+//! - [`group`]: the processor group: its members, who owns which partition, each partition's lag.
 //! - [`consume`]: the consume loop (per-series lanes, ack after commit, backoff, poison isolation, dead letters).
 //! - [`dlq`]: dead letters: their headers, listing and replay.
 //! - [`trace`]: W3C trace context carried in NATS headers.
@@ -25,6 +26,7 @@ pub mod consume;
 pub mod dlq;
 pub mod events;
 pub mod fleet;
+pub mod group;
 pub mod hash;
 pub mod kind;
 pub mod metric_names;

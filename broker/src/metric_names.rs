@@ -25,6 +25,14 @@ pub const AGGREGATOR_ROUND_SECONDS: &str = "tributary_aggregator_round_seconds";
 pub const AGGREGATOR_PULLS: &str = "tributary_aggregator_pulls_total";
 /// Items pulled, by provider.
 pub const AGGREGATOR_ITEMS: &str = "tributary_aggregator_items_total";
+/// Messages of a partition not yet acked.
+pub const PARTITION_PENDING: &str = "tributary_partition_pending";
+/// Age of a partition's oldest message not yet acked.
+pub const PARTITION_OLDEST_UNACKED: &str = "tributary_partition_oldest_unacked_seconds";
+/// 1 while this process owns a partition.
+pub const PARTITION_OWNED: &str = "tributary_partition_owned";
+/// Processes in the processor group.
+pub const PROCESSOR_MEMBERS: &str = "tributary_processor_members";
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,4 +79,20 @@ pub const ALL: &[(&str, MetricKind, &str)] = &[
         "Pulls of one provider, by provider and status (ok, timeout, unreachable, error).",
     ),
     (AGGREGATOR_ITEMS, MetricKind::Counter, "Items pulled from a provider and published."),
+    (
+        PARTITION_PENDING,
+        MetricKind::Gauge,
+        "Messages of a partition not yet acked (waiting or in hand), by kind and partition; every processor reports every partition.",
+    ),
+    (
+        PARTITION_OLDEST_UNACKED,
+        MetricKind::Gauge,
+        "Seconds since the oldest message of a partition not yet acked was stored (0 when none), by kind and partition.",
+    ),
+    (
+        PARTITION_OWNED,
+        MetricKind::Gauge,
+        "1 while this processor consumes the partition, else 0, by kind and partition.",
+    ),
+    (PROCESSOR_MEMBERS, MetricKind::Gauge, "Processor processes in the group, as this one sees them."),
 ];

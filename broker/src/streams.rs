@@ -1,5 +1,8 @@
 //! Stream definitions: one stream per [`Kind`] plus the dead-letter stream, created or updated
 //! idempotently at startup so every role can call [`ensure`] without coordinating.
+//!
+//! The streams carry the partitioning themselves: a partitioned kind's stream stores `price.ACME` as
+//! `price.p.<n>.ACME` ([`crate::kind::partition_transform`]), so no server configuration is needed.
 
 use crate::kind::Kind;
 use async_nats::jetstream::{self, stream};
@@ -70,9 +73,20 @@ impl StreamsConfig {
     }
 }
 
-/// Creates or updates every stream so that it matches `cfg`. Safe to call from every role at startup.
-pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig) -> Result<(), EnsureError> {
-    let mut all: Vec<_> = Kind::ALL.iter().map(|k| cfg.config(cfg.stream_name(*k), vec![k.filter()])).collect();
+/// Creates or updates every stream so that it matches `cfg`, the partitioned kinds split into `partitions`
+/// partitions (`processor.partitions`; 1 for none). Safe to call from every role at startup, as long as
+/// every role is given the same partition count.
+///
+/// Changing the count changes where new messages go; messages already stored stay on their partition's
+/// subjects, so change it once the processors have caught up (docs/DEPLOY.md).
+pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig, partitions: u32) -> Result<(), EnsureError> {
+    let mut all: Vec<_> = Kind::ALL
+        .iter()
+        .map(|k| stream::Config {
+            subject_transform: crate::kind::partition_transform(*k, partitions),
+            ..cfg.config(cfg.stream_name(*k), vec![k.filter()])
+        })
+        .collect();
     all.push(cfg.config(cfg.dlq_name(), vec![format!("{DLQ_PREFIX}.>")]));
     for c in all {
         let name = c.name.clone();

@@ -62,6 +62,7 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         lanes: 3,
         transient: |_| false,
         settled: None,
+        pinned: None,
     };
     let handler = Slow { batches: Arc::default(), slow: ack_wait * 3 };
     let shutdown = CancellationToken::new();
@@ -177,6 +178,7 @@ fn spec() -> ConsumerSpec {
         lanes: 3,
         transient: |e| e.to_string().starts_with("transient"),
         settled: None,
+        pinned: None,
     }
 }
 

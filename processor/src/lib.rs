@@ -12,6 +12,7 @@
 //! - [`surveys`]: items pulled from survey providers → one row each, cursors and pull outcomes.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
+//! - [`group`]: elastic groups: the partitions shared evenly by however many processors run.
 //!
 //! The invariant every module keeps: a stored derived value equals the batch computation over the raw
 //! data stored so far, whatever the order, duplication or lateness of delivery.
@@ -54,6 +55,7 @@ macro_rules! commits_batches {
 }
 
 pub mod fleet;
+pub mod group;
 pub mod indices;
 pub mod lock;
 pub mod ports;

@@ -1,6 +1,7 @@
 //! The consumers of a processor role, each on its own task, all stopped by one token.
 
 use crate::fleet::FleetHandler;
+use crate::group;
 use crate::indices::IndexHandler;
 use crate::ports::PortHandler;
 use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
@@ -35,15 +36,15 @@ pub struct ProcessorConfig {
     pub tail_cache_series: usize,
     /// How many transactions (and connections) one price or metric batch is split over, by series.
     pub db_parallelism: usize,
-    /// Partitions of `price.*` and `metric.*`, made by the NATS server's `partition()` subject mapping
-    /// (`broker/nats/`); it must equal the mapping's count. 1: no partitions, every replica shares one
-    /// consumer per kind.
+    /// Partitions of `price.*` and `metric.*`: the streams store `price.ACME` as `price.p.<n>.ACME`
+    /// (their subject transform, made by every role at startup, so every role must see the same count).
+    /// With more than one, the processor processes share the partitions evenly, each partition consumed
+    /// by one process at a time (`crate::group`). 1: no partitions, every process shares one consumer
+    /// per kind. The other kinds are always shared by every process.
     pub partitions: u32,
-    /// How many processor replicas split the partitions.
-    pub replicas: u32,
-    /// This replica's index (0 … replicas − 1; a StatefulSet ordinal): it consumes the partitions `p` with
-    /// `p % replicas == replica`. Unpartitioned kinds are shared by every replica.
-    pub replica: u32,
+    /// How long a processor that stopped (killed, hung, cut off) keeps its partitions before the others
+    /// take them over, in seconds: its record in the group and its pins last this long.
+    pub takeover_secs: u64,
     /// How many times a message may fail alone (its batch bisected until it stands alone) before it is
     /// dead-lettered as `processing_failed`. Transient failures (the database down or restarting, a lost
     /// connection) never count: they back off and retry.
@@ -65,8 +66,7 @@ impl Default for ProcessorConfig {
             tail_cache_series: 100_000,
             db_parallelism: 2,
             partitions: 1,
-            replicas: 1,
-            replica: 0,
+            takeover_secs: 5,
             max_failures: 5,
             shutdown_grace_secs: 20,
             prices: Transforms::default(),
@@ -75,44 +75,50 @@ impl Default for ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    /// The consumers this replica runs for `kind`: its own partitions, or the kind's shared consumer.
+    /// The consumers of `kind`: one per partition (pinned: one process at a time) when the kind is
+    /// partitioned, else the one every process shares.
     fn specs(
         &self,
         streams: &StreamsConfig,
         kind: Kind,
         label: &'static str,
         settled: &SettledHook,
-    ) -> Vec<ConsumerSpec> {
+    ) -> Vec<(ConsumerSpec, Option<u32>)> {
         consume::processor_consumers(&self.durable_prefix, kind, self.partitions)
             .into_iter()
-            .filter(|(_, _, p)| p.is_none_or(|p| p % self.replicas.max(1) == self.replica))
-            .map(|(durable, filter_subject, _)| ConsumerSpec {
-                stream: streams.stream_name(kind),
-                durable,
-                filter_subject,
-                batch: self.batch.max(1),
-                ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
-                max_ack_pending: self.max_ack_pending,
-                label,
-                max_failures: self.max_failures.max(1),
-                // One lane more than a batch's transactions: a slow series never holds every lane.
-                lanes: self.db_parallelism.max(1) + 1,
-                transient: crate::transient,
-                settled: Some(settled.clone()),
+            .map(|(durable, filter_subject, partition)| {
+                let spec = ConsumerSpec {
+                    stream: streams.stream_name(kind),
+                    durable,
+                    filter_subject,
+                    batch: self.batch.max(1),
+                    ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
+                    max_ack_pending: self.max_ack_pending,
+                    label,
+                    max_failures: self.max_failures.max(1),
+                    // One lane more than a batch's transactions: a slow series never holds every lane.
+                    lanes: self.db_parallelism.max(1) + 1,
+                    transient: crate::transient,
+                    settled: Some(settled.clone()),
+                    pinned: partition.map(|_| self.takeover()),
+                };
+                (spec, partition)
             })
             .collect()
     }
 
+    /// How long a stopped processor keeps its partitions.
+    pub fn takeover(&self) -> Duration {
+        Duration::from_secs(self.takeover_secs.max(1))
+    }
+
     /// Checks the partitioning.
     pub fn validate(&self) -> Result<(), String> {
-        if self.partitions == 0 || self.replicas == 0 {
-            return Err("processor.partitions and processor.replicas must be at least 1".into());
+        if self.partitions == 0 {
+            return Err("processor.partitions must be at least 1".into());
         }
-        if self.replica >= self.replicas {
-            return Err(format!(
-                "processor.replica must be below processor.replicas ({}), got {}",
-                self.replicas, self.replica
-            ));
+        if self.takeover_secs == 0 {
+            return Err("processor.takeover_secs must be at least 1".into());
         }
         Ok(())
     }
@@ -136,25 +142,37 @@ pub async fn run(
     }
     let progress = upload_progress(js.client());
     let mut tasks = tokio::task::JoinSet::new();
-    fn spawn<H: BatchHandler + Clone>(
-        tasks: &mut tokio::task::JoinSet<Result<(), consume::ConsumeError>>,
-        js: &jetstream::Context,
-        specs: Vec<ConsumerSpec>,
-        handler: H,
-        shutdown: &CancellationToken,
-    ) {
-        for spec in specs {
-            tasks.spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
+    let mut partitions = Vec::new();
+    // A kind's shared consumer runs here; its partitions, if any, go to the group.
+    let mut spawn = |kind: Kind, label: &'static str, start: group::Start| {
+        for (spec, partition) in cfg.specs(&streams, kind, label, &progress) {
+            match partition {
+                Some(number) => {
+                    partitions.push(group::Partition { spec, kind: kind.prefix(), number, start: start.clone() })
+                }
+                None => {
+                    tasks.spawn(start(spec, shutdown.clone()));
+                }
+            }
         }
-    }
-    let specs = |kind, name| cfg.specs(&streams, kind, name, &progress);
+    };
     let prices = PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism);
-    spawn(&mut tasks, &js, specs(Kind::Price, "prices"), prices, &shutdown);
-    spawn(&mut tasks, &js, specs(Kind::Index, "indices"), IndexHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, specs(Kind::Port, "ports"), PortHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, specs(Kind::Fleet, "fleet"), FleetHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, specs(Kind::Survey, "surveys"), SurveyHandler::new(pool.clone()), &shutdown);
-    spawn(&mut tasks, &js, specs(Kind::Sample, "metrics"), samples, &shutdown);
+    spawn(Kind::Price, "prices", starter(&js, prices));
+    spawn(Kind::Index, "indices", starter(&js, IndexHandler::new(pool.clone())));
+    spawn(Kind::Port, "ports", starter(&js, PortHandler::new(pool.clone())));
+    spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone())));
+    spawn(Kind::Survey, "surveys", starter(&js, SurveyHandler::new(pool.clone())));
+    spawn(Kind::Sample, "metrics", starter(&js, samples));
+    if !partitions.is_empty() {
+        tasks.spawn(group::run(
+            js.clone(),
+            cfg.durable_prefix.clone(),
+            partitions,
+            cfg.takeover(),
+            streams.replicas,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {
@@ -170,6 +188,12 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// How to run a consume loop of `handler`'s kind, for a spec and a stop token.
+fn starter<H: BatchHandler + Clone>(js: &jetstream::Context, handler: H) -> group::Start {
+    let js = js.clone();
+    std::sync::Arc::new(move |spec, stop| Box::pin(consume::run(js.clone(), spec, handler.clone(), stop)))
 }
 
 /// Applies metric retention every `sweep_interval_secs` until `shutdown`. A failed sweep is logged and

@@ -115,7 +115,7 @@ fn tls_refusal(e: &async_nats::ConnectError) -> bool {
 pub async fn connect(config: Config) -> anyhow::Result<Connected> {
     let nats = connect_nats(&config.nats).await?;
     let js = jetstream::new(nats.clone());
-    ensure_streams(&js, &config.streams).await?;
+    ensure_streams(&js, &config).await?;
     if tributary_store::ensure_database(&config.database.url).await.context("creating the database")? {
         tracing::info!(url = %redact(&config.database.url), "created database");
     }
@@ -127,21 +127,19 @@ pub async fn connect(config: Config) -> anyhow::Result<Connected> {
 }
 
 /// Connects to NATS and ensures the streams: what every publisher and the benchmark start with.
-pub async fn jetstream(
-    nats: &NatsConfig,
-    streams: &tributary_broker::StreamsConfig,
-) -> anyhow::Result<jetstream::Context> {
-    let js = jetstream::new(connect_nats(nats).await?);
-    ensure_streams(&js, streams).await?;
+pub async fn jetstream(config: &Config) -> anyhow::Result<jetstream::Context> {
+    let js = jetstream::new(connect_nats(&config.nats).await?);
+    ensure_streams(&js, config).await?;
     Ok(js)
 }
 
-/// Creates or updates the streams, retrying for up to a minute while JetStream is not ready (a cluster
-/// electing its leader after a start or a lost node answers nothing until it has one).
-pub async fn ensure_streams(js: &jetstream::Context, cfg: &tributary_broker::StreamsConfig) -> anyhow::Result<()> {
+/// Creates or updates the streams as `config` says (`streams`, and `processor.partitions` for the
+/// partitioned kinds), retrying for up to a minute while JetStream is not ready (a cluster electing its
+/// leader after a start or a lost node answers nothing until it has one).
+pub async fn ensure_streams(js: &jetstream::Context, config: &Config) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match streams::ensure(js, cfg).await {
+        match streams::ensure(js, &config.streams, config.processor.partitions).await {
             Ok(()) => return Ok(()),
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, source = %e.source, "JetStream not ready; retrying");

@@ -32,19 +32,9 @@ impl Drop for LocalServers {
 /// Starts `bin` with JetStream on 127.0.0.1:`port`, storing in `dir`, logging to `log`; returns once it
 /// listens.
 pub fn spawn_nats(bin: &Path, port: u16, dir: &Path, log: &Path) -> anyhow::Result<Child> {
-    spawn_nats_with(bin, port, dir, log, None)
-}
-
-/// [`spawn_nats`] with a configuration file (e.g. subject mappings); the command line's address, port
-/// and store directory win over the file's.
-pub fn spawn_nats_with(bin: &Path, port: u16, dir: &Path, log: &Path, conf: Option<&Path>) -> anyhow::Result<Child> {
     std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(log)?;
-    let mut cmd = Command::new(bin);
-    if let Some(conf) = conf {
-        cmd.arg("-c").arg(conf);
-    }
-    let child = cmd
+    let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir)
         .stdout(Stdio::null())

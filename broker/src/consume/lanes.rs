@@ -305,6 +305,21 @@ impl<H: BatchHandler> Lanes<H> {
         self.release_blocked();
     }
 
+    /// Naks every message still waiting (the loop is stopping), so that whichever process consumes next
+    /// has them at once instead of after `ack_wait`.
+    pub(super) async fn give_back(&mut self) {
+        let blocked = self.blocked.drain().flat_map(|(_, items)| items);
+        let waiting: Vec<Entry<H::Event>> =
+            self.ready.drain(..).chain(self.suspects.drain(..)).chain(blocked).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        debug!(consumer = self.spec.durable, messages = waiting.len(), "giving back what waits");
+        for (item, _) in waiting {
+            let _ = item.message.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+
     /// The freed series' waiting items are ready again, ahead of items that arrived after them.
     fn release_blocked(&mut self) {
         let freed: Vec<u64> = self.blocked.keys().copied().filter(|s| !self.busy.contains(s)).collect();

@@ -84,6 +84,11 @@ pub struct ConsumerSpec {
     pub transient: fn(&HandleError) -> bool,
     /// Told what became of settled messages, if anyone wants to know.
     pub settled: Option<SettledHook>,
+    /// Whether one process at a time consumes (a partition of an elastic group): the consumer pulls in
+    /// the priority group [`crate::group::PRIORITY_GROUP`] with the `pinned_client` policy, and the pin
+    /// passes to another process once this one has not pulled for this long, or at once when this loop
+    /// stops (it releases the pin). `None`: every process pulls, the server spreads the messages.
+    pub pinned: Option<Duration>,
 }
 
 /// The consumers of this process whose every message fails (a systemic fault), each with its last
@@ -250,12 +255,31 @@ pub async fn run<H: BatchHandler>(
             }
         }
     }
-    // Shutdown: what is in flight commits (or fails) and is acked (or nak'ed); what waits is left to
-    // redelivery.
+    // Shutdown: what is in flight commits (or fails) and is acked (or nak'ed); what waits is nak'ed, for
+    // whichever process consumes next; then the pin, if any, is released for it.
     while let Some(done) = lanes.tasks.join_next().await {
         lanes.finish(done).await;
     }
+    lanes.give_back().await;
+    if spec.pinned.is_some() {
+        unpin(&js, &spec).await;
+    }
     Ok(())
+}
+
+/// Releases the pin of a pinned consumer, so that a process waiting for it gets it now rather than after
+/// the pin's timeout.
+async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec) {
+    let released = match js.get_stream(&spec.stream).await {
+        Ok(stream) => {
+            stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match released {
+        Ok(()) => info!(consumer = spec.durable, "released"),
+        Err(e) => warn!(consumer = spec.durable, error = %e, "could not release the pin; it lapses by itself"),
+    }
 }
 
 enum OpenError {
@@ -272,26 +296,45 @@ async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stre
         }
         _ => OpenError::Other(e.into()),
     })?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            &spec.durable,
-            pull::Config {
-                durable_name: Some(spec.durable.clone()),
-                filter_subject: spec.filter_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: spec.ack_wait,
-                max_ack_pending: spec.max_ack_pending,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_ack_pending: spec.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let Some(pin_timeout) = spec.pinned else {
+        let consumer: jetstream::consumer::PullConsumer =
+            stream.get_or_create_consumer(&spec.durable, config).await.map_err(|e| OpenError::Other(e.into()))?;
+        return consumer
+            .stream()
+            .max_messages_per_batch(spec.batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| OpenError::Other(e.into()));
+    };
+    // Created or updated, so that a consumer made before the group existed gets its priority group.
+    let consumer = stream
+        .create_consumer(pull::Config {
+            priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![crate::group::PRIORITY_GROUP.to_owned()],
+            priority_timeout: pin_timeout,
+            ..config
+        })
         .await
         .map_err(|e| OpenError::Other(e.into()))?;
+    // A pinned client keeps its pin by pulling: pulls expire well within the pin's timeout.
+    let expires = (pin_timeout / 3).max(Duration::from_millis(300));
     consumer
         .stream()
+        .group(crate::group::PRIORITY_GROUP)
         .max_messages_per_batch(spec.batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .heartbeat(expires / 3)
+        .expires(expires)
         .messages()
         .await
         .map_err(|e| OpenError::Other(e.into()))

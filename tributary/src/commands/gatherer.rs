@@ -137,7 +137,7 @@ pub(crate) async fn run(config: Config, gatherer: Gatherer) -> anyhow::Result<()
 }
 
 async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(&config).await?;
     let report = if let (Some(d), Some(s)) = (&args.drivers, &args.shipments) {
         let drivers = tributary_gatherer::fleet::read_list(d).with_context(|| format!("reading {}", d.display()))?;
         let shipments = tributary_gatherer::fleet::read_list(s).with_context(|| format!("reading {}", s.display()))?;
@@ -182,7 +182,7 @@ async fn survey_provider(args: SurveyProviderArgs) -> anyhow::Result<()> {
 }
 
 async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<()> {
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(&config).await?;
     if let Some(path) = args.csv {
         return super::import::prices_csv(&config, &path, args.quiet).await;
     }
@@ -215,7 +215,7 @@ fn simulated(what: &str, started: std::time::Instant, report: &PublishReport) ->
 }
 
 async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result<()> {
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(&config).await?;
     let stop = shutdown::on_signal();
     serve_metrics(args.metrics_listen, stop.clone()).await?;
     let sim = &mut config.gatherer.metrics;

@@ -44,7 +44,7 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
         }
         return Ok(());
     }
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(&config).await?;
     let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |p| show(p)).await;
     bar.finish_and_clear();
     eprintln!(
@@ -66,7 +66,7 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
 /// Imports `instrument,ts,price[,volume]` lines (`-`: standard input) with a progress bar, and reports
 /// what it did.
 pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> anyhow::Result<()> {
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(config).await?;
     let (input, size) = open(path).await?;
     let report = tributary_gatherer::prices::import_csv(js, input, size, !quiet).await;
     eprintln!(
@@ -90,7 +90,7 @@ pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> any
 
 /// Imports a ports file (`-`: standard input), streamed with a progress bar, and reports what it did.
 pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::Result<()> {
-    let js = app::jetstream(&config.nats, &config.streams).await?;
+    let js = app::jetstream(config).await?;
     let started = std::time::Instant::now();
     let (input, size) = open(file).await?;
     let report = tributary_gatherer::ports::import(js, input, size, !quiet).await;

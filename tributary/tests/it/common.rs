@@ -100,17 +100,10 @@ impl TestApp {
         self.c.js.clone()
     }
 
-    /// Starts one more processor replica on the shared durable consumers.
+    /// Starts one more processor: it shares the unpartitioned consumers and takes its share of the
+    /// partitions.
     pub fn start_processor(&mut self) {
         let (c, s) = (self.c.clone(), self.stop.child_token());
-        self.processors.push(tokio::spawn(async move { c.processor(s).await }));
-    }
-
-    /// Starts a processor as replica `replica` of `replicas`, owning its share of the partitions.
-    pub fn start_replica(&mut self, replica: u32, replicas: u32) {
-        let (mut c, s) = (self.c.clone(), self.stop.child_token());
-        c.config.processor.replica = replica;
-        c.config.processor.replicas = replicas;
         self.processors.push(tokio::spawn(async move { c.processor(s).await }));
     }
 

@@ -5,7 +5,7 @@
 //! Equality is exact (bit for bit): the incremental path runs the same arithmetic on the same inputs in
 //! the same order as the batch path, and float8 round-trips f64 exactly (see `prices::series`).
 
-use crate::common::{TestApp, spawn_app, spawn_app_on, spawn_app_with};
+use crate::common::{TestApp, spawn_app, spawn_app_with};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -16,7 +16,6 @@ use tributary_broker::events::{IndexDefinition, PriceEvent};
 use tributary_broker::ts::Ts;
 use tributary_processor::prices::index;
 use tributary_processor::prices::series::{Point, Transforms, recompute};
-use tributary_testkit::NatsServer;
 
 enum Msg {
     Price { instrument: String, ts: DateTime<Utc>, price: f64 },
@@ -41,11 +40,7 @@ async fn early_cutoff_keeps_incremental_equal_to_batch_deep_in_long_series() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_replicas_keep_incremental_equal_to_batch() {
-    let app = spawn_app_on(NatsServer::start_with(&tributary_broker::kind::partition_mappings(4)), |c| {
-        c.processor.partitions = 4;
-        c.processor.replicas = 2;
-    })
-    .await;
+    let app = spawn_app_with(|c| c.processor.partitions = 4).await;
     let app = differential(app, 2, 80).await;
     // Every partition had work, and each was consumed by its own durable consumer.
     let stream = app.c.js.get_stream("PRICES").await.unwrap();
@@ -60,7 +55,7 @@ async fn partitioned_replicas_keep_incremental_equal_to_batch() {
 }
 
 /// Publishes shuffled prices over `days` days with corrections and duplicates and index definitions,
-/// killing and restarting processors (as `replicas` replicas splitting the partitions) mid-stream, then
+/// killing and restarting processors (`replicas` of them sharing the partitions) mid-stream, then
 /// compares every stored value with the batch computation.
 async fn differential(mut app: TestApp, replicas: u32, days: i64) -> TestApp {
     let seed: u64 =
@@ -68,8 +63,8 @@ async fn differential(mut app: TestApp, replicas: u32, days: i64) -> TestApp {
     eprintln!("differential seed {seed} (rerun with DIFF_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let start_all = |app: &mut TestApp| {
-        for r in 0..replicas {
-            app.start_replica(r, replicas);
+        for _ in 0..replicas {
+            app.start_processor();
         }
     };
     if replicas > 1 {
@@ -146,7 +141,7 @@ async fn differential(mut app: TestApp, replicas: u32, days: i64) -> TestApp {
                 app.kill_processors();
                 start_all(&mut app);
             }
-            2 => app.start_replica(0, replicas), // a second copy on the same consumers
+            2 => app.start_processor(), // one more, taking its share
             _ => {}
         }
     }

@@ -22,7 +22,7 @@ async fn one_trace_spans_publish_process_and_db_across_two_processes() {
     // processes creating the same streams at once on a fresh nats-server 2.9.10, on a machine loaded by the
     // whole suite, twice left every JetStream API request of both timing out for over a minute.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    tributary_broker::streams::ensure(&js, &Default::default()).await.expect("creating the streams");
+    tributary_broker::streams::ensure(&js, &Default::default(), 1).await.expect("creating the streams");
     let mut processor = tributary(&["processor"], &env);
     let mut gatherer =
         tributary(&["gatherer", "prices", "--instruments", "2", "--rate", "200", "--limit", "6", "--seed", "7"], &env);

@@ -117,7 +117,7 @@ async fn roles_log_in_with_their_url_credentials_and_stay_within_their_permissio
     let broker = Broker::start();
     // gatherer-prices does its job: creates the streams at startup, publishes prices, JetStream stores them.
     let prices = broker.js("gatherer-prices").await;
-    streams::ensure(&prices, &StreamsConfig::default()).await.expect("every role may ensure the streams");
+    streams::ensure(&prices, &StreamsConfig::default(), 8).await.expect("every role may ensure the streams");
     let ack = prices.publish("price.SEC", r#"{"price":1.5}"#.into()).await.unwrap().await.expect("an ack");
     assert_eq!(ack.stream, "PRICES");
 

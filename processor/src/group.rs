@@ -1,0 +1,159 @@
+//! Elastic processor groups: the partitions of the partitioned kinds shared evenly by however many
+//! processor processes run, each partition consumed by one process at a time, with no per-process
+//! configuration.
+//!
+//! Every heartbeat this process writes its record in the group (`tributary_broker::group`), reads the
+//! members and computes the assignment every member computes: it starts the consume loop of each
+//! partition that is now its own and stops the others. A stopped loop commits and acks what it has in
+//! hand, naks what waits and releases its pin, so the next owner starts at once. A process that dies
+//! stops writing its record: once the bucket forgets it (`takeover` later) the others deal its
+//! partitions among themselves, and the server moves its pins once it has not pulled for `takeover`.
+//! Ownership moves keep every guarantee: acks follow commits, and the per-series locks and versions fence
+//! a former owner still finishing a unit.
+
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tributary_broker::consume::{ConsumeError, ConsumerSpec};
+use tributary_broker::group::{self, Group, Member};
+use tributary_broker::metric_names as names;
+
+/// Starts the consume loop of one partition: its spec and its own stop token.
+pub type Start =
+    Arc<dyn Fn(ConsumerSpec, CancellationToken) -> BoxFuture<'static, Result<(), ConsumeError>> + Send + Sync>;
+
+/// One partition this process may consume: its consumer and how to run it.
+pub struct Partition {
+    /// The partition's consumer (pinned).
+    pub spec: ConsumerSpec,
+    /// The kind's name for metrics, e.g. `price`.
+    pub kind: &'static str,
+    /// The partition's number.
+    pub number: u32,
+    /// Runs its consume loop.
+    pub start: Start,
+}
+
+/// Runs this process's share of `partitions` until `shutdown`, following the members of the group `name`
+/// (the durable prefix: processors sharing consumers share their partitions). Returns the first consume
+/// loop that fails.
+pub async fn run(
+    js: async_nats::jetstream::Context,
+    name: String,
+    partitions: Vec<Partition>,
+    takeover: Duration,
+    replicas: usize,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut me = Member::this_process();
+    let group = loop {
+        match Group::join(&js, &name, takeover, replicas).await {
+            Ok(g) => break g,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join the processor group; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(member = me.id, partitions = partitions.len(), ?takeover, "joined the processor group");
+    let units: Vec<String> = partitions.iter().map(|p| p.spec.durable.clone()).collect();
+    let by_name: HashMap<String, &Partition> = partitions.iter().map(|p| (p.spec.durable.clone(), p)).collect();
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut tasks: JoinSet<(String, Result<(), ConsumeError>)> = JoinSet::new();
+    let mut beat = tokio::time::interval((takeover / 4).max(Duration::from_millis(250)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lag_every = tokio::time::interval(Duration::from_secs(5));
+    let mut members = vec![me.clone()];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => {
+                    tracing::error!(consumer = name, error = %e, "partition consumer stopped");
+                    shutdown.cancel();
+                    return Err(e);
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    match e.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(e) => tracing::error!(error = %e, "a partition consumer was cancelled"),
+                    }
+                }
+            },
+            _ = lag_every.tick() => report_lag(&js, &partitions).await,
+            _ = beat.tick() => {
+                me.owns = running.keys().cloned().collect();
+                me.owns.sort();
+                if let Err(e) = group.beat(&me).await {
+                    tracing::warn!(error = %e, "processor group heartbeat failed");
+                }
+                match group.members().await {
+                    Ok(m) if !m.is_empty() => members = m,
+                    Ok(_) => members = vec![me.clone()],
+                    Err(e) => tracing::warn!(error = %e, "cannot read the processor group; keeping the last members"),
+                }
+                if !members.iter().any(|m| m.id == me.id) {
+                    members.push(me.clone());
+                }
+                metrics::gauge!(names::PROCESSOR_MEMBERS).set(members.len() as f64);
+                let mine: Vec<String> =
+                    group::assign(&members, &units).into_iter().filter(|(_, m)| m.id == me.id).map(|(u, _)| u).collect();
+                running.retain(|name, stop| {
+                    let keep = mine.contains(name);
+                    if !keep {
+                        tracing::info!(consumer = name, "handing over");
+                        stop.cancel();
+                    }
+                    keep
+                });
+                for name in mine {
+                    if running.contains_key(&name) {
+                        continue;
+                    }
+                    let p = by_name[&name];
+                    tracing::info!(consumer = name, "taking over");
+                    let stop = shutdown.child_token();
+                    running.insert(name.clone(), stop.clone());
+                    let run = (p.start)(p.spec.clone(), stop);
+                    tasks.spawn(async move { (name, run.await) });
+                }
+                for p in &partitions {
+                    let owned = running.contains_key(&p.spec.durable);
+                    metrics::gauge!(names::PARTITION_OWNED, "kind" => p.kind, "partition" => p.number.to_string())
+                        .set(if owned { 1.0 } else { 0.0 });
+                }
+            }
+        }
+    }
+    // Stopping: the loops finish what they hold and release their pins; then this process leaves, so the
+    // others take its partitions at their next heartbeat rather than after `takeover`.
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((name, Err(e))) = done {
+            tracing::warn!(consumer = name, error = %e, "partition consumer failed while stopping");
+        }
+    }
+    if let Err(e) = group.leave(&me).await {
+        tracing::warn!(error = %e, "could not leave the processor group; it forgets this process by itself");
+    }
+    Ok(())
+}
+
+/// Sets every partition's lag gauges (each process reports every partition, owned or not, so a partition
+/// whose owner died still shows its lag).
+async fn report_lag(js: &async_nats::jetstream::Context, partitions: &[Partition]) {
+    for p in partitions {
+        let Ok(stream) = js.get_stream(&p.spec.stream).await else { continue };
+        let Some(lag) = group::lag(&stream, &p.spec.durable, &p.spec.filter_subject).await else { continue };
+        let labels = [("kind", p.kind.to_owned()), ("partition", p.number.to_string())];
+        metrics::gauge!(names::PARTITION_PENDING, &labels).set(lag.pending() as f64);
+        metrics::gauge!(names::PARTITION_OLDEST_UNACKED, &labels).set(lag.oldest_unacked.as_secs_f64());
+    }
+}
