@@ -22,6 +22,7 @@ pub const PRIORITY_GROUP: &str = "processors";
 
 /// One processor process, as it describes itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     /// Its key: `<start, ms since the epoch, 13 digits>-<host>-<pid>-<n>` (n counts the members this
     /// process started), so members sort by when they joined.

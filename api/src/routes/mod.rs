@@ -10,6 +10,7 @@ mod pages;
 mod ports;
 mod samples;
 mod series;
+mod status;
 mod surveys;
 mod uploads;
 
@@ -81,6 +82,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
+        .routes(routes!(status::status))
         .routes(routes!(pages::dashboard))
         .routes(routes!(pages::docs))
         .routes(routes!(pages::openapi))

@@ -67,7 +67,7 @@ pub(crate) async fn for_each_message(
 }
 
 /// Raw prices as the stream holds them: the last writer of each (instrument, ts).
-async fn price_truth(app: &TestApp) -> Raw {
+pub(crate) async fn price_truth(app: &TestApp) -> Raw {
     let mut raw = Raw::new();
     let stream = app.c.config.streams.stream_name(Kind::Price);
     for_each_message(&app.c.js, &stream, |seq, subject, headers, payload, received| {
@@ -79,7 +79,7 @@ async fn price_truth(app: &TestApp) -> Raw {
 }
 
 /// Metric samples as the stream holds them, in stream order.
-async fn metric_truth(app: &TestApp) -> Vec<MetricMsg> {
+pub(crate) async fn metric_truth(app: &TestApp) -> Vec<MetricMsg> {
     let mut order = Vec::new();
     let stream = app.c.config.streams.stream_name(Kind::Sample);
     for_each_message(&app.c.js, &stream, |_, subject, headers, payload, received| {
@@ -93,7 +93,7 @@ async fn metric_truth(app: &TestApp) -> Vec<MetricMsg> {
 /// Publishes `n` prices over `instruments` instruments (minute by minute from 2026-01-01, with 1%
 /// corrections, 0.5% exact repeats under new keys, shuffled in windows of 500: late data), and one metric
 /// sample of ten hosts per 20 prices (2% of them corrected), each with its own idempotency key.
-async fn publish_chaos(js: jetstream::Context, n: usize, instruments: usize, seed: u64) -> PublishReport {
+pub(crate) async fn publish_chaos(js: jetstream::Context, n: usize, instruments: usize, seed: u64) -> PublishReport {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut p = Publisher::new(js, 4096);
     let day0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
@@ -254,7 +254,7 @@ fn gatherer_counts(stderr: &str) -> (u64, u64, u64, u64) {
     (stored, number_before(" duplicates"), number_before(" sent again"), number_before(" not delivered"))
 }
 
-async fn stream_messages(app: &TestApp, kind: Kind) -> Option<u64> {
+pub(crate) async fn stream_messages(app: &TestApp, kind: Kind) -> Option<u64> {
     let mut s = app.c.js.get_stream(app.c.config.streams.stream_name(kind)).await.ok()?;
     Some(s.info().await.ok()?.state.messages)
 }

@@ -7,6 +7,7 @@ mod common;
 mod dashboard;
 mod differential;
 mod dlq;
+mod elastic;
 mod faults;
 mod fleet;
 mod grafana;

@@ -1,0 +1,132 @@
+//! Elastic processor groups on a plain `nats-server -js` (no server configuration: the streams carry
+//! their partitions): processor processes share the partitions by themselves, one killed with SIGKILL
+//! and never restarted has its partitions taken over, one that joins later takes its share, and every
+//! stored value equals the batch computation.
+
+use crate::common::{Proc, TestApp, spawn_services, tributary};
+use crate::differential::verify;
+use crate::faults::{env_of, metric_truth, price_truth, publish_chaos, refs, stream_messages};
+use crate::samples::verify_metrics;
+use async_nats::jetstream::consumer::PullConsumer;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tributary_broker::Kind;
+use tributary_broker::group::{Group, Member};
+use tributary_testkit::{NatsServer, eventually};
+
+const PARTITIONS: u32 = 4;
+
+/// The live members of the test's group, once the first processor has made the bucket.
+async fn members(app: &TestApp) -> Option<Vec<Member>> {
+    Group::open(&app.c.js, &app.c.config.processor.durable_prefix).await?.members().await.ok()
+}
+
+/// Whether the live members own every partition of both partitioned kinds once, `counts` of them each
+/// (in some order), and none owns what another does.
+fn dealt(members: &[Member], counts: &[usize]) -> bool {
+    let mut owned: Vec<&String> = members.iter().flat_map(|m| &m.owns).collect();
+    let n = owned.len();
+    owned.sort();
+    owned.dedup();
+    let mut have: Vec<usize> = members.iter().map(|m| m.owns.len()).collect();
+    have.sort();
+    let mut want = counts.to_vec();
+    want.sort();
+    owned.len() == n && n == 2 * PARTITIONS as usize && have == want
+}
+
+/// The ack floor (stream sequence) of each processor consumer named.
+async fn ack_floors(app: &TestApp, durables: &[String]) -> HashMap<String, u64> {
+    let mut floors = HashMap::new();
+    for durable in durables {
+        let kind = if durable.contains("-price-") { Kind::Price } else { Kind::Sample };
+        let Ok(stream) = app.c.js.get_stream(kind.stream()).await else { continue };
+        let Ok(mut c) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable).await else {
+            continue;
+        };
+        let c: &mut PullConsumer = &mut c;
+        if let Ok(info) = c.info().await {
+            floors.insert(durable.clone(), info.ack_floor.stream_sequence);
+        }
+    }
+    floors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_share_partitions_take_over_from_a_killed_one_and_make_room_for_a_newcomer() {
+    let events: usize = std::env::var("ELASTIC_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(12_000);
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
+    let env = env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", &PARTITIONS.to_string())]);
+    let processor = || tributary(&["processor"], &refs(&env));
+
+    // Three processes, no per-process settings: eight partitions (prices and metrics, four each) dealt
+    // 3, 3 and 2.
+    let mut procs: Vec<Proc> = (0..3).map(|_| processor()).collect();
+    eventually(Duration::from_secs(60), "three processors sharing eight partitions 3/3/2", || async {
+        members(&app).await.filter(|m| m.len() == 3 && dealt(m, &[3, 3, 2])).map(|_| ())
+    })
+    .await;
+
+    // Mid-ingest, the processor owning the most partitions is killed and never restarted.
+    let publisher = tokio::spawn(publish_chaos(app.js(), events, 60, 7));
+    eventually(Duration::from_secs(120), "a third of the prices stored", || async {
+        stream_messages(&app, Kind::Price).await.filter(|n| *n as usize >= events / 3).map(|_| ())
+    })
+    .await;
+    let before = members(&app).await.expect("the group");
+    let victim = before
+        .iter()
+        .filter(|m| procs.iter().any(|p| p.id() == m.pid))
+        .max_by_key(|m| m.owns.len())
+        .expect("a member that is one of ours")
+        .clone();
+    let floors = ack_floors(&app, &victim.owns).await;
+    let at = procs.iter().position(|p| p.id() == victim.pid).unwrap();
+    procs[at].kill9();
+    let killed = Instant::now();
+    procs.remove(at);
+
+    // Its partitions go to the two left, which commit on them: the takeover time.
+    let takeover = eventually(Duration::from_secs(60), "the killed processor's partitions taken over", || async {
+        let now = members(&app).await?;
+        let owned_elsewhere = victim.owns.iter().all(|d| now.iter().any(|m| m.id != victim.id && m.owns.contains(d)));
+        let moved = ack_floors(&app, &victim.owns).await;
+        let committed = victim.owns.iter().all(|d| moved.get(d).zip(floors.get(d)).is_some_and(|(m, f)| m > f));
+        (owned_elsewhere && committed).then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!(
+        "elastic: SIGKILL of a processor owning {:?} → every one of them owned by another and committed on within {:.1} s",
+        victim.owns,
+        takeover.as_secs_f64()
+    );
+
+    // A fourth joins (the third alive) and takes its share.
+    procs.push(processor());
+    let newcomer = procs.last().unwrap().id();
+    eventually(Duration::from_secs(60), "the newcomer taking its share, 3/3/2 again", || async {
+        let m = members(&app).await?;
+        let mine = m.iter().find(|m| m.pid == newcomer)?;
+        (m.len() == 3 && !mine.owns.is_empty() && dealt(&m, &[3, 3, 2])).then_some(())
+    })
+    .await;
+
+    let report = publisher.await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", &report.failed[..report.failed.len().min(5)]);
+    app.settled_within(Duration::from_secs(120)).await;
+    let raw = price_truth(&app).await;
+    verify(&app, &raw, &HashMap::new()).await;
+    let samples = metric_truth(&app).await;
+    verify_metrics(&app, &samples).await;
+
+    // /v1/status lists the partitions, their owners and their lag.
+    let (status, body) = app.get("/v1/status").await;
+    assert_eq!(status, 200, "{body}");
+    let partitions = body["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 2 * PARTITIONS as usize, "{body}");
+    let owners: BTreeMap<&str, &str> =
+        partitions.iter().map(|p| (p["consumer"].as_str().unwrap(), p["owner"].as_str().unwrap_or(""))).collect();
+    assert!(owners.values().all(|o| !o.is_empty()), "every partition has an owner: {body}");
+    assert!(partitions.iter().all(|p| p["pending"] == 0), "nothing pending once settled: {body}");
+}
