@@ -144,12 +144,24 @@ impl Group {
     }
 
     /// The members alive: those whose record was written within the last `ttl`, by join order.
+    ///
+    /// The keys are read off the bucket's stream info (its subjects), not with a consumer, so that a
+    /// reader needs no right to create consumers.
     pub async fn members(&self) -> Result<Vec<Member>, GroupError> {
-        let keys: Vec<String> = self.store.keys().await.map_err(err)?.try_collect().await.map_err(err)?;
-        let ours = format!("{}.", self.name);
-        let mut members = Vec::with_capacity(keys.len());
-        for key in keys.into_iter().filter(|k| k.starts_with(&ours)) {
-            if let Some(value) = self.store.get(&key).await.map_err(err)?
+        let prefix = format!("$KV.{BUCKET}.");
+        let subjects: Vec<(String, usize)> = self
+            .store
+            .stream
+            .info_with_subjects(format!("{prefix}{}.>", self.name))
+            .await
+            .map_err(err)?
+            .try_collect()
+            .await
+            .map_err(err)?;
+        let mut members = Vec::with_capacity(subjects.len());
+        for (subject, _) in subjects {
+            let Some(key) = subject.strip_prefix(&prefix) else { continue };
+            if let Some(value) = self.store.get(key).await.map_err(err)?
                 && let Ok(member) = serde_json::from_slice::<Member>(&value)
             {
                 members.push(member);

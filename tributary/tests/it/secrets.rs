@@ -55,13 +55,20 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
     let processor_url = broker.url("processor");
     let api_url = broker.url("api");
     let gatherer_url = broker.url("gatherer-prices");
-    let processor =
-        run_logged(&dir, "processor", &["processor"], &[("NATS_URL", &processor_url), ("DATABASE_URL", &db_url)]);
+    // Partitioned, so that the processor group (its KV bucket, pins, lag reads) runs under the
+    // processor's and the api's permissions too.
+    let partitions = ("TRIBUTARY_PROCESSOR__PARTITIONS", "2");
+    let processor = run_logged(
+        &dir,
+        "processor",
+        &["processor"],
+        &[("NATS_URL", &processor_url), ("DATABASE_URL", &db_url), partitions],
+    );
     let api = run_logged(
         &dir,
         "api",
         &["api", "--listen", &listen],
-        &[("NATS_URL", &api_url), ("DATABASE_URL", &db_url), ("TRIBUTARY_API__WRITE_TOKENS", &tokens)],
+        &[("NATS_URL", &api_url), ("DATABASE_URL", &db_url), ("TRIBUTARY_API__WRITE_TOKENS", &tokens), partitions],
     );
     let base = format!("http://{listen}");
     eventually(Duration::from_secs(60), "the API to be ready", || {
@@ -81,6 +88,7 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
                 .env_remove("TRIBUTARY_CONFIG")
                 .env("NATS_URL", url)
                 .env("DATABASE_URL", db_url)
+                .env(partitions.0, partitions.1)
                 .env("RUST_LOG", "debug")
                 .output()
                 .unwrap()
@@ -99,6 +107,11 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
         }
     })
     .await;
+    // The group works under the deployed permissions: every partition has its owner, and the api reads it.
+    let status: serde_json::Value = reqwest::get(format!("{base}/v1/status")).await.unwrap().json().await.unwrap();
+    let partitions = status["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 4, "{status}");
+    assert!(partitions.iter().all(|p| p["owner"].is_string()), "a partition without an owner: {status}");
     for p in [&processor, &api] {
         assert!(Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success());
     }
@@ -123,6 +136,10 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
     assert!(all.contains("DEBUG") && all.contains("connected successfully"), "no debug logs captured");
     // The processor's permissions cover its crash records (the KV bucket of redelivered messages).
     assert!(!all.contains("crash record"), "crash records refused: {all}");
+    // ... and the processor group: joining, heartbeats, reading the members, releasing pins.
+    for refused in ["processor group", "could not release the pin", "Permissions Violation"] {
+        assert!(!all.contains(refused), "{refused:?} in the logs: {all}");
+    }
     let secrets = [
         ("the processor's NATS password", broker.password("processor")),
         ("the api's NATS password", broker.password("api")),
