@@ -184,6 +184,21 @@ def check_env(name, where):
         if not known(path):
             err(f"{where}: {name} is read as configuration field {'.'.join(path)}, which does not exist")
 
+# processor.partitions: every role that starts creates or updates the PRICES and METRICS streams with its
+# own count, so all roles of a deployment must agree (else they re-partition the streams at each start).
+DEFAULT_PARTITIONS = tomllib.load(open("tributary.example.toml", "rb"))["processor"]["partitions"]
+def partitions_seen(seen, where):
+    counts = sorted({n for n, _ in seen}, key=str)
+    if len(counts) > 1:
+        err(f"{where}: roles disagree on processor.partitions: " +
+            "; ".join(f"{n}: {', '.join(sorted(w for m, w in seen if m == n))}" for n in counts))
+
+# The NATS images run the pinned server, the one the tests and validation use.
+PINNED_NATS = re.search(r"^version=([\d.]+)$", open("local/install-nats-server.sh").read(), re.M).group(1)
+def nats_image(image, where):
+    if image != f"nats:{PINNED_NATS}-alpine":
+        err(f"{where}: image {image}, expected nats:{PINNED_NATS}-alpine (local/install-nats-server.sh pins {PINNED_NATS})")
+
 accounts = open("broker/nats/accounts.conf").read()
 users = dict(re.findall(r"user:\s*([\w-]+),\s*password:\s*\$(\w+)", accounts))
 password_vars = set(users.values())
@@ -206,6 +221,8 @@ def check_compose():
     compose = yaml.safe_load(open(f"{tmp}/compose.yml"))
     services = compose["services"]
     nats_env = services["nats"].get("environment", {})
+    nats_image(services["nats"].get("image"), "docker-compose.yml: nats")
+    seen = []
     for var in sorted(password_vars - set(nats_env)):
         err(f"docker-compose.yml: the nats service lacks {var} (broker/nats/accounts.conf)")
     ports = {}  # service -> ports its command listens on
@@ -219,10 +236,12 @@ def check_compose():
             if (p := listen_port(cmd, flag)) is not None:
                 ports.setdefault(name, set()).add(p)
         if s.get("image", "").startswith("tributary") and "NATS_URL" in env:
+            seen.append((int(env.get("TRIBUTARY_PROCESSOR__PARTITIONS", DEFAULT_PARTITIONS)), name))
             user, password = nats_user(env["NATS_URL"], f"docker-compose.yml: {name}")
             var = users.get(user)
             if var and nats_env.get(var) != password:
                 err(f"docker-compose.yml: {name} connects as {user} with a password other than the nats service's {var}")
+    partitions_seen(seen, "docker-compose.yml")
     for name, s in services.items():
         for dep in (s.get("depends_on") or {}):
             if dep not in services:
@@ -274,8 +293,10 @@ for o in overlays:
              if "tributary.toml" in cm.get("data", {})]
     if not tomls:
         err(f"{where}: no ConfigMap holds tributary.toml")
+    toml_partitions = {}
     for n, text in tomls:
         doc = check_toml(text, f"{where}: ConfigMap {n}")
+        toml_partitions[n] = doc.get("processor", {}).get("partitions", DEFAULT_PARTITIONS)
         if doc.get("streams", {}).get("replicas") != 3:
             err(f"{where}: ConfigMap {n}: streams.replicas must be 3 for the 3-node NATS cluster")
     for n, cm in by_kind.get("ConfigMap", {}).items():
@@ -290,6 +311,23 @@ for o in overlays:
         keys = set(secrets["nats-users"].get("data", {})) | set(secrets["nats-users"].get("stringData", {}))
         for var in sorted(password_vars - keys):
             err(f"{where}: Secret nats-users lacks {var}")
+    for n, sts in by_kind.get("StatefulSet", {}).items():
+        for c in sts["spec"]["template"]["spec"]["containers"]:
+            if c["image"].split("/")[-1].split(":")[0] == "nats":
+                nats_image(c["image"], f"{where}: StatefulSet {n}")
+    # An autoscaler owns its target's replica count: the target must exist and not set one itself
+    # (every apply would reset it).
+    for n, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = by_kind.get(ref["kind"], {}).get(ref["name"])
+        if target is None:
+            err(f"{where}: HorizontalPodAutoscaler {n} targets {ref['kind']} {ref['name']}, which does not exist")
+        elif "replicas" in target["spec"]:
+            err(f"{where}: {ref['kind']} {ref['name']} sets spec.replicas, which its HorizontalPodAutoscaler {n} owns")
+        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            err(f"{where}: HorizontalPodAutoscaler {n}: minReplicas above maxReplicas")
+    env_maps = {n: cm.get("data", {}) for n, cm in by_kind.get("ConfigMap", {}).items()}
+    seen = []
     service_names = set(by_kind.get("Service", {}))
     for kind in ("Deployment", "StatefulSet", "Job"):
         for n, w in by_kind.get(kind, {}).items():
@@ -304,6 +342,15 @@ for o in overlays:
                 env = {e["name"]: e for e in c.get("env", [])}
                 for name in env:
                     check_env(name, cw)
+                # processor.partitions as this container sees it: its env, then envFrom ConfigMaps, then the
+                # mounted tributary.toml.
+                mounted = [v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v]
+                count = next((toml_partitions[m] for m in mounted if m in toml_partitions), DEFAULT_PARTITIONS)
+                for ref in c.get("envFrom", []):
+                    count = env_maps.get(ref.get("configMapRef", {}).get("name"), {}).get(
+                        "TRIBUTARY_PROCESSOR__PARTITIONS", count)
+                count = env.get("TRIBUTARY_PROCESSOR__PARTITIONS", {}).get("value", count)
+                seen.append((int(count), f"{kind} {n}"))
                 if "--config" not in c.get("args", []):
                     err(f"{cw}: no --config (the tributary.toml ConfigMap would not be read)")
                 if "NATS_URL" not in env:
@@ -313,6 +360,8 @@ for o in overlays:
                 ref = env.get("NATS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
                 if user in users and ref.get("key") != users[user]:
                     err(f"{cw}: connects as {user} but reads the password from {ref.get('key')}, not {users[user]}")
+
+    partitions_seen(seen, where)
 
 # --- the build context keeps the workspace
 ignored = [l.strip().rstrip("/") for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
@@ -325,7 +374,7 @@ for p in needed:
 print("\n".join(errors))
 sys.exit(1 if errors else 0)
 PY
-  pass wiring "configuration fields, NATS users and passwords, scrape targets, data sources, build context"
+  pass wiring "configuration fields, partitions, NATS users and passwords and image, autoscalers, scrape targets, data sources, build context"
 else
   fail wiring "cross-file checks"
 fi
