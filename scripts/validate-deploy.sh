@@ -362,6 +362,11 @@ for o in overlays:
                     err(f"{cw}: connects as {user} but reads the password from {ref.get('key')}, not {users[user]}")
 
     partitions_seen(seen, where)
+    # Processors share the partitions of prices and metrics: a pod beyond their count would own none.
+    hpa = by_kind.get("HorizontalPodAutoscaler", {}).get("processor")
+    if hpa and seen and hpa["spec"]["maxReplicas"] > min(n for n, _ in seen):
+        err(f"{where}: HorizontalPodAutoscaler processor: maxReplicas {hpa['spec']['maxReplicas']} above "
+            f"processor.partitions {min(n for n, _ in seen)} (the pods beyond it would own no partition)")
 
 # --- the build context keeps the workspace
 ignored = [l.strip().rstrip("/") for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
