@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 export CHAOS_EVENTS=${1:-1000000} CHAOS_KILLS=${2:-20}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+# The tests start the pinned nats-server (local/install-nats-server.sh), as scripts/test.sh does.
+TRIBUTARY_NATS_SERVER="${TRIBUTARY_NATS_SERVER:-$(bash local/install-nats-server.sh)}"
+export TRIBUTARY_NATS_SERVER
 cargo build --locked --release -q -p tributary
 export TRIBUTARY_BIN="$CARGO_TARGET_DIR/release/tributary"
 cargo test --locked -p tributary --test it -- --exact --nocapture --test-threads=1 \

