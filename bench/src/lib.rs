@@ -192,7 +192,8 @@ pub fn tributary_exe() -> anyhow::Result<PathBuf> {
 /// Runs every phase and prints the report.
 pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     tributary_exe()?;
-    let bin = local::nats_server_bin().context("the benchmark starts a private nats-server: install nats-server")?;
+    let bin =
+        local::nats_server_bin().map_err(anyhow::Error::msg).context("the benchmark starts a private nats-server")?;
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
     let port = local::free_port();
     std::fs::create_dir_all(&dir)?;

@@ -2,7 +2,6 @@
 //! importer (a child process, so its peak RSS is its own) into a private nats-server, beside the raw
 //! JetStream publish rate of messages of the same size in the same run.
 
-use anyhow::Context;
 use async_nats::jetstream::{self, stream};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -181,7 +180,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
     let entries = generate(&file, bytes_wanted)?;
     let bytes = std::fs::metadata(&file)?.len();
     let entry_bytes = bytes / entries.max(1);
-    let bin = local::nats_server_bin().context("nats-server is not installed")?;
+    let bin = local::nats_server_bin().map_err(anyhow::Error::msg)?;
     let port = local::free_port();
     let mut nats = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
     let url = format!("nats://127.0.0.1:{port}");

@@ -121,6 +121,7 @@ pub(super) async fn machine(config: &Config) -> Machine {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let nats_server = local::nats_server_bin()
+        .ok()
         .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();

@@ -1,7 +1,8 @@
 //! The NATS server a role connects to: the oldest version Tributary supports, checked at startup.
 
-/// The oldest nats-server Tributary is tested on and supports.
-pub const MIN_SERVER_VERSION: &str = "2.9.10";
+/// The oldest nats-server Tributary supports: the streams' subject transforms (partitions) need 2.10,
+/// the partitions' pinned-client priority groups 2.11. (Tests run on the pinned 2.15.1.)
+pub const MIN_SERVER_VERSION: &str = "2.11.0";
 
 /// `Ok` when `version` (as the server's `INFO` reports it, e.g. `2.15.1` or `2.11.0-RC.2`) is at least
 /// [`MIN_SERVER_VERSION`]; else the message that names both.
@@ -30,12 +31,12 @@ mod tests {
 
     #[test]
     fn versions_from_the_minimum_on_are_accepted_and_older_ones_named() {
-        for ok in ["2.9.10", "2.9.11", "2.10.0", "2.15.1", "v2.12.3", "3.0.0", "2.11.0-RC.2"] {
+        for ok in ["2.11.0", "2.11.9", "2.12.0", "2.15.1", "v2.12.3", "3.0.0", "2.11.1-RC.2"] {
             assert!(check_version(ok).is_ok(), "{ok}");
         }
-        for old in ["2.9.9", "2.8.4", "1.4.1"] {
+        for old in ["2.10.29", "2.9.10", "2.8.4", "1.4.1"] {
             let e = check_version(old).unwrap_err();
-            assert!(e.contains(old) && e.contains("2.9.10"), "{e}");
+            assert!(e.contains(old) && e.contains("2.11.0"), "{e}");
         }
         assert!(check_version("latest").unwrap_err().contains("not major.minor.patch"));
     }

