@@ -22,25 +22,27 @@
 //!    fixed offered rate and the processor's peak RSS; then the floor at that rate ([`floor`]):
 //!    JetStream alone, and the baseline taking whatever is ready, each as fresh as a pipeline on this
 //!    machine can be;
-//! 4. scale-out ([`pipeline::scale_out`]): two processor replicas, each owning one of two partitions
-//!    (the server's `partition()` mapping, one durable consumer per partition), on the same backlog;
-//!    their combined rate; then one processor owning both partitions (a consume loop per partition, so
-//!    one partition's fetch and decode overlap the other's commit); and whether every partitioned run
-//!    stored exactly what the unpartitioned processor stored;
+//! 4. scale-out ([`pipeline::scale_out`]): two processors sharing two partitions by themselves (the
+//!    streams' subject transform, one durable consumer per partition, the elastic group dealing them),
+//!    on the same backlog; their combined rate; then one processor owning both partitions (a consume
+//!    loop per partition, so one partition's fetch and decode overlap the other's commit); and whether
+//!    every partitioned run stored exactly what the unpartitioned processor stored; then failover
+//!    ([`failover`]): two processors, one killed with SIGKILL a third of the way and never restarted,
+//!    the time to the next commit on its partitions;
 //! 5. API reads ([`http`]): `GET /v1/series/price/{i}?limit=100` at saturation and at a fixed rate.
 //!
 //! `--freshness-rates` measures only freshness at several offered rates; `--corrections` only what a
 //! correction deep in a long history costs ([`corrections`]).
 //!
-//! NATS: a private nats-server (the installed binary, on a free port, file storage in a temp dir, the
-//! partition mapping of `broker/nats/` for two partitions), so the benchmark's streams never meet those
-//! of a running system. PostgreSQL: fresh databases on the
+//! NATS: a private nats-server (the pinned version, on a free port, file storage in a temp dir; the
+//! backlog stored over two partitions), so the benchmark's streams never meet those of a running system. PostgreSQL: fresh databases on the
 //! configured server, dropped afterwards.
 //!
 //! # Layout
 //! - this file: [`BenchArgs`], the price and metric backlogs, and [`run`], which runs the phases in order.
 //! - [`raw`]: the raw limits and the baseline pipeline.
 //! - [`pipeline`]: Tributary's processor as a child process: throughput, freshness, scale-out.
+//! - [`failover`]: one of two processors killed for good: the takeover time.
 //! - [`floor`]: the freshness floor: JetStream alone, and the baseline taking whatever is ready.
 //! - [`corrections`]: `--corrections`, a correction deep in a long history.
 //! - [`http`]: API reads under load, with `wrk` when installed.
@@ -49,6 +51,7 @@
 //! - [`ports`]: `tributary-bench ports`, the ports importer against the raw publish rate.
 
 mod corrections;
+mod failover;
 mod floor;
 mod http;
 mod pipeline;
@@ -401,6 +404,7 @@ async fn run_phases(
             two_partitions_events_per_s: trib.scale.one_process.median,
             two_partitions: trib.scale.one_process.clone(),
             two_replicas_equal_to_one: trib.scale.equal,
+            failover: trib.failover.clone(),
             spans_exported,
         },
         api: ApiReport {

@@ -105,6 +105,8 @@ pub struct Measured {
     pub runs: Stats,
     /// Two replicas on the same backlog.
     pub scale: ScaleOut,
+    /// Two processors on the same backlog, one killed for good midway.
+    pub failover: super::failover::Failover,
     pub freshness: Freshness,
     /// What JetStream alone and the baseline pipeline reach at the same offered rate.
     pub floor: Floor,
@@ -138,6 +140,17 @@ impl Processor {
             .spawn()
             .context("starting the processor")?;
         Ok(Processor { child, metrics: format!("http://127.0.0.1:{port}/metrics") })
+    }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub(super) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Peak resident set (VmHWM) in MB.
@@ -254,7 +267,7 @@ pub const PARTITIONS: u32 = 2;
 
 /// A digest of every stored price point (price, volume, return and derived values) and index level, to
 /// compare what two runs stored.
-async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
+pub(super) async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
     Ok(sqlx::query_scalar(
         "SELECT md5(coalesce(string_agg(concat_ws('|', instrument, ts, price, volume, ret, derived::text), ','
                                         ORDER BY instrument, ts), ''))
@@ -273,7 +286,7 @@ async fn checksum(pool: &PgPool) -> anyhow::Result<String> {
 /// Waits until all `n` backlog price events are committed, the index definition is stored and every
 /// host's last metric sample is in: from then on nothing changes (an index defined after its prices is
 /// computed from all of them; a host's samples are committed in stream order).
-async fn settled(pool: &PgPool, n: u64, metrics: &MetricsBacklog, limit: Duration) -> anyhow::Result<()> {
+pub(super) async fn settled(pool: &PgPool, n: u64, metrics: &MetricsBacklog, limit: Duration) -> anyhow::Result<()> {
     until(limit, || async {
         let (indices, hosts): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM indices), (SELECT count(*) FROM metric_latest WHERE ts >= $1)",
@@ -333,7 +346,7 @@ pub async fn scale_out(
     Ok(ScaleOut { runs: Stats::of(runs), one_process: Stats::of(one_process), equal })
 }
 
-async fn committed(pool: &PgPool) -> u64 {
+pub(super) async fn committed(pool: &PgPool) -> u64 {
     sqlx::query_scalar::<_, Option<i64>>("SELECT sum(points)::int8 FROM price_series")
         .fetch_one(pool)
         .await
@@ -370,7 +383,9 @@ pub async fn measure(
     }
     let (p, db) = last.expect("at least one run");
     // Two replicas on the same backlog, before the freshness phase adds to it.
-    let scale = scale_out(config, args, metrics, &checksum(&db.pool).await?).await?;
+    let single = checksum(&db.pool).await?;
+    let scale = scale_out(config, args, metrics, &single).await?;
+    let failover = super::failover::measure(config, js, n, metrics, &single).await?;
     // Freshness: a fixed offered rate on top of the caught-up processor.
     let freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
     let peak_rss_mb = p.peak_rss_mb();
@@ -380,7 +395,7 @@ pub async fn measure(
     floor_db.drop().await;
     let floor = floor?;
     let db_url = db.url.clone();
-    Ok(Measured { runs: Stats::of(runs), scale, freshness, floor, peak_rss_mb, db, db_url })
+    Ok(Measured { runs: Stats::of(runs), scale, failover, freshness, floor, peak_rss_mb, db, db_url })
 }
 
 /// Publishes `rate` events/s for `secs` (event numbers from `from` on, so none is a duplicate of a stored

@@ -87,6 +87,9 @@ pub(super) struct TributaryReport {
     /// Whether every partitioned run (two replicas, or one process with two partitions) stored exactly
     /// the points, index levels and rollups the unpartitioned processor did.
     pub(super) two_replicas_equal_to_one: bool,
+    /// Two processors, one killed with SIGKILL midway and never restarted: the time to the next commit
+    /// on its partitions, and whether the survivor stored what one processor did.
+    pub(super) failover: super::failover::Failover,
     /// Spans the processors exported over OTLP during the throughput, scale-out and freshness phases.
     pub(super) spans_exported: u64,
 }
@@ -186,6 +189,15 @@ pub(super) fn print_table(r: &Report) {
         "{:<44} {}",
         "partitioned runs stored what one did",
         if r.tributary.two_replicas_equal_to_one { "yes" } else { "NO" }
+    );
+    let f = &r.tributary.failover;
+    println!(
+        "{:<44} {:>12.1} s to the next commit on {} (takeover_secs {}; survivor stored what one did: {})",
+        "failover: one of two processors SIGKILLed",
+        f.takeover_s,
+        f.partitions.join(", "),
+        f.takeover_setting_s,
+        if f.equal { "yes" } else { "NO" }
     );
     row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
     println!(

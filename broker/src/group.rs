@@ -99,20 +99,18 @@ impl Group {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Group, GroupError> {
-        let store = match js.get_key_value(BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::Memory,
-                    num_replicas: replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(err)?,
-        };
+        // Created, or updated so that a changed `ttl` takes effect.
+        let store = js
+            .create_or_update_key_value(kv::Config {
+                bucket: BUCKET.to_owned(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::Memory,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
         Ok(Group { store, name: name.to_owned(), ttl })
     }
 

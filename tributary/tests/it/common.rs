@@ -31,7 +31,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_on(NatsServer::start(), tune).await
 }
 
-/// The app on a given nats-server (e.g. one with partition mappings).
+/// The app on a given nats-server (e.g. one deployed from a configuration file).
 pub async fn spawn_app_on(nats: NatsServer, tune: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_at(nats.url(), Some(nats), tune).await
 }

@@ -84,7 +84,7 @@ impl Broker {
     }
 
     /// Waits for the server to log a publish violation by `user` on `subject` (or on its partitioned form
-    /// `<kind>.p.<n>.<key>`, which the account's `partition()` mappings make of prices and metrics).
+    /// `<kind>.p.<n>.<key>`, which the streams' subject transforms make of prices and metrics).
     ///
     /// nats-server 2.9 logs `Publish Violation - User "<user>", Subject "<subject>"`; 2.10 on name the
     /// client first (`"<account>/user:<user>" - Publish Violation - Subject "<subject>"`).

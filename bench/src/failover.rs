@@ -1,0 +1,109 @@
+//! The failover figure: two processors share the partitions of the backlog (no per-process settings);
+//! a third of the way through, the one owning the first price partition is killed with SIGKILL and never
+//! restarted. Measured: the time from the kill to the next commit of a price of its partitions (by the
+//! survivor, once the group has forgotten the dead one and its pins have lapsed), and whether the
+//! survivor then stores exactly what the unpartitioned processor stored.
+
+use super::pipeline::{Database, PARTITIONS, Processor, checksum, committed, settled};
+use super::{MetricsBacklog, until};
+use sea_orm::sqlx::{self, PgPool};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tributary::config::Config;
+use tributary_broker::group::Group;
+
+/// What the failover run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    /// From the SIGKILL to the next commit of a price of the killed processor's partitions, seconds.
+    pub takeover_s: f64,
+    /// The price partitions the killed processor owned.
+    pub partitions: Vec<String>,
+    /// `processor.takeover_secs` (how long a dead processor keeps its partitions).
+    pub takeover_setting_s: u64,
+    /// The survivor stored what the unpartitioned processor stored.
+    pub equal: bool,
+}
+
+/// Runs the backlog of `n` prices (and `metrics`) through two processors, killing one; `single` is the
+/// unpartitioned run's checksum.
+pub async fn measure(
+    config: &Config,
+    js: &async_nats::jetstream::Context,
+    n: u64,
+    metrics: &MetricsBacklog,
+    single: &str,
+) -> anyhow::Result<Failover> {
+    let name = "failover";
+    let db = Database::create(&config.database.url, name).await?;
+    let result = run(config, js, &db, name, n, metrics, single).await;
+    db.drop().await;
+    result
+}
+
+async fn run(
+    config: &Config,
+    js: &async_nats::jetstream::Context,
+    db: &Database,
+    name: &str,
+    n: u64,
+    metrics: &MetricsBacklog,
+    single: &str,
+) -> anyhow::Result<Failover> {
+    let limit = Duration::from_secs(600);
+    let mut processors: Vec<Processor> =
+        (0..2).map(|_| Processor::spawn(config, &db.url, name, PARTITIONS)).collect::<anyhow::Result<_>>()?;
+    // Both in the group, the first price partition owned, a third of the backlog committed.
+    let victim = until(limit, || async {
+        let members = Group::open(js, name).await?.members().await.ok()?;
+        let owner = members.iter().find(|m| m.owns.contains(&format!("{name}-price-p0")))?;
+        (members.len() == 2 && committed(&db.pool).await >= n / 3).then(|| owner.clone())
+    })
+    .await?;
+    let at = processors.iter().position(|p| p.pid() == victim.pid).ok_or_else(|| anyhow::anyhow!("no victim"))?;
+    let owned: Vec<String> = victim.owns.iter().filter(|c| c.contains("-price-")).cloned().collect();
+    let instruments = instruments_of(js, &owned).await?;
+    processors[at].kill9();
+    let killed = Instant::now();
+    // A commit already on its way to PostgreSQL when the process died may still land: count from a
+    // moment later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = points(&db.pool, &instruments).await;
+    until(limit, || async { (points(&db.pool, &instruments).await > before).then_some(()) }).await?;
+    let takeover = killed.elapsed();
+    settled(&db.pool, n, metrics, limit).await?;
+    let equal = checksum(&db.pool).await? == single;
+    drop(processors);
+    Ok(Failover {
+        takeover_s: takeover.as_secs_f64(),
+        partitions: owned,
+        takeover_setting_s: config.processor.takeover_secs,
+        equal,
+    })
+}
+
+/// The instruments whose prices the partitions (durable consumers `<prefix>-price-p<n>`) hold, read off
+/// the stream's subjects (`price.p.<n>.<instrument>`).
+async fn instruments_of(js: &async_nats::jetstream::Context, consumers: &[String]) -> anyhow::Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let stream = js.get_stream(tributary_broker::Kind::Price.stream()).await?;
+    let mut instruments = Vec::new();
+    for c in consumers {
+        let p = c.rsplit("-p").next().unwrap_or_default();
+        let subjects: Vec<(String, usize)> =
+            stream.info_with_subjects(format!("price.p.{p}.*")).await?.try_collect().await?;
+        instruments.extend(subjects.into_iter().filter_map(|(s, _)| s.rsplit('.').next().map(str::to_owned)));
+    }
+    Ok(instruments)
+}
+
+/// Points stored of `instruments`.
+async fn points(pool: &PgPool, instruments: &[String]) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(points)::int8 FROM price_series WHERE instrument = ANY($1)")
+        .bind(instruments)
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
