@@ -69,6 +69,16 @@ pub async fn run(
     let mut beat = tokio::time::interval((takeover / 4).max(Duration::from_millis(250)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut members = vec![me.clone()];
+    // Announce this process and let one heartbeat pass before claiming anything: processes that start
+    // together then see each other and deal the partitions once, instead of all claiming all of them.
+    if let Err(e) = group.beat(&me).await {
+        tracing::warn!(error = %e, "processor group heartbeat failed");
+    }
+    beat.tick().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = beat.tick() => {}
+    }
     let lag =
         tokio::spawn(report_lag(js.clone(), partitions.iter().map(|p| (p.spec.clone(), p.kind, p.number)).collect()));
     loop {
