@@ -3,6 +3,8 @@
 //!
 //! Streams end cleanly when the API shuts down: [`Live::close`] is called on shutdown, and every stream
 //! selects on it, so graceful shutdown is not held up by open connections.
+//!
+//! [`relay`] is how a hub follows a core NATS subject (this one's announcements, the uploads' progress).
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -60,23 +62,39 @@ impl Live {
     /// Subscribes to the announcements and relays them until the hub closes. Returns once subscribed,
     /// so samples committed after it returns reach readers subscribed by then.
     pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
-        let mut sub = nats.subscribe(format!("{LIVE_PREFIX}.>")).await?;
-        let _ = nats.flush().await;
-        let (tx, closed) = (self.tx.clone(), self.closed.clone());
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = closed.cancelled() => break,
-                    m = sub.next() => match m { Some(m) => m, None => break },
-                };
-                let host = msg.subject.strip_prefix(LIVE_PREFIX).and_then(|h| h.strip_prefix('.')).unwrap_or("");
-                // No receivers is not an error: nobody is watching.
-                let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json: msg.payload }));
-            }
-            let _ = sub.unsubscribe().await;
-        });
-        Ok(())
+        let tx = self.tx.clone();
+        relay(nats, LIVE_PREFIX, ">", self.closed(), move |host, msg| {
+            // No receivers is not an error: nobody is watching.
+            let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json: msg.payload }));
+        })
+        .await
     }
+}
+
+/// Subscribes to `{prefix}.{tokens}` and hands every message to `apply`, with its subject after `prefix.`,
+/// until `closed` fires or the subscription ends. Returns once subscribed, so messages published after it
+/// returns are relayed.
+pub(crate) async fn relay(
+    nats: &async_nats::Client,
+    prefix: &'static str,
+    tokens: &str,
+    closed: CancellationToken,
+    mut apply: impl FnMut(&str, async_nats::Message) + Send + 'static,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = nats.subscribe(format!("{prefix}.{tokens}")).await?;
+    let _ = nats.flush().await;
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = closed.cancelled() => break,
+                m = sub.next() => match m { Some(m) => m, None => break },
+            };
+            let subject = msg.subject.clone();
+            apply(subject.strip_prefix(prefix).and_then(|s| s.strip_prefix('.')).unwrap_or(""), msg);
+        }
+        let _ = sub.unsubscribe().await;
+    });
+    Ok(())
 }
 
 /// A server's sample: `{"host", "ts", "fields"}` (also what the live streams carry).

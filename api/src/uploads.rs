@@ -8,7 +8,6 @@
 //! every published entry is committed or dead-lettered (or `settle_timeout` passes), then `done`
 //! (or `failed`).
 
-use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -171,29 +170,17 @@ impl Uploads {
 
     /// Subscribes to the processors' progress reports and applies them until closed.
     pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
-        let mut sub = nats.subscribe(format!("{UPLOAD_PROGRESS_PREFIX}.*")).await?;
-        let _ = nats.flush().await;
-        let (uploads, closed) = (self.clone(), self.closed.clone());
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = closed.cancelled() => break,
-                    m = sub.next() => match m { Some(m) => m, None => break },
-                };
-                let Some(id) = msg.subject.strip_prefix(UPLOAD_PROGRESS_PREFIX).and_then(|s| s.strip_prefix('.'))
-                else {
-                    continue;
-                };
-                let Ok(counts) = serde_json::from_slice::<HashMap<String, u64>>(&msg.payload) else { continue };
-                let tx = uploads.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id).cloned();
-                if let Some(tx) = tx {
-                    tx.send_modify(|s| {
-                        s.committed += counts.get("committed").copied().unwrap_or(0);
-                        s.dead_letters += counts.get("dead_letters").copied().unwrap_or(0);
-                    });
-                }
+        let uploads = self.clone();
+        crate::live::relay(nats, UPLOAD_PROGRESS_PREFIX, "*", self.closed(), move |id, msg| {
+            let Ok(counts) = serde_json::from_slice::<HashMap<String, u64>>(&msg.payload) else { return };
+            let tx = uploads.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id).cloned();
+            if let Some(tx) = tx {
+                tx.send_modify(|s| {
+                    s.committed += counts.get("committed").copied().unwrap_or(0);
+                    s.dead_letters += counts.get("dead_letters").copied().unwrap_or(0);
+                });
             }
-        });
-        Ok(())
+        })
+        .await
     }
 }

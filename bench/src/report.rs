@@ -141,68 +141,69 @@ pub(super) async fn machine(config: &Config) -> Machine {
 }
 
 pub(super) fn print_table(r: &Report) {
+    let line = |name: &str, text: &str| println!("{name:<44} {text}");
     let row = |name: &str, s: &Stats, unit: &str| {
-        println!("{name:<44} {:>12.0} {unit:<10} (min {:.0}, max {:.0}, n={})", s.median, s.min, s.max, s.samples.len())
+        line(
+            name,
+            &format!("{:>12.0} {unit:<10} (min {:.0}, max {:.0}, n={})", s.median, s.min, s.max, s.samples.len()),
+        )
     };
+    let latency = |name: &str, (p50, p99, p999): (f64, f64, f64), at: &str| {
+        line(name, &format!("p50 {p50:.1} ms, p99 {p99:.1} ms, p99.9 {p999:.1} ms at {at}"))
+    };
+    let (raw, baseline, tributary) = (&r.raw, &r.baseline, &r.tributary);
     println!();
     println!(
         "machine: {} cpus, {} GiB, kernel {}, {}, PostgreSQL {}",
         r.machine.cpus, r.machine.memory_gib, r.machine.kernel, r.machine.nats_server, r.machine.postgres
     );
-    println!("{:<44} {:>12} {:<10}", "measure", "median", "unit");
-    row("raw JetStream publish (async acks)", &r.raw.jetstream_publish, "msgs/s");
-    row("raw JetStream pull-consume (ack each)", &r.raw.jetstream_consume, "msgs/s");
-    row("raw PostgreSQL UNNEST upsert", &r.raw.pg_upsert, "rows/s");
-    row("baseline pipeline (raw rows only)", &r.baseline.runs, "events/s");
-    row("Tributary (all derived + index + rollups)", &r.tributary.runs, "events/s");
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at {:.0}/s offered ({:.0}/s achieved)",
+    line("measure", &format!("{:>12} {:<10}", "median", "unit"));
+    row("raw JetStream publish (async acks)", &raw.jetstream_publish, "msgs/s");
+    row("raw JetStream pull-consume (ack each)", &raw.jetstream_consume, "msgs/s");
+    row("raw PostgreSQL UNNEST upsert", &raw.pg_upsert, "rows/s");
+    row("baseline pipeline (raw rows only)", &baseline.runs, "events/s");
+    row("Tributary (all derived + index + rollups)", &tributary.runs, "events/s");
+    latency(
         "Tributary freshness (publish → commit)",
-        r.tributary.freshness_p50_ms,
-        r.tributary.freshness_p99_ms,
-        r.tributary.freshness_p999_ms,
-        r.tributary.freshness_offered_per_s,
-        r.tributary.freshness_achieved_per_s
+        (tributary.freshness_p50_ms, tributary.freshness_p99_ms, tributary.freshness_p999_ms),
+        &format!(
+            "{:.0}/s offered ({:.0}/s achieved)",
+            tributary.freshness_offered_per_s, tributary.freshness_achieved_per_s
+        ),
     );
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
+    latency(
         "baseline freshness (publish → commit)",
-        r.baseline.freshness_p50_ms,
-        r.baseline.freshness_p99_ms,
-        r.baseline.freshness_p999_ms
+        (baseline.freshness_p50_ms, baseline.freshness_p99_ms, baseline.freshness_p999_ms),
+        "the same rate",
     );
-    println!(
-        "{:<44} p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at the same rate",
+    latency(
         "JetStream alone (publish → delivery)",
-        r.raw.jetstream_freshness_p50_ms,
-        r.raw.jetstream_freshness_p99_ms,
-        r.raw.jetstream_freshness_p999_ms
+        (raw.jetstream_freshness_p50_ms, raw.jetstream_freshness_p99_ms, raw.jetstream_freshness_p999_ms),
+        "the same rate",
     );
-    println!("{:<44} {:>12.0} MB", "Tributary processor peak RSS", r.tributary.peak_rss_mb);
-    println!(
-        "{:<44} {:>12} (OTLP/HTTP, to the bench's collector)",
-        "Tributary spans exported", r.tributary.spans_exported
+    line("Tributary processor peak RSS", &format!("{:>12.0} MB", tributary.peak_rss_mb));
+    line(
+        "Tributary spans exported",
+        &format!("{:>12} (OTLP/HTTP, to the bench's collector)", tributary.spans_exported),
     );
-    row("Tributary, two replicas (one partition each)", &r.tributary.two_replicas, "events/s");
-    row("Tributary, one process, two partitions", &r.tributary.two_partitions, "events/s");
-    println!(
-        "{:<44} {}",
-        "partitioned runs stored what one did",
-        if r.tributary.two_replicas_equal_to_one { "yes" } else { "NO" }
-    );
-    let f = &r.tributary.failover;
-    println!(
-        "{:<44} {:>12.1} s to the next commit on {} (takeover_secs {}; survivor stored what one did: {})",
+    row("Tributary, two processors sharing two partitions", &tributary.two_replicas, "events/s");
+    row("Tributary, one process, two partitions", &tributary.two_partitions, "events/s");
+    line("partitioned runs stored what one did", if tributary.two_replicas_equal_to_one { "yes" } else { "NO" });
+    let f = &tributary.failover;
+    line(
         "failover: one of two processors SIGKILLed",
-        f.takeover_s,
-        f.partitions.join(", "),
-        f.takeover_setting_s,
-        if f.equal { "yes" } else { "NO" }
+        &format!(
+            "{:>12.1} s to the next commit on {} (takeover_secs {}; the survivor stored what one did: {})",
+            f.takeover_s,
+            f.partitions.join(", "),
+            f.takeover_setting_s,
+            if f.equal { "yes" } else { "NO" }
+        ),
     );
     row(&format!("API GET series ?limit=100, saturation ({})", r.api.generator), &r.api.saturation, "req/s");
-    println!(
-        "{:<44} p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s",
-        "API latency at a fixed rate", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s
+    line(
+        "API latency at a fixed rate",
+        &format!("p50 {:.2} ms, p99 {:.2} ms at {:.0} req/s", r.api.p50_ms, r.api.p99_ms, r.api.fixed_rate_per_s),
     );
     println!(
         "ratios: Tributary/baseline {:.2}, Tributary/raw publish {:.2}, Tributary/raw upsert {:.2}, two replicas/one {:.2}, two partitions/one {:.2}, two partitions/baseline {:.2}, freshness p99 Tributary/baseline {:.2}",

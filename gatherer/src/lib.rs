@@ -7,6 +7,8 @@
 //! - [`ndjson`]: NDJSON of any event kind (`{"subject": ..., "event": ...}` per line).
 //! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
 //! - [`samples`]: the server-sample simulator (N servers, one sample each per interval).
+//! - `simulator`: the publishing settings every simulator's configuration shares (`seed`,
+//!   `max_in_flight`, `retry_secs`).
 //! - [`fleet`]: drivers and shipments from the exercise's two list files, or simulated over time.
 //! - [`surveys`]: a survey provider (the original reporter API) for the aggregator to pull from.
 //!
@@ -20,6 +22,7 @@ pub mod numbers;
 pub mod ports;
 pub mod prices;
 pub mod samples;
+mod simulator;
 pub mod surveys;
 
 pub use kind::ImportKind;

@@ -2,50 +2,29 @@
 //! `cpu_usage`, `memory_usage` and `disk_usage` (percentages that vary smoothly: CPU reverts to a
 //! per-server level with noise and spikes, memory drifts, disk fills slowly and is sometimes cleaned).
 
+use crate::simulator::Ticks;
 use async_nats::jetstream;
 use chrono::Utc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::samples::SampleEvent;
 use tributary_broker::ts::Ts;
-use tributary_broker::{Kind, PublishReport, Publisher};
+use tributary_broker::{Kind, PublishReport};
 
-/// What to simulate.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SampleSimConfig {
-    /// How many servers: `<prefix>1` … `<prefix>N`.
-    pub servers: usize,
-    /// The server id prefix.
-    pub prefix: String,
-    /// Milliseconds between rounds (one sample per server per round).
-    pub interval_ms: u64,
-    /// Stop after this many rounds (none: run until stopped).
-    pub rounds: Option<u64>,
-    /// Random seed, for reproducible runs.
-    pub seed: Option<u64>,
-    /// Acks awaited at once.
-    pub max_in_flight: usize,
-    /// Seconds an unacknowledged publish is sent again before it is reported as not delivered (NATS
-    /// restarting, a lost connection); the idempotency key makes a repeat harmless.
-    pub retry_secs: u64,
-}
-
-impl Default for SampleSimConfig {
-    fn default() -> Self {
-        SampleSimConfig {
-            servers: 10,
-            prefix: "server-".into(),
-            interval_ms: 1000,
-            rounds: None,
-            seed: None,
-            max_in_flight: 4096,
-            retry_secs: 60,
-        }
+crate::simulator::simulator_config! {
+    /// What to simulate.
+    pub struct SampleSimConfig {
+        /// How many servers: `<prefix>1` … `<prefix>N`.
+        pub servers: usize = 10,
+        /// The server id prefix.
+        pub prefix: String = "server-".into(),
+        /// Milliseconds between rounds (one sample per server per round).
+        pub interval_ms: u64 = 1000,
+        /// Stop after this many rounds (none: run until stopped).
+        pub rounds: Option<u64> = None,
     }
 }
 
@@ -97,26 +76,14 @@ impl Server {
 
 /// Publishes simulated samples until `shutdown` or the round limit; returns what was delivered.
 pub async fn simulate(js: jetstream::Context, cfg: SampleSimConfig, shutdown: CancellationToken) -> PublishReport {
-    let mut rng = match cfg.seed {
-        Some(s) => StdRng::seed_from_u64(s),
-        None => StdRng::from_os_rng(),
-    };
+    let mut rng = cfg.rng();
     let mut servers: Vec<Server> =
         (1..=cfg.servers.max(1)).map(|i| Server::new(format!("{}{i}", cfg.prefix))).collect();
-    let mut publisher = Publisher::new(js, cfg.max_in_flight).retry_for(Duration::from_secs(cfg.retry_secs));
-    let mut interval = tokio::time::interval(Duration::from_millis(cfg.interval_ms.max(1)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut publisher = cfg.publisher(js);
+    let mut ticks = Ticks::new(Duration::from_millis(cfg.interval_ms.max(1)), shutdown);
     let mut rounds = 0u64;
     let mut last_ts = None;
-    while cfg.rounds.is_none_or(|r| rounds < r) {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = interval.tick() => {}
-        }
-        if publisher.gave_up() {
-            tracing::error!("NATS has not acknowledged publishes for the whole retry window; stopping");
-            break;
-        }
+    while cfg.rounds.is_none_or(|r| rounds < r) && ticks.next(&mut publisher).await {
         rounds += 1;
         // Millisecond timestamps, strictly increasing, shared by the round.
         let mut ts = Ts::from_millis(Utc::now().timestamp_millis()).expect("now is in range");

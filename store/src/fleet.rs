@@ -11,6 +11,7 @@
 //!   one snapshot: a [`PlanSnapshot`]), [`shipment_address`] and [`driver_name`].
 
 use crate::Tx;
+use crate::arrays::Arrays;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
@@ -80,12 +81,8 @@ pub async fn upsert(tx: &mut Tx, table: Table, rows: &[Upsert<'_>]) -> Result<u6
          ON CONFLICT (id) DO UPDATE SET {column} = EXCLUDED.{column}, seq = EXCLUDED.seq, updated_at = now()
          WHERE {table}.seq < EXCLUDED.seq"
     );
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
+    let args = Arrays::of(rows).column(|r| r.id).column(|r| r.text).column(|r| r.seq).done()?;
+    let r = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut **tx).await?;
     Ok(r.rows_affected())
 }
 
@@ -110,13 +107,12 @@ pub async fn load(db: &mut sqlx::PgConnection) -> Result<Fleet, sqlx::Error> {
 /// `shipments` shipments, and bumps its version.
 pub async fn store_plan(tx: &mut Tx, plan: &StoredPlan, drivers: i32, shipments: i32) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM fleet_assignments").execute(&mut **tx).await?;
-    sqlx::query(
+    let assignments = Arrays::of(&plan.assignments).column(|a| a.0.as_str()).column(|a| a.1.as_str());
+    sqlx::query_with(
         "INSERT INTO fleet_assignments (shipment_id, driver_id, score)
          SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])",
+        assignments.column(|a| a.2).done()?,
     )
-    .bind(plan.assignments.iter().map(|a| a.0.as_str()).collect::<Vec<_>>())
-    .bind(plan.assignments.iter().map(|a| a.1.as_str()).collect::<Vec<_>>())
-    .bind(plan.assignments.iter().map(|a| a.2).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     sqlx::query(

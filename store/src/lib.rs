@@ -8,6 +8,7 @@
 //! - [`prices`]: price points, their series and the derived windows' setting.
 //! - [`indices`]: index definitions, constituents and levels.
 //! - [`locks`]: advisory locks on keys the processor computes.
+//! - `arrays`: a batch's rows as the array arguments of `unnest`, column by column.
 //! - [`db`]: connecting, creating a missing database, and readiness.
 //! - [`notify`]: commit notifications naming the series a transaction wrote, for readers' caches.
 //! - [`fleet`]: the fleet's drivers, shipments and plan: the processor's writes, the API's reads.
@@ -19,6 +20,7 @@
 //! The processor's hot path writes through the same pool with bulk SQL (`UNNEST ... ON CONFLICT`); the
 //! tables are shaped for that and for Grafana's SQL panels (a time column, value columns, a series key).
 
+mod arrays;
 pub mod db;
 pub mod entity;
 pub mod fleet;

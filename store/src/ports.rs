@@ -8,6 +8,7 @@
 //!   counts ([`countries`], [`CountryCount`]).
 
 use crate::Tx;
+use crate::arrays::Arrays;
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,13 +67,14 @@ pub struct PortUpsert<'a> {
 }
 
 /// Upserts `rows` (already known to be newer than what is stored).
-pub async fn upsert<'a>(tx: &mut Tx, rows: &[PortUpsert<'a>]) -> Result<(), sqlx::Error> {
-    let text =
-        |f: fn(&PortUpsert<'a>) -> Option<&'a str>| rows.iter().map(|p| f(p).map(str::to_owned)).collect::<Vec<_>>();
-    let list = |f: fn(&PortUpsert<'a>) -> &'a [String]| {
-        rows.iter().map(|p| serde_json::to_string(f(p)).unwrap_or_else(|_| "[]".into())).collect::<Vec<_>>()
-    };
-    sqlx::query(
+pub async fn upsert(tx: &mut Tx, rows: &[PortUpsert<'_>]) -> Result<(), sqlx::Error> {
+    // The lists go as JSON text, one per port (PostgreSQL has no arrays of arrays of differing lengths).
+    let json = |list: &[String]| serde_json::to_string(list).unwrap_or_else(|_| "[]".into());
+    let args = Arrays::of(rows).column(|p| p.unlocode).column(|p| p.name).column(|p| p.city).column(|p| p.country);
+    let args = args.column(|p| p.province).column(|p| p.timezone).column(|p| p.code);
+    let args = args.column(|p| json(p.alias)).column(|p| json(p.regions)).column(|p| json(p.unlocs));
+    let args = args.column(|p| p.lon).column(|p| p.lat).column(|p| p.seq);
+    sqlx::query_with(
         "INSERT INTO ports (unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat, seq)
          SELECT u, n, ci, co, pr, tz, cd,
                 ARRAY(SELECT jsonb_array_elements_text(al::jsonb)), ARRAY(SELECT jsonb_array_elements_text(re::jsonb)),
@@ -84,20 +86,8 @@ pub async fn upsert<'a>(tx: &mut Tx, rows: &[PortUpsert<'a>]) -> Result<(), sqlx
            province = EXCLUDED.province, timezone = EXCLUDED.timezone, code = EXCLUDED.code, alias = EXCLUDED.alias,
            regions = EXCLUDED.regions, unlocs = EXCLUDED.unlocs, lon = EXCLUDED.lon, lat = EXCLUDED.lat,
            seq = EXCLUDED.seq, updated_at = now()",
+        args.done()?,
     )
-    .bind(rows.iter().map(|p| p.unlocode).collect::<Vec<_>>())
-    .bind(rows.iter().map(|p| p.name).collect::<Vec<_>>())
-    .bind(text(|p| p.city))
-    .bind(text(|p| p.country))
-    .bind(text(|p| p.province))
-    .bind(text(|p| p.timezone))
-    .bind(text(|p| p.code))
-    .bind(list(|p| p.alias))
-    .bind(list(|p| p.regions))
-    .bind(list(|p| p.unlocs))
-    .bind(rows.iter().map(|p| p.lon).collect::<Vec<_>>())
-    .bind(rows.iter().map(|p| p.lat).collect::<Vec<_>>())
-    .bind(rows.iter().map(|p| p.seq).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

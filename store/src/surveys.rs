@@ -7,6 +7,7 @@
 //!   [`ItemFilter`] ([`Item`]) and every provider's state ([`providers`], [`Provider`]).
 
 use crate::Tx;
+use crate::arrays::Arrays;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
@@ -31,22 +32,17 @@ pub struct ItemUpsert<'a> {
 }
 
 /// Upserts the newer of `items`.
-pub async fn upsert_items<'a>(tx: &mut Tx, items: &[ItemUpsert<'a>]) -> Result<(), sqlx::Error> {
-    let col = |f: fn(&ItemUpsert<'a>) -> &'a str| items.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
+pub async fn upsert_items(tx: &mut Tx, items: &[ItemUpsert<'_>]) -> Result<(), sqlx::Error> {
+    let args = Arrays::of(items).column(|i| i.provider).column(|i| i.provider_id).column(|i| i.text);
+    let args = args.column(|i| i.device).column(|i| i.location).column(|i| i.created_at).column(|i| i.seq);
+    sqlx::query_with(
         "INSERT INTO survey_items (provider, provider_id, text, device, location, created_at, seq)
          SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int8[])
          ON CONFLICT (provider, provider_id) DO UPDATE SET text = EXCLUDED.text, device = EXCLUDED.device,
            location = EXCLUDED.location, created_at = EXCLUDED.created_at, seq = EXCLUDED.seq
          WHERE survey_items.seq < EXCLUDED.seq",
+        args.done()?,
     )
-    .bind(items.iter().map(|i| i.provider).collect::<Vec<_>>())
-    .bind(items.iter().map(|i| i.provider_id).collect::<Vec<_>>())
-    .bind(col(|i| i.text))
-    .bind(col(|i| i.device))
-    .bind(col(|i| i.location))
-    .bind(items.iter().map(|i| i.created_at).collect::<Vec<_>>())
-    .bind(items.iter().map(|i| i.seq).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -54,12 +50,11 @@ pub async fn upsert_items<'a>(tx: &mut Tx, items: &[ItemUpsert<'a>]) -> Result<(
 
 /// Moves each provider's cursor up to the given provider id (never down), creating the provider's row.
 pub async fn advance_cursors(tx: &mut Tx, cursors: &[(&str, i64)]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query_with(
         "INSERT INTO survey_providers (provider, cursor) SELECT * FROM unnest($1::text[], $2::int8[])
          ON CONFLICT (provider) DO UPDATE SET cursor = GREATEST(survey_providers.cursor, EXCLUDED.cursor)",
+        Arrays::of(cursors).column(|c| c.0).column(|c| c.1).done()?,
     )
-    .bind(cursors.iter().map(|c| c.0).collect::<Vec<_>>())
-    .bind(cursors.iter().map(|c| c.1).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -83,8 +78,9 @@ pub struct StatusUpsert<'a> {
 /// Stores pull outcomes: status, error and time of the latest by sequence, and `last_sync` the latest
 /// successful pull (a maximum, so the order of delivery does not matter).
 pub async fn store_statuses(tx: &mut Tx, statuses: &[StatusUpsert<'_>]) -> Result<(), sqlx::Error> {
-    let v = statuses.iter();
-    sqlx::query(
+    let args = Arrays::of(statuses).column(|s| s.provider).column(|s| s.status).column(|s| s.error);
+    let args = args.column(|s| s.at).column(|s| s.seq);
+    sqlx::query_with(
         "INSERT INTO survey_providers AS p (provider, status, error, last_pull, last_sync, status_seq)
          SELECT pr, st, er, at, CASE WHEN st = 'ok' THEN at END, sq
            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) AS x(pr, st, er, at, sq)
@@ -94,12 +90,8 @@ pub async fn store_statuses(tx: &mut Tx, statuses: &[StatusUpsert<'_>]) -> Resul
            last_pull = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.last_pull ELSE p.last_pull END,
            last_sync = GREATEST(p.last_sync, EXCLUDED.last_sync),
            status_seq = GREATEST(p.status_seq, EXCLUDED.status_seq)",
+        args.done()?,
     )
-    .bind(v.clone().map(|s| s.provider).collect::<Vec<_>>())
-    .bind(v.clone().map(|s| s.status).collect::<Vec<_>>())
-    .bind(v.clone().map(|s| s.error).collect::<Vec<_>>())
-    .bind(v.clone().map(|s| s.at).collect::<Vec<_>>())
-    .bind(v.map(|s| s.seq).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,53 +1,30 @@
 //! The price simulator: N instruments, R events per second, random walks, with a share of late and of
 //! corrected prices (the cases the incremental engine must get right).
 
+use crate::simulator::Ticks;
 use async_nats::jetstream;
 use chrono::{DateTime, Duration as Span, Utc};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde::Deserialize;
+use rand::Rng;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::ts::Ts;
-use tributary_broker::{Kind, PublishReport, Publisher};
+use tributary_broker::{Kind, PublishReport};
 
-/// What to simulate.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimConfig {
-    /// How many instruments: `S0` … `S<n-1>`.
-    pub instruments: usize,
-    /// Events per second, all instruments together.
-    pub rate: f64,
-    /// Share of events held back and published 2 to 49 rounds (one price per instrument) later (0 to 1).
-    pub late_share: f64,
-    /// Share of events that correct an earlier price (0 to 1).
-    pub correction_share: f64,
-    /// Stop after this many events (none: run until stopped).
-    pub limit: Option<u64>,
-    /// Random seed, for reproducible runs.
-    pub seed: Option<u64>,
-    /// Acks awaited at once.
-    pub max_in_flight: usize,
-    /// Seconds an unacknowledged publish is sent again before it is reported as not delivered (NATS
-    /// restarting, a lost connection); the idempotency key makes a repeat harmless.
-    pub retry_secs: u64,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            instruments: 10,
-            rate: 100.0,
-            late_share: 0.01,
-            correction_share: 0.01,
-            limit: None,
-            seed: None,
-            max_in_flight: 4096,
-            retry_secs: 60,
-        }
+crate::simulator::simulator_config! {
+    /// What to simulate.
+    pub struct SimConfig {
+        /// How many instruments: `S0` … `S<n-1>`.
+        pub instruments: usize = 10,
+        /// Events per second, all instruments together.
+        pub rate: f64 = 100.0,
+        /// Share of events held back and published 2 to 49 rounds (one price per instrument) later (0 to 1).
+        pub late_share: f64 = 0.01,
+        /// Share of events that correct an earlier price (0 to 1).
+        pub correction_share: f64 = 0.01,
+        /// Stop after this many events (none: run until stopped).
+        pub limit: Option<u64> = None,
     }
 }
 
@@ -60,33 +37,21 @@ struct Walk {
 
 /// Publishes simulated prices until `shutdown` or the limit; returns what was delivered.
 pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: CancellationToken) -> PublishReport {
-    let mut rng = match cfg.seed {
-        Some(s) => StdRng::seed_from_u64(s),
-        None => StdRng::from_os_rng(),
-    };
+    let mut rng = cfg.rng();
     let start = Utc::now();
     let mut walks: Vec<Walk> = (0..cfg.instruments.max(1))
         .map(|i| Walk { name: format!("S{i}"), price: 100.0, recent: VecDeque::new(), corrections: 0 })
         .collect();
     let walks_len = walks.len();
-    let mut publisher = Publisher::new(js, cfg.max_in_flight).retry_for(Duration::from_secs(cfg.retry_secs));
+    let mut publisher = cfg.publisher(js);
     let mut held: Vec<(u32, String, String, PriceEvent)> = Vec::new();
     let tick = Duration::from_millis(10);
     let per_tick = cfg.rate.max(0.0) * tick.as_secs_f64();
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::new(tick, shutdown);
     // Prices come in rounds: one per instrument, all at the round's timestamp, so that indices over
     // the instruments have dates on which every constituent has a price.
     let (mut due, mut sent, mut next, mut round_ts) = (0.0, 0u64, 0usize, start);
-    'run: loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = interval.tick() => {}
-        }
-        if publisher.gave_up() {
-            tracing::error!("NATS has not acknowledged publishes for the whole retry window; stopping");
-            break;
-        }
+    'run: while ticks.next(&mut publisher).await {
         due += per_tick;
         while due >= 1.0 {
             due -= 1.0;

@@ -15,32 +15,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tributary_store::samples::RollupBucket;
 
-/// The statistics of one bucket of one series.
+/// The statistics of one bucket of one series, with what updating them takes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollup {
-    /// The bucket's start.
-    pub start: DateTime<Utc>,
-    /// Samples in the bucket (≥ 1).
-    pub count: i64,
-    /// Their sum, added in time order (and, in wider buckets, bucket by bucket).
-    pub sum: f64,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
-    /// The earliest sample's value.
-    pub first: f64,
-    /// The latest sample's value.
-    pub last: f64,
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
+    /// The bucket's start and statistics. Its sum is added in time order (and, in wider buckets, bucket
+    /// by bucket).
+    pub bucket: RollupBucket,
     /// The distribution, for merging into wider buckets.
     pub sketch: Sketch,
     /// From samples: the latest sample's time. Merged: the start of the latest part.
@@ -83,17 +65,19 @@ impl Rollup {
             sketch.add(*v);
         }
         let mut r = Rollup {
-            start,
-            count: 0,
-            sum,
-            min: 0.0,
-            max: 0.0,
-            mean: 0.0,
-            first: samples[0].1,
-            last: samples[samples.len() - 1].1,
-            p50: 0.0,
-            p95: 0.0,
-            p99: 0.0,
+            bucket: RollupBucket {
+                start,
+                count: 0,
+                sum,
+                min: 0.0,
+                max: 0.0,
+                mean: 0.0,
+                first: samples[0].1,
+                last: samples[samples.len() - 1].1,
+                p50: 0.0,
+                p95: 0.0,
+                p99: 0.0,
+            },
             sketch,
             last_ts: samples[samples.len() - 1].0,
             values: sorted,
@@ -109,11 +93,11 @@ impl Rollup {
         assert!(self.prefix_sum.is_none(), "append is for buckets built from samples");
         assert!(samples.first().is_some_and(|s| s.0 > self.last_ts), "append only after the latest sample");
         for &(ts, v) in samples {
-            self.sum += v;
+            self.bucket.sum += v;
             let at = self.values.partition_point(|x| x.total_cmp(&v).is_lt());
             self.values.insert(at, v);
             self.sketch.add(v);
-            self.last = v;
+            self.bucket.last = v;
             self.last_ts = ts;
         }
         self.settle_from_values();
@@ -123,11 +107,12 @@ impl Rollup {
     fn settle_from_values(&mut self) {
         let n = self.values.len() as i64;
         let pick = |q| self.values[rank(q, n) as usize];
-        (self.p50, self.p95, self.p99) = (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
-        self.count = n;
-        self.min = self.values[0];
-        self.max = self.values[self.values.len() - 1];
-        self.mean = self.sum / n as f64;
+        (self.bucket.p50, self.bucket.p95, self.bucket.p99) =
+            (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
+        self.bucket.count = n;
+        self.bucket.min = self.values[0];
+        self.bucket.max = self.values[self.values.len() - 1];
+        self.bucket.mean = self.bucket.sum / n as f64;
     }
 
     /// Folds a changed part into a merged bucket: `part` is the new state of a part starting at or after
@@ -135,54 +120,57 @@ impl Rollup {
     /// parts as they are now.
     pub fn merge_step(&mut self, part: &Rollup, added: &[f64]) {
         let prefix = self.prefix_sum.expect("merge_step is for merged buckets");
-        assert!(part.start >= self.last_ts, "merge_step only at or after the latest part");
-        if part.start > self.last_ts {
+        assert!(part.bucket.start >= self.last_ts, "merge_step only at or after the latest part");
+        if part.bucket.start > self.last_ts {
             // The latest part becomes one of the earlier ones.
-            self.prefix_sum = Some(self.sum);
-            self.last_ts = part.start;
+            self.prefix_sum = Some(self.bucket.sum);
+            self.last_ts = part.bucket.start;
         }
-        self.sum = self.prefix_sum.unwrap_or(prefix) + part.sum;
-        self.count += added.len() as i64;
+        self.bucket.sum = self.prefix_sum.unwrap_or(prefix) + part.bucket.sum;
+        self.bucket.count += added.len() as i64;
         for v in added {
             self.sketch.add(*v);
         }
-        self.min = lesser(self.min, part.min);
-        self.max = greater(self.max, part.max);
-        self.last = part.last;
+        self.bucket.min = lesser(self.bucket.min, part.bucket.min);
+        self.bucket.max = greater(self.bucket.max, part.bucket.max);
+        self.bucket.last = part.bucket.last;
         self.settle_from_sketch();
     }
 
     /// mean and percentiles from the sketch, the sum and the count.
     fn settle_from_sketch(&mut self) {
-        let (min, max) = (self.min, self.max);
+        let (min, max) = (self.bucket.min, self.bucket.max);
         let pick = |q| self.sketch.quantile(q).clamp(min, max);
-        (self.p50, self.p95, self.p99) = (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
-        self.mean = self.sum / self.count as f64;
+        (self.bucket.p50, self.bucket.p95, self.bucket.p99) =
+            (pick(QUANTILES[0]), pick(QUANTILES[1]), pick(QUANTILES[2]));
+        self.bucket.mean = self.bucket.sum / self.bucket.count as f64;
     }
 
     /// The rollup of a wider bucket from its narrower `parts`, non-empty and in ascending start order.
     pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Rollup {
         assert!(!parts.is_empty(), "a merge needs at least one part");
         let (latest, earlier) = parts.split_last().expect("not empty");
-        let prefix = earlier.iter().fold(0.0, |acc, p| acc + p.sum);
+        let prefix = earlier.iter().fold(0.0, |acc, p| acc + p.bucket.sum);
         let mut sketch = Sketch::default();
         for p in parts {
             sketch.merge(&p.sketch);
         }
         let mut r = Rollup {
-            start,
-            count: parts.iter().map(|p| p.count).sum::<i64>(),
-            sum: prefix + latest.sum,
-            min: parts.iter().map(|p| p.min).reduce(lesser).expect("not empty"),
-            max: parts.iter().map(|p| p.max).reduce(greater).expect("not empty"),
-            mean: 0.0,
-            first: parts[0].first,
-            last: latest.last,
-            p50: 0.0,
-            p95: 0.0,
-            p99: 0.0,
+            bucket: RollupBucket {
+                start,
+                count: parts.iter().map(|p| p.bucket.count).sum::<i64>(),
+                sum: prefix + latest.bucket.sum,
+                min: parts.iter().map(|p| p.bucket.min).reduce(lesser).expect("not empty"),
+                max: parts.iter().map(|p| p.bucket.max).reduce(greater).expect("not empty"),
+                mean: 0.0,
+                first: parts[0].bucket.first,
+                last: latest.bucket.last,
+                p50: 0.0,
+                p95: 0.0,
+                p99: 0.0,
+            },
             sketch,
-            last_ts: latest.start,
+            last_ts: latest.bucket.start,
             values: Vec::new(),
             prefix_sum: Some(prefix),
         };
@@ -316,13 +304,13 @@ mod tests {
     fn a_bucket_of_samples() {
         let s: Vec<_> = [5.0, 1.0, 3.0, 2.0, 4.0].iter().enumerate().map(|(i, v)| (t(i as i64), *v)).collect();
         let r = Rollup::of_samples(t(0), &s);
-        assert_eq!((r.count, r.sum, r.min, r.max, r.mean), (5, 15.0, 1.0, 5.0, 3.0));
-        assert_eq!((r.first, r.last), (5.0, 4.0));
+        assert_eq!((r.bucket.count, r.bucket.sum, r.bucket.min, r.bucket.max, r.bucket.mean), (5, 15.0, 1.0, 5.0, 3.0));
+        assert_eq!((r.bucket.first, r.bucket.last), (5.0, 4.0));
         // nearest rank: p50 of 5 values is the 3rd, p95 and p99 the 5th.
-        assert_eq!((r.p50, r.p95, r.p99), (3.0, 5.0, 5.0));
+        assert_eq!((r.bucket.p50, r.bucket.p95, r.bucket.p99), (3.0, 5.0, 5.0));
         let hundred: Vec<_> = (1..=100).map(|i| (t(i), i as f64)).collect();
         let r = Rollup::of_samples(t(0), &hundred);
-        assert_eq!((r.p50, r.p95, r.p99), (50.0, 95.0, 99.0));
+        assert_eq!((r.bucket.p50, r.bucket.p95, r.bucket.p99), (50.0, 95.0, 99.0));
     }
 
     #[test]
@@ -332,12 +320,16 @@ mod tests {
         let hour = Rollup::merge(t(0), &minutes);
         let exact = Rollup::of_samples(t(0), &samples);
         assert_eq!(
-            (hour.count, hour.min, hour.max, hour.first, hour.last),
-            (3600, exact.min, exact.max, exact.first, exact.last)
+            (hour.bucket.count, hour.bucket.min, hour.bucket.max, hour.bucket.first, hour.bucket.last),
+            (3600, exact.bucket.min, exact.bucket.max, exact.bucket.first, exact.bucket.last)
         );
-        assert!((hour.sum - exact.sum).abs() < 1e-9 * exact.sum);
+        assert!((hour.bucket.sum - exact.bucket.sum).abs() < 1e-9 * exact.bucket.sum);
         assert_eq!(hour.sketch, exact.sketch, "merging sketches equals sketching everything");
-        for (got, want) in [(hour.p50, exact.p50), (hour.p95, exact.p95), (hour.p99, exact.p99)] {
+        for (got, want) in [
+            (hour.bucket.p50, exact.bucket.p50),
+            (hour.bucket.p95, exact.bucket.p95),
+            (hour.bucket.p99, exact.bucket.p99),
+        ] {
             assert!((got - want).abs() <= Sketch::ALPHA * want.abs(), "{got} vs {want}");
         }
     }
@@ -352,7 +344,7 @@ mod tests {
             for piece in chunk.chunk_by(|a, b| bucket(a.0, 60) == bucket(b.0, 60)) {
                 let start = bucket(piece[0].0, 60);
                 let m = match minute.take() {
-                    Some(mut m) if m.start == start => {
+                    Some(mut m) if m.bucket.start == start => {
                         m.append(piece);
                         m
                     }
@@ -386,9 +378,9 @@ mod tests {
         b2.append(&[(t(61), -0.0)]);
         hour.merge_step(&b2, &[-0.0]);
         let want = Rollup::merge(t(0), &[a, b2]);
-        assert_eq!(hour.min.to_bits(), (-0.0f64).to_bits());
-        assert_eq!(hour.min.to_bits(), want.min.to_bits());
-        assert_eq!(hour.max.to_bits(), want.max.to_bits());
+        assert_eq!(hour.bucket.min.to_bits(), (-0.0f64).to_bits());
+        assert_eq!(hour.bucket.min.to_bits(), want.bucket.min.to_bits());
+        assert_eq!(hour.bucket.max.to_bits(), want.bucket.max.to_bits());
     }
 
     #[test]

@@ -7,26 +7,14 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tributary_store::Tx;
-use tributary_store::samples::{self, BucketKey as Key, ChangedSample, RollupBucket, RollupRow, SeriesSpan};
+use tributary_store::samples::{self, BucketKey as Key, ChangedSample, RollupRow, SeriesSpan};
 
 /// The row storing `r` as a bucket of the series (`host`, `field`).
 pub(super) fn row_of(host: String, field: String, r: &Rollup) -> RollupRow {
     RollupRow {
         host,
         field,
-        bucket: RollupBucket {
-            start: r.start,
-            count: r.count,
-            sum: r.sum,
-            min: r.min,
-            max: r.max,
-            mean: r.mean,
-            first: r.first,
-            last: r.last,
-            p50: r.p50,
-            p95: r.p95,
-            p99: r.p99,
-        },
+        bucket: r.bucket,
         sketch: r.sketch.to_bytes(),
         last_ts: r.last_ts,
         sorted_values: r.prefix_sum.is_none().then(|| values_to_bytes(&r.values)),
@@ -36,19 +24,8 @@ pub(super) fn row_of(host: String, field: String, r: &Rollup) -> RollupRow {
 
 /// The rollup a row stores, with its series (host, field); a sketch that does not decode is a decode error.
 fn rollup_of(row: RollupRow) -> Result<((String, String), Rollup), sqlx::Error> {
-    let b = row.bucket;
     let r = Rollup {
-        start: b.start,
-        count: b.count,
-        sum: b.sum,
-        min: b.min,
-        max: b.max,
-        mean: b.mean,
-        first: b.first,
-        last: b.last,
-        p50: b.p50,
-        p95: b.p95,
-        p99: b.p99,
+        bucket: row.bucket,
         sketch: Sketch::from_bytes(&row.sketch).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         last_ts: row.last_ts,
         values: row.sorted_values.map(|v| values_from_bytes(&v)).unwrap_or_default(),
@@ -82,7 +59,7 @@ pub(super) async fn load_buckets(
     width: i64,
 ) -> Result<HashMap<Key, Rollup>, sqlx::Error> {
     let rows = samples::load_buckets(tx, buckets, width).await?;
-    rows.into_iter().map(|row| rollup_of(row).map(|((h, f), r)| ((h, f, r.start), r))).collect()
+    rows.into_iter().map(|row| rollup_of(row).map(|((h, f), r)| ((h, f, r.bucket.start), r))).collect()
 }
 
 /// The `base`-width rollups inside each `width`-second bucket in `buckets`, in start order.
@@ -95,7 +72,7 @@ pub(super) async fn load_rollups(
     let mut out: Vec<(Key, Vec<Rollup>)> = Vec::new();
     for row in samples::load_rollups(tx, buckets, base, width).await? {
         let ((h, f), r) = rollup_of(row)?;
-        let wide = bucket(r.start, width);
+        let wide = bucket(r.bucket.start, width);
         match out.last_mut() {
             Some(((lh, lf, ls), parts)) if *lh == h && *lf == f && *ls == wide => parts.push(r),
             _ => out.push(((h, f, wide), vec![r])),

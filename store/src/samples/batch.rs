@@ -1,6 +1,7 @@
 //! What the processor's batch transaction runs on the metric tables, and the retention sweep.
 
 use super::read::RollupBucket;
+use crate::arrays::Arrays;
 use crate::{RollupConfig, Tx};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sqlx::postgres::PgRow;
@@ -100,26 +101,16 @@ pub struct NewLatest<'a> {
 
 /// Upserts samples, last writer wins by sequence; returns the rows that changed.
 pub async fn upsert_samples(tx: &mut Tx, samples: &[NewSample<'_>]) -> Result<Vec<ChangedSample>, sqlx::Error> {
-    let (mut hosts, mut fields, mut ts, mut vals, mut seqs) = (vec![], vec![], vec![], vec![], vec![]);
-    for s in samples {
-        hosts.push(s.host);
-        fields.push(s.field);
-        ts.push(s.ts);
-        vals.push(s.value);
-        seqs.push(s.seq);
-    }
-    let rows: Vec<(String, String, DateTime<Utc>, f64, bool)> = sqlx::query_as(
+    let args = Arrays::of(samples).column(|s| s.host).column(|s| s.field).column(|s| s.ts);
+    let args = args.column(|s| s.value).column(|s| s.seq).done()?;
+    let rows: Vec<(String, String, DateTime<Utc>, f64, bool)> = sqlx::query_as_with(
         "INSERT INTO metric_samples (host, field, ts, value, seq)
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::int8[])
          ON CONFLICT (host, field, ts) DO UPDATE SET value = EXCLUDED.value, seq = EXCLUDED.seq
            WHERE metric_samples.seq < EXCLUDED.seq
          RETURNING host, field, ts, value, xmax = 0",
+        args,
     )
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(&ts)
-    .bind(&vals)
-    .bind(&seqs)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows
@@ -128,14 +119,33 @@ pub async fn upsert_samples(tx: &mut Tx, samples: &[NewSample<'_>]) -> Result<Ve
         .collect())
 }
 
-fn columns(keys: &BTreeSet<BucketKey>) -> (Vec<&str>, Vec<&str>, Vec<DateTime<Utc>>) {
-    let mut out = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
-    for (h, f, t) in keys {
-        out.0.push(h.as_str());
-        out.1.push(f.as_str());
-        out.2.push(*t);
+/// The keys as `$1` (hosts), `$2` (fields) and `$3` (bucket starts), for `unnest`.
+fn key_arrays(keys: &BTreeSet<BucketKey>) -> Arrays<'_, BucketKey> {
+    Arrays::of(keys).column(|k| k.0.as_str()).column(|k| k.1.as_str()).column(|k| k.2)
+}
+
+/// `b.host, b.field, {select}` for each key of `keys` (as `b`, see [`key_arrays`]; its further arguments
+/// are `$4` on) joined with the rows `lateral` finds for it (as `x`), then `order_by`.
+///
+/// LATERAL with OFFSET 0 (which keeps the planner from flattening it into a hash join over the whole
+/// table): one primary-key range scan per key, whatever it guesses of unnest's size.
+async fn per_key(
+    tx: &mut Tx,
+    keys: Arrays<'_, BucketKey>,
+    select: &str,
+    lateral: &str,
+    order_by: &str,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    out
+    let sql = format!(
+        "SELECT b.host, b.field, {select}
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
+           CROSS JOIN LATERAL ({lateral} OFFSET 0) x
+          {order_by}"
+    );
+    sqlx::query_with(sqlx::AssertSqlSafe(sql), keys.done()?).fetch_all(&mut **tx).await
 }
 
 /// The raw samples of each `width`-second bucket in `buckets`, ordered by host, field and time.
@@ -144,33 +154,18 @@ pub async fn load_samples(
     buckets: &BTreeSet<BucketKey>,
     width: i64,
 ) -> Result<Vec<SampleRow>, sqlx::Error> {
-    if buckets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (hosts, fields, starts) = columns(buckets);
-    let rows: Vec<(String, String, DateTime<Utc>, f64)> = sqlx::query_as(
-        // LATERAL with OFFSET 0 (which keeps the planner from flattening it into a hash join over the whole
-        // table): one primary-key range scan per bucket, whatever it guesses of unnest's size.
-        "SELECT b.host, b.field, s.ts, s.value
-           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
-           CROSS JOIN LATERAL (
-             SELECT ts, value FROM metric_samples
-              WHERE host = b.host AND field = b.field AND ts >= b.start AND ts < b.start + make_interval(secs => $4)
-             OFFSET 0
-           ) s
-          ORDER BY b.host, b.field, s.ts",
-    )
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(&starts)
-    .bind(width as f64)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().map(|(host, field, ts, value)| SampleRow { host, field, ts, value }).collect())
+    let lateral = "SELECT ts, value FROM metric_samples
+        WHERE host = b.host AND field = b.field AND ts >= b.start AND ts < b.start + make_interval(secs => $4)";
+    let keys = key_arrays(buckets).value(width as f64);
+    let rows = per_key(tx, keys, "x.ts, x.value", lateral, "ORDER BY b.host, b.field, x.ts").await?;
+    let sample = |r: &PgRow| {
+        Ok(SampleRow { host: r.try_get(0)?, field: r.try_get(1)?, ts: r.try_get(2)?, value: r.try_get(3)? })
+    };
+    rows.iter().map(sample).collect()
 }
 
-const ROLLUP_COLUMNS: &str = "r.start, r.count, r.sum, r.min, r.max, r.mean, r.first, r.last, r.p50, r.p95, r.p99,
-    r.sketch, r.last_ts, r.sorted_values, r.prefix_sum";
+const ROLLUP_COLUMNS: &str = "x.start, x.count, x.sum, x.min, x.max, x.mean, x.first, x.last, x.p50, x.p95, x.p99,
+    x.sketch, x.last_ts, x.sorted_values, x.prefix_sum";
 
 fn rollup_row(row: &PgRow) -> Result<RollupRow, sqlx::Error> {
     Ok(RollupRow {
@@ -190,24 +185,9 @@ pub async fn load_buckets(
     buckets: &BTreeSet<BucketKey>,
     width: i64,
 ) -> Result<Vec<RollupRow>, sqlx::Error> {
-    if buckets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (hosts, fields, starts) = columns(buckets);
-    let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT b.host, b.field, {ROLLUP_COLUMNS}
-           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
-           CROSS JOIN LATERAL (
-             SELECT * FROM metric_rollups WHERE host = b.host AND field = b.field AND width = $4 AND start = b.start
-             OFFSET 0
-           ) r"
-    )))
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(&starts)
-    .bind(width as i32)
-    .fetch_all(&mut **tx)
-    .await?;
+    let lateral =
+        "SELECT * FROM metric_rollups WHERE host = b.host AND field = b.field AND width = $4 AND start = b.start";
+    let rows = per_key(tx, key_arrays(buckets).value(width as i32), ROLLUP_COLUMNS, lateral, "").await?;
     rows.iter().map(rollup_row).collect()
 }
 
@@ -218,28 +198,10 @@ pub async fn load_rollups(
     base: i64,
     width: i64,
 ) -> Result<Vec<RollupRow>, sqlx::Error> {
-    if buckets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (hosts, fields, starts) = columns(buckets);
-    let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT b.host, b.field, {ROLLUP_COLUMNS}
-           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(host, field, start)
-           CROSS JOIN LATERAL (
-             SELECT * FROM metric_rollups
-              WHERE host = b.host AND field = b.field AND width = $4
-                AND start >= b.start AND start < b.start + make_interval(secs => $5)
-             OFFSET 0
-           ) r
-          ORDER BY b.host, b.field, r.start"
-    )))
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(&starts)
-    .bind(base as i32)
-    .bind(width as f64)
-    .fetch_all(&mut **tx)
-    .await?;
+    let lateral = "SELECT * FROM metric_rollups WHERE host = b.host AND field = b.field AND width = $4
+        AND start >= b.start AND start < b.start + make_interval(secs => $5)";
+    let keys = key_arrays(buckets).value(base as i32).value(width as f64);
+    let rows = per_key(tx, keys, ROLLUP_COLUMNS, lateral, "ORDER BY b.host, b.field, x.start").await?;
     rows.iter().map(rollup_row).collect()
 }
 
@@ -248,16 +210,14 @@ pub async fn upsert_rollups(tx: &mut Tx, width: i64, rollups: &[RollupRow]) -> R
     if rollups.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&RollupRow) -> f64| rollups.iter().map(f).collect::<Vec<f64>>();
-    let hosts: Vec<&str> = rollups.iter().map(|r| r.host.as_str()).collect();
-    let fields: Vec<&str> = rollups.iter().map(|r| r.field.as_str()).collect();
-    let starts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.bucket.start).collect();
-    let counts: Vec<i64> = rollups.iter().map(|r| r.bucket.count).collect();
-    let sketches: Vec<&[u8]> = rollups.iter().map(|r| r.sketch.as_slice()).collect();
-    let last_ts: Vec<DateTime<Utc>> = rollups.iter().map(|r| r.last_ts).collect();
-    let values: Vec<Option<&[u8]>> = rollups.iter().map(|r| r.sorted_values.as_deref()).collect();
-    let prefix_sums: Vec<Option<f64>> = rollups.iter().map(|r| r.prefix_sum).collect();
-    sqlx::query(
+    let mut args = Arrays::of(rollups).column(|r| r.host.as_str()).column(|r| r.field.as_str()).value(width as i32);
+    args = args.column(|r| r.bucket.start).column(|r| r.bucket.count);
+    for stat in RollupBucket::STATS {
+        args = args.column(|r| stat(&r.bucket));
+    }
+    let args = args.column(|r| r.sketch.as_slice()).column(|r| r.last_ts);
+    let args = args.column(|r| r.sorted_values.as_deref()).column(|r| r.prefix_sum).done()?;
+    sqlx::query_with(
         "INSERT INTO metric_rollups
            (host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99, sketch,
             last_ts, sorted_values, prefix_sum)
@@ -271,25 +231,8 @@ pub async fn upsert_rollups(tx: &mut Tx, width: i64, rollups: &[RollupRow]) -> R
            mean = EXCLUDED.mean, first = EXCLUDED.first, last = EXCLUDED.last, p50 = EXCLUDED.p50,
            p95 = EXCLUDED.p95, p99 = EXCLUDED.p99, sketch = EXCLUDED.sketch, last_ts = EXCLUDED.last_ts,
            sorted_values = EXCLUDED.sorted_values, prefix_sum = EXCLUDED.prefix_sum",
+        args,
     )
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(width as i32)
-    .bind(&starts)
-    .bind(&counts)
-    .bind(col(|r| r.bucket.sum))
-    .bind(col(|r| r.bucket.min))
-    .bind(col(|r| r.bucket.max))
-    .bind(col(|r| r.bucket.mean))
-    .bind(col(|r| r.bucket.first))
-    .bind(col(|r| r.bucket.last))
-    .bind(col(|r| r.bucket.p50))
-    .bind(col(|r| r.bucket.p95))
-    .bind(col(|r| r.bucket.p99))
-    .bind(&sketches)
-    .bind(&last_ts)
-    .bind(&values)
-    .bind(&prefix_sums)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -300,20 +243,15 @@ pub async fn upsert_series(tx: &mut Tx, spans: &[SeriesSpan<'_>]) -> Result<(), 
     if spans.is_empty() {
         return Ok(());
     }
-    let hosts: Vec<&str> = spans.iter().map(|s| s.host).collect();
-    let fields: Vec<&str> = spans.iter().map(|s| s.field).collect();
-    let firsts: Vec<DateTime<Utc>> = spans.iter().map(|s| s.first_ts).collect();
-    let lasts: Vec<DateTime<Utc>> = spans.iter().map(|s| s.last_ts).collect();
-    sqlx::query(
+    let args = Arrays::of(spans).column(|s| s.host).column(|s| s.field);
+    let args = args.column(|s| s.first_ts).column(|s| s.last_ts).done()?;
+    sqlx::query_with(
         "INSERT INTO metric_series (host, field, first_ts, last_ts)
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
          ON CONFLICT (host, field) DO UPDATE SET first_ts = LEAST(metric_series.first_ts, EXCLUDED.first_ts),
            last_ts = GREATEST(metric_series.last_ts, EXCLUDED.last_ts), updated_at = now()",
+        args,
     )
-    .bind(&hosts)
-    .bind(&fields)
-    .bind(&firsts)
-    .bind(&lasts)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -321,21 +259,16 @@ pub async fn upsert_series(tx: &mut Tx, spans: &[SeriesSpan<'_>]) -> Result<(), 
 
 /// Replaces each host's latest sample by the batch's newest one where that is newer (ts, then sequence).
 pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), sqlx::Error> {
-    let hosts: Vec<&str> = latest.iter().map(|l| l.host).collect();
-    let ts: Vec<DateTime<Utc>> = latest.iter().map(|l| l.ts).collect();
-    let seqs: Vec<i64> = latest.iter().map(|l| l.seq).collect();
-    let fields: Vec<&str> = latest.iter().map(|l| l.fields.as_str()).collect();
-    sqlx::query(
+    let args = Arrays::of(latest).column(|l| l.host).column(|l| l.ts).column(|l| l.seq);
+    let args = args.column(|l| l.fields.as_str()).done()?;
+    sqlx::query_with(
         "INSERT INTO metric_latest (host, ts, seq, fields)
          SELECT h, t, s, f::jsonb FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::text[]) AS x(h, t, s, f)
          ON CONFLICT (host) DO UPDATE SET ts = EXCLUDED.ts, seq = EXCLUDED.seq, fields = EXCLUDED.fields,
            updated_at = now()
          WHERE (metric_latest.ts, metric_latest.seq) < (EXCLUDED.ts, EXCLUDED.seq)",
+        args,
     )
-    .bind(&hosts)
-    .bind(&ts)
-    .bind(&seqs)
-    .bind(&fields)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -36,7 +36,8 @@ pub struct SamplePoint {
     pub value: f64,
 }
 
-/// One rollup bucket's statistics, as the API serves them.
+/// One rollup bucket's start and statistics: what the API serves, and what the processor's rollup
+/// arithmetic (`Rollup`) keeps beside its sketch and values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RollupBucket {
     /// The bucket's start.
@@ -64,8 +65,13 @@ pub struct RollupBucket {
 }
 
 impl RollupBucket {
+    /// The statistics stored as `float8`, in `metric_rollups`' column order: sum, min, max, mean, first,
+    /// last, p50, p95 and p99.
+    pub(super) const STATS: [fn(&RollupBucket) -> f64; 9] =
+        [|b| b.sum, |b| b.min, |b| b.max, |b| b.mean, |b| b.first, |b| b.last, |b| b.p50, |b| b.p95, |b| b.p99];
+
     /// The bucket of a `metric_rollups` row read with its column names.
-    pub(super) fn from_row(row: &PgRow) -> Result<RollupBucket, sqlx::Error> {
+    pub fn from_row(row: &PgRow) -> Result<RollupBucket, sqlx::Error> {
         use sqlx::Row;
         Ok(RollupBucket {
             start: row.try_get("start")?,

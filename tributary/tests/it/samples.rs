@@ -15,6 +15,7 @@ use std::time::Duration;
 use tributary_broker::samples::SampleEvent;
 use tributary_broker::ts::Ts;
 use tributary_processor::samples::rollup::{Rollup, Sketch, bucket, values_from_bytes};
+use tributary_store::samples::RollupBucket;
 use tributary_testkit::eventually;
 
 pub type Fields = BTreeMap<String, f64>;
@@ -161,26 +162,23 @@ pub async fn verify_metrics(app: &crate::common::TestApp, order: &[Msg]) -> usiz
     let got: BTreeMap<_, _> = rows
         .iter()
         .map(|row| {
-            let g = |c: &str| row.try_get::<f64, _>(c).unwrap();
             let values: Option<Vec<u8>> = row.get("sorted_values");
             let r = Rollup {
-                start: row.get("start"),
-                count: row.get("count"),
-                sum: g("sum"),
-                min: g("min"),
-                max: g("max"),
-                mean: g("mean"),
-                first: g("first"),
-                last: g("last"),
-                p50: g("p50"),
-                p95: g("p95"),
-                p99: g("p99"),
+                bucket: RollupBucket::from_row(row).unwrap(),
                 sketch: Sketch::from_bytes(row.get("sketch")).unwrap(),
                 last_ts: row.get("last_ts"),
                 values: values.map(|v| values_from_bytes(&v)).unwrap_or_default(),
                 prefix_sum: row.get("prefix_sum"),
             };
-            ((row.get::<String, _>("host"), row.get::<String, _>("field"), row.get::<i32, _>("width"), r.start), r)
+            (
+                (
+                    row.get::<String, _>("host"),
+                    row.get::<String, _>("field"),
+                    row.get::<i32, _>("width"),
+                    r.bucket.start,
+                ),
+                r,
+            )
         })
         .collect();
     assert_eq!(got.len(), want.len(), "the same buckets");

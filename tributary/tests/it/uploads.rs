@@ -12,6 +12,16 @@ fn chunked(text: Vec<u8>) -> reqwest::Body {
     reqwest::Body::wrap_stream(futures::stream::iter(chunks))
 }
 
+/// Uploads `body` as `kind`, streamed, and reads the upload's events to the end: (its id, the progress
+/// events, the summary).
+async fn upload(app: &crate::common::TestApp, kind: &str, body: Vec<u8>) -> (String, Vec<Value>, Value) {
+    let r = app.http.post(format!("{}/v1/uploads?kind={kind}", app.base)).body(chunked(body)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (progress, summary) = follow(app, &id).await;
+    (id, progress, summary)
+}
+
 /// Reads an upload's events to the end: (progress events, the summary).
 async fn follow(app: &crate::common::TestApp, id: &str) -> (Vec<Value>, Value) {
     let r = app.http.get(format!("{}/v1/uploads/{id}/events", app.base)).send().await.unwrap();
@@ -58,11 +68,7 @@ async fn a_streamed_ports_upload_reports_progress_to_a_committed_summary_with_bo
     text.extend_from_slice(b"}\n");
     let size = text.len();
     assert!(size > 3_000_000, "multi-megabyte: {size}");
-    let r = app.http.post(format!("{}/v1/uploads?kind=ports", app.base)).body(chunked(text)).send().await.unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-
-    let (progress, summary) = follow(&app, &id).await;
+    let (id, progress, summary) = upload(&app, "ports", text).await;
     assert_eq!(summary["state"], "done", "{summary}");
     assert_eq!(summary["bytes"], size as u64);
     assert_eq!((summary["entries"].as_u64(), summary["published"].as_u64()), (Some(n), Some(n)));
@@ -91,16 +97,7 @@ async fn a_numbers_upload_ends_with_the_batch_statistics() {
     let values: Vec<f64> = (0..200_000).map(|i| ((i * 7919) % 10_007) as f64 / 13.0 - 300.0).collect();
     let mut text: String = values.iter().map(|v| format!("{v}\n")).collect();
     text.push_str("not a number\n");
-    let r = app
-        .http
-        .post(format!("{}/v1/uploads?kind=numbers", app.base))
-        .body(chunked(text.into_bytes()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, summary) = follow(&app, &id).await;
+    let (_, _, summary) = upload(&app, "numbers", text.into_bytes()).await;
     let stats = &summary["stats"];
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -122,15 +119,7 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         csv.push_str(&format!("CSV{},{},{},10\n", i % 2, 1_767_225_600_000u64 + i * 1000, 100 + i));
     }
     csv.push_str("CSV0,someday,1\n");
-    let r = app
-        .http
-        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
-        .body(chunked(csv.into_bytes()))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, summary) = follow(&app, &id).await;
+    let (_, _, summary) = upload(&app, "prices-csv", csv.into_bytes()).await;
     assert_eq!((summary["published"].as_u64(), summary["committed"].as_u64()), (Some(500), Some(500)), "{summary}");
     assert_eq!(summary["invalid"], 1);
     assert!(summary["errors"][0].as_str().unwrap().starts_with("line 502 (byte "), "{summary}");
@@ -149,15 +138,7 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
         "",
     ];
     let ndjson = ndjson_lines.join("\n");
-    let r = app
-        .http
-        .post(format!("{}/v1/uploads?kind=ndjson", app.base))
-        .body(chunked(ndjson.into_bytes()))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, summary) = follow(&app, &id).await;
+    let (_, _, summary) = upload(&app, "ndjson", ndjson.into_bytes()).await;
     assert_eq!(summary["published"], 5, "{summary}");
     assert_eq!((summary["committed"].as_u64(), summary["dead_letters"].as_u64()), (Some(4), Some(1)), "{summary}");
     let errors: Vec<&str> = summary["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
