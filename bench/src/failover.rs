@@ -15,8 +15,9 @@ use tributary_broker::group::Group;
 /// What the failover run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Failover {
-    /// From the SIGKILL to the next commit of a price of the killed processor's partitions, seconds.
-    pub takeover_s: f64,
+    /// From the SIGKILL to the next commit of a price of the killed processor's partitions, seconds;
+    /// `None` when the backlog was too small to still have work for them when the kill came.
+    pub takeover_s: Option<f64>,
     /// The price partitions the killed processor owned.
     pub partitions: Vec<String>,
     /// `processor.takeover_secs` (how long a dead processor keeps its partitions).
@@ -53,11 +54,13 @@ async fn run(
     let limit = Duration::from_secs(600);
     let mut processors: Vec<Processor> =
         (0..2).map(|_| Processor::spawn(config, &db.url, name, PARTITIONS)).collect::<anyhow::Result<_>>()?;
-    // Both in the group, the first price partition owned, a third of the backlog committed.
-    let victim = until(limit, || async {
+    // Both in the group, the first price partition owned, a third of the backlog committed (or all of
+    // it, when it was too small).
+    let (victim, done) = until(limit, || async {
         let members = Group::open(js, name).await?.members().await.ok()?;
         let owner = members.iter().find(|m| m.owns.contains(&format!("{name}-price-p0")))?;
-        (members.len() == 2 && committed(&db.pool).await >= n / 3).then(|| owner.clone())
+        let committed = committed(&db.pool).await;
+        (members.len() == 2 && committed >= n / 3).then(|| (owner.clone(), committed >= n))
     })
     .await?;
     let at = processors.iter().position(|p| p.pid() == victim.pid).ok_or_else(|| anyhow::anyhow!("no victim"))?;
@@ -69,17 +72,16 @@ async fn run(
     // moment later.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = points(&db.pool, &instruments).await;
-    until(limit, || async { (points(&db.pool, &instruments).await > before).then_some(()) }).await?;
-    let takeover = killed.elapsed();
+    let moved =
+        until(Duration::from_secs(60), || async { (points(&db.pool, &instruments).await > before).then_some(()) });
+    let takeover = match done {
+        true => None,
+        false => moved.await.ok().map(|()| killed.elapsed().as_secs_f64()),
+    };
     settled(&db.pool, n, metrics, limit).await?;
     let equal = checksum(&db.pool).await? == single;
     drop(processors);
-    Ok(Failover {
-        takeover_s: takeover.as_secs_f64(),
-        partitions: owned,
-        takeover_setting_s: config.processor.takeover_secs,
-        equal,
-    })
+    Ok(Failover { takeover_s: takeover, partitions: owned, takeover_setting_s: config.processor.takeover_secs, equal })
 }
 
 /// The instruments whose prices the partitions (durable consumers `<prefix>-price-p<n>`) hold, read off
