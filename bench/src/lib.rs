@@ -258,6 +258,7 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             p999_ms: f.p999_ms,
             mean_batch_events: f.mean_batch_events,
             mean_batch_ms: f.mean_batch_ms,
+            phases_ms: f.phases_ms,
             floor,
         })
         .collect();
@@ -288,6 +289,8 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             q(b.p50_ms, b.p99_ms, b.p999_ms),
             q(j.p50_ms, j.p99_ms, j.p999_ms)
         );
+        let phases: Vec<String> = p.phases_ms.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("{:>10} where a unit's time goes, mean ms: {}", "", phases.join(", "));
     }
     println!("{}", serde_json::to_string(&points)?);
     Ok(())
@@ -398,6 +401,7 @@ async fn run_phases(
             freshness_p50_ms: trib.freshness.p50_ms,
             freshness_p99_ms: trib.freshness.p99_ms,
             freshness_p999_ms: trib.freshness.p999_ms,
+            freshness_phases_ms: trib.freshness.phases_ms.clone(),
             peak_rss_mb: trib.peak_rss_mb,
             two_replicas_events_per_s: trib.scale.runs.median,
             two_replicas: trib.scale.runs.clone(),

@@ -91,7 +91,13 @@ pub struct Freshness {
     /// what the latency is made of.
     pub mean_batch_events: f64,
     pub mean_batch_ms: f64,
+    /// Where a unit's time goes: the mean of each phase of `tributary_phase_seconds`, ms (wait, lock,
+    /// load, derive, write, index, commit, ack; a batch split over parallel transactions times each).
+    pub phases_ms: Phases,
 }
+
+/// Mean milliseconds per phase, by phase.
+pub type Phases = std::collections::BTreeMap<String, f64>;
 
 /// What the freshness measurement reads off the processor's metrics.
 struct Scrape {
@@ -99,6 +105,8 @@ struct Scrape {
     batches: f64,
     batch_events: f64,
     batch_seconds: f64,
+    /// Phase → (sum of seconds, count).
+    phases: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 pub struct Measured {
@@ -180,6 +188,7 @@ impl Processor {
             batches: parse_value(&text, "tributary_batch_size_count", "prices"),
             batch_events: parse_value(&text, "tributary_batch_size_sum", "prices"),
             batch_seconds: parse_value(&text, "tributary_batch_seconds_sum", "prices"),
+            phases: parse_phases(&text, "prices"),
         })
     }
 }
@@ -239,6 +248,25 @@ fn parse_value(text: &str, name: &str, consumer: &str) -> f64 {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The sum and count of every phase of `tributary_phase_seconds` for a consumer label.
+fn parse_phases(text: &str, consumer: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut phases = std::collections::BTreeMap::new();
+    for (suffix, sum) in [("_sum{", true), ("_count{", false)] {
+        let name = format!("tributary_phase_seconds{suffix}");
+        for l in text.lines().filter(|l| l.starts_with(&name) && l.contains(&format!("consumer=\"{consumer}\""))) {
+            let (Some(phase), Some(v)) = (
+                l.split("phase=\"").nth(1).and_then(|r| r.split('"').next()),
+                l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            let e: &mut (f64, f64) = phases.entry(phase.to_owned()).or_default();
+            if sum { e.0 = v } else { e.1 = v }
+        }
+    }
+    phases
 }
 
 /// The `q` quantile of the difference of two cumulative histograms, interpolated within its bucket.
@@ -424,6 +452,14 @@ pub(super) async fn freshness(
         p999_ms: bucket_quantile(&before.latency, &after.latency, 0.999) * 1e3,
         mean_batch_events: (after.batch_events - before.batch_events) / batches,
         mean_batch_ms: (after.batch_seconds - before.batch_seconds) / batches * 1e3,
+        phases_ms: after
+            .phases
+            .iter()
+            .map(|(phase, (sum, count))| {
+                let (s0, c0) = before.phases.get(phase).copied().unwrap_or_default();
+                (phase.clone(), (sum - s0) / (count - c0).max(1.0) * 1e3)
+            })
+            .collect(),
     })
 }
 
@@ -497,5 +533,9 @@ mod tests {
                     tributary_batch_size_sum_other{consumer=\"prices\"} 9\n";
         assert_eq!(parse_value(text, "tributary_batch_size_sum", "prices"), 1234.5);
         assert_eq!(parse_value(text, "tributary_batch_size_count", "prices"), 0.0);
+        let phases = "tributary_phase_seconds_sum{consumer=\"prices\",phase=\"lock\"} 0.5\n\
+                      tributary_phase_seconds_count{consumer=\"prices\",phase=\"lock\"} 4\n\
+                      tributary_phase_seconds_sum{consumer=\"metrics\",phase=\"lock\"} 9\n";
+        assert_eq!(parse_phases(phases, "prices").get("lock"), Some(&(0.5, 4.0)));
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct FreshnessPoint {
     pub(super) p999_ms: f64,
     pub(super) mean_batch_events: f64,
     pub(super) mean_batch_ms: f64,
+    /// Mean ms of each phase of a unit (`tributary_phase_seconds`).
+    pub(super) phases_ms: pipeline::Phases,
     /// What JetStream alone and the baseline pipeline reach at this rate, just before.
     pub(super) floor: floor::Floor,
 }
@@ -77,6 +79,8 @@ pub(super) struct TributaryReport {
     pub(super) freshness_p50_ms: f64,
     pub(super) freshness_p99_ms: f64,
     pub(super) freshness_p999_ms: f64,
+    /// Where a unit's time goes during the freshness run: mean ms of each phase.
+    pub(super) freshness_phases_ms: pipeline::Phases,
     pub(super) peak_rss_mb: f64,
     /// Two replicas, one partition each: their combined rate.
     pub(super) two_replicas_events_per_s: f64,
@@ -181,6 +185,8 @@ pub(super) fn print_table(r: &Report) {
         (raw.jetstream_freshness_p50_ms, raw.jetstream_freshness_p99_ms, raw.jetstream_freshness_p999_ms),
         "the same rate",
     );
+    let phases: Vec<String> = tributary.freshness_phases_ms.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    line("  where a unit's time goes (mean ms)", &phases.join(", "));
     line("Tributary processor peak RSS", &format!("{:>12.0} MB", tributary.peak_rss_mb));
     line(
         "Tributary spans exported",

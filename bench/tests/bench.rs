@@ -134,6 +134,11 @@ fn bench_freshness_rates_reports_the_latency_at_each_rate() {
         }
         assert!(p["p50_ms"].as_f64() <= p["p99_ms"].as_f64(), "{p}");
         assert!(p["mean_batch_events"].as_f64() >= Some(1.0), "a batch holds at least one event: {p}");
+        // Where a unit's time goes: every step of the price transaction, the wait before and the acks after.
+        for phase in ["wait", "lock", "load", "derive", "write", "commit", "ack"] {
+            let v = p["phases_ms"][phase].as_f64().unwrap_or_else(|| panic!("phase {phase} missing: {p}"));
+            assert!(v.is_finite() && v >= 0.0, "{phase} = {v}");
+        }
         // The floor at the same rate: JetStream alone and the baseline, every event's latency.
         for floor in ["jetstream", "baseline"] {
             let q = &p["floor"][floor];

@@ -51,5 +51,7 @@ metrics! {
         "Seconds since the oldest message of a partition not yet acked was stored (0 when none), by kind and partition.";
     PARTITION_OWNED: Gauge = "tributary_partition_owned",
         "1 while this processor consumes the partition, else 0, by kind and partition.";
+    PHASE_SECONDS: Histogram = "tributary_phase_seconds",
+        "Where a unit of work's time goes, by consumer and phase: wait (its oldest message's JetStream arrival to the unit's start), lock, load, derive, write, index and commit (the steps of a price transaction), ack (acking after the commit).";
     PROCESSOR_MEMBERS: Gauge = "tributary_processor_members", "Processor processes in the group, as this one sees them.";
 }

@@ -246,6 +246,7 @@ impl<H: BatchHandler> Lanes<H> {
         let latency = metrics::histogram!(names::COMMIT_LATENCY, "consumer" => label);
         let (mut committed, mut failed) = (Vec::new(), Vec::new());
         let mut retried = 0u64;
+        let acking = std::time::Instant::now();
         for (item, outcome) in done.items {
             self.busy.remove(&item.series);
             match outcome {
@@ -269,6 +270,8 @@ impl<H: BatchHandler> Lanes<H> {
             }
         }
         if !committed.is_empty() {
+            metrics::histogram!(names::PHASE_SECONDS, "consumer" => label, "phase" => "ack")
+                .record(acking.elapsed().as_secs_f64());
             metrics::counter!(names::EVENTS, "consumer" => label, "outcome" => "processed")
                 .increment(committed.len() as u64);
             if let Some(hook) = &spec.settled {

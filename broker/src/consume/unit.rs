@@ -70,6 +70,11 @@ impl<H: BatchHandler> Unit<H> {
     /// Stores the items, reporting them in progress while it works.
     pub(super) async fn run(self, items: Vec<Item>, deliveries: Vec<Delivery<H::Event>>) -> Done {
         let started = Instant::now();
+        if let Some(oldest) = items.iter().map(|i| i.received.0).min() {
+            let waited = (chrono::Utc::now() - oldest).to_std().unwrap_or_default();
+            metrics::histogram!(names::PHASE_SECONDS, "consumer" => self.spec.label, "phase" => "wait")
+                .record(waited.as_secs_f64());
+        }
         let span =
             tracing::info_span!("process", otel.kind = "consumer", consumer = self.spec.durable, events = items.len());
         let mut parents = items.iter().map(|i| &i.parent).filter(|cx| cx.span().span_context().is_valid());

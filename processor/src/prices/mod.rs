@@ -181,8 +181,10 @@ impl PriceHandler {
     /// One transaction for the batch, trusting cached tails if `use_cache`; [`Attempt::Stale`] if a tail
     /// it trusted was not current after all (then nothing is committed).
     async fn attempt(&self, by_instrument: &BTreeMap<&str, Vec<Incoming>>, use_cache: bool) -> Result<(), Attempt> {
+        let mut laps = Laps::new("prices");
         // 2. lock, in the same round trip as BEGIN
         let mut tx = lock::begin(&self.pool, "price", by_instrument.keys().copied()).await?;
+        laps.lap("lock");
         // 3. load: from the tail cache for appends after a cached tail, else from the table. A cached
         //    tail is trusted now and checked at the write: its series' version must then step from the
         //    cached one.
@@ -203,6 +205,7 @@ impl PriceHandler {
         }
         let mut stored =
             store::load_points(&mut tx, &to_load, self.transforms.window(), CHUNK_POINTS, &self.names).await?;
+        laps.lap("load");
         // 4-5. merge and recompute, chunk by chunk where a change reaches past the first chunk
         let mut writes = store::Writes::new(&self.names);
         let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
@@ -237,6 +240,7 @@ impl PriceHandler {
                 tails.push((instrument, tail));
             }
         }
+        laps.lap("derive");
         let changed: Vec<&str> = changed_from.keys().copied().collect();
         let written = match store::write_batch(&mut tx, writes, &changed).await {
             // A trusted tail missed points stored since: its "new" points were there.
@@ -246,6 +250,7 @@ impl PriceHandler {
         if trusted.iter().any(|(i, v)| written.versions.get(*i).is_some_and(|w| *w != v + 1)) {
             return Err(Attempt::Stale);
         }
+        laps.lap("write");
         // 6. indices
         if !written.indices.is_empty() {
             lock::acquire(&mut tx, "index", written.indices.iter().map(String::as_str)).await?;
@@ -253,8 +258,10 @@ impl PriceHandler {
                 let from = def.weights.iter().filter_map(|(i, _)| changed_from.get(i.as_str())).min().copied();
                 recompute_index(&mut tx, &def, from).await?;
             }
+            laps.lap("index");
         }
         tx.commit().await?;
+        laps.lap("commit");
         self.index_of.lock().unwrap_or_else(|e| e.into_inner()).learn(&changed, &written.constituents);
         // A series read from the table and not written has no version known here: not cached.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,6 +271,26 @@ impl PriceHandler {
             }
         }
         Ok(())
+    }
+}
+
+/// The steps of one transaction timed one after the other, each into `tributary_phase_seconds`.
+struct Laps {
+    consumer: &'static str,
+    at: std::time::Instant,
+}
+
+impl Laps {
+    fn new(consumer: &'static str) -> Laps {
+        Laps { consumer, at: std::time::Instant::now() }
+    }
+
+    /// Records the time since the last lap as `phase`.
+    fn lap(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!(tributary_broker::metric_names::PHASE_SECONDS, "consumer" => self.consumer, "phase" => phase)
+            .record((now - self.at).as_secs_f64());
+        self.at = now;
     }
 }
 
