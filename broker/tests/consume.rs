@@ -451,3 +451,27 @@ async fn a_lone_poison_message_on_a_quiet_stream_is_dead_lettered() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// A pinned consumer's loop releases its pin when it stops, and the next loop on it (another process
+/// taking the partition over) is delivered to at once, not after the pin's timeout (60 s here). Messages
+/// the first loop had fetched and not started are given back, not left to `ack_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_pinned_loop_hands_its_partition_over_at_once() {
+    let (_nats, js) = setup(&["a".to_owned()]).await;
+    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(60)), ..spec() };
+    let first = Scripted::new(|_, _| Act::Commit);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), pinned.clone(), first.clone(), stop.clone()));
+    until("the first loop to commit a", async || first.committed() == ["a"]).await;
+    stop.cancel();
+    run.await.unwrap().unwrap();
+
+    let next = Scripted::new(|_, _| Act::Commit);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), pinned, next.clone(), stop.clone()));
+    js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
+    until("the next loop to commit b", async || next.committed() == ["b"]).await;
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(first.committed(), ["a"], "the first loop took nothing after it stopped");
+}

@@ -202,7 +202,16 @@ pub async fn run<H: BatchHandler>(
 ) -> Result<(), ConsumeError> {
     let mut failures = 0i64;
     let mut lanes = Lanes::new(&js, &spec, handler).await;
+    let mut reopening = false;
     while !shutdown.is_cancelled() {
+        // A new pull stream of a pinned consumer waits until the pin of the one before lapses: this
+        // process held it, so it releases it first.
+        if std::mem::replace(&mut reopening, true)
+            && spec.pinned.is_some()
+            && let Err(e) = unpin(&js, &spec).await
+        {
+            tracing::debug!(consumer = spec.durable, error = %e, "pin not released before reopening");
+        }
         let messages = match open(&js, &spec).await {
             Ok(m) => m,
             Err(OpenError::NoStream) => return Err(ConsumeError::NoStream(spec.stream.clone())),
@@ -262,24 +271,19 @@ pub async fn run<H: BatchHandler>(
     }
     lanes.give_back().await;
     if spec.pinned.is_some() {
-        unpin(&js, &spec).await;
+        match unpin(&js, &spec).await {
+            Ok(()) => info!(consumer = spec.durable, "released"),
+            Err(e) => warn!(consumer = spec.durable, error = %e, "could not release the pin; it lapses by itself"),
+        }
     }
     Ok(())
 }
 
-/// Releases the pin of a pinned consumer, so that a process waiting for it gets it now rather than after
-/// the pin's timeout.
-async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec) {
-    let released = match js.get_stream(&spec.stream).await {
-        Ok(stream) => {
-            stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    match released {
-        Ok(()) => info!(consumer = spec.durable, "released"),
-        Err(e) => warn!(consumer = spec.durable, error = %e, "could not release the pin; it lapses by itself"),
-    }
+/// Releases the pin of a pinned consumer, so that a pull stream waiting for it (another process's, or
+/// this loop's next one) gets it now rather than after the pin's timeout.
+async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<(), String> {
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| e.to_string())?;
+    stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())
 }
 
 enum OpenError {
@@ -327,13 +331,14 @@ async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stre
         })
         .await
         .map_err(|e| OpenError::Other(e.into()))?;
-    // A pinned client keeps its pin by pulling: pulls expire well within the pin's timeout.
-    let expires = (pin_timeout / 3).max(Duration::from_millis(300));
+    // A pinned client keeps its pin by pulling: pulls expire within half the pin's timeout, and the
+    // heartbeat is as long as that allows (a missed one reopens the stream).
+    let expires = (pin_timeout / 2).max(Duration::from_millis(500));
     consumer
         .stream()
         .group(crate::group::PRIORITY_GROUP)
         .max_messages_per_batch(spec.batch)
-        .heartbeat(expires / 3)
+        .heartbeat(expires / 2)
         .expires(expires)
         .messages()
         .await
