@@ -77,15 +77,20 @@ impl Default for ProcessorConfig {
 impl ProcessorConfig {
     /// The consumers of `kind`: one per partition (pinned: one process at a time) when the kind is
     /// partitioned, else the one every process shares.
+    /// `leftovers` are partitions of a larger count than now that still hold messages (see
+    /// [`leftover_partitions`]): they are consumed too, until the processors restart.
     fn specs(
         &self,
         streams: &StreamsConfig,
         kind: Kind,
         label: &'static str,
         settled: &SettledHook,
+        leftovers: &[u32],
     ) -> Vec<(ConsumerSpec, Option<u32>)> {
+        let leftovers = leftovers.iter().map(|p| consume::partition_consumer(&self.durable_prefix, kind, *p));
         consume::processor_consumers(&self.durable_prefix, kind, self.partitions)
             .into_iter()
+            .chain(leftovers)
             .map(|(durable, filter_subject, partition)| {
                 let spec = ConsumerSpec {
                     stream: streams.stream_name(kind),
@@ -144,8 +149,18 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let mut partitions = Vec::new();
     // A kind's shared consumer runs here; its partitions, if any, go to the group.
+    let mut leftovers = std::collections::HashMap::new();
+    for kind in Kind::ALL.into_iter().filter(|k| k.partitioned() && cfg.partitions > 1) {
+        let found =
+            leftover_partitions(&js, &streams.stream_name(kind), &cfg.durable_prefix, kind, cfg.partitions).await;
+        if !found.is_empty() {
+            tracing::warn!(%kind, partitions = ?found, now = cfg.partitions, "partitions of a larger count still hold messages: consuming them too");
+        }
+        leftovers.insert(kind, found);
+    }
     let mut spawn = |kind: Kind, label: &'static str, start: group::Start| {
-        for (spec, partition) in cfg.specs(&streams, kind, label, &progress) {
+        let leftovers = leftovers.get(&kind).map(Vec::as_slice).unwrap_or_default();
+        for (spec, partition) in cfg.specs(&streams, kind, label, &progress, leftovers) {
             match partition {
                 Some(number) => {
                     partitions.push(group::Partition { spec, kind: kind.prefix(), number, start: start.clone() })
@@ -188,6 +203,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The partitions `p >= partitions` of `kind` whose durable consumers exist and still hold messages:
+/// `processor.partitions` was lowered, and what was stored under the larger count must still be
+/// processed. Listed once, at startup; none when the stream or its consumers cannot be read.
+async fn leftover_partitions(
+    js: &jetstream::Context,
+    stream: &str,
+    prefix: &str,
+    kind: Kind,
+    partitions: u32,
+) -> Vec<u32> {
+    use futures::StreamExt;
+    let Ok(stream) = js.get_stream(stream).await else { return Vec::new() };
+    let name_prefix = format!("{prefix}-{}-p", kind.prefix());
+    let names: Vec<String> = stream.consumer_names().filter_map(|n| async move { n.ok() }).collect().await;
+    let mut found = Vec::new();
+    for name in names {
+        let Some(p) = name.strip_prefix(&name_prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if p < partitions {
+            continue;
+        }
+        let Ok(mut consumer) = stream.get_consumer::<jetstream::consumer::pull::Config>(&name).await else { continue };
+        if let Ok(info) = consumer.info().await
+            && info.num_pending + info.num_ack_pending as u64 > 0
+        {
+            found.push(p);
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 /// How to run a consume loop of `handler`'s kind, for a spec and a stop token.

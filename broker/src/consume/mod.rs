@@ -158,12 +158,16 @@ pub enum ConsumeError {
 /// reads.
 pub fn processor_consumers(prefix: &str, kind: crate::Kind, partitions: u32) -> Vec<(String, String, Option<u32>)> {
     if kind.partitioned() && partitions > 1 {
-        (0..partitions)
-            .map(|p| (format!("{prefix}-{}-p{p}", kind.prefix()), kind.partition_filter(p), Some(p)))
-            .collect()
+        (0..partitions).map(|p| partition_consumer(prefix, kind, p)).collect()
     } else {
         vec![(format!("{prefix}-{}", kind.prefix()), kind.filter(), None)]
     }
+}
+
+/// The processors' durable consumer of partition `p` of `kind`, as (durable name, filter subject,
+/// partition): `processor-price-p3` on `price.p.3.>`.
+pub fn partition_consumer(prefix: &str, kind: crate::Kind, p: u32) -> (String, String, Option<u32>) {
+    (format!("{prefix}-{}-p{p}", kind.prefix()), kind.partition_filter(p), Some(p))
 }
 
 /// How a unit's messages ended, for a [`SettledHook`].

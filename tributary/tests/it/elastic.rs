@@ -130,3 +130,55 @@ async fn processors_share_partitions_take_over_from_a_killed_one_and_make_room_f
     assert!(owners.values().all(|o| !o.is_empty()), "every partition has an owner: {body}");
     assert!(partitions.iter().all(|p| p["pending"] == 0), "nothing pending once settled: {body}");
 }
+
+/// Lowering `processor.partitions` leaves nothing behind: messages stored under the larger count, in
+/// partitions that no longer exist, are consumed by the processors of the smaller one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_partition_count_leaves_no_message_behind() {
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
+    // A processor ran with four partitions: their consumers exist. Then no processor runs while prices
+    // arrive, over all four.
+    let mut in_process = app;
+    in_process.start_processor();
+    let prefix = in_process.c.config.processor.durable_prefix.clone();
+    eventually(Duration::from_secs(60), "the four price partitions' consumers", || async {
+        let stream = in_process.c.js.get_stream("PRICES").await.ok()?;
+        for p in 0..PARTITIONS {
+            stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("{prefix}-price-p{p}"))
+                .await
+                .ok()?;
+        }
+        Some(())
+    })
+    .await;
+    in_process.kill_processors();
+    let app = in_process;
+    let publish = |from: i64| {
+        let js = app.js();
+        async move {
+            let mut p = tributary_broker::Publisher::new(js, 256);
+            for i in 0..200i64 {
+                let ts =
+                    chrono::TimeZone::timestamp_opt(&chrono::Utc, 1_767_225_600 + (from + i / 20) * 86_400, 0).unwrap();
+                let e = tributary_broker::events::PriceEvent {
+                    ts: Some(tributary_broker::ts::Ts(ts)),
+                    price: 10.0 + i as f64,
+                    volume: None,
+                };
+                p.publish(format!("price.L{}", i % 20), None, &e).await;
+            }
+            assert!(p.finish().await.failed.is_empty());
+        }
+    };
+    publish(0).await;
+    // The count is lowered to two: the streams change, and more prices go to the two partitions left.
+    tributary_broker::streams::ensure(&app.c.js, &app.c.config.streams, 2).await.unwrap();
+    publish(10).await;
+    let env = env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", "2")]);
+    let _processor = tributary(&["processor"], &refs(&env));
+    // Every partition of the larger count is drained, and everything stored is what the batch computes.
+    app.settled_within(Duration::from_secs(120)).await;
+    verify(&app, &price_truth(&app).await, &HashMap::new()).await;
+}
