@@ -3,8 +3,9 @@
 //!
 //! Each process keeps one record ([`Member`]) under its own key in the KV bucket [`BUCKET`]
 //! (`<group>.<member id>`, the group being the processors' durable prefix, so that groups on one server
-//! never mix) and writes it again every heartbeat; the bucket forgets a record [`Group::ttl`] after its last write, so a process
-//! that dies leaves the group by itself, with no one to tell. Every process computes the same assignment
+//! never mix) and writes it again every heartbeat; the bucket forgets a record `ttl` (given to
+//! [`Group::join`]) after its last write, so a process that dies leaves the group by itself, with no one
+//! to tell. Every process computes the same assignment
 //! from the same members ([`assign`]). Each partition's durable consumer pulls in the priority group
 //! [`PRIORITY_GROUP`] with the `pinned_client` policy: the server delivers a partition to one pull client
 //! at a time, which fences two processes that disagree about the members for a moment.
@@ -78,7 +79,6 @@ pub fn assign<'a>(members: &'a [Member], units: &[String]) -> Vec<(String, &'a M
 pub struct Group {
     store: kv::Store,
     name: String,
-    ttl: Duration,
 }
 
 /// The group's bucket could not be read or written.
@@ -111,22 +111,17 @@ impl Group {
             })
             .await
             .map_err(err)?;
-        Ok(Group { store, name: name.to_owned(), ttl })
+        Ok(Group { store, name: name.to_owned() })
     }
 
     /// Opens the group `name` to read it (the API); `None` when no processor ever joined any group.
     pub async fn open(js: &jetstream::Context, name: &str) -> Option<Group> {
         let store = js.get_key_value(BUCKET).await.ok()?;
-        Some(Group { store, name: name.to_owned(), ttl: Duration::ZERO })
+        Some(Group { store, name: name.to_owned() })
     }
 
     fn key(&self, me: &Member) -> String {
         format!("{}.{}", self.name, me.id)
-    }
-
-    /// How long a record outlives its last write.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     /// Writes `me`'s record: one heartbeat.

@@ -148,8 +148,7 @@ impl Rollup {
 
     /// The rollup of a wider bucket from its narrower `parts`, non-empty and in ascending start order.
     pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Rollup {
-        assert!(!parts.is_empty(), "a merge needs at least one part");
-        let (latest, earlier) = parts.split_last().expect("not empty");
+        let (latest, earlier) = parts.split_last().expect("a merge needs at least one part");
         let prefix = earlier.iter().fold(0.0, |acc, p| acc + p.bucket.sum);
         let mut sketch = Sketch::default();
         for p in parts {
@@ -160,8 +159,8 @@ impl Rollup {
                 start,
                 count: parts.iter().map(|p| p.bucket.count).sum::<i64>(),
                 sum: prefix + latest.bucket.sum,
-                min: parts.iter().map(|p| p.bucket.min).reduce(lesser).expect("not empty"),
-                max: parts.iter().map(|p| p.bucket.max).reduce(greater).expect("not empty"),
+                min: earlier.iter().fold(latest.bucket.min, |m, p| lesser(m, p.bucket.min)),
+                max: earlier.iter().fold(latest.bucket.max, |m, p| greater(m, p.bucket.max)),
                 mean: 0.0,
                 first: parts[0].bucket.first,
                 last: latest.bucket.last,

@@ -41,10 +41,7 @@ async fn ack_floors(app: &TestApp, durables: &[String]) -> HashMap<String, u64> 
     for durable in durables {
         let kind = if durable.contains("-price-") { Kind::Price } else { Kind::Sample };
         let Ok(stream) = app.c.js.get_stream(kind.stream()).await else { continue };
-        let Ok(mut c) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable).await else {
-            continue;
-        };
-        let c: &mut PullConsumer = &mut c;
+        let Ok(mut c): Result<PullConsumer, _> = stream.get_consumer(durable).await else { continue };
         if let Ok(info) = c.info().await {
             floors.insert(durable.clone(), info.ack_floor.stream_sequence);
         }
@@ -136,25 +133,20 @@ async fn processors_share_partitions_take_over_from_a_killed_one_and_make_room_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_partition_count_leaves_no_message_behind() {
     let nats = NatsServer::start();
-    let app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
+    let mut app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
     // A processor ran with four partitions: their consumers exist. Then no processor runs while prices
     // arrive, over all four.
-    let mut in_process = app;
-    in_process.start_processor();
-    let prefix = in_process.c.config.processor.durable_prefix.clone();
+    app.start_processor();
+    let prefix = app.c.config.processor.durable_prefix.clone();
     eventually(Duration::from_secs(60), "the four price partitions' consumers", || async {
-        let stream = in_process.c.js.get_stream("PRICES").await.ok()?;
+        let stream = app.c.js.get_stream("PRICES").await.ok()?;
         for p in 0..PARTITIONS {
-            stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("{prefix}-price-p{p}"))
-                .await
-                .ok()?;
+            let _: PullConsumer = stream.get_consumer(&format!("{prefix}-price-p{p}")).await.ok()?;
         }
         Some(())
     })
     .await;
-    in_process.kill_processors();
-    let app = in_process;
+    app.kill_processors();
     let publish = |from: i64| {
         let js = app.js();
         async move {
