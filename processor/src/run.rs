@@ -148,7 +148,7 @@ pub async fn run(
     let progress = upload_progress(js.client());
     let mut tasks = tokio::task::JoinSet::new();
     let mut partitions = Vec::new();
-    // A kind's shared consumer runs here; its partitions, if any, go to the group.
+    // Partitions of a larger, earlier count (with one partition, the whole-stream consumer reads them).
     let mut leftovers = std::collections::HashMap::new();
     for kind in Kind::ALL.into_iter().filter(|k| k.partitioned() && cfg.partitions > 1) {
         let found =
@@ -158,6 +158,7 @@ pub async fn run(
         }
         leftovers.insert(kind, found);
     }
+    // A kind's shared consumer runs here; its partitions, if any, go to the group.
     let mut spawn = |kind: Kind, label: &'static str, start: group::Start| {
         let leftovers = leftovers.get(&kind).map(Vec::as_slice).unwrap_or_default();
         for (spec, partition) in cfg.specs(&streams, kind, label, &progress, leftovers) {
