@@ -62,28 +62,27 @@ pub struct FleetScore {
     pub vowels: u64,
 }
 
-/// The plan: total, version, every assignment (best first) and who is left without one. Read in one
-/// snapshot, so the parts always belong to the same version.
-#[utoipa::path(get, path = "/v1/fleet/plan", tag = "fleet", operation_id = "getFleetPlan",
-    summary = "The assignment of shipments to drivers that maximises the total suitability score",
-    params(crate::openapi::Fresh),
-    responses(
-        (status = 200, description = "The plan", body = FleetPlan),
-        crate::openapi::Stale,
-    ))]
-pub async fn plan(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<FleetPlan>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Fleet]).await?;
+/// The stored plan, in one snapshot.
+async fn stored_plan(s: &AppState) -> Result<FleetPlan, ApiError> {
     let plan = fleet::plan_snapshot(s.pool()).await?;
     let (version, total, computed_at) =
         plan.head.map_or((0, 0.0, None), |h| (h.version, h.total_score, Some(h.computed_at)));
-    Ok(Json(FleetPlan {
+    Ok(FleetPlan {
         assignments: plan.assignments,
         computed_at,
         total_score: total,
         unassigned_drivers: plan.unassigned_drivers,
         unassigned_shipments: plan.unassigned_shipments,
         version,
-    }))
+    })
+}
+
+fresh_read! {
+    /// The plan: total, version, every assignment (best first) and who is left without one. Read in one
+    /// snapshot, so the parts always belong to the same version.
+    plan: GET "/v1/fleet/plan", tag "fleet", operation_id "getFleetPlan",
+    summary "The assignment of shipments to drivers that maximises the total suitability score",
+    200 "The plan": FleetPlan, waits for [Fleet], read by stored_plan
 }
 
 /// One shipment's score for one driver, with the lengths, letter counts and common factor behind it.

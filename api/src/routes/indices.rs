@@ -87,19 +87,17 @@ pub enum PendingStatus {
     Pending,
 }
 
-/// Every index definition.
-#[utoipa::path(get, path = "/v1/indices", tag = "indices", operation_id = "listIndices",
-    summary = "List index definitions",
-    params(crate::openapi::Fresh),
-    responses(
-        (status = 200, description = "Definitions", body = Indices),
-        crate::openapi::Stale,
-    ))]
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Indices>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Index]).await?;
+/// Every index definition, by name.
+async fn definitions(s: &AppState) -> Result<Indices, ApiError> {
     let rows = indices::list(&s.db).await?;
     let list = rows.into_iter().map(|r| IndexSummary { base: r.base, name: r.name, weights: r.weights }).collect();
-    Ok(Json(Indices { indices: list }))
+    Ok(Indices { indices: list })
+}
+
+fresh_read! {
+    /// Every index definition.
+    list: GET "/v1/indices", tag "indices", operation_id "listIndices", summary "List index definitions",
+    200 "Definitions": Indices, waits for [Index], read by definitions
 }
 
 /// One index with its levels, ascending; `limit` keeps the newest within `from`..`to`.

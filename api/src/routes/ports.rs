@@ -190,17 +190,16 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     Ok(Json(NearestPorts { lat, lon, ports }))
 }
 
-/// Ports per country, most first.
-#[utoipa::path(get, path = "/v1/ports/countries", tag = "ports", operation_id = "portCountries",
-    summary = "Ports per country, most first",
-    params(crate::openapi::Fresh),
-    responses(
-        (status = 200, description = "Countries", body = Countries),
-        crate::openapi::Stale,
-    ))]
-pub async fn countries(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Countries>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
+/// Every country's port count, most first.
+async fn per_country(s: &AppState) -> Result<Countries, ApiError> {
     let rows = ports::countries(s.pool()).await?;
     let countries = rows.into_iter().map(|c| CountryPorts { country: c.country, ports: c.ports }).collect();
-    Ok(Json(Countries { countries }))
+    Ok(Countries { countries })
+}
+
+fresh_read! {
+    /// Ports per country, most first.
+    countries: GET "/v1/ports/countries", tag "ports", operation_id "portCountries",
+    summary "Ports per country, most first",
+    200 "Countries": Countries, waits for [Port], read by per_country
 }

@@ -143,20 +143,19 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     Ok(Json(LatestMetrics { servers }))
 }
 
-/// Every known server with its fields and when it was last seen.
-#[utoipa::path(get, path = "/v1/servers", tag = "metrics", operation_id = "listServers",
-    summary = "Known servers with their fields and last-seen time",
-    params(crate::openapi::Fresh),
-    responses(
-        (status = 200, description = "The servers", body = Servers),
-        crate::openapi::Stale,
-    ))]
-pub async fn servers(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<Servers>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Sample]).await?;
+/// Every known server, by host.
+async fn hosts(s: &AppState) -> Result<Servers, ApiError> {
     let rows = samples::hosts(s.pool()).await?;
     let servers =
         rows.into_iter().map(|h| Server { fields: h.fields, host: h.host, last_seen: time(h.last_seen) }).collect();
-    Ok(Json(Servers { servers }))
+    Ok(Servers { servers })
+}
+
+fresh_read! {
+    /// Every known server with its fields and when it was last seen.
+    servers: GET "/v1/servers", tag "metrics", operation_id "listServers",
+    summary "Known servers with their fields and last-seen time",
+    200 "The servers": Servers, waits for [Sample], read by hosts
 }
 
 async fn known(s: &AppState, host: &str, field: &str) -> Result<(), ApiError> {

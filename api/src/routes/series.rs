@@ -2,7 +2,6 @@
 
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -76,22 +75,20 @@ pub struct PricePoint {
     pub derived: BTreeMap<String, Option<f64>>,
 }
 
-/// Every instrument with its point count and time span.
-#[utoipa::path(get, path = "/v1/series/price", tag = "series", operation_id = "listPriceSeries",
-    summary = "List price instruments",
-    params(crate::openapi::Fresh),
-    responses(
-        (status = 200, description = "Instruments", body = SeriesList),
-        crate::openapi::Stale,
-    ))]
-pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<SeriesList>, ApiError> {
-    crate::sync::if_fresh(&s, &p, &[Kind::Price]).await?;
+/// Every instrument's extent, by key.
+async fn instruments(s: &AppState) -> Result<SeriesList, ApiError> {
     let rows = prices::list_series(&s.db).await?;
     let series = rows
         .into_iter()
         .map(|r| SeriesInfo { first_ts: r.first_ts, key: r.instrument, last_ts: r.last_ts, points: r.points })
         .collect();
-    Ok(Json(SeriesList { kind: PriceKind::Price, series }))
+    Ok(SeriesList { kind: PriceKind::Price, series })
+}
+
+fresh_read! {
+    /// Every instrument with its point count and time span.
+    list: GET "/v1/series/price", tag "series", operation_id "listPriceSeries", summary "List price instruments",
+    200 "Instruments": SeriesList, waits for [Price], read by instruments
 }
 
 /// One instrument's points, ascending; `limit` keeps the newest within `from`..`to`.
