@@ -269,12 +269,14 @@ pub async fn nearest(pool: &PgPool, lat: f64, lon: f64, limit: i64) -> Result<Ve
     .await
 }
 
-/// How many ports a country has.
+/// One country's ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = CountryPorts))]
 pub struct CountryCount {
     /// The country.
     pub country: String,
-    /// Its ports.
+    /// How many ports.
     pub ports: i64,
 }
 

@@ -77,16 +77,7 @@ pub struct NearestPorts {
 #[derive(Serialize, ToSchema)]
 pub struct Countries {
     /// Most ports first.
-    pub countries: Vec<CountryPorts>,
-}
-
-/// One country's ports.
-#[derive(Serialize, ToSchema)]
-pub struct CountryPorts {
-    /// The country.
-    pub country: String,
-    /// How many ports.
-    pub ports: i64,
+    pub countries: Vec<ports::CountryCount>,
 }
 
 impl From<ports::Port> for Port {
@@ -192,9 +183,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
 
 /// Every country's port count, most first.
 async fn per_country(s: &AppState) -> Result<Countries, ApiError> {
-    let rows = ports::countries(s.pool()).await?;
-    let countries = rows.into_iter().map(|c| CountryPorts { country: c.country, ports: c.ports }).collect();
-    Ok(Countries { countries })
+    Ok(Countries { countries: ports::countries(s.pool()).await? })
 }
 
 fresh_read! {
