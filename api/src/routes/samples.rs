@@ -73,7 +73,7 @@ pub struct MetricPoint {
 #[derive(Serialize, ToSchema)]
 pub struct Rollups {
     /// Ascending by start.
-    pub buckets: Vec<Bucket>,
+    pub buckets: Vec<samples::RollupBucket>,
     /// The field.
     pub field: String,
     /// The host.
@@ -82,42 +82,8 @@ pub struct Rollups {
     pub width: String,
 }
 
-/// One time bucket; a statistic that is not a finite number (a sum past f64's range) is null.
-#[derive(Serialize, ToSchema)]
-pub struct Bucket {
-    /// Samples in it.
-    #[schema(minimum = 1)]
-    pub count: i64,
-    /// The earliest sample's value.
-    pub first: Option<f64>,
-    /// The latest sample's value.
-    pub last: Option<f64>,
-    /// The largest.
-    pub max: Option<f64>,
-    /// The mean.
-    pub mean: Option<f64>,
-    /// The smallest.
-    pub min: Option<f64>,
-    /// The median (nearest rank).
-    pub p50: Option<f64>,
-    /// The 95th percentile.
-    pub p95: Option<f64>,
-    /// The 99th percentile.
-    pub p99: Option<f64>,
-    /// Its start.
-    #[schema(format = DateTime)]
-    pub start: String,
-    /// The sum.
-    pub sum: Option<f64>,
-}
-
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// `x` when it is a finite number (JSON has no other).
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
 }
 
 /// The latest sample of every server, newest first; `limit` (1–10000) is required.
@@ -231,22 +197,7 @@ pub async fn rollups(
     if rows.is_empty() {
         known(&s, &host, &field).await?;
     }
-    let buckets = rows
-        .into_iter()
-        .rev()
-        .map(|b| Bucket {
-            count: b.count,
-            first: finite(b.first),
-            last: finite(b.last),
-            max: finite(b.max),
-            mean: finite(b.mean),
-            min: finite(b.min),
-            p50: finite(b.p50),
-            p95: finite(b.p95),
-            p99: finite(b.p99),
-            start: time(b.start),
-            sum: finite(b.sum),
-        })
-        .collect();
+    // Ascending; a statistic that is not finite is written as null, which is all JSON has.
+    let buckets = rows.into_iter().rev().collect();
     Ok(Json(Rollups { buckets, field, host, width: w.to_string() }))
 }

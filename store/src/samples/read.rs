@@ -4,6 +4,7 @@ use crate::Range;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgPool};
+use serde::Serialize;
 
 /// A host's latest message (`metric_latest`).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,32 +37,47 @@ pub struct SamplePoint {
     pub value: f64,
 }
 
-/// One rollup bucket's start and statistics: what the API serves, and what the processor's rollup
-/// arithmetic (`Rollup`) keeps beside its sketch and values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One rollup bucket's start and statistics: what the processor's rollup arithmetic (`Rollup`) keeps
+/// beside its sketch and values, and what the API serves as it is (as `Bucket`). Its fields are in the
+/// order the API writes every object's, by name; a statistic that is not a finite number is written as
+/// null (as serde_json writes such a number), hence the schema's `Option<f64>`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Bucket,
+    description = "One time bucket; a statistic that is not a finite number (a sum past f64's range) is null."))]
 pub struct RollupBucket {
-    /// The bucket's start.
-    pub start: DateTime<Utc>,
-    /// Samples in the bucket.
+    /// Samples in it.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub count: i64,
-    /// Their sum.
-    pub sum: f64,
-    /// The smallest.
-    pub min: f64,
-    /// The largest.
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
     /// The earliest sample's value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub first: f64,
     /// The latest sample's value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub last: f64,
-    /// Median.
+    /// The largest.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub max: f64,
+    /// The mean.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub mean: f64,
+    /// The smallest.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub min: f64,
+    /// The median (nearest rank).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub p50: f64,
-    /// 95th percentile.
+    /// The 95th percentile.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub p95: f64,
-    /// 99th percentile.
+    /// The 99th percentile.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub p99: f64,
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// The sum.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub sum: f64,
 }
 
 impl RollupBucket {
