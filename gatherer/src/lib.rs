@@ -40,6 +40,18 @@ pub struct Progress {
     pub invalid: u64,
 }
 
+/// Where an import goes: the JetStream context it publishes with, the upload its messages belong to (if
+/// any), and whom it tells how far it has got. Every importer takes one, so a caller (the CLI, the API's
+/// uploads) hands the same destination to whichever importer the input needs.
+pub struct Destination<'a> {
+    /// Publishes the events.
+    pub js: async_nats::jetstream::Context,
+    /// Tags every message (see [`import_headers`]), so processors can report the upload's progress back.
+    pub upload: Option<&'a str>,
+    /// Called as the import streams (each importer says how often) and once at its end.
+    pub progress: &'a mut (dyn FnMut(&Progress) + Send),
+}
+
 /// The headers of an imported event: its idempotency key and content type, and the upload it belongs to
 /// (so processors can report its progress back).
 pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) -> async_nats::HeaderMap {
@@ -75,6 +87,19 @@ pub(crate) fn keep_error(errors: &mut Vec<LineError>, line: u64, byte: u64, reas
     if errors.len() < MAX_ERRORS {
         errors.push(LineError { line, byte, reason });
     }
+}
+
+/// The read buffer of a line-oriented import (NDJSON, CSV, numbers), in bytes: what it holds at most
+/// besides its longest line.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// The reader and the publisher of a line-oriented import that publishes (NDJSON, CSV): reads of
+/// [`READ_BUFFER`], and 4096 acks in flight.
+pub(crate) fn line_import<R: tokio::io::AsyncRead>(
+    input: R,
+    js: async_nats::jetstream::Context,
+) -> (tokio::io::BufReader<R>, tributary_broker::Publisher) {
+    (tokio::io::BufReader::with_capacity(READ_BUFFER, input), tributary_broker::Publisher::new(js, 4096))
 }
 
 /// Reads one line into `line` (cleared first), holding at most `max` bytes of it: a longer line is read

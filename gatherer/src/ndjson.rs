@@ -3,12 +3,11 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{LineError, Progress, import_headers, keep_error, next_line};
-use async_nats::jetstream;
+use crate::{Destination, LineError, Progress, import_headers, keep_error, next_line};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tributary_broker::hash::fnv1a;
-use tributary_broker::{PublishReport, Publisher, codec, kind};
+use tributary_broker::{PublishReport, codec, kind};
 
 /// The longest line accepted: a bound on memory.
 pub const MAX_LINE: usize = 1 << 20;
@@ -34,15 +33,10 @@ pub struct NdjsonReport {
     pub longest_line: usize,
 }
 
-/// Streams `input`, tagging every message with `upload` (if any); `progress` every 1000 lines and at the end.
-pub async fn import_with(
-    js: jetstream::Context,
-    input: impl AsyncRead + Unpin,
-    upload: Option<&str>,
-    progress: &mut (dyn FnMut(&Progress) + Send),
-) -> NdjsonReport {
-    let mut reader = BufReader::with_capacity(64 * 1024, input);
-    let mut publisher = Publisher::new(js, 4096);
+/// Streams `input` to `to`, telling its progress every 1000 lines and at the end.
+pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> NdjsonReport {
+    let Destination { js, upload, progress } = to;
+    let (mut reader, mut publisher) = crate::line_import(input, js);
     let mut r = NdjsonReport::default();
     let mut line = Vec::new();
     while let Some((start, too_long)) =

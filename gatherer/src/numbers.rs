@@ -56,7 +56,7 @@ pub async fn stats(
     input: impl AsyncRead + Unpin,
     progress: &mut (dyn FnMut(&Progress, &Stats) + Send),
 ) -> NumbersReport {
-    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut reader = BufReader::with_capacity(crate::READ_BUFFER, input);
     let mut r = NumbersReport::default();
     let mut line = Vec::with_capacity(128);
     while let Some((start, too_long)) =

@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::convert::Infallible;
 use tokio::sync::watch;
 use tokio_util::io::StreamReader;
-use tributary_gatherer::ImportKind;
+use tributary_gatherer::{Destination, ImportKind, READ_BUFFER};
 use utoipa::ToSchema;
 
 /// An upload started.
@@ -105,19 +105,18 @@ async fn run(
         .await;
         tx.send_modify(|st| {
             st.errors = r.errors.iter().map(ToString::to_string).collect();
-            st.buffer_peak = r.longest_line + 64 * 1024;
+            st.buffer_peak = r.longest_line + READ_BUFFER;
             st.state = "done";
         });
         return;
     }
     // What the importer left: (problems with positions, the error that stopped it, stored, duplicates,
     // not delivered, buffer peak).
+    let to = Destination { js: s.js.clone(), upload: Some(&id), progress: &mut |p| progress(&tx, p) };
     let (errors, stopped, stored, duplicates, failed, peak): (Vec<String>, Option<String>, u64, u64, usize, usize) =
         match kind {
             ImportKind::Ports => {
-                let r =
-                    tributary_gatherer::ports::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
-                        .await;
+                let r = tributary_gatherer::ports::import_with(reader, to).await;
                 let errors = r.invalid.iter().chain(&r.skipped).map(|(at, key, why)| format!("{at}: {key}: {why}"));
                 let stopped =
                     r.syntax_error.as_ref().map(|e| format!("stopped: {e} (everything before it was published)"));
@@ -131,19 +130,14 @@ async fn run(
                 )
             }
             ImportKind::PricesCsv => {
-                let r = tributary_gatherer::prices::import_csv_with(s.js.clone(), reader, Some(&id), &mut |p| {
-                    progress(&tx, p)
-                })
-                .await;
+                let r = tributary_gatherer::prices::import_csv_with(reader, to).await;
                 let errors = r.errors.iter().map(ToString::to_string);
-                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), 64 * 1024)
+                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), READ_BUFFER)
             }
             _ => {
-                let r =
-                    tributary_gatherer::ndjson::import_with(s.js.clone(), reader, Some(&id), &mut |p| progress(&tx, p))
-                        .await;
+                let r = tributary_gatherer::ndjson::import_with(reader, to).await;
                 let errors = r.errors.iter().map(ToString::to_string);
-                let peak = r.longest_line + 64 * 1024;
+                let peak = r.longest_line + READ_BUFFER;
                 (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
             }
         };

@@ -13,7 +13,7 @@
 //! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
 //! stores nothing new (and after the duplicate window, changes no value).
 
-use crate::{Progress, import_headers};
+use crate::{Destination, Progress, import_headers};
 use async_nats::jetstream;
 use tokio::io::AsyncRead;
 use tributary_broker::hash::fnv1a;
@@ -54,23 +54,19 @@ pub async fn import(
 ) -> PortsReport {
     let bar = crate::byte_progress_bar(size, progress);
     let started = std::time::Instant::now();
-    let report = import_with(js, input, None, &mut |p: &Progress| {
+    let mut show = |p: &Progress| {
         bar.set_position(p.bytes);
         bar.set_message(format!("{} ports, {:.0}/s", p.entries, p.entries as f64 / started.elapsed().as_secs_f64()));
-    })
-    .await;
+    };
+    let report = import_with(input, Destination { js, upload: None, progress: &mut show }).await;
     bar.finish_and_clear();
     report
 }
 
-/// Streams `input` to `port.<unlocode>`, tagging every message with `upload` (if any) and calling
-/// `progress` every 256 entries and at the end.
-pub async fn import_with(
-    js: jetstream::Context,
-    input: impl AsyncRead + Unpin,
-    upload: Option<&str>,
-    progress: &mut (dyn FnMut(&Progress) + Send),
-) -> PortsReport {
+/// Streams `input` to `port.<unlocode>` through `to`, telling its progress every 256 entries and at the
+/// end.
+pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> PortsReport {
+    let Destination { js, upload, progress } = to;
     let mut entries = ObjectEntries::new(input).unchecked_values();
     // 512 acks in flight: as fast as 1024 here, and each pending publish holds what a resend needs.
     let mut publisher = Publisher::new(js, 512);

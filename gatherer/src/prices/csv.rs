@@ -5,13 +5,13 @@
 //! reason and the import goes on. The idempotency key is the line's content, so importing the same file
 //! twice within the duplicate window stores nothing new (and after it, changes no value).
 
-use crate::{Progress, import_headers};
+use crate::{Destination, Progress, import_headers};
 use async_nats::jetstream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead};
 use tributary_broker::events::PriceEvent;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ts::Ts;
-use tributary_broker::{Kind, PublishReport, Publisher, codec};
+use tributary_broker::{Kind, PublishReport, codec};
 
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -61,25 +61,20 @@ pub async fn import_csv(
     progress: bool,
 ) -> ImportReport {
     let bar = crate::byte_progress_bar(size, progress);
-    let report = import_csv_with(js, input, None, &mut |p: &Progress| {
+    let mut show = |p: &Progress| {
         bar.set_position(p.bytes);
         bar.set_message(format!("{} lines, {} published", p.entries, p.published));
-    })
-    .await;
+    };
+    let report = import_csv_with(input, Destination { js, upload: None, progress: &mut show }).await;
     bar.finish_and_clear();
     report
 }
 
-/// Streams `input` to `price.<instrument>`, tagging every message with `upload` (if any) and calling
-/// `progress` every 1000 lines and at the end.
-pub async fn import_csv_with(
-    js: jetstream::Context,
-    input: impl AsyncRead + Unpin,
-    upload: Option<&str>,
-    progress: &mut (dyn FnMut(&Progress) + Send),
-) -> ImportReport {
-    let mut reader = BufReader::with_capacity(64 * 1024, input);
-    let mut publisher = Publisher::new(js, 4096);
+/// Streams `input` to `price.<instrument>` through `to`, telling its progress every 1000 lines and at the
+/// end.
+pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> ImportReport {
+    let Destination { js, upload, progress } = to;
+    let (mut reader, mut publisher) = crate::line_import(input, js);
     let mut report = ImportReport::default();
     let mut p = Progress::default();
     let mut line = String::new();

@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tributary::app;
 use tributary::config::Config;
-use tributary_gatherer::ImportKind;
+use tributary_gatherer::{Destination, ImportKind};
 
 #[derive(Args)]
 pub(crate) struct ImportArgs {
@@ -45,7 +45,8 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
         return Ok(());
     }
     let js = app::jetstream(&config).await?;
-    let r = tributary_gatherer::ndjson::import_with(js, input, None, &mut |p| show(p)).await;
+    let to = Destination { js, upload: None, progress: &mut |p| show(p) };
+    let r = tributary_gatherer::ndjson::import_with(input, to).await;
     bar.finish_and_clear();
     eprintln!(
         "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
