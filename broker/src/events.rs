@@ -155,10 +155,7 @@ impl IndexDefinition {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> Ts {
-        Ts::parse("2026-11-20").unwrap()
-    }
+    use crate::ts::test_now as now;
 
     #[test]
     fn price_from_plain_json() {

@@ -195,10 +195,7 @@ impl<'de> Deserialize<'de> for Member {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> Ts {
-        Ts::parse("2026-11-20").unwrap()
-    }
+    use crate::ts::test_now as now;
 
     fn reason(payload: &[u8]) -> String {
         ServerSample::decode("metric.db-1", None, payload, now()).unwrap_err().reason

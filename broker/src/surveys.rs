@@ -161,10 +161,7 @@ fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> Ts {
-        Ts::parse("2026-12-01").unwrap()
-    }
+    use crate::ts::test_now as now;
 
     #[test]
     fn items_and_statuses() {

@@ -113,6 +113,12 @@ impl<'de> serde::Deserialize<'de> for Ts {
     }
 }
 
+/// The arrival time the decoders' tests give their events: a fixed "now".
+#[cfg(test)]
+pub(crate) fn test_now() -> Ts {
+    Ts::parse("2026-12-01").unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
