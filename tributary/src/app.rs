@@ -239,25 +239,28 @@ mod tests {
         c.check().unwrap();
     }
 
-    #[tokio::test]
-    async fn a_bad_seed_file_is_refused_without_showing_it() {
-        let path = std::env::temp_dir().join(format!("tributary-bad-seed-{}", std::process::id()));
-        std::fs::write(&path, "SUnotaseedatall-secret\n").unwrap();
+    /// The error of connecting with a secret file (named `name`, holding `text`) that `set` puts in the
+    /// configuration.
+    async fn refusal(name: &str, text: &str, set: impl FnOnce(&mut NatsConfig, std::path::PathBuf)) -> String {
+        let path = std::env::temp_dir().join(format!("tributary-{name}-{}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
         let mut c = NatsConfig::with_url("nats://127.0.0.1:1");
-        c.nkey_seed_file = Some(path.clone());
+        set(&mut c, path.clone());
         let e = format!("{:#}", connect_nats(&c).await.unwrap_err());
         std::fs::remove_file(&path).unwrap();
+        e
+    }
+
+    #[tokio::test]
+    async fn a_bad_seed_file_is_refused_without_showing_it() {
+        let e = refusal("bad-seed", "SUnotaseedatall-secret\n", |c, path| c.nkey_seed_file = Some(path)).await;
         assert!(e.contains("does not hold a user NKey seed") && !e.contains("secret"), "{e}");
     }
 
     #[tokio::test]
     async fn a_bad_credentials_file_is_refused_without_showing_it() {
-        let path = std::env::temp_dir().join(format!("tributary-bad-creds-{}", std::process::id()));
-        std::fs::write(&path, "-----BEGIN NATS USER JWT-----\nnot-a-jwt-secret\n").unwrap();
-        let mut c = NatsConfig::with_url("nats://127.0.0.1:1");
-        c.credentials_file = Some(path.clone());
-        let e = format!("{:#}", connect_nats(&c).await.unwrap_err());
-        std::fs::remove_file(&path).unwrap();
+        let text = "-----BEGIN NATS USER JWT-----\nnot-a-jwt-secret\n";
+        let e = refusal("bad-creds", text, |c, path| c.credentials_file = Some(path)).await;
         assert!(e.contains("reading nats.credentials_file") && !e.contains("secret"), "{e}");
     }
 }
