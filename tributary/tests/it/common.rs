@@ -170,6 +170,16 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The one dead letter the API lists; fails the test if there is none or more than one.
+    pub async fn only_dead_letter(&self) -> Value {
+        let (status, body) = self.get("/v1/dlq?limit=100").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        match body["dead_letters"].as_array().map(Vec::as_slice) {
+            Some([letter]) => letter.clone(),
+            _ => panic!("expected exactly one dead letter: {body}"),
+        }
+    }
+
     pub async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, Value) {
         let r = self
             .http

@@ -32,10 +32,7 @@ async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixe
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["points"].as_array().unwrap().len(), 10, "S{i}: {body}");
     }
-    let (_, body) = app.get("/v1/dlq?limit=100").await;
-    let letters = body["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "{body}");
-    let letter = &letters[0];
+    let letter = app.only_dead_letter().await;
     assert_eq!(letter["subject"], "price.POISON");
     assert_eq!(letter["class"], "processing_failed");
     assert!(letter["reason"].as_str().unwrap().contains("refusing POISON (test trigger)"), "{letter}");
@@ -176,12 +173,10 @@ async fn a_port_whose_write_always_fails_is_dead_lettered_and_the_others_stored(
     app.settled().await;
     let (_, b) = app.get("/v1/ports?limit=10").await;
     assert_eq!(b["total"], 4, "{b}");
-    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
-    let letters = dlq["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "{dlq}");
-    assert_eq!(letters[0]["subject"], "port.XXBAD");
-    assert_eq!(letters[0]["class"], "processing_failed");
-    assert!(letters[0]["reason"].as_str().unwrap().contains("refusing port XXBAD"), "{dlq}");
+    let letter = app.only_dead_letter().await;
+    assert_eq!(letter["subject"], "port.XXBAD");
+    assert_eq!(letter["class"], "processing_failed");
+    assert!(letter["reason"].as_str().unwrap().contains("refusing port XXBAD"), "{letter}");
 }
 
 /// A trigger on `table` that refuses every write of the row whose `column` is `value`, raising

@@ -96,11 +96,9 @@ async fn bad_files_report_positions_keep_what_came_before_and_dead_letter_invali
     app.settled().await;
     let (_, b) = app.get("/v1/ports?limit=10").await;
     assert_eq!(b["total"], 2, "A and C stored: {b}");
-    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
-    let letters = dlq["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "{dlq}");
-    assert_eq!(letters[0]["subject"], "port.BBBBB");
-    assert!(letters[0]["reason"].as_str().unwrap().contains("two numbers"));
+    let letter = app.only_dead_letter().await;
+    assert_eq!(letter["subject"], "port.BBBBB");
+    assert!(letter["reason"].as_str().unwrap().contains("two numbers"), "{letter}");
 
     let truncated = import(
         app.js(),
