@@ -115,44 +115,40 @@ pub async fn move_country_counts(tx: &mut Tx, deltas: &BTreeMap<String, i64>) ->
 /// The columns of a [`Port`] row.
 const COLUMNS: &str = "unlocode, name, city, country, province, timezone, code, alias, regions, unlocs, lon, lat";
 
-/// A stored port, as the API shows it.
-#[derive(Debug, Clone, PartialEq)]
+/// A stored port, which the API serves as it is. Its fields are in the order the API writes every
+/// object's, by name; `lon` and `lat` are read as one `coordinates` pair, as the ports file has them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(description = "One port; missing fields are null."))]
 pub struct Port {
-    /// The UN/LOCODE.
-    pub unlocode: String,
-    /// The name.
-    pub name: String,
-    /// The city.
-    pub city: Option<String>,
-    /// The country.
-    pub country: Option<String>,
-    /// The province.
-    pub province: Option<String>,
-    /// The time zone.
-    pub timezone: Option<String>,
-    /// The port code.
-    pub code: Option<String>,
     /// Other names.
     pub alias: Vec<String>,
+    /// The city.
+    pub city: Option<String>,
+    /// The port code.
+    pub code: Option<String>,
+    /// `[lon, lat]`, when known.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<f64>>, min_items = 2, max_items = 2))]
+    pub coordinates: Option<[f64; 2]>,
+    /// The country.
+    pub country: Option<String>,
+    /// The name.
+    pub name: String,
+    /// The province.
+    pub province: Option<String>,
     /// Regions.
     pub regions: Vec<String>,
+    /// The time zone.
+    pub timezone: Option<String>,
+    /// The UN/LOCODE.
+    pub unlocode: String,
     /// Related UN/LOCODEs.
     pub unlocs: Vec<String>,
-    /// Longitude.
-    pub lon: Option<f64>,
-    /// Latitude.
-    pub lat: Option<f64>,
-}
-
-impl Port {
-    /// `(lon, lat)` when both are known.
-    pub fn coordinates(&self) -> Option<(f64, f64)> {
-        self.lon.zip(self.lat)
-    }
 }
 
 impl sqlx::FromRow<'_, PgRow> for Port {
     fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
+        let (lon, lat): (Option<f64>, Option<f64>) = (r.try_get("lon")?, r.try_get("lat")?);
         Ok(Port {
             unlocode: r.try_get("unlocode")?,
             name: r.try_get("name")?,
@@ -164,8 +160,7 @@ impl sqlx::FromRow<'_, PgRow> for Port {
             alias: r.try_get("alias")?,
             regions: r.try_get("regions")?,
             unlocs: r.try_get("unlocs")?,
-            lon: r.try_get("lon")?,
-            lat: r.try_get("lat")?,
+            coordinates: lon.zip(lat).map(|(lon, lat)| [lon, lat]),
         })
     }
 }

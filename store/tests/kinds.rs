@@ -66,10 +66,7 @@ async fn ports_read_as_the_api_queries_did() {
     tx.commit().await.unwrap();
 
     let nl = ports::get(&pool, "NLRTM").await.unwrap().unwrap();
-    assert_eq!(
-        (nl.name.as_str(), nl.alias.clone(), nl.coordinates()),
-        ("Rotterdam", alias.clone(), Some((4.47, 51.92)))
-    );
+    assert_eq!((nl.name.as_str(), nl.alias.clone(), nl.coordinates), ("Rotterdam", alias.clone(), Some([4.47, 51.92])));
     assert_eq!(ports::get(&pool, "NOPE1").await.unwrap(), None);
     let reference: Option<ports::Port> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM ports WHERE unlocode = $1")))

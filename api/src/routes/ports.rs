@@ -10,34 +10,6 @@ use tributary_broker::Kind;
 use tributary_store::ports;
 use utoipa::ToSchema;
 
-/// One port; missing fields are null.
-#[derive(Serialize, ToSchema)]
-pub struct Port {
-    /// Other names.
-    pub alias: Vec<String>,
-    /// The city.
-    pub city: Option<String>,
-    /// The port code.
-    pub code: Option<String>,
-    /// `[lon, lat]`, when known.
-    #[schema(min_items = 2, max_items = 2)]
-    pub coordinates: Option<Vec<f64>>,
-    /// The country.
-    pub country: Option<String>,
-    /// The name.
-    pub name: String,
-    /// The province.
-    pub province: Option<String>,
-    /// Regions.
-    pub regions: Vec<String>,
-    /// The time zone.
-    pub timezone: Option<String>,
-    /// The UN/LOCODE.
-    pub unlocode: String,
-    /// Related UN/LOCODEs.
-    pub unlocs: Vec<String>,
-}
-
 /// A port with its distance.
 #[derive(Serialize, ToSchema)]
 pub struct NearPort {
@@ -46,7 +18,7 @@ pub struct NearPort {
     pub distance_m: f64,
     /// The port.
     #[serde(flatten)]
-    pub port: Port,
+    pub port: ports::Port,
 }
 
 /// A page of ports.
@@ -57,7 +29,7 @@ pub struct PortPage {
     /// Skipped.
     pub offset: i64,
     /// By name.
-    pub ports: Vec<Port>,
+    pub ports: Vec<ports::Port>,
     /// How many match.
     pub total: i64,
 }
@@ -80,41 +52,23 @@ pub struct Countries {
     pub countries: Vec<ports::CountryCount>,
 }
 
-impl From<ports::Port> for Port {
-    fn from(p: ports::Port) -> Port {
-        Port {
-            coordinates: p.coordinates().map(|(lon, lat)| vec![lon, lat]),
-            unlocode: p.unlocode,
-            name: p.name,
-            city: p.city,
-            country: p.country,
-            province: p.province,
-            timezone: p.timezone,
-            code: p.code,
-            alias: p.alias,
-            regions: p.regions,
-            unlocs: p.unlocs,
-        }
-    }
-}
-
 /// One port.
 #[utoipa::path(get, path = "/v1/ports/{unlocode}", tag = "ports", operation_id = "getPort",
     summary = "One port; missing fields are null",
     params(("unlocode" = String, Path, description = "The UN/LOCODE"), crate::openapi::Fresh),
     responses(
-        (status = 200, description = "The port", body = Port),
+        (status = 200, description = "The port", body = ports::Port),
         crate::openapi::Lookup,
     ))]
 pub async fn get(
     State(s): State<AppState>,
     Path(unlocode): Path<String>,
     Query(p): Query<Params>,
-) -> Result<Json<Port>, ApiError> {
+) -> Result<Json<ports::Port>, ApiError> {
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let port =
         ports::get(s.pool(), &unlocode).await?.ok_or_else(|| ApiError::NotFound(format!("no port {unlocode:?}")))?;
-    Ok(Json(port.into()))
+    Ok(Json(port))
 }
 
 /// Ports by name, filtered by `country` and a name fragment `q`, with the total that match.
@@ -142,7 +96,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     };
     let filter = ports::PortFilter { country: p.get("country").cloned(), name_contains: p.get("q").cloned() };
     let page = ports::list(s.pool(), &filter, limit as i64, offset).await?;
-    Ok(Json(PortPage { limit, offset, ports: page.ports.into_iter().map(Port::from).collect(), total: page.total }))
+    Ok(Json(PortPage { limit, offset, ports: page.ports, total: page.total }))
 }
 
 fn coordinate(p: &Params, field: &'static str, range: f64) -> Result<f64, ApiError> {
@@ -177,7 +131,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     let limit = params::limit(&p, 10, 1000)?;
     crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let rows = ports::nearest(s.pool(), lat, lon, limit as i64).await?;
-    let ports = rows.into_iter().map(|r| NearPort { distance_m: r.distance_m, port: r.port.into() }).collect();
+    let ports = rows.into_iter().map(|r| NearPort { distance_m: r.distance_m, port: r.port }).collect();
     Ok(Json(NearestPorts { lat, lon, ports }))
 }
 
