@@ -41,7 +41,8 @@
 //! # Layout
 //! - this file: [`BenchArgs`], the price and metric backlogs, and [`run`], which runs the phases in order.
 //! - [`raw`]: the raw limits and the baseline pipeline.
-//! - [`pipeline`]: Tributary's processor as a child process: throughput, freshness, scale-out.
+//! - [`pipeline`]: Tributary's processor as a child process: throughput, freshness, scale-out; [`scrape`]:
+//!   reading its metrics.
 //! - [`failover`]: one of two processors killed for good: the takeover time.
 //! - [`floor`]: the freshness floor: JetStream alone, and the baseline taking whatever is ready.
 //! - [`corrections`]: `--corrections`, a correction deep in a long history.
@@ -58,6 +59,7 @@ mod pipeline;
 pub mod ports;
 mod raw;
 mod report;
+mod scrape;
 mod stats;
 mod traces;
 
