@@ -1,5 +1,9 @@
 //! The consume loop against a private nats-server.
 
+mod common;
+
+use common::{Act, Scripted, setup, spec, until};
+
 use async_nats::jetstream::{self, stream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,112 +86,6 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
     assert!(!first.is_empty());
     for seq in first {
         assert!(!later.iter().flatten().any(|s| s == seq), "message {seq} of the slow batch came again: {batches:?}");
-    }
-}
-
-/// How the scripted handler treats a message on a given attempt.
-#[derive(Clone, Copy, PartialEq)]
-enum Act {
-    Commit,
-    Fail,
-    Transient,
-    Panic,
-    Sleep(Duration),
-}
-
-/// A handler whose every message's fate is scripted by its payload and how often it was tried; it
-/// records what it committed. A batch fails (or panics) if any of its messages does.
-#[derive(Clone)]
-struct Scripted {
-    script: Arc<dyn Fn(&str, usize) -> Act + Send + Sync>,
-    tries: Arc<Mutex<std::collections::HashMap<u64, usize>>>,
-    committed: Arc<Mutex<Vec<(String, Instant)>>>,
-}
-
-impl Scripted {
-    fn new(script: impl Fn(&str, usize) -> Act + Send + Sync + 'static) -> Self {
-        Scripted { script: Arc::new(script), tries: Arc::default(), committed: Arc::default() }
-    }
-
-    fn committed(&self) -> Vec<String> {
-        self.committed.lock().unwrap().iter().map(|c| c.0.clone()).collect()
-    }
-}
-
-impl BatchHandler for Scripted {
-    type Event = String;
-
-    fn decode(&self, _: &str, _: Option<&async_nats::HeaderMap>, payload: &[u8], _: Ts) -> Result<String, Rejection> {
-        Ok(String::from_utf8_lossy(payload).into_owned())
-    }
-
-    async fn handle(&self, batch: &[Delivery<String>]) -> Result<(), HandleError> {
-        let acts: Vec<Act> = {
-            let mut tries = self.tries.lock().unwrap();
-            batch
-                .iter()
-                .map(|d| {
-                    let n = tries.entry(d.seq).or_default();
-                    *n += 1;
-                    (self.script)(&d.event, *n)
-                })
-                .collect()
-        };
-        for act in &acts {
-            match act {
-                Act::Panic => panic!("scripted panic"),
-                Act::Fail => return Err(HandleError(anyhow::anyhow!("scripted failure"))),
-                Act::Transient => return Err(HandleError(anyhow::anyhow!("transient: database restarting"))),
-                Act::Sleep(d) => tokio::time::sleep(*d).await,
-                Act::Commit => {}
-            }
-        }
-        let now = Instant::now();
-        self.committed.lock().unwrap().extend(batch.iter().map(|d| (d.event.clone(), now)));
-        Ok(())
-    }
-}
-
-/// A private nats-server with a stream `T` on `t.>` and the dead-letter stream, and `payloads` published
-/// on `t.<payload>`.
-async fn setup(payloads: &[String]) -> (NatsServer, jetstream::Context) {
-    let nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    js.create_stream(stream::Config { name: "T".into(), subjects: vec!["t.>".into()], ..Default::default() })
-        .await
-        .unwrap();
-    js.create_stream(stream::Config { name: "DLQ".into(), subjects: vec!["dlq.>".into()], ..Default::default() })
-        .await
-        .unwrap();
-    for p in payloads {
-        js.publish(format!("t.{p}"), p.clone().into()).await.unwrap().await.unwrap();
-    }
-    (nats, js)
-}
-
-fn spec() -> ConsumerSpec {
-    ConsumerSpec {
-        stream: "T".into(),
-        durable: "t".into(),
-        filter_subject: "t.>".into(),
-        batch: 100,
-        ack_wait: Duration::from_secs(5),
-        max_ack_pending: 1000,
-        label: "t",
-        max_failures: 3,
-        lanes: 3,
-        transient: |e| e.to_string().starts_with("transient"),
-        settled: None,
-        pinned: None,
-    }
-}
-
-/// Waits until `done` holds, for at most 30 s.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -450,53 +348,4 @@ async fn a_lone_poison_message_on_a_quiet_stream_is_dead_lettered() {
     assert_eq!(dead_letters(&js).await[0].0, "t.poison");
     shutdown.cancel();
     run.await.unwrap().unwrap();
-}
-
-/// A pinned consumer's loop releases its pin when it stops, and the next loop on it (another process
-/// taking the partition over) is delivered to at once, not after the pin's timeout (60 s here). Messages
-/// the first loop had fetched and not started are given back, not left to `ack_wait`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_pinned_loop_hands_its_partition_over_at_once() {
-    let (_nats, js) = setup(&["a".to_owned()]).await;
-    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(60)), ..spec() };
-    let first = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), pinned.clone(), first.clone(), stop.clone()));
-    until("the first loop to commit a", async || first.committed() == ["a"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
-
-    let next = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), pinned, next.clone(), stop.clone()));
-    js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
-    until("the next loop to commit b", async || next.committed() == ["b"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
-    assert_eq!(first.committed(), ["a"], "the first loop took nothing after it stopped");
-}
-
-/// A consumer made before the processor group existed (no priority group: an earlier release's
-/// partition consumer) is updated in place when a pinned loop opens it, keeping its position.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unpinned_consumer_from_before_becomes_pinned_where_it_was() {
-    let (_nats, js) = setup(&["a".to_owned()]).await;
-    let before = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), spec(), before.clone(), stop.clone()));
-    until("the unpinned loop to commit a", async || before.committed() == ["a"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
-
-    js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
-    let after = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(5)), ..spec() };
-    let run = tokio::spawn(consume::run(js.clone(), pinned, after.clone(), stop.clone()));
-    until("the pinned loop to commit b", async || after.committed() == ["b"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
-    let mut c: jetstream::consumer::PullConsumer = js.get_stream("T").await.unwrap().get_consumer("t").await.unwrap();
-    let info = c.info().await.unwrap();
-    assert_eq!(info.config.priority_policy, jetstream::consumer::PriorityPolicy::PinnedClient, "{info:?}");
 }
