@@ -203,7 +203,9 @@ impl SampleHandler {
             out.push(storage::row_of(key.0, key.1, &rollup));
         }
         for ((h, f, start), parts) in storage::load_rollups(tx, &remerge, base, width).await? {
-            out.push(storage::row_of(h, f, &Rollup::merge(start, &parts)));
+            if let Some(rollup) = Rollup::merge(start, &parts) {
+                out.push(storage::row_of(h, f, &rollup));
+            }
         }
         store::upsert_rollups(tx, width, &out).await
     }

@@ -146,9 +146,9 @@ impl Rollup {
         self.bucket.mean = self.bucket.sum / self.bucket.count as f64;
     }
 
-    /// The rollup of a wider bucket from its narrower `parts`, non-empty and in ascending start order.
-    pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Rollup {
-        let (latest, earlier) = parts.split_last().expect("a merge needs at least one part");
+    /// The rollup of a wider bucket from its narrower `parts`, in ascending start order; none without parts.
+    pub fn merge(start: DateTime<Utc>, parts: &[Rollup]) -> Option<Rollup> {
+        let (latest, earlier) = parts.split_last()?;
         let prefix = earlier.iter().fold(0.0, |acc, p| acc + p.bucket.sum);
         let mut sketch = Sketch::default();
         for p in parts {
@@ -174,7 +174,7 @@ impl Rollup {
             prefix_sum: Some(prefix),
         };
         r.settle_from_sketch();
-        r
+        Some(r)
     }
 }
 
@@ -316,7 +316,7 @@ mod tests {
     fn merged_buckets_are_exact_but_for_percentiles_within_alpha() {
         let samples: Vec<_> = (0..3600).map(|i| (t(i), 50.0 + 40.0 * ((i as f64) / 97.0).sin())).collect();
         let minutes: Vec<Rollup> = samples.chunks(60).map(|c| Rollup::of_samples(bucket(c[0].0, 60), c)).collect();
-        let hour = Rollup::merge(t(0), &minutes);
+        let hour = Rollup::merge(t(0), &minutes).unwrap();
         let exact = Rollup::of_samples(t(0), &samples);
         assert_eq!(
             (hour.bucket.count, hour.bucket.min, hour.bucket.max, hour.bucket.first, hour.bucket.last),
@@ -351,7 +351,7 @@ mod tests {
                 };
                 let added: Vec<f64> = piece.iter().map(|s| s.1).collect();
                 hour = Some(match hour.take() {
-                    None => Rollup::merge(t(0), std::slice::from_ref(&m)),
+                    None => Rollup::merge(t(0), std::slice::from_ref(&m)).unwrap(),
                     Some(mut h) => {
                         h.merge_step(&m, &added);
                         h
@@ -362,7 +362,7 @@ mod tests {
         }
         let minutes: Vec<Rollup> = samples.chunks(60).map(|c| Rollup::of_samples(bucket(c[0].0, 60), c)).collect();
         assert_eq!(minute.as_ref(), minutes.last());
-        assert_eq!(hour, Some(Rollup::merge(t(0), &minutes)));
+        assert_eq!(hour, Rollup::merge(t(0), &minutes));
     }
 
     #[test]
@@ -372,11 +372,11 @@ mod tests {
             Rollup::of_samples(t(s), &samples)
         };
         let (a, b) = (minute(0, &[5.0]), minute(60, &[0.0]));
-        let mut hour = Rollup::merge(t(0), &[a.clone(), b.clone()]);
+        let mut hour = Rollup::merge(t(0), &[a.clone(), b.clone()]).unwrap();
         let mut b2 = b.clone();
         b2.append(&[(t(61), -0.0)]);
         hour.merge_step(&b2, &[-0.0]);
-        let want = Rollup::merge(t(0), &[a, b2]);
+        let want = Rollup::merge(t(0), &[a, b2]).unwrap();
         assert_eq!(hour.bucket.min.to_bits(), (-0.0f64).to_bits());
         assert_eq!(hour.bucket.min.to_bits(), want.bucket.min.to_bits());
         assert_eq!(hour.bucket.max.to_bits(), want.bucket.max.to_bits());

@@ -136,7 +136,7 @@ pub async fn verify_metrics(app: &crate::common::TestApp, order: &[Msg]) -> usiz
             want.insert((h.clone(), f.clone(), 60, start), r);
         }
         for (start, parts) in hours {
-            want.insert((h.clone(), f.clone(), 3600, start), Rollup::merge(start, &parts));
+            want.insert((h.clone(), f.clone(), 3600, start), Rollup::merge(start, &parts).unwrap());
         }
     }
 
