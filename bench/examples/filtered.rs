@@ -10,6 +10,11 @@
 //! partitions (2). It publishes the backlog to a fresh stream `S` (`price.*` stored as
 //! `price.p.<n>.<key>`), then acks every message of: the whole stream; partition 0 alone; partitions 0
 //! and 1 at once; the same two pinned.
+//!
+//! `EVERY=1`: after the whole stream, every partition at once instead (then stop). `SOURCED=1`: first
+//! also create one stream per partition (`S0`, `S1`, ...) sourcing `price.p.<n>.>` from `S`, and before
+//! the rest, ack the whole of partition streams 0 and 1 at once (unfiltered consumers): the fix that
+//! needs no server configuration, and what it costs the publisher.
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
@@ -17,7 +22,12 @@ use std::time::{Duration, Instant};
 
 /// Acks everything a new durable consumer on `filter` has pending; its rate in messages/s.
 async fn consume(js: jetstream::Context, name: &str, filter: &str, pinned: bool) -> f64 {
-    let s = js.get_stream("S").await.expect("the stream");
+    consume_from(js, "S", name, filter, pinned).await
+}
+
+/// [`consume`] from the stream `stream`.
+async fn consume_from(js: jetstream::Context, stream: &str, name: &str, filter: &str, pinned: bool) -> f64 {
+    let s = js.get_stream(stream).await.expect("the stream");
     let mut cfg = pull::Config {
         durable_name: Some(name.to_owned()),
         filter_subject: filter.to_owned(),
@@ -80,6 +90,26 @@ async fn main() {
     })
     .await
     .expect("the stream");
+    let sourced = std::env::var("SOURCED").is_ok();
+    let parts_n: u32 = parts.parse().expect("PARTS");
+    if sourced {
+        for p in 0..parts_n {
+            let _ = js.delete_stream(format!("S{p}")).await;
+            js.create_stream(stream::Config {
+                name: format!("S{p}"),
+                storage,
+                sources: Some(vec![stream::Source {
+                    name: "S".into(),
+                    filter_subject: Some(format!("price.p.{p}.>")),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            })
+            .await
+            .expect("a partition stream");
+        }
+    }
+    let published = Instant::now();
     let mut acks = Vec::new();
     for i in 0..n {
         acks.push(js.publish(format!("price.S{}", i % keys), vec![0u8; 56].into()).await.expect("a publish"));
@@ -92,8 +122,38 @@ async fn main() {
     for a in acks {
         a.await.expect("stored");
     }
-    eprintln!("{n} messages over {keys} keys, {parts} partitions, {storage:?} storage");
+    eprintln!(
+        "{n} messages over {keys} keys, {parts} partitions, {storage:?} storage: published in {:.2} s",
+        published.elapsed().as_secs_f64()
+    );
+    if sourced {
+        loop {
+            let mut total = 0;
+            for p in 0..parts_n {
+                total += js.get_stream(format!("S{p}")).await.expect("a partition").info().await.expect("info").state.messages;
+            }
+            if total >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("sourced into {parts} streams {:.2} s after the first publish", published.elapsed().as_secs_f64());
+        let (a, b) = tokio::join!(
+            consume_from(js.clone(), "S0", "s0", "", false),
+            consume_from(js.clone(), "S1", "s1", "", false)
+        );
+        eprintln!("two sourced partition streams at once: {:.0}/s", a + b);
+    }
     consume(js.clone(), "all", "price.>", false).await;
+    if std::env::var("EVERY").is_ok() {
+        let every = (0..parts_n).map(|p| {
+            let js = js.clone();
+            async move { consume(js, &format!("e{p}"), &format!("price.p.{p}.>"), false).await }
+        });
+        let total: f64 = futures::future::join_all(every).await.into_iter().sum();
+        eprintln!("all {parts} partitions at once: {total:.0}/s");
+        return;
+    }
     consume(js.clone(), "p0", "price.p.0.>", false).await;
     let (a, b) =
         tokio::join!(consume(js.clone(), "q0", "price.p.0.>", false), consume(js.clone(), "q1", "price.p.1.>", false));
