@@ -130,7 +130,15 @@ async fn main() {
         loop {
             let mut total = 0;
             for p in 0..parts_n {
-                total += js.get_stream(format!("S{p}")).await.expect("a partition").info().await.expect("info").state.messages;
+                total += js
+                    .get_stream(format!("S{p}"))
+                    .await
+                    .expect("a partition")
+                    .info()
+                    .await
+                    .expect("info")
+                    .state
+                    .messages;
             }
             if total >= n {
                 break;
