@@ -72,14 +72,7 @@ async fn one(
             ..Default::default()
         })
         .await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("floor".into()),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+    let messages = raw::pull(&stream, "floor").await?;
     let m = (rate * secs).round() as u64;
     let consumed = tokio::spawn(consume(messages, pool.cloned(), m, format!("{prefix}.")));
     let published = raw::publish(js, m, rate, |i| {

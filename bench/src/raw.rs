@@ -63,19 +63,19 @@ pub async fn jetstream_publish(js: &jetstream::Context, name: &str, n: u64, inst
     .await
 }
 
+/// The messages of a new durable pull consumer `durable` of `stream`, pulled in batches of 1000 with up
+/// to 20,000 unacked: how the raw rate and the floors consume.
+pub async fn pull(stream: &jetstream::stream::Stream, durable: &str) -> anyhow::Result<pull::Stream> {
+    let config = pull::Config { durable_name: Some(durable.into()), max_ack_pending: 20_000, ..Default::default() };
+    let consumer = stream.create_consumer(config).await?;
+    Ok(consumer.stream().max_messages_per_batch(1000).messages().await?)
+}
+
 /// Raw pull-consume rate of stream `name`: batches of 1000, an ack per message.
 pub async fn jetstream_consume(js: &jetstream::Context, name: &str, n: u64) -> anyhow::Result<f64> {
-    let stream = js.get_stream(name).await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?;
+    let mut messages = pull(&js.get_stream(name).await?, "raw").await?;
     let started = Instant::now();
     let mut seen = 0;
-    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
     while seen < n {
         let m = messages.next().await.context("consumer stream ended")?.map_err(|e| anyhow::anyhow!(e))?;
         m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
