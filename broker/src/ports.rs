@@ -9,25 +9,21 @@ use crate::kind::Kind;
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-/// A port as published.
+/// A port as published; a field that is `None` is left out.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Port {
     /// The port's name (required, not blank).
     pub name: String,
     /// City.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
     /// Country name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
     /// `[longitude, latitude]` in degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinates: Option<Vec<f64>>,
     /// Province or region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub province: Option<String>,
     /// IANA time zone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     /// Other names.
     #[serde(default)]
@@ -39,7 +35,6 @@ pub struct Port {
     #[serde(default)]
     pub unlocs: Vec<String>,
     /// A further code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
 }
 
@@ -114,6 +109,15 @@ mod tests {
         assert_eq!(p.port.city, None);
         let p = PortRecord::decode("port.X", None, br#"{"name":"Nowhere"}"#).unwrap();
         assert_eq!(p.lon_lat, None);
+    }
+
+    #[test]
+    fn a_port_leaves_out_its_missing_fields() {
+        let port = Port { name: "Ajman".into(), code: Some("X".into()), ..Default::default() };
+        let json = serde_json::to_value(&port).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["alias", "code", "name", "regions", "unlocs"]);
+        assert_eq!(serde_json::from_value::<Port>(json).unwrap(), port);
     }
 
     #[test]

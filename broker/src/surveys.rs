@@ -16,33 +16,28 @@ use serde::{Deserialize, Serialize};
 /// The longest text, device or location accepted, in characters.
 pub const MAX_TEXT: usize = 10_000;
 
-/// A survey payload as published: an item or a status, told apart by `status`.
+/// A survey payload as published: an item or a status, told apart by `status`. A field that is `None` is
+/// left out.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SurveyPayload {
     /// The provider's id of the item (≥ 1): a JSON integer, also written with a zero fraction (`3.0`).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole")]
+    #[serde(default, deserialize_with = "whole")]
     pub id: Option<i64>,
     /// The item's text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// The reporting device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// Where it was reported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// When the provider stored it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Ts>,
     /// A pull's outcome.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// When the pull ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Ts>,
     /// What went wrong, for a failed pull.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -185,6 +180,18 @@ mod tests {
             r.event,
             SurveyEvent::Status(PullStatus { status: "timeout".into(), at: now(), error: Some("slow".into()) })
         );
+    }
+
+    /// What the aggregator publishes leaves out what it does not have, and reads back the same.
+    #[test]
+    fn a_payload_leaves_out_its_missing_fields() {
+        let status = SurveyPayload { status: Some("ok".into()), at: Some(now()), ..Default::default() };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), ["at", "status"]);
+        let back: SurveyPayload = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+        let packed: SurveyPayload = rmp_serde::from_slice(&rmp_serde::to_vec_named(&status).unwrap()).unwrap();
+        assert_eq!(packed, status);
     }
 
     #[test]
