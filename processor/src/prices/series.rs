@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn early_cutoff_equals_the_batch_computation() {
         use proptest::prelude::*;
-        let config = proptest::test_runner::Config { cases: 64, ..Default::default() };
+        let config = proptest::test_runner::Config::with_cases(64);
         proptest::proptest!(config, |(
             seed in any::<u64>(),
             len in 60usize..1500,

@@ -37,7 +37,7 @@ fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
 fn a_rewrite_read_in_chunks_equals_the_batch_computation() {
     use chrono::TimeZone;
     use proptest::prelude::*;
-    let config = proptest::test_runner::Config { cases: 200, ..Default::default() };
+    let config = proptest::test_runner::Config::with_cases(200);
     proptest::proptest!(config, |(
         seed in any::<u64>(),
         len in 0usize..400,
