@@ -4,7 +4,7 @@
 //! survivor, once the group has forgotten the dead one and its pins have lapsed), and whether the
 //! survivor then stores exactly what the unpartitioned processor stored.
 
-use super::pipeline::{Database, PARTITIONS, Processor, checksum, committed, settled};
+use super::pipeline::{Database, Processor, REPLICAS, checksum, committed, settled};
 use super::{MetricsBacklog, until};
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
@@ -52,8 +52,9 @@ async fn run(
     single: &str,
 ) -> anyhow::Result<Failover> {
     let limit = Duration::from_secs(600);
-    let mut processors: Vec<Processor> =
-        (0..2).map(|_| Processor::spawn(config, &db.url, name, PARTITIONS)).collect::<anyhow::Result<_>>()?;
+    let mut processors: Vec<Processor> = (0..REPLICAS)
+        .map(|_| Processor::spawn(config, &db.url, name, config.processor.partitions))
+        .collect::<anyhow::Result<_>>()?;
     // Both in the group, the first price partition owned, a third of the backlog committed (or all of
     // it, when it was too small).
     let (victim, done) = until(limit, || async {

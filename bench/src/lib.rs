@@ -22,9 +22,10 @@
 //!    fixed offered rate and the processor's peak RSS; then the floor at that rate ([`floor`]):
 //!    JetStream alone, and the baseline taking whatever is ready, each as fresh as a pipeline on this
 //!    machine can be;
-//! 4. scale-out ([`pipeline::scale_out`]): two processors sharing two partitions by themselves (the
-//!    streams' subject transform, one durable consumer per partition, the elastic group dealing them),
-//!    on the same backlog; their combined rate; then one processor owning both partitions (a consume
+//! 4. scale-out ([`pipeline::scale_out`]): two processors sharing the backlog's partitions (two, or
+//!    `--partitions`) by themselves (the streams' subject transform, one durable consumer per partition,
+//!    the elastic group dealing them), on the same backlog; their combined rate; then one processor
+//!    owning every partition (a consume
 //!    loop per partition, so one partition's fetch and decode overlap the other's commit); and whether
 //!    every partitioned run stored exactly what the unpartitioned processor stored; then failover
 //!    ([`failover`]): two processors, one killed with SIGKILL a third of the way and never restarted,
@@ -109,6 +110,11 @@ pub struct BenchArgs {
     /// and memory a correction of the first point costs, and the other instruments' freshness during it.
     #[arg(long, value_delimiter = ',')]
     pub corrections: Vec<u64>,
+    /// Partitions the backlog is stored over; the scale-out and failover phases run two processors
+    /// sharing them, and one processor owning them all. More partitions make a backlog cheaper for
+    /// nats-server to deliver (BENCHMARKS.md, "The one fix without server configuration").
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub partitions: u32,
 }
 
 /// Metric messages in the throughput backlog: one for every this many price events, so that Tributary's
@@ -301,7 +307,7 @@ async fn run_phases(
     // The private server has no TLS and no users: the configured ones are not for it.
     config.nats = tributary::config::NatsConfig::with_url(nats_url);
     // The backlog is stored over the partitions the scale-out phase splits.
-    config.processor.partitions = pipeline::PARTITIONS;
+    config.processor.partitions = args.partitions;
     let js = tributary::app::jetstream(&config).await?;
     let n = args.events;
     let message_bytes = event(0, args.instruments).1.len();
@@ -365,7 +371,7 @@ async fn run_phases(
             "windows": config.processor.prices.names(), "index_instruments": 10,
             "metric_messages": metrics.messages, "metric_hosts": metrics.hosts, "metric_fields": 2,
             "rollups": config.metrics.width_names(),
-            "partitions": pipeline::PARTITIONS, "db_parallelism": config.processor.db_parallelism,
+            "partitions": args.partitions, "db_parallelism": config.processor.db_parallelism,
             "tracing": "OTLP/HTTP export to the benchmark's collector",
             "sampling_ratio": config.telemetry.sampling_ratio,
         }),

@@ -226,9 +226,8 @@ impl Drop for Processor {
     }
 }
 
-/// Partitions of `price.*` and `metric.*` the benchmark publishes its backlog over; the scale-out phase
-/// runs one processor per partition, and one processor owning them all.
-pub const PARTITIONS: u32 = 2;
+/// Processors that share the partitions in the scale-out and failover phases.
+pub const REPLICAS: usize = 2;
 
 /// A digest of every stored price point (price, volume, return and derived values) and index level, to
 /// compare what two runs stored.
@@ -267,16 +266,17 @@ pub(super) async fn settled(pool: &PgPool, n: u64, metrics: &MetricsBacklog, lim
 
 /// The scale-out phase's result.
 pub struct ScaleOut {
-    /// Two replicas, one partition each: their combined rate.
+    /// Two processors sharing the partitions: their combined rate.
     pub runs: Stats,
-    /// One processor owning both partitions (a consume loop per partition).
+    /// One processor owning every partition (a consume loop per partition).
     pub one_process: Stats,
     /// Every partitioned run stored what the unpartitioned processor stored.
     pub equal: bool,
 }
 
 /// The backlog of `args.events` (and nothing else: this runs before the freshness phase publishes more)
-/// over [`PARTITIONS`] partitions, by two replicas owning one each and by one processor owning both:
+/// over `config.processor.partitions` partitions, by [`REPLICAS`] processors sharing them and by one
+/// processor owning them all:
 /// their rates, repeated; and whether each run stored exactly what the unpartitioned processor did
 /// (`single`, a [`checksum`]).
 pub async fn scale_out(
@@ -289,12 +289,12 @@ pub async fn scale_out(
     let (mut runs, mut one_process) = (Vec::new(), Vec::new());
     let mut equal = true;
     for r in 0..args.repeats.max(1) {
-        for (replicas, rates) in [(PARTITIONS, &mut runs), (1, &mut one_process)] {
+        for (replicas, rates) in [(REPLICAS, &mut runs), (1, &mut one_process)] {
             let name = format!("scale{r}r{replicas}");
             let db = Database::create(&config.database.url, &name).await?;
             let started = Instant::now();
             let processors: Vec<Processor> = (0..replicas)
-                .map(|_| Processor::spawn(config, &db.url, &name, PARTITIONS))
+                .map(|_| Processor::spawn(config, &db.url, &name, config.processor.partitions))
                 .collect::<anyhow::Result<_>>()?;
             let done = settled(&db.pool, n, metrics, Duration::from_secs(3600)).await;
             let secs = started.elapsed().as_secs_f64();

@@ -82,10 +82,10 @@ pub(super) struct TributaryReport {
     /// Where a unit's time goes during the freshness run: mean ms of each phase.
     pub(super) freshness_phases_ms: pipeline::Phases,
     pub(super) peak_rss_mb: f64,
-    /// Two replicas, one partition each: their combined rate.
+    /// Two processors sharing the partitions (`parameters.partitions`): their combined rate.
     pub(super) two_replicas_events_per_s: f64,
     pub(super) two_replicas: Stats,
-    /// One processor owning both partitions (a consume loop each): its rate.
+    /// One processor owning every partition (a consume loop each): its rate. Named for the default count.
     pub(super) two_partitions_events_per_s: f64,
     pub(super) two_partitions: Stats,
     /// Whether every partitioned run (two replicas, or one process with two partitions) stored exactly
@@ -192,8 +192,9 @@ pub(super) fn print_table(r: &Report) {
         "Tributary spans exported",
         &format!("{:>12} (OTLP/HTTP, to the bench's collector)", tributary.spans_exported),
     );
-    row("Tributary, two processors sharing two partitions", &tributary.two_replicas, "events/s");
-    row("Tributary, one process, two partitions", &tributary.two_partitions, "events/s");
+    let partitions = &r.parameters["partitions"];
+    row(&format!("Tributary, two processors sharing {partitions} partitions"), &tributary.two_replicas, "events/s");
+    row(&format!("Tributary, one process, {partitions} partitions"), &tributary.two_partitions, "events/s");
     line("partitioned runs stored what one did", if tributary.two_replicas_equal_to_one { "yes" } else { "NO" });
     let f = &tributary.failover;
     line(

@@ -66,6 +66,8 @@ fn bench_json_reports_every_promised_figure() {
             "0.5",
             "--api-rate",
             "100",
+            "--partitions",
+            "3",
         ],
     );
     let report: serde_json::Value = serde_json::from_slice(&out).expect("bench --json prints one JSON object");
@@ -93,12 +95,21 @@ fn bench_json_reports_every_promised_figure() {
     // Tributary's path computes metric rollups too (one message per 10 price events, 100 hosts), and the
     // partitioned runs stored what one did, rollups included.
     assert_eq!(report["parameters"]["metric_messages"].as_u64(), Some(300), "{report}");
+    assert_eq!(report["parameters"]["partitions"].as_u64(), Some(3), "{report}");
     assert_eq!(report["tributary"]["two_replicas_equal_to_one"].as_bool(), Some(true), "{report}");
     // One of two processors killed for good: the survivor stored what one processor did (the backlog is
     // too small here for a takeover time, which the default run measures).
     assert_eq!(report["tributary"]["failover"]["equal"].as_bool(), Some(true), "{report}");
     // Traces are exported as deployed, to the bench's own OTLP collector.
     assert!(report["tributary"]["spans_exported"].as_u64() > Some(0), "{report}");
+}
+
+/// `--partitions` below two would leave nothing to share: refused before anything runs.
+#[test]
+fn bench_refuses_fewer_than_two_partitions() {
+    let out = run(Path::new(BENCH), &["--partitions", "1"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--partitions") && said.contains("2..=64"), "{said}");
 }
 
 /// `--corrections N`: a correction of the first of N points, its time, the processor's memory growth
