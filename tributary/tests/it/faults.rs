@@ -459,6 +459,12 @@ async fn a_recently_used_pool_connection_is_not_pinged_and_a_broken_one_is_repla
         .unwrap();
     let pool = store.get_postgres_connection_pool();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.unwrap();
+    // Back in the pool before it breaks: a release still on its way when the backend ends would find the
+    // connection broken itself and replace it, and the statement below would never see it.
+    eventually(Duration::from_secs(10), "the connection back in the pool", || async {
+        (pool.num_idle() == 1).then_some(())
+    })
+    .await;
     let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let ended: bool =
         sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)").bind(pid).fetch_one(&mut admin).await.unwrap();
