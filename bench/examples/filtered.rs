@@ -13,7 +13,7 @@
 //!
 //! `EVERY=1`: after the whole stream, every partition at once instead (then stop). `SOURCED=1`: first
 //! also create one stream per partition (`S0`, `S1`, ...) sourcing `price.p.<n>.>` from `S`, and before
-//! the rest, ack the whole of partition streams 0 and 1 at once (unfiltered consumers): the fix that
+//! the rest, ack the whole of every partition stream at once (unfiltered consumers): the fix that
 //! needs no server configuration, and what it costs the publisher.
 
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -67,6 +67,20 @@ async fn consume_from(js: jetstream::Context, stream: &str, name: &str, filter: 
         started.elapsed().as_secs_f64()
     );
     rate
+}
+
+/// Acks every partition at once, partition `p` through `consumer(p)` = (stream, durable, filter); their
+/// summed rate.
+async fn every_partition(
+    js: &jetstream::Context,
+    parts: u32,
+    consumer: impl Fn(u32) -> (String, String, String),
+) -> f64 {
+    let all = (0..parts).map(|p| {
+        let (js, (stream, durable, filter)) = (js.clone(), consumer(p));
+        async move { consume_from(js, &stream, &durable, &filter, false).await }
+    });
+    futures::future::join_all(all).await.into_iter().sum()
 }
 
 #[tokio::main]
@@ -146,19 +160,12 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         eprintln!("sourced into {parts} streams {:.2} s after the first publish", published.elapsed().as_secs_f64());
-        let (a, b) = tokio::join!(
-            consume_from(js.clone(), "S0", "s0", "", false),
-            consume_from(js.clone(), "S1", "s1", "", false)
-        );
-        eprintln!("two sourced partition streams at once: {:.0}/s", a + b);
+        let total = every_partition(&js, parts_n, |p| (format!("S{p}"), format!("s{p}"), String::new())).await;
+        eprintln!("all {parts} sourced partition streams at once, unfiltered: {total:.0}/s");
     }
     consume(js.clone(), "all", "price.>", false).await;
     if std::env::var("EVERY").is_ok() {
-        let every = (0..parts_n).map(|p| {
-            let js = js.clone();
-            async move { consume(js, &format!("e{p}"), &format!("price.p.{p}.>"), false).await }
-        });
-        let total: f64 = futures::future::join_all(every).await.into_iter().sum();
+        let total = every_partition(&js, parts_n, |p| ("S".into(), format!("e{p}"), format!("price.p.{p}.>"))).await;
         eprintln!("all {parts} partitions at once: {total:.0}/s");
         return;
     }
