@@ -3,17 +3,20 @@
 //!
 //! For each stream the read depends on, the barrier takes the stream's last sequence when the request
 //! arrives, then waits until each of the processors' durable consumers on it (one per partition when
-//! partitioned) has acked everything it was given up to there: its ack floor (the highest stream
-//! sequence below which every message is acked, and so committed or dead-lettered) reaches it, or it has
-//! nothing waiting and nothing unacknowledged. Past
+//! partitioned) has acked every message of its subjects up to there: its ack floor (the highest stream
+//! sequence below which every message is acked, and so committed or dead-lettered) reaches it, or the
+//! stream holds no message of the consumer's subjects between the floor and it. Past
 //! `api.fresh_timeout_ms` it answers 504 with `sync_timeout`, naming the stream that was behind.
+//!
+//! The second test asks the stream ([`acked_through`]), not the consumer's count of messages waiting:
+//! nats-server updates that count only after the publish is acknowledged.
 
 use crate::params::Params;
 use crate::{ApiError, AppState};
 use async_nats::jetstream::consumer::pull;
 use std::time::{Duration, Instant};
 use tributary_broker::Kind;
-use tributary_broker::consume::processor_consumers;
+use tributary_broker::consume::{acked_through, processor_consumers};
 
 /// `fresh`: `true`/`1` or `false`/`0` (absent: false).
 pub fn fresh(p: &Params) -> Result<bool, ApiError> {
@@ -44,7 +47,7 @@ pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Resul
         if last == 0 {
             continue;
         }
-        for (durable, _, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
+        for (durable, filter, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
             let (mut at, mut consumer) = (0, None);
             loop {
                 if consumer.is_none() {
@@ -53,11 +56,9 @@ pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Resul
                 if let Some(c) = consumer.as_mut()
                     && let Ok(info) = c.info().await
                 {
-                    // Everything it was given up to `last` is acked: its ack floor is past `last`, or
-                    // nothing of its subjects is waiting or unacknowledged (a partition with no new
-                    // messages has a floor that never reaches other partitions' sequences).
                     at = info.ack_floor.stream_sequence;
-                    if at >= last || (info.num_pending == 0 && info.num_ack_pending == 0) {
+                    // An error answers no: the barrier asks again until its deadline.
+                    if acked_through(&stream, &filter, at, last).await.unwrap_or(false) {
                         break;
                     }
                 }

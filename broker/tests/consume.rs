@@ -349,3 +349,24 @@ async fn a_lone_poison_message_on_a_quiet_stream_is_dead_lettered() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// What fresh reads wait for: a consumer has acked its subjects up to a sequence when its ack floor is
+/// there, or when the stream holds none of its messages between the two. A consumer's own "nothing
+/// pending" is not asked: nats-server counts a message pending only after acknowledging its publish,
+/// which let a fresh read miss the price just published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_through_asks_the_stream_for_the_consumers_messages_after_its_floor() {
+    // t.a at 1, t.b at 2, t.a at 3.
+    let (_nats, js) = setup(&["a".into(), "b".into(), "a".into()]).await;
+    let stream = js.get_stream("T").await.unwrap();
+    let through =
+        async |filter: &str, floor: u64, last: u64| consume::acked_through(&stream, filter, floor, last).await.unwrap();
+    assert!(!through("t.b", 0, 3).await, "t.b at 2 is after the floor");
+    assert!(through("t.b", 2, 3).await, "the floor is at t.b's only message");
+    assert!(!through("t.a", 1, 3).await, "t.a at 3 is after the floor");
+    assert!(through("t.a", 1, 2).await, "t.a's next message, 3, is after the sequence asked for");
+    assert!(!through("t.>", 2, 3).await);
+    assert!(through("t.>", 3, 3).await);
+    assert!(through("t.c", 0, 3).await, "nothing of t.c was ever stored");
+    assert!(through("t.a", 5, 3).await);
+}

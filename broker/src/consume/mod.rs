@@ -152,6 +152,31 @@ pub enum ConsumeError {
     NoStream(String),
 }
 
+/// Whether a consumer of `filter` whose ack floor is `floor` has acked every message of its subjects up
+/// to stream sequence `last`: the floor is past `last`, or the stream's first message of `filter` after
+/// the floor comes after `last` (a partition with no new messages has a floor that never reaches other
+/// partitions' sequences). What fresh reads wait for.
+///
+/// The stream is asked, through its leader as consumer info is, rather than the consumer's own count of
+/// messages waiting: nats-server updates that count from another goroutine after the publish is
+/// acknowledged, so a consumer can report nothing waiting and nothing unacknowledged just after a
+/// message of its subjects was stored.
+pub async fn acked_through(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    floor: u64,
+    last: u64,
+) -> Result<bool, jetstream::stream::RawMessageError> {
+    if floor >= last {
+        return Ok(true);
+    }
+    match stream.get_first_raw_message_by_subject(filter, floor + 1).await {
+        Ok(next) => Ok(next.sequence > last),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// The processors' durable consumers of a kind, as (durable name, filter subject, partition): one per
 /// partition (`processor-price-p3` on `price.p.3.>`) when the kind is partitioned and `partitions > 1`,
 /// else one for the whole kind (`processor-price` on `price.>`). The API reads their progress for fresh

@@ -142,22 +142,21 @@ impl TestApp {
         let consumers = tributary_broker::Kind::ALL.into_iter().flat_map(|k| {
             tributary_broker::consume::processor_consumers(prefix, k, self.c.config.processor.partitions)
                 .into_iter()
-                .map(move |(durable, _, partition)| (k.stream(), durable, partition.is_none()))
+                .map(move |(durable, filter, _)| (k.stream(), durable, filter))
         });
-        for (stream, durable, whole_stream) in consumers {
+        for (stream, durable, filter) in consumers {
             let js = self.c.js.clone();
             eventually(within, &format!("{durable} to settle"), || {
-                let (js, durable) = (js.clone(), durable.clone());
+                let (js, durable, filter) = (js.clone(), durable.clone(), filter.clone());
                 async move {
                     let mut s = js.get_stream(stream).await.ok()?;
                     let last = s.info().await.ok()?.state.last_sequence;
                     let mut consumer: jetstream::consumer::PullConsumer = s.get_consumer(&durable).await.ok()?;
-                    let info = consumer.info().await.ok()?;
-                    // The consumer's own counts can trail the stream just after a cluster node rejoined
-                    // (seen on nats-server 2.15): a consumer of the whole stream has also acked up to the
-                    // stream's last message, as its leader reports it.
-                    let caught_up = !whole_stream || info.ack_floor.stream_sequence >= last;
-                    (info.num_pending == 0 && info.num_ack_pending == 0 && caught_up).then_some(())
+                    let floor = consumer.info().await.ok()?.ack_floor.stream_sequence;
+                    // What fresh reads wait for: the consumer's own counts trail the stream just after a
+                    // publish (and, seen on nats-server 2.15, after a cluster node rejoined).
+                    let acked = tributary_broker::consume::acked_through(&s, &filter, floor, last).await.ok()?;
+                    acked.then_some(())
                 }
             })
             .await;
