@@ -206,7 +206,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The partitions `p >= partitions` of `kind` whose durable consumers exist and still hold messages:
+/// The partitions `p >= partitions` of `kind` whose durable consumers exist and still hold messages
+/// (have not acked their subjects up to the stream's last message: [`consume::acked_through`]):
 /// `processor.partitions` was lowered, and what was stored under the larger count must still be
 /// processed. Listed once, at startup; none when the stream or its consumers cannot be read.
 async fn leftover_partitions(
@@ -218,6 +219,7 @@ async fn leftover_partitions(
 ) -> Vec<u32> {
     use futures::StreamExt;
     let Ok(stream) = js.get_stream(stream).await else { return Vec::new() };
+    let last = stream.cached_info().state.last_sequence;
     let name_prefix = format!("{prefix}-{}-p", kind.prefix());
     let names: Vec<String> = stream.consumer_names().filter_map(|n| async move { n.ok() }).collect().await;
     let mut found = Vec::new();
@@ -227,9 +229,10 @@ async fn leftover_partitions(
             continue;
         }
         let Ok(mut consumer) = stream.get_consumer::<jetstream::consumer::pull::Config>(&name).await else { continue };
-        if let Ok(info) = consumer.info().await
-            && info.num_pending + info.num_ack_pending as u64 > 0
-        {
+        let Ok(info) = consumer.info().await else { continue };
+        let (_, filter, _) = consume::partition_consumer(prefix, kind, p);
+        // Unsure (the stream could not say): consumed, which costs an idle loop at worst.
+        if !consume::acked_through(&stream, &filter, info.ack_floor.stream_sequence, last).await.unwrap_or(false) {
             found.push(p);
         }
     }
