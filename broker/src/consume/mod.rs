@@ -155,7 +155,8 @@ pub enum ConsumeError {
 /// Whether a consumer of `filter` whose ack floor is `floor` has acked every message of its subjects up
 /// to stream sequence `last`: the floor is past `last`, or the stream's first message of `filter` after
 /// the floor comes after `last` (a partition with no new messages has a floor that never reaches other
-/// partitions' sequences). What fresh reads wait for.
+/// partitions' sequences). What fresh reads wait for, and how a processor finds the partitions of a
+/// lowered count that still hold messages.
 ///
 /// The stream is asked, through its leader as consumer info is, rather than the consumer's own count of
 /// messages waiting: nats-server updates that count from another goroutine after the publish is

@@ -130,8 +130,8 @@ impl TestApp {
         ack.sequence
     }
 
-    /// Waits (up to a minute per consumer) until every processor consumer has nothing pending and
-    /// nothing unacked.
+    /// Waits (up to a minute per consumer) until every processor consumer has acked every message of its
+    /// subjects in its stream ([`tributary_broker::consume::acked_through`], as fresh reads wait).
     pub async fn settled(&self) {
         self.settled_within(Duration::from_secs(60)).await
     }
