@@ -3,6 +3,7 @@
 //! baseline pipeline taking whatever is ready (at most 1000 a batch). No pipeline on the same machine,
 //! with the same publisher beside it, can be fresher than these; Tributary's freshness is read against them.
 
+use super::cpu::{CpuUse, Watch};
 use super::{event, raw};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -38,10 +39,13 @@ pub struct Floor {
     pub jetstream: Quantiles,
     /// Arrival → commit of the raw row by the baseline pipeline.
     pub baseline: Quantiles,
+    /// Who used the CPU while the baseline ran, where measured ([`super::cpu`]).
+    pub baseline_cpu: Option<CpuUse>,
 }
 
 /// Measures both floors at `rate` events/s for `secs` each, over `instruments`, in fresh streams named
 /// after `name` (so nothing else consumes their events); the baseline writes into `pool`'s `price_points`.
+/// `nats` is the nats-server's process, whose CPU is measured while the baseline runs.
 pub async fn measure(
     js: &jetstream::Context,
     pool: &PgPool,
@@ -49,10 +53,13 @@ pub async fn measure(
     instruments: usize,
     rate: f64,
     secs: f64,
+    nats: u32,
 ) -> anyhow::Result<Floor> {
     let jetstream = one(js, None, &format!("{name}_JS"), instruments, rate, secs).await?;
+    let watch = Watch::start(nats, None);
     let baseline = one(js, Some(pool), &format!("{name}_PG"), instruments, rate, secs).await?;
-    Ok(Floor { jetstream, baseline })
+    let baseline_cpu = watch.stop((rate * secs).round() as u64);
+    Ok(Floor { jetstream, baseline, baseline_cpu })
 }
 
 async fn one(

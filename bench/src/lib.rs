@@ -49,10 +49,12 @@
 //! - [`corrections`]: `--corrections`, a correction deep in a long history.
 //! - [`http`]: API reads under load, with `wrk` when installed.
 //! - [`traces`]: the OTLP/HTTP collector that counts the processor's spans.
+//! - [`cpu`]: who used the CPU during the freshness measurements, from `/proc`.
 //! - [`report`]: the report, as JSON and as a table, and the machine it ran on; [`stats`]: medians.
 //! - [`ports`]: `tributary-bench ports`, the ports importer against the raw publish rate.
 
 mod corrections;
+mod cpu;
 mod failover;
 mod floor;
 mod http;
@@ -202,6 +204,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let port = local::free_port();
     std::fs::create_dir_all(&dir)?;
     let mut nats_child = local::spawn_nats(&bin, port, &dir.join("nats"), &dir.join("nats.log"))?;
+    let nats = nats_child.id();
     let db_url = config.database.url.clone();
     let mut config = config;
     let sink = traces::TraceSink::start().await?;
@@ -209,9 +212,9 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let result = if !args.corrections.is_empty() {
         run_corrections(config, &args, port).await.map(|_| None)
     } else if args.freshness_rates.is_empty() {
-        run_phases(config, &args, port, &sink).await.map(Some)
+        run_phases(config, &args, port, nats, &sink).await.map(Some)
     } else {
-        run_freshness_curve(config, &args, port).await.map(|_| None)
+        run_freshness_curve(config, &args, port, nats).await.map(|_| None)
     };
     drop(sink);
     pipeline::drop_run_databases(&db_url).await;
@@ -243,11 +246,11 @@ async fn run_corrections(mut config: Config, args: &BenchArgs, nats_port: u16) -
 
 /// `--freshness-rates`: runs the freshness measurement alone at each rate and prints one line each (or
 /// a JSON array with `--json`).
-async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16) -> anyhow::Result<()> {
+async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u16, nats: u32) -> anyhow::Result<()> {
     config.nats = tributary::config::NatsConfig::with_url(format!("nats://127.0.0.1:{nats_port}"));
     let js = tributary::app::jetstream(&config).await?;
     progress(args.json, "freshness at each offered rate");
-    let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates)
+    let points: Vec<FreshnessPoint> = pipeline::freshness_curve(&config, args, &js, &args.freshness_rates, nats)
         .await?
         .into_iter()
         .zip(&args.freshness_rates)
@@ -260,6 +263,8 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             mean_batch_events: f.mean_batch_events,
             mean_batch_ms: f.mean_batch_ms,
             phases_ms: f.phases_ms,
+            phases_p99_ms: f.phases_p99_ms,
+            cpu: f.cpu,
             floor,
         })
         .collect();
@@ -290,8 +295,14 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             q(b.p50_ms, b.p99_ms, b.p999_ms),
             q(j.p50_ms, j.p99_ms, j.p999_ms)
         );
-        let phases: Vec<String> = p.phases_ms.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        println!("{:>10} where a unit's time goes, mean ms: {}", "", phases.join(", "));
+        println!("{:>10} where a unit's time goes, mean ms: {}", "", report::phases(&p.phases_ms));
+        println!("{:>10} and its slowest, p99 ms: {}", "", report::phases(&p.phases_p99_ms));
+        if let Some(cpu) = p.cpu {
+            println!("{:>10} Tributary: {cpu}", "");
+        }
+        if let Some(cpu) = p.floor.baseline_cpu {
+            println!("{:>10} baseline:  {cpu}", "");
+        }
     }
     println!("{}", serde_json::to_string(&points)?);
     Ok(())
@@ -301,6 +312,7 @@ async fn run_phases(
     mut config: Config,
     args: &BenchArgs,
     nats_port: u16,
+    nats: u32,
     sink: &traces::TraceSink,
 ) -> anyhow::Result<Report> {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
@@ -343,7 +355,7 @@ async fn run_phases(
     }
 
     progress(args.json, "Tributary's processor");
-    let trib = pipeline::measure(&config, args, &js, &metrics).await?;
+    let trib = pipeline::measure(&config, args, &js, &metrics, nats).await?;
 
     let spans_exported = sink.spans();
     progress(args.json, "API reads");
@@ -393,6 +405,7 @@ async fn run_phases(
             freshness_p50_ms: trib.floor.baseline.p50_ms,
             freshness_p99_ms: trib.floor.baseline.p99_ms,
             freshness_p999_ms: trib.floor.baseline.p999_ms,
+            freshness_cpu: trib.floor.baseline_cpu,
         },
         tributary: TributaryReport {
             events_per_s: trib.runs.median,
@@ -403,6 +416,8 @@ async fn run_phases(
             freshness_p99_ms: trib.freshness.p99_ms,
             freshness_p999_ms: trib.freshness.p999_ms,
             freshness_phases_ms: trib.freshness.phases_ms.clone(),
+            freshness_phases_p99_ms: trib.freshness.phases_p99_ms.clone(),
+            freshness_cpu: trib.freshness.cpu,
             peak_rss_mb: trib.peak_rss_mb,
             two_replicas_events_per_s: trib.scale.runs.median,
             two_replicas: trib.scale.runs.clone(),

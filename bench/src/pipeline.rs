@@ -1,8 +1,9 @@
 //! Tributary's own path: the processor as a separate process (as deployed), on the backlog; then
 //! freshness at a fixed offered rate, read from the processor's own latency histogram; and its peak RSS.
 
+use super::cpu::{CpuUse, Watch};
 use super::floor::{self, Floor};
-use super::scrape::{bucket_quantile, parse_buckets, parse_phases, parse_value};
+use super::scrape::{bucket_quantile, parse_buckets, parse_phase_buckets, parse_phases, parse_value};
 use super::stats::Stats;
 use super::{MetricsBacklog, event, until};
 use anyhow::Context;
@@ -95,6 +96,10 @@ pub struct Freshness {
     /// Where a unit's time goes: the mean of each phase of `tributary_phase_seconds`, ms (wait, lock,
     /// load, derive, write, index, commit, ack; a batch split over parallel transactions times each).
     pub phases_ms: Phases,
+    /// The 99th percentile of each phase, ms: which step the tail is made of.
+    pub phases_p99_ms: Phases,
+    /// Who used the CPU meanwhile, where measured ([`super::cpu`]).
+    pub cpu: Option<CpuUse>,
 }
 
 /// Mean milliseconds per phase, by phase.
@@ -108,6 +113,8 @@ struct Scrape {
     batch_seconds: f64,
     /// Phase → (sum of seconds, count).
     phases: std::collections::BTreeMap<String, (f64, f64)>,
+    /// Phase → its buckets.
+    phase_buckets: std::collections::BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 pub struct Measured {
@@ -190,6 +197,7 @@ impl Processor {
             batch_events: parse_value(&text, "tributary_batch_size_sum", "prices"),
             batch_seconds: parse_value(&text, "tributary_batch_seconds_sum", "prices"),
             phases: parse_phases(&text, "prices"),
+            phase_buckets: parse_phase_buckets(&text, "prices"),
         })
     }
 }
@@ -327,6 +335,7 @@ pub async fn measure(
     args: &super::BenchArgs,
     js: &jetstream::Context,
     metrics: &MetricsBacklog,
+    nats: u32,
 ) -> anyhow::Result<Measured> {
     let n = args.events;
     let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
@@ -352,11 +361,14 @@ pub async fn measure(
     let scale = scale_out(config, args, metrics, &single).await?;
     let failover = super::failover::measure(config, js, n, metrics, &single).await?;
     // Freshness: a fixed offered rate on top of the caught-up processor.
-    let freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
+    let watch = Watch::start(nats, Some(p.pid()));
+    let mut freshness = freshness(&p, &db.pool, js, args.instruments, n, args.rate, args.freshness_secs).await?;
+    freshness.cpu = watch.stop((args.rate * args.freshness_secs).round() as u64);
     let peak_rss_mb = p.peak_rss_mb();
     drop(p);
     let floor_db = Database::create(&config.database.url, "floor").await?;
-    let floor = floor::measure(js, &floor_db.pool, "FLOOR", args.instruments, args.rate, args.freshness_secs).await;
+    let floor =
+        floor::measure(js, &floor_db.pool, "FLOOR", args.instruments, args.rate, args.freshness_secs, nats).await;
     floor_db.drop().await;
     let floor = floor?;
     let db_url = db.url.clone();
@@ -397,17 +409,28 @@ pub(super) async fn freshness(
                 (phase.clone(), (sum - s0) / (count - c0).max(1.0) * 1e3)
             })
             .collect(),
+        phases_p99_ms: after
+            .phase_buckets
+            .iter()
+            .map(|(phase, buckets)| {
+                let before = before.phase_buckets.get(phase).map_or(&[][..], Vec::as_slice);
+                (phase.clone(), bucket_quantile(before, buckets, 0.99) * 1e3)
+            })
+            .collect(),
+        cpu: None,
     })
 }
 
 /// Freshness alone at each of `rates`, in turn, on one processor with an index over 10 instruments, after
 /// a warm-up of three events per instrument (each series' first load, not reported) and an `ANALYZE`;
-/// before each, the floor at that rate (the processor idle meanwhile).
+/// before each, the floor at that rate (the processor idle meanwhile). `nats` is the nats-server's
+/// process, whose CPU is measured with the processor's and PostgreSQL's.
 pub async fn freshness_curve(
     config: &Config,
     args: &super::BenchArgs,
     js: &jetstream::Context,
     rates: &[f64],
+    nats: u32,
 ) -> anyhow::Result<Vec<(Freshness, Floor)>> {
     let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
     js.publish("index.bench", tributary_broker::codec::to_msgpack(&IndexDefinition { base: 100.0, weights }))
@@ -431,10 +454,13 @@ pub async fn freshness_curve(
         let mut out = Vec::new();
         let mut from = (warm_up * args.freshness_secs).round() as u64;
         for (k, &rate) in rates.iter().enumerate() {
+            let secs = args.freshness_secs;
             let floor =
-                floor::measure(js, &floor_db.pool, &format!("FLOOR{k}"), args.instruments, rate, args.freshness_secs)
-                    .await?;
-            out.push((freshness(&p, &db.pool, js, args.instruments, from, rate, args.freshness_secs).await?, floor));
+                floor::measure(js, &floor_db.pool, &format!("FLOOR{k}"), args.instruments, rate, secs, nats).await?;
+            let watch = Watch::start(nats, Some(p.pid()));
+            let mut tributary = freshness(&p, &db.pool, js, args.instruments, from, rate, secs).await?;
+            tributary.cpu = watch.stop((rate * secs).round() as u64);
+            out.push((tributary, floor));
             from += (rate * args.freshness_secs).round() as u64;
         }
         Ok(out)

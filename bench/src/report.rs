@@ -18,6 +18,10 @@ pub(super) struct FreshnessPoint {
     pub(super) mean_batch_ms: f64,
     /// Mean ms of each phase of a unit (`tributary_phase_seconds`).
     pub(super) phases_ms: pipeline::Phases,
+    /// The 99th percentile of each phase, ms.
+    pub(super) phases_p99_ms: pipeline::Phases,
+    /// Who used the CPU while Tributary ran at this rate.
+    pub(super) cpu: Option<super::cpu::CpuUse>,
     /// What JetStream alone and the baseline pipeline reach at this rate, just before.
     pub(super) floor: floor::Floor,
 }
@@ -68,6 +72,8 @@ pub(super) struct BaselineReport {
     pub(super) freshness_p50_ms: f64,
     pub(super) freshness_p99_ms: f64,
     pub(super) freshness_p999_ms: f64,
+    /// Who used the CPU during the baseline's freshness run.
+    pub(super) freshness_cpu: Option<super::cpu::CpuUse>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +87,10 @@ pub(super) struct TributaryReport {
     pub(super) freshness_p999_ms: f64,
     /// Where a unit's time goes during the freshness run: mean ms of each phase.
     pub(super) freshness_phases_ms: pipeline::Phases,
+    /// The 99th percentile of each phase, ms.
+    pub(super) freshness_phases_p99_ms: pipeline::Phases,
+    /// Who used the CPU during the freshness run.
+    pub(super) freshness_cpu: Option<super::cpu::CpuUse>,
     pub(super) peak_rss_mb: f64,
     /// Two processors sharing the partitions (`parameters.partitions`): their combined rate.
     pub(super) two_replicas_events_per_s: f64,
@@ -185,8 +195,14 @@ pub(super) fn print_table(r: &Report) {
         (raw.jetstream_freshness_p50_ms, raw.jetstream_freshness_p99_ms, raw.jetstream_freshness_p999_ms),
         "the same rate",
     );
-    let phases: Vec<String> = tributary.freshness_phases_ms.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-    line("  where a unit's time goes (mean ms)", &phases.join(", "));
+    line("  where a unit's time goes (mean ms)", &phases(&tributary.freshness_phases_ms));
+    line("  and its slowest (p99 ms)", &phases(&tributary.freshness_phases_p99_ms));
+    if let Some(cpu) = tributary.freshness_cpu {
+        line("  the machine meanwhile", &cpu.to_string());
+    }
+    if let Some(cpu) = r.baseline.freshness_cpu {
+        line("  the machine during the baseline's", &cpu.to_string());
+    }
     line("Tributary processor peak RSS", &format!("{:>12.0} MB", tributary.peak_rss_mb));
     line(
         "Tributary spans exported",
@@ -223,4 +239,9 @@ pub(super) fn print_table(r: &Report) {
         r.ratios.freshness_p99_over_baseline
     );
     println!();
+}
+
+/// `phase ms, …` in phase order.
+pub(super) fn phases(ms: &pipeline::Phases) -> String {
+    ms.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
 }

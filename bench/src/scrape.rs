@@ -1,11 +1,33 @@
 //! The processor's Prometheus text as the benchmark reads it: a histogram's buckets, a sample's value,
 //! the phases of `tributary_phase_seconds`, and quantiles of the difference of two scrapes.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 /// (le, cumulative count) of one histogram's buckets for a consumer label, ascending.
 pub(super) fn parse_buckets(text: &str, name: &str, consumer: &str) -> Vec<(f64, f64)> {
+    buckets_where(text, name, &[("consumer", consumer)])
+}
+
+/// The buckets of each phase of `tributary_phase_seconds` for a consumer label, as [`parse_buckets`].
+pub(super) fn parse_phase_buckets(text: &str, consumer: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let name = "tributary_phase_seconds_bucket";
+    let phases: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split("phase=\"").nth(1)?.split('"').next())
+        .collect();
+    phases
+        .into_iter()
+        .map(|p| (p.to_owned(), buckets_where(text, name, &[("consumer", consumer), ("phase", p)])))
+        .collect()
+}
+
+/// The buckets of the histogram `name` whose lines carry every one of `labels`.
+fn buckets_where(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let mut out: Vec<(f64, f64)> = text
         .lines()
-        .filter(|l| l.starts_with(name) && l.contains(&format!("consumer=\"{consumer}\"")))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label.as_str())))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
@@ -27,8 +49,8 @@ pub(super) fn parse_value(text: &str, name: &str, consumer: &str) -> f64 {
 }
 
 /// The sum and count of every phase of `tributary_phase_seconds` for a consumer label.
-pub(super) fn parse_phases(text: &str, consumer: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
-    let mut phases = std::collections::BTreeMap::new();
+pub(super) fn parse_phases(text: &str, consumer: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut phases = BTreeMap::new();
     for (suffix, sum) in [("_sum{", true), ("_count{", false)] {
         let name = format!("tributary_phase_seconds{suffix}");
         for l in text.lines().filter(|l| l.starts_with(&name) && l.contains(&format!("consumer=\"{consumer}\""))) {
@@ -94,5 +116,13 @@ mod tests {
                       tributary_phase_seconds_count{consumer=\"prices\",phase=\"lock\"} 4\n\
                       tributary_phase_seconds_sum{consumer=\"metrics\",phase=\"lock\"} 9\n";
         assert_eq!(parse_phases(phases, "prices").get("lock"), Some(&(0.5, 4.0)));
+        let buckets = "tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"lock\",le=\"0.001\"} 3\n\
+                       tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"lock\",le=\"+Inf\"} 4\n\
+                       tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"write\",le=\"0.001\"} 1\n\
+                       tributary_phase_seconds_bucket{consumer=\"metrics\",phase=\"lock\",le=\"0.001\"} 9\n";
+        let by_phase = parse_phase_buckets(buckets, "prices");
+        assert_eq!(by_phase["lock"], vec![(0.001, 3.0), (f64::INFINITY, 4.0)]);
+        assert_eq!(by_phase["write"], vec![(0.001, 1.0)]);
+        assert_eq!(by_phase.len(), 2);
     }
 }
