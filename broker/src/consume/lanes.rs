@@ -107,7 +107,7 @@ impl<H: BatchHandler> Lanes<H> {
                         seq,
                         received,
                         delivered,
-                        message: m,
+                        message: Box::new(m),
                         suspect,
                     };
                     valid.push((item, Delivery { event, seq, received }));
@@ -139,7 +139,7 @@ impl<H: BatchHandler> Lanes<H> {
                     );
                     warn!(consumer = spec.durable, seq = item.seq, reason, "dead-lettering");
                     stopped.push(item.seq);
-                    dead.push((item.message, item.seq, PROCESSING_FAILED, reason));
+                    dead.push((*item.message, item.seq, PROCESSING_FAILED, reason));
                 }
                 _ => self.queue(item, delivery),
             }
@@ -266,7 +266,7 @@ impl<H: BatchHandler> Lanes<H> {
                     self.nakked.insert(item.seq);
                     let _ = item.message.ack_with(AckKind::Nak(Some(backoff(item.delivered)))).await;
                 }
-                Outcome::Failed(reason) => failed.push((item.message, item.seq, PROCESSING_FAILED, reason)),
+                Outcome::Failed(reason) => failed.push((*item.message, item.seq, PROCESSING_FAILED, reason)),
             }
         }
         if !committed.is_empty() {
@@ -275,7 +275,7 @@ impl<H: BatchHandler> Lanes<H> {
             metrics::counter!(names::EVENTS, "consumer" => label, "outcome" => "processed")
                 .increment(committed.len() as u64);
             if let Some(hook) = &spec.settled {
-                (hook.0)(Settled::Committed, &committed.iter().collect::<Vec<_>>());
+                (hook.0)(Settled::Committed, &committed.iter().map(AsRef::as_ref).collect::<Vec<_>>());
             }
         }
         if retried > 0 {
