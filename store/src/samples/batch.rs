@@ -5,7 +5,7 @@ use crate::arrays::Arrays;
 use crate::{RollupConfig, Tx};
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sqlx::postgres::PgRow;
-use sea_orm::sqlx::{self, PgPool, Row};
+use sea_orm::sqlx::{self, FromRow, PgPool, Row};
 use std::collections::BTreeSet;
 
 /// A bucket of one series: (host, field, bucket start).

@@ -2,7 +2,6 @@
 
 use crate::Range;
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
 
@@ -40,8 +39,9 @@ pub struct SamplePoint {
 /// One rollup bucket's start and statistics: what the processor's rollup arithmetic (`Rollup`) keeps
 /// beside its sketch and values, and what the API serves as it is (as `Bucket`). Its fields are in the
 /// order the API writes every object's, by name; a statistic that is not a finite number is written as
-/// null (as serde_json writes such a number), hence the schema's `Option<f64>`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// null (as serde_json writes such a number), hence the schema's `Option<f64>`. Read from a
+/// `metric_rollups` row by column name (`sqlx::FromRow`; extra columns are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = Bucket,
     description = "One time bucket; a statistic that is not a finite number (a sum past f64's range) is null."))]
@@ -85,24 +85,6 @@ impl RollupBucket {
     /// last, p50, p95 and p99.
     pub(super) const STATS: [fn(&RollupBucket) -> f64; 9] =
         [|b| b.sum, |b| b.min, |b| b.max, |b| b.mean, |b| b.first, |b| b.last, |b| b.p50, |b| b.p95, |b| b.p99];
-
-    /// The bucket of a `metric_rollups` row read with its column names.
-    pub fn from_row(row: &PgRow) -> Result<RollupBucket, sqlx::Error> {
-        use sqlx::Row;
-        Ok(RollupBucket {
-            start: row.try_get("start")?,
-            count: row.try_get("count")?,
-            sum: row.try_get("sum")?,
-            min: row.try_get("min")?,
-            max: row.try_get("max")?,
-            mean: row.try_get("mean")?,
-            first: row.try_get("first")?,
-            last: row.try_get("last")?,
-            p50: row.try_get("p50")?,
-            p95: row.try_get("p95")?,
-            p99: row.try_get("p99")?,
-        })
-    }
 }
 
 /// The latest message of every host, newest first (then by host), at most `limit`.
@@ -181,7 +163,7 @@ pub async fn rollup_buckets(
     width: i64,
     range: Range,
 ) -> Result<Vec<RollupBucket>, sqlx::Error> {
-    let rows: Vec<PgRow> = sqlx::query(ROLLUP_BUCKETS)
+    sqlx::query_as(ROLLUP_BUCKETS)
         .bind(host)
         .bind(field)
         .bind(width as i32)
@@ -189,6 +171,5 @@ pub async fn rollup_buckets(
         .bind(range.to)
         .bind(range.limit)
         .fetch_all(pool)
-        .await?;
-    rows.iter().map(RollupBucket::from_row).collect()
+        .await
 }

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
-use sea_orm::sqlx::{self, Row};
+use sea_orm::sqlx::{self, FromRow, Row};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
