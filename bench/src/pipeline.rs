@@ -96,7 +96,8 @@ pub struct Freshness {
     /// Where a unit's time goes: the mean of each phase of `tributary_phase_seconds`, ms (wait, lock,
     /// load, derive, write, index, commit, ack; a batch split over parallel transactions times each).
     pub phases_ms: Phases,
-    /// The 99th percentile of each phase, ms: which step the tail is made of.
+    /// The 99th percentile of each phase, ms: which step the tail is made of (interpolated within the
+    /// histogram's buckets, the first of which ends at 0.5 ms).
     pub phases_p99_ms: Phases,
     /// Who used the CPU meanwhile, where measured ([`super::cpu`]).
     pub cpu: Option<CpuUse>,
@@ -461,7 +462,7 @@ pub async fn freshness_curve(
             let mut tributary = freshness(&p, &db.pool, js, args.instruments, from, rate, secs).await?;
             tributary.cpu = watch.stop((rate * secs).round() as u64);
             out.push((tributary, floor));
-            from += (rate * args.freshness_secs).round() as u64;
+            from += (rate * secs).round() as u64;
         }
         Ok(out)
     }
