@@ -447,6 +447,37 @@ async fn every_data_source_the_dashboards_use_is_provisioned() {
     assert!(provider.contains("path: /var/lib/grafana/dashboards"), "{provider}");
 }
 
+/// Every Prometheus panel's query parses: promtool checks them as the expressions of recording rules (the
+/// dashboards use no Grafana variables in PromQL, so the text is what Prometheus gets).
+#[test]
+fn prometheus_panel_queries_parse_with_promtool_when_installed() {
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut n = 0;
+    for (file, dashboard) in dashboards() {
+        for (title, t) in targets(&dashboard, PROM) {
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{file}: {title}: no expr"));
+            assert!(!expr.contains('$'), "{file}: {title}: a Grafana variable in PromQL: {expr}");
+            // A JSON string is a YAML double-quoted scalar.
+            rules.push_str(&format!("      - record: dashboard:query_{n}\n        expr: {}\n", Value::from(expr)));
+            n += 1;
+        }
+    }
+    assert!(n > 10, "only {n} Prometheus queries found");
+    let path = std::env::temp_dir().join(format!("tributary-dashboard-rules-{}.yml", std::process::id()));
+    std::fs::write(&path, &rules).unwrap();
+    let out = std::process::Command::new("promtool").arg("check").arg("rules").arg(&path).output();
+    std::fs::remove_file(&path).ok();
+    match out {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("promtool not installed: the panels' PromQL not checked (scripts/test.sh installs it)"),
+    }
+}
+
 #[test]
 fn the_prometheus_config_passes_promtool_when_installed() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../prometheus/prometheus.yml");
