@@ -465,29 +465,31 @@ fn prometheus_panel_queries_parse_with_promtool_when_installed() {
     assert!(n > 10, "only {n} Prometheus queries found");
     let path = std::env::temp_dir().join(format!("tributary-dashboard-rules-{}.yml", std::process::id()));
     std::fs::write(&path, &rules).unwrap();
-    let out = std::process::Command::new("promtool").arg("check").arg("rules").arg(&path).output();
+    let checked = promtool(&["check", "rules", path.to_str().unwrap()], &rules);
     std::fs::remove_file(&path).ok();
-    match out {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool check rules: {}{}\n{rules}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => eprintln!("promtool not installed: the panels' PromQL not checked (scripts/test.sh installs it)"),
+    if !checked {
+        eprintln!("promtool not installed: the panels' PromQL not checked (scripts/test.sh installs it)");
     }
+}
+
+/// Runs promtool with `args` and asserts it succeeds, showing its output and `context` if not; false when
+/// promtool is not installed.
+fn promtool(args: &[&str], context: &str) -> bool {
+    let Ok(out) = std::process::Command::new("promtool").args(args).output() else { return false };
+    assert!(
+        out.status.success(),
+        "promtool {}: {}{}\n{context}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
 }
 
 #[test]
 fn the_prometheus_config_passes_promtool_when_installed() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../prometheus/prometheus.yml");
-    match std::process::Command::new("promtool").args(["check", "config", "--syntax-only", config]).output() {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool check config: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => eprintln!("promtool not installed: prometheus.yml not checked (scripts/test.sh installs it)"),
+    if !promtool(&["check", "config", "--syntax-only", config], "") {
+        eprintln!("promtool not installed: prometheus.yml not checked (scripts/test.sh installs it)");
     }
 }
