@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Act, Scripted, setup, spec, until};
+use common::{Act, Scripted, setup, setup_capped, spec, until};
 
 use async_nats::jetstream::{self, stream};
 use std::sync::{Arc, Mutex};
@@ -331,6 +331,45 @@ async fn units_in_flight_never_share_a_series() {
     run.await.unwrap().unwrap();
     assert!(handler.shared.lock().unwrap().is_empty(), "shared: {:?}", handler.shared.lock().unwrap());
     assert!(*handler.units.lock().unwrap() > 3, "the work went in several units");
+}
+
+/// Refuses every payload that starts with `bad`; stores the rest.
+#[derive(Clone)]
+struct RefusesBad;
+
+impl BatchHandler for RefusesBad {
+    type Event = ();
+
+    fn decode(&self, _: &str, _: Option<&async_nats::HeaderMap>, payload: &[u8], _: Ts) -> Result<(), Rejection> {
+        match payload.starts_with(b"bad") {
+            true => Err(Rejection::invalid("bad by name".into())),
+            false => Ok(()),
+        }
+    }
+
+    async fn handle(&self, _: &[Delivery<()>]) -> Result<(), HandleError> {
+        Ok(())
+    }
+}
+
+/// Dead letters never wait on the client's cap on publishes awaiting their ack: fetches holding many
+/// more refused messages than the cap are dead-lettered whole, and the loop goes on. (The loop used to
+/// send a fetch's dead letters before collecting any ack, so past the cap it waited for itself: 5,000
+/// refused messages in one fetch, with async-nats's default cap, stopped the consumer for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_refused_messages_in_a_fetch_than_the_clients_ack_cap_are_all_dead_lettered() {
+    let n = 600;
+    let payloads: Vec<String> =
+        (0..n).map(|i| if i % 6 == 5 { format!("good{i}") } else { format!("bad{i}") }).collect();
+    let (_nats, js) = setup_capped(&payloads, Some(16)).await;
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), RefusesBad, shutdown.clone()));
+    until("everything acked", async || ack_floor(&js).await >= n as u64).await;
+    let letters = dead_letters(&js).await;
+    assert_eq!(letters.len(), n - n / 6);
+    assert!(letters.iter().all(|(s, class, _)| s.starts_with("t.bad") && class == "invalid"), "{letters:?}");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
 }
 
 /// A poison message on a quiet stream (nothing else arrives while it fails) is dead-lettered too: the

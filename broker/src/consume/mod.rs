@@ -375,27 +375,36 @@ async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stre
         .map_err(|e| OpenError::Other(e.into()))
 }
 
+/// How many dead letters await their ack at once: a bound of the loop's own, far under the client's cap
+/// on unacknowledged publishes (which every publisher of the process shares).
+const DEAD_LETTERS_IN_FLIGHT: usize = 256;
+
 /// Publishes dead letters, then acks the originals whose dead letter is stored; returns a delay when one
 /// could not be stored (its original is nak'ed and comes back).
+///
+/// Each letter's ack is collected as soon as it comes, while later letters wait for a slot: sending them
+/// all before collecting any ack would hold the client's slots while waiting for one, and past the
+/// client's cap (5,000 by default, fewer when another publisher holds some) wait for itself for good.
 async fn dead_letter(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
     dead: Vec<(Message, u64, &'static str, String)>,
 ) -> Option<Duration> {
-    let mut acks = Vec::with_capacity(dead.len());
-    for (m, seq, class, reason) in &dead {
-        warn!(consumer = spec.durable, subject = %m.subject, seq, class, reason, "dead-lettering");
-        acks.push(
-            dlq::send(js, &m.subject, m.headers.as_ref(), m.payload.clone(), &spec.stream, *seq, class, reason).await,
-        );
-    }
+    let letters: Vec<_> = dead
+        .iter()
+        .map(|(m, seq, class, reason)| async move {
+            warn!(consumer = spec.durable, subject = %m.subject, seq, class, reason, "dead-lettering");
+            let payload = m.payload.clone();
+            match dlq::send(js, &m.subject, m.headers.as_ref(), payload, &spec.stream, *seq, class, reason).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .collect();
+    let acks: Vec<Result<(), String>> = futures::stream::iter(letters).buffered(DEAD_LETTERS_IN_FLIGHT).collect().await;
     let mut retry = None;
     let mut stored_letters = Vec::with_capacity(dead.len());
-    for ((m, _, class, _), ack) in dead.iter().zip(acks) {
-        let stored = match ack {
-            Ok(fut) => fut.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+    for ((m, _, class, _), stored) in dead.iter().zip(acks) {
         match stored {
             Ok(()) => {
                 metrics::counter!(names::DEAD_LETTERS, "consumer" => spec.label, "class" => *class).increment(1);

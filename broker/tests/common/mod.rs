@@ -76,8 +76,18 @@ impl BatchHandler for Scripted {
 /// A private nats-server with a stream `T` on `t.>` and the dead-letter stream, and `payloads` published
 /// on `t.<payload>`.
 pub async fn setup(payloads: &[String]) -> (NatsServer, jetstream::Context) {
+    setup_capped(payloads, None).await
+}
+
+/// [`setup`], with a client that lets at most `cap` publishes await their ack at once (a publish past
+/// it waits), when given; async-nats's default is 5,000, shared by everything using the client.
+pub async fn setup_capped(payloads: &[String], cap: Option<usize>) -> (NatsServer, jetstream::Context) {
     let nats = NatsServer::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = match cap {
+        Some(cap) => jetstream::ContextBuilder::new().max_ack_inflight(cap).build(client),
+        None => jetstream::new(client),
+    };
     js.create_stream(stream::Config { name: "T".into(), subjects: vec!["t.>".into()], ..Default::default() })
         .await
         .unwrap();
