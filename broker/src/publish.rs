@@ -23,6 +23,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -131,15 +132,31 @@ impl Publisher {
         // the producer on the client's full queue; it is sent when NATS is back (order is then not kept).
         let connected = self.js.client().connection_state() == async_nats::connection::State::Connected;
         let sent = if connected || again.is_none() {
-            self.js
-                .send_publish(subject.clone(), Publish::build().payload(payload).headers(headers))
-                .instrument(span)
-                .await
-                .map_err(|e| e.to_string())
+            let js = self.js.clone();
+            let send = js.send_publish(subject.clone(), Publish::build().payload(payload).headers(headers));
+            self.settling_meanwhile(send.instrument(span)).await.map_err(|e| e.to_string())
         } else {
             Err(NOT_CONNECTED.to_owned())
         };
         self.in_flight.push(Box::pin(settle(subject, sent, again)));
+    }
+
+    /// Runs `send` while collecting this publisher's acks as they come. A send waits while the client
+    /// has as many publishes awaiting their ack as it allows (async-nats's cap, 5,000 by default, shared
+    /// by every publisher on the client), and only a collected ack frees a slot: waiting without
+    /// collecting them could wait for good, on this publisher's own acks or on another's doing the same.
+    async fn settling_meanwhile<T>(&mut self, send: impl Future<Output = T>) -> T {
+        let mut send = std::pin::pin!(send);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                return Poll::Ready(sent);
+            }
+            while let Poll::Ready(Some(settled)) = self.in_flight.poll_next_unpin(cx) {
+                self.record(settled);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     async fn settle_one(&mut self) {

@@ -1,0 +1,36 @@
+//! The publisher against a private nats-server.
+
+mod common;
+
+use async_nats::HeaderMap;
+use std::time::Duration;
+use tributary_broker::Publisher;
+
+/// Publishers sharing a client never wait on each other's acks: two of them at once, each allowed more
+/// acks in flight than the client's cap, both store everything. (A publisher waiting for the client to
+/// let it send used to stop collecting its own acks, which is what frees the client's slots: two uploads
+/// at once in the API, or one simulator with `max_in_flight` over 5,000, hung for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_sharing_a_client_past_its_ack_cap_all_finish() {
+    let (_nats, js) = common::setup_capped(&[], Some(16)).await;
+    let n = 3000u64;
+    let publishers = ["a", "b"].map(|name| {
+        let js = js.clone();
+        tokio::spawn(async move {
+            let mut p = Publisher::new(js, 64);
+            for i in 0..n {
+                p.publish_raw(format!("t.{name}"), HeaderMap::new(), i.to_string().into()).await;
+            }
+            p.finish().await
+        })
+    });
+    let reports = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(publishers))
+        .await
+        .expect("the publishers waited on each other for a minute");
+    for r in reports {
+        let r = r.unwrap();
+        assert_eq!((r.stored, r.duplicates, r.failed.len()), (n, 0, 0), "{r:?}");
+    }
+    let state = js.get_stream("T").await.unwrap().get_info().await.unwrap().state;
+    assert_eq!(state.messages, 2 * n);
+}
