@@ -48,7 +48,7 @@ impl IndexHandler {
                 weights: def.weights.iter().map(|(k, w)| (k.clone(), *w)).collect(),
             };
             indices::store_definition(&mut tx, &def, seq as i64).await?;
-            recompute_index(&mut tx, &def, None).await?;
+            recompute_index(&mut tx, name, None).await?;
         }
         tx.commit().await
     }

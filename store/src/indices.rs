@@ -2,8 +2,8 @@
 //! `index_points` (levels).
 //!
 //! The processor stores definitions ([`stored_seq`], [`store_definition`]) and recomputes levels a chunk
-//! at a time: [`prices_since`] reads the anchor and the constituents' prices after it, [`prices_from`]
-//! the next chunk, [`store_levels`] writes a chunk's levels. The API reads [`list`], [`definition`] and
+//! at a time: [`recompute_start`] reads the definition, the anchor and the constituents' prices after it,
+//! [`prices_from`] the next chunk, [`store_levels`] writes a chunk's levels. The API reads [`list`], [`definition`] and
 //! [`levels`].
 
 use crate::entity::{index_points, indices};
@@ -26,42 +26,90 @@ pub struct IndexDef {
     pub weights: Vec<(String, f64)>,
 }
 
-/// Reads the definitions of `names`.
-pub async fn definitions(tx: &mut Tx, names: &[String]) -> Result<Vec<IndexDef>, sqlx::Error> {
-    let mut rows: Vec<(String, f64, String, f64)> = sqlx::query_as(
-        "SELECT i.name, i.base, c.instrument, c.weight FROM indices i JOIN index_constituents c USING (name)
-          WHERE i.name = ANY($1)",
-    )
-    .bind(names)
-    .fetch_all(&mut **tx)
-    .await?;
-    // Weights in byte order of the instrument names, the order the level computation sums in and a
-    // definition's own (a `BTreeMap`): an `ORDER BY` would follow the database's collation, under which
-    // (`en-US`, say) `a` sorts before `A` and `Z`, and the sum would differ in its last bits from the one of
-    // the definition's own recompute.
-    rows.sort_unstable_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
-    let mut out: Vec<IndexDef> = Vec::new();
-    for (name, base, instrument, weight) in rows {
-        match out.last_mut() {
-            Some(d) if d.name == name => d.weights.push((instrument, weight)),
-            _ => out.push(IndexDef { name, base, weights: vec![(instrument, weight)] }),
-        }
-    }
-    Ok(out)
+/// An index's definition and where its recompute from `$2` starts, in one statement, as rows of (part,
+/// instrument, ts, value, n):
+/// - part 0: the definition's base (`value`) and how many prices of each constituent a chunk reads (`n`:
+///   `$3` over the number of constituents, at least `$4`);
+/// - part 1: each constituent (`instrument`) and its weight (`value`);
+/// - part 2: the anchor: the index's last date before `$2` (`ts`) and its level (`value`), if any;
+/// - part 3: the first chunk of each constituent's prices from the anchor on, none without an anchor.
+///
+/// No row when there is no such index. The anchor's date is a sub-select, not a join, so that it bounds
+/// the primary-key scan like a parameter (a join condition was planned as a filter over a sequential
+/// scan, from the statistics of a young table).
+pub const INDEX_RECOMPUTE_START: &str = "
+WITH cons AS (SELECT instrument, weight FROM index_constituents WHERE name = $1),
+per AS (SELECT greatest($3::int8 / nullif(count(*), 0), $4::int8) AS n FROM cons),
+anchor AS (SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1)
+SELECT 0::int2 AS part, NULL::text AS instrument, NULL::timestamptz AS ts, i.base AS value, (SELECT n FROM per) AS n
+  FROM indices i WHERE i.name = $1
+UNION ALL SELECT 1::int2, instrument, NULL, weight, NULL FROM cons
+UNION ALL SELECT 2::int2, NULL, ts, level, NULL FROM anchor
+UNION ALL
+SELECT 3::int2, c.instrument, p.ts, p.price, NULL FROM cons c
+  CROSS JOIN LATERAL (SELECT ts, price FROM price_points
+                       WHERE instrument = c.instrument AND ts >= (SELECT ts FROM anchor)
+                       ORDER BY ts LIMIT (SELECT n FROM per)) p";
+
+/// Where an index's recompute starts ([`recompute_start`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecomputeStart {
+    /// The definition, weights in byte order of the instrument names.
+    pub def: IndexDef,
+    /// How many prices of each constituent one chunk reads.
+    pub per: usize,
+    /// The index's last date before the change, with its level: the recompute continues from it.
+    pub anchor: Option<(DateTime<Utc>, f64)>,
+    /// With an anchor, the first chunk of the constituents' prices from its date on.
+    pub prices: Vec<PriceRow>,
 }
 
-/// The constituents' prices from the index's last date before `$2` on (at most `$4` per constituent), led
-/// by that date and its level (the anchor: a row with a NULL instrument); nothing when the index has no
-/// date before `$2`. The anchor's date is a sub-select, not a join, so that it bounds the primary-key scan
-/// like a parameter (a join condition was planned as a filter over a sequential scan, from the statistics
-/// of a young table).
-pub const INDEX_PRICES_SINCE: &str = "
-WITH anchor AS (SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1)
-SELECT NULL::text AS instrument, ts, level AS price FROM anchor
-UNION ALL
-SELECT q.instrument, p.ts, p.price FROM unnest($3::text[]) AS q(instrument)
-  CROSS JOIN LATERAL (SELECT ts, price FROM price_points
-                       WHERE instrument = q.instrument AND ts >= (SELECT ts FROM anchor) ORDER BY ts LIMIT $4) p";
+/// [`INDEX_RECOMPUTE_START`]: index `name`'s definition, its anchor before `from` (none when `from` is
+/// `None`) with the first chunk of prices after it, and the chunk size: `budget` prices over the
+/// constituents, at least `least` each. `None` when there is no such index.
+pub async fn recompute_start(
+    tx: &mut Tx,
+    name: &str,
+    from: Option<DateTime<Utc>>,
+    budget: usize,
+    least: usize,
+) -> Result<Option<RecomputeStart>, sqlx::Error> {
+    type Row = (i16, Option<String>, Option<DateTime<Utc>>, f64, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(INDEX_RECOMPUTE_START)
+        .bind(name)
+        .bind(from)
+        .bind(budget as i64)
+        .bind(least as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut start: Option<RecomputeStart> = None;
+    let (mut weights, mut anchor, mut prices) = (Vec::new(), None, Vec::new());
+    for (part, instrument, ts, value, n) in rows {
+        match (part, instrument, ts) {
+            (0, _, _) => {
+                let def = IndexDef { name: name.to_owned(), base: value, weights: Vec::new() };
+                let per = n.unwrap_or(0).max(1) as usize;
+                start = Some(RecomputeStart { def, per, anchor: None, prices: Vec::new() });
+            }
+            (1, Some(instrument), _) => weights.push((instrument, value)),
+            (2, _, Some(ts)) => anchor = Some((ts, value)),
+            (3, Some(instrument), Some(ts)) => prices.push((instrument, ts, value)),
+            _ => return Err(sqlx::Error::Protocol(format!("unexpected row of part {part} in an index recompute"))),
+        }
+    }
+    Ok(start.map(|mut s| {
+        // Byte order of the names, the order the level computation sums in and a definition's own (a
+        // `BTreeMap`): an `ORDER BY` would follow the database's collation, under which (`en-US`, say) `a`
+        // sorts before `A` and `Z`, and the sum would differ in its last bits from the one of the
+        // definition's own recompute.
+        weights.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        s.def.weights = weights;
+        s.anchor = anchor;
+        s.prices = prices;
+        s
+    }))
+}
+
 /// The constituents' prices from `$2` on (from the start when NULL), at most `$3` per constituent: the next
 /// chunk of a recompute.
 const INDEX_PRICES_FROM: &str = "
@@ -83,27 +131,8 @@ DELETE FROM index_points
  WHERE name = $1 AND ts > coalesce($2::timestamptz, '-infinity') AND ts <= coalesce($6::timestamptz, 'infinity')
    AND ts NOT IN (SELECT unnest($3::timestamptz[]))";
 
-/// A constituent's price (or, with no instrument, the anchor: the index's last date before the start and
-/// its level).
-pub type PriceRow = (Option<String>, DateTime<Utc>, f64);
-
-/// [`INDEX_PRICES_SINCE`]: the anchor before `from` and at most `per` prices of each of `instruments` from
-/// it on; nothing when the index has no date before `from`.
-pub async fn prices_since(
-    tx: &mut Tx,
-    name: &str,
-    from: DateTime<Utc>,
-    instruments: &[&str],
-    per: usize,
-) -> Result<Vec<PriceRow>, sqlx::Error> {
-    sqlx::query_as(INDEX_PRICES_SINCE)
-        .bind(name)
-        .bind(from)
-        .bind(instruments)
-        .bind(per as i64)
-        .fetch_all(&mut **tx)
-        .await
-}
+/// A constituent's price: (instrument, date, price).
+pub type PriceRow = (String, DateTime<Utc>, f64);
 
 /// At most `per` prices of each of `instruments` from `from` on (from the start when `None`).
 pub async fn prices_from(

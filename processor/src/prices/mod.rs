@@ -254,9 +254,17 @@ impl PriceHandler {
         // 6. indices
         if !written.indices.is_empty() {
             lock::acquire(&mut tx, "index", written.indices.iter().map(String::as_str)).await?;
-            for def in tributary_store::indices::definitions(&mut tx, &written.indices).await? {
-                let from = def.weights.iter().filter_map(|(i, _)| changed_from.get(i.as_str())).min().copied();
-                recompute_index(&mut tx, &def, from).await?;
+            for index in &written.indices {
+                // From the earliest change among its constituents (as the write found them; one removed
+                // since by a new definition only makes the recompute start earlier than it need).
+                let from = written
+                    .constituents
+                    .iter()
+                    .filter(|(_, i)| i == index)
+                    .filter_map(|(instrument, _)| changed_from.get(instrument.as_str()))
+                    .min()
+                    .copied();
+                recompute_index(&mut tx, index, from).await?;
             }
             laps.lap("index");
         }

@@ -3,35 +3,29 @@
 use super::index;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
-use tributary_store::indices::{self, IndexDef, Levels};
+use tributary_store::indices::{self, Levels, RecomputeStart};
 use tributary_store::{Tx, sqlx};
 
-/// How many prices of each constituent one chunk of an index recompute reads: about 64k prices a chunk,
-/// whatever the number of constituents, so memory does not grow with the history.
-fn index_chunk(constituents: usize) -> usize {
-    (65_536 / constituents.max(1)).max(64)
-}
+/// How many prices one chunk of an index recompute reads, over all constituents: about 64k prices a
+/// chunk whatever the number of constituents, so memory does not grow with the history; at least
+/// [`LEAST_PER_CONSTITUENT`] of each.
+const CHUNK_PRICES: usize = 65_536;
+/// The fewest prices of one constituent a chunk reads.
+const LEAST_PER_CONSTITUENT: usize = 64;
 
-/// Recomputes an index from the last index date before `from` forward (from scratch when `from` is
-/// `None` or precedes every index date), in chunks of [`index_chunk`] prices per constituent: the levels
-/// after a changed date all change (each is the one before times a return), so a correction early in a
-/// long history rewrites the rest, but never holds more than a chunk. The caller holds the locks of the
-/// index and its constituents. An append costs two round trips: the anchor with the prices after it,
-/// then the levels.
-pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
-    let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
-    let per = index_chunk(instruments.len());
-    // Two statements, not one with `$2 IS NULL OR ts >= $2`: under a generic plan that OR is a filter
-    // applied to every stored point of the constituents, so each recompute would read the whole history.
-    let mut rows = match from {
-        Some(from) => indices::prices_since(tx, &def.name, from, &instruments, per).await?,
-        None => Vec::new(),
+/// Recomputes index `name` from the last index date before `from` forward (from scratch when `from` is
+/// `None` or precedes every index date), in chunks (about [`CHUNK_PRICES`] prices): the levels after a
+/// changed date all change (each is the one before times a return), so a correction early in a long
+/// history rewrites the rest, but never holds more than a chunk. The caller holds the locks of the index
+/// and its constituents. An append costs two round trips: the definition with the anchor and the prices
+/// after it, then the levels. Nothing happens when there is no such index.
+pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
+    let Some(start) = indices::recompute_start(tx, name, from, CHUNK_PRICES, LEAST_PER_CONSTITUENT).await? else {
+        return Ok(());
     };
-    let mut anchor = None;
-    if let Some(i) = rows.iter().position(|r| r.0.is_none()) {
-        let (_, ts, level) = rows.swap_remove(i);
-        anchor = Some((ts, level));
-    } else {
+    let RecomputeStart { def, per, anchor, prices: mut rows } = start;
+    let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
+    if anchor.is_none() {
         rows = indices::prices_from(tx, &instruments, None, per).await?;
     }
     let position: HashMap<&str, usize> = instruments.iter().enumerate().map(|(k, i)| (*i, k)).collect();
@@ -45,7 +39,7 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
         let mut last = vec![DateTime::<Utc>::MIN_UTC; instruments.len()];
         let mut dates: BTreeMap<DateTime<Utc>, Vec<Option<f64>>> = BTreeMap::new();
         for (i, ts, p) in rows.drain(..) {
-            let Some(&k) = i.as_deref().and_then(|i| position.get(i)) else { continue };
+            let Some(&k) = position.get(i.as_str()) else { continue };
             counts[k] += 1;
             last[k] = last[k].max(ts);
             dates.entry(ts).or_insert_with(|| vec![None; instruments.len()])[k] = Some(p);
@@ -65,7 +59,7 @@ pub async fn recompute_index(tx: &mut Tx, def: &IndexDef, from: Option<DateTime<
             level: levels.iter().map(|l| l.level).collect(),
             ret: levels.iter().map(|l| l.ret).collect(),
         };
-        indices::store_levels(tx, &def.name, written_after, &levels, horizon).await?;
+        indices::store_levels(tx, name, written_after, &levels, horizon).await?;
         let Some(h) = horizon else { return Ok(()) };
         written_after = Some(h);
         rows = indices::prices_from(tx, &instruments, Some(h + chrono::Duration::microseconds(1)), per).await?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tributary_broker::ts::Ts;
 use tributary_processor::prices::series::Transforms;
 
-/// An index recompute after an append reads the constituents' prices from its anchor on through the
-/// primary key, not their whole history: under a generic plan (what a prepared statement gets after a
+/// An index recompute after an append reads its definition and the constituents' prices from its anchor
+/// on through the primary key, not their whole history: under a generic plan (what a prepared statement gets after a
 /// few runs) no stored point is read and discarded by a filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_recompute_reads_only_the_points_after_its_anchor() {
@@ -22,24 +22,28 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
     .execute(&mut conn)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO index_points (name, ts, level) VALUES ('X', timestamptz '2026-01-01' + interval '990 minutes', 100)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO indices (name, base, weights, seq) VALUES ('X', 100, '{}', 1);
+         INSERT INTO index_constituents (name, instrument, weight) VALUES ('X', 'S1', 0.5), ('X', 'S2', 0.25), ('X', 'S3', 0.25);
+         INSERT INTO index_points (name, ts, level) VALUES ('X', timestamptz '2026-01-01' + interval '990 minutes', 100)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     sqlx::query("ANALYZE price_points").execute(&mut conn).await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
-    let prepare = format!("PREPARE since AS {}", tributary_store::indices::INDEX_PRICES_SINCE);
+    let prepare = format!("PREPARE start AS {}", tributary_store::indices::INDEX_RECOMPUTE_START);
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
     let plan: Value = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, FORMAT JSON)
-         EXECUTE since('X', timestamptz '2026-01-01' + interval '991 minutes', ARRAY['S1','S2','S3']::text[], 4096)",
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE start('X', timestamptz '2026-01-01' + interval '991 minutes', 65536, 64)",
     )
     .fetch_one(&mut conn)
     .await
     .unwrap();
     let root = &plan[0]["Plan"];
-    // The anchor (the index date 990) and the 10 points of each constituent from it on.
-    assert_eq!(root["Actual Rows"], 31, "{plan:#}");
+    // The definition, its 3 weights, the anchor (the index date 990) and the 10 points of each constituent
+    // from it on.
+    assert_eq!(root["Actual Rows"], 35, "{plan:#}");
     fn discarded(node: &Value) -> u64 {
         let own = ["Rows Removed by Filter", "Rows Removed by Index Recheck"]
             .iter()
