@@ -134,22 +134,25 @@ impl Publisher {
         let sent = if connected || again.is_none() {
             let js = self.js.clone();
             let send = js.send_publish(subject.clone(), Publish::build().payload(payload).headers(headers));
-            self.settling_meanwhile(send.instrument(span)).await.map_err(|e| e.to_string())
+            self.settling(send.instrument(span)).await.map_err(|e| e.to_string())
         } else {
             Err(NOT_CONNECTED.to_owned())
         };
         self.in_flight.push(Box::pin(settle(subject, sent, again)));
     }
 
-    /// Runs `send` while collecting this publisher's acks as they come. A send waits while the client
+    /// Runs `work` while collecting this publisher's acks as they come. A publish waits while the client
     /// has as many publishes awaiting their ack as it allows (async-nats's cap, 5,000 by default, shared
-    /// by every publisher on the client), and only a collected ack frees a slot: waiting without
-    /// collecting them could wait for good, on this publisher's own acks or on another's doing the same.
-    async fn settling_meanwhile<T>(&mut self, send: impl Future<Output = T>) -> T {
-        let mut send = std::pin::pin!(send);
+    /// by every publisher on the client), and only a collected ack frees a slot. So whoever holds
+    /// publishes in flight collects their acks while it waits on anything else: while its next send waits
+    /// for a slot (else it could wait for good, on its own acks or on another publisher doing the same),
+    /// and while it waits for its next input (an upload's client pausing would otherwise hold up to
+    /// `max_in_flight` of the process's slots for as long as it likes). Returns what `work` returns.
+    pub async fn settling<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(sent) = send.as_mut().poll(cx) {
-                return Poll::Ready(sent);
+            if let Poll::Ready(done) = work.as_mut().poll(cx) {
+                return Poll::Ready(done);
             }
             while let Poll::Ready(Some(settled)) = self.in_flight.poll_next_unpin(cx) {
                 self.record(settled);

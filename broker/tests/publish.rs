@@ -34,3 +34,33 @@ async fn publishers_sharing_a_client_past_its_ack_cap_all_finish() {
     let state = js.get_stream("T").await.unwrap().get_info().await.unwrap().state;
     assert_eq!(state.messages, 2 * n);
 }
+
+/// A publisher whose owner waits on something else (its input: an upload's client pausing) collects its
+/// acks meanwhile, through [`Publisher::settling`], so what it has in flight does not keep the client's
+/// slots taken for as long as the wait lasts: every slot of the client is free while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waiting_on_its_input_holds_none_of_the_clients_slots() {
+    let (_nats, js) = common::setup_capped(&[], Some(16)).await;
+    let (resume, paused) = tokio::sync::oneshot::channel::<()>();
+    let (sent, all_sent) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            let mut p = Publisher::new(js, 64);
+            for i in 0..10u64 {
+                p.publish_raw("t.a".into(), HeaderMap::new(), i.to_string().into()).await;
+            }
+            sent.send(()).unwrap();
+            // The last publish at least is still in flight here: its ack is collected only while waiting.
+            p.settling(paused).await.unwrap();
+            p.finish().await
+        }
+    });
+    all_sent.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), js.wait_for_acks())
+        .await
+        .expect("a publisher waiting on its input kept the client's slots");
+    resume.send(()).unwrap();
+    let r = publisher.await.unwrap();
+    assert_eq!((r.stored, r.failed.len()), (10, 0), "{r:?}");
+}

@@ -39,8 +39,10 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     let (mut reader, mut publisher) = crate::line_import(input, js);
     let mut r = NdjsonReport::default();
     let mut line = Vec::new();
-    while let Some((start, too_long)) =
-        next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors).await
+    // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
+    while let Some((start, too_long)) = publisher
+        .settling(next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors))
+        .await
     {
         r.progress.entries += 1;
         let number = r.progress.entries;

@@ -73,7 +73,8 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     let mut report = PortsReport::default();
     let mut p = Progress::default();
     loop {
-        let e = match entries.next().await {
+        // The acks in flight are collected while the next entry is awaited (see `Publisher::settling`).
+        let e = match publisher.settling(entries.next()).await {
             Ok(Some(e)) => e,
             Ok(None) => break,
             Err(e) => {

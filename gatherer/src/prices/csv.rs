@@ -80,7 +80,8 @@ pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>)
     let mut line = String::new();
     loop {
         line.clear();
-        let n = match reader.read_line(&mut line).await {
+        // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
+        let n = match publisher.settling(reader.read_line(&mut line)).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
