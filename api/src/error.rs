@@ -63,6 +63,9 @@ pub enum ApiError {
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
+    /// 410: the resource existed and what it needs is gone (a dead letter's original, aged out).
+    #[error("{0}")]
+    Gone(String),
     /// 413: the body is larger than the route accepts.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
@@ -111,6 +114,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout", None),

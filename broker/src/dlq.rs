@@ -2,14 +2,16 @@
 //!
 //! A dead letter carries the original payload unchanged and the original headers, plus the
 //! `Tributary-Dlq-*` headers below. Its `Nats-Msg-Id` is derived from the original stream sequence, so a
-//! bad message redelivered after a crash is dead-lettered once.
+//! bad message redelivered after a crash is dead-lettered once. A payload too large to go with those
+//! headers (within the server's `max_payload`) is left out, its size in [`PAYLOAD_OMITTED`]: the letter
+//! names the original's stream and sequence, where replay reads it.
 
 use crate::publish::MSG_ID;
 use crate::streams::{DLQ_PREFIX, StreamsConfig};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{
     self,
-    context::PublishAckFuture,
+    context::{PublishAckFuture, PublishErrorKind},
     message::{PublishMessage as Publish, StreamMessage},
 };
 use bytes::Bytes;
@@ -29,10 +31,24 @@ pub const STREAM: &str = "Tributary-Dlq-Stream";
 pub const SEQ: &str = "Tributary-Dlq-Seq";
 /// The original's `Nats-Msg-Id`, if it had one.
 pub const ORIGINAL_MSG_ID: &str = "Tributary-Dlq-Msg-Id";
+/// Set when the original payload was too large to go with the letter's headers: its size in bytes.
+pub const PAYLOAD_OMITTED: &str = "Tributary-Dlq-Payload-Omitted";
 
-/// Header values are single lines: fold anything else.
+/// The most bytes of a reason a dead letter keeps: a decoder's message can quote the whole offending
+/// value (serde's "invalid type: string …"), which must not make the letter larger than the server takes.
+pub const MAX_REASON: usize = 4096;
+
+/// Header values are single lines: fold anything else; at most [`MAX_REASON`] bytes, marked when cut.
 fn header_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    let mut out = String::with_capacity(s.len().min(MAX_REASON + 16));
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > MAX_REASON {
+            out.push_str(" …(cut)");
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
 }
 
 /// Sends a dead letter for one message; the returned future resolves once the DLQ stream stored it.
@@ -62,7 +78,16 @@ pub async fn send(
     h.insert(STREAM, stream);
     h.insert(SEQ, seq.to_string().as_str());
     h.insert(MSG_ID, format!("dlq:{stream}:{seq}").as_str());
-    js.send_publish(format!("{DLQ_PREFIX}.{subject}"), Publish::build().payload(payload).headers(h)).await
+    let subject = format!("{DLQ_PREFIX}.{subject}");
+    match js.send_publish(subject.clone(), Publish::build().payload(payload.clone()).headers(h.clone())).await {
+        // Refused before sending: a payload near `max_payload` no longer fits beside the letter's headers.
+        // Sending it again would fail again, for ever; the letter goes without it.
+        Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+            h.insert(PAYLOAD_OMITTED, payload.len().to_string().as_str());
+            js.send_publish(subject, Publish::build().payload(Bytes::new()).headers(h)).await
+        }
+        sent => sent,
+    }
 }
 
 /// One dead letter, as the API lists it.
@@ -80,8 +105,11 @@ pub struct DeadLetter {
     pub time: DateTime<Utc>,
     /// The original stream sequence, if known.
     pub original_seq: Option<u64>,
-    /// The payload: text when it is UTF-8, else base64.
+    /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     pub payload: String,
+    /// The original payload's size, when it was too large to keep in the letter (replay reads it from
+    /// the original stream).
+    pub payload_omitted: Option<u64>,
     /// `utf8` or `base64`.
     pub payload_encoding: &'static str,
     /// The original headers.
@@ -114,6 +142,7 @@ impl DeadLetter {
             time: m.time,
             original_seq: get(SEQ).and_then(|s| s.parse().ok()),
             payload,
+            payload_omitted: get(PAYLOAD_OMITTED).and_then(|s| s.parse().ok()),
             payload_encoding,
             headers,
         }

@@ -39,8 +39,11 @@ pub struct DeadLetter {
     time: DateTime<Utc>,
     /// The original stream sequence, if known.
     original_seq: Option<u64>,
-    /// The payload: text when it is UTF-8, else base64.
+    /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     payload: String,
+    /// The original payload's size in bytes, when it was too large to keep beside the dead letter's
+    /// headers (replay reads it from the original stream).
+    payload_omitted: Option<u64>,
     /// How the payload is written.
     payload_encoding: PayloadEncoding,
     /// The original headers.
@@ -81,6 +84,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     responses(
         (status = 202, description = "Republished", body = Published),
         (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 410, description = "The dead letter left its payload out and its original is no longer stored", body = ErrorBody),
         (status = 503, description = "NATS is unavailable", body = ErrorBody),
     ))]
 pub async fn replay(
@@ -97,11 +101,43 @@ pub async fn replay(
     let m =
         stream.get_raw_message(seq).await.map_err(|_| ApiError::NotFound(format!("no dead letter with seq {seq}")))?;
     let letter = dlq::DeadLetter::from_stream_message(&m);
-    let ack = publish_one(&s.js, letter.subject.clone(), dlq::replay_headers(&m), m.payload.clone())
+    let payload = match letter.payload_omitted {
+        None => m.payload.clone(),
+        Some(_) => original_payload(&s, &m).await?,
+    };
+    let ack = publish_one(&s.js, letter.subject.clone(), dlq::replay_headers(&m), payload)
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject: letter.subject }),
     ))
+}
+
+/// The payload a dead letter left out, read from the original's stream; 410 when it is no longer there.
+async fn original_payload(
+    s: &AppState,
+    letter: &async_nats::jetstream::message::StreamMessage,
+) -> Result<bytes::Bytes, ApiError> {
+    let header = |k: &str| letter.headers.get(k).map(|v| v.as_str().to_owned());
+    let (Some(stream), Some(seq)) = (header(dlq::STREAM), header(dlq::SEQ).and_then(|s| s.parse::<u64>().ok())) else {
+        return Err(ApiError::Gone(format!(
+            "dead letter {} left its payload out and does not name its original",
+            letter.sequence
+        )));
+    };
+    let gone = || {
+        ApiError::Gone(format!(
+            "dead letter {} left its payload out (too large) and its original, stream {stream} seq {seq}, is no longer stored",
+            letter.sequence
+        ))
+    };
+    let original = s.js.get_stream(&stream).await.map_err(|_| gone())?;
+    match original.get_raw_message(seq).await {
+        Ok(m) => Ok(m.payload),
+        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Err(gone()),
+        Err(e) => {
+            Err(ApiError::Unavailable(format!("cannot read the original of dead letter {}: {e}", letter.sequence)))
+        }
+    }
 }

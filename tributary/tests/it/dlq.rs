@@ -100,3 +100,41 @@ async fn replay_republishes_the_exact_payload_to_the_original_subject() {
     assert_eq!(&m.payload[..], br#"{"price":"1"}"#);
     assert_eq!(m.subject.as_str(), "price.X");
 }
+
+/// An event as large as the server takes, refused with a reason quoting all of it, is still
+/// dead-lettered: the reason is cut and the payload, too large to go beside the letter's headers, is left
+/// out (its size noted); replay reads it from the original stream, and says 410 once it is gone there.
+/// (Such a letter used to fail to publish on every delivery: nak'ed, redelivered, the consumer paused each
+/// time, for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_the_original() {
+    let app = spawn_app().await;
+    let max = app.js().client().max_payload();
+    let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
+    payload.resize(max - 300, b'x');
+    payload.extend_from_slice(br#""}"#);
+    let original = app.js().publish("price.BIG", payload.clone().into()).await.unwrap().await.unwrap().sequence;
+    app.publish_plain("price.GOOD", r#"{"ts":1767225600000,"price":5}"#).await;
+    app.settled().await;
+
+    let letter = app.only_dead_letter().await;
+    assert_eq!(letter["original_seq"], original, "{letter:.300}");
+    assert_eq!(letter["payload"], "");
+    assert_eq!(letter["payload_omitted"], payload.len());
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("invalid type: string \"xxx") && reason.ends_with("…(cut)"), "{reason:.300}");
+    assert!(reason.len() <= tributary_broker::dlq::MAX_REASON + 16);
+    let (_, good) = app.get("/v1/series/price/GOOD").await;
+    assert_eq!(good["points"].as_array().unwrap().len(), 1, "the consumer went on: {good}");
+
+    let seq = letter["seq"].as_u64().unwrap();
+    let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!(status, 202, "{replay}");
+    let prices = app.js().get_stream("PRICES").await.unwrap();
+    let m = prices.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap();
+    assert_eq!((m.subject.as_str(), &m.payload[..]), ("price.BIG", &payload[..]));
+
+    prices.delete_message(original).await.unwrap();
+    let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (410, Some("gone")), "{body}");
+}
