@@ -2,9 +2,9 @@
 //!
 //! A dead letter carries the original payload unchanged and the original headers, plus the
 //! `Tributary-Dlq-*` headers below. Its `Nats-Msg-Id` is derived from the original stream sequence, so a
-//! bad message redelivered after a crash is dead-lettered once. A payload too large to go with those
-//! headers (within the server's `max_payload`) is left out, its size in [`PAYLOAD_OMITTED`]: the letter
-//! names the original's stream and sequence, where replay reads it.
+//! bad message redelivered after a crash is dead-lettered once. An original too large to go with those
+//! headers (within the server's `max_payload`) is left out, payload and headers, the payload's size in
+//! [`PAYLOAD_OMITTED`]: the letter names the original's stream and sequence, where replay reads it.
 
 use crate::publish::MSG_ID;
 use crate::streams::{DLQ_PREFIX, StreamsConfig};
@@ -31,7 +31,8 @@ pub const STREAM: &str = "Tributary-Dlq-Stream";
 pub const SEQ: &str = "Tributary-Dlq-Seq";
 /// The original's `Nats-Msg-Id`, if it had one.
 pub const ORIGINAL_MSG_ID: &str = "Tributary-Dlq-Msg-Id";
-/// Set when the original payload was too large to go with the letter's headers: its size in bytes.
+/// Set when the original was too large to go with the letter's headers (its payload and headers are left
+/// out): the payload's size in bytes.
 pub const PAYLOAD_OMITTED: &str = "Tributary-Dlq-Payload-Omitted";
 
 /// The most bytes of a reason a dead letter keeps: a decoder's message can quote the whole offending
@@ -62,6 +63,14 @@ pub async fn send(
     class: &str,
     reason: &str,
 ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+    let own = |h: &mut HeaderMap| {
+        h.insert(REASON, header_safe(reason).as_str());
+        h.insert(CLASS, class);
+        h.insert(SUBJECT, subject);
+        h.insert(STREAM, stream);
+        h.insert(SEQ, seq.to_string().as_str());
+        h.insert(MSG_ID, format!("dlq:{stream}:{seq}").as_str());
+    };
     let mut h = HeaderMap::new();
     if let Some(orig) = headers {
         for (k, vs) in orig.iter() {
@@ -72,19 +81,17 @@ pub async fn send(
             }
         }
     }
-    h.insert(REASON, header_safe(reason).as_str());
-    h.insert(CLASS, class);
-    h.insert(SUBJECT, subject);
-    h.insert(STREAM, stream);
-    h.insert(SEQ, seq.to_string().as_str());
-    h.insert(MSG_ID, format!("dlq:{stream}:{seq}").as_str());
-    let subject = format!("{DLQ_PREFIX}.{subject}");
-    match js.send_publish(subject.clone(), Publish::build().payload(payload.clone()).headers(h.clone())).await {
-        // Refused before sending: a payload near `max_payload` no longer fits beside the letter's headers.
-        // Sending it again would fail again, for ever; the letter goes without it.
+    own(&mut h);
+    let to = format!("{DLQ_PREFIX}.{subject}");
+    match js.send_publish(to.clone(), Publish::build().payload(payload.clone()).headers(h)).await {
+        // Refused before sending: the original no longer fits beside the letter's headers. Sending it again
+        // would fail again, for ever: the letter goes without the original's payload and headers (replay
+        // reads both from the original's stream).
         Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+            let mut h = HeaderMap::new();
+            own(&mut h);
             h.insert(PAYLOAD_OMITTED, payload.len().to_string().as_str());
-            js.send_publish(subject, Publish::build().payload(Bytes::new()).headers(h)).await
+            js.send_publish(to, Publish::build().payload(Bytes::new()).headers(h)).await
         }
         sent => sent,
     }
@@ -107,8 +114,8 @@ pub struct DeadLetter {
     pub original_seq: Option<u64>,
     /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     pub payload: String,
-    /// The original payload's size, when it was too large to keep in the letter (replay reads it from
-    /// the original stream).
+    /// The original payload's size, when the original was too large to keep in the letter: payload and
+    /// headers are left out (replay reads them from the original stream).
     pub payload_omitted: Option<u64>,
     /// `utf8` or `base64`.
     pub payload_encoding: &'static str,
@@ -149,12 +156,13 @@ impl DeadLetter {
     }
 }
 
-/// The headers to republish a dead letter with: the originals, the original idempotency key dropped
-/// (a replay is a new event) and replaced by one derived from the dead letter, so a replay requested
-/// twice is stored once.
-pub fn replay_headers(m: &StreamMessage) -> HeaderMap {
+/// The headers to republish dead letter `letter_seq` with: the original's (`original`: the letter's, or
+/// the original message's own when the letter left them out), the original idempotency key dropped (a
+/// replay is a new event) and replaced by one derived from the dead letter, so a replay requested twice is
+/// stored once.
+pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
-    for (k, vs) in m.headers.iter() {
+    for (k, vs) in original.iter() {
         let name: &str = k.as_ref();
         if name.starts_with("Tributary-Dlq-") || name == MSG_ID || name == "traceparent" || name == "tracestate" {
             continue;
@@ -163,7 +171,7 @@ pub fn replay_headers(m: &StreamMessage) -> HeaderMap {
             h.append(name, v.as_str());
         }
     }
-    h.insert(MSG_ID, format!("replay:{}", m.sequence).as_str());
+    h.insert(MSG_ID, format!("replay:{letter_seq}").as_str());
     h
 }
 

@@ -4,6 +4,7 @@ use super::events::Published;
 use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
+use async_nats::jetstream::message::StreamMessage;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -41,8 +42,8 @@ pub struct DeadLetter {
     original_seq: Option<u64>,
     /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     payload: String,
-    /// The original payload's size in bytes, when it was too large to keep beside the dead letter's
-    /// headers (replay reads it from the original stream).
+    /// The original payload's size in bytes, when the original was too large to keep beside the dead
+    /// letter's headers: payload and headers are left out, and replay reads them from the original stream.
     payload_omitted: Option<u64>,
     /// How the payload is written.
     payload_encoding: PayloadEncoding,
@@ -84,7 +85,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     responses(
         (status = 202, description = "Republished", body = Published),
         (status = 404, description = "No such dead letter", body = ErrorBody),
-        (status = 410, description = "The dead letter left its payload out and its original is no longer stored", body = ErrorBody),
+        (status = 410, description = "The dead letter left its original out and the original's stream no longer holds it", body = ErrorBody),
         (status = 503, description = "NATS is unavailable", body = ErrorBody),
     ))]
 pub async fn replay(
@@ -101,11 +102,14 @@ pub async fn replay(
     let m =
         stream.get_raw_message(seq).await.map_err(|_| ApiError::NotFound(format!("no dead letter with seq {seq}")))?;
     let letter = dlq::DeadLetter::from_stream_message(&m);
-    let payload = match letter.payload_omitted {
-        None => m.payload.clone(),
-        Some(_) => original_payload(&s, &m).await?,
+    let (payload, headers) = match letter.payload_omitted {
+        None => (m.payload.clone(), dlq::replay_headers(&m.headers, m.sequence)),
+        Some(_) => {
+            let original = original_of(&s, &m, &letter).await?;
+            (original.payload, dlq::replay_headers(&original.headers, m.sequence))
+        }
     };
-    let ack = publish_one(&s.js, letter.subject.clone(), dlq::replay_headers(&m), payload)
+    let ack = publish_one(&s.js, letter.subject.clone(), headers, payload)
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
     Ok((
@@ -114,30 +118,37 @@ pub async fn replay(
     ))
 }
 
-/// The payload a dead letter left out, read from the original's stream; 410 when it is no longer there.
-async fn original_payload(
+/// The original of a dead letter that left it out, from the original's stream: 410 when that no longer
+/// holds it (aged out, deleted, or the stream made anew and the sequence now another message's).
+async fn original_of(
     s: &AppState,
-    letter: &async_nats::jetstream::message::StreamMessage,
-) -> Result<bytes::Bytes, ApiError> {
+    letter: &StreamMessage,
+    parsed: &dlq::DeadLetter,
+) -> Result<StreamMessage, ApiError> {
+    use async_nats::jetstream::{self, context::GetStreamErrorKind, stream::RawMessageErrorKind};
     let header = |k: &str| letter.headers.get(k).map(|v| v.as_str().to_owned());
-    let (Some(stream), Some(seq)) = (header(dlq::STREAM), header(dlq::SEQ).and_then(|s| s.parse::<u64>().ok())) else {
-        return Err(ApiError::Gone(format!(
-            "dead letter {} left its payload out and does not name its original",
-            letter.sequence
-        )));
+    let seq = letter.sequence;
+    let (Some(stream), Some(at)) = (header(dlq::STREAM), parsed.original_seq) else {
+        return Err(ApiError::Gone(format!("dead letter {seq} left its original out and does not say where it is")));
     };
     let gone = || {
         ApiError::Gone(format!(
-            "dead letter {} left its payload out (too large) and its original, stream {stream} seq {seq}, is no longer stored",
-            letter.sequence
+            "dead letter {seq} left its original out (too large) and stream {stream} no longer holds it at seq {at}"
         ))
     };
-    let original = s.js.get_stream(&stream).await.map_err(|_| gone())?;
-    match original.get_raw_message(seq).await {
-        Ok(m) => Ok(m.payload),
-        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Err(gone()),
-        Err(e) => {
-            Err(ApiError::Unavailable(format!("cannot read the original of dead letter {}: {e}", letter.sequence)))
+    let unavailable = |e: String| ApiError::Unavailable(format!("cannot read the original of dead letter {seq}: {e}"));
+    let original = match s.js.get_stream(&stream).await {
+        Ok(o) => o,
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Err(gone());
         }
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    match original.get_raw_message(at).await {
+        Ok(m) if m.subject.as_str() == parsed.subject => Ok(m),
+        Ok(_) => Err(gone()),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Err(gone()),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }

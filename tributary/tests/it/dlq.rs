@@ -102,8 +102,9 @@ async fn replay_republishes_the_exact_payload_to_the_original_subject() {
 }
 
 /// An event as large as the server takes, refused with a reason quoting all of it, is still
-/// dead-lettered: the reason is cut and the payload, too large to go beside the letter's headers, is left
-/// out (its size noted); replay reads it from the original stream, and says 410 once it is gone there.
+/// dead-lettered: the reason is cut and the original, too large to go beside the letter's headers, is left
+/// out (its payload's size noted); replay reads payload and headers from the original stream, and says
+/// 410 once it is gone there.
 /// (Such a letter used to fail to publish on every delivery: nak'ed, redelivered, the consumer paused each
 /// time, for ever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +114,16 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
     let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
     payload.resize(max - 300, b'x');
     payload.extend_from_slice(br#""}"#);
-    let original = app.js().publish("price.BIG", payload.clone().into()).await.unwrap().await.unwrap().sequence;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Origin", "the test");
+    let original = app
+        .js()
+        .publish_with_headers("price.BIG", headers, payload.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
     app.publish_plain("price.GOOD", r#"{"ts":1767225600000,"price":5}"#).await;
     app.settled().await;
 
@@ -121,6 +131,7 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
     assert_eq!(letter["original_seq"], original, "{letter:.300}");
     assert_eq!(letter["payload"], "");
     assert_eq!(letter["payload_omitted"], payload.len());
+    assert_eq!(letter["headers"], serde_json::json!({}), "the original's headers are left out too");
     let reason = letter["reason"].as_str().unwrap();
     assert!(reason.contains("invalid type: string \"xxx") && reason.ends_with("…(cut)"), "{reason:.300}");
     assert!(reason.len() <= tributary_broker::dlq::MAX_REASON + 16);
@@ -133,6 +144,10 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
     let prices = app.js().get_stream("PRICES").await.unwrap();
     let m = prices.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap();
     assert_eq!((m.subject.as_str(), &m.payload[..]), ("price.BIG", &payload[..]));
+    let header = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned());
+    assert_eq!(header("X-Origin").as_deref(), Some("the test"), "the original's headers, from the original");
+    assert_eq!(header("Nats-Msg-Id"), Some(format!("replay:{seq}")));
+    assert!(m.headers.iter().all(|(k, _)| !k.to_string().starts_with("Tributary-Dlq-")), "{:?}", m.headers);
 
     prices.delete_message(original).await.unwrap();
     let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
