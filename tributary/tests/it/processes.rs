@@ -1,9 +1,11 @@
 //! The binary as separate processes: one trace across gatherer and processor; `tributary up` serving,
-//! starting a private nats-server when none answers, and stopping cleanly on SIGTERM.
+//! starting a private nats-server when none answers, and stopping cleanly on SIGTERM; `tributary api`
+//! stopping within its grace.
 
-use crate::common::{BIN, exit_code, sigterm, tributary};
+use crate::common::{BIN, exit_code, sigterm, spawn_services, tributary};
+use crate::faults::{env_of, refs};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tributary_testkit::{NatsServer, OtlpReceiver, TestDb, eventually, free_port, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,4 +185,39 @@ fn the_binary_packs_its_relative_relocations() {
     let image = std::fs::read(BIN).unwrap();
     let has = |name: &[u8]| image.windows(name.len()).any(|w| w == name);
     assert!(has(b"\0.relr.dyn\0"), "no .relr.dyn section in {BIN}");
+}
+
+/// `tributary api` on SIGTERM gives open requests `api.shutdown_grace_secs` to finish, then exits: an
+/// upload whose client stopped sending mid-body does not hold the process up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_api_within_its_grace_whatever_an_upload_client_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |_| {}).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = env_of(&app, &[("TRIBUTARY_API__SHUTDOWN_GRACE_SECS", "1")]);
+    let mut api = tributary(&["api", "--listen", &listen], &refs(&env));
+    let ready = format!("http://{listen}/readyz");
+    eventually(Duration::from_secs(30), "the API to be ready", || {
+        let ready = ready.clone();
+        async move { reqwest::get(ready).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    // An upload that announces a megabyte, sends one line and then nothing more.
+    let mut client = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    let line = "{\"subject\":\"price.STALL\",\"event\":{\"ts\":1767225600000,\"price\":1}}\n";
+    let head = format!(
+        "POST /v1/uploads?kind=ndjson HTTP/1.1\r\nHost: {listen}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: 1000000\r\n\r\n{line}"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // Answered 202 as soon as streaming starts; the body is still being read.
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(30), client.read_exact(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 202");
+    let signalled = Instant::now();
+    sigterm(&api);
+    assert_eq!(exit_code(&mut api, Duration::from_secs(20)).await, Some(0), "the API waited on its upload client");
+    assert!(signalled.elapsed() >= Duration::from_millis(900), "the open request had its grace");
+    drop(client);
 }
