@@ -67,7 +67,7 @@ pub struct ApiConfig {
     /// headers, so only their start is bounded.
     pub request_timeout_ms: u64,
     /// On shutdown, how long requests still open (an upload whose client is still sending, or stalled)
-    /// get to finish before the server closes them and stops, in seconds.
+    /// get to finish before `tributary api` closes them and exits (1), in seconds.
     pub shutdown_grace_secs: u64,
     /// Bearer tokens that may write and read. Once any token (write or read) is set, every write needs
     /// `Authorization: Bearer <write token>` (401 without a known token, 403 with a read token). From the
@@ -191,9 +191,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` (over TLS when `api.tls_cert_file` and `api.tls_key_file` are set) until
-/// `shutdown` is cancelled, then ends live streams and finishes in-flight requests, for at most
-/// `api.shutdown_grace_secs`: past that the requests still open are closed (an upload's client that
-/// stopped sending would otherwise hold the process for as long as it keeps the connection).
+/// `shutdown` is cancelled, then ends live streams and finishes in-flight requests (all of them: the
+/// caller bounds the wait, with `api.shutdown_grace_secs`).
 ///
 /// Errors: contradictory settings or unusable TLS files (`InvalidInput`), NATS subscriptions failing,
 /// and the server's own I/O errors.
@@ -211,32 +210,16 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         tokio::spawn(state.series_cache.clone().listen(pool, shutdown.clone()));
     }
     let (live, uploads) = (state.live.clone(), state.uploads.clone());
-    let grace = std::time::Duration::from_secs(state.config.shutdown_grace_secs);
-    let stopped = shutdown.clone();
     let stopping = async move {
         shutdown.cancelled().await;
         live.close();
         uploads.close();
     };
-    let server = async move {
-        match tls {
-            Some(config) => {
-                let listener = tls::TlsListener::new(listener, config)?;
-                axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
-            }
-            None => axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await,
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
         }
-    };
-    tokio::pin!(server);
-    tokio::select! {
-        served = &mut server => return served,
-        _ = stopped.cancelled() => {}
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(served) => served,
-        Err(_) => {
-            tracing::warn!(?grace, "requests still open after the shutdown grace (a stalled upload?): closing them");
-            Ok(())
-        }
+        None => axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await,
     }
 }

@@ -22,11 +22,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Runs a role to its end; once `stop` fires, gives the work in hand `grace` to finish, then gives up on it
-/// (an error: nothing uncommitted was acked, so it is delivered again).
+/// with an error saying what was `abandoned`.
 pub(crate) async fn drain_within(
     role: impl std::future::Future<Output = anyhow::Result<()>>,
     stop: &CancellationToken,
     grace: Duration,
+    abandoned: &str,
 ) -> anyhow::Result<()> {
     tokio::pin!(role);
     tokio::select! {
@@ -35,10 +36,7 @@ pub(crate) async fn drain_within(
     }
     match tokio::time::timeout(grace, role).await {
         Ok(r) => r,
-        Err(_) => anyhow::bail!(
-            "the batches in hand did not commit within {} s of the signal; exiting without acking them (they will be delivered again)",
-            grace.as_secs()
-        ),
+        Err(_) => anyhow::bail!("still at work {} s after the signal: {abandoned}", grace.as_secs()),
     }
 }
 

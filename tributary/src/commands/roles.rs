@@ -37,7 +37,8 @@ pub(crate) async fn processor(config: Config, args: RoleArgs) -> anyhow::Result<
     let stop = shutdown::on_signal();
     serve_metrics(args.metrics_listen, stop.clone()).await?;
     let grace = Duration::from_secs(c.config.processor.shutdown_grace_secs);
-    drain_within(c.processor(stop.clone()), &stop, grace).await
+    let abandoned = "exiting without acking the batches in hand (they will be delivered again)";
+    drain_within(c.processor(stop.clone()), &stop, grace, abandoned).await
 }
 
 /// `tributary api`.
@@ -47,7 +48,12 @@ pub(crate) async fn api(mut config: Config, args: ApiArgs) -> anyhow::Result<()>
     }
     let c = app::connect(config).await?;
     let listener = bind(&c.config.api.listen).await?;
-    c.api(listener, shutdown::on_signal()).await
+    let stop = shutdown::on_signal();
+    let grace = Duration::from_secs(c.config.api.shutdown_grace_secs);
+    // axum's graceful shutdown waits for every open request: an upload whose client stopped sending
+    // mid-body would hold the process for good.
+    let abandoned = "closing the requests still open (an upload whose client stopped sending?)";
+    drain_within(c.api(listener, stop.clone()), &stop, grace, abandoned).await
 }
 
 /// `tributary aggregator`.

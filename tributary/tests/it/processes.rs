@@ -2,7 +2,7 @@
 //! starting a private nats-server when none answers, and stopping cleanly on SIGTERM; `tributary api`
 //! stopping within its grace.
 
-use crate::common::{BIN, exit_code, sigterm, spawn_services, tributary};
+use crate::common::{BIN, exit_code, sigterm, spawn_services, tributary, tributary_captured};
 use crate::faults::{env_of, refs};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -187,8 +187,9 @@ fn the_binary_packs_its_relative_relocations() {
     assert!(has(b"\0.relr.dyn\0"), "no .relr.dyn section in {BIN}");
 }
 
-/// `tributary api` on SIGTERM gives open requests `api.shutdown_grace_secs` to finish, then exits: an
-/// upload whose client stopped sending mid-body does not hold the process up for good.
+/// `tributary api` on SIGTERM gives open requests `api.shutdown_grace_secs` to finish, then closes them
+/// and exits 1 (something was cut off): an upload whose client stopped sending mid-body does not hold the
+/// process up for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_api_within_its_grace_whatever_an_upload_client_does() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,7 +197,7 @@ async fn sigterm_stops_the_api_within_its_grace_whatever_an_upload_client_does()
     let app = spawn_services(nats.url(), Some(nats), |_| {}).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let env = env_of(&app, &[("TRIBUTARY_API__SHUTDOWN_GRACE_SECS", "1")]);
-    let mut api = tributary(&["api", "--listen", &listen], &refs(&env));
+    let mut api = tributary_captured(&["api", "--listen", &listen], &refs(&env));
     let ready = format!("http://{listen}/readyz");
     eventually(Duration::from_secs(30), "the API to be ready", || {
         let ready = ready.clone();
@@ -217,7 +218,8 @@ async fn sigterm_stops_the_api_within_its_grace_whatever_an_upload_client_does()
     assert_eq!(&answer, b"HTTP/1.1 202");
     let signalled = Instant::now();
     sigterm(&api);
-    assert_eq!(exit_code(&mut api, Duration::from_secs(20)).await, Some(0), "the API waited on its upload client");
+    assert_eq!(exit_code(&mut api, Duration::from_secs(20)).await, Some(1), "the API waited on its upload client");
     assert!(signalled.elapsed() >= Duration::from_millis(900), "the open request had its grace");
+    assert!(api.stderr_so_far().contains("closing the requests still open"), "{}", api.stderr_so_far());
     drop(client);
 }
