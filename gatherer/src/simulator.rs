@@ -73,12 +73,19 @@ impl Ticks {
     }
 
     /// Waits for the next tick; `false` when the simulator should stop instead: on shutdown, or when
-    /// `publisher` gave up (NATS has not acknowledged publishes for the whole retry window). Takes the
-    /// publisher `&mut` so that the wait holds no shared reference to it (a publisher is not `Sync`).
+    /// `publisher` gave up (NATS has not acknowledged publishes for the whole retry window). The publisher
+    /// collects its acks meanwhile ([`Publisher::settling`]), so between ticks it holds none of the
+    /// client's slots.
     pub(crate) async fn next(&mut self, publisher: &mut Publisher) -> bool {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => return false,
-            _ = self.interval.tick() => {}
+        let (shutdown, interval) = (&self.shutdown, &mut self.interval);
+        let tick = async {
+            tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = interval.tick() => true,
+            }
+        };
+        if !publisher.settling(tick).await {
+            return false;
         }
         if publisher.gave_up() {
             tracing::error!("NATS has not acknowledged publishes for the whole retry window; stopping");
