@@ -11,9 +11,10 @@ pub(super) fn parse_buckets(text: &str, name: &str, consumer: &str) -> Vec<(f64,
 /// The buckets of each phase of `tributary_phase_seconds` for a consumer label, as [`parse_buckets`].
 pub(super) fn parse_phase_buckets(text: &str, consumer: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
     let name = "tributary_phase_seconds_bucket";
+    let of_consumer = format!("consumer=\"{consumer}\"");
     let phases: BTreeSet<&str> = text
         .lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| l.starts_with(name) && l.contains(&of_consumer))
         .filter_map(|l| l.split("phase=\"").nth(1)?.split('"').next())
         .collect();
     phases
@@ -119,7 +120,8 @@ mod tests {
         let buckets = "tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"lock\",le=\"0.001\"} 3\n\
                        tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"lock\",le=\"+Inf\"} 4\n\
                        tributary_phase_seconds_bucket{consumer=\"prices\",phase=\"write\",le=\"0.001\"} 1\n\
-                       tributary_phase_seconds_bucket{consumer=\"metrics\",phase=\"lock\",le=\"0.001\"} 9\n";
+                       tributary_phase_seconds_bucket{consumer=\"metrics\",phase=\"lock\",le=\"0.001\"} 9\n\
+                       tributary_phase_seconds_bucket{consumer=\"metrics\",phase=\"flush\",le=\"0.001\"} 2\n";
         let by_phase = parse_phase_buckets(buckets, "prices");
         assert_eq!(by_phase["lock"], vec![(0.001, 3.0), (f64::INFINITY, 4.0)]);
         assert_eq!(by_phase["write"], vec![(0.001, 1.0)]);
