@@ -82,31 +82,26 @@ pub async fn recompute_start(
         .bind(least as i64)
         .fetch_all(&mut **tx)
         .await?;
-    let mut start: Option<RecomputeStart> = None;
-    let (mut weights, mut anchor, mut prices) = (Vec::new(), None, Vec::new());
+    let (mut head, mut weights, mut anchor, mut prices) = (None, Vec::new(), None, Vec::new());
     for (part, instrument, ts, value, n) in rows {
-        match (part, instrument, ts) {
-            (0, _, _) => {
-                let def = IndexDef { name: name.to_owned(), base: value, weights: Vec::new() };
-                let per = n.unwrap_or(0).max(1) as usize;
-                start = Some(RecomputeStart { def, per, anchor: None, prices: Vec::new() });
-            }
-            (1, Some(instrument), _) => weights.push((instrument, value)),
-            (2, _, Some(ts)) => anchor = Some((ts, value)),
-            (3, Some(instrument), Some(ts)) => prices.push((instrument, ts, value)),
+        match (part, instrument, ts, n) {
+            (0, _, _, Some(n)) => head = Some((value, n.max(1) as usize)),
+            (1, Some(instrument), _, _) => weights.push((instrument, value)),
+            (2, _, Some(ts), _) => anchor = Some((ts, value)),
+            (3, Some(instrument), Some(ts), _) => prices.push((instrument, ts, value)),
             _ => return Err(sqlx::Error::Protocol(format!("unexpected row of part {part} in an index recompute"))),
         }
     }
-    Ok(start.map(|mut s| {
-        // Byte order of the names, the order the level computation sums in and a definition's own (a
-        // `BTreeMap`): an `ORDER BY` would follow the database's collation, under which (`en-US`, say) `a`
-        // sorts before `A` and `Z`, and the sum would differ in its last bits from the one of the
-        // definition's own recompute.
-        weights.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        s.def.weights = weights;
-        s.anchor = anchor;
-        s.prices = prices;
-        s
+    // Byte order of the names, the order the level computation sums in and a definition's own (a
+    // `BTreeMap`): an `ORDER BY` would follow the database's collation, under which (`en-US`, say) `a` sorts
+    // before `A` and `Z`, and the sum would differ in its last bits from the one of the definition's own
+    // recompute.
+    weights.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(head.map(|(base, per)| RecomputeStart {
+        def: IndexDef { name: name.to_owned(), base, weights },
+        per,
+        anchor,
+        prices,
     }))
 }
 
