@@ -34,7 +34,7 @@ impl NatsServer {
         args.extend(["-js".into(), "-sd".into(), dir.clone().into()]);
         let mut s = NatsServer { child: None, port: crate::free_port(), dir, args, env: Vec::new() };
         s.spawn();
-        s.wait_listening();
+        s.wait_listening(true);
         s
     }
 
@@ -79,17 +79,32 @@ impl NatsServer {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut s = NatsServer { child: None, port: crate::free_port(), dir, args, env };
         s.spawn();
-        s.wait_listening();
+        s.wait_listening(true);
         s
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits until this server logs that it listens for clients on its port. Its own log, not a TCP connect:
+    /// a connect can reach another test's server that took the port first (this one then fails to bind),
+    /// or the connecting socket itself (a TCP self-connect, when its ephemeral port is the one asked). On
+    /// a first start (`may_move`) a port taken meanwhile is given up for a fresh one.
+    fn wait_listening(&mut self, may_move: bool) {
         // Generous: a node recovering replicated streams on a machine busy with the whole suite is slow.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let log = self.log();
+            if log.contains(&format!("Listening for client connections on 127.0.0.1:{}", self.port)) {
+                return;
+            }
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some()
+                && may_move
+                && log.contains(&format!("127.0.0.1:{}: bind: address already in use", self.port))
+            {
+                self.port = crate::free_port();
+                self.spawn();
+                continue;
+            }
             if exited.is_some() || Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 panic!(
                     "nats-server did not start on port {} (exit: {exited:?}); its log ends:\n{}",
@@ -142,7 +157,7 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
-        self.wait_listening();
+        self.wait_listening(false);
     }
 }
 
@@ -177,7 +192,7 @@ impl NatsCluster {
             .collect::<Vec<_>>();
         let mut c = NatsCluster { nodes };
         for node in &mut c.nodes {
-            node.wait_listening();
+            node.wait_listening(true);
         }
         c
     }
