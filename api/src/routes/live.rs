@@ -85,13 +85,11 @@ async fn relay(
 ) {
     loop {
         tokio::select! {
-            _ = closed.cancelled() => {
-                let frame = CloseFrame { code: 1001, reason: "server shutting down".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                break;
-            }
+            // Shutdown first, whatever else is ready: the reader is told why the stream ends.
+            biased;
+            _ = closed.cancelled() => break,
             m = next(&mut rx, host.as_deref()) => {
-                let Some(m) = m else { break };
+                let Some(m) = m else { return };
                 let text = String::from_utf8_lossy(&m.json).into_owned();
                 // A reader that stops reading must not hold up shutdown.
                 let sent = tokio::select! {
@@ -99,13 +97,19 @@ async fn relay(
                     r = socket.send(Message::Text(text.into())) => r,
                 };
                 if sent.is_err() {
-                    break;
+                    return;
                 }
             }
             incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
             },
         }
     }
+    // Shutting down: 1001 (going away), for as long as a reader that stopped reading allows.
+    let frame = CloseFrame { code: 1001, reason: "server shutting down".into() };
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
 }
+
+/// How long a closing WebSocket waits to hand its close frame to a reader.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
