@@ -260,18 +260,37 @@ async fn settle(
     Settled { subject, resent, result, exhausted: false }
 }
 
+/// Why [`publish_one`] did not store its message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishOneError {
+    /// The payload with its headers is more than the server takes (its `max_payload`): refused before
+    /// sending, and sending it again would not help.
+    #[error("{0}")]
+    TooLarge(String),
+    /// NATS refused it or did not answer.
+    #[error(transparent)]
+    Nats(async_nats::Error),
+}
+
 /// Publishes one payload and waits for its ack: for the API's ingest and replay routes.
 pub async fn publish_one(
     js: &jetstream::Context,
     subject: String,
     mut headers: HeaderMap,
     payload: Bytes,
-) -> Result<PublishAck, async_nats::Error> {
+) -> Result<PublishAck, PublishOneError> {
+    use jetstream::context::PublishErrorKind;
     let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
     trace::inject(&span, &mut headers);
     async {
-        let ack = js.send_publish(subject, Publish::build().payload(payload).headers(headers)).await?;
-        Ok(ack.await?)
+        let ack = match js.send_publish(subject, Publish::build().payload(payload).headers(headers)).await {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                return Err(PublishOneError::TooLarge(e.to_string()));
+            }
+            Err(e) => return Err(PublishOneError::Nats(e.into())),
+        };
+        ack.await.map_err(|e| PublishOneError::Nats(e.into()))
     }
     .instrument(span)
     .await

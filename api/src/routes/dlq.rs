@@ -86,6 +86,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
         (status = 202, description = "Republished", body = Published),
         (status = 404, description = "No such dead letter", body = ErrorBody),
         (status = 410, description = "The dead letter left its original out and the original's stream no longer holds it", body = ErrorBody),
+        (status = 413, description = "The original with the replay's idempotency key is larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
         (status = 503, description = "NATS is unavailable", body = ErrorBody),
     ))]
 pub async fn replay(
@@ -109,9 +110,9 @@ pub async fn replay(
             (original.payload, dlq::replay_headers(&original.headers, m.sequence))
         }
     };
-    let ack = publish_one(&s.js, letter.subject.clone(), headers, payload)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
+    let ack = publish_one(&s.js, letter.subject.clone(), headers, payload).await.map_err(|e| {
+        super::not_published(&format!("dead letter {seq}'s original with the replay's idempotency key"), e)
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject: letter.subject }),

@@ -73,7 +73,7 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
     let msg_id = headers.get("Idempotency-Key").and_then(|v| v.to_str().ok());
     let ack = publish::publish_one(&s.js, subject.clone(), publish::headers(msg_id, codec::JSON), bytes)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
+        .map_err(|e| super::not_published("the event with its headers", e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject }),
@@ -97,7 +97,7 @@ macro_rules! event_route {
                     request_body(content = ref($schema), content_type = "application/json"),
                     responses(
                         (status = 202, description = "Stored in the stream", body = Published),
-                        (status = 413, description = "The body is larger than api.max_body_bytes", body = ErrorBody),
+                        (status = 413, description = "The body is larger than api.max_body_bytes (`payload_too_large`), or with its headers larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
                         (status = 503, description = "NATS is unavailable", body = ErrorBody),
                     ))]
         pub async fn $handler(

@@ -138,7 +138,7 @@ pub async fn get(
     responses(
         (status = 200, description = "Stored and computed", body = Index),
         (status = 202, description = "Published; the processor has not committed it yet", body = Pending),
-        (status = 413, description = "The body is larger than api.max_body_bytes", body = ErrorBody),
+        (status = 413, description = "The body is larger than api.max_body_bytes (`payload_too_large`), or with its headers larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
         (status = 503, description = "NATS is unavailable", body = ErrorBody),
     ))]
 pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
@@ -155,7 +155,7 @@ pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body
     def.validate().map_err(|e| ApiError::bad("invalid_index", e))?;
     let ack = publish::publish_one(&s.js, Kind::Index.subject(&name), publish::headers(None, codec::JSON), bytes)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot publish to NATS: {e}")))?;
+        .map_err(|e| super::not_published("the definition with its headers", e))?;
     let deadline = Instant::now() + s.write_wait();
     loop {
         let stored = indices::stored_seq(s.pool(), &name).await?;

@@ -171,6 +171,16 @@ async fn within_deadline(
     }
 }
 
+/// A publish's failure as the API answers it: 413 `exceeds_max_payload` when NATS cannot take `what` at
+/// all, else 503.
+fn not_published(what: &str, e: tributary_broker::publish::PublishOneError) -> ApiError {
+    use tributary_broker::publish::PublishOneError;
+    match e {
+        PublishOneError::TooLarge(m) => ApiError::ExceedsMaxPayload(format!("{what} is more than NATS takes: {m}")),
+        PublishOneError::Nats(e) => ApiError::Unavailable(format!("cannot publish to NATS: {e}")),
+    }
+}
+
 /// Reads a whole JSON body up to the configured limit.
 async fn body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let max = state.config.max_body_bytes;

@@ -50,6 +50,14 @@ async fn errors_are_json_with_the_right_status() {
     let (s, b) = app.send(Method::POST, "/v1/events/price.A", &big).await;
     assert_eq!(s, 413);
     assert_eq!(b["error"]["code"], "payload_too_large");
+    // A body within the limit that NATS cannot take with its headers is a 413 naming both sizes, not a
+    // 503 saying NATS is unavailable (a client would retry that for ever).
+    let max = app.js().client().max_payload();
+    let near = format!(r#"{{"price":1,"pad":"{}"}}"#, "x".repeat(max - 30));
+    let (s, b) = app.send(Method::POST, "/v1/events/price.A", &near).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (413, Some("exceeds_max_payload")), "{b:.300}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&max.to_string()), "{message}");
 
     // Range filters and limits work.
     let (s, b) = app.get("/v1/series/price/ACME?from=2026-01-02&to=2026-01-02&limit=1").await;

@@ -153,3 +153,25 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
     let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (410, Some("gone")), "{body}");
 }
+
+/// An original that fit the server only just, without headers, is dead-lettered (left out of its letter);
+/// its replay, which must carry an idempotency key, no longer fits: a 413 naming the sizes, not a 503 saying
+/// NATS is unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_no_longer_fits_the_server_is_a_413_naming_the_sizes() {
+    let app = spawn_app().await;
+    let max = app.js().client().max_payload();
+    let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
+    payload.resize(max - 16, b'x');
+    payload.extend_from_slice(br#""}"#);
+    app.js().publish("price.EDGE", payload.into()).await.unwrap().await.unwrap();
+    app.settled().await;
+    let letter = app.only_dead_letter().await;
+    assert_eq!(letter["payload_omitted"], max - 14, "{letter:.300}");
+
+    let seq = letter["seq"].as_u64().unwrap();
+    let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (413, Some("exceeds_max_payload")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("dead letter {seq}")) && message.contains(&max.to_string()), "{message}");
+}
