@@ -98,14 +98,38 @@ impl ApiError {
     }
 }
 
+/// Whether a database error says PostgreSQL cannot be reached or takes no work now (no connection within
+/// the pool's wait, a broken connection, a server shutting down or full), rather than that a statement
+/// failed.
+fn unreachable(e: &tributary_store::sqlx::Error) -> bool {
+    use tributary_store::sqlx::Error;
+    match e {
+        Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) | Error::WorkerCrashed => true,
+        Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
+    }
+}
+
 impl From<tributary_store::sqlx::Error> for ApiError {
     fn from(e: tributary_store::sqlx::Error) -> Self {
+        if unreachable(&e) {
+            return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, RuntimeErr};
+        let down = match &e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => unreachable(e),
+            _ => false,
+        };
+        if down {
+            return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
@@ -146,5 +170,30 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use axum::response::IntoResponse;
+    use tributary_store::sqlx;
+
+    fn status(e: ApiError) -> u16 {
+        e.into_response().status().as_u16()
+    }
+
+    /// PostgreSQL down or out of connections is the documented 503, not a 500.
+    #[test]
+    fn an_unreachable_database_is_a_503_and_a_failed_statement_a_500() {
+        assert_eq!(status(sqlx::Error::PoolTimedOut.into()), 503);
+        assert_eq!(status(sqlx::Error::PoolClosed.into()), 503);
+        assert_eq!(status(sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()).into()), 503);
+        let acquire = sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(status(acquire.into()), 503);
+        let query = sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut.into()));
+        assert_eq!(status(query.into()), 503);
+        assert_eq!(status(sqlx::Error::RowNotFound.into()), 500);
+        assert_eq!(status(sqlx::Error::ColumnNotFound("x".into()).into()), 500);
     }
 }

@@ -5,6 +5,7 @@ use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -93,15 +94,17 @@ pub async fn replay(
     State(s): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<(StatusCode, Json<Published>), ApiError> {
-    let seq: u64 = seq.parse().map_err(|_| {
+    let seq: u64 = seq.parse().ok().filter(|&n: &u64| n > 0).ok_or_else(|| {
         ApiError::field("invalid_seq", "seq", format!("seq must be a positive whole number, got {seq:?}"))
     })?;
     let stream =
         s.js.get_stream(s.streams.dlq_name())
             .await
             .map_err(|e| ApiError::Unavailable(format!("cannot open the dead-letter stream: {e}")))?;
-    let m =
-        stream.get_raw_message(seq).await.map_err(|_| ApiError::NotFound(format!("no dead letter with seq {seq}")))?;
+    let m = stream.get_raw_message(seq).await.map_err(|e| match e.kind() {
+        RawMessageErrorKind::NoMessageFound => ApiError::NotFound(format!("no dead letter with seq {seq}")),
+        _ => ApiError::Unavailable(format!("cannot read dead letter {seq}: {e}")),
+    })?;
     let letter = dlq::DeadLetter::from_stream_message(&m);
     let (payload, headers) = match letter.payload_omitted {
         None => (m.payload.clone(), dlq::replay_headers(&m.headers, m.sequence)),
@@ -126,7 +129,7 @@ async fn original_of(
     letter: &StreamMessage,
     parsed: &dlq::DeadLetter,
 ) -> Result<StreamMessage, ApiError> {
-    use async_nats::jetstream::{self, context::GetStreamErrorKind, stream::RawMessageErrorKind};
+    use async_nats::jetstream::{self, context::GetStreamErrorKind};
     let header = |k: &str| letter.headers.get(k).map(|v| v.as_str().to_owned());
     let seq = letter.sequence;
     let (Some(stream), Some(at)) = (header(dlq::STREAM), parsed.original_seq) else {

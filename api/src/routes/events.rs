@@ -56,6 +56,17 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
             format!("unknown subject {subject:?}: expected one of {}", known.join(", ")),
         )
     })?;
+    // A key that is not plain text would be dropped, and the retries it was meant to make safe stored twice.
+    let msg_id = match headers.get("Idempotency-Key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::field(
+                "invalid_idempotency_key",
+                "Idempotency-Key",
+                "the Idempotency-Key header must be printable ASCII",
+            )
+        })?),
+    };
     let bytes = super::body(&s, body).await?;
     let json_headers = publish::headers(None, codec::JSON);
     let now = Ts::new(chrono::Utc::now());
@@ -70,7 +81,6 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
     checked.map_err(|r| {
         ApiError::bad(if r.class == "bad_subject" { "unknown_subject" } else { "invalid_event" }, r.reason)
     })?;
-    let msg_id = headers.get("Idempotency-Key").and_then(|v| v.to_str().ok());
     let ack = publish::publish_one(&s.js, subject.clone(), publish::headers(msg_id, codec::JSON), bytes)
         .await
         .map_err(|e| super::not_published("the event with its headers", e))?;

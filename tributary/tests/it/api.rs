@@ -31,6 +31,11 @@ async fn errors_are_json_with_the_right_status() {
         (Method::POST, "/v1/events/price.A", r#"{"price":0}"#, 400, "invalid_event", None),
         (Method::POST, "/v1/events/price.A", "garbage", 400, "invalid_event", None),
         (Method::POST, "/v1/dlq/abc/replay", "", 400, "invalid_seq", Some("seq")),
+        (Method::POST, "/v1/dlq/0/replay", "", 400, "invalid_seq", Some("seq")),
+        (Method::POST, "/v1/dlq/99/replay", "", 404, "not_found", None),
+        // a path that is not UTF-8 once decoded is a JSON error like any other, not axum's plain text
+        (Method::GET, "/v1/series/price/%FF", "", 400, "invalid_url", None),
+        (Method::POST, "/v1/dlq/%FF/replay", "", 400, "invalid_url", None),
         (Method::GET, "/v1/dlq?limit=0", "", 400, "invalid_limit", Some("limit")),
         // found by scripts/fuzz-api.sh: a NUL reached PostgreSQL and was a 500
         (Method::GET, "/v1/fleet/scores?shipment=%00x&driver=y", "", 400, "invalid_url", None),
@@ -58,6 +63,7 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (413, Some("exceeds_max_payload")), "{b:.300}");
     let message = b["error"]["message"].as_str().unwrap();
     assert!(message.contains(&max.to_string()), "{message}");
+
 
     // Range filters and limits work.
     let (s, b) = app.get("/v1/series/price/ACME?from=2026-01-02&to=2026-01-02&limit=1").await;
@@ -96,6 +102,23 @@ async fn ingest_publishes_with_idempotency_keys() {
     app.settled().await;
     let (_, b) = app.get("/v1/series/price/ACME").await;
     assert_eq!(b["points"][0]["value"], 10.0);
+
+    // A key that is not printable ASCII is refused, not dropped (its retries would be stored twice).
+    let r = app
+        .http
+        .post(format!("{}/v1/events/price.ACME", app.base))
+        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes("café".as_bytes()).unwrap())
+        .body(r#"{"ts":"2026-01-03","price":11}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["error"]["code"].as_str(), b["error"]["field"].as_str()),
+        (Some("invalid_idempotency_key"), Some("Idempotency-Key")),
+        "{b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
