@@ -93,7 +93,7 @@ pub struct NumberStats {
     count: u64,
     /// Their mean.
     mean: f64,
-    /// Sample variance (n − 1); null below two values.
+    /// Sample variance (n − 1); null below two values, or beyond f64's range.
     variance: Option<f64>,
     /// The smallest.
     min: Option<f64>,

@@ -5,7 +5,8 @@ use crate::{LineError, Progress, keep_error, next_line};
 use serde::Serialize;
 use tokio::io::{AsyncRead, BufReader};
 
-/// Running statistics (Welford). `variance` is the sample variance (n − 1), null below two values.
+/// Running statistics (Welford). `variance` is the sample variance (n − 1), null below two values (and
+/// when it is beyond f64's range).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct Stats {
     /// How many numbers.
@@ -26,9 +27,17 @@ impl Stats {
     /// Adds one value.
     pub fn push(&mut self, x: f64) {
         self.count += 1;
+        let n = self.count as f64;
         let delta = x - self.mean;
-        self.mean += delta / self.count as f64;
-        self.m2 += delta * (x - self.mean);
+        if delta.is_finite() {
+            self.mean += delta / n;
+            self.m2 += delta * (x - self.mean);
+        } else {
+            // Finite values further apart than f64 reaches (1e308 after -1e308): the mean, always between
+            // them, is still finite this way; the spread is not (m2 infinite, variance null).
+            self.mean = self.mean - self.mean / n + x / n;
+            self.m2 = f64::INFINITY;
+        }
         self.variance = (self.count > 1).then(|| self.m2 / (self.count - 1) as f64);
         self.min = Some(self.min.map_or(x, |m| m.min(x)));
         self.max = Some(self.max.map_or(x, |m| m.max(x)));
@@ -114,5 +123,17 @@ mod tests {
         let before: usize = values.iter().map(|v| format!("{v}\n").len()).sum();
         assert_eq!(r.errors[0].byte, before as u64, "the offset of \"nope\"");
         assert_eq!((r.errors[1].line, r.errors[1].byte), (10_003, before as u64 + 6));
+    }
+
+    /// Values further apart than f64 reaches made the mean -inf (served as a null `mean`, which the
+    /// API's schema says is a number): it stays the finite mean, and only the spread is out of range.
+    #[tokio::test]
+    async fn the_mean_of_values_at_f64s_ends_stays_finite() {
+        let r = stats(std::io::Cursor::new(b"1e308\n-1e308\n3\n".to_vec()), &mut |_, _| {}).await;
+        assert_eq!(r.stats.count, 3);
+        assert_eq!(r.stats.mean, 1.0);
+        assert_eq!(r.stats.variance, Some(f64::INFINITY));
+        let json = serde_json::to_value(r.stats).unwrap();
+        assert_eq!((json["mean"].as_f64(), &json["variance"]), (Some(1.0), &serde_json::Value::Null));
     }
 }
