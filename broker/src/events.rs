@@ -132,6 +132,12 @@ impl IndexDefinition {
         Ok((name, d))
     }
 
+    /// The most constituents an index may have. Storing a definition locks each of them in one
+    /// transaction, and PostgreSQL's lock table holds `max_locks_per_transaction` (64) ×
+    /// `max_connections` (100) locks for every session together: a definition over that could never be
+    /// stored, and would make every other transaction fail meanwhile.
+    pub const MAX_CONSTITUENTS: usize = 5000;
+
     /// Checks the base and weights.
     pub fn validate(&self) -> Result<(), String> {
         if !self.base.is_finite() || self.base <= 0.0 {
@@ -139,6 +145,13 @@ impl IndexDefinition {
         }
         if self.weights.is_empty() {
             return Err("weights must name at least one instrument".into());
+        }
+        if self.weights.len() > Self::MAX_CONSTITUENTS {
+            return Err(format!(
+                "weights name {} instruments; an index may have at most {}",
+                self.weights.len(),
+                Self::MAX_CONSTITUENTS
+            ));
         }
         for (k, w) in &self.weights {
             if !valid_key(k) {

@@ -1,7 +1,7 @@
 //! Index definitions: `index.<name>` → the stored definition and its history, recomputed from scratch.
 //!
-//! Definitions are last writer wins by stream sequence. A transaction takes the locks of the new
-//! constituents, then of the index, so a price batch touching a constituent either commits before the
+//! Definitions are last writer wins by stream sequence, one transaction each. A transaction takes the
+//! locks of the new constituents, then of the index, so a price batch touching a constituent either commits before the
 //! recompute reads it or sees the new definition when it takes the index lock.
 
 use crate::lock;
@@ -24,7 +24,8 @@ impl IndexHandler {
         IndexHandler { pool }
     }
 
-    /// Stores the newest definition per index in the batch and recomputes each.
+    /// Stores the newest definition per index in the batch and recomputes each, one transaction each (a
+    /// failure redelivers the batch; the definitions already stored are skipped by their sequence).
     pub async fn commit(&self, batch: &[Delivery<(String, IndexDefinition)>]) -> Result<(), sqlx::Error> {
         let mut newest: BTreeMap<&str, (&IndexDefinition, u64)> = BTreeMap::new();
         for d in batch {
@@ -34,11 +35,12 @@ impl IndexHandler {
                 *e = (def, d.seq);
             }
         }
-        let mut tx =
-            lock::begin(&self.pool, "price", newest.values().flat_map(|(d, _)| d.weights.keys().map(String::as_str)))
-                .await?;
-        lock::acquire(&mut tx, "index", newest.keys().copied()).await?;
+        // One transaction per definition, so none locks more than one definition's constituents (at most
+        // `IndexDefinition::MAX_CONSTITUENTS`): a batch of large definitions in one transaction overflowed
+        // PostgreSQL's lock table ("out of shared memory", retried for ever as a transient failure).
         for (name, (def, seq)) in newest {
+            let mut tx = lock::begin(&self.pool, "price", def.weights.keys().map(String::as_str)).await?;
+            lock::acquire(&mut tx, "index", [name]).await?;
             if indices::stored_seq(&mut *tx, name).await?.is_some_and(|s| s >= seq as i64) {
                 continue;
             }
@@ -49,8 +51,9 @@ impl IndexHandler {
             };
             indices::store_definition(&mut tx, &def, seq as i64).await?;
             recompute_index(&mut tx, name, None).await?;
+            tx.commit().await?;
         }
-        tx.commit().await
+        Ok(())
     }
 }
 

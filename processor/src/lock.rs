@@ -41,17 +41,27 @@ fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec
     keys
 }
 
-/// Splits a batch into at most `parts` non-empty parts by series (the lock key of `(class, name)`), so
-/// each part can commit in its own transaction: a series' events share one part, and parts lock disjoint
-/// series.
+/// About the most groups (series, or an index's constituents together) one part of a split holds, so
+/// one transaction takes about this many locks at most. PostgreSQL keeps every session's locks in one
+/// table of `max_locks_per_transaction` (64) × `max_connections` (100) entries, and a transaction that
+/// does not fit fails with "out of shared memory" and makes the others fail too: a batch over thousands
+/// of series, in one or two transactions, failed for as long as the backlog lasted. With the pool's 8
+/// connections a processor holds at most 8 × this.
+pub const MAX_GROUPS_PER_PART: usize = 512;
+
+/// Splits a batch into parts by series (the lock key of `(class, name)`), so each part can commit in its
+/// own transaction: a series' events share one part, and parts lock disjoint series. At most `parts`
+/// parts, unless the batch holds more than `parts` × [`MAX_GROUPS_PER_PART`] series.
 pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T) -> &str) -> Vec<Vec<&'a T>> {
     split_by(batch, parts, |d| key(class, name(d)))
 }
 
-/// Splits a batch into at most `parts` non-empty parts by `group`: items of one group share one part.
-/// For parts that lock disjoint series, every series' items must be of one group.
+/// Splits a batch into non-empty parts by `group`: items of one group share one part. At most `parts`
+/// parts, or as many as keep about [`MAX_GROUPS_PER_PART`] groups in each. For parts that lock disjoint
+/// series, every series' items must be of one group.
 pub fn split_by<T>(batch: &[T], parts: usize, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
-    let parts = parts.min(batch.len()).max(1);
+    let groups = batch.iter().map(&group).collect::<std::collections::HashSet<i64>>().len();
+    let parts = parts.max(groups.div_ceil(MAX_GROUPS_PER_PART)).min(batch.len()).max(1);
     let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
     for d in batch {
         split[(group(d) as u64 % parts as u64) as usize].push(d);
@@ -67,6 +77,20 @@ mod tests {
         assert_ne!(super::key("price", "A"), super::key("index", "A"));
         assert_ne!(super::key("price", "A"), super::key("price", "B"));
         assert_eq!(super::key("price", "A"), super::key("price", "A"));
+    }
+
+    #[test]
+    fn a_split_over_many_series_keeps_each_part_near_the_lock_budget() {
+        let batch: Vec<String> = (0..20_000).map(|i| format!("S{}", i % 10_000)).collect();
+        let parts = super::split(&batch, 2, "price", |s| s.as_str());
+        assert_eq!(parts.len(), 10_000usize.div_ceil(super::MAX_GROUPS_PER_PART));
+        for p in &parts {
+            let series: std::collections::HashSet<&String> = p.iter().copied().collect();
+            assert!(series.len() <= super::MAX_GROUPS_PER_PART * 3 / 2, "{}", series.len());
+        }
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 20_000);
+        // Few series: the parts asked for.
+        assert_eq!(super::split(&batch[..300], 2, "price", |s| s.as_str()).len(), 2);
     }
 
     #[test]

@@ -76,9 +76,11 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                "properties": {
                    "base": {"type": "number", "exclusiveMinimum": 0, "default": 100,
                             "description": "The level of the first index date."},
-                   "weights": {"type": "object", "minProperties": 1, "propertyNames": valid_key(),
+                   "weights": {"type": "object", "minProperties": 1,
+                               "maxProperties": tributary_broker::events::IndexDefinition::MAX_CONSTITUENTS,
+                               "propertyNames": valid_key(),
                                "additionalProperties": {"type": "number"},
-                               "description": "Weight per constituent instrument."},
+                               "description": "Weight per constituent instrument (at most 5000)."},
                },
                "example": {"base": 100, "weights": {"ACME": 0.5, "INITECH": 0.5}}}),
         ),

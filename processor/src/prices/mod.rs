@@ -31,6 +31,7 @@ pub mod series;
 
 use crate::lock;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use sea_orm::sqlx::PgPool;
 use series::{Point, Transforms};
 use std::collections::{BTreeMap, HashMap};
@@ -346,8 +347,9 @@ impl BatchHandler for PriceHandler {
 
     decode_with!(PricePoint, PricePoint::decode);
 
-    /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts committed
-    /// concurrently, each in its own transaction on its own connection: parts share no instrument, so
+    /// Splits a batch of at least [`SPLIT_MIN_EVENTS`] by instrument into `parallelism` parts (more when
+    /// it spans more instruments than that many parts should lock: [`lock::split_by`]) committed
+    /// `parallelism` at a time, each in its own transaction on its own connection: parts share no instrument, so
     /// their locks never meet. The constituents of an index go to one part as far as [`IndexOf`] knows
     /// them (an index over instruments of two parts is recomputed by each in turn, under its lock). The
     /// batch counts as committed only when every part is; a failed part means redelivery of all, which is
@@ -364,14 +366,20 @@ impl BatchHandler for PriceHandler {
             let index_of = self.index_of.lock().unwrap_or_else(|e| e.into_inner());
             lock::split_by(batch, parts, |d| index_of.group(&d.event.instrument))
         };
-        let commits = split.into_iter().map(|part| {
-            let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
-            let span = crate::db_span("price batch", part.len());
-            let this = self.clone();
-            tokio::spawn(async move { this.commit(&part).await }.instrument(span))
-        });
+        // At most `parallelism` parts at a time; more only when the batch spans more series than that
+        // many parts should lock (`lock::MAX_GROUPS_PER_PART`). A part is spawned when its turn comes.
+        let commits: Vec<_> = split
+            .into_iter()
+            .map(|part| {
+                let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
+                let span = crate::db_span("price batch", part.len());
+                let this = self.clone();
+                async move { tokio::spawn(async move { this.commit(&part).await }.instrument(span)).await }
+            })
+            .collect();
+        let mut outcomes = futures::stream::iter(commits).buffer_unordered(self.parallelism);
         let mut failure = None;
-        for outcome in futures::future::join_all(commits).await {
+        while let Some(outcome) = outcomes.next().await {
             let e = match outcome {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => anyhow::Error::new(e),

@@ -23,6 +23,7 @@ mod storage;
 
 use crate::lock;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use rollup::Rollup;
 use sea_orm::sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
@@ -253,13 +254,19 @@ impl BatchHandler for SampleHandler {
     }
 
     async fn handle(&self, batch: &[Delivery<ServerSample>]) -> Result<(), HandleError> {
-        // Split by host over concurrent transactions (hosts are locked, so the parts never overlap).
+        // Split by host over transactions, `parallelism` at a time (hosts are locked, so the parts never
+        // overlap; a batch over many hosts makes more parts, see `lock::split`).
         let split = lock::split(batch, self.parallelism, "metric", |d| &d.event.host);
-        let commits = split.into_iter().map(|part| {
-            let span = crate::db_span("metric batch", part.len());
-            async move { self.commit(&part).await }.instrument(span)
-        });
-        let latest = futures::future::try_join_all(commits)
+        let commits: Vec<_> = split
+            .into_iter()
+            .map(|part| {
+                let span = crate::db_span("metric batch", part.len());
+                async move { self.commit(&part).await }.instrument(span)
+            })
+            .collect();
+        let latest: Vec<Vec<LiveSample>> = futures::stream::iter(commits)
+            .buffer_unordered(self.parallelism)
+            .try_collect()
             .await
             .map_err(|e| HandleError(anyhow::Error::new(e).context("storing metric samples")))?;
         self.announce(latest.into_iter().flatten().collect()).await;

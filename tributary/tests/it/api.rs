@@ -64,6 +64,13 @@ async fn errors_are_json_with_the_right_status() {
     let message = b["error"]["message"].as_str().unwrap();
     assert!(message.contains(&max.to_string()), "{message}");
 
+    // An index over more constituents than a transaction can lock is refused by name.
+    let over = tributary_broker::events::IndexDefinition::MAX_CONSTITUENTS + 1;
+    let weights: serde_json::Map<String, Value> = (0..over).map(|i| (format!("I{i}"), Value::from(1.0))).collect();
+    let (s, b) =
+        app.send(Method::PUT, "/v1/indices/HUGE", &serde_json::json!({ "weights": weights }).to_string()).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_index")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("at most 5000"), "{b}");
 
     // Range filters and limits work.
     let (s, b) = app.get("/v1/series/price/ACME?from=2026-01-02&to=2026-01-02&limit=1").await;

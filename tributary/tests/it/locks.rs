@@ -199,3 +199,29 @@ async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
         sqlx::query_scalar("SELECT derived FROM price_points ORDER BY instrument").fetch_all(&pool).await.unwrap();
     assert!(sma.iter().all(|d| d.get("sma_3").is_some()), "every series has the new window: {sma:?}");
 }
+
+/// Index definitions whose constituents together overflow PostgreSQL's lock table (8 × 2,500 locks; it
+/// holds `max_locks_per_transaction` × `max_connections`, 6,400 by default, with some slack) are all
+/// stored, one transaction each. In one transaction they failed with "out of shared memory", a transient
+/// failure retried for ever, and other transactions failed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_index_definitions_in_one_batch_are_each_stored() {
+    use sea_orm::sqlx;
+    use tributary_broker::events::IndexDefinition;
+    use tributary_broker::{BatchHandler, Delivery};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let batch: Vec<Delivery<(String, IndexDefinition)>> = (0..8)
+        .map(|k| Delivery {
+            event: (
+                format!("BIG{k}"),
+                IndexDefinition { base: 100.0, weights: (0..2500).map(|i| (format!("K{k}I{i}"), 1.0)).collect() },
+            ),
+            seq: k + 1,
+            received: Ts::parse("2026-01-01").unwrap(),
+        })
+        .collect();
+    tributary_processor::indices::IndexHandler::new(pool.clone()).handle(&batch).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 8);
+}

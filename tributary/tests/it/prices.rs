@@ -356,6 +356,39 @@ async fn only_a_large_batch_is_split_over_concurrent_transactions() {
     assert_eq!(transactions("LARGE").await, 2, "50 instruments over two transactions");
 }
 
+/// A batch over more instruments than one transaction can lock is split into parts of about
+/// `lock::MAX_GROUPS_PER_PART` instruments, committed `parallelism` at a time. As one transaction (20,000
+/// advisory locks, past PostgreSQL's lock table of `max_locks_per_transaction` × `max_connections`) it
+/// failed with "out of shared memory" on every delivery: a transient failure, retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_more_instruments_than_a_transaction_can_lock_is_split_to_fit() {
+    use sea_orm::sqlx;
+    use tributary_broker::events::PricePoint;
+    use tributary_broker::{BatchHandler, Delivery};
+    use tributary_processor::{lock::MAX_GROUPS_PER_PART, prices::PriceHandler};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let handler = PriceHandler::new(pool.clone(), Transforms { sma: vec![2], ema: vec![], vol: vec![] }, 100, 1);
+    let n: usize = 20_000;
+    let batch: Vec<Delivery<PricePoint>> = (0..n)
+        .map(|i| Delivery {
+            event: PricePoint {
+                instrument: format!("W{i}"),
+                ts: Ts::parse("2026-01-01").unwrap(),
+                price: 1.0 + (i % 7) as f64,
+                volume: None,
+            },
+            seq: i as u64 + 1,
+            received: Ts::parse("2026-01-01").unwrap(),
+        })
+        .collect();
+    handler.handle(&batch).await.unwrap();
+    let (points, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM price_points").fetch_one(&pool).await.unwrap();
+    assert_eq!(points, n as i64);
+    assert_eq!(transactions, n.div_ceil(MAX_GROUPS_PER_PART) as i64);
+}
+
 /// An index level is summed over the constituents in byte order of their names, whichever path
 /// recomputes it and whatever the database's collation. (The price path read the weights `ORDER BY`
 /// instrument: under an `en-US` collation `a` sorts before `A` and `Z`, and the sum, taken in another
