@@ -15,7 +15,7 @@
 //! 2. the baseline ([`raw::baseline`]): the minimal hand-written pipeline (fetch 1000, decode, one upsert
 //!    of the raw rows per batch in one transaction, ack each after commit; nothing derived);
 //! 3. Tributary ([`pipeline`]): the real processor, as its own process, on the same backlog: every
-//!    derived window and an index over 10 instruments, and beside the prices one metric message (two
+//!    derived window and an index over 10 instruments (`--index-size`), and beside the prices one metric message (two
 //!    fields) for every 10 price events, with their 1m and 1h rollups ([`MetricsBacklog`]; the rate
 //!    counts price events only, so the metric work is on top), and traces exported over OTLP/HTTP at
 //!    the configured sampling ratio to the benchmark's own collector ([`traces`]); then freshness at a
@@ -117,6 +117,19 @@ pub struct BenchArgs {
     /// nats-server to deliver (BENCHMARKS.md, "The one fix without server configuration").
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub partitions: u32,
+    /// Constituents of the benchmark's index: the first N instruments (at most `--instruments`), equal
+    /// weights. An event on a constituent recomputes the index in its transaction.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_size: u64,
+}
+
+impl BenchArgs {
+    /// The benchmark's index: the first `--index-size` instruments, equal weights.
+    fn index(&self) -> tributary_broker::events::IndexDefinition {
+        let n = (self.index_size as usize).min(self.instruments);
+        let weights = (0..n).map(|i| (format!("S{i}"), 1.0 / n as f64)).collect();
+        tributary_broker::events::IndexDefinition { base: 100.0, weights }
+    }
 }
 
 /// Metric messages in the throughput backlog: one for every this many price events, so that Tributary's
@@ -380,7 +393,7 @@ async fn run_phases(
             "events": args.events, "instruments": args.instruments, "repeats": args.repeats,
             "freshness_rate": args.rate, "freshness_secs": args.freshness_secs,
             "api_secs": args.api_secs, "api_rate": args.api_rate, "batch": config.processor.batch,
-            "windows": config.processor.prices.names(), "index_instruments": 10,
+            "windows": config.processor.prices.names(), "index_instruments": args.index().weights.len(),
             "metric_messages": metrics.messages, "metric_hosts": metrics.hosts, "metric_fields": 2,
             "rollups": config.metrics.width_names(),
             "partitions": args.partitions, "db_parallelism": config.processor.db_parallelism,

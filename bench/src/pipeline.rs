@@ -13,7 +13,6 @@ use sea_orm_migration::MigratorTrait;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tributary::config::Config;
-use tributary_broker::events::IndexDefinition;
 use tributary_store::{DbConfig, Migrator};
 
 /// A fresh, migrated database for one run.
@@ -339,9 +338,7 @@ pub async fn measure(
     nats: u32,
 ) -> anyhow::Result<Measured> {
     let n = args.events;
-    let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
-    let def = IndexDefinition { base: 100.0, weights };
-    js.publish("index.bench", tributary_broker::codec::to_msgpack(&def)).await?.await?;
+    js.publish("index.bench", tributary_broker::codec::to_msgpack(&args.index())).await?.await?;
     let limit = Duration::from_secs(3600);
     let mut runs = Vec::new();
     let mut last = None;
@@ -422,7 +419,7 @@ pub(super) async fn freshness(
     })
 }
 
-/// Freshness alone at each of `rates`, in turn, on one processor with an index over 10 instruments, after
+/// Freshness alone at each of `rates`, in turn, on one processor with the benchmark's index (`--index-size`), after
 /// a warm-up of three events per instrument (each series' first load, not reported) and an `ANALYZE`;
 /// before each, the floor at that rate (the processor idle meanwhile). `nats` is the nats-server's
 /// process, whose CPU is measured with the processor's and PostgreSQL's.
@@ -433,10 +430,7 @@ pub async fn freshness_curve(
     rates: &[f64],
     nats: u32,
 ) -> anyhow::Result<Vec<(Freshness, Floor)>> {
-    let weights = (0..10.min(args.instruments)).map(|i| (format!("S{i}"), 0.1)).collect();
-    js.publish("index.bench", tributary_broker::codec::to_msgpack(&IndexDefinition { base: 100.0, weights }))
-        .await?
-        .await?;
+    js.publish("index.bench", tributary_broker::codec::to_msgpack(&args.index())).await?.await?;
     let db = Database::create(&config.database.url, "freshness").await?;
     let floor_db = Database::create(&config.database.url, "floor").await?;
     let result = async {
