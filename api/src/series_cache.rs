@@ -12,8 +12,8 @@
 //! - Between a commit and the arrival of its notification (well under a millisecond on one host) a
 //!   read may still get the body from before it: the same answer a read that started a moment earlier
 //!   would have had. A read that must see a commit asks `?fresh=true`, which bypasses the cache.
-//! - Memory is bounded by `api.series_cache_bytes`: past it the cache starts over (a miss costs one
-//!   query).
+//! - Memory is bounded by `api.series_cache_bytes` (bodies and their entries): past it the cache starts
+//!   over (a miss costs one query).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -54,7 +54,12 @@ struct Inner {
 struct Slot {
     /// The epoch of the last notification about this series.
     changed_at: u64,
-    bodies: Vec<(Key, Bytes)>,
+    bodies: HashMap<Key, Bytes>,
+}
+
+/// What a kept body counts against `max_bytes`: its bytes and its entry.
+fn cost(body: &Bytes) -> usize {
+    body.len() + std::mem::size_of::<(Key, Bytes)>()
 }
 
 /// Series whose slot is kept after a notification (to refuse fills that began before it) are bounded
@@ -79,7 +84,7 @@ impl SeriesCache {
         if !inner.live {
             return None;
         }
-        inner.series.get(series)?.bodies.iter().find(|(k, _)| k == key).map(|(_, b)| b.clone())
+        inner.series.get(series)?.bodies.get(key).cloned()
     }
 
     /// Taken before a read of the database, for [`SeriesCache::put`]; `None` while the cache is not used.
@@ -92,21 +97,18 @@ impl SeriesCache {
     /// since.
     pub fn put(&self, series: &str, key: Key, body: Bytes, ticket: Ticket) {
         let mut inner = self.lock();
-        if !inner.live || ticket.0 < inner.cleared_at || body.len() > inner.max_bytes {
+        if !inner.live || ticket.0 < inner.cleared_at || cost(&body) > inner.max_bytes {
             return;
         }
         if inner.series.get(series).is_some_and(|s| s.changed_at > ticket.0) {
             return;
         }
-        if inner.bytes + body.len() > inner.max_bytes || inner.series.len() >= MAX_SERIES {
+        if inner.bytes + cost(&body) > inner.max_bytes || inner.series.len() >= MAX_SERIES {
             inner.restart();
         }
-        inner.bytes += body.len();
-        let slot = inner.series.entry(series.to_owned()).or_default();
-        match slot.bodies.iter_mut().find(|(k, _)| *k == key) {
-            Some(b) => b.1 = body,
-            None => slot.bodies.push((key, body)),
-        }
+        inner.bytes += cost(&body);
+        let replaced = inner.series.entry(series.to_owned()).or_default().bodies.insert(key, body);
+        inner.bytes -= replaced.as_ref().map_or(0, cost);
     }
 
     /// Drops the bodies of `series` (every series for [`ALL_SERIES`]).
@@ -123,7 +125,7 @@ impl SeriesCache {
         }
         let slot = inner.series.entry(series.to_owned()).or_default();
         slot.changed_at = epoch;
-        let freed: usize = slot.bodies.drain(..).map(|(_, b)| b.len()).sum();
+        let freed: usize = slot.bodies.drain().map(|(_, b)| cost(&b)).sum();
         inner.bytes -= freed;
     }
 
@@ -211,6 +213,21 @@ mod tests {
         assert_eq!(c.get("B", &K), None);
     }
 
+    /// A body kept again for the same key replaces the old one in the count too: the count grew by each
+    /// replacement, and the cache started over (dropping every series) long before it was full.
+    #[test]
+    fn a_replaced_body_is_counted_once() {
+        let body = Bytes::from(vec![b'x'; 100]);
+        let c = live(4 * cost(&body));
+        let t = c.ticket().unwrap();
+        c.put("A", K, body.clone(), t);
+        for _ in 0..10 {
+            c.put("B", K, body.clone(), t);
+        }
+        assert_eq!(c.get("A", &K).as_deref(), Some(&body[..]), "A is still kept");
+        assert_eq!(c.lock().bytes, 2 * cost(&body));
+    }
+
     #[test]
     fn a_read_that_began_before_a_change_is_not_kept() {
         let c = live(1 << 20);
@@ -232,15 +249,17 @@ mod tests {
 
     #[test]
     fn unused_while_not_listening_and_bounded_in_bytes() {
-        let c = SeriesCache::new(10);
+        let body = Bytes::from_static(b"123456");
+        let max = cost(&body) + 4;
+        let c = SeriesCache::new(max);
         assert!(c.ticket().is_none());
-        let c = live(10);
+        let c = live(max);
         let t = c.ticket().unwrap();
-        c.put("A", K, Bytes::from_static(b"123456"), t);
-        c.put("B", K, Bytes::from_static(b"123456"), t);
+        c.put("A", K, body.clone(), t);
+        c.put("B", K, body.clone(), t);
         // Over the bound: started over, so only what came after holds.
         assert_eq!(c.get("A", &K), None);
-        assert_eq!(c.lock().bytes, 6);
+        assert_eq!(c.lock().bytes, cost(&body));
         c.set_live(false);
         assert_eq!(c.get("B", &K), None);
     }
