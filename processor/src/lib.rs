@@ -36,8 +36,27 @@ macro_rules! decode_with {
 
 /// Implements [`tributary_broker::BatchHandler`] for a handler whose batches are each one transaction,
 /// its `commit`, run in a `db` span named `$operation`; a failure says it was `$what`. `$decode` as in
-/// `decode_with!`.
+/// `decode_with!`. With `locking $class, $name`, a batch over more series (`$name` of an event) than one
+/// transaction should lock is committed in parts, one after the other ([`lock::split`]).
 macro_rules! commits_batches {
+    ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal, locking $class:literal, $name:expr) => {
+        impl tributary_broker::BatchHandler for $handler {
+            type Event = $event;
+
+            decode_with!($event, $decode);
+
+            async fn handle(
+                &self,
+                batch: &[tributary_broker::Delivery<$event>],
+            ) -> Result<(), tributary_broker::HandleError> {
+                for part in crate::lock::split(batch, 1, $class, $name) {
+                    let part: Vec<tributary_broker::Delivery<$event>> = part.into_iter().cloned().collect();
+                    crate::commit_in_span($operation, $what, part.len(), self.commit(&part)).await?;
+                }
+                Ok(())
+            }
+        }
+    };
     ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal) => {
         impl tributary_broker::BatchHandler for $handler {
             type Event = $event;

@@ -41,30 +41,37 @@ fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec
     keys
 }
 
-/// About the most groups (series, or an index's constituents together) one part of a split holds, so
-/// one transaction takes about this many locks at most. PostgreSQL keeps every session's locks in one
-/// table of `max_locks_per_transaction` (64) × `max_connections` (100) entries, and a transaction that
-/// does not fit fails with "out of shared memory" and makes the others fail too: a batch over thousands
-/// of series, in one or two transactions, failed for as long as the backlog lasted. With the pool's 8
-/// connections a processor holds at most 8 × this.
-pub const MAX_GROUPS_PER_PART: usize = 512;
+/// About the most series (so locks) one part of a split holds. PostgreSQL keeps every session's locks in
+/// one table of about `max_locks_per_transaction` (64) × `max_connections` (100) entries, and a
+/// transaction that does not fit fails with "out of shared memory" and makes the others fail too: a batch
+/// over thousands of series, in one or two transactions, failed for as long as the backlog lasted.
+pub const MAX_SERIES_PER_PART: usize = 512;
 
 /// Splits a batch into parts by series (the lock key of `(class, name)`), so each part can commit in its
 /// own transaction: a series' events share one part, and parts lock disjoint series. At most `parts`
-/// parts, unless the batch holds more than `parts` × [`MAX_GROUPS_PER_PART`] series.
+/// parts, unless the batch holds more than `parts` × [`MAX_SERIES_PER_PART`] series.
 pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T) -> &str) -> Vec<Vec<&'a T>> {
-    split_by(batch, parts, |d| key(class, name(d)))
+    split_by(batch, parts, |d| key(class, name(d)), |d| key(class, name(d)))
 }
 
-/// Splits a batch into non-empty parts by `group`: items of one group share one part. At most `parts`
-/// parts, or as many as keep about [`MAX_GROUPS_PER_PART`] groups in each. For parts that lock disjoint
-/// series, every series' items must be of one group.
-pub fn split_by<T>(batch: &[T], parts: usize, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
-    let groups = batch.iter().map(&group).collect::<std::collections::HashSet<i64>>().len();
-    let parts = parts.max(groups.div_ceil(MAX_GROUPS_PER_PART)).min(batch.len()).max(1);
+/// Splits a batch into non-empty parts by series (`series`, its lock key), keeping the items of a `group`
+/// (several series, e.g. an index's constituents) in one part while the group holds at most
+/// [`MAX_SERIES_PER_PART`] of the batch's series; a larger group is split by series. At most `parts`
+/// parts, or as many as keep about [`MAX_SERIES_PER_PART`] series in each. Items of one series share one
+/// part, so parts lock disjoint series, as long as each series is in one group.
+pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
+    use std::collections::{HashMap, HashSet};
+    let mut groups: HashMap<i64, HashSet<i64>> = HashMap::new();
+    for d in batch {
+        groups.entry(group(d)).or_default().insert(series(d));
+    }
+    let all: usize = groups.values().map(HashSet::len).sum();
+    let parts = parts.max(all.div_ceil(MAX_SERIES_PER_PART)).min(batch.len()).max(1);
     let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
     for d in batch {
-        split[(group(d) as u64 % parts as u64) as usize].push(d);
+        let g = group(d);
+        let k = if groups[&g].len() > MAX_SERIES_PER_PART { series(d) } else { g };
+        split[(k as u64 % parts as u64) as usize].push(d);
     }
     split.retain(|p| !p.is_empty());
     split
@@ -83,14 +90,33 @@ mod tests {
     fn a_split_over_many_series_keeps_each_part_near_the_lock_budget() {
         let batch: Vec<String> = (0..20_000).map(|i| format!("S{}", i % 10_000)).collect();
         let parts = super::split(&batch, 2, "price", |s| s.as_str());
-        assert_eq!(parts.len(), 10_000usize.div_ceil(super::MAX_GROUPS_PER_PART));
+        assert_eq!(parts.len(), 10_000usize.div_ceil(super::MAX_SERIES_PER_PART));
         for p in &parts {
             let series: std::collections::HashSet<&String> = p.iter().copied().collect();
-            assert!(series.len() <= super::MAX_GROUPS_PER_PART * 3 / 2, "{}", series.len());
+            assert!(series.len() <= super::MAX_SERIES_PER_PART * 3 / 2, "{}", series.len());
         }
         assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 20_000);
         // Few series: the parts asked for.
         assert_eq!(super::split(&batch[..300], 2, "price", |s| s.as_str()).len(), 2);
+    }
+
+    /// A group (an index's constituents) stays in one part while it is small; a group of more series
+    /// than a part should lock is split by series like the rest.
+    #[test]
+    fn a_group_stays_whole_until_it_holds_more_series_than_a_part_should_lock() {
+        let batch: Vec<(u32, bool)> = (0..8000).map(|i| (i % 6000, i % 6000 < 5000)).chain([(7000, false)]).collect();
+        let series = |d: &(u32, bool)| d.0 as i64;
+        let big = |d: &(u32, bool)| if d.1 { -1 } else { d.0 as i64 };
+        let parts = super::split_by(&batch, 2, series, big);
+        assert_eq!(parts.len(), 6001usize.div_ceil(super::MAX_SERIES_PER_PART));
+        for p in &parts {
+            let n = p.iter().map(|d| d.0).collect::<std::collections::HashSet<_>>().len();
+            assert!(n <= super::MAX_SERIES_PER_PART * 3 / 2, "{n} series in one part");
+        }
+        let small = |d: &(u32, bool)| if d.0 < 10 { -1 } else { d.0 as i64 };
+        let parts = super::split_by(&batch, 2, series, small);
+        let with_group = parts.iter().filter(|p| p.iter().any(|d| d.0 < 10)).count();
+        assert_eq!(with_group, 1, "the small group in one part");
     }
 
     #[test]

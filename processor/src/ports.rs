@@ -1,5 +1,5 @@
 //! Ports: `port.<unlocode>` → the latest version of each port and the per-country counts, one
-//! transaction per batch.
+//! transaction per batch (per part of about `lock::MAX_SERIES_PER_PART` ports, for a larger one).
 //!
 //! Last writer wins by stream sequence: a batch keeps the newest message per port, takes the ports'
 //! locks, reads their stored (sequence, country), upserts only the newer ones and moves the country
@@ -91,5 +91,7 @@ commits_batches!(
     PortRecord,
     |subject, headers, payload, _| PortRecord::decode(subject, headers, payload),
     "port batch",
-    "storing ports"
+    "storing ports",
+    locking "port",
+    |d: &tributary_broker::Delivery<PortRecord>| d.event.unlocode.as_str()
 );

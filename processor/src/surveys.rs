@@ -95,4 +95,12 @@ async fn store_items(
     store::advance_cursors(tx, &cursors.into_iter().collect::<Vec<_>>()).await
 }
 
-commits_batches!(SurveyHandler, SurveyRecord, SurveyRecord::decode, "survey batch", "storing survey items");
+commits_batches!(
+    SurveyHandler,
+    SurveyRecord,
+    SurveyRecord::decode,
+    "survey batch",
+    "storing survey items",
+    locking "survey",
+    |d: &tributary_broker::Delivery<SurveyRecord>| d.event.provider.as_str()
+);

@@ -35,6 +35,7 @@ use futures::StreamExt;
 use sea_orm::sqlx::PgPool;
 use series::{Point, Transforms};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 use tributary_broker::events::PricePoint;
@@ -364,27 +365,36 @@ impl BatchHandler for PriceHandler {
         let parts = if batch.len() >= SPLIT_MIN_EVENTS { self.parallelism } else { 1 };
         let split = {
             let index_of = self.index_of.lock().unwrap_or_else(|e| e.into_inner());
-            lock::split_by(batch, parts, |d| index_of.group(&d.event.instrument))
+            let series = |d: &Delivery<PricePoint>| lock::key("price", &d.event.instrument);
+            lock::split_by(batch, parts, series, |d| index_of.group(&d.event.instrument))
         };
         // At most `parallelism` parts at a time; more only when the batch spans more series than that
-        // many parts should lock (`lock::MAX_GROUPS_PER_PART`). A part is spawned when its turn comes.
+        // many parts should lock (`lock::MAX_SERIES_PER_PART`). A part is spawned when its turn comes,
+        // and not at all once another has failed (the whole batch comes again).
+        let failed = Arc::new(AtomicBool::new(false));
         let commits: Vec<_> = split
             .into_iter()
             .map(|part| {
                 let part: Vec<Delivery<PricePoint>> = part.into_iter().cloned().collect();
-                let span = crate::db_span("price batch", part.len());
-                let this = self.clone();
-                async move { tokio::spawn(async move { this.commit(&part).await }.instrument(span)).await }
+                let (this, failed) = (self.clone(), failed.clone());
+                async move {
+                    if failed.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let span = crate::db_span("price batch", part.len());
+                    Some(tokio::spawn(async move { this.commit(&part).await }.instrument(span)).await)
+                }
             })
             .collect();
         let mut outcomes = futures::stream::iter(commits).buffer_unordered(self.parallelism);
         let mut failure = None;
         while let Some(outcome) = outcomes.next().await {
             let e = match outcome {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => anyhow::Error::new(e),
-                Err(e) => anyhow::Error::new(e),
+                None | Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(e))) => anyhow::Error::new(e),
+                Some(Err(e)) => anyhow::Error::new(e),
             };
+            failed.store(true, Ordering::Relaxed);
             failure.get_or_insert(e);
         }
         failure.map_or(Ok(()), |e| Err(HandleError(e.context("storing a price batch"))))

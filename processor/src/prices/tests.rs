@@ -13,7 +13,7 @@ fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
     // S3 is in two indices: it goes with the first by name, the rest with "idx".
     assert_eq!(index_of.index["S3"], "a-first");
     let batch: Vec<String> = (0..200).map(|i| format!("S{}", i % 100)).collect();
-    let parts = lock::split_by(&batch, 2, |s| index_of.group(s));
+    let parts = lock::split_by(&batch, 2, |s| lock::key("price", s), |s| index_of.group(s));
     assert_eq!(parts.len(), 2, "the other instruments still spread over both parts");
     let with_idx: Vec<usize> = (0..parts.len())
         .filter(|&p| {

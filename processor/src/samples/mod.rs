@@ -259,9 +259,9 @@ impl BatchHandler for SampleHandler {
         let split = lock::split(batch, self.parallelism, "metric", |d| &d.event.host);
         let commits: Vec<_> = split
             .into_iter()
-            .map(|part| {
+            .map(|part| async move {
                 let span = crate::db_span("metric batch", part.len());
-                async move { self.commit(&part).await }.instrument(span)
+                self.commit(&part).instrument(span).await
             })
             .collect();
         let latest: Vec<Vec<LiveSample>> = futures::stream::iter(commits)

@@ -110,3 +110,31 @@ async fn bad_files_report_positions_keep_what_came_before_and_dead_letter_invali
     assert_eq!(truncated.publish.stored, 1);
     assert!(truncated.syntax_error.unwrap().reason.contains("truncated"));
 }
+
+/// A batch over more ports than one transaction can lock (20,000, as an import of a full UN/LOCODE list
+/// can bring) is stored in parts of about `lock::MAX_SERIES_PER_PART` ports. As one transaction it failed
+/// with "out of shared memory" on every delivery, a transient failure retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_more_ports_than_a_transaction_can_lock_is_stored() {
+    use tributary_broker::ports::{Port, PortRecord};
+    use tributary_broker::{BatchHandler, Delivery, ts::Ts};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let batch: Vec<Delivery<PortRecord>> = (0..20_000)
+        .map(|i| Delivery {
+            event: PortRecord {
+                unlocode: format!("X{i:05}"),
+                port: Port { name: format!("Port {i}"), country: Some(format!("C{}", i % 3)), ..Port::default() },
+                lon_lat: None,
+            },
+            seq: i + 1,
+            received: Ts::parse("2026-01-01").unwrap(),
+        })
+        .collect();
+    tributary_processor::ports::PortHandler::new(pool.clone()).handle(&batch).await.unwrap();
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT country, ports FROM port_countries ORDER BY country").fetch_all(&pool).await.unwrap();
+    let ports: i64 = sqlx::query_scalar("SELECT count(*) FROM ports").fetch_one(&pool).await.unwrap();
+    assert_eq!(ports, 20_000);
+    assert_eq!(counts, [("C0".into(), 6667), ("C1".into(), 6667), ("C2".into(), 6666)]);
+}

@@ -357,7 +357,7 @@ async fn only_a_large_batch_is_split_over_concurrent_transactions() {
 }
 
 /// A batch over more instruments than one transaction can lock is split into parts of about
-/// `lock::MAX_GROUPS_PER_PART` instruments, committed `parallelism` at a time. As one transaction (20,000
+/// `lock::MAX_SERIES_PER_PART` instruments, committed `parallelism` at a time. As one transaction (20,000
 /// advisory locks, past PostgreSQL's lock table of `max_locks_per_transaction` × `max_connections`) it
 /// failed with "out of shared memory" on every delivery: a transient failure, retried for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,7 +365,7 @@ async fn a_batch_over_more_instruments_than_a_transaction_can_lock_is_split_to_f
     use sea_orm::sqlx;
     use tributary_broker::events::PricePoint;
     use tributary_broker::{BatchHandler, Delivery};
-    use tributary_processor::{lock::MAX_GROUPS_PER_PART, prices::PriceHandler};
+    use tributary_processor::{lock::MAX_SERIES_PER_PART, prices::PriceHandler};
     let db = tributary_testkit::TestDb::create().await;
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
     let handler = PriceHandler::new(pool.clone(), Transforms { sma: vec![2], ema: vec![], vol: vec![] }, 100, 1);
@@ -386,7 +386,7 @@ async fn a_batch_over_more_instruments_than_a_transaction_can_lock_is_split_to_f
     let (points, transactions): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM price_points").fetch_one(&pool).await.unwrap();
     assert_eq!(points, n as i64);
-    assert_eq!(transactions, n.div_ceil(MAX_GROUPS_PER_PART) as i64);
+    assert_eq!(transactions, n.div_ceil(MAX_SERIES_PER_PART) as i64);
 }
 
 /// An index level is summed over the constituents in byte order of their names, whichever path
