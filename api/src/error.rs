@@ -113,6 +113,7 @@ fn unreachable(e: &tributary_store::sqlx::Error) -> bool {
 impl From<tributary_store::sqlx::Error> for ApiError {
     fn from(e: tributary_store::sqlx::Error) -> Self {
         if unreachable(&e) {
+            tracing::warn!(error = %e, "PostgreSQL unavailable");
             return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
         }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
@@ -128,6 +129,7 @@ impl From<sea_orm::DbErr> for ApiError {
             _ => false,
         };
         if down {
+            tracing::warn!(error = %e, "PostgreSQL unavailable");
             return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
         }
         ApiError::Internal(anyhow::Error::new(e).context("database"))

@@ -103,7 +103,8 @@ impl SeriesCache {
         if inner.series.get(series).is_some_and(|s| s.changed_at > ticket.0) {
             return;
         }
-        if inner.bytes + cost(&body) > inner.max_bytes || inner.series.len() >= MAX_SERIES {
+        let replacing = inner.series.get(series).and_then(|s| s.bodies.get(&key)).map_or(0, cost);
+        if inner.bytes - replacing + cost(&body) > inner.max_bytes || inner.series.len() >= MAX_SERIES {
             inner.restart();
         }
         inner.bytes += cost(&body);

@@ -119,7 +119,8 @@ pub struct BenchArgs {
     pub partitions: u32,
     /// Constituents of the benchmark's index: the first N instruments (at most `--instruments`), equal
     /// weights. An event on a constituent recomputes the index in its transaction.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=tributary_broker::events::IndexDefinition::MAX_CONSTITUENTS as u64))]
     pub index_size: u64,
 }
 

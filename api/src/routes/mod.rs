@@ -76,7 +76,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .layer(Extension(pages::Document(doc.into())))
         .layer(axum::middleware::from_fn_with_state(crate::auth::Auth::new(&state.config), crate::auth::check))
         .layer(axum::middleware::from_fn_with_state(deadline, within_deadline))
-        .layer(axum::middleware::from_fn(no_nul_in_url))
+        .layer(axum::middleware::from_fn(plain_url))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
             tracing::info_span!("http", otel.kind = "server", method = %req.method(), path = %req.uri().path())
         }))
@@ -146,7 +146,7 @@ async fn fallback(
 /// one (PostgreSQL text cannot), and refusing it here spares every route the check. Found by fuzzing
 /// (`scripts/fuzz-api.sh`): `?shipment=%00` was a 500. Likewise a path that is not UTF-8 once decoded
 /// (`%FF`), which axum's path extractor would answer in plain text instead of the API's JSON error.
-async fn no_nul_in_url(req: Request<Body>, next: axum::middleware::Next) -> axum::response::Response {
+async fn plain_url(req: Request<Body>, next: axum::middleware::Next) -> axum::response::Response {
     let uri = req.uri();
     let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
     if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
@@ -156,30 +156,11 @@ async fn no_nul_in_url(req: Request<Body>, next: axum::middleware::Next) -> axum
         )
         .into_response();
     }
-    if std::str::from_utf8(&percent_decoded(uri.path())).is_err() {
+    if percent_encoding::percent_decode_str(uri.path()).decode_utf8().is_err() {
         return ApiError::bad("invalid_url", "the URL's path is not UTF-8 once its %-escapes are decoded")
             .into_response();
     }
     next.run(req).await
-}
-
-/// `path` with its `%XX` escapes decoded (a `%` not followed by two hex digits kept as it is).
-fn percent_decoded(path: &str) -> Vec<u8> {
-    let (bytes, mut out, mut i) = (path.as_bytes(), Vec::with_capacity(path.len()), 0);
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Answers 503 `request_timeout` when a request has no response by the deadline. A streamed response's
