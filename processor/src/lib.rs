@@ -39,7 +39,13 @@ macro_rules! decode_with {
 /// `decode_with!`. With `locking $class, $name`, a batch over more series (`$name` of an event) than one
 /// transaction should lock is committed in parts, one after the other ([`lock::split`]).
 macro_rules! commits_batches {
-    ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal, locking $class:literal, $name:expr) => {
+    (@split $batch:ident) => {
+        Vec::new()
+    };
+    (@split $batch:ident, $class:literal, $name:expr) => {
+        crate::lock::split($batch, 1, $class, $name)
+    };
+    ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal $(, locking $class:literal, $name:expr)?) => {
         impl tributary_broker::BatchHandler for $handler {
             type Event = $event;
 
@@ -49,25 +55,16 @@ macro_rules! commits_batches {
                 &self,
                 batch: &[tributary_broker::Delivery<$event>],
             ) -> Result<(), tributary_broker::HandleError> {
-                for part in crate::lock::split(batch, 1, $class, $name) {
+                let parts: Vec<Vec<&tributary_broker::Delivery<$event>>> =
+                    commits_batches!(@split batch $(, $class, $name)?);
+                if parts.len() < 2 {
+                    return crate::commit_in_span($operation, $what, batch.len(), self.commit(batch)).await;
+                }
+                for part in parts {
                     let part: Vec<tributary_broker::Delivery<$event>> = part.into_iter().cloned().collect();
                     crate::commit_in_span($operation, $what, part.len(), self.commit(&part)).await?;
                 }
                 Ok(())
-            }
-        }
-    };
-    ($handler:ty, $event:ty, $decode:expr, $operation:literal, $what:literal) => {
-        impl tributary_broker::BatchHandler for $handler {
-            type Event = $event;
-
-            decode_with!($event, $decode);
-
-            async fn handle(
-                &self,
-                batch: &[tributary_broker::Delivery<$event>],
-            ) -> Result<(), tributary_broker::HandleError> {
-                crate::commit_in_span($operation, $what, batch.len(), self.commit(batch)).await
             }
         }
     };

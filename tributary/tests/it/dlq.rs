@@ -111,9 +111,7 @@ async fn replay_republishes_the_exact_payload_to_the_original_subject() {
 async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_the_original() {
     let app = spawn_app().await;
     let max = app.js().client().max_payload();
-    let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
-    payload.resize(max - 300, b'x');
-    payload.extend_from_slice(br#""}"#);
+    let payload = price_as_long_text(max - 298);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("X-Origin", "the test");
     let original = app
@@ -161,10 +159,7 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
 async fn a_replay_that_no_longer_fits_the_server_is_a_413_naming_the_sizes() {
     let app = spawn_app().await;
     let max = app.js().client().max_payload();
-    let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
-    payload.resize(max - 16, b'x');
-    payload.extend_from_slice(br#""}"#);
-    app.js().publish("price.EDGE", payload.into()).await.unwrap().await.unwrap();
+    app.js().publish("price.EDGE", price_as_long_text(max - 14).into()).await.unwrap().await.unwrap();
     app.settled().await;
     let letter = app.only_dead_letter().await;
     assert_eq!(letter["payload_omitted"], max - 14, "{letter:.300}");
@@ -174,4 +169,13 @@ async fn a_replay_that_no_longer_fits_the_server_is_a_413_naming_the_sizes() {
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (413, Some("exceeds_max_payload")), "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains(&format!("dead letter {seq}")) && message.contains(&max.to_string()), "{message}");
+}
+
+/// A price event of `len` bytes whose price is a string of x's: it decodes, and is refused as invalid
+/// with a reason that quotes the whole string.
+fn price_as_long_text(len: usize) -> Vec<u8> {
+    let mut payload = br#"{"ts":"2026-01-02","price":""#.to_vec();
+    payload.resize(len - 2, b'x');
+    payload.extend_from_slice(br#""}"#);
+    payload
 }
