@@ -57,8 +57,9 @@ pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T)
 /// Splits a batch into non-empty parts by series (`series`, its lock key), keeping the items of a `group`
 /// (several series, e.g. an index's constituents) in one part while the group holds at most
 /// [`MAX_SERIES_PER_PART`] of the batch's series; a larger group is split by series. At most `parts`
-/// parts, or as many as keep about [`MAX_SERIES_PER_PART`] series in each. Items of one series share one
-/// part, so parts lock disjoint series, as long as each series is in one group.
+/// parts, or as many as keep about [`MAX_SERIES_PER_PART`] series in each: groups go, largest first, to
+/// the part with the fewest series so far, so no part holds more than about twice that. Items of one
+/// series share one part, so parts lock disjoint series, as long as each series is in one group.
 pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
     use std::collections::{HashMap, HashSet};
     let mut groups: HashMap<i64, HashSet<i64>> = HashMap::new();
@@ -67,11 +68,28 @@ pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group:
     }
     let all: usize = groups.values().map(HashSet::len).sum();
     let parts = parts.max(all.div_ceil(MAX_SERIES_PER_PART)).min(batch.len()).max(1);
+    // The unit each item goes by (its group, or its series in a large group) and how many series it has.
+    let mut units: Vec<(usize, i64)> = Vec::with_capacity(groups.len());
+    for (g, members) in &groups {
+        if members.len() > MAX_SERIES_PER_PART {
+            units.extend(members.iter().map(|&s| (1, s)));
+        } else {
+            units.push((members.len(), *g));
+        }
+    }
+    units.sort_unstable_by(|a, b| b.cmp(a));
+    let mut load = vec![0usize; parts];
+    let mut part_of: HashMap<i64, usize> = HashMap::with_capacity(units.len());
+    for (n, unit) in units {
+        let p = (0..parts).min_by_key(|&p| load[p]).unwrap_or(0);
+        load[p] += n;
+        part_of.insert(unit, p);
+    }
     let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
     for d in batch {
         let g = group(d);
-        let k = if groups[&g].len() > MAX_SERIES_PER_PART { series(d) } else { g };
-        split[(k as u64 % parts as u64) as usize].push(d);
+        let unit = if groups[&g].len() > MAX_SERIES_PER_PART { series(d) } else { g };
+        split[part_of[&unit]].push(d);
     }
     split.retain(|p| !p.is_empty());
     split
@@ -112,6 +130,13 @@ mod tests {
         for p in &parts {
             let n = p.iter().map(|d| d.0).collect::<std::collections::HashSet<_>>().len();
             assert!(n <= super::MAX_SERIES_PER_PART * 3 / 2, "{n} series in one part");
+        }
+        // Twelve groups of 500 series whose keys all fall in one part by remainder: spread by load.
+        let groups = |d: &(u32, bool)| (d.0 / 500 * 12) as i64;
+        let parts = super::split_by(&batch[..6000], 2, series, groups);
+        for p in &parts {
+            let n = p.iter().map(|d| d.0).collect::<std::collections::HashSet<_>>().len();
+            assert!(n <= super::MAX_SERIES_PER_PART * 2, "{n} series in one part");
         }
         let small = |d: &(u32, bool)| if d.0 < 10 { -1 } else { d.0 as i64 };
         let parts = super::split_by(&batch, 2, series, small);
