@@ -34,8 +34,21 @@ pub async fn if_fresh(s: &AppState, p: &Params, kinds: &[Kind]) -> Result<(), Ap
 }
 
 /// Waits until the processors have committed every message that is in the streams of `kinds` now, or
-/// `deadline` passes (504).
+/// `deadline` passes (504), also while NATS is slow to answer.
 pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
+    // A moment past the deadline, so that the barrier's own 504, which names the stream behind, wins
+    // when NATS answers.
+    let silent = deadline + Duration::from_millis(250);
+    match tokio::time::timeout_at(silent.into(), barrier(s, kinds, deadline)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::Timeout(
+            "NATS did not say within the fresh timeout how far the processors have committed".into(),
+        )),
+    }
+}
+
+/// [`committed`], checking `deadline` between its polls.
+async fn barrier(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
     let unavailable = |e: async_nats::Error| ApiError::Unavailable(format!("cannot read stream state from NATS: {e}"));
     let mut targets = Vec::with_capacity(kinds.len());
     for &kind in kinds {

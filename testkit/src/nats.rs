@@ -153,6 +153,15 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP; `false`: SIGCONT): its connections stay open and nothing answers, as
+    /// a server stalled by its host does.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(c) = &self.child else { return };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill").args([signal, &c.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} nats-server");
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();

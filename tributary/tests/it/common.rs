@@ -100,6 +100,11 @@ impl TestApp {
         self.c.js.clone()
     }
 
+    /// The test's own nats-server (not for an app on a server the test holds elsewhere).
+    pub fn nats_server(&self) -> &NatsServer {
+        self._nats.as_ref().expect("the app runs on a nats-server of its own")
+    }
+
     /// Starts one more processor: it shares the unpartitioned consumers and takes its share of the
     /// partitions.
     pub fn start_processor(&mut self) {

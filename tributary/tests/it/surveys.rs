@@ -229,6 +229,12 @@ async fn the_fresh_barrier_returns_a_just_published_price_or_504s() {
     // And a fresh survey read with no aggregator running is a clear 503.
     let (s, b) = app.get("/v1/surveys?fresh=true").await;
     assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("unavailable")), "{b}");
+    // NATS frozen (connected, answering nothing): still the 504 at the fresh timeout. It was a 503 after
+    // the client's own request timeout, or the request deadline's 503 when that was shorter.
+    app.nats_server().freeze(true);
+    let (s, b) = app.get("/v1/series/price/FRESH?fresh=true").await;
+    app.nats_server().freeze(false);
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (504, Some("sync_timeout")), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
