@@ -88,6 +88,9 @@ pub struct ApiConfig {
     /// The most bytes of response bodies the price series read cache holds ([`SeriesCache`]); 0 turns
     /// it off.
     pub series_cache_bytes: usize,
+    /// How often a live WebSocket (`/v1/live/ws`) is pinged, in seconds (at least 1). A reader that has
+    /// not answered one ping by the next is taken as gone, and its stream ends.
+    pub live_ping_secs: u64,
 }
 
 /// Settings that contradict each other.
@@ -137,6 +140,7 @@ impl Default for ApiConfig {
             tls_cert_file: None,
             tls_key_file: None,
             series_cache_bytes: 32 << 20,
+            live_ping_secs: 20,
         }
     }
 }

@@ -57,7 +57,8 @@ pub async fn sse(
 #[utoipa::path(get, path = "/v1/live/ws", tag = "live", operation_id = "liveMetricsWs",
     summary = "Committed metric samples over WebSocket",
     description = "Upgrade to a WebSocket; each text message is a LiveSample (see components). Closed with code \
-        1001 when the server shuts down.",
+        1001 when the server shuts down. Pinged every api.live_ping_secs (20 s); a reader that has not answered \
+        by the next ping is taken as gone.",
     params(("host" = Option<String>, Query, description = "Only this host.")),
     responses(
         (status = 101, description = "Switching protocols"),
@@ -74,20 +75,41 @@ pub async fn ws(
     };
     let host = p.get("host").cloned();
     let (rx, closed) = (s.live.subscribe(), s.live.closed());
-    upgrade.on_upgrade(move |socket| relay(socket, rx, host, closed))
+    let ping = std::time::Duration::from_secs(s.config.live_ping_secs.max(1));
+    upgrade.on_upgrade(move |socket| relay(socket, rx, host, closed, ping))
 }
 
+/// Sends the stream's messages to `socket` until shutdown (1001) or the reader goes. A reader that has
+/// not answered a ping by the next one (every `ping`) is taken as gone: without it, a reader that
+/// vanished without closing held its task and socket until shutdown.
 async fn relay(
     mut socket: WebSocket,
     mut rx: Receiver<Arc<LiveMsg>>,
     host: Option<String>,
     closed: tokio_util::sync::CancellationToken,
+    ping: std::time::Duration,
 ) {
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = false;
     loop {
         tokio::select! {
             // Shutdown first, whatever else is ready: the reader is told why the stream ends.
             biased;
             _ = closed.cancelled() => break,
+            _ = pings.tick() => {
+                if unanswered {
+                    return;
+                }
+                unanswered = true;
+                let sent = tokio::select! {
+                    _ = closed.cancelled() => break,
+                    r = socket.send(Message::Ping(Default::default())) => r,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
             m = next(&mut rx, host.as_deref()) => {
                 let Some(m) = m else { return };
                 let text = String::from_utf8_lossy(&m.json).into_owned();
@@ -102,7 +124,8 @@ async fn relay(
             }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
+                // Anything from the reader (its pong, or any message) says it is there.
+                Some(Ok(_)) => unanswered = false,
             },
         }
     }

@@ -417,3 +417,25 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     assert_eq!(count("SELECT count(*) FROM metric_rollups WHERE width = 3600").await, 1);
     assert_eq!(sweep(366).await.unwrap(), (0, 1), "1h buckets after 365 days");
 }
+
+/// A live WebSocket whose reader stops answering is ended at the next ping (`api.live_ping_secs`): a
+/// reader that vanished without closing, on a filter that matches nothing, held its task and socket until
+/// shutdown. The reader here is raw TCP that upgrades and then never answers the pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_websocket_whose_reader_stops_answering_is_ended() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::common::spawn_app_with(|c| c.api.live_ping_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /v1/live/ws?host=nohost HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended.is_ok(), "the server still holds the stream after 20 s: {text}");
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(got.contains(&0x89), "a ping frame (0x89) came before the end: {got:?}");
+}
