@@ -114,8 +114,9 @@ pub struct DeadLetter {
     pub original_seq: Option<u64>,
     /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     pub payload: String,
-    /// The original payload's size, when the original was too large to keep in the letter: payload and
-    /// headers are left out (replay reads them from the original stream).
+    /// The original payload's size, when the original was too large to keep in the letter (payload and
+    /// headers are left out; replay reads them from the original stream), or when a listing had carried
+    /// [`LIST_PAYLOAD_BUDGET`] of payloads already (payload left out of the listing only).
     pub payload_omitted: Option<u64>,
     /// `utf8` or `base64`.
     pub payload_encoding: &'static str,
@@ -175,7 +176,11 @@ pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     h
 }
 
-/// The newest `limit` dead letters, newest first.
+/// The most payload bytes one listing carries: past it, letters come without their payload (its size in
+/// `payload_omitted`), so a page of letters as large as the server takes is not a gigabyte in memory.
+pub const LIST_PAYLOAD_BUDGET: usize = 4 << 20;
+
+/// The newest `limit` dead letters, newest first, with at most [`LIST_PAYLOAD_BUDGET`] of payloads.
 pub async fn list(
     js: &jetstream::Context,
     cfg: &StreamsConfig,
@@ -185,11 +190,17 @@ pub async fn list(
     let info = stream.info().await?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     let mut out = Vec::new();
-    let mut seq = last;
+    let (mut seq, mut budget) = (last, LIST_PAYLOAD_BUDGET);
     while seq >= first && seq > 0 && out.len() < limit {
         // A sequence may have been removed by retention; skip it.
         if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push(DeadLetter::from_stream_message(&m));
+            let mut letter = DeadLetter::from_stream_message(&m);
+            if letter.payload.len() > budget {
+                letter.payload = String::new();
+                letter.payload_omitted.get_or_insert(m.payload.len() as u64);
+            }
+            budget -= letter.payload.len();
+            out.push(letter);
         }
         seq -= 1;
     }

@@ -44,7 +44,8 @@ pub struct DeadLetter {
     /// The payload: text when it is UTF-8, else base64; empty when it was left out.
     payload: String,
     /// The original payload's size in bytes, when the original was too large to keep beside the dead
-    /// letter's headers: payload and headers are left out, and replay reads them from the original stream.
+    /// letter's headers (payload and headers are left out, and replay reads them from the original
+    /// stream), or when this listing had carried 4 MiB of payloads already (left out of the listing only).
     payload_omitted: Option<u64>,
     /// How the payload is written.
     payload_encoding: PayloadEncoding,

@@ -179,3 +179,35 @@ fn price_as_long_text(len: usize) -> Vec<u8> {
     payload.extend_from_slice(br#""}"#);
     payload
 }
+
+/// A listing carries at most `dlq::LIST_PAYLOAD_BUDGET` (4 MiB) of payloads, newest first; older letters
+/// past it come without theirs, their size in `payload_omitted`. A page of letters as large as the server
+/// takes was built whole, up to a gigabyte for `limit=1000`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_large_letters_stays_within_its_payload_budget() {
+    let app = spawn_app().await;
+    let size = 700_000;
+    for _ in 0..8 {
+        app.js().publish("price.LARGE", price_as_long_text(size).into()).await.unwrap().await.unwrap();
+    }
+    app.settled().await;
+    let (status, body) = app.get("/v1/dlq?limit=10").await;
+    assert_eq!(status, 200);
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 8);
+    let kept = tributary_broker::dlq::LIST_PAYLOAD_BUDGET / size;
+    for (i, l) in letters.iter().enumerate() {
+        let payload = l["payload"].as_str().unwrap();
+        if i < kept {
+            assert_eq!((payload.len(), &l["payload_omitted"]), (size, &serde_json::Value::Null), "letter {i}");
+        } else {
+            assert_eq!((payload.len(), l["payload_omitted"].as_u64()), (0, Some(size as u64)), "letter {i}");
+        }
+    }
+    // Replay still has the whole original.
+    let seq = letters[7]["seq"].as_u64().unwrap();
+    let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!(status, 202, "{replay}");
+    let prices = app.js().get_stream("PRICES").await.unwrap();
+    assert_eq!(prices.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap().payload.len(), size);
+}
