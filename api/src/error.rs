@@ -98,21 +98,9 @@ impl ApiError {
     }
 }
 
-/// Whether a database error says PostgreSQL cannot be reached or takes no work now (no connection within
-/// the pool's wait, a broken connection, a server shutting down or full), rather than that a statement
-/// failed.
-fn unreachable(e: &tributary_store::sqlx::Error) -> bool {
-    use tributary_store::sqlx::Error;
-    match e {
-        Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) | Error::WorkerCrashed => true,
-        Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
-        _ => false,
-    }
-}
-
 impl From<tributary_store::sqlx::Error> for ApiError {
     fn from(e: tributary_store::sqlx::Error) -> Self {
-        if unreachable(&e) {
+        if tributary_store::db::unreachable(&e) {
             tracing::warn!(error = %e, "PostgreSQL unavailable");
             return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
         }
@@ -125,7 +113,9 @@ impl From<sea_orm::DbErr> for ApiError {
         use sea_orm::{DbErr, RuntimeErr};
         let down = match &e {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => unreachable(e),
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                tributary_store::db::unreachable(e)
+            }
             _ => false,
         };
         if down {

@@ -101,17 +101,38 @@ pub(crate) async fn commit_in_span(
         .map_err(|e| tributary_broker::HandleError(anyhow::Error::new(e).context(what)))
 }
 
-/// Whether a failure is the database's for a while rather than the batch's: a lost or refused
-/// connection, a pool timeout, a serialization failure or deadlock, a server shutting down or out of
-/// resources (SQLSTATE classes 08, 40, 53, 57, 58 and `55P03` lock not available). Such failures are
-/// retried with a backoff and never dead-letter anything; any other failure is isolated to its messages.
+/// Whether a failure is the database's for a while rather than the batch's: PostgreSQL unreachable
+/// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
+/// resources or in trouble (SQLSTATE classes 40, 53, 57, 58 and `55P03` lock not available). Such
+/// failures are retried with a backoff and never dead-letter anything; any other failure is isolated to
+/// its messages.
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
     use sea_orm::sqlx::Error;
     error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
-        Some(Error::Database(d)) => d
-            .code()
-            .is_some_and(|c| ["08", "40", "53", "57", "58"].iter().any(|class| c.starts_with(class)) || c == "55P03"),
-        Some(Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed) => true,
-        _ => cause.downcast_ref::<std::io::Error>().is_some(),
+        Some(e) if tributary_store::db::unreachable(e) => true,
+        Some(Error::Database(d)) => {
+            d.code().is_some_and(|c| ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class)) || c == "55P03")
+        }
+        Some(_) => false,
+        None => cause.downcast_ref::<std::io::Error>().is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tributary_broker::HandleError;
+    use tributary_store::sqlx::Error;
+
+    fn failed(e: impl std::error::Error + Send + Sync + 'static) -> HandleError {
+        HandleError(anyhow::Error::new(e).context("storing a batch"))
+    }
+
+    #[test]
+    fn an_unreachable_database_is_transient_and_a_failed_statement_is_not() {
+        assert!(super::transient(&failed(Error::PoolTimedOut)));
+        assert!(super::transient(&failed(Error::Io(std::io::ErrorKind::ConnectionReset.into()))));
+        assert!(super::transient(&failed(std::io::Error::from(std::io::ErrorKind::BrokenPipe))));
+        assert!(!super::transient(&failed(Error::RowNotFound)));
+        assert!(!super::transient(&failed(Error::ColumnNotFound("x".into()))));
+    }
 }

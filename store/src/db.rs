@@ -32,6 +32,18 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
+/// Whether a database error says PostgreSQL cannot be reached or takes no work now (no connection within
+/// the pool's wait, a broken connection, a server shutting down or out of connections), rather than that
+/// a statement failed. The API answers these 503; the processor retries them as transient.
+pub fn unreachable(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error;
+    match e {
+        Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) | Error::WorkerCrashed => true,
+        Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
+    }
+}
+
 /// How long a pooled connection may sit idle before it is pinged when handed out again.
 pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 
