@@ -62,9 +62,10 @@ pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T)
 /// series share one part, so parts lock disjoint series, as long as each series is in one group.
 pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
     use std::collections::{HashMap, HashSet};
+    let keys: Vec<(i64, i64)> = batch.iter().map(|d| (group(d), series(d))).collect();
     let mut groups: HashMap<i64, HashSet<i64>> = HashMap::new();
-    for d in batch {
-        groups.entry(group(d)).or_default().insert(series(d));
+    for &(g, s) in &keys {
+        groups.entry(g).or_default().insert(s);
     }
     let all: usize = groups.values().map(HashSet::len).sum();
     let parts = parts.max(all.div_ceil(MAX_SERIES_PER_PART)).min(batch.len()).max(1);
@@ -86,9 +87,8 @@ pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group:
         part_of.insert(unit, p);
     }
     let mut split: Vec<Vec<&T>> = vec![Vec::new(); parts];
-    for d in batch {
-        let g = group(d);
-        let unit = if groups[&g].len() > MAX_SERIES_PER_PART { series(d) } else { g };
+    for (d, &(g, s)) in batch.iter().zip(&keys) {
+        let unit = if groups[&g].len() > MAX_SERIES_PER_PART { s } else { g };
         split[part_of[&unit]].push(d);
     }
     split.retain(|p| !p.is_empty());

@@ -57,16 +57,13 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
         )
     })?;
     // A key that is not plain text would be dropped, and the retries it was meant to make safe stored twice.
-    let msg_id = match headers.get("Idempotency-Key") {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::field(
-                "invalid_idempotency_key",
-                "Idempotency-Key",
-                "the Idempotency-Key header must be printable ASCII",
-            )
-        })?),
-    };
+    let msg_id = headers.get("Idempotency-Key").map(|v| v.to_str()).transpose().map_err(|_| {
+        ApiError::field(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            "the Idempotency-Key header must be printable ASCII",
+        )
+    })?;
     let bytes = super::body(&s, body).await?;
     let json_headers = publish::headers(None, codec::JSON);
     let now = Ts::new(chrono::Utc::now());

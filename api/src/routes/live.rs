@@ -102,24 +102,19 @@ async fn relay(
                     return;
                 }
                 unanswered = true;
-                let sent = tokio::select! {
-                    _ = closed.cancelled() => break,
-                    r = socket.send(Message::Ping(Default::default())) => r,
-                };
-                if sent.is_err() {
-                    return;
+                match send_unless_closed(&mut socket, Message::Ping(Default::default()), &closed).await {
+                    None => break,
+                    Some(Err(_)) => return,
+                    Some(Ok(())) => {}
                 }
             }
             m = next(&mut rx, host.as_deref()) => {
                 let Some(m) = m else { return };
                 let text = String::from_utf8_lossy(&m.json).into_owned();
-                // A reader that stops reading must not hold up shutdown.
-                let sent = tokio::select! {
-                    _ = closed.cancelled() => break,
-                    r = socket.send(Message::Text(text.into())) => r,
-                };
-                if sent.is_err() {
-                    return;
+                match send_unless_closed(&mut socket, Message::Text(text.into()), &closed).await {
+                    None => break,
+                    Some(Err(_)) => return,
+                    Some(Ok(())) => {}
                 }
             }
             incoming = socket.recv() => match incoming {
@@ -132,6 +127,18 @@ async fn relay(
     // Shutting down: 1001 (going away), for as long as a reader that stopped reading allows.
     let frame = CloseFrame { code: 1001, reason: "server shutting down".into() };
     let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// Sends `m`, or `None` once shutdown comes first: a reader that stops reading must not hold it up.
+async fn send_unless_closed(
+    socket: &mut WebSocket,
+    m: Message,
+    closed: &tokio_util::sync::CancellationToken,
+) -> Option<Result<(), axum::Error>> {
+    tokio::select! {
+        _ = closed.cancelled() => None,
+        r = socket.send(m) => Some(r),
+    }
 }
 
 /// How long a closing WebSocket waits to hand its close frame to a reader.
