@@ -62,6 +62,10 @@ pub fn split<'a, T>(batch: &'a [T], parts: usize, class: &str, name: impl Fn(&T)
 /// series share one part, so parts lock disjoint series, as long as each series is in one group.
 pub fn split_by<T>(batch: &[T], parts: usize, series: impl Fn(&T) -> i64, group: impl Fn(&T) -> i64) -> Vec<Vec<&T>> {
     use std::collections::{HashMap, HashSet};
+    // Too few items to span more series than one part should lock: no sets to build on the hot path.
+    if parts <= 1 && batch.len() <= MAX_SERIES_PER_PART {
+        return if batch.is_empty() { Vec::new() } else { vec![batch.iter().collect()] };
+    }
     let keys: Vec<(i64, i64)> = batch.iter().map(|d| (group(d), series(d))).collect();
     let mut groups: HashMap<i64, HashSet<i64>> = HashMap::new();
     for &(g, s) in &keys {
