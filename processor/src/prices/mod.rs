@@ -33,7 +33,7 @@ use crate::lock;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sea_orm::sqlx::PgPool;
-use series::{Point, Transforms};
+use series::Transforms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

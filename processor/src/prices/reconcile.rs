@@ -1,36 +1,92 @@
 //! Stored derived values against the configured windows.
+//!
+//! When the windows differ from the ones the stored values were computed with, every series is
+//! recomputed from scratch, in transactions of at most [`lock::MAX_SERIES_PER_PART`] series (one holding
+//! them all would not fit PostgreSQL's lock table past some thousands of series), each reading about
+//! [`CHUNK_PRICES`] points at a time (memory does not grow with the history). Each transaction records
+//! how far it got, under the `settings` lock that every step takes, so a processor stopped half-way
+//! resumes where it was, and processors starting together share the work instead of repeating it.
 
 use super::series::{Transforms, recompute};
-use super::store::{self, Writes};
+use super::store::{self, Row, Writes};
 use crate::lock;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::time::{Duration, Instant};
 use tributary_store::sqlx::{self, PgPool};
 
-/// Makes stored derived values match the configured windows: when the windows differ from the ones the
-/// values were computed with, every series is recomputed. Returns how many series were recomputed.
+/// About how many points one step of the recompute reads, over all its series.
+const CHUNK_PRICES: usize = 65_536;
+
+/// Makes stored derived values match the windows `t`. Returns how many series this call recomputed.
 pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize, sqlx::Error> {
     let names = t.names();
     let wanted = Value::from(names.clone());
-    let mut tx = lock::begin(pool, "settings", ["price_transforms"]).await?;
-    if store::stored_windows(&mut tx).await?.as_ref() == Some(&wanted) {
-        return tx.commit().await.map(|_| 0);
-    }
-    let instruments = store::instruments(&mut tx).await?;
-    // All at once, in the global order: one by one in name order would deadlock with a batch of another
-    // replica holding a series whose key sorts first.
-    lock::acquire(&mut tx, "price", instruments.iter().map(String::as_str)).await?;
-    for instrument in &instruments {
-        let mut rows = store::raw_points(&mut tx, instrument).await?;
-        let mut points: Vec<_> = rows.iter().map(|r| super::Point::raw(r.point.price)).collect();
-        recompute(t, &mut points, 0);
-        for (r, p) in rows.iter_mut().zip(points) {
-            r.point = p;
+    let (mut done, mut total, mut logged) = (0, None, Instant::now());
+    loop {
+        let mut tx = lock::begin(pool, "settings", ["price_transforms"]).await?;
+        if store::stored_windows(&mut tx).await?.as_ref() == Some(&wanted) {
+            tx.commit().await?;
+            return Ok(done);
         }
-        let mut w = Writes::new(&names);
-        w.push(instrument, rows, Vec::new());
-        store::write_batch(&mut tx, w, &[]).await?;
+        if total.is_none() {
+            total = Some(store::series_count(&mut tx).await?);
+        }
+        let after = store::progress(&mut tx, &wanted).await?;
+        let part = store::instruments_after(&mut tx, after.as_deref(), lock::MAX_SERIES_PER_PART).await?;
+        let Some(last) = part.last() else {
+            store::store_windows(&mut tx, &wanted).await?;
+            tx.commit().await?;
+            return Ok(done);
+        };
+        lock::acquire(&mut tx, "price", part.iter().map(String::as_str)).await?;
+        recompute_series(&mut tx, t, &names, &part).await?;
+        store::store_progress(&mut tx, &wanted, last).await?;
+        tx.commit().await?;
+        done += part.len();
+        if logged.elapsed() >= Duration::from_secs(5) {
+            logged = Instant::now();
+            tracing::info!(done, total, windows = ?names, "recomputing every series for new derived windows");
+        }
     }
-    store::store_windows(&mut tx, &wanted).await?;
-    tx.commit().await?;
-    Ok(instruments.len())
+}
+
+/// Recomputes `instruments` from their first points, writing as it goes; the caller holds their locks.
+async fn recompute_series(
+    tx: &mut tributary_store::Tx,
+    t: &Transforms,
+    names: &[String],
+    instruments: &[String],
+) -> Result<(), sqlx::Error> {
+    // Per series still being read: where its next chunk starts and the computed points before it.
+    let mut todo: Vec<(&str, Option<DateTime<Utc>>, Vec<Row>)> =
+        instruments.iter().map(|i| (i.as_str(), None, Vec::new())).collect();
+    while !todo.is_empty() {
+        let per = (CHUNK_PRICES / todo.len()).max(1);
+        let starts: Vec<_> = todo.iter().map(|(i, after, _)| (*i, *after)).collect();
+        let mut chunks = store::raw_points(tx, &starts, per).await?;
+        let mut writes = Writes::new(names);
+        let mut next = Vec::new();
+        for (instrument, _, window) in todo {
+            let mut chunk = chunks.remove(instrument).unwrap_or_default();
+            let full = chunk.len() >= per;
+            let mut points: Vec<_> = window.iter().chain(&chunk).map(|r| r.point.clone()).collect();
+            recompute(t, &mut points, window.len());
+            for (r, p) in chunk.iter_mut().zip(points.drain(window.len()..)) {
+                r.point = p;
+            }
+            if full {
+                // The next chunk's recompute reads the last `window` points before it.
+                let mut carried = window;
+                carried.extend_from_slice(&chunk[chunk.len().saturating_sub(t.window())..]);
+                carried.drain(..carried.len().saturating_sub(t.window()));
+                next.push((instrument, chunk.last().map(|r| r.ts), carried));
+            }
+            // Every series is written at least once, which bumps its version (fencing cached tails).
+            writes.push(instrument, chunk, Vec::new());
+        }
+        store::write_batch(tx, writes, &[]).await?;
+        todo = next;
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The price path's pure parts: the split hint and the chunked rewrite.
 
 use super::*;
+use series::Point;
 
 #[test]
 fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {

@@ -23,3 +23,4 @@ mod secrets;
 mod security;
 mod surveys;
 mod uploads;
+mod windows;

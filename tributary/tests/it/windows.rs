@@ -1,0 +1,125 @@
+//! New derived windows: the start-up recompute of every series ([`reconcile_transforms`]), against the
+//! batch computation.
+
+use sea_orm::sqlx::{self, PgPool};
+use serde_json::Value;
+use tributary_processor::prices::reconcile_transforms;
+use tributary_processor::prices::series::{Point, Transforms, recompute};
+
+/// Stores `n` series `S<i>` of 3 points each, with derived values of other windows.
+async fn seed_short(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, seq, derived)
+         SELECT 'S' || i, '2026-01-01'::timestamptz + d * interval '1 day', 1 + (i * 7 + d * 3) % 11, i * 3 + d + 1,
+                '{\"sma_2\": 0}'
+           FROM generate_series(0, $1 - 1) i, generate_series(0, 2) d",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO price_series (instrument, points, first_ts, last_ts)
+         SELECT 'S' || i, 3, '2026-01-01', '2026-01-03' FROM generate_series(0, $1 - 1) i",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Every stored series, recomputed from its prices as a batch would, equals what is stored, bit for bit.
+async fn assert_batch_equal(pool: &PgPool, t: &Transforms) {
+    let rows: Vec<(String, f64, Option<f64>, Value)> =
+        sqlx::query_as("SELECT instrument, price, ret, derived FROM price_points ORDER BY instrument, ts")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let names = t.names();
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    for series in rows.chunk_by(|a, b| a.0 == b.0) {
+        let mut points: Vec<Point> = series.iter().map(|r| Point::raw(r.1)).collect();
+        recompute(t, &mut points, 0);
+        for (k, ((instrument, _, ret, derived), want)) in series.iter().zip(&points).enumerate() {
+            let values: Vec<Option<f64>> = names.iter().map(|n| derived.get(n).and_then(Value::as_f64)).collect();
+            assert_eq!(bits(*ret), bits(want.ret), "{instrument} point {k}: ret");
+            assert_eq!(
+                values.iter().map(|v| bits(*v)).collect::<Vec<_>>(),
+                want.values.iter().map(|v| bits(*v)).collect::<Vec<_>>(),
+                "{instrument} point {k}: {derived}"
+            );
+            assert_eq!(derived.as_object().map(|o| o.len()), Some(names.len()), "{instrument}: only the new windows");
+        }
+    }
+}
+
+/// New windows recompute every series exactly as the batch computation would: 20,000 series (more than
+/// one transaction can lock: PostgreSQL's lock table holds `max_locks_per_transaction` ×
+/// `max_connections` locks for all sessions together) and one of 70,000 points (longer than one chunk
+/// reads). As one transaction locking every series it failed with "out of shared memory", and so did
+/// the processor's every start; it also read each series whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_windows_recompute_every_series_in_parts_as_the_batch_computation_would() {
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = PgPool::connect(db.url()).await.unwrap();
+    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 0, "no series yet");
+    seed_short(&pool, 20_000).await;
+    sqlx::raw_sql(
+        "INSERT INTO price_points (instrument, ts, price, seq, derived)
+         SELECT 'LONG', '2000-01-01'::timestamptz + d * interval '1 hour', 100 + (d % 97) * 0.37 - (d % 13), d + 1, '{}'
+           FROM generate_series(0, 69999) d;
+         INSERT INTO price_series (instrument, points, first_ts, last_ts)
+         SELECT 'LONG', count(*), min(ts), max(ts) FROM price_points WHERE instrument = 'LONG'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM price_series ORDER BY instrument").fetch_all(&pool).await.unwrap();
+
+    let new = Transforms { sma: vec![3, 200], ema: vec![5], vol: vec![4] };
+    assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 20_001);
+    assert_batch_equal(&pool, &new).await;
+    let bumped: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM price_series ORDER BY instrument").fetch_all(&pool).await.unwrap();
+    assert!(
+        versions.iter().zip(&bumped).all(|(before, after)| after > before),
+        "every series' version moved, so no cached tail of the old values is trusted"
+    );
+    assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 0, "done once");
+}
+
+/// A recompute stopped half-way resumes after the last series it finished (in the table's order), and
+/// only for the same windows: progress recorded for other windows counts for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = PgPool::connect(db.url()).await.unwrap();
+    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    reconcile_transforms(&pool, &old).await.unwrap();
+    seed_short(&pool, 5).await; // S0 … S4
+    let new = Transforms { sma: vec![3], ema: vec![], vol: vec![] };
+    let progress = |windows: &Transforms, through: &str| {
+        let (pool, names, through) = (pool.clone(), Value::from(windows.names()), through.to_owned());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            tributary_store::prices::store_progress(&mut tx, &names, &through).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+
+    progress(&new, "S2").await;
+    assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 2, "S3 and S4");
+    let recomputed: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT instrument FROM price_points WHERE derived ? 'sma_3' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recomputed, ["S3", "S4"]);
+
+    let newer = Transforms { sma: vec![4], ema: vec![], vol: vec![] };
+    progress(&new, "S3").await;
+    assert_eq!(reconcile_transforms(&pool, &newer).await.unwrap(), 5, "another windows' progress is ignored");
+    assert_batch_equal(&pool, &newer).await;
+}
