@@ -2,16 +2,29 @@
 //! `[{"id", "text", "device", "location", "created_at"}]` in ascending id.
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// One exported item: its id (for the cursor) and the JSON published for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    /// The provider's id.
-    pub id: i64,
+    /// The provider's id; `None` for an item without a whole-number id, which is published all the same
+    /// (the processor dead-letters it, with its reason) and moves no cursor.
+    pub id: Option<i64>,
     /// `{"id", "text", "device", "location", "created_at"}` as the provider gave them (other fields are
-    /// left out; the processor validates the rest and dead-letters what does not fit).
+    /// left out; the processor validates the rest and dead-letters what does not fit); an item that is
+    /// not a JSON object, as given.
     pub json: Bytes,
+}
+
+impl Item {
+    /// The item's `Nats-Msg-Id`: by provider and id, or for an item without one by its content, so that
+    /// JetStream stores each once however often it is pulled (within the stream's duplicate window).
+    pub fn msg_id(&self, provider: &str) -> String {
+        match self.id {
+            Some(id) => format!("survey:{provider}:{id}"),
+            None => format!("survey:{provider}:content:{:016x}", tributary_broker::hash::fnv1a(&[&self.json])),
+        }
+    }
 }
 
 /// Why a page could not be had.
@@ -23,7 +36,7 @@ pub enum PullError {
     /// The provider answered with an error status.
     #[error("HTTP {0}: {1}")]
     Status(u16, String),
-    /// The answer was not a list of items with integer ids.
+    /// The answer was not a JSON list.
     #[error("bad response: {0}")]
     BadResponse(String),
     /// JetStream did not store what was pulled.
@@ -79,25 +92,34 @@ impl ProviderClient {
     }
 }
 
-/// The items of a page with an id above `after_id`, ascending by id.
+/// The items of a page with an id above `after_id`, ascending by id, then those without a whole-number
+/// id (JSON's integers, also written with a zero fraction, as the processor reads them): one bad item
+/// must not hold up the provider's others, page after page.
 pub fn parse(body: &[u8], after_id: i64) -> Result<Vec<Item>, PullError> {
-    let list: Vec<Map<String, Value>> =
+    let list: Vec<Value> =
         serde_json::from_slice(body).map_err(|e| PullError::BadResponse(format!("expected a list of items: {e}")))?;
     let mut items = Vec::with_capacity(list.len());
-    for mut obj in list {
-        let id = obj.get("id").and_then(Value::as_i64).ok_or_else(|| {
-            PullError::BadResponse(format!("an item without an integer id: {}", Value::Object(obj.clone())))
-        })?;
-        if id <= after_id {
+    for item in list {
+        let Value::Object(mut obj) = item else {
+            items.push(Item { id: None, json: serde_json::to_vec(&item).unwrap_or_default().into() });
+            continue;
+        };
+        let id = obj.get("id").and_then(whole);
+        if id.is_some_and(|id| id <= after_id) {
             continue;
         }
         obj.retain(|k, _| matches!(k.as_str(), "id" | "text" | "device" | "location" | "created_at"));
         let json = serde_json::to_vec(&obj).map_err(|e| PullError::BadResponse(e.to_string()))?;
         items.push(Item { id, json: json.into() });
     }
-    items.sort_by_key(|i| i.id);
-    items.dedup_by_key(|i| i.id);
+    items.sort_by_key(|i| (i.id.is_none(), i.id));
+    items.dedup_by(|a, b| a.id.is_some() && a.id == b.id);
     Ok(items)
+}
+
+/// A JSON number that is a whole `i64` (`3` or `3.0`).
+fn whole(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18).map(|f| f as i64))
 }
 
 #[cfg(test)]
@@ -109,10 +131,23 @@ mod tests {
         let body = br#"[{"id":5,"text":"b","device":"d","location":"l","created_at":"2026-01-01T00:00:00Z","extra":1},
                         {"id":2,"text":"a"},{"id":7,"text":"c"},{"id":5,"text":"b"}]"#;
         let items = parse(body, 2).unwrap();
-        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![5, 7]);
+        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![Some(5), Some(7)]);
         let v: Value = serde_json::from_slice(&items[0].json).unwrap();
         assert!(v.get("extra").is_none() && v["device"] == "d");
         assert!(matches!(parse(b"{}", 0), Err(PullError::BadResponse(_))));
-        assert!(matches!(parse(br#"[{"id":"x"}]"#, 0), Err(PullError::BadResponse(_))));
+    }
+
+    #[test]
+    fn items_without_a_whole_number_id_come_last_and_are_kept() {
+        let body = br#"[{"id":"x","text":"a"},{"id":4.0,"text":"b"},7,{"id":2.5},{"text":"c"},{"id":3}]"#;
+        let items = parse(body, 0).unwrap();
+        assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), [Some(3), Some(4), None, None, None, None]);
+        let json: Vec<&[u8]> = items[2..].iter().map(|i| &i.json[..]).collect();
+        assert_eq!(json, [&br#"{"id":"x","text":"a"}"#[..], b"7", br#"{"id":2.5}"#, br#"{"text":"c"}"#]);
+        // Each kept once, under an id of its own that does not change from pull to pull.
+        let ids: std::collections::BTreeSet<String> = items.iter().map(|i| i.msg_id("p")).collect();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(parse(body, 0).unwrap()[3].msg_id("p"), items[3].msg_id("p"));
+        assert_eq!(items[0].msg_id("p"), "survey:p:3");
     }
 }

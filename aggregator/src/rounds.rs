@@ -193,9 +193,8 @@ impl Rounds {
             let mut publisher = Publisher::new(self.js.clone(), 1024);
             loop {
                 let page = p.client.page(p.cursor.load(Ordering::Relaxed), self.cfg.page_size).await?;
-                let Some(last) = page.last().map(|i| i.id) else { break };
                 for item in &page {
-                    let id = format!("survey:{}:{}", p.name, item.id);
+                    let id = item.msg_id(&p.name);
                     publisher
                         .publish_raw(subject.clone(), publish::headers(Some(&id), codec::JSON), item.json.clone())
                         .await;
@@ -204,8 +203,10 @@ impl Rounds {
                 if let Some((_, why)) = publisher.take_failed().into_iter().next() {
                     return Err(PullError::Publish(why));
                 }
-                p.cursor.fetch_max(last, Ordering::Relaxed);
                 items += page.len() as u64;
+                // Items without an id come last and move no cursor: a page of nothing else is the end.
+                let Some(last) = page.iter().filter_map(|i| i.id).max() else { break };
+                p.cursor.fetch_max(last, Ordering::Relaxed);
                 if page.len() < self.cfg.page_size as usize {
                     break;
                 }

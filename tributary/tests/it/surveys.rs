@@ -55,10 +55,16 @@ impl Sim {
 }
 
 async fn with_aggregator(app: &TestApp, sims: &[(&str, &Sim)], timeout_ms: u64) -> CancellationToken {
+    let providers: Vec<(&str, String)> = sims.iter().map(|(name, sim)| (*name, sim.url())).collect();
+    with_aggregator_at(app, &providers, timeout_ms).await
+}
+
+/// An aggregator pulling from the providers at these addresses, by name.
+async fn with_aggregator_at(app: &TestApp, providers: &[(&str, String)], timeout_ms: u64) -> CancellationToken {
     let mut cfg =
         AggregatorConfig { interval_secs: 0, provider_timeout_ms: timeout_ms, page_size: 7, ..Default::default() };
-    for (name, sim) in sims {
-        cfg.providers.insert((*name).into(), sim.url());
+    for (name, url) in providers {
+        cfg.providers.insert((*name).into(), url.clone());
     }
     let stop = CancellationToken::new();
     let (js, pool, s) = (app.js(), app.c.db.get_postgres_connection_pool().clone(), stop.clone());
@@ -182,6 +188,53 @@ async fn a_provider_down_or_slow_is_reported_and_never_blocks_the_other() {
     assert!(started.elapsed() < Duration::from_secs(5), "the slow provider held the read up");
     assert_eq!(statuses(&b)[1], ("red".into(), "timeout".into()), "{b}");
     assert!(keys(&b).contains(&("blue".into(), 3)));
+}
+
+/// An item without a whole-number id is dead-lettered once, with its reason, and the provider's other
+/// items flow as before. It failed the provider's whole page, so its pull, round after round: nothing of
+/// that provider came in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_flow() {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let app = spawn_app().await;
+    // A provider holding the items 1 to `held`, and one whose id is text, which it answers on every page.
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(2));
+    let router = axum::Router::new().route(
+        "/api/v1/reporter",
+        axum::routing::get({
+            let held = held.clone();
+            move |q: Query<HashMap<String, String>>| async move {
+                let after: i64 = q.get("after_id").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let last = held.load(std::sync::atomic::Ordering::Relaxed);
+                let mut page: Vec<Value> = (after + 1..=last)
+                    .map(|id| json!({"id": id, "text": format!("good {id}"), "device": "ios", "location": "north"}))
+                    .collect();
+                page.push(json!({"id": "x-1", "text": "bad", "device": "ios", "location": "north"}));
+                axum::Json(page)
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let _agg = with_aggregator_at(&app, &[("odd", url)], 2000).await;
+
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), [("odd".to_owned(), "ok".to_owned())], "{b}");
+    assert_eq!(keys(&b), [("odd".to_owned(), 2), ("odd".to_owned(), 1)], "{b}");
+    held.store(3, std::sync::atomic::Ordering::Relaxed);
+    let (_, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(keys(&b).len(), 3, "the next item came in: {b}");
+
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "dead-lettered once, though pulled twice: {body}");
+    assert_eq!(letters[0]["subject"], "survey.odd");
+    assert!(letters[0]["payload"].as_str().unwrap().contains("x-1"), "{body}");
+    assert!(letters[0]["reason"].as_str().unwrap().contains("id"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
