@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`error`]: the one error type; every error is `{"error": {"code", "message", "field"?}}`.
 //! - [`auth`]: bearer tokens for writes (and, if asked, reads), compared in constant time.
-//! - [`tls`]: HTTPS with rustls, as a listener `axum::serve` accepts.
+//! - [`tls`]: HTTPS with rustls, as a listener (`axum::serve::Listener`).
+//! - `server`: the connection loop (HTTP/1.1, graceful shutdown, a deadline for request headers).
 //! - `routes/`: one module per resource: `series`, `samples` (server samples), `live`, `indices`, `ports`, `fleet`, `surveys`,
 //!   `uploads`, `events`, `dlq`, `health`.
 //! - [`uploads`]: streamed uploads and their progress (importer and processors).
@@ -23,6 +24,7 @@ mod openapi;
 mod params;
 mod routes;
 pub mod series_cache;
+mod server;
 mod sync;
 pub mod tls;
 pub mod uploads;
@@ -91,6 +93,9 @@ pub struct ApiConfig {
     /// How often a live WebSocket (`/v1/live/ws`) is pinged, in seconds (at least 1). A reader that has
     /// not answered one ping by the next is taken as gone, and its stream ends.
     pub live_ping_secs: u64,
+    /// How long a connection may take to send a request's headers, from when it opens and after each
+    /// response, in milliseconds (at least 1); then it is closed.
+    pub header_timeout_ms: u64,
 }
 
 /// Settings that contradict each other.
@@ -141,6 +146,7 @@ impl Default for ApiConfig {
             tls_key_file: None,
             series_cache_bytes: 32 << 20,
             live_ping_secs: 20,
+            header_timeout_ms: 30_000,
         }
     }
 }
@@ -219,11 +225,13 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         live.close();
         uploads.close();
     };
+    let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
     match tls {
         Some(config) => {
             let listener = tls::TlsListener::new(listener, config)?;
-            axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await
+            server::serve(listener, router(state), header_timeout, stopping).await
         }
-        None => axum::serve(listener, router(state)).with_graceful_shutdown(stopping).await,
+        None => server::serve(listener, router(state), header_timeout, stopping).await,
     }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! HTTPS: the API served over TLS (rustls) when `api.tls_cert_file` and `api.tls_key_file` are set.
 //!
-//! [`TlsListener`] is an [`axum::serve::Listener`]: `axum::serve` and its graceful shutdown work
-//! unchanged. Handshakes run in their own tasks, each under a time limit, so a slow or silent client
+//! [`TlsListener`] is an [`axum::serve::Listener`], which the API's connection loop (`server`) takes
+//! as it takes a TCP listener. Handshakes run in their own tasks, each under a time limit, so a slow or silent client
 //! never holds up the others; a client that does not speak TLS (plain HTTP to the HTTPS port) fails its
 //! handshake and is disconnected.
 

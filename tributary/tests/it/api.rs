@@ -190,3 +190,32 @@ async fn a_request_past_its_deadline_is_a_json_503_and_streams_are_not_cut() {
     let next = tokio::time::timeout(std::time::Duration::from_millis(900), live.chunk()).await;
     assert!(next.is_err() || next.as_ref().is_ok_and(|c| c.as_ref().is_ok_and(|c| c.is_some())), "{next:?}");
 }
+
+/// A connection that has not sent a request's headers within `api.header_timeout_ms` is closed: one that
+/// sends nothing, one that stops half-way through its headers, and one idle after its response. (Under
+/// `axum::serve` no header timer ran: each held its connection and task for as long as the client liked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_send_its_headers_in_time_is_closed() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::common::spawn_app_with(|c| c.api.header_timeout_ms = 300).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let closed = |sent: String| {
+        let addr = addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(sent.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+            (ended.is_ok(), String::from_utf8_lossy(&got).into_owned())
+        }
+    };
+    let (ended, text) = closed(String::new()).await;
+    assert!(ended, "a silent connection is still open after 10 s: {text}");
+    let (ended, text) = closed(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n")).await;
+    assert!(ended && !text.contains("200"), "half its headers: still open after 10 s, or answered: {text}");
+    let (ended, text) = closed(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await;
+    assert!(ended && text.starts_with("HTTP/1.1 200"), "idle after its response: {text}");
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200, "the server serves on");
+}
