@@ -356,16 +356,8 @@ pub async fn stored_windows(tx: &mut Tx) -> Result<Option<Value>, sqlx::Error> {
 /// Records the names of the windows the stored derived values are computed with, ending any recompute
 /// under way ([`store_progress`]).
 pub async fn store_windows(tx: &mut Tx, names: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH done AS (DELETE FROM settings WHERE key = $3)
-         INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-    )
-    .bind(TRANSFORMS_KEY)
-    .bind(names)
-    .bind(PROGRESS_KEY)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    sqlx::query("DELETE FROM settings WHERE key = $1").bind(PROGRESS_KEY).execute(&mut **tx).await?;
+    set(tx, TRANSFORMS_KEY, names).await
 }
 
 /// The last series done by a recompute for the windows `names` under way, if there is one for them.
@@ -380,13 +372,16 @@ pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx
 
 /// Records that a recompute for the windows `names` has done every series up to `through`.
 pub async fn store_progress(tx: &mut Tx, names: &Value, through: &str) -> Result<(), sqlx::Error> {
+    set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
+}
+
+/// Sets the `settings` row `key`.
+async fn set(tx: &mut Tx, key: &str, value: &Value) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ($1, jsonb_build_object('windows', $2::jsonb, 'through', $3::text))
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     )
-    .bind(PROGRESS_KEY)
-    .bind(names)
-    .bind(through)
+    .bind(key)
+    .bind(value)
     .execute(&mut **tx)
     .await?;
     Ok(())
