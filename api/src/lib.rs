@@ -93,6 +93,10 @@ pub struct ApiConfig {
     /// How often a live WebSocket (`/v1/live/ws`) is pinged, in seconds (at least 1). A reader that has
     /// not answered one ping by the next is taken as gone, and its stream ends.
     pub live_ping_secs: u64,
+    /// How often the series cache checks that its PostgreSQL listener still hears commits, in
+    /// milliseconds (at least 1; see [`SeriesCache`]): a body it serves is at most about two of these
+    /// older than a commit whose notification a silently lost connection missed.
+    pub series_cache_heartbeat_ms: u64,
     /// How long a connection may take to send a request's headers, from when it opens and after each
     /// response, in milliseconds (at least 1); then it is closed.
     pub header_timeout_ms: u64,
@@ -147,6 +151,7 @@ impl Default for ApiConfig {
             series_cache_bytes: 32 << 20,
             live_ping_secs: 20,
             header_timeout_ms: 30_000,
+            series_cache_heartbeat_ms: 5_000,
         }
     }
 }
@@ -217,7 +222,8 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
     state.uploads.relay(&state.nats).await.map_err(std::io::Error::other)?;
     if state.config.series_cache_bytes > 0 {
         let pool = state.db.get_postgres_connection_pool().clone();
-        tokio::spawn(state.series_cache.clone().listen(pool, shutdown.clone()));
+        let heartbeat = Duration::from_millis(state.config.series_cache_heartbeat_ms.max(1));
+        tokio::spawn(state.series_cache.clone().listen(pool, heartbeat, shutdown.clone()));
     }
     let (live, uploads) = (state.live.clone(), state.uploads.clone());
     let stopping = async move {

@@ -8,7 +8,11 @@
 //! [`Ticket`] remembers when), so the cache never holds a body older than a commit it has heard of.
 //!
 //! - While the listener is not connected, nothing is served from or put into the cache; a lost
-//!   connection (notifications may have been missed meanwhile) empties it.
+//!   connection (notifications may have been missed meanwhile) empties it. A connection can also be
+//!   lost silently (a NAT or firewall that forgot it: no error, nothing more heard), so every
+//!   `api.series_cache_heartbeat_ms` the listener notifies itself ([`notify::heartbeat`]); if it has
+//!   heard nothing at all by the next one, it takes its connection as lost. A cached body is so at most
+//!   about two heartbeats older than a commit it missed.
 //! - Between a commit and the arrival of its notification (well under a millisecond on one host) a
 //!   read may still get the body from before it: the same answer a read that started a moment earlier
 //!   would have had. A read that must see a commit asks `?fresh=true`, which bypasses the cache.
@@ -20,9 +24,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx::PgPool;
 use sea_orm::sqlx::postgres::PgListener;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tributary_store::notify;
 pub use tributary_store::notify::{ALL_SERIES, PRICE_SERIES_CHANNEL};
 
 /// What a body depends on besides its series: `from`, `to` and `limit`.
@@ -137,8 +143,8 @@ impl SeriesCache {
     }
 
     /// Listens for commits until `stop`, reconnecting after a lost connection (the cache is unused
-    /// until it is back).
-    pub async fn listen(self, pool: PgPool, stop: CancellationToken) {
+    /// until it is back); checks the connection every `heartbeat`.
+    pub async fn listen(self, pool: PgPool, heartbeat: Duration, stop: CancellationToken) {
         let run = async {
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
@@ -155,18 +161,50 @@ impl SeriesCache {
                     continue;
                 }
                 self.set_live(true);
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) => n.payload().split('\n').for_each(|s| self.changed(s)),
-                        // The connection was lost and made again: notifications may have been missed.
-                        Ok(None) => self.set_live(true),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "series cache: listener failed; reconnecting");
-                            self.set_live(false);
-                            break;
+                let heard = AtomicU64::new(0);
+                let receive = async {
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(n)) => {
+                                heard.fetch_add(1, Ordering::Relaxed);
+                                if n.payload() != notify::HEARTBEAT {
+                                    n.payload().split('\n').for_each(|s| self.changed(s));
+                                }
+                            }
+                            // The connection was lost and made again: notifications may have been missed.
+                            Ok(None) => self.set_live(true),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "series cache: listener failed; reconnecting");
+                                return;
+                            }
                         }
                     }
+                };
+                let check = async {
+                    // What had been heard when the last heartbeat was sent, if it was.
+                    let mut sent: Option<u64> = None;
+                    loop {
+                        tokio::time::sleep(heartbeat).await;
+                        if sent.is_some_and(|before| heard.load(Ordering::Relaxed) == before) {
+                            tracing::warn!(
+                                ?heartbeat,
+                                "series cache: its listener heard nothing, not even its own heartbeat; reconnecting"
+                            );
+                            return;
+                        }
+                        let before = heard.load(Ordering::Relaxed);
+                        sent = match tokio::time::timeout(heartbeat, notify::heartbeat(&pool)).await {
+                            Ok(Ok(())) => Some(before),
+                            // PostgreSQL unreachable: nothing commits either, so nothing can be missed.
+                            _ => None,
+                        };
+                    }
+                };
+                tokio::select! {
+                    () = receive => {}
+                    () = check => {}
                 }
+                self.set_live(false);
             }
         };
         tokio::select! {

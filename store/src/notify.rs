@@ -8,6 +8,20 @@ pub const PRICE_SERIES_CHANNEL: &str = "tributary_price_series";
 /// Named instead of the series when every series may have changed (not a valid series key).
 pub const ALL_SERIES: &str = "*";
 
+/// What a listener sends itself on [`PRICE_SERIES_CHANNEL`] ([`heartbeat`]) to learn that its connection
+/// still hears (not a valid series key: series keys hold no space).
+pub const HEARTBEAT: &str = "heartbeat, not a series";
+
+/// Notifies [`HEARTBEAT`] on [`PRICE_SERIES_CHANNEL`].
+pub async fn heartbeat(pool: &sea_orm::sqlx::PgPool) -> Result<(), sea_orm::sqlx::Error> {
+    sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(PRICE_SERIES_CHANNEL)
+        .bind(HEARTBEAT)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 /// PostgreSQL refuses a payload of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7900;
 

@@ -9,6 +9,7 @@
 //! - [`PgCluster`]: a private PostgreSQL cluster (`initdb`, `pg_ctl`) on a free port, to stop and start
 //!   under a running pipeline.
 //! - [`OtlpReceiver`]: an OTLP/HTTP trace receiver collecting spans in memory.
+//! - [`TcpProxy`]: a TCP proxy whose connections can be cut silently (no FIN, no RST).
 //! - [`Browser`]: headless Chromium over the DevTools Protocol (evaluate JavaScript, screenshots).
 //! - [`eventually`]: waits for a condition with a deadline, instead of sleeping.
 
@@ -17,12 +18,14 @@ mod db;
 mod nats;
 mod otlp;
 mod postgres;
+mod proxy;
 
 pub use browser::{Browser, chromium_bin};
 pub use db::TestDb;
 pub use nats::{NatsCluster, NatsServer};
 pub use otlp::{OtlpReceiver, SpanRecord};
 pub use postgres::PgCluster;
+pub use proxy::TcpProxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -219,3 +219,42 @@ async fn a_connection_that_does_not_send_its_headers_in_time_is_closed() {
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200, "the server serves on");
 }
+
+/// The series read cache finds out when its commit listener's connection is lost silently (a NAT or a
+/// firewall that forgot it: no error, nothing more heard), by its heartbeat, and reads then show the
+/// commit it missed. (Without the heartbeat it served the body from before that commit for as long as
+/// the connection stayed silent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_lost_cache_listener_is_found_and_reads_follow_commits() {
+    use std::time::Duration;
+    let mut proxy = None;
+    let app = crate::common::spawn_app_with(|c| {
+        c.api.series_cache_heartbeat_ms = 200;
+        // Every connection to PostgreSQL goes through a proxy that can cut one off silently.
+        let (user, rest) = c.database.url.split_once('@').unwrap();
+        let (server, database) = rest.split_once('/').unwrap();
+        let p = tributary_testkit::TcpProxy::start(server);
+        c.database.url = format!("{user}@{}/{database}", p.addr());
+        proxy = Some(p);
+    })
+    .await;
+    let proxy = proxy.unwrap();
+    let points = |body: &Value| body["points"].as_array().map_or(0, Vec::len);
+    app.publish_plain("price.SILENT", r#"{"ts":"2026-01-01","price":10}"#).await;
+    app.settled().await;
+    let (_, first) = app.get("/v1/series/price/SILENT").await;
+    assert_eq!(points(&first), 1, "{first}");
+
+    let pool = app.c.db.get_postgres_connection_pool();
+    let port: i32 = sea_orm::sqlx::query_scalar(
+        "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(proxy.silence(port as u16), "the listener's connection goes through the proxy");
+    app.publish_plain("price.SILENT", r#"{"ts":"2026-01-02","price":11}"#).await;
+    app.settled().await;
+    let missed = "a read with the commit the listener missed";
+    app.get_until("/v1/series/price/SILENT", Duration::from_secs(10), missed, |b| points(b) == 2).await;
+}

@@ -174,6 +174,19 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs `path` until its body passes `done`, for at most `within` (else fails the test, naming
+    /// `what`); that body.
+    pub async fn get_until(&self, path: &str, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        tributary_testkit::eventually(within, what, || {
+            let done = &done;
+            async move {
+                let (_, body) = self.get(path).await;
+                done(&body).then_some(body)
+            }
+        })
+        .await
+    }
+
     /// The one dead letter the API lists; fails the test if there is none or more than one.
     pub async fn only_dead_letter(&self) -> Value {
         let (status, body) = self.get("/v1/dlq?limit=100").await;

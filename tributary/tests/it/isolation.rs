@@ -48,11 +48,9 @@ async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixe
     sqlx::query("DROP TRIGGER refuse ON price_points").execute(pool).await.unwrap();
     let (s, body) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
     assert!(s.is_success(), "{body}");
-    eventually(Duration::from_secs(30), "the replayed price to be stored", || async {
-        let (_, body) = app.get("/v1/series/price/POISON").await;
-        (body["points"].as_array().map_or(0, Vec::len) == 1).then_some(())
-    })
-    .await;
+    let points = |body: &serde_json::Value| body["points"].as_array().map_or(0, Vec::len);
+    let replayed = "the replayed price to be stored";
+    app.get_until("/v1/series/price/POISON", Duration::from_secs(30), replayed, |b| points(b) == 1).await;
 }
 
 /// A correction of the first point of a long series rewrites the points up to where its effect dies

@@ -285,11 +285,11 @@ async fn cached_series_reads_follow_every_commit() {
     app.publish_plain("price.CACHE", r#"{"ts":"2026-01-02","price":11}"#).await;
     let (_, fresh) = app.get("/v1/series/price/CACHE?fresh=true").await;
     assert_eq!(points(&fresh), 2, "a fresh read sees the commit at once: {fresh}");
-    let seen = tributary_testkit::eventually(Duration::from_secs(30), "the cached body to be dropped", || async {
-        let (_, b) = app.get("/v1/series/price/CACHE").await;
-        (points(&b) == 2).then_some(b)
-    })
-    .await;
+    let seen = app
+        .get_until("/v1/series/price/CACHE", Duration::from_secs(30), "the cached body to be dropped", |b| {
+            points(b) == 2
+        })
+        .await;
     assert!(close(&seen["points"][1]["ret"], 0.1), "{seen}");
 
     // Cut the cache's listener off: it connects again (emptying the cache, as it may have missed
@@ -305,11 +305,8 @@ async fn cached_series_reads_follow_every_commit() {
     assert!(!cut.is_empty(), "the API listens for commits");
     app.publish_plain("price.CACHE", r#"{"ts":"2026-01-03","price":12.1}"#).await;
     app.settled().await;
-    tributary_testkit::eventually(Duration::from_secs(30), "the third point after the reconnect", || async {
-        let (_, b) = app.get("/v1/series/price/CACHE").await;
-        (points(&b) == 3).then_some(())
-    })
-    .await;
+    let third = "the third point after the reconnect";
+    app.get_until("/v1/series/price/CACHE", Duration::from_secs(30), third, |b| points(b) == 3).await;
 }
 
 /// A small batch is one transaction (a split would double its round trips and commits); from
