@@ -169,18 +169,30 @@ impl Rounds {
         .await
     }
 
-    /// Takes the stored cursors where they are ahead (after a restart, or another replica's pulls).
+    /// Takes the stored cursors where they are ahead (after a restart, or another replica's pulls),
+    /// waiting at most a provider's deadline: PostgreSQL stalled must not stall the round (every later
+    /// request joins the round in flight).
     async fn resume_cursors(&self) {
-        match tributary_store::surveys::cursors(&self.db).await {
-            Ok(rows) => {
-                let rows: HashMap<String, i64> = rows.into_iter().map(|r| (r.provider, r.cursor)).collect();
-                for p in &self.providers {
-                    if let Some(c) = rows.get(&p.name) {
-                        p.cursor.fetch_max(*c, Ordering::Relaxed);
-                    }
-                }
+        let deadline = Duration::from_millis(self.cfg.provider_timeout_ms);
+        let rows = match tokio::time::timeout(deadline, tributary_store::surveys::cursors(&self.db)).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read stored cursors; pulling from the ones in memory");
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read stored cursors; pulling from the ones in memory"),
+            Err(_) => {
+                tracing::warn!(
+                    ?deadline,
+                    "no stored cursors within a provider's deadline; pulling from the ones in memory"
+                );
+                return;
+            }
+        };
+        let rows: HashMap<String, i64> = rows.into_iter().map(|r| (r.provider, r.cursor)).collect();
+        for p in &self.providers {
+            if let Some(c) = rows.get(&p.name) {
+                p.cursor.fetch_max(*c, Ordering::Relaxed);
+            }
         }
     }
 

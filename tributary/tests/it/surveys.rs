@@ -56,18 +56,23 @@ impl Sim {
 
 async fn with_aggregator(app: &TestApp, sims: &[(&str, &Sim)], timeout_ms: u64) -> CancellationToken {
     let providers: Vec<(&str, String)> = sims.iter().map(|(name, sim)| (*name, sim.url())).collect();
-    with_aggregator_at(app, &providers, timeout_ms).await
+    with_aggregator_at(app, &providers, timeout_ms, app.c.db.get_postgres_connection_pool().clone()).await
 }
 
-/// An aggregator pulling from the providers at these addresses, by name.
-async fn with_aggregator_at(app: &TestApp, providers: &[(&str, String)], timeout_ms: u64) -> CancellationToken {
+/// An aggregator pulling from the providers at these addresses, by name, reading its cursors on `pool`.
+async fn with_aggregator_at(
+    app: &TestApp,
+    providers: &[(&str, String)],
+    timeout_ms: u64,
+    pool: sea_orm::sqlx::PgPool,
+) -> CancellationToken {
     let mut cfg =
         AggregatorConfig { interval_secs: 0, provider_timeout_ms: timeout_ms, page_size: 7, ..Default::default() };
     for (name, url) in providers {
         cfg.providers.insert((*name).into(), url.clone());
     }
     let stop = CancellationToken::new();
-    let (js, pool, s) = (app.js(), app.c.db.get_postgres_connection_pool().clone(), stop.clone());
+    let (js, s) = (app.js(), stop.clone());
     tokio::spawn(async move { tributary_aggregator::run(cfg, js, pool, s).await });
     // Wait until the aggregator answers (its subscription is up).
     tributary_testkit::eventually(Duration::from_secs(10), "the aggregator to answer", || async {
@@ -218,7 +223,7 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let _agg = with_aggregator_at(&app, &[("odd", url)], 2000).await;
+    let _agg = with_aggregator_at(&app, &[("odd", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
 
     let (s, b) = app.get("/v1/surveys?fresh=true").await;
     assert_eq!(s, 200, "{b}");
@@ -235,6 +240,38 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     assert_eq!(letters[0]["subject"], "survey.odd");
     assert!(letters[0]["payload"].as_str().unwrap().contains("x-1"), "{body}");
     assert!(letters[0]["reason"].as_str().unwrap().contains("id"), "{body}");
+}
+
+/// A round whose read of the stored cursors gets no answer (its connection cut off silently) goes on
+/// from the cursors in memory after a provider's deadline. It waited for ever, and since every request
+/// joins the round in flight, no survey was synced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_whose_database_read_stalls_goes_on_without_it() {
+    let app = spawn_app().await;
+    let blue = Sim::start().await;
+    // The aggregator's one database connection goes through a proxy that can cut it off silently.
+    let url = &app.c.config.database.url;
+    let (user, rest) = url.split_once('@').unwrap();
+    let (server, database) = rest.split_once('/').unwrap();
+    let proxy = tributary_testkit::TcpProxy::start(server);
+    let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{user}@{}/{database}", proxy.addr()))
+        .await
+        .unwrap();
+    let _agg = with_aggregator_at(&app, &[("blue", blue.url())], 1000, pool.clone()).await;
+    blue.provider.post("b1", "ios", "north");
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(keys(&b).len(), 1, "{b}");
+
+    let port: i32 = sea_orm::sqlx::query_scalar("SELECT inet_client_port()").fetch_one(&pool).await.unwrap();
+    assert!(proxy.silence(port as u16));
+    blue.provider.post("b2", "ios", "north");
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), [("blue".to_owned(), "ok".to_owned())], "{b}");
+    assert_eq!(keys(&b).len(), 2, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
