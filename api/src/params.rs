@@ -41,3 +41,13 @@ pub fn newest(p: &Params, default: u64, max: u64) -> Result<tributary_store::Ran
     let (from, to) = range(p)?;
     Ok(tributary_store::Range { from, to, limit: limit(p, default, max)? as i64 })
 }
+
+/// `after` and `limit` of a listing (default 100, at most 1,000): a page of rows by key.
+pub fn page(p: &Params) -> Result<tributary_store::Page, ApiError> {
+    Ok(tributary_store::Page { after: p.get("after").cloned(), limit: limit(p, 100, 1000)? })
+}
+
+/// The `next` of a listing's answer: its last key when the page is full (more may follow), else `None`.
+pub fn next<T>(page: &tributary_store::Page, rows: &[T], key: impl Fn(&T) -> &str) -> Option<String> {
+    (rows.len() as u64 >= page.limit).then(|| rows.last().map(|r| key(r).to_owned())).flatten()
+}

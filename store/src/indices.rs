@@ -7,7 +7,7 @@
 //! [`levels`].
 
 use crate::entity::{index_points, indices};
-use crate::{Range, Tx};
+use crate::{Page, Range, Tx};
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -204,9 +204,13 @@ pub async fn store_definition(tx: &mut Tx, def: &IndexDef, seq: i64) -> Result<(
     Ok(())
 }
 
-/// Every definition, by name.
-pub async fn list(db: &DatabaseConnection) -> Result<Vec<DefinitionRow>, DbErr> {
-    indices::Entity::find().order_by_asc(indices::Column::Name).all(db).await
+/// A page of the definitions, by name.
+pub async fn list(db: &DatabaseConnection, page: &Page) -> Result<Vec<DefinitionRow>, DbErr> {
+    let mut q = indices::Entity::find();
+    if let Some(after) = &page.after {
+        q = q.filter(indices::Column::Name.gt(after.as_str()));
+    }
+    q.order_by_asc(indices::Column::Name).limit(page.limit).all(db).await
 }
 
 /// The definition of `name`, if any.

@@ -51,5 +51,15 @@ pub struct Range {
     /// How many rows at most.
     pub limit: i64,
 }
+/// What a listing returns: at most `limit` rows whose keys come after `after` (from the first when `None`),
+/// in key order (the database's collation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The last key of the page before, if any.
+    pub after: Option<String>,
+    /// How many rows at most.
+    pub limit: u64,
+}
+
 pub use migrations::Migrator;
 pub use rollups::RollupConfig;

@@ -75,6 +75,22 @@ pub(crate) struct Newest {
     fresh: Option<bool>,
 }
 
+/// `after`, `limit` and `fresh`, taken by listings: a page of rows by key.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct Page {
+    /// Only the rows whose key comes after this one: the `next` of the page before.
+    after: Option<String>,
+    /// At most this many rows (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// true: answer only after the processors have committed everything that was in the streams this read
+    /// depends on when the request arrived (504 sync_timeout after api.fresh_timeout_ms).
+    #[param(default = false)]
+    fresh: Option<bool>,
+}
+
 /// The answer of a read that can wait for the processors and found nothing else wrong.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]

@@ -63,7 +63,7 @@ pub struct FleetScore {
 }
 
 /// The stored plan, in one snapshot.
-async fn stored_plan(s: &AppState) -> Result<FleetPlan, ApiError> {
+async fn stored_plan(s: &AppState, _: &crate::params::Params) -> Result<FleetPlan, ApiError> {
     let plan = fleet::plan_snapshot(s.pool()).await?;
     let (version, total, computed_at) =
         plan.head.map_or((0, 0.0, None), |h| (h.version, h.total_score, Some(h.computed_at)));
@@ -82,7 +82,7 @@ fresh_read! {
     /// snapshot, so the parts always belong to the same version.
     plan: GET "/v1/fleet/plan", tag "fleet", operation_id "getFleetPlan",
     summary "The assignment of shipments to drivers that maximises the total suitability score",
-    200 "The plan": FleetPlan, waits for [Fleet], read by stored_plan
+    params crate::openapi::Fresh, 200 "The plan": FleetPlan, waits for [Fleet], read by stored_plan
 }
 
 /// One shipment's score for one driver, with the lengths, letter counts and common factor behind it.

@@ -22,11 +22,13 @@ use tributary_broker::{Kind, codec, publish};
 use tributary_store::indices;
 use utoipa::ToSchema;
 
-/// Every index definition.
+/// A page of the index definitions.
 #[derive(Serialize, ToSchema)]
 pub struct Indices {
     /// By name.
     pub indices: Vec<IndexSummary>,
+    /// The name to pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
 }
 
 /// One index's definition.
@@ -87,17 +89,19 @@ pub enum PendingStatus {
     Pending,
 }
 
-/// Every index definition, by name.
-async fn definitions(s: &AppState) -> Result<Indices, ApiError> {
-    let rows = indices::list(&s.db).await?;
+/// A page of the index definitions, by name.
+async fn definitions(s: &AppState, p: &Params) -> Result<Indices, ApiError> {
+    let page = params::page(p)?;
+    let rows = indices::list(&s.db, &page).await?;
+    let next = params::next(&page, &rows, |r| &r.name);
     let list = rows.into_iter().map(|r| IndexSummary { base: r.base, name: r.name, weights: r.weights }).collect();
-    Ok(Indices { indices: list })
+    Ok(Indices { indices: list, next })
 }
 
 fresh_read! {
-    /// Every index definition.
+    /// The index definitions, a page at a time.
     list: GET "/v1/indices", tag "indices", operation_id "listIndices", summary "List index definitions",
-    200 "Definitions": Indices, waits for [Index], read by definitions
+    params crate::openapi::Page, 200 "Definitions": Indices, waits for [Index], read by definitions
 }
 
 /// One index with its levels, ascending; `limit` keeps the newest within `from`..`to`.

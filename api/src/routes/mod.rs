@@ -1,26 +1,27 @@
 //! The routes, one module per resource.
 
-/// Declares a read that takes no parameter but `fresh`: its `#[utoipa::path]` (200 with the body, or 504
-/// when a fresh read's wait runs out) and its handler, which waits for the processors of the kinds named
-/// when `fresh` asks it to, then answers what the `read by` function makes.
+/// Declares a read that waits for the processors when asked (`fresh`): its `#[utoipa::path]` (the query
+/// parameters of `params`, 200 with the body, or 504 when a fresh read's wait runs out) and its handler,
+/// which waits for the processors of the kinds named when `fresh` asks it to, then answers what the
+/// `read by` function makes of the query (a listing takes its page from it: [`crate::params::page`]).
 ///
 /// ```text
 /// fresh_read! {
-///     /// Every index definition.
-///     list: GET "/v1/indices", tag "indices", operation_id "listIndices", summary "List index definitions",
-///     200 "Definitions": Indices, waits for [Index], read by definitions
+///     /// The instruments with their point counts and time spans, a page at a time.
+///     list: GET "/v1/series/price", tag "series", operation_id "listPriceSeries", summary "…",
+///     params crate::openapi::Page, 200 "Instruments": SeriesList, waits for [Price], read by instruments
 /// }
 /// ```
 macro_rules! fresh_read {
     (
         $(#[doc = $doc:tt])*
-        $name:ident: GET $path:tt, tag $tag:tt, operation_id $id:tt, summary $summary:tt,
+        $name:ident: GET $path:tt, tag $tag:tt, operation_id $id:tt, summary $summary:tt, params $params:path,
         200 $ok:tt: $body:ident, waits for [$($kind:ident),+], read by $read:ident
     ) => {
         $(#[doc = $doc])*
         #[utoipa::path(get, path = $path, tag = $tag, operation_id = $id,
             summary = $summary,
-            params(crate::openapi::Fresh),
+            params($params),
             responses(
                 (status = 200, description = $ok, body = $body),
                 crate::openapi::Stale,
@@ -30,7 +31,7 @@ macro_rules! fresh_read {
             axum::extract::Query(p): axum::extract::Query<crate::params::Params>,
         ) -> Result<axum::Json<$body>, crate::ApiError> {
             crate::sync::if_fresh(&s, &p, &[$(tributary_broker::Kind::$kind),+]).await?;
-            Ok(axum::Json($read(&s).await?))
+            Ok(axum::Json($read(&s, &p).await?))
         }
     };
 }

@@ -136,7 +136,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
 }
 
 /// Every country's port count, most first.
-async fn per_country(s: &AppState) -> Result<Countries, ApiError> {
+async fn per_country(s: &AppState, _: &crate::params::Params) -> Result<Countries, ApiError> {
     Ok(Countries { countries: ports::countries(s.pool()).await? })
 }
 
@@ -144,5 +144,5 @@ fresh_read! {
     /// Ports per country, most first.
     countries: GET "/v1/ports/countries", tag "ports", operation_id "portCountries",
     summary "Ports per country, most first",
-    200 "Countries": Countries, waits for [Port], read by per_country
+    params crate::openapi::Fresh, 200 "Countries": Countries, waits for [Port], read by per_country
 }

@@ -19,9 +19,11 @@ pub struct LatestMetrics {
     pub servers: Vec<LiveSample>,
 }
 
-/// Known servers.
+/// A page of the known servers.
 #[derive(Serialize, ToSchema)]
 pub struct Servers {
+    /// The host to pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
     /// By host.
     pub servers: Vec<Server>,
 }
@@ -109,19 +111,21 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
     Ok(Json(LatestMetrics { servers }))
 }
 
-/// Every known server, by host.
-async fn hosts(s: &AppState) -> Result<Servers, ApiError> {
-    let rows = samples::hosts(s.pool()).await?;
+/// A page of the known servers, by host.
+async fn hosts(s: &AppState, p: &Params) -> Result<Servers, ApiError> {
+    let page = params::page(p)?;
+    let rows = samples::hosts(s.pool(), &page).await?;
+    let next = params::next(&page, &rows, |h| &h.host);
     let servers =
         rows.into_iter().map(|h| Server { fields: h.fields, host: h.host, last_seen: time(h.last_seen) }).collect();
-    Ok(Servers { servers })
+    Ok(Servers { next, servers })
 }
 
 fresh_read! {
-    /// Every known server with its fields and when it was last seen.
+    /// The known servers with their fields and when each was last seen, a page at a time.
     servers: GET "/v1/servers", tag "metrics", operation_id "listServers",
     summary "Known servers with their fields and last-seen time",
-    200 "The servers": Servers, waits for [Sample], read by hosts
+    params crate::openapi::Page, 200 "The servers": Servers, waits for [Sample], read by hosts
 }
 
 async fn known(s: &AppState, host: &str, field: &str) -> Result<(), ApiError> {

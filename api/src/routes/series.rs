@@ -22,11 +22,13 @@ pub enum PriceKind {
     Price,
 }
 
-/// Every price instrument.
+/// A page of the price instruments.
 #[derive(Serialize, ToSchema)]
 pub struct SeriesList {
     /// Always `price`.
     pub kind: PriceKind,
+    /// The key to pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
     /// One entry per instrument, by key.
     pub series: Vec<SeriesInfo>,
 }
@@ -75,20 +77,22 @@ pub struct PricePoint {
     pub derived: BTreeMap<String, Option<f64>>,
 }
 
-/// Every instrument's extent, by key.
-async fn instruments(s: &AppState) -> Result<SeriesList, ApiError> {
-    let rows = prices::list_series(&s.db).await?;
+/// A page of the instruments' extents, by key.
+async fn instruments(s: &AppState, p: &Params) -> Result<SeriesList, ApiError> {
+    let page = params::page(p)?;
+    let rows = prices::list_series(&s.db, &page).await?;
+    let next = params::next(&page, &rows, |r| &r.instrument);
     let series = rows
         .into_iter()
         .map(|r| SeriesInfo { first_ts: r.first_ts, key: r.instrument, last_ts: r.last_ts, points: r.points })
         .collect();
-    Ok(SeriesList { kind: PriceKind::Price, series })
+    Ok(SeriesList { kind: PriceKind::Price, next, series })
 }
 
 fresh_read! {
-    /// Every instrument with its point count and time span.
+    /// The instruments with their point counts and time spans, a page at a time.
     list: GET "/v1/series/price", tag "series", operation_id "listPriceSeries", summary "List price instruments",
-    200 "Instruments": SeriesList, waits for [Price], read by instruments
+    params crate::openapi::Page, 200 "Instruments": SeriesList, waits for [Price], read by instruments
 }
 
 /// One instrument's points, ascending; `limit` keeps the newest within `from`..`to`.

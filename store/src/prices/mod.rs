@@ -10,11 +10,11 @@
 mod copy;
 
 use crate::entity::price_series;
-use crate::{Range, Tx, notify};
+use crate::{Page, Range, Tx, notify};
 use chrono::{DateTime, Utc};
 use copy::CopyRows;
 use sea_orm::sqlx::{self, PgPool};
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -449,9 +449,13 @@ pub struct SeriesRow {
     pub last_ts: DateTime<Utc>,
 }
 
-/// Every series, by instrument.
-pub async fn list_series(db: &DatabaseConnection) -> Result<Vec<SeriesRow>, DbErr> {
-    let rows = price_series::Entity::find().order_by_asc(price_series::Column::Instrument).all(db).await?;
+/// A page of the series, by instrument.
+pub async fn list_series(db: &DatabaseConnection, page: &Page) -> Result<Vec<SeriesRow>, DbErr> {
+    let mut q = price_series::Entity::find();
+    if let Some(after) = &page.after {
+        q = q.filter(price_series::Column::Instrument.gt(after.as_str()));
+    }
+    let rows = q.order_by_asc(price_series::Column::Instrument).limit(page.limit).all(db).await?;
     Ok(rows
         .into_iter()
         .map(|r| SeriesRow { instrument: r.instrument, points: r.points, first_ts: r.first_ts, last_ts: r.last_ts })

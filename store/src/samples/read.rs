@@ -1,6 +1,6 @@
 //! The API's reads of the metric tables.
 
-use crate::Range;
+use crate::{Page, Range};
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;
@@ -97,11 +97,15 @@ pub async fn latest_samples(pool: &PgPool, limit: i64) -> Result<Vec<LatestSampl
     Ok(rows.into_iter().map(|(host, ts, fields)| LatestSample { host, ts, fields }).collect())
 }
 
-/// Every known host with its fields and its latest sample time, by host.
-pub async fn hosts(pool: &PgPool) -> Result<Vec<HostFields>, sqlx::Error> {
+/// A page of the known hosts, each with its fields and its latest sample time, by host. (`coalesce`, not
+/// `$1 IS NULL OR`, so that a generic plan still scans the key from `after`; no host is empty.)
+pub async fn hosts(pool: &PgPool, page: &Page) -> Result<Vec<HostFields>, sqlx::Error> {
     let rows: Vec<(String, Vec<String>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT host, array_agg(field ORDER BY field), max(last_ts) FROM metric_series GROUP BY host ORDER BY host",
+        "SELECT host, array_agg(field ORDER BY field), max(last_ts) FROM metric_series
+          WHERE host > coalesce($1::text, '') GROUP BY host ORDER BY host LIMIT $2",
     )
+    .bind(page.after.as_deref())
+    .bind(page.limit as i64)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|(host, fields, last_seen)| HostFields { host, fields, last_seen }).collect())

@@ -102,13 +102,16 @@ async fn batch_statements_round_trip_their_rows() {
     upsert_latest(&mut tx, &[latest("h-1", 70, 2, r#"{"cpu":0.0}"#)]).await.unwrap(); // older: kept out
     tx.commit().await.unwrap();
 
-    let hosts = hosts(&pool).await.unwrap();
+    let page = |after: Option<&str>, limit| crate::Page { after: after.map(str::to_owned), limit };
     let host = |host: &str, fields: &[&str], seen| HostFields {
         host: host.into(),
         fields: fields.iter().map(|f| f.to_string()).collect(),
         last_seen: t(seen),
     };
-    assert_eq!(hosts, [host("h-1", &["cpu", "mem"], 90), host("h-2", &["cpu"], 20)]);
+    let all = [host("h-1", &["cpu", "mem"], 90), host("h-2", &["cpu"], 20)];
+    assert_eq!(hosts(&pool, &page(None, 10)).await.unwrap(), all);
+    assert_eq!(hosts(&pool, &page(None, 1)).await.unwrap(), all[..1], "a page of one");
+    assert_eq!(hosts(&pool, &page(Some("h-1"), 10)).await.unwrap(), all[1..], "after the first");
     assert!(series_exists(&pool, "h-1", "mem").await.unwrap());
     assert!(!series_exists(&pool, "h-2", "mem").await.unwrap());
     let latest = latest_samples(&pool, 10).await.unwrap();

@@ -258,3 +258,48 @@ async fn a_silently_lost_cache_listener_is_found_and_reads_follow_commits() {
     let missed = "a read with the commit the listener missed";
     app.get_until("/v1/series/price/SILENT", Duration::from_secs(10), missed, |b| points(b) == 2).await;
 }
+
+/// Listings come a page at a time (`limit`, default 100, at most 1000; `after` the `next` of the page
+/// before), so an answer does not grow with the number of series, servers or indices: every key once, in
+/// order, and `next` null on the last page. (They answered every row at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_come_a_page_at_a_time() {
+    let app = spawn_app().await;
+    for key in ["E", "A", "D", "B", "C"] {
+        app.publish_plain(&format!("price.{key}"), r#"{"ts":"2026-01-01","price":1}"#).await;
+    }
+    for host in ["h3", "h1", "h2"] {
+        app.publish_plain(&format!("metric.{host}"), r#"{"cpu_usage":1}"#).await;
+    }
+    for name in ["i2", "i1", "i3"] {
+        app.publish_plain(&format!("index.{name}"), r#"{"weights":{"A":1}}"#).await;
+    }
+    app.settled().await;
+    async fn all(app: &crate::common::TestApp, path: &str, list: &str, key: &str) -> (Vec<String>, usize) {
+        let (mut keys, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+        loop {
+            let url = match &after {
+                Some(a) => format!("{path}?limit=2&after={a}"),
+                None => format!("{path}?limit=2"),
+            };
+            let (status, body) = app.get(&url).await;
+            assert_eq!(status, 200, "{body}");
+            keys.extend(body[list].as_array().unwrap().iter().map(|i| i[key].as_str().unwrap().to_owned()));
+            pages += 1;
+            match body["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return (keys, pages),
+            }
+        }
+    }
+    let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(all(&app, "/v1/series/price", "series", "key").await, (keys(&["A", "B", "C", "D", "E"]), 3));
+    assert_eq!(all(&app, "/v1/servers", "servers", "host").await, (keys(&["h1", "h2", "h3"]), 2));
+    assert_eq!(all(&app, "/v1/indices", "indices", "name").await, (keys(&["i1", "i2", "i3"]), 2));
+    let (_, whole) = app.get("/v1/series/price").await;
+    assert_eq!((whole["series"].as_array().unwrap().len(), &whole["next"]), (5, &Value::Null), "{whole}");
+    for bad in ["/v1/indices?limit=1001", "/v1/servers?limit=0"] {
+        let (status, body) = app.get(bad).await;
+        assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("invalid_limit")), "{bad}: {body}");
+    }
+}
