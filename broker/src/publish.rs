@@ -9,7 +9,8 @@
 //! the retry window ([`Publisher::retry_for`]) has passed; the key makes a repeat of a publish that was
 //! in fact stored a duplicate JetStream drops. While retries are pending the pipeline stays full, so the
 //! producer waits instead of piling up events. A publish without a key is never repeated (it could be
-//! stored twice): its failure is reported at once. Once one publish has used up its retry window the
+//! stored twice): its failure is reported at once, as is a publish larger than the server takes (it would
+//! be refused again). Once one publish has used up its retry window the
 //! publisher gives up ([`Publisher::gave_up`]): later publishes are reported as not delivered without
 //! being sent, so a long outage ends an import quickly with everything accounted for, and a simulator
 //! can stop.
@@ -17,6 +18,7 @@
 use crate::codec;
 use crate::trace;
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage as Publish, publish::PublishAck};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -133,8 +135,18 @@ impl Publisher {
         let connected = self.js.client().connection_state() == async_nats::connection::State::Connected;
         let sent = if connected || again.is_none() {
             let js = self.js.clone();
+            let size = payload.len();
             let send = js.send_publish(subject.clone(), Publish::build().payload(payload).headers(headers));
-            self.settling(send.instrument(span)).await.map_err(|e| e.to_string())
+            match self.settling(send.instrument(span)).await {
+                // Refused before sending: sending it again would be refused again. This one fails; the
+                // publisher goes on.
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    let why = format!("{size} bytes with its headers exceed the server's max_payload ({e})");
+                    self.report.failed.push((subject, why));
+                    return;
+                }
+                sent => sent.map_err(|e| e.to_string()),
+            }
         } else {
             Err(NOT_CONNECTED.to_owned())
         };

@@ -128,28 +128,37 @@ pub(crate) async fn read_line_bounded(
 
 /// Reads the next line of an import into `line` (at most `max` bytes of it kept, see
 /// [`read_line_bounded`]), adding its bytes to `progress` and its length to `longest`: the line's first
-/// byte and whether it was too long, or `None` at the end of the input or on a read error (kept in
-/// `errors` against the next line's number).
+/// byte and whether it was too long; `None` at the end of the input; the reason when the input cannot be
+/// read on (a body cut off or over its size limit), which ends the import.
 pub(crate) async fn next_line(
     reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
     line: &mut Vec<u8>,
     max: usize,
     progress: &mut Progress,
     longest: &mut usize,
-    errors: &mut Vec<LineError>,
-) -> Option<(u64, bool)> {
+) -> Result<Option<(u64, bool)>, String> {
     let (n, too_long) = match read_line_bounded(reader, line, max).await {
-        Ok((0, _)) => return None,
+        Ok((0, _)) => return Ok(None),
         Ok(read) => read,
         Err(e) => {
-            keep_error(errors, progress.entries + 1, progress.bytes, format!("read error: {e}"));
-            return None;
+            return Err(format!("stopped at line {} (byte {}): read error: {e}", progress.entries + 1, progress.bytes));
         }
     };
     let start = progress.bytes;
     progress.bytes += n as u64;
     *longest = (*longest).max(line.len());
-    Some((start, too_long))
+    Ok(Some((start, too_long)))
+}
+
+/// Why an import that publishes must stop before its input's end, if it must: NATS has not acknowledged
+/// a publish for the publisher's whole retry window, so what follows would not be delivered either.
+pub(crate) fn given_up(publisher: &tributary_broker::Publisher, progress: &Progress) -> Option<String> {
+    publisher.gave_up().then(|| {
+        format!(
+            "stopped at line {} (byte {}): NATS did not acknowledge publishes within the retry window",
+            progress.entries, progress.bytes
+        )
+    })
 }
 
 /// A progress bar over bytes read (a spinner when the size is unknown; hidden when `show` is false).

@@ -3,7 +3,7 @@
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
 
-use crate::{Destination, LineError, Progress, import_headers, keep_error, next_line};
+use crate::{Destination, LineError, Progress, given_up, import_headers, keep_error, next_line};
 use serde::Deserialize;
 use tokio::io::AsyncRead;
 use tributary_broker::hash::fnv1a;
@@ -31,6 +31,8 @@ pub struct NdjsonReport {
     pub errors: Vec<LineError>,
     /// The longest line read, in bytes.
     pub longest_line: usize,
+    /// Why the import ended before the input's end, if it did.
+    pub stopped: Option<String>,
 }
 
 /// Streams `input` to `to`, telling its progress every 1000 lines and at the end.
@@ -39,11 +41,22 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     let (mut reader, mut publisher) = crate::line_import(input, js);
     let mut r = NdjsonReport::default();
     let mut line = Vec::new();
-    // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
-    while let Some((start, too_long)) = publisher
-        .settling(next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors))
-        .await
-    {
+    loop {
+        if let Some(why) = given_up(&publisher, &r.progress) {
+            r.stopped = Some(why);
+            break;
+        }
+        // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
+        let next =
+            publisher.settling(next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line));
+        let (start, too_long) = match next.await {
+            Ok(Some(read)) => read,
+            Ok(None) => break,
+            Err(why) => {
+                r.stopped = Some(why);
+                break;
+            }
+        };
         r.progress.entries += 1;
         let number = r.progress.entries;
         let refuse = |r: &mut NdjsonReport, why: String| {

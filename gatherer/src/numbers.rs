@@ -55,6 +55,8 @@ pub struct NumbersReport {
     pub errors: Vec<LineError>,
     /// The longest line seen, in bytes (the reader's buffer is bounded by it plus 64 KiB).
     pub longest_line: usize,
+    /// Why the stream ended before the input's end, if it did.
+    pub stopped: Option<String>,
 }
 
 /// The longest line accepted: a bound on memory.
@@ -68,9 +70,16 @@ pub async fn stats(
     let mut reader = BufReader::with_capacity(crate::READ_BUFFER, input);
     let mut r = NumbersReport::default();
     let mut line = Vec::with_capacity(128);
-    while let Some((start, too_long)) =
-        next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line, &mut r.errors).await
-    {
+    loop {
+        let (start, too_long) =
+            match next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line).await {
+                Ok(Some(read)) => read,
+                Ok(None) => break,
+                Err(why) => {
+                    r.stopped = Some(why);
+                    break;
+                }
+            };
         if too_long {
             r.progress.entries += 1;
             r.progress.invalid += 1;

@@ -106,7 +106,8 @@ async fn run(
         tx.send_modify(|st| {
             st.errors = r.errors.iter().map(ToString::to_string).collect();
             st.buffer_peak = r.longest_line + READ_BUFFER;
-            st.state = "done";
+            st.state = if r.stopped.is_some() { "failed" } else { "done" };
+            st.error = r.stopped;
         });
         return;
     }
@@ -118,8 +119,11 @@ async fn run(
             ImportKind::Ports => {
                 let r = tributary_gatherer::ports::import_with(reader, to).await;
                 let errors = r.invalid.iter().chain(&r.skipped).map(|(at, key, why)| format!("{at}: {key}: {why}"));
-                let stopped =
-                    r.syntax_error.as_ref().map(|e| format!("stopped: {e} (everything before it was published)"));
+                let stopped = r
+                    .syntax_error
+                    .as_ref()
+                    .map(|e| format!("stopped: {e} (everything before it was published)"))
+                    .or(r.stopped);
                 (
                     errors.collect(),
                     stopped,
@@ -132,13 +136,14 @@ async fn run(
             ImportKind::PricesCsv => {
                 let r = tributary_gatherer::prices::import_csv_with(reader, to).await;
                 let errors = r.errors.iter().map(ToString::to_string);
-                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), READ_BUFFER)
+                let peak = r.longest_line + READ_BUFFER;
+                (errors.collect(), r.stopped, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
             }
             _ => {
                 let r = tributary_gatherer::ndjson::import_with(reader, to).await;
                 let errors = r.errors.iter().map(ToString::to_string);
                 let peak = r.longest_line + READ_BUFFER;
-                (errors.collect(), None, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
+                (errors.collect(), r.stopped, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
             }
         };
     tx.send_modify(|st| {

@@ -34,13 +34,19 @@ pub struct PortsReport {
     pub entries: u64,
     /// What became of the publishes.
     pub publish: PublishReport,
-    /// Well-formed members that are not valid ports: (position, UN/LOCODE, reason). Published anyway,
-    /// so the processor dead-letters them.
+    /// Well-formed members that are not valid ports, counted. Published anyway, so the processor
+    /// dead-letters them.
+    pub invalid_count: u64,
+    /// The first [`crate::MAX_ERRORS`] of them: (position, UN/LOCODE, reason).
     pub invalid: Vec<(Position, String, String)>,
-    /// Members that could not be published at all (a key that is not a subject token).
+    /// Members that could not be published at all (a key that is not a subject token), counted.
+    pub skipped_count: u64,
+    /// The first [`crate::MAX_ERRORS`] of them.
     pub skipped: Vec<(Position, String, String)>,
     /// The syntax error that stopped the import, if any.
     pub syntax_error: Option<SyntaxError>,
+    /// Why the import stopped before the input's end otherwise (NATS not acknowledging), if it did.
+    pub stopped: Option<String>,
     /// The decoder's buffer high-water mark, in bytes.
     pub max_buffer: usize,
 }
@@ -73,6 +79,10 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     let mut report = PortsReport::default();
     let mut p = Progress::default();
     loop {
+        if let Some(why) = crate::given_up(&publisher, &p) {
+            report.stopped = Some(why);
+            break;
+        }
         // The acks in flight are collected while the next entry is awaited (see `Publisher::settling`).
         let e = match publisher.settling(entries.next()).await {
             Ok(Some(e)) => e,
@@ -86,7 +96,10 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
         p.entries += 1;
         p.bytes = entries.bytes;
         if !valid_key(&e.key) {
-            report.skipped.push((e.at, e.key, "the key is not a valid UN/LOCODE subject token".into()));
+            report.skipped_count += 1;
+            if report.skipped.len() < crate::MAX_ERRORS {
+                report.skipped.push((e.at, e.key, "the key is not a valid UN/LOCODE subject token".into()));
+            }
             p.invalid += 1;
             continue;
         }
@@ -103,7 +116,10 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
             }
         };
         if let Some(reason) = invalid {
-            report.invalid.push((e.at, e.key.clone(), reason));
+            report.invalid_count += 1;
+            if report.invalid.len() < crate::MAX_ERRORS {
+                report.invalid.push((e.at, e.key.clone(), reason));
+            }
             p.invalid += 1;
         }
         let id = msg_id(&e.key, &e.value);

@@ -1,13 +1,14 @@
 //! The CSV importer: `instrument,ts,price[,volume]` lines from a file or stdin, streamed with bounded
-//! memory (one line at a time, a bounded number of acks in flight) and a progress bar.
+//! memory (one line of at most [`MAX_LINE`] bytes at a time, a bounded number of acks in flight) and a
+//! progress bar.
 //!
-//! A header line (`instrument,ts,price...`) is skipped. A bad line is reported with its number and
-//! reason and the import goes on. The idempotency key is the line's content, so importing the same file
+//! A header line (`instrument,ts,price...`) is skipped. A bad line (too long, not UTF-8, not a valid
+//! price) is reported with its number and reason and the import goes on. The idempotency key is the line's content, so importing the same file
 //! twice within the duplicate window stores nothing new (and after it, changes no value).
 
-use crate::{Destination, Progress, import_headers};
+use crate::{Destination, Progress, given_up, import_headers, keep_error, next_line};
 use async_nats::jetstream;
-use tokio::io::{AsyncBufReadExt, AsyncRead};
+use tokio::io::AsyncRead;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ts::Ts;
@@ -26,7 +27,14 @@ pub struct ImportReport {
     pub bad_lines: u64,
     /// The first refused lines, with their line numbers and byte offsets.
     pub errors: Vec<crate::LineError>,
+    /// Why the import ended before the input's end, if it did.
+    pub stopped: Option<String>,
+    /// The longest line read, in bytes.
+    pub longest_line: usize,
 }
+
+/// The longest line accepted: a bound on memory.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Parses one line into (instrument, event).
 pub fn parse_line(line: &str) -> Result<(String, PriceEvent), String> {
@@ -77,24 +85,35 @@ pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>)
     let (mut reader, mut publisher) = crate::line_import(input, js);
     let mut report = ImportReport::default();
     let mut p = Progress::default();
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
+        if let Some(why) = given_up(&publisher, &p) {
+            report.stopped = Some(why);
+            break;
+        }
         // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
-        let n = match publisher.settling(reader.read_line(&mut line)).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                crate::keep_error(&mut report.errors, report.lines + 1, report.bytes, format!("read error: {e}"));
-                report.bad_lines += 1;
+        let (start, too_long) = match publisher
+            .settling(next_line(&mut reader, &mut line, MAX_LINE, &mut p, &mut report.longest_line))
+            .await
+        {
+            Ok(Some(read)) => read,
+            Ok(None) => break,
+            Err(why) => {
+                report.stopped = Some(why);
                 break;
             }
         };
-        let start = report.bytes;
-        report.lines += 1;
-        report.bytes += n as u64;
-        (p.bytes, p.entries) = (report.bytes, report.lines);
-        let text = line.trim();
+        p.entries += 1;
+        (report.lines, report.bytes) = (p.entries, p.bytes);
+        if too_long {
+            refuse(&mut report, &mut p, start, format!("line longer than {MAX_LINE} bytes"));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            refuse(&mut report, &mut p, start, "not UTF-8 text".into());
+            continue;
+        };
+        let text = text.trim();
         if text.is_empty() || (report.lines == 1 && text.to_ascii_lowercase().starts_with("instrument,")) {
             continue;
         }
@@ -110,11 +129,7 @@ pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>)
                 publisher.publish_raw(Kind::Price.subject(&instrument), headers, codec::to_msgpack(&e)).await;
                 p.published += 1;
             }
-            Err(reason) => {
-                report.bad_lines += 1;
-                p.invalid += 1;
-                crate::keep_error(&mut report.errors, report.lines, start, reason);
-            }
+            Err(reason) => refuse(&mut report, &mut p, start, reason),
         }
         if report.lines % 1000 == 0 {
             progress(&p);
@@ -123,6 +138,13 @@ pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>)
     report.publish = publisher.finish().await;
     progress(&p);
     report
+}
+
+/// Counts and keeps a refused line (the last one read), starting at byte `start`.
+fn refuse(report: &mut ImportReport, p: &mut Progress, start: u64, reason: String) {
+    report.bad_lines += 1;
+    p.invalid += 1;
+    keep_error(&mut report.errors, report.lines, start, reason);
 }
 
 #[cfg(test)]

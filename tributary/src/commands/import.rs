@@ -42,7 +42,7 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
         for e in &r.errors {
             eprintln!("  {e}");
         }
-        return Ok(());
+        return r.stopped.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)));
     }
     let js = app::jetstream(&config).await?;
     let to = Destination { js, upload: None, progress: &mut |p| show(p) };
@@ -60,7 +60,13 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
     for e in &r.errors {
         eprintln!("  {e}");
     }
-    anyhow::ensure!(r.publish.failed.is_empty() && r.errors.is_empty(), "import finished with errors");
+    if let Some(why) = &r.stopped {
+        eprintln!("{why}");
+    }
+    anyhow::ensure!(
+        r.publish.failed.is_empty() && r.errors.is_empty() && r.stopped.is_none(),
+        "import finished with errors"
+    );
     Ok(())
 }
 
@@ -85,7 +91,13 @@ pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> any
     for (subject, reason) in report.publish.failed.iter().take(20) {
         eprintln!("  not delivered to {subject}: {reason}");
     }
-    anyhow::ensure!(report.publish.failed.is_empty() && report.bad_lines == 0, "import finished with errors");
+    if let Some(why) = &report.stopped {
+        eprintln!("{why}");
+    }
+    anyhow::ensure!(
+        report.publish.failed.is_empty() && report.bad_lines == 0 && report.stopped.is_none(),
+        "import finished with errors"
+    );
     Ok(())
 }
 
@@ -104,8 +116,8 @@ pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::
         report.entries as f64 / secs,
         report.publish.stored,
         report.publish.duplicates,
-        report.invalid.len(),
-        report.skipped.len(),
+        report.invalid_count,
+        report.skipped_count,
         report.publish.failed.len(),
         report.max_buffer
     );
@@ -115,8 +127,14 @@ pub(crate) async fn ports(config: &Config, file: &Path, quiet: bool) -> anyhow::
     if let Some(e) = &report.syntax_error {
         eprintln!("stopped: {e} (everything before it was published)");
     }
+    if let Some(why) = &report.stopped {
+        eprintln!("{why}");
+    }
     anyhow::ensure!(
-        report.syntax_error.is_none() && report.publish.failed.is_empty() && report.skipped.is_empty(),
+        report.syntax_error.is_none()
+            && report.stopped.is_none()
+            && report.publish.failed.is_empty()
+            && report.skipped.is_empty(),
         "import finished with errors"
     );
     Ok(())

@@ -15,7 +15,9 @@ fn chunked(text: Vec<u8>) -> reqwest::Body {
 /// Uploads `body` as `kind`, streamed, and reads the upload's events to the end: (its id, the progress
 /// events, the summary).
 async fn upload(app: &crate::common::TestApp, kind: &str, body: Vec<u8>) -> (String, Vec<Value>, Value) {
-    let r = app.http.post(format!("{}/v1/uploads?kind={kind}", app.base)).body(chunked(body)).send().await.unwrap();
+    // A client of its own: a body cut off by the server leaves its connection unusable for the next request.
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{}/v1/uploads?kind={kind}", app.base)).body(chunked(body)).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let (progress, summary) = follow(app, &id).await;
@@ -150,4 +152,55 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
     assert_eq!(s, 200);
     let (_, m) = app.get("/v1/series/metric/nd-1/cpu_usage").await;
     assert_eq!(m["points"][0]["value"], 12.5);
+}
+
+/// An import goes on past what it cannot take: a CSV line that is not UTF-8 or is too long is refused
+/// with its reason, an NDJSON entry larger than NATS takes fails at once with its reason, and the lines
+/// after each are published. (The CSV importer stopped at the first bad byte and dropped the rest; the
+/// oversized entry was sent again for the whole retry window, after which nothing more was sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_goes_on_past_lines_and_entries_it_cannot_take() {
+    let app = spawn_app().await;
+    let mut csv = b"UPA,2026-01-01,1\nCAF\xc9,2026-01-01,1\n".to_vec();
+    csv.extend(format!("UPA,2026-01-02,{}\n", "1".repeat(70_000)).bytes());
+    csv.extend(b"UPA,2026-01-03,3\n");
+    let (_, _, summary) = upload(&app, "prices-csv", csv).await;
+    assert_eq!((summary["published"].as_u64(), summary["invalid"].as_u64()), (Some(2), Some(2)), "{summary}");
+    let errors = summary["errors"].to_string();
+    assert!(
+        errors.contains("line 2 (byte 17): not UTF-8") && errors.contains("line 3 (byte 35): line longer"),
+        "{errors}"
+    );
+    assert!(summary["error"].is_null(), "{summary}");
+
+    // An event of ~1 MiB: within the importer's line limit, over the server's max_payload with headers.
+    let big = format!(r#"{{"cpu_usage":1,"pad":"{}"}}"#, "x".repeat(1_048_470));
+    let ndjson = [
+        r#"{"subject":"price.UPB","event":{"ts":"2026-01-01","price":1}}"#.to_owned(),
+        format!(r#"{{"subject":"metric.big","event":{big}}}"#),
+        r#"{"subject":"price.UPB","event":{"ts":"2026-01-02","price":2}}"#.to_owned(),
+    ]
+    .join("\n");
+    let started = std::time::Instant::now();
+    let (_, _, summary) = upload(&app, "ndjson", ndjson.into_bytes()).await;
+    assert_eq!(summary["published"], 2, "{summary}");
+    assert_eq!(summary["error"], "1 entries could not be published", "{summary}");
+    assert!(started.elapsed() < Duration::from_secs(30), "not retried for the whole window: {:?}", started.elapsed());
+    let (_, series) = app.get("/v1/series/price/UPB").await;
+    assert_eq!(series["points"].as_array().map(Vec::len), Some(2), "the line after it too: {series}");
+}
+
+/// An upload cut off (here past `api.max_upload_bytes`, a chunked body declaring no length) ends with
+/// the reason, even after the importer has kept as many refused lines as it keeps. (The read error was
+/// kept like a refused line, so past 20 of those it was dropped and the upload ended with no error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_says_so() {
+    let app = crate::common::spawn_app_with(|c| c.api.max_upload_bytes = 20_000).await;
+    let mut body = "not a price\n".repeat(25);
+    while body.len() < 40_000 {
+        body.push_str("UPC,2026-01-01,1\n");
+    }
+    let (_, _, summary) = upload(&app, "prices-csv", body.into_bytes()).await;
+    let error = summary["error"].as_str().unwrap_or_default();
+    assert!(error.contains("stopped at line") && error.contains("larger than 20000 bytes"), "{summary}");
 }
