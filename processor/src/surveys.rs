@@ -28,7 +28,9 @@ impl SurveyHandler {
     /// Stores a batch of items and pull outcomes.
     pub async fn commit(&self, batch: &[Delivery<SurveyRecord>]) -> Result<(), sqlx::Error> {
         let mut items: BTreeMap<(&str, i64), (&SurveyItem, i64)> = BTreeMap::new();
+        // Per provider: its newest outcome, and when its latest successful pull in the batch ended.
         let mut statuses: BTreeMap<&str, (&PullStatus, i64)> = BTreeMap::new();
+        let mut last_ok: BTreeMap<&str, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
         for d in batch {
             let seq = d.seq as i64;
             match &d.event.event {
@@ -42,6 +44,10 @@ impl SurveyHandler {
                     let e = statuses.entry(&d.event.provider).or_insert((s, seq));
                     if seq > e.1 {
                         *e = (s, seq);
+                    }
+                    if s.status == "ok" {
+                        let at = last_ok.entry(&d.event.provider).or_insert(s.at.0);
+                        *at = (*at).max(s.at.0);
                     }
                 }
             }
@@ -61,6 +67,7 @@ impl SurveyHandler {
                     error: s.error.as_deref(),
                     at: s.at.0,
                     seq: *seq,
+                    last_ok: last_ok.get(provider).copied(),
                 })
                 .collect();
             store::store_statuses(&mut tx, &rows).await?;

@@ -73,17 +73,21 @@ pub struct StatusUpsert<'a> {
     pub at: DateTime<Utc>,
     /// The stream sequence of the message: the newer one wins.
     pub seq: i64,
+    /// When the latest successful pull among those stored with it ended (it need not be this one: a
+    /// batch stores only its newest outcome per provider, and an earlier success in it still counts).
+    pub last_ok: Option<DateTime<Utc>>,
 }
 
 /// Stores pull outcomes: status, error and time of the latest by sequence, and `last_sync` the latest
 /// successful pull (a maximum, so the order of delivery does not matter).
 pub async fn store_statuses(tx: &mut Tx, statuses: &[StatusUpsert<'_>]) -> Result<(), sqlx::Error> {
     let args = Arrays::of(statuses).column(|s| s.provider).column(|s| s.status).column(|s| s.error);
-    let args = args.column(|s| s.at).column(|s| s.seq);
+    let args = args.column(|s| s.at).column(|s| s.seq).column(|s| s.last_ok);
     sqlx::query_with(
         "INSERT INTO survey_providers AS p (provider, status, error, last_pull, last_sync, status_seq)
-         SELECT pr, st, er, at, CASE WHEN st = 'ok' THEN at END, sq
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) AS x(pr, st, er, at, sq)
+         SELECT pr, st, er, at, lo, sq
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::timestamptz[])
+             AS x(pr, st, er, at, sq, lo)
          ON CONFLICT (provider) DO UPDATE SET
            status = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.status ELSE p.status END,
            error = CASE WHEN p.status_seq < EXCLUDED.status_seq THEN EXCLUDED.error ELSE p.error END,

@@ -150,8 +150,22 @@ async fn surveys_read_as_the_api_and_the_aggregator_queried() {
     .await
     .unwrap();
     surveys::advance_cursors(&mut tx, &[("blue", 3), ("red", 8)]).await.unwrap();
-    let ok = surveys::StatusUpsert { provider: "blue", status: "ok", error: None, at: at(40), seq: 6 };
-    let failed = surveys::StatusUpsert { provider: "red", status: "timeout", error: Some("slow"), at: at(41), seq: 7 };
+    let ok = surveys::StatusUpsert {
+        provider: "blue",
+        status: "ok",
+        error: None,
+        at: at(40),
+        seq: 6,
+        last_ok: Some(at(40)),
+    };
+    let failed = surveys::StatusUpsert {
+        provider: "red",
+        status: "timeout",
+        error: Some("slow"),
+        at: at(41),
+        seq: 7,
+        last_ok: None,
+    };
     surveys::store_statuses(&mut tx, &[ok, failed]).await.unwrap();
     tx.commit().await.unwrap();
     // Older versions and cursors change nothing.

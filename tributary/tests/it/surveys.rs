@@ -371,3 +371,36 @@ async fn the_provider_simulator_speaks_the_reporter_api() {
     let (s, _) = get("after_id=x").await;
     assert_eq!(s, 400);
 }
+
+/// A provider's `last_sync` is its latest successful pull whatever the batching: a success followed by a
+/// timeout in one batch counts as in two. (A batch kept only its newest outcome per provider, so the
+/// success in it was lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_sync_counts_a_success_followed_by_a_failure_in_the_same_batch() {
+    use tributary_broker::Delivery;
+    use tributary_broker::surveys::{PullStatus, SurveyEvent, SurveyRecord};
+    use tributary_broker::ts::Ts;
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
+    let outcome = |provider: &str, status: &str, at: &str, seq: u64| Delivery {
+        event: SurveyRecord {
+            provider: provider.into(),
+            event: SurveyEvent::Status(PullStatus { status: status.into(), at: Ts::parse(at).unwrap(), error: None }),
+        },
+        seq,
+        received: Ts::parse(at).unwrap(),
+    };
+    let handler = tributary_processor::surveys::SurveyHandler::new(pool.clone());
+    let (ok, timeout) = ("2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z");
+    handler.commit(&[outcome("one", "ok", ok, 1), outcome("one", "timeout", timeout, 2)]).await.unwrap();
+    handler.commit(&[outcome("two", "ok", ok, 3)]).await.unwrap();
+    handler.commit(&[outcome("two", "timeout", timeout, 4)]).await.unwrap();
+    let rows: Vec<(String, Option<String>, Option<chrono::DateTime<chrono::Utc>>)> =
+        sea_orm::sqlx::query_as("SELECT provider, status, last_sync FROM survey_providers ORDER BY provider")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let synced = Some(Ts::parse(ok).unwrap().0);
+    let timed_out = Some("timeout".to_owned());
+    assert_eq!(rows, [("one".to_owned(), timed_out.clone(), synced), ("two".to_owned(), timed_out, synced)]);
+}
