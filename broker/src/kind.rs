@@ -97,9 +97,11 @@ impl Kind {
             .and_then(|r| r.strip_prefix('.'))
             .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
         let rest = strip_partition(rest).unwrap_or(rest);
-        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) || rest.contains(char::is_control) {
+        // Keys are stored as (parts of) primary keys: a bounded length also keeps them within an index
+        // entry (PostgreSQL refuses one over about 2.7 kB, on every delivery).
+        if !valid_key(rest) {
             return Err(format!(
-                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
+                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key of at most 128 bytes",
                 self.prefix()
             ));
         }
@@ -190,6 +192,8 @@ mod tests {
         assert_eq!(Kind::Price.key_of("price.p"), Ok("p"));
         assert!(Kind::Price.key_of("price.p.x.ACME").is_err());
         assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
+        assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(128))).is_ok());
+        assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(129))).unwrap_err().contains("at most 128 bytes"));
         assert_eq!(Kind::Sample.partition_filter(2), "metric.p.2.>");
         assert_eq!(parse_subject("fleet.driver.7"), Ok(Kind::Fleet));
         assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));

@@ -9,6 +9,9 @@ use crate::kind::Kind;
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+/// The longest country accepted, in characters.
+pub const MAX_COUNTRY: usize = 256;
+
 /// A port as published; a field that is `None` is left out.
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -76,6 +79,10 @@ impl PortRecord {
         for (field, v) in texts {
             crate::events::no_nul(field, v)?;
         }
+        // The country is indexed, and PostgreSQL refuses an index entry over about 2.7 kB.
+        if port.country.as_ref().is_some_and(|c| c.chars().count() > MAX_COUNTRY) {
+            return Err(format!("country is longer than {MAX_COUNTRY} characters"));
+        }
         let lon_lat = match port.coordinates.as_deref() {
             None => None,
             Some(&[lon, lat]) => {
@@ -128,5 +135,8 @@ mod tests {
         assert!(r(br#"{"name":"A","coordinates":[1,95]}"#).contains("latitude"));
         assert!(r(br#"{"name":" "}"#).contains("name"));
         assert!(r(br#"{"city":"A"}"#).contains("missing field `name`"));
+        let country = |n: usize| format!(r#"{{"name":"A","country":"{}"}}"#, "c".repeat(n)).into_bytes();
+        assert!(PortRecord::decode("port.X", None, &country(MAX_COUNTRY)).is_ok());
+        assert!(r(&country(3000)).contains("country is longer than 256"));
     }
 }

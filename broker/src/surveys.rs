@@ -13,8 +13,12 @@ use crate::ts::Ts;
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-/// The longest text, device or location accepted, in characters.
+/// The longest text accepted, in characters.
 pub const MAX_TEXT: usize = 10_000;
+/// The longest device or location accepted, in characters: both are indexed, and PostgreSQL refuses an
+/// index entry over about 2.7 kB (on every delivery, so such an item was retried and bisected before it
+/// was dead-lettered as a processing failure).
+pub const MAX_LABEL: usize = 256;
 
 /// A survey payload as published: an item or a status, told apart by `status`. A field that is `None` is
 /// left out.
@@ -111,10 +115,10 @@ impl SurveyRecord {
     }
 }
 
-fn text(field: &str, v: Option<String>) -> Result<String, String> {
+fn text(field: &str, v: Option<String>, max: usize) -> Result<String, String> {
     let v = v.ok_or_else(|| format!("missing field `{field}`"))?;
-    if v.chars().count() > MAX_TEXT {
-        return Err(format!("{field} is longer than {MAX_TEXT} characters"));
+    if v.chars().count() > max {
+        return Err(format!("{field} is longer than {max} characters"));
     }
     crate::events::no_nul(field, &v)?;
     Ok(v)
@@ -140,15 +144,15 @@ fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
     if id < 1 {
         return Err(format!("id must be ≥ 1, got {id}"));
     }
-    let text_ = text("text", p.text)?;
+    let text_ = text("text", p.text, MAX_TEXT)?;
     if text_.trim().is_empty() {
         return Err("text must not be blank".into());
     }
     Ok(SurveyEvent::Item(SurveyItem {
         id,
         text: text_,
-        device: text("device", p.device)?,
-        location: text("location", p.location)?,
+        device: text("device", p.device, MAX_LABEL)?,
+        location: text("location", p.location, MAX_LABEL)?,
         created_at: p.created_at.unwrap_or(received),
     }))
 }
@@ -201,6 +205,14 @@ mod tests {
         assert!(r(br#"{"id":0,"text":"a","device":"d","location":"l"}"#).contains("≥ 1"));
         assert!(r(br#"{"id":1,"text":" ","device":"d","location":"l"}"#).contains("blank"));
         assert!(r(br#"{"id":1,"text":"a","location":"l"}"#).contains("missing field `device`"));
+        let long = |field: &str, n: usize| {
+            let mut item = serde_json::json!({"id": 1, "text": "a", "device": "d", "location": "l"});
+            item[field] = "x".repeat(n).into();
+            item.to_string().into_bytes()
+        };
+        assert!(SurveyRecord::decode("survey.blue", None, &long("device", MAX_LABEL), now()).is_ok());
+        assert!(r(&long("device", MAX_LABEL + 1)).contains("device is longer than 256"));
+        assert!(r(&long("location", 3000)).contains("location is longer than 256"));
         assert!(r(br#"{"status":"meh"}"#).contains("one of"));
         assert!(r(br#"{"status":"ok","id":1}"#).contains("only"));
         assert!(r(br#"{"id":1,"text":"a","device":"d","location":"l","x":1}"#).contains("unknown field"));
