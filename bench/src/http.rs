@@ -27,7 +27,8 @@ pub async fn measure(
     db_url: &str,
     js: &jetstream::Context,
 ) -> anyhow::Result<ApiMeasured> {
-    let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16 }).await?;
+    let db = tributary_store::connect(&DbConfig { url: db_url.to_owned(), max_connections: 16, ..Default::default() })
+        .await?;
     let nats = tributary::app::connect_nats(&config.nats).await?;
     let state = tributary_api::AppState {
         db,

@@ -34,7 +34,8 @@ impl Database {
             .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
         let ready = async {
-            let db = tributary_store::connect(&DbConfig { url: url.clone(), max_connections: 4 }).await?;
+            let db = tributary_store::connect(&DbConfig { url: url.clone(), max_connections: 4, ..Default::default() })
+                .await?;
             Migrator::up(&db, None).await?;
             anyhow::Ok(db)
         };

@@ -69,6 +69,7 @@ impl FleetHandler {
         // Recompute when something changed, or when no plan exists yet (the first batch may change nothing).
         let recompute = changed > 0 || !store::plan_exists(&mut tx).await?;
         if recompute {
+            store::allow_long_computation(&mut tx).await?;
             let fleet = load(&mut tx).await?;
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))

@@ -13,11 +13,20 @@ pub struct DbConfig {
     pub url: String,
     /// The pool's size.
     pub max_connections: u32,
+    /// How long one of our sessions may sit idle inside a transaction before PostgreSQL ends it, in
+    /// seconds (at least 1; `idle_in_transaction_session_timeout`). Tributary's transactions are never
+    /// idle for long (between statements is computing, not waiting); one that is, is a process that died
+    /// or hangs mid-transaction, and ending it releases the series locks everyone else waits for.
+    pub idle_in_transaction_secs: u64,
 }
 
 impl Default for DbConfig {
     fn default() -> Self {
-        DbConfig { url: "postgres://postgres@127.0.0.1:5432/tributary".into(), max_connections: 8 }
+        DbConfig {
+            url: "postgres://postgres@127.0.0.1:5432/tributary".into(),
+            max_connections: 8,
+            idle_in_transaction_secs: 60,
+        }
     }
 }
 
@@ -58,6 +67,18 @@ pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
         // broke while in use fails its statement, is closed on release, and the work is retried.
         .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
         .sqlx_logging(false);
+    // A client that died (a node lost, a network cut) holds its transaction's locks until PostgreSQL
+    // ends its session: at once after the idle-in-transaction timeout, and an idle session's dead
+    // client is found by TCP keepalives within about a minute (the OS's default is two hours).
+    let idle = format!("{}s", cfg.idle_in_transaction_secs.max(1));
+    opt.map_sqlx_postgres_opts(move |o| {
+        o.options([
+            ("idle_in_transaction_session_timeout", idle.as_str()),
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ])
+    });
     Ok(Database::connect(opt).await?)
 }
 

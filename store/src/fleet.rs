@@ -86,6 +86,13 @@ pub async fn upsert(tx: &mut Tx, table: Table, rows: &[Upsert<'_>]) -> Result<u6
     Ok(r.rows_affected())
 }
 
+/// Exempts `tx` from `database.idle_in_transaction_secs`: the plan of a large fleet is computed inside
+/// its transaction, for longer than that. A process that dies meanwhile still gives the fleet's lock back
+/// once TCP keepalives find it gone (see [`crate::connect`]).
+pub async fn allow_long_computation(tx: &mut Tx) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0").execute(&mut **tx).await.map(|_| ())
+}
+
 /// Whether a plan is stored (none before the first computation).
 pub async fn plan_exists(tx: &mut Tx) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut **tx).await

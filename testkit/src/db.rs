@@ -50,9 +50,13 @@ impl TestDb {
                 .execute(&mut conn)
                 .await
                 .expect("creating the template");
-            let db = tributary_store::connect(&DbConfig { url: with_db(&admin, &tmp), max_connections: 1 })
-                .await
-                .expect("connecting to the template");
+            let db = tributary_store::connect(&DbConfig {
+                url: with_db(&admin, &tmp),
+                max_connections: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("connecting to the template");
             Migrator::up(&db, None).await.expect("migrating the template");
             db.close().await.expect("closing the template");
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE {tmp} RENAME TO {template}")))

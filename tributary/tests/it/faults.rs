@@ -454,9 +454,13 @@ async fn sigterm_drains_or_gives_up_without_acking_and_a_second_signal_exits_at_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recently_used_pool_connection_is_not_pinged_and_a_broken_one_is_replaced() {
     let db = tributary_testkit::TestDb::create().await;
-    let store = tributary_store::connect(&tributary_store::DbConfig { url: db.url().into(), max_connections: 1 })
-        .await
-        .unwrap();
+    let store = tributary_store::connect(&tributary_store::DbConfig {
+        url: db.url().into(),
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let pool = store.get_postgres_connection_pool();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await.unwrap();
     // Back in the pool before it breaks: a release still on its way when the backend ends would find the

@@ -225,3 +225,46 @@ async fn large_index_definitions_in_one_batch_are_each_stored() {
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(&pool).await.unwrap();
     assert_eq!(stored, 8);
 }
+
+/// A transaction on a pool of its own, configured as `config`.
+async fn transaction_on(config: &tributary_store::DbConfig) -> tributary_store::Tx {
+    let db = tributary_store::connect(config).await.unwrap();
+    db.get_postgres_connection_pool().begin().await.unwrap()
+}
+
+/// A process that dies mid-transaction (here its connection is cut off silently, as when its node is
+/// lost) does not hold its locks for good: PostgreSQL ends the session after
+/// `database.idle_in_transaction_secs`, and the lock goes to the next one waiting. (Without a timeout
+/// the session stayed until TCP gave up on the dead peer, hours by default, and every batch on its
+/// series waited behind it.) A transaction that computes for long between statements (the fleet plan's)
+/// says so and is not ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_process_died_releases_its_locks() {
+    use sea_orm::sqlx;
+    let db = tributary_testkit::TestDb::create().await;
+    let (user, rest) = db.url().split_once('@').unwrap();
+    let (server, database) = rest.split_once('/').unwrap();
+    let proxy = tributary_testkit::TcpProxy::start(server);
+    let config = tributary_store::DbConfig {
+        url: format!("{user}@{}/{database}", proxy.addr()),
+        max_connections: 1,
+        idle_in_transaction_secs: 1,
+    };
+    let mut dead = transaction_on(&config).await;
+    sqlx::query("SELECT pg_advisory_xact_lock(42)").execute(&mut *dead).await.unwrap();
+    let port: i32 = sqlx::query_scalar("SELECT inet_client_port()").fetch_one(&mut *dead).await.unwrap();
+    assert!(proxy.silence(port as u16));
+    let mut computing = transaction_on(&config).await;
+    tributary_store::fleet::allow_long_computation(&mut computing).await.unwrap();
+
+    let other = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut waiting = other.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *waiting).await.unwrap();
+    let got = sqlx::query("SELECT pg_advisory_xact_lock(42)").execute(&mut *waiting).await;
+    assert!(got.is_ok(), "the lock stayed with the dead session: {got:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alive = sqlx::query("SELECT 1").execute(&mut *computing).await;
+    assert!(alive.is_ok(), "the computing transaction was ended: {alive:?}");
+}
