@@ -97,6 +97,9 @@ pub struct ApiConfig {
     /// milliseconds (at least 1; see [`SeriesCache`]): a body it serves is at most about two of these
     /// older than a commit whose notification a silently lost connection missed.
     pub series_cache_heartbeat_ms: u64,
+    /// How long an upload's client may send nothing while the upload waits for more of its body, in
+    /// seconds (at least 1); then the upload stops with that reason.
+    pub upload_idle_secs: u64,
     /// How long a connection may take to send a request's headers, from when it opens and after each
     /// response, in milliseconds (at least 1); then it is closed.
     pub header_timeout_ms: u64,
@@ -151,6 +154,7 @@ impl Default for ApiConfig {
             series_cache_bytes: 32 << 20,
             live_ping_secs: 20,
             header_timeout_ms: 30_000,
+            upload_idle_secs: 60,
             series_cache_heartbeat_ms: 5_000,
         }
     }

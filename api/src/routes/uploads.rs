@@ -64,10 +64,20 @@ pub async fn start(
         return Err(ApiError::TooLarge(max as usize));
     }
     let (id, tx) = s.uploads.start(kind.as_str());
-    // The body as a reader, cut off (with an error the importer reports) past the size limit.
+    // The body as a reader, cut off (with an error the importer reports) past the size limit, or when
+    // the client sends nothing for `api.upload_idle_secs` while the importer waits for more.
+    let idle = std::time::Duration::from_secs(s.config.upload_idle_secs.max(1));
+    let data = Box::pin(futures::stream::unfold(Some(body.into_data_stream()), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), Some(body))),
+            Ok(None) => None,
+            Err(_) => Some((Err(std::io::Error::other(format!("the client sent nothing for {idle:?}"))), None)),
+        }
+    }));
     let mut seen = 0u64;
-    let chunks = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
+    let chunks = data.map(move |chunk| {
+        let chunk = chunk?;
         seen += chunk.len() as u64;
         if seen > max {
             return Err(std::io::Error::other(format!("upload larger than {max} bytes")));

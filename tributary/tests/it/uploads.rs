@@ -204,3 +204,24 @@ async fn an_upload_cut_off_says_so() {
     let error = summary["error"].as_str().unwrap_or_default();
     assert!(error.contains("stopped at line") && error.contains("larger than 20000 bytes"), "{summary}");
 }
+
+/// An upload whose client stops sending (its connection open) ends after `api.upload_idle_secs` with
+/// that reason, what came before it published. (It waited for as long as the client kept the
+/// connection, holding its upload, its task and its publisher.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
+    let app = crate::common::spawn_app_with(|c| c.api.upload_idle_secs = 1).await;
+    let first: Result<Vec<u8>, std::io::Error> = Ok(b"UPQ,2026-01-01,1\n".to_vec());
+    let body = futures::stream::iter([first]).chain(futures::stream::pending());
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, summary) = follow(&app, &id).await;
+    assert!(summary["error"].as_str().unwrap_or_default().contains("sent nothing for 1s"), "{summary}");
+    assert_eq!(summary["published"], 1, "{summary}");
+}
