@@ -65,6 +65,13 @@ pub struct FleetSimConfig {
     pub seed: Option<u64>,
 }
 
+impl FleetSimConfig {
+    /// Checks the settings, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::at_least_one(&[("size", self.size as u64), ("interval_ms", self.interval_ms)])
+    }
+}
+
 impl Default for FleetSimConfig {
     fn default() -> Self {
         FleetSimConfig { size: 20, interval_ms: 2000, changes: None, seed: None }

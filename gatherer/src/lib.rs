@@ -79,6 +79,14 @@ impl std::fmt::Display for LineError {
     }
 }
 
+/// Checks that each `(field, value)` is at least 1, naming the first that is not.
+pub(crate) fn at_least_one(fields: &[(&str, u64)]) -> Result<(), String> {
+    match fields.iter().find(|(_, v)| *v == 0) {
+        Some((field, _)) => Err(format!("{field} must be at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// The most refused lines an import keeps (the rest are counted, not kept).
 pub const MAX_ERRORS: usize = 20;
 

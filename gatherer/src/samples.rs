@@ -38,6 +38,13 @@ struct Server {
     disk: f64,
 }
 
+impl SampleSimConfig {
+    /// Checks the settings, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::at_least_one(&[("servers", self.servers as u64), ("interval_ms", self.interval_ms)])
+    }
+}
+
 impl Server {
     /// Levels come from the host name (and disk from the clock), so a restarted simulator carries on near
     /// where the last one was.

@@ -154,6 +154,15 @@ impl Default for UpConfig {
     }
 }
 
+impl GathererConfig {
+    /// Checks every simulator's settings, naming the simulator and the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.prices.validate().map_err(|e| format!("prices: {e}"))?;
+        self.metrics.validate().map_err(|e| format!("metrics: {e}"))?;
+        self.fleet.validate().map_err(|e| format!("fleet: {e}"))
+    }
+}
+
 impl Config {
     /// Loads the configuration from `file` (or `tributary.toml` if present) and the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
@@ -194,6 +203,7 @@ impl Config {
         self.processor.prices.validate().map_err(err("processor.prices"))?;
         self.metrics.validate().map(|_| ()).map_err(err("metrics"))?;
         self.aggregator.validate().map_err(|e| e.to_string()).map_err(err("aggregator"))?;
+        self.gatherer.validate().map_err(err("gatherer"))?;
         Ok(())
     }
 }
@@ -286,6 +296,28 @@ mod tests {
     fn the_nats_url_is_shown_redacted() {
         let shown = format!("{:?}", NatsConfig::with_url("nats://api:hunter2@nats:4222"));
         assert!(!shown.contains("hunter2") && shown.contains("api:***@nats"), "{shown}");
+    }
+
+    /// The simulators' settings are checked at load too. An infinite rate kept the price simulator from
+    /// ever reaching its next tick (a first Ctrl-C did nothing); a negative one published nothing.
+    #[test]
+    fn simulator_settings_are_validated_at_load() {
+        figment::Jail::expect_with(|jail| {
+            for (toml, field) in [
+                ("[gatherer.prices]\nrate = inf", "rate"),
+                ("[gatherer.prices]\nrate = -5.0", "rate"),
+                ("[gatherer.prices]\nlate_share = 1.5", "late_share"),
+                ("[gatherer.metrics]\nservers = 0", "servers"),
+                ("[gatherer.fleet]\ninterval_ms = 0", "interval_ms"),
+            ] {
+                jail.create_file("tributary.toml", toml)?;
+                let e = format!("{:#}", Config::load(None).unwrap_err());
+                assert!(e.contains("gatherer") && e.contains(field), "{toml}: {e}");
+            }
+            jail.create_file("tributary.toml", "[gatherer.prices]\nrate = 5000.0")?;
+            Config::load(None).map_err(|e| e.to_string())?;
+            Ok(())
+        });
     }
 
     /// Every section is checked at load: a processor setting stops `tributary api` too, naming the field.

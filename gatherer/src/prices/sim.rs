@@ -35,6 +35,29 @@ struct Walk {
     corrections: u64,
 }
 
+impl SimConfig {
+    /// Checks the settings, naming the field: a rate that is not a positive number (infinite, say) kept
+    /// the simulator from ever reaching its next tick, or from publishing anything.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::at_least_one(&[("instruments", self.instruments as u64)])?;
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= MAX_RATE) {
+            return Err(format!(
+                "rate must be a number of events per second above 0, at most {MAX_RATE}, got {}",
+                self.rate
+            ));
+        }
+        for (field, share) in [("late_share", self.late_share), ("correction_share", self.correction_share)] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("{field} must be within 0 to 1, got {share}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The highest simulated rate, events per second.
+pub const MAX_RATE: f64 = 10_000_000.0;
+
 /// Publishes simulated prices until `shutdown` or the limit; returns what was delivered.
 pub async fn simulate(js: jetstream::Context, cfg: SimConfig, shutdown: CancellationToken) -> PublishReport {
     let mut rng = cfg.rng();

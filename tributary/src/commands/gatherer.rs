@@ -89,12 +89,16 @@ pub(crate) struct MetricsArgs {
     metrics_listen: Option<String>,
 }
 
-/// `250ms`, `1s`, `2m`.
+/// `250ms`, `1s`, `2m`; not zero.
 pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad interval {s:?}"));
+    let every = match s.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad interval {s:?}"))?,
+        None => tributary_store::rollups::Span::parse(s).map(|d| Duration::from_secs(d.secs() as u64))?,
+    };
+    if every.is_zero() {
+        return Err(format!("an interval must be longer than 0, got {s:?}"));
     }
-    tributary_store::rollups::Span::parse(s).map(|d| Duration::from_secs(d.secs() as u64))
+    Ok(every)
 }
 
 #[derive(Args)]
@@ -157,6 +161,7 @@ async fn gather_fleet(config: Config, args: FleetArgs) -> anyhow::Result<()> {
         sim.interval_ms = args.interval.map_or(sim.interval_ms, |d| d.as_millis() as u64);
         sim.changes = args.changes;
         sim.seed = args.seed;
+        sim.validate().map_err(|e| anyhow::anyhow!("gatherer fleet: {e}"))?;
         eprintln!(
             "simulating {} drivers and {} shipments, one change every {} ms (Ctrl-C stops)",
             sim.size, sim.size, sim.interval_ms
@@ -193,6 +198,7 @@ async fn gather_prices(mut config: Config, args: PricesArgs) -> anyhow::Result<(
     sim.correction_share = args.correction_share.unwrap_or(sim.correction_share);
     sim.limit = args.limit.or(sim.limit);
     sim.seed = args.seed.or(sim.seed);
+    sim.validate().map_err(|e| anyhow::anyhow!("gatherer prices: {e}"))?;
     let started = std::time::Instant::now();
     let report = tributary_gatherer::prices::simulate(js, config.gatherer.prices, shutdown::on_signal()).await;
     simulated("events", started, &report)
@@ -224,8 +230,22 @@ async fn gather_metrics(mut config: Config, args: MetricsArgs) -> anyhow::Result
     sim.prefix = args.prefix.unwrap_or(sim.prefix.clone());
     sim.rounds = args.rounds.or(sim.rounds);
     sim.seed = args.seed.or(sim.seed);
+    sim.validate().map_err(|e| anyhow::anyhow!("gatherer metrics: {e}"))?;
     eprintln!("publishing {} servers every {} ms (Ctrl-C stops)", sim.servers, sim.interval_ms);
     let started = std::time::Instant::now();
     let report = tributary_gatherer::samples::simulate(js, config.gatherer.metrics, stop).await;
     simulated("samples (messages of all fields of one server)", started, &report)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A zero interval is refused where it is given: `tokio::time::interval` panics on it (the survey
+    /// provider's generator died, and the provider served on with nothing generated).
+    #[test]
+    fn intervals_are_longer_than_zero() {
+        assert!(super::parse_interval("0ms").unwrap_err().contains("longer than 0"));
+        assert!(super::parse_interval("0s").is_err());
+        assert_eq!(super::parse_interval("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(super::parse_interval("2m"), Ok(std::time::Duration::from_secs(120)));
+    }
 }
