@@ -32,6 +32,7 @@ pub mod ports;
 pub mod prices;
 pub mod rollups;
 pub mod samples;
+mod settings;
 pub mod surveys;
 
 pub use db::{DbConfig, StoreError, connect, ensure_database};

@@ -20,6 +20,7 @@ mod batch;
 mod read;
 #[cfg(test)]
 mod tests;
+mod widths;
 
 pub use batch::{
     BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
@@ -29,3 +30,4 @@ pub use read::{
     HostFields, LatestSample, RollupBucket, SamplePoint, hosts, latest_samples, raw_samples, rollup_buckets,
     series_exists,
 };
+pub use widths::{store_base_width, stored_base_width};

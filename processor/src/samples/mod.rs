@@ -45,6 +45,41 @@ struct Part {
     added: Option<Vec<f64>>,
 }
 
+/// The configured smallest rollup width differs from the one the stored rollups were built with.
+#[derive(Debug, thiserror::Error)]
+pub enum WidthError {
+    /// Every wider bucket is merged from buckets of the smallest width, so it cannot change under stored
+    /// rollups (the merges failed on the stored rows, and wider buckets were rewritten from the new
+    /// width's buckets only).
+    #[error(
+        "metrics.rollups: the smallest width is {configured} s here but {stored} s in the stored rollups; \
+         keep {stored} s, or start from empty rollups (DELETE FROM metric_rollups; DELETE FROM settings \
+         WHERE key = 'metric_base_width')"
+    )]
+    Changed {
+        /// Of the stored rollups, in seconds.
+        stored: i64,
+        /// Configured, in seconds.
+        configured: i64,
+    },
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Db(#[from] sea_orm::sqlx::Error),
+}
+
+/// Checks the smallest rollup width of `cfg` against the stored rollups', recording it on the first start.
+pub async fn check_base_width(pool: &PgPool, cfg: &RollupConfig) -> Result<(), WidthError> {
+    let configured = cfg.validate().ok().and_then(|w| w.first().map(|w| w.width.secs())).unwrap_or_default();
+    let mut tx = lock::begin(pool, "settings", ["metric_base_width"]).await?;
+    match store::stored_base_width(&mut tx).await? {
+        Some(stored) if stored != configured => return Err(WidthError::Changed { stored, configured }),
+        Some(_) => {}
+        None => store::store_base_width(&mut tx, configured).await?,
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Consumes `metric.<host>`.
 #[derive(Clone)]
 pub struct SampleHandler {

@@ -10,7 +10,7 @@
 mod copy;
 
 use crate::entity::price_series;
-use crate::{Page, Range, Tx, notify};
+use crate::{Page, Range, Tx, notify, settings};
 use chrono::{DateTime, Utc};
 use copy::CopyRows;
 use sea_orm::sqlx::{self, PgPool};
@@ -350,41 +350,27 @@ const PROGRESS_KEY: &str = "price_transforms_progress";
 
 /// The names of the windows the stored derived values were computed with, if recorded.
 pub async fn stored_windows(tx: &mut Tx) -> Result<Option<Value>, sqlx::Error> {
-    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(TRANSFORMS_KEY).fetch_optional(&mut **tx).await
+    settings::get(tx, TRANSFORMS_KEY).await
 }
 
 /// Records the names of the windows the stored derived values are computed with, ending any recompute
 /// under way ([`store_progress`]).
 pub async fn store_windows(tx: &mut Tx, names: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM settings WHERE key = $1").bind(PROGRESS_KEY).execute(&mut **tx).await?;
-    set(tx, TRANSFORMS_KEY, names).await
+    settings::delete(tx, PROGRESS_KEY).await?;
+    settings::set(tx, TRANSFORMS_KEY, names).await
 }
 
 /// The last series done by a recompute for the windows `names` under way, if there is one for them.
 pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT value->>'through' FROM settings WHERE key = $1 AND value->'windows' = $2")
-        .bind(PROGRESS_KEY)
-        .bind(names)
-        .fetch_optional(&mut **tx)
-        .await
-        .map(Option::flatten)
+    let progress = settings::get(tx, PROGRESS_KEY).await?;
+    Ok(progress
+        .filter(|p| p.get("windows") == Some(names))
+        .and_then(|p| p.get("through").and_then(Value::as_str).map(str::to_owned)))
 }
 
 /// Records that a recompute for the windows `names` has done every series up to `through`.
 pub async fn store_progress(tx: &mut Tx, names: &Value, through: &str) -> Result<(), sqlx::Error> {
-    set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
-}
-
-/// Sets the `settings` row `key`.
-async fn set(tx: &mut Tx, key: &str, value: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-    )
-    .bind(key)
-    .bind(value)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    settings::set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
 }
 
 /// How many series there are.

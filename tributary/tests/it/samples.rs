@@ -439,3 +439,23 @@ async fn a_live_websocket_whose_reader_stops_answering_is_ended() {
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(got.contains(&0x89), "a ping frame (0x89) came before the end: {got:?}");
 }
+
+/// The smallest rollup width cannot change under stored rollups (every wider bucket is merged from its
+/// buckets): a processor configured with another refuses to start, naming both; a wider width may be
+/// added. (A changed smallest width started: merges over the stored rows panicked, their samples were
+/// dead-lettered as processing failures, and wider buckets were rewritten from the new width's only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smallest_rollup_width_cannot_change_under_stored_rollups() {
+    use tributary_processor::samples::check_base_width;
+    use tributary_store::rollups::{Rollup as Width, RollupConfig, Span};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
+    let widths = |secs: &[i64]| RollupConfig {
+        rollups: secs.iter().map(|w| Width { width: Span(*w), retention: Span(400 * 86_400) }).collect(),
+        ..Default::default()
+    };
+    check_base_width(&pool, &widths(&[60, 3600])).await.unwrap();
+    check_base_width(&pool, &widths(&[60, 3600, 86_400])).await.expect("a wider width may be added");
+    let e = check_base_width(&pool, &widths(&[10, 60, 3600])).await.unwrap_err().to_string();
+    assert!(e.contains("10 s here but 60 s in the stored rollups"), "{e}");
+}

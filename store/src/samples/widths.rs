@@ -1,0 +1,18 @@
+//! The smallest rollup width the stored rollups were built with (a `settings` row): every wider bucket
+//! is merged from buckets of that width, so it cannot change under stored rollups.
+
+use crate::{Tx, settings};
+use sea_orm::sqlx;
+
+/// The `settings` key of the smallest rollup width, in seconds.
+const BASE_WIDTH_KEY: &str = "metric_base_width";
+
+/// The smallest width, in seconds, of the stored rollups, if recorded.
+pub async fn stored_base_width(tx: &mut Tx) -> Result<Option<i64>, sqlx::Error> {
+    Ok(settings::get(tx, BASE_WIDTH_KEY).await?.and_then(|v| v.as_i64()))
+}
+
+/// Records the smallest width, in seconds, the rollups are built with.
+pub async fn store_base_width(tx: &mut Tx, secs: i64) -> Result<(), sqlx::Error> {
+    settings::set(tx, BASE_WIDTH_KEY, &secs.into()).await
+}
