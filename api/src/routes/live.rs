@@ -80,8 +80,9 @@ pub async fn ws(
 }
 
 /// Sends the stream's messages to `socket` until shutdown (1001) or the reader goes. A reader that has
-/// not answered a ping by the next one (every `ping`) is taken as gone: without it, a reader that
-/// vanished without closing held its task and socket until shutdown.
+/// not answered a ping by the next one (every `ping`), or does not take a message within `ping` (it
+/// stopped reading: the socket's buffers are full), is taken as gone: without it, a reader that vanished
+/// without closing, or stayed connected without reading, held its task and socket until shutdown.
 async fn relay(
     mut socket: WebSocket,
     mut rx: Receiver<Arc<LiveMsg>>,
@@ -102,19 +103,19 @@ async fn relay(
                     return;
                 }
                 unanswered = true;
-                match send_unless_closed(&mut socket, Message::Ping(Default::default()), &closed).await {
+                match send_unless_closed(&mut socket, Message::Ping(Default::default()), &closed, ping).await {
                     None => break,
-                    Some(Err(_)) => return,
-                    Some(Ok(())) => {}
+                    Some(false) => return,
+                    Some(true) => {}
                 }
             }
             m = next(&mut rx, host.as_deref()) => {
                 let Some(m) = m else { return };
                 let text = String::from_utf8_lossy(&m.json).into_owned();
-                match send_unless_closed(&mut socket, Message::Text(text.into()), &closed).await {
+                match send_unless_closed(&mut socket, Message::Text(text.into()), &closed, ping).await {
                     None => break,
-                    Some(Err(_)) => return,
-                    Some(Ok(())) => {}
+                    Some(false) => return,
+                    Some(true) => {}
                 }
             }
             incoming = socket.recv() => match incoming {
@@ -129,15 +130,17 @@ async fn relay(
     let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
 }
 
-/// Sends `m`, or `None` once shutdown comes first: a reader that stops reading must not hold it up.
+/// Sends `m`: whether it went within `within` (a reader that takes nothing for that long has stopped
+/// reading), or `None` once shutdown comes first (such a reader must not hold that up either).
 async fn send_unless_closed(
     socket: &mut WebSocket,
     m: Message,
     closed: &tokio_util::sync::CancellationToken,
-) -> Option<Result<(), axum::Error>> {
+    within: std::time::Duration,
+) -> Option<bool> {
     tokio::select! {
         _ = closed.cancelled() => None,
-        r = socket.send(m) => Some(r),
+        r = tokio::time::timeout(within, socket.send(m)) => Some(matches!(r, Ok(Ok(())))),
     }
 }
 

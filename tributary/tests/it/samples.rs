@@ -418,6 +418,14 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     assert_eq!(sweep(366).await.unwrap(), (0, 1), "1h buckets after 365 days");
 }
 
+/// The request that upgrades a raw TCP reader to a live WebSocket (`/v1/live/ws{query}`).
+fn ws_upgrade(addr: &str, query: &str) -> String {
+    format!(
+        "GET /v1/live/ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// A live WebSocket whose reader stops answering is ended at the next ping (`api.live_ping_secs`): a
 /// reader that vanished without closing, on a filter that matches nothing, held its task and socket until
 /// shutdown. The reader here is raw TCP that upgrades and then never answers the pings.
@@ -427,17 +435,53 @@ async fn a_live_websocket_whose_reader_stops_answering_is_ended() {
     let app = crate::common::spawn_app_with(|c| c.api.live_ping_secs = 1).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let upgrade = format!(
-        "GET /v1/live/ws?host=nohost HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    tcp.write_all(ws_upgrade(&addr, "?host=nohost").as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let ended = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read_to_end(&mut got)).await;
     let text = String::from_utf8_lossy(&got);
     assert!(ended.is_ok(), "the server still holds the stream after 20 s: {text}");
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(got.contains(&0x89), "a ping frame (0x89) came before the end: {got:?}");
+}
+
+/// A live WebSocket whose reader stays connected but reads nothing is ended once a message has waited a
+/// ping interval to be taken: the server sends no more to it. (The relay waited in its send, holding the
+/// task and socket for as long as the reader stayed, and sent on once it read again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_websocket_whose_reader_stops_reading_is_ended() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::common::spawn_app_with(|c| c.api.live_ping_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    tcp.write_all(ws_upgrade(&addr, "").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // Far more than the sockets' buffers hold (4 MiB on the server's side here), while nothing is read.
+    let (messages, size) = (64, 256 << 10);
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(size));
+    for k in 0..messages {
+        app.c
+            .nats
+            .publish(format!("{}.bulk{k}", tributary_broker::samples::LIVE_PREFIX), body.clone().into())
+            .await
+            .unwrap();
+    }
+    app.c.nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "still open after 20 s of reading");
+    let published = messages * size;
+    assert!(
+        got.len() < published / 2,
+        "the server waited for the reader and sent on: {} of {published} bytes",
+        got.len()
+    );
 }
 
 /// The smallest rollup width cannot change under stored rollups (every wider bucket is merged from its
