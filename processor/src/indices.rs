@@ -37,9 +37,12 @@ impl IndexHandler {
         }
         // One transaction per definition, so none locks more than one definition's constituents (at most
         // `IndexDefinition::MAX_CONSTITUENTS`): a batch of large definitions in one transaction overflowed
-        // PostgreSQL's lock table ("out of shared memory", retried for ever as a transient failure).
+        // PostgreSQL's lock table ("out of shared memory", retried for ever as a transient failure). And one
+        // definition at a time, anywhere (the `definitions` lock, first: see `crate::lock`): the consumer's
+        // lanes, and other processors, storing large definitions side by side overflowed it the same way.
         for (name, (def, seq)) in newest {
-            let mut tx = lock::begin(&self.pool, "price", def.weights.keys().map(String::as_str)).await?;
+            let mut tx = lock::begin(&self.pool, lock::DEFINITIONS, [lock::DEFINITIONS]).await?;
+            lock::acquire(&mut tx, "price", def.weights.keys().map(String::as_str)).await?;
             lock::acquire(&mut tx, "index", [name]).await?;
             if indices::stored_seq(&mut *tx, name).await?.is_some_and(|s| s >= seq as i64) {
                 continue;

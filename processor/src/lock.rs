@@ -2,13 +2,18 @@
 //!
 //! Work on one series is serialised by `pg_advisory_xact_lock` on a key hashed from the series name,
 //! held until the transaction ends. To rule out deadlocks every transaction takes its locks in one global
-//! order: all instrument locks (ascending key), then all index locks (ascending key).
+//! order: all instrument locks (ascending key), then all index locks (ascending key). An index definition's
+//! transaction first takes [`DEFINITIONS`], which nothing else takes, so it cannot close a cycle.
 //!
 //! [`begin`] opens a transaction and takes its first locks in one round trip; [`acquire`] takes more. The
 //! SQL is [`tributary_store::locks`]'; the keys and their order are this module's.
 
 use tributary_store::sqlx::{self, PgPool};
 use tributary_store::{Tx, locks};
+
+/// The class and name of the lock that lets one index definition at a time be stored: each locks up to
+/// `IndexDefinition::MAX_CONSTITUENTS` series, and several side by side overflow PostgreSQL's lock table.
+pub const DEFINITIONS: &str = "definitions";
 
 /// The lock key of a series: FNV-1a 64 of `<class>:<name>`.
 pub fn key(class: &str, name: &str) -> i64 {

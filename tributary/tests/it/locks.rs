@@ -226,6 +226,30 @@ async fn large_index_definitions_in_one_batch_are_each_stored() {
     assert_eq!(stored, 8);
 }
 
+/// Large index definitions stored side by side (the consumer's lanes, other processors: here three
+/// handlers at once, 3 × 5,000 constituents) are stored one at a time: together they held more advisory
+/// locks than PostgreSQL's lock table takes, and failed with "out of shared memory".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_index_definitions_stored_side_by_side_are_stored() {
+    use tributary_broker::events::IndexDefinition;
+    use tributary_broker::{BatchHandler, Delivery};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
+    let definition = |k: u64| {
+        let weights = (0..5000).map(|i| (format!("S{k}I{i}"), 1.0)).collect();
+        let event = (format!("SIDE{k}"), IndexDefinition { base: 100.0, weights });
+        vec![Delivery { event, seq: k + 1, received: Ts::parse("2026-01-01").unwrap() }]
+    };
+    let (a, b, c) = (definition(0), definition(1), definition(2));
+    let handler = tributary_processor::indices::IndexHandler::new(pool.clone());
+    let (ra, rb, rc) = tokio::join!(handler.handle(&a), handler.handle(&b), handler.handle(&c));
+    for r in [ra, rb, rc] {
+        r.unwrap();
+    }
+    let stored: i64 = sea_orm::sqlx::query_scalar("SELECT count(*) FROM indices").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 3);
+}
+
 /// A transaction on a pool of its own, configured as `config`.
 async fn transaction_on(config: &tributary_store::DbConfig) -> tributary_store::Tx {
     let db = tributary_store::connect(config).await.unwrap();
