@@ -5,18 +5,23 @@
 //! batch's one statement (new points by [`copy`] from [`COPY_MIN_ROWS`] on), [`write_rows`] a later chunk
 //! of a rewrite. [`Row`] is a stored point as the derivations see it: derived values are a JSON object in
 //! the table and a vector in [`Point`], in the order of the names the caller passes. The API's reads are
-//! [`list_series`], [`read_points`] and [`series_exists`].
+//! [`list_series`], [`read_points`] and [`series_exists`]. `windows`: the windows the stored values were
+//! computed with, and the reads of a recompute for new ones ([`stored_windows`], [`raw_points`], …).
 
 mod copy;
+mod windows;
 
 use crate::entity::price_series;
-use crate::{Page, Range, Tx, notify, settings};
+use crate::{Page, Range, Tx, notify};
 use chrono::{DateTime, Utc};
 use copy::CopyRows;
 use sea_orm::sqlx::{self, PgPool};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+pub use windows::{
+    instruments_after, progress, raw_points, series_count, store_progress, store_windows, stored_windows,
+};
 
 /// One point of a series with its derived values.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,86 +344,6 @@ pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result
     }
     out.indices.sort_unstable();
     out.indices.dedup();
-    Ok(out)
-}
-
-/// The `settings` key of the windows the stored derived values were computed with.
-const TRANSFORMS_KEY: &str = "price_transforms";
-/// The `settings` key of a recompute for new windows under way: `{"windows": [...], "through": name}`,
-/// the last series (in the table's order) done.
-const PROGRESS_KEY: &str = "price_transforms_progress";
-
-/// The names of the windows the stored derived values were computed with, if recorded.
-pub async fn stored_windows(tx: &mut Tx) -> Result<Option<Value>, sqlx::Error> {
-    settings::get(tx, TRANSFORMS_KEY).await
-}
-
-/// Records the names of the windows the stored derived values are computed with, ending any recompute
-/// under way ([`store_progress`]).
-pub async fn store_windows(tx: &mut Tx, names: &Value) -> Result<(), sqlx::Error> {
-    settings::delete(tx, PROGRESS_KEY).await?;
-    settings::set(tx, TRANSFORMS_KEY, names).await
-}
-
-/// The last series done by a recompute for the windows `names` under way, if there is one for them.
-pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx::Error> {
-    let progress = settings::get(tx, PROGRESS_KEY).await?;
-    Ok(progress
-        .filter(|p| p.get("windows") == Some(names))
-        .and_then(|p| p.get("through").and_then(Value::as_str).map(str::to_owned)))
-}
-
-/// Records that a recompute for the windows `names` has done every series up to `through`.
-pub async fn store_progress(tx: &mut Tx, names: &Value, through: &str) -> Result<(), sqlx::Error> {
-    settings::set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
-}
-
-/// How many series there are.
-pub async fn series_count(tx: &mut Tx) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM price_series").fetch_one(&mut **tx).await
-}
-
-/// At most `limit` instruments with a series after `after` (from the first when `None`), in the table's
-/// order. (`coalesce`, not `$1 IS NULL OR`, so that a generic plan still scans the key from `after`; no
-/// instrument name is empty.)
-pub async fn instruments_after(tx: &mut Tx, after: Option<&str>, limit: usize) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT instrument FROM price_series WHERE instrument > coalesce($1::text, '') ORDER BY instrument LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit as i64)
-    .fetch_all(&mut **tx)
-    .await
-}
-
-/// Per instrument, at most `per` stored points after its time (from its first point when `None`),
-/// ascending, without their derived values (`point.values` empty): the next chunk of a recompute from
-/// scratch.
-pub async fn raw_points(
-    tx: &mut Tx,
-    after: &[(&str, Option<DateTime<Utc>>)],
-    per: usize,
-) -> Result<HashMap<String, Vec<Row>>, sqlx::Error> {
-    let (instruments, afters): (Vec<&str>, Vec<Option<DateTime<Utc>>>) = after.iter().copied().unzip();
-    let rows: Vec<(String, DateTime<Utc>, f64, Option<f64>, i64)> = sqlx::query_as(
-        "SELECT q.instrument, p.ts, p.price, p.volume, p.seq
-           FROM unnest($1::text[], $2::timestamptz[]) AS q(instrument, after)
-           CROSS JOIN LATERAL (SELECT ts, price, volume, seq FROM price_points
-                                WHERE instrument = q.instrument AND ts > coalesce(q.after, '-infinity')
-                                ORDER BY ts LIMIT $3) p",
-    )
-    .bind(&instruments)
-    .bind(&afters)
-    .bind(per as i64)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut out: HashMap<String, Vec<Row>> = HashMap::new();
-    for (instrument, ts, price, volume, seq) in rows {
-        out.entry(instrument).or_default().push(Row { ts, volume, seq, point: Point::raw(price) });
-    }
-    for rows in out.values_mut() {
-        rows.sort_unstable_by_key(|r| r.ts);
-    }
     Ok(out)
 }
 
