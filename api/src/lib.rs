@@ -97,6 +97,9 @@ pub struct ApiConfig {
     /// milliseconds (at least 1; see [`SeriesCache`]): a body it serves is at most about two of these
     /// older than a commit whose notification a silently lost connection missed.
     pub series_cache_heartbeat_ms: u64,
+    /// How long a connection may leave what the server sent unread (its reader stopped reading, or is
+    /// gone) before it is closed, in seconds (at least 1; Linux only).
+    pub send_stall_secs: u64,
     /// How long an upload's client may send nothing while the upload waits for more of its body, in
     /// seconds (at least 1); then the upload stops with that reason.
     pub upload_idle_secs: u64,
@@ -155,6 +158,7 @@ impl Default for ApiConfig {
             live_ping_secs: 20,
             header_timeout_ms: 30_000,
             upload_idle_secs: 60,
+            send_stall_secs: 60,
             series_cache_heartbeat_ms: 5_000,
         }
     }
@@ -236,12 +240,17 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         uploads.close();
     };
     let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
+    let stall = Duration::from_secs(state.config.send_stall_secs.max(1));
     match tls {
         Some(config) => {
-            let listener = tls::TlsListener::new(listener, config)?;
+            let listener = tls::TlsListener::new(listener, config, stall)?;
             server::serve(listener, router(state), header_timeout, stopping).await
         }
-        None => server::serve(listener, router(state), header_timeout, stopping).await,
+        None => {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(move |tcp| server::stall_timeout(tcp, stall));
+            server::serve(listener, router(state), header_timeout, stopping).await
+        }
     }
     Ok(())
 }

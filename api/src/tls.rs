@@ -74,8 +74,9 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Serves TLS with `config` on `listener`.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+    /// Serves TLS with `config` on `listener`, its connections closed once what they sent has waited
+    /// `stall` to be read (see [`crate::server::stall_timeout`]).
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, stall: Duration) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
@@ -88,6 +89,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                crate::server::stall_timeout(&tcp, stall);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

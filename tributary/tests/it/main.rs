@@ -12,6 +12,7 @@ mod faults;
 mod fleet;
 mod grafana;
 mod isolation;
+mod live;
 mod locks;
 mod malformed;
 mod openapi;
