@@ -35,8 +35,12 @@ pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx
         .and_then(|p| p.get("through").and_then(Value::as_str).map(str::to_owned)))
 }
 
-/// Records that a recompute for the windows `names` has done every series up to `through`.
+/// Records that a recompute for the windows `names` has done every series up to `through`. Until it is
+/// done ([`store_windows`]), the stored values are of no windows throughout: the recorded windows say so
+/// (`{"recomputing": names}`, which no configuration's names equal), so that a processor started with
+/// the old windows again recomputes every series too, rather than take half of them as its own.
 pub async fn store_progress(tx: &mut Tx, names: &Value, through: &str) -> Result<(), sqlx::Error> {
+    settings::set(tx, TRANSFORMS_KEY, &serde_json::json!({"recomputing": names})).await?;
     settings::set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
 }
 

@@ -123,3 +123,30 @@ async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
     assert_eq!(reconcile_transforms(&pool, &newer).await.unwrap(), 5, "another windows' progress is ignored");
     assert_batch_equal(&pool, &newer).await;
 }
+
+/// A recompute for new windows that stopped half-way, followed by a start with the old windows again (a
+/// rollback), recomputes every series for the old ones: half of them held values of the new windows. (The
+/// old windows were still recorded until the last part committed, so the rollback found them and
+/// recomputed nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series() {
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = PgPool::connect(db.url()).await.unwrap();
+    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    reconcile_transforms(&pool, &old).await.unwrap();
+    seed_short(&pool, 600).await; // two parts: S99 sorts last, in the second
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.instrument = 'S99' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON price_points FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let new = Transforms { sma: vec![3], ema: vec![4], vol: vec![] };
+    assert!(reconcile_transforms(&pool, &new).await.is_err(), "the second part fails");
+    sqlx::raw_sql("DROP TRIGGER refuse ON price_points").execute(&pool).await.unwrap();
+
+    assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 600, "every series, for the old windows");
+    assert_batch_equal(&pool, &old).await;
+}
