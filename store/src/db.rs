@@ -42,13 +42,16 @@ pub enum StoreError {
 }
 
 /// Whether a database error says PostgreSQL cannot be reached or takes no work now (no connection within
-/// the pool's wait, a broken connection, a server shutting down or out of connections), rather than that
-/// a statement failed. The API answers these 503; the processor retries them as transient.
+/// the pool's wait, a broken connection, a server shutting down or out of connections, a session the
+/// server ended as idle in its transaction: `25P03`, see [`DbConfig::idle_in_transaction_secs`]), rather
+/// than that a statement failed. The API answers these 503; the processor retries them as transient.
 pub fn unreachable(e: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error;
     match e {
         Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) | Error::WorkerCrashed => true,
-        Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        Error::Database(d) => {
+            d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "25P03")
+        }
         _ => false,
     }
 }

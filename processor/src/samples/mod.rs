@@ -67,15 +67,17 @@ pub enum WidthError {
     Db(#[from] sea_orm::sqlx::Error),
 }
 
-/// Checks the smallest rollup width of `cfg` against the stored rollups', recording it on the first start.
+/// Checks the smallest rollup width of `cfg` against the stored rollups' (any width goes while none is
+/// stored), and records it.
 pub async fn check_base_width(pool: &PgPool, cfg: &RollupConfig) -> Result<(), WidthError> {
     let configured = cfg.validate().ok().and_then(|w| w.first().map(|w| w.width.secs())).unwrap_or_default();
     let mut tx = lock::begin(pool, "settings", ["metric_base_width"]).await?;
-    match store::stored_base_width(&mut tx).await? {
-        Some(stored) if stored != configured => return Err(WidthError::Changed { stored, configured }),
-        Some(_) => {}
-        None => store::store_base_width(&mut tx, configured).await?,
+    if let Some(stored) = store::stored_base_width(&mut tx).await?
+        && stored != configured
+    {
+        return Err(WidthError::Changed { stored, configured });
     }
+    store::store_base_width(&mut tx, configured).await?;
     tx.commit().await?;
     Ok(())
 }

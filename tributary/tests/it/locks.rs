@@ -291,4 +291,10 @@ async fn a_transaction_whose_process_died_releases_its_locks() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let alive = sqlx::query("SELECT 1").execute(&mut *computing).await;
     assert!(alive.is_ok(), "the computing transaction was ended: {alive:?}");
+    // A transaction of a live process that was ended so fails as "database unreachable": the processor
+    // retries its batch rather than dead-letter it (a statement's own failure).
+    let mut paused = transaction_on(&tributary_store::DbConfig { url: db.url().into(), ..config }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ended = sqlx::query("SELECT 1").execute(&mut *paused).await.unwrap_err();
+    assert!(tributary_store::db::unreachable(&ended), "{ended:?}");
 }

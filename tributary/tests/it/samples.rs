@@ -433,6 +433,17 @@ async fn the_smallest_rollup_width_cannot_change_under_stored_rollups() {
         ..Default::default()
     };
     check_base_width(&pool, &widths(&[60, 3600])).await.unwrap();
+    check_base_width(&pool, &widths(&[10, 60])).await.expect("any width while no rollup is stored");
+    // A rollup of 60 s stored before the width was recorded (an upgraded database): that is the width.
+    sqlx::query(
+        "INSERT INTO metric_rollups (host, field, width, start, count, sum, min, max, mean, first, last, p50, p95, p99,
+                                     sketch, last_ts)
+         VALUES ('h', 'cpu', 60, now(), 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, '', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM settings").execute(&pool).await.unwrap();
     check_base_width(&pool, &widths(&[60, 3600, 86_400])).await.expect("a wider width may be added");
     let e = check_base_width(&pool, &widths(&[10, 60, 3600])).await.unwrap_err().to_string();
     assert!(e.contains("10 s here but 60 s in the stored rollups"), "{e}");
