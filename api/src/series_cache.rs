@@ -22,7 +22,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::PgPool;
-use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,11 @@ impl SeriesCache {
     pub async fn listen(self, pool: PgPool, heartbeat: Duration, stop: CancellationToken) {
         let run = async {
             loop {
-                let mut listener = match PgListener::connect_with(&pool).await {
+                // A pool of its own: a listener dropped after a silent loss closes its connection in the
+                // background (`UNLISTEN`, on a socket that may not answer for minutes), which must not hold
+                // a connection of the reads' pool meanwhile.
+                let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
+                let mut listener = match PgListener::connect_with(&own).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "series cache: cannot connect its listener; retrying");

@@ -97,13 +97,15 @@ impl Kind {
             .and_then(|r| r.strip_prefix('.'))
             .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
         let rest = strip_partition(rest).unwrap_or(rest);
-        // Keys are stored as (parts of) primary keys: a bounded length also keeps them within an index
-        // entry (PostgreSQL refuses one over about 2.7 kB, on every delivery).
-        if !valid_key(rest) {
+        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) || rest.contains(char::is_control) {
             return Err(format!(
-                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key of at most 128 bytes",
+                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
                 self.prefix()
             ));
+        }
+        // Keys are stored as (parts of) primary keys: PostgreSQL would refuse a long one on every delivery.
+        if rest.len() > MAX_KEY {
+            return Err(format!("subject {subject:?}: its key is longer than {MAX_KEY} bytes"));
         }
         Ok(rest)
     }
@@ -158,10 +160,14 @@ fn strip_partition(rest: &str) -> Option<&str> {
 /// Whether `key` can be used as one subject token (a key of any kind).
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
-        && key.len() <= 128
+        && key.len() <= MAX_KEY
         && !key.contains(['.', '*', '>'])
         && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
+
+/// The longest key, in bytes: keys are stored as (parts of) primary keys, and PostgreSQL refuses an index
+/// entry over about 2.7 kB.
+pub const MAX_KEY: usize = 128;
 
 #[cfg(test)]
 mod tests {
@@ -193,7 +199,7 @@ mod tests {
         assert!(Kind::Price.key_of("price.p.x.ACME").is_err());
         assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
         assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(128))).is_ok());
-        assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(129))).unwrap_err().contains("at most 128 bytes"));
+        assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(129))).unwrap_err().contains("longer than 128"));
         assert_eq!(Kind::Sample.partition_filter(2), "metric.p.2.>");
         assert_eq!(parse_subject("fleet.driver.7"), Ok(Kind::Fleet));
         assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));

@@ -266,6 +266,11 @@ async fn settle(
         let msg = Publish::build().payload(r.payload.clone()).headers(r.headers.clone());
         result = match r.js.send_publish(subject.clone(), msg).await {
             Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            // Larger than the server takes (first sent while disconnected): it would be refused again.
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                let why = format!("{} bytes with its headers exceed the server's max_payload ({e})", r.payload.len());
+                return Settled { subject, resent, result: Err(why), exhausted: false };
+            }
             Err(e) => Err(e.to_string()),
         };
     }
