@@ -163,7 +163,7 @@ pub(crate) async fn next_line(
 pub(crate) fn given_up(publisher: &tributary_broker::Publisher, progress: &Progress) -> Option<String> {
     publisher.gave_up().then(|| {
         format!(
-            "stopped at line {} (byte {}): NATS did not acknowledge publishes within the retry window",
+            "stopped after line {} (byte {}): NATS did not acknowledge publishes within the retry window",
             progress.entries, progress.bytes
         )
     })

@@ -5,7 +5,10 @@
 //! them all would not fit PostgreSQL's lock table past some thousands of series), each reading about
 //! [`CHUNK_PRICES`] points at a time (memory does not grow with the history). Each transaction records
 //! how far it got, under the `settings` lock that every step takes, so a processor stopped half-way
-//! resumes where it was, and processors starting together share the work instead of repeating it.
+//! resumes where it was, and processors starting together share the work instead of repeating it. A
+//! processor configured with other windows while a recompute is under way (its last part less than
+//! [`TAKEOVER_AFTER`] ago) refuses to start: two recomputes for different windows would undo each other's
+//! parts for ever.
 
 use super::series::{Transforms, recompute};
 use super::store::{self, Row, Writes};
@@ -18,8 +21,33 @@ use tributary_store::sqlx::{self, PgPool};
 /// About how many points one step of the recompute reads, over all its series.
 const CHUNK_PRICES: usize = 65_536;
 
+/// How long after its last part a recompute for other windows counts as abandoned (its processor
+/// stopped), and a processor with these windows starts over instead of refusing.
+pub const TAKEOVER_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
+/// Why the stored derived values could not be made to match the windows.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Another processor is recomputing every series for other windows.
+    #[error(
+        "processor.prices: another processor is recomputing every series for the windows {theirs} (its last \
+         part {secs} s ago), these are {ours}: give every processor the same windows"
+    )]
+    Contested {
+        /// The other recompute's windows.
+        theirs: Value,
+        /// These windows.
+        ours: Value,
+        /// Seconds since its last part.
+        secs: i64,
+    },
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
 /// Makes stored derived values match the windows `t`. Returns how many series this call recomputed.
-pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize, sqlx::Error> {
+pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize, ReconcileError> {
     let names = t.names();
     let wanted = Value::from(names.clone());
     let (mut done, mut total, mut logged) = (0, None, Instant::now());
@@ -32,7 +60,14 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         if total.is_none() {
             total = Some(store::series_count(&mut tx).await?);
         }
-        let after = store::progress(&mut tx, &wanted).await?;
+        let after = match store::progress(&mut tx).await? {
+            Some(p) if p.windows == wanted => Some(p.through),
+            Some(p) if chrono::Utc::now() - p.at < TAKEOVER_AFTER => {
+                let secs = (chrono::Utc::now() - p.at).num_seconds();
+                return Err(ReconcileError::Contested { theirs: p.windows, ours: wanted, secs });
+            }
+            _ => None,
+        };
         let part = store::instruments_after(&mut tx, after.as_deref(), lock::MAX_SERIES_PER_PART).await?;
         let Some(last) = part.last() else {
             store::store_windows(&mut tx, &wanted).await?;

@@ -20,7 +20,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 pub use windows::{
-    instruments_after, progress, raw_points, series_count, store_progress, store_windows, stored_windows,
+    Progress, instruments_after, progress, raw_points, series_count, store_progress, store_windows, stored_windows,
 };
 
 /// One point of a series with its derived values.

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 /// The `settings` key of the windows the stored derived values were computed with.
 const TRANSFORMS_KEY: &str = "price_transforms";
-/// The `settings` key of a recompute for new windows under way: `{"windows": [...], "through": name}`,
-/// the last series (in the table's order) done.
+/// The `settings` key of a recompute for new windows under way: `{"windows": [...], "through": name,
+/// "at": time}`, the last series (in the table's order) done, and when.
 const PROGRESS_KEY: &str = "price_transforms_progress";
 
 /// The names of the windows the stored derived values were computed with, if recorded.
@@ -27,12 +27,27 @@ pub async fn store_windows(tx: &mut Tx, names: &Value) -> Result<(), sqlx::Error
     settings::set(tx, TRANSFORMS_KEY, names).await
 }
 
-/// The last series done by a recompute for the windows `names` under way, if there is one for them.
-pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx::Error> {
-    let progress = settings::get(tx, PROGRESS_KEY).await?;
-    Ok(progress
-        .filter(|p| p.get("windows") == Some(names))
-        .and_then(|p| p.get("through").and_then(Value::as_str).map(str::to_owned)))
+/// A recompute for new windows under way, as recorded by its last part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// The names of the windows it recomputes for.
+    pub windows: Value,
+    /// The last series done.
+    pub through: String,
+    /// When that part committed (by the recording processor's clock).
+    pub at: DateTime<Utc>,
+}
+
+/// The recompute under way, if any.
+pub async fn progress(tx: &mut Tx) -> Result<Option<Progress>, sqlx::Error> {
+    let Some(p) = settings::get(tx, PROGRESS_KEY).await? else { return Ok(None) };
+    let through = p.get("through").and_then(Value::as_str).map(str::to_owned);
+    let at = p.get("at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    Ok(through.zip(at).map(|(through, at)| Progress {
+        windows: p.get("windows").cloned().unwrap_or_default(),
+        through,
+        at: at.to_utc(),
+    }))
 }
 
 /// Records that a recompute for the windows `names` has done every series up to `through`. Until it is
@@ -41,7 +56,8 @@ pub async fn progress(tx: &mut Tx, names: &Value) -> Result<Option<String>, sqlx
 /// the old windows again recomputes every series too, rather than take half of them as its own.
 pub async fn store_progress(tx: &mut Tx, names: &Value, through: &str) -> Result<(), sqlx::Error> {
     settings::set(tx, TRANSFORMS_KEY, &serde_json::json!({"recomputing": names})).await?;
-    settings::set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through})).await
+    let at = Utc::now().to_rfc3339();
+    settings::set(tx, PROGRESS_KEY, &serde_json::json!({"windows": names, "through": through, "at": at})).await
 }
 
 /// How many series there are.

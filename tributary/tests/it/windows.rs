@@ -28,6 +28,18 @@ async fn seed_short(pool: &PgPool, n: i64) {
     .unwrap();
 }
 
+/// Makes the recompute under way look abandoned: its last part an hour ago, longer than a processor with
+/// other windows waits before it starts over (`TAKEOVER_AFTER`).
+async fn abandon(pool: &PgPool) {
+    sqlx::query(
+        "UPDATE settings SET value = jsonb_set(value, '{at}', to_jsonb((now() - interval '1 hour')::text))
+          WHERE key = 'price_transforms_progress'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// Every stored series, recomputed from its prices as a batch would, equals what is stored, bit for bit.
 async fn assert_batch_equal(pool: &PgPool, t: &Transforms) {
     let rows: Vec<(String, f64, Option<f64>, Value)> =
@@ -91,7 +103,8 @@ async fn new_windows_recompute_every_series_in_parts_as_the_batch_computation_wo
 }
 
 /// A recompute stopped half-way resumes after the last series it finished (in the table's order), and
-/// only for the same windows: progress recorded for other windows counts for nothing.
+/// only for the same windows: one for other windows under way is refused, and one abandoned is started
+/// over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
     let db = tributary_testkit::TestDb::create().await;
@@ -118,9 +131,19 @@ async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
             .unwrap();
     assert_eq!(recomputed, ["S3", "S4"]);
 
+    // A recompute for other windows under way: refused, naming both, rather than undo each other's parts
+    // for ever (two processors configured differently).
     let newer = Transforms { sma: vec![4], ema: vec![], vol: vec![] };
     progress(&new, "S3").await;
-    assert_eq!(reconcile_transforms(&pool, &newer).await.unwrap(), 5, "another windows' progress is ignored");
+    let e = reconcile_transforms(&pool, &newer).await.unwrap_err().to_string();
+    assert!(e.contains(r#"["sma_3"]"#) && e.contains(r#"["sma_4"]"#), "{e}");
+    // Abandoned (its last part longer ago than a takeover waits): started over, every series.
+    abandon(&pool).await;
+    assert_eq!(
+        reconcile_transforms(&pool, &newer).await.unwrap(),
+        5,
+        "the abandoned one's progress counts for nothing"
+    );
     assert_batch_equal(&pool, &newer).await;
 }
 
@@ -147,6 +170,9 @@ async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series()
     assert!(reconcile_transforms(&pool, &new).await.is_err(), "the second part fails");
     sqlx::raw_sql("DROP TRIGGER refuse ON price_points").execute(&pool).await.unwrap();
 
+    // At once, the old windows are refused (a recompute for others is under way); once it is abandoned:
+    assert!(reconcile_transforms(&pool, &old).await.is_err());
+    abandon(&pool).await;
     assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 600, "every series, for the old windows");
     assert_batch_equal(&pool, &old).await;
 }
