@@ -104,7 +104,8 @@ pub struct ApiConfig {
     /// seconds (at least 1); then the upload stops with that reason.
     pub upload_idle_secs: u64,
     /// How long a connection may take to send a request's headers, from when it opens and after each
-    /// response, in milliseconds (at least 1); then it is closed.
+    /// response, in milliseconds; then it is closed. 0 sets no deadline (behind a proxy that bounds
+    /// header reads itself: the deadline costs about a quarter of the reads' throughput, BENCHMARKS.md).
     pub header_timeout_ms: u64,
 }
 
@@ -239,7 +240,8 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         live.close();
         uploads.close();
     };
-    let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
+    let header_timeout =
+        (state.config.header_timeout_ms > 0).then(|| Duration::from_millis(state.config.header_timeout_ms));
     let stall = Duration::from_secs(state.config.send_stall_secs.max(1));
     match tls {
         Some(config) => {

@@ -31,11 +31,12 @@ pub fn stall_timeout(tcp: &tokio::net::TcpStream, after: Duration) {
 /// Serves `router` on `listener` until `stopping` completes; then stops accepting, lets every connection
 /// finish the request it is in (closing idle ones) and returns once all are closed. A connection that has
 /// not sent a whole request head within `header_timeout` of being ready for one (when it opens, and after
-/// each response) is closed.
+/// each response) is closed; `None` sets no such deadline (hyper's timer per request costs about a
+/// quarter of the reads' in-process throughput here: BENCHMARKS.md).
 pub async fn serve<L: axum::serve::Listener>(
     mut listener: L,
     router: Router,
-    header_timeout: Duration,
+    header_timeout: Option<Duration>,
     stopping: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();

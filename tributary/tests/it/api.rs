@@ -218,6 +218,14 @@ async fn a_connection_that_does_not_send_its_headers_in_time_is_closed() {
     assert!(ended && text.starts_with("HTTP/1.1 200"), "idle after its response: {text}");
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200, "the server serves on");
+
+    // 0: no deadline (behind a proxy that bounds header reads itself).
+    let app = crate::common::spawn_app_with(|c| c.api.header_timeout_ms = 0).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut got = Vec::new();
+    let open = tokio::time::timeout(Duration::from_secs(1), tcp.read_to_end(&mut got)).await;
+    assert!(open.is_err(), "closed with no deadline set: {got:?}");
 }
 
 /// The series read cache finds out when its commit listener's connection is lost silently (a NAT or a
