@@ -158,6 +158,15 @@ pub(crate) async fn next_line(
     Ok(Some((start, too_long)))
 }
 
+/// The line [`next_line`] read, or `None` at the end of the input or when it could not be read on (the
+/// reason then in `stopped`).
+pub(crate) fn until_stopped<T>(next: Result<Option<T>, String>, stopped: &mut Option<String>) -> Option<T> {
+    next.unwrap_or_else(|why| {
+        *stopped = Some(why);
+        None
+    })
+}
+
 /// Why an import that publishes must stop before its input's end, if it must: NATS has not acknowledged
 /// a publish for the publisher's whole retry window, so what follows would not be delivered either.
 pub(crate) fn given_up(publisher: &tributary_broker::Publisher, progress: &Progress) -> Option<String> {

@@ -49,14 +49,7 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
         // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
         let next =
             publisher.settling(next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line));
-        let (start, too_long) = match next.await {
-            Ok(Some(read)) => read,
-            Ok(None) => break,
-            Err(why) => {
-                r.stopped = Some(why);
-                break;
-            }
-        };
+        let Some((start, too_long)) = crate::until_stopped(next.await, &mut r.stopped) else { break };
         r.progress.entries += 1;
         let number = r.progress.entries;
         let refuse = |r: &mut NdjsonReport, why: String| {

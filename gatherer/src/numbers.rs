@@ -71,15 +71,8 @@ pub async fn stats(
     let mut r = NumbersReport::default();
     let mut line = Vec::with_capacity(128);
     loop {
-        let (start, too_long) =
-            match next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line).await {
-                Ok(Some(read)) => read,
-                Ok(None) => break,
-                Err(why) => {
-                    r.stopped = Some(why);
-                    break;
-                }
-            };
+        let next = next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line).await;
+        let Some((start, too_long)) = crate::until_stopped(next, &mut r.stopped) else { break };
         if too_long {
             r.progress.entries += 1;
             r.progress.invalid += 1;

@@ -92,17 +92,8 @@ pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>)
             break;
         }
         // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
-        let (start, too_long) = match publisher
-            .settling(next_line(&mut reader, &mut line, MAX_LINE, &mut p, &mut report.longest_line))
-            .await
-        {
-            Ok(Some(read)) => read,
-            Ok(None) => break,
-            Err(why) => {
-                report.stopped = Some(why);
-                break;
-            }
-        };
+        let next = publisher.settling(next_line(&mut reader, &mut line, MAX_LINE, &mut p, &mut report.longest_line));
+        let Some((start, too_long)) = crate::until_stopped(next.await, &mut report.stopped) else { break };
         p.entries += 1;
         (report.lines, report.bytes) = (p.entries, p.bytes);
         if too_long {

@@ -28,6 +28,17 @@ async fn seed_short(pool: &PgPool, n: i64) {
     .unwrap();
 }
 
+/// A fresh database whose derived values are recorded as of the windows returned (`sma_2`), holding `n`
+/// series of 3 points ([`seed_short`]).
+async fn with_series(n: i64) -> (tributary_testkit::TestDb, PgPool, Transforms) {
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = PgPool::connect(db.url()).await.unwrap();
+    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
+    reconcile_transforms(&pool, &old).await.unwrap();
+    seed_short(&pool, n).await;
+    (db, pool, old)
+}
+
 /// Makes the recompute under way look abandoned: its last part an hour ago, longer than a processor with
 /// other windows waits before it starts over (`TAKEOVER_AFTER`).
 async fn abandon(pool: &PgPool) {
@@ -107,11 +118,7 @@ async fn new_windows_recompute_every_series_in_parts_as_the_batch_computation_wo
 /// over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
-    let db = tributary_testkit::TestDb::create().await;
-    let pool = PgPool::connect(db.url()).await.unwrap();
-    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
-    reconcile_transforms(&pool, &old).await.unwrap();
-    seed_short(&pool, 5).await; // S0 … S4
+    let (_db, pool, _) = with_series(5).await; // S0 … S4
     let new = Transforms { sma: vec![3], ema: vec![], vol: vec![] };
     let progress = |windows: &Transforms, through: &str| {
         let (pool, names, through) = (pool.clone(), Value::from(windows.names()), through.to_owned());
@@ -153,11 +160,7 @@ async fn a_recompute_for_new_windows_resumes_where_it_stopped() {
 /// recomputed nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series() {
-    let db = tributary_testkit::TestDb::create().await;
-    let pool = PgPool::connect(db.url()).await.unwrap();
-    let old = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
-    reconcile_transforms(&pool, &old).await.unwrap();
-    seed_short(&pool, 600).await; // two parts: S99 sorts last, in the second
+    let (_db, pool, old) = with_series(600).await; // two parts: S99 sorts last, in the second
     sqlx::raw_sql(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN IF NEW.instrument = 'S99' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
