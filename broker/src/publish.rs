@@ -141,8 +141,7 @@ impl Publisher {
                 // Refused before sending: sending it again would be refused again. This one fails; the
                 // publisher goes on.
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    let why = format!("{size} bytes with its headers exceed the server's max_payload ({e})");
-                    self.report.failed.push((subject, why));
+                    self.report.failed.push((subject, too_large(size, &e)));
                     return;
                 }
                 sent => sent.map_err(|e| e.to_string()),
@@ -268,13 +267,17 @@ async fn settle(
             Ok(ack) => ack.await.map_err(|e| e.to_string()),
             // Larger than the server takes (first sent while disconnected): it would be refused again.
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                let why = format!("{} bytes with its headers exceed the server's max_payload ({e})", r.payload.len());
-                return Settled { subject, resent, result: Err(why), exhausted: false };
+                return Settled { subject, resent, result: Err(too_large(r.payload.len(), &e)), exhausted: false };
             }
             Err(e) => Err(e.to_string()),
         };
     }
     Settled { subject, resent, result, exhausted: false }
+}
+
+/// The reason a publish of `size` bytes was refused before sending as larger than the server takes.
+fn too_large(size: usize, e: &impl std::fmt::Display) -> String {
+    format!("{size} bytes with its headers exceed the server's max_payload ({e})")
 }
 
 /// Why [`publish_one`] did not store its message.

@@ -141,7 +141,7 @@ pub async fn run(
     let samples = SampleHandler::new(pool.clone(), &metrics, cfg.db_parallelism, Some(js.client()))
         .map_err(anyhow::Error::msg)
         .context("metrics")?;
-    crate::samples::check_base_width(&pool, &metrics).await.context("checking the rollup widths")?;
+    samples.check_base_width().await.context("checking the rollup widths")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
     if recomputed > 0 {
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");

@@ -67,21 +67,6 @@ pub enum WidthError {
     Db(#[from] sea_orm::sqlx::Error),
 }
 
-/// Checks the smallest rollup width of `cfg` against the stored rollups' (any width goes while none is
-/// stored), and records it.
-pub async fn check_base_width(pool: &PgPool, cfg: &RollupConfig) -> Result<(), WidthError> {
-    let configured = cfg.validate().ok().and_then(|w| w.first().map(|w| w.width.secs())).unwrap_or_default();
-    let mut tx = lock::begin(pool, "settings", ["metric_base_width"]).await?;
-    if let Some(stored) = store::stored_base_width(&mut tx).await?
-        && stored != configured
-    {
-        return Err(WidthError::Changed { stored, configured });
-    }
-    store::store_base_width(&mut tx, configured).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// Consumes `metric.<host>`.
 #[derive(Clone)]
 pub struct SampleHandler {
@@ -105,6 +90,21 @@ impl SampleHandler {
         let widths = cfg.validate()?;
         let raw_retention = cfg.raw_retention.secs();
         Ok(SampleHandler { pool, widths: widths.into(), raw_retention, live, parallelism: parallelism.max(1) })
+    }
+
+    /// Checks the smallest rollup width against the stored rollups' (any width goes while none is
+    /// stored), and records it.
+    pub async fn check_base_width(&self) -> Result<(), WidthError> {
+        let configured = self.widths[0].width.secs();
+        let mut tx = lock::begin(&self.pool, "settings", ["metric_base_width"]).await?;
+        if let Some(stored) = store::stored_base_width(&mut tx).await?
+            && stored != configured
+        {
+            return Err(WidthError::Changed { stored, configured });
+        }
+        store::store_base_width(&mut tx, configured).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Stores a batch in one transaction and returns each host's newest sample in it.

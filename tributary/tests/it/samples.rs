@@ -424,13 +424,17 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
 /// dead-lettered as processing failures, and wider buckets were rewritten from the new width's only.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smallest_rollup_width_cannot_change_under_stored_rollups() {
-    use tributary_processor::samples::check_base_width;
+    use tributary_processor::samples::SampleHandler;
     use tributary_store::rollups::{Rollup as Width, RollupConfig, Span};
     let db = tributary_testkit::TestDb::create().await;
     let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
     let widths = |secs: &[i64]| RollupConfig {
         rollups: secs.iter().map(|w| Width { width: Span(*w), retention: Span(400 * 86_400) }).collect(),
         ..Default::default()
+    };
+    let check_base_width = |pool: &sqlx::PgPool, cfg: &RollupConfig| {
+        let handler = SampleHandler::new(pool.clone(), cfg, 1, None).unwrap();
+        async move { handler.check_base_width().await }
     };
     check_base_width(&pool, &widths(&[60, 3600])).await.unwrap();
     check_base_width(&pool, &widths(&[10, 60])).await.expect("any width while no rollup is stored");
