@@ -147,66 +147,19 @@ impl SeriesCache {
     pub async fn listen(self, pool: PgPool, heartbeat: Duration, stop: CancellationToken) {
         let run = async {
             loop {
-                // A pool of its own: a listener dropped after a silent loss closes its connection in the
-                // background (`UNLISTEN`, on a socket that may not answer for minutes), which must not hold
-                // a connection of the reads' pool meanwhile.
-                let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
-                let mut listener = match PgListener::connect_with(&own).await {
+                let mut listener = match connect_listener(&pool).await {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::warn!(error = %e, "series cache: cannot connect its listener; retrying");
+                        tracing::warn!(error = %e, "series cache: cannot listen for commits; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(PRICE_SERIES_CHANNEL).await {
-                    tracing::warn!(error = %e, "series cache: LISTEN failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
                 self.set_live(true);
                 let heard = AtomicU64::new(0);
-                let receive = async {
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(n)) => {
-                                heard.fetch_add(1, Ordering::Relaxed);
-                                if n.payload() != notify::HEARTBEAT {
-                                    n.payload().split('\n').for_each(|s| self.changed(s));
-                                }
-                            }
-                            // The connection was lost and made again: notifications may have been missed.
-                            Ok(None) => self.set_live(true),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "series cache: listener failed; reconnecting");
-                                return;
-                            }
-                        }
-                    }
-                };
-                let check = async {
-                    // What had been heard when the last heartbeat was sent, if it was.
-                    let mut sent: Option<u64> = None;
-                    loop {
-                        tokio::time::sleep(heartbeat).await;
-                        if sent.is_some_and(|before| heard.load(Ordering::Relaxed) == before) {
-                            tracing::warn!(
-                                ?heartbeat,
-                                "series cache: its listener heard nothing, not even its own heartbeat; reconnecting"
-                            );
-                            return;
-                        }
-                        let before = heard.load(Ordering::Relaxed);
-                        sent = match tokio::time::timeout(heartbeat, notify::heartbeat(&pool)).await {
-                            Ok(Ok(())) => Some(before),
-                            // PostgreSQL unreachable: nothing commits either, so nothing can be missed.
-                            _ => None,
-                        };
-                    }
-                };
                 tokio::select! {
-                    () = receive => {}
-                    () = check => {}
+                    () = self.follow(&mut listener, &heard) => {}
+                    () = heartbeats(&pool, heartbeat, &heard) => {}
                 }
                 self.set_live(false);
             }
@@ -216,6 +169,61 @@ impl SeriesCache {
             () = stop.cancelled() => {}
         }
         self.set_live(false);
+    }
+}
+
+impl SeriesCache {
+    /// Drops what each notification names until the listener fails, counting what it hears in `heard`.
+    async fn follow(&self, listener: &mut PgListener, heard: &AtomicU64) {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    heard.fetch_add(1, Ordering::Relaxed);
+                    if n.payload() != notify::HEARTBEAT {
+                        n.payload().split('\n').for_each(|s| self.changed(s));
+                    }
+                }
+                // The connection was lost and made again: notifications may have been missed.
+                Ok(None) => self.set_live(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "series cache: listener failed; reconnecting");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A listener on [`PRICE_SERIES_CHANNEL`], on a pool of its own: a listener dropped after a silent loss
+/// closes its connection in the background (`UNLISTEN`, on a socket that may not answer for minutes),
+/// which must not hold a connection of the reads' pool meanwhile.
+async fn connect_listener(pool: &PgPool) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = PgListener::connect_with(&own).await?;
+    listener.listen(PRICE_SERIES_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Notifies [`notify::HEARTBEAT`] every `every`; returns once a whole interval after one was sent passed
+/// with nothing `heard` at all (not even it): the listener's connection is lost.
+async fn heartbeats(pool: &PgPool, every: Duration, heard: &AtomicU64) {
+    // What had been heard when the last heartbeat was sent, if it was.
+    let mut sent: Option<u64> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if sent.is_some_and(|before| heard.load(Ordering::Relaxed) == before) {
+            tracing::warn!(
+                ?every,
+                "series cache: its listener heard nothing, not even its own heartbeat; reconnecting"
+            );
+            return;
+        }
+        let before = heard.load(Ordering::Relaxed);
+        sent = match tokio::time::timeout(every, notify::heartbeat(pool)).await {
+            Ok(Ok(())) => Some(before),
+            // PostgreSQL unreachable: nothing commits either, so nothing can be missed.
+            _ => None,
+        };
     }
 }
 

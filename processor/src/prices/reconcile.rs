@@ -62,10 +62,11 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
         }
         let after = match store::progress(&mut tx).await? {
             Some(p) if p.windows == wanted => Some(p.through),
-            Some(p) if chrono::Utc::now() - p.at < TAKEOVER_AFTER => {
-                let secs = (chrono::Utc::now() - p.at).num_seconds();
+            Some(p) if Utc::now() - p.at < TAKEOVER_AFTER => {
+                let secs = (Utc::now() - p.at).num_seconds();
                 return Err(ReconcileError::Contested { theirs: p.windows, ours: wanted, secs });
             }
+            // None under way, or an abandoned one for other windows: from the first series.
             _ => None,
         };
         let part = store::instruments_after(&mut tx, after.as_deref(), lock::MAX_SERIES_PER_PART).await?;
