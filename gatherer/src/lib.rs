@@ -6,6 +6,8 @@
 //! - [`ports`]: the ports importer (a JSON object keyed by UN/LOCODE, streamed with bounded memory).
 //! - [`ndjson`]: NDJSON of any event kind (`{"subject": ..., "event": ...}` per line).
 //! - [`numbers`]: online statistics (Welford) over a stream of numbers, one per line.
+//! - `lines`: what the line-oriented importers share: bounded lines, counted, the first refused ones kept
+//!   by position ([`LinesRead`]).
 //! - [`samples`]: the server-sample simulator (N servers, one sample each per interval).
 //! - `simulator`: the publishing settings every simulator's configuration shares (`seed`,
 //!   `max_in_flight`, `retry_secs`).
@@ -17,6 +19,7 @@
 
 pub mod fleet;
 mod kind;
+mod lines;
 pub mod ndjson;
 pub mod numbers;
 pub mod ports;
@@ -26,6 +29,10 @@ mod simulator;
 pub mod surveys;
 
 pub use kind::ImportKind;
+pub use lines::{LineError, LinesRead, MAX_ERRORS, READ_BUFFER};
+
+use lines::Lines;
+use tributary_broker::PublishReport;
 
 /// How far an import has got, reported as it streams (for progress bars and upload progress events).
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
@@ -62,23 +69,6 @@ pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) ->
     h
 }
 
-/// A refused line of a line-oriented import: where it starts and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
-    /// 1-based line number.
-    pub line: u64,
-    /// Offset of the line's first byte in the input, from 0.
-    pub byte: u64,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl std::fmt::Display for LineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {} (byte {}): {}", self.line, self.byte, self.reason)
-    }
-}
-
 /// Checks that each `(field, value)` is at least 1, naming the first that is not.
 pub(crate) fn at_least_one(fields: &[(&str, u64)]) -> Result<(), String> {
     match fields.iter().find(|(_, v)| *v == 0) {
@@ -87,89 +77,63 @@ pub(crate) fn at_least_one(fields: &[(&str, u64)]) -> Result<(), String> {
     }
 }
 
-/// The most refused lines an import keeps (the rest are counted, not kept).
-pub const MAX_ERRORS: usize = 20;
-
-/// Keeps a refused line if fewer than [`MAX_ERRORS`] are kept.
-pub(crate) fn keep_error(errors: &mut Vec<LineError>, line: u64, byte: u64, reason: String) {
-    if errors.len() < MAX_ERRORS {
-        errors.push(LineError { line, byte, reason });
-    }
+/// What a line import that publishes (NDJSON, CSV) did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ImportReport {
+    /// What it read and refused, and why it stopped early if it did.
+    pub read: LinesRead,
+    /// What became of the publishes.
+    pub publish: PublishReport,
 }
 
-/// The read buffer of a line-oriented import (NDJSON, CSV, numbers), in bytes: what it holds at most
-/// besides its longest line.
-pub const READ_BUFFER: usize = 64 * 1024;
-
-/// The reader and the publisher of a line-oriented import that publishes (NDJSON, CSV): reads of
-/// [`READ_BUFFER`], and 4096 acks in flight.
-pub(crate) fn line_import<R: tokio::io::AsyncRead>(
-    input: R,
-    js: async_nats::jetstream::Context,
-) -> (tokio::io::BufReader<R>, tributary_broker::Publisher) {
-    (tokio::io::BufReader::with_capacity(READ_BUFFER, input), tributary_broker::Publisher::new(js, 4096))
+/// One event of a line import: its subject, idempotency key, content type and body.
+pub(crate) struct LineEvent {
+    pub(crate) subject: String,
+    pub(crate) id: String,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: bytes::Bytes,
 }
 
-/// Reads one line into `line` (cleared first), holding at most `max` bytes of it: a longer line is read
-/// to its end and dropped. Returns the bytes read (0 at the end) and whether the line was too long.
-pub(crate) async fn read_line_bounded(
-    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
-    line: &mut Vec<u8>,
+/// Streams the lines of `input` (at most `max` bytes of one held) to `to`, with 4096 acks in flight:
+/// `event_of` says what a line (its number and bytes) is: the event to publish, nothing (a line to skip),
+/// or why it is refused. Tells its progress every 1000 lines and at the end.
+pub(crate) async fn import_lines(
+    input: impl tokio::io::AsyncRead + Unpin,
+    to: Destination<'_>,
     max: usize,
-) -> std::io::Result<(usize, bool)> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    line.clear();
-    let mut n = (&mut *reader).take(max as u64 + 1).read_until(b'\n', line).await?;
-    if line.len() <= max || line.ends_with(b"\n") {
-        return Ok((n, false));
-    }
-    let mut rest = Vec::new();
+    mut event_of: impl FnMut(u64, &[u8]) -> Result<Option<LineEvent>, String>,
+) -> ImportReport {
+    let Destination { js, upload, progress } = to;
+    let mut lines = Lines::new(input, max);
+    let mut publisher = tributary_broker::Publisher::new(js, 4096);
     loop {
-        rest.clear();
-        let m = (&mut *reader).take(max as u64).read_until(b'\n', &mut rest).await?;
-        n += m;
-        if m == 0 || rest.ends_with(b"\n") {
-            return Ok((n, true));
+        if let Some(why) = given_up(&publisher, &lines.read.progress) {
+            lines.read.stopped = Some(why);
+            break;
+        }
+        // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
+        let Some((number, line)) = publisher.settling(lines.next()).await else { break };
+        match event_of(number, line) {
+            Ok(Some(e)) => {
+                let headers = import_headers(&e.id, e.content_type, upload);
+                publisher.publish_raw(e.subject, headers, e.body).await;
+                lines.read.progress.published += 1;
+            }
+            Ok(None) => {}
+            Err(why) => lines.refuse(why),
+        }
+        if number % 1000 == 0 {
+            progress(&lines.read.progress);
         }
     }
-}
-
-/// Reads the next line of an import into `line` (at most `max` bytes of it kept, see
-/// [`read_line_bounded`]), adding its bytes to `progress` and its length to `longest`: the line's first
-/// byte and whether it was too long; `None` at the end of the input; the reason when the input cannot be
-/// read on (a body cut off or over its size limit), which ends the import.
-pub(crate) async fn next_line(
-    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
-    line: &mut Vec<u8>,
-    max: usize,
-    progress: &mut Progress,
-    longest: &mut usize,
-) -> Result<Option<(u64, bool)>, String> {
-    let (n, too_long) = match read_line_bounded(reader, line, max).await {
-        Ok((0, _)) => return Ok(None),
-        Ok(read) => read,
-        Err(e) => {
-            return Err(format!("stopped at line {} (byte {}): read error: {e}", progress.entries + 1, progress.bytes));
-        }
-    };
-    let start = progress.bytes;
-    progress.bytes += n as u64;
-    *longest = (*longest).max(line.len());
-    Ok(Some((start, too_long)))
-}
-
-/// The line [`next_line`] read, or `None` at the end of the input or when it could not be read on (the
-/// reason then in `stopped`).
-pub(crate) fn until_stopped<T>(next: Result<Option<T>, String>, stopped: &mut Option<String>) -> Option<T> {
-    next.unwrap_or_else(|why| {
-        *stopped = Some(why);
-        None
-    })
+    let publish = publisher.finish().await;
+    progress(&lines.read.progress);
+    ImportReport { read: lines.read, publish }
 }
 
 /// Why an import that publishes must stop before its input's end, if it must: NATS has not acknowledged
 /// a publish for the publisher's whole retry window, so what follows would not be delivered either.
-pub(crate) fn given_up(publisher: &tributary_broker::Publisher, progress: &Progress) -> Option<String> {
+fn given_up(publisher: &tributary_broker::Publisher, progress: &Progress) -> Option<String> {
     publisher.gave_up().then(|| {
         format!(
             "stopped after line {} (byte {}): NATS did not acknowledge publishes within the retry window",

@@ -1,9 +1,10 @@
 //! Online statistics over plain numbers, one per line, streamed with bounded memory: count, mean,
 //! variance, min and max by Welford's method, reported as the stream goes.
 
-use crate::{LineError, Progress, keep_error, next_line};
+use crate::Progress;
+use crate::lines::{Lines, LinesRead};
 use serde::Serialize;
-use tokio::io::{AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 
 /// Running statistics (Welford). `variance` is the sample variance (n − 1), null below two values (and
 /// when it is beyond f64's range).
@@ -49,14 +50,8 @@ impl Stats {
 pub struct NumbersReport {
     /// The statistics of every valid line.
     pub stats: Stats,
-    /// Bytes and lines read.
-    pub progress: Progress,
-    /// The first refused lines, with their line numbers and byte offsets.
-    pub errors: Vec<LineError>,
-    /// The longest line seen, in bytes (the reader's buffer is bounded by it plus 64 KiB).
-    pub longest_line: usize,
-    /// Why the stream ended before the input's end, if it did.
-    pub stopped: Option<String>,
+    /// What it read and refused, and why it stopped early if it did.
+    pub read: LinesRead,
 }
 
 /// The longest line accepted: a bound on memory.
@@ -67,40 +62,30 @@ pub async fn stats(
     input: impl AsyncRead + Unpin,
     progress: &mut (dyn FnMut(&Progress, &Stats) + Send),
 ) -> NumbersReport {
-    let mut reader = BufReader::with_capacity(crate::READ_BUFFER, input);
-    let mut r = NumbersReport::default();
-    let mut line = Vec::with_capacity(128);
-    loop {
-        let next = next_line(&mut reader, &mut line, MAX_LINE, &mut r.progress, &mut r.longest_line).await;
-        let Some((start, too_long)) = crate::until_stopped(next, &mut r.stopped) else { break };
-        if too_long {
-            r.progress.entries += 1;
-            r.progress.invalid += 1;
-            keep_error(&mut r.errors, r.progress.entries, start, format!("line longer than {MAX_LINE} bytes"));
-            continue;
-        }
-        r.progress.entries += 1;
-        let text = String::from_utf8_lossy(&line);
+    let mut lines = Lines::new(input, MAX_LINE);
+    let mut stats = Stats::default();
+    while let Some((number, line)) = lines.next().await {
+        let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if text.is_empty() {
             continue;
         }
         match text.parse::<f64>() {
             Ok(x) if x.is_finite() => {
-                r.stats.push(x);
-                r.progress.published += 1;
+                stats.push(x);
+                lines.read.progress.published += 1;
             }
             _ => {
-                r.progress.invalid += 1;
-                keep_error(&mut r.errors, r.progress.entries, start, format!("not a finite number: {text:?}"));
+                let why = format!("not a finite number: {text:?}");
+                lines.refuse(why);
             }
         }
-        if r.progress.entries % 4096 == 0 {
-            progress(&r.progress, &r.stats);
+        if number % 4096 == 0 {
+            progress(&lines.read.progress, &stats);
         }
     }
-    progress(&r.progress, &r.stats);
-    r
+    progress(&lines.read.progress, &stats);
+    NumbersReport { stats, read: lines.read }
 }
 
 #[cfg(test)]
@@ -120,11 +105,11 @@ mod tests {
         assert!((r.stats.mean - mean).abs() <= 1e-12 * mean.abs().max(1.0));
         assert!((r.stats.variance.unwrap() - var).abs() <= 1e-12 * var);
         assert_eq!(r.stats.min, values.iter().copied().reduce(f64::min));
-        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
-        assert_eq!(r.errors[0].line, 10_001);
+        assert_eq!(r.read.errors.len(), 2, "{:?}", r.read.errors);
+        assert_eq!(r.read.errors[0].line, 10_001);
         let before: usize = values.iter().map(|v| format!("{v}\n").len()).sum();
-        assert_eq!(r.errors[0].byte, before as u64, "the offset of \"nope\"");
-        assert_eq!((r.errors[1].line, r.errors[1].byte), (10_003, before as u64 + 6));
+        assert_eq!(r.read.errors[0].byte, before as u64, "the offset of \"nope\"");
+        assert_eq!((r.read.errors[1].line, r.read.errors[1].byte), (10_003, before as u64 + 6));
     }
 
     /// Values further apart than f64 reaches made the mean -inf (served as a null `mean`, which the

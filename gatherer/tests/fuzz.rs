@@ -91,9 +91,9 @@ proptest! {
         let report = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
             numbers::stats(std::io::Cursor::new(input), &mut |_, _| {}).await
         });
-        prop_assert_eq!(report.progress.bytes, size);
-        prop_assert_eq!(report.progress.entries, lines as u64);
-        prop_assert_eq!(report.stats.count + report.progress.invalid, nonblank);
+        prop_assert_eq!(report.read.progress.bytes, size);
+        prop_assert_eq!(report.read.progress.entries, lines as u64);
+        prop_assert_eq!(report.stats.count + report.read.progress.invalid, nonblank);
     }
 }
 

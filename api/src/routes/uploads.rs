@@ -16,7 +16,8 @@ use serde::Serialize;
 use std::convert::Infallible;
 use tokio::sync::watch;
 use tokio_util::io::StreamReader;
-use tributary_gatherer::{Destination, ImportKind, READ_BUFFER};
+use tributary_broker::PublishReport;
+use tributary_gatherer::{Destination, ImportKind};
 use utoipa::ToSchema;
 
 /// An upload started.
@@ -114,48 +115,37 @@ async fn run(
         })
         .await;
         tx.send_modify(|st| {
-            st.errors = r.errors.iter().map(ToString::to_string).collect();
-            st.buffer_peak = r.longest_line + READ_BUFFER;
-            st.state = if r.stopped.is_some() { "failed" } else { "done" };
-            st.error = r.stopped;
+            st.errors = r.read.errors.iter().map(ToString::to_string).collect();
+            st.buffer_peak = r.read.buffer_peak();
+            st.state = if r.read.stopped.is_some() { "failed" } else { "done" };
+            st.error = r.read.stopped;
         });
         return;
     }
-    // What the importer left: (problems with positions, the error that stopped it, stored, duplicates,
-    // not delivered, buffer peak).
+    // What the importer left: problems with positions, the error that stopped it, its publishes, and its
+    // buffer peak.
     let to = Destination { js: s.js.clone(), upload: Some(&id), progress: &mut |p| progress(&tx, p) };
-    let (errors, stopped, stored, duplicates, failed, peak): (Vec<String>, Option<String>, u64, u64, usize, usize) =
-        match kind {
-            ImportKind::Ports => {
-                let r = tributary_gatherer::ports::import_with(reader, to).await;
-                let errors = r.invalid.iter().chain(&r.skipped).map(|(at, key, why)| format!("{at}: {key}: {why}"));
-                let stopped = r
-                    .syntax_error
-                    .as_ref()
-                    .map(|e| format!("stopped: {e} (everything before it was published)"))
-                    .or(r.stopped);
-                (
-                    errors.collect(),
-                    stopped,
-                    r.publish.stored,
-                    r.publish.duplicates,
-                    r.publish.failed.len(),
-                    r.max_buffer,
-                )
-            }
-            ImportKind::PricesCsv => {
-                let r = tributary_gatherer::prices::import_csv_with(reader, to).await;
-                let errors = r.errors.iter().map(ToString::to_string);
-                let peak = r.longest_line + READ_BUFFER;
-                (errors.collect(), r.stopped, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
-            }
-            _ => {
-                let r = tributary_gatherer::ndjson::import_with(reader, to).await;
-                let errors = r.errors.iter().map(ToString::to_string);
-                let peak = r.longest_line + READ_BUFFER;
-                (errors.collect(), r.stopped, r.publish.stored, r.publish.duplicates, r.publish.failed.len(), peak)
-            }
-        };
+    let (errors, stopped, publish, peak): (Vec<String>, Option<String>, PublishReport, usize) = match kind {
+        ImportKind::Ports => {
+            let r = tributary_gatherer::ports::import_with(reader, to).await;
+            let errors = r.invalid.iter().chain(&r.skipped).map(|(at, key, why)| format!("{at}: {key}: {why}"));
+            let stopped = r
+                .syntax_error
+                .as_ref()
+                .map(|e| format!("stopped: {e} (everything before it was published)"))
+                .or(r.stopped);
+            (errors.collect(), stopped, r.publish, r.max_buffer)
+        }
+        _ => {
+            let r = match kind {
+                ImportKind::PricesCsv => tributary_gatherer::prices::import_csv_with(reader, to).await,
+                _ => tributary_gatherer::ndjson::import_with(reader, to).await,
+            };
+            let peak = r.read.buffer_peak();
+            (r.read.errors.iter().map(ToString::to_string).collect(), r.read.stopped, r.publish, peak)
+        }
+    };
+    let (stored, duplicates, failed) = (publish.stored, publish.duplicates, publish.failed.len());
     tx.send_modify(|st| {
         st.errors = errors.into_iter().take(20).collect();
         st.error = stopped;

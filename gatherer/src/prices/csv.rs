@@ -3,35 +3,17 @@
 //! progress bar.
 //!
 //! A header line (`instrument,ts,price...`) is skipped. A bad line (too long, not UTF-8, not a valid
-//! price) is reported with its number and reason and the import goes on. The idempotency key is the line's content, so importing the same file
-//! twice within the duplicate window stores nothing new (and after it, changes no value).
+//! price) is reported with its number and reason and the import goes on. The idempotency key is the
+//! line's content, so importing the same file twice within the duplicate window stores nothing new (and
+//! after it, changes no value).
 
-use crate::{Destination, Progress, given_up, import_headers, keep_error, next_line};
+use crate::{Destination, ImportReport, LineEvent, Progress};
 use async_nats::jetstream;
 use tokio::io::AsyncRead;
 use tributary_broker::events::PriceEvent;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ts::Ts;
-use tributary_broker::{Kind, PublishReport, codec};
-
-/// What an import did.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct ImportReport {
-    /// Lines read (header and blank lines included).
-    pub lines: u64,
-    /// Bytes read.
-    pub bytes: u64,
-    /// What became of the publishes.
-    pub publish: PublishReport,
-    /// How many lines were refused.
-    pub bad_lines: u64,
-    /// The first refused lines, with their line numbers and byte offsets.
-    pub errors: Vec<crate::LineError>,
-    /// Why the import ended before the input's end, if it did.
-    pub stopped: Option<String>,
-    /// The longest line read, in bytes.
-    pub longest_line: usize,
-}
+use tributary_broker::{Kind, codec};
 
 /// The longest line accepted: a bound on memory.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -81,61 +63,23 @@ pub async fn import_csv(
 /// Streams `input` to `price.<instrument>` through `to`, telling its progress every 1000 lines and at the
 /// end.
 pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> ImportReport {
-    let Destination { js, upload, progress } = to;
-    let (mut reader, mut publisher) = crate::line_import(input, js);
-    let mut report = ImportReport::default();
-    let mut p = Progress::default();
-    let mut line = Vec::new();
-    loop {
-        if let Some(why) = given_up(&publisher, &p) {
-            report.stopped = Some(why);
-            break;
-        }
-        // The acks in flight are collected while the next line is awaited (see `Publisher::settling`).
-        let next = publisher.settling(next_line(&mut reader, &mut line, MAX_LINE, &mut p, &mut report.longest_line));
-        let Some((start, too_long)) = crate::until_stopped(next.await, &mut report.stopped) else { break };
-        p.entries += 1;
-        (report.lines, report.bytes) = (p.entries, p.bytes);
-        if too_long {
-            refuse(&mut report, &mut p, start, format!("line longer than {MAX_LINE} bytes"));
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(&line) else {
-            refuse(&mut report, &mut p, start, "not UTF-8 text".into());
-            continue;
-        };
-        let text = text.trim();
-        if text.is_empty() || (report.lines == 1 && text.to_ascii_lowercase().starts_with("instrument,")) {
-            continue;
-        }
-        match parse_line(text) {
-            Ok((instrument, e)) => {
-                let id = format!(
-                    "csv:{instrument}:{}:{}:{:?}",
-                    e.ts.map_or(0, |t| t.0.timestamp_micros()),
-                    e.price,
-                    e.volume
-                );
-                let headers = import_headers(&id, codec::MSGPACK, upload);
-                publisher.publish_raw(Kind::Price.subject(&instrument), headers, codec::to_msgpack(&e)).await;
-                p.published += 1;
-            }
-            Err(reason) => refuse(&mut report, &mut p, start, reason),
-        }
-        if report.lines % 1000 == 0 {
-            progress(&p);
-        }
-    }
-    report.publish = publisher.finish().await;
-    progress(&p);
-    report
+    crate::import_lines(input, to, MAX_LINE, event_of).await
 }
 
-/// Counts and keeps a refused line (the last one read), starting at byte `start`.
-fn refuse(report: &mut ImportReport, p: &mut Progress, start: u64, reason: String) {
-    report.bad_lines += 1;
-    p.invalid += 1;
-    keep_error(&mut report.errors, report.lines, start, reason);
+/// The event line `number` holds; `None` for a blank line or the header.
+fn event_of(number: u64, line: &[u8]) -> Result<Option<LineEvent>, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_owned())?.trim();
+    if text.is_empty() || (number == 1 && text.to_ascii_lowercase().starts_with("instrument,")) {
+        return Ok(None);
+    }
+    let (instrument, e) = parse_line(text)?;
+    let id = format!("csv:{instrument}:{}:{}:{:?}", e.ts.map_or(0, |t| t.0.timestamp_micros()), e.price, e.volume);
+    Ok(Some(LineEvent {
+        subject: Kind::Price.subject(&instrument),
+        id,
+        content_type: codec::MSGPACK,
+        body: codec::to_msgpack(&e),
+    }))
 }
 
 #[cfg(test)]

@@ -3,5 +3,5 @@
 mod csv;
 mod sim;
 
-pub use csv::{ImportReport, import_csv, import_csv_with, parse_line};
+pub use csv::{import_csv, import_csv_with, parse_line};
 pub use sim::{SimConfig, simulate};

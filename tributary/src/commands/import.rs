@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tributary::app;
 use tributary::config::Config;
-use tributary_gatherer::{Destination, ImportKind};
+use tributary_gatherer::{Destination, ImportKind, ImportReport};
 
 #[derive(Args)]
 pub(crate) struct ImportArgs {
@@ -39,35 +39,16 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
         let r = tributary_gatherer::numbers::stats(input, &mut |p, _| show(p)).await;
         bar.finish_and_clear();
         println!("{}", serde_json::to_string_pretty(&r.stats)?);
-        for e in &r.errors {
+        for e in &r.read.errors {
             eprintln!("  {e}");
         }
-        return r.stopped.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)));
+        return r.read.stopped.map_or(Ok(()), |why| Err(anyhow::anyhow!(why)));
     }
     let js = app::jetstream(&config).await?;
     let to = Destination { js, upload: None, progress: &mut |p| show(p) };
     let r = tributary_gatherer::ndjson::import_with(input, to).await;
     bar.finish_and_clear();
-    eprintln!(
-        "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
-        r.progress.entries,
-        r.progress.bytes,
-        r.publish.stored,
-        r.publish.duplicates,
-        r.progress.invalid,
-        r.publish.failed.len()
-    );
-    for e in &r.errors {
-        eprintln!("  {e}");
-    }
-    if let Some(why) = &r.stopped {
-        eprintln!("{why}");
-    }
-    anyhow::ensure!(
-        r.publish.failed.is_empty() && r.errors.is_empty() && r.stopped.is_none(),
-        "import finished with errors"
-    );
-    Ok(())
+    lines_imported(&r)
 }
 
 /// Imports `instrument,ts,price[,volume]` lines (`-`: standard input) with a progress bar, and reports
@@ -75,27 +56,33 @@ pub(crate) async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> 
 pub(crate) async fn prices_csv(config: &Config, path: &Path, quiet: bool) -> anyhow::Result<()> {
     let js = app::jetstream(config).await?;
     let (input, size) = open(path).await?;
-    let report = tributary_gatherer::prices::import_csv(js, input, size, !quiet).await;
+    lines_imported(&tributary_gatherer::prices::import_csv(js, input, size, !quiet).await)
+}
+
+/// Tells what a line import (NDJSON, CSV) did; an error if it refused a line, did not deliver an event,
+/// or stopped before the input's end.
+fn lines_imported(r: &ImportReport) -> anyhow::Result<()> {
+    let (read, publish) = (&r.read, &r.publish);
     eprintln!(
-        "imported {} lines ({} bytes): {} stored, {} duplicates, {} not delivered, {} bad lines",
-        report.lines,
-        report.bytes,
-        report.publish.stored,
-        report.publish.duplicates,
-        report.publish.failed.len(),
-        report.bad_lines
+        "read {} lines ({} bytes): {} published, {} duplicates, {} refused, {} not delivered",
+        read.progress.entries,
+        read.progress.bytes,
+        publish.stored,
+        publish.duplicates,
+        read.progress.invalid,
+        publish.failed.len()
     );
-    for e in &report.errors {
+    for e in &read.errors {
         eprintln!("  {e}");
     }
-    for (subject, reason) in report.publish.failed.iter().take(20) {
+    for (subject, reason) in publish.failed.iter().take(20) {
         eprintln!("  not delivered to {subject}: {reason}");
     }
-    if let Some(why) = &report.stopped {
+    if let Some(why) = &read.stopped {
         eprintln!("{why}");
     }
     anyhow::ensure!(
-        report.publish.failed.is_empty() && report.bad_lines == 0 && report.stopped.is_none(),
+        publish.failed.is_empty() && read.progress.invalid == 0 && read.stopped.is_none(),
         "import finished with errors"
     );
     Ok(())

@@ -127,11 +127,12 @@ async fn csv_import_streams_reports_bad_lines_and_is_idempotent() {
     let app = spawn_app().await;
     let csv = "instrument,ts,price,volume\nACME,2026-01-01,10,100\nACME,2026-01-02,11,\nBETA,1767312000000,5.5,1\nACME,2026-01-03,-1\n\n";
     let report = tributary_gatherer::prices::import_csv(app.js(), csv.as_bytes(), Some(csv.len() as u64), false).await;
-    assert_eq!(report.lines, 6);
+    let read = &report.read;
+    assert_eq!((read.progress.entries, read.progress.bytes), (6, csv.len() as u64));
     assert_eq!(report.publish.stored, 3);
-    assert_eq!(report.bad_lines, 1);
-    assert_eq!(report.errors[0].line, 5, "{:?}", report.errors);
-    assert!(report.errors[0].reason.contains("positive"));
+    assert_eq!(read.progress.invalid, 1);
+    assert_eq!(read.errors[0].line, 5, "{:?}", read.errors);
+    assert!(read.errors[0].reason.contains("positive"));
     app.settled().await;
     let (_, acme) = app.get("/v1/series/price/ACME").await;
     assert_eq!(acme["points"].as_array().unwrap().len(), 2);
