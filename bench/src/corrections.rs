@@ -129,10 +129,10 @@ async fn one(
         ingest_secs,
         correction_ms: took.as_secs_f64() * 1e3,
         rss_growth_mb: (peak_kb.load(Ordering::Relaxed) as f64 / 1024.0 - rss_before).max(0.0),
-        others_p99_ms_without: without.p99_ms,
-        others_p99_ms_with: with.p99_ms,
-        others_p50_ms_without: without.p50_ms,
-        others_p50_ms_with: with.p50_ms,
+        others_p99_ms_without: without.latency.p99_ms,
+        others_p99_ms_with: with.latency.p99_ms,
+        others_p50_ms_without: without.latency.p50_ms,
+        others_p50_ms_with: with.latency.p50_ms,
     })
 }
 

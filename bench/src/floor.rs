@@ -21,14 +21,23 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
+    /// The quantiles `at` gives for 0.5, 0.99 and 0.999.
+    pub fn at(at: impl Fn(f64) -> f64) -> Quantiles {
+        Quantiles { p50_ms: at(0.5), p99_ms: at(0.99), p999_ms: at(0.999) }
+    }
+
     /// Exact (nearest-rank) quantiles of `samples`.
     fn of(mut samples: Vec<f64>) -> Quantiles {
         samples.sort_unstable_by(f64::total_cmp);
-        let at = |q: f64| {
+        Quantiles::at(|q| {
             let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len().max(1));
             samples.get(rank - 1).copied().unwrap_or(f64::NAN)
-        };
-        Quantiles { p50_ms: at(0.5), p99_ms: at(0.99), p999_ms: at(0.999) }
+        })
+    }
+
+    /// `p50 / p99 / p99.9`, ms to a tenth.
+    pub fn brief(&self) -> String {
+        format!("{:.1} / {:.1} / {:.1}", self.p50_ms, self.p99_ms, self.p999_ms)
     }
 }
 

@@ -271,9 +271,7 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
         .map(|((f, floor), &offered)| FreshnessPoint {
             offered_per_s: offered,
             achieved_per_s: f.achieved,
-            p50_ms: f.p50_ms,
-            p99_ms: f.p99_ms,
-            p999_ms: f.p999_ms,
+            latency: f.latency,
             mean_batch_events: f.mean_batch_events,
             mean_batch_ms: f.mean_batch_ms,
             phases_ms: f.phases_ms,
@@ -296,18 +294,17 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
         "baseline p50/p99/p99.9",
         "JetStream p50/p99/p99.9"
     );
-    let q = |a: f64, b: f64, c: f64| format!("{a:.1} / {b:.1} / {c:.1}");
     for p in &points {
         let (b, j) = (p.floor.baseline, p.floor.jetstream);
         println!(
             "{:>10.0} {:>10.0} {:>22} {:>8.1} {:>8.2} {:>22} {:>22}",
             p.offered_per_s,
             p.achieved_per_s,
-            q(p.p50_ms, p.p99_ms, p.p999_ms),
+            p.latency.brief(),
             p.mean_batch_events,
             p.mean_batch_ms,
-            q(b.p50_ms, b.p99_ms, b.p999_ms),
-            q(j.p50_ms, j.p99_ms, j.p999_ms)
+            b.brief(),
+            j.brief()
         );
         println!("{:>10} where a unit's time goes, mean ms: {}", "", report::phases(&p.phases_ms));
         println!("{:>10} and its slowest, p99 ms: {}", "", report::phases(&p.phases_p99_ms));
@@ -386,7 +383,7 @@ async fn run_phases(
         two_replicas_over_one: trib.scale.runs.median / trib.runs.median,
         two_partitions_over_one: trib.scale.one_process.median / trib.runs.median,
         two_partitions_over_baseline: trib.scale.one_process.median / baseline.median,
-        freshness_p99_over_baseline: trib.freshness.p99_ms / trib.floor.baseline.p99_ms,
+        freshness_p99_over_baseline: trib.freshness.latency.p99_ms / trib.floor.baseline.p99_ms,
     };
     Ok(Report {
         machine: machine(&config).await,
@@ -409,16 +406,12 @@ async fn run_phases(
             pg_upsert_rows_per_s: upsert.median,
             pg_upsert: upsert,
             message_bytes,
-            jetstream_freshness_p50_ms: trib.floor.jetstream.p50_ms,
-            jetstream_freshness_p99_ms: trib.floor.jetstream.p99_ms,
-            jetstream_freshness_p999_ms: trib.floor.jetstream.p999_ms,
+            jetstream_freshness: trib.floor.jetstream,
         },
         baseline: BaselineReport {
             events_per_s: baseline.median,
             runs: baseline,
-            freshness_p50_ms: trib.floor.baseline.p50_ms,
-            freshness_p99_ms: trib.floor.baseline.p99_ms,
-            freshness_p999_ms: trib.floor.baseline.p999_ms,
+            freshness: trib.floor.baseline,
             freshness_cpu: trib.floor.baseline_cpu,
         },
         tributary: TributaryReport {
@@ -426,9 +419,7 @@ async fn run_phases(
             runs: trib.runs,
             freshness_offered_per_s: args.rate,
             freshness_achieved_per_s: trib.freshness.achieved,
-            freshness_p50_ms: trib.freshness.p50_ms,
-            freshness_p99_ms: trib.freshness.p99_ms,
-            freshness_p999_ms: trib.freshness.p999_ms,
+            freshness: trib.freshness.latency,
             freshness_phases_ms: trib.freshness.phases_ms.clone(),
             freshness_phases_p99_ms: trib.freshness.phases_p99_ms.clone(),
             freshness_cpu: trib.freshness.cpu,

@@ -2,7 +2,7 @@
 //! freshness at a fixed offered rate, read from the processor's own latency histogram; and its peak RSS.
 
 use super::cpu::{CpuUse, Watch};
-use super::floor::{self, Floor};
+use super::floor::{self, Floor, Quantiles};
 use super::scrape::{bucket_quantile, parse_buckets, parse_phase_buckets, parse_phases, parse_value};
 use super::stats::Stats;
 use super::{MetricsBacklog, event, until};
@@ -86,9 +86,8 @@ pub async fn server_version(url: &str) -> anyhow::Result<String> {
 
 pub struct Freshness {
     pub achieved: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
+    /// Publish → commit.
+    pub latency: Quantiles,
     /// Mean events per batch and mean time per batch (decode, commit and acks) over the measurement:
     /// what the latency is made of.
     pub mean_batch_events: f64,
@@ -395,9 +394,7 @@ pub(super) async fn freshness(
     let batches = after.batches - before.batches;
     Ok(Freshness {
         achieved,
-        p50_ms: bucket_quantile(&before.latency, &after.latency, 0.5) * 1e3,
-        p99_ms: bucket_quantile(&before.latency, &after.latency, 0.99) * 1e3,
-        p999_ms: bucket_quantile(&before.latency, &after.latency, 0.999) * 1e3,
+        latency: Quantiles::at(|q| bucket_quantile(&before.latency, &after.latency, q) * 1e3),
         mean_batch_events: (after.batch_events - before.batch_events) / batches,
         mean_batch_ms: (after.batch_seconds - before.batch_seconds) / batches * 1e3,
         phases_ms: after

@@ -1,7 +1,8 @@
 //! The benchmark's report: what it measured, as JSON and as a table, and the machine it ran on.
 
+use super::floor::{self, Quantiles};
+use super::pipeline;
 use super::stats::Stats;
-use super::{floor, pipeline};
 use serde::Serialize;
 use tributary::config::Config;
 use tributary::local;
@@ -11,9 +12,9 @@ use tributary::local;
 pub(super) struct FreshnessPoint {
     pub(super) offered_per_s: f64,
     pub(super) achieved_per_s: f64,
-    pub(super) p50_ms: f64,
-    pub(super) p99_ms: f64,
-    pub(super) p999_ms: f64,
+    /// Publish → commit.
+    #[serde(flatten)]
+    pub(super) latency: Quantiles,
     pub(super) mean_batch_events: f64,
     pub(super) mean_batch_ms: f64,
     /// Mean ms of each phase of a unit (`tributary_phase_seconds`).
@@ -59,9 +60,7 @@ pub(super) struct RawReport {
     pub(super) pg_upsert: Stats,
     pub(super) message_bytes: usize,
     /// JetStream arrival → delivery to a pull consumer at the freshness rate.
-    pub(super) jetstream_freshness_p50_ms: f64,
-    pub(super) jetstream_freshness_p99_ms: f64,
-    pub(super) jetstream_freshness_p999_ms: f64,
+    pub(super) jetstream_freshness: Quantiles,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,9 +68,7 @@ pub(super) struct BaselineReport {
     pub(super) events_per_s: f64,
     pub(super) runs: Stats,
     /// JetStream arrival → commit at the freshness rate, taking whatever is ready (at most 1000).
-    pub(super) freshness_p50_ms: f64,
-    pub(super) freshness_p99_ms: f64,
-    pub(super) freshness_p999_ms: f64,
+    pub(super) freshness: Quantiles,
     /// Who used the CPU during the baseline's freshness run.
     pub(super) freshness_cpu: Option<super::cpu::CpuUse>,
 }
@@ -82,9 +79,8 @@ pub(super) struct TributaryReport {
     pub(super) runs: Stats,
     pub(super) freshness_offered_per_s: f64,
     pub(super) freshness_achieved_per_s: f64,
-    pub(super) freshness_p50_ms: f64,
-    pub(super) freshness_p99_ms: f64,
-    pub(super) freshness_p999_ms: f64,
+    /// Publish → commit at the freshness rate.
+    pub(super) freshness: Quantiles,
     /// Where a unit's time goes during the freshness run: mean ms of each phase.
     pub(super) freshness_phases_ms: pipeline::Phases,
     /// The 99th percentile of each phase, ms.
@@ -162,8 +158,8 @@ pub(super) fn print_table(r: &Report) {
             &format!("{:>12.0} {unit:<10} (min {:.0}, max {:.0}, n={})", s.median, s.min, s.max, s.samples.len()),
         )
     };
-    let latency = |name: &str, (p50, p99, p999): (f64, f64, f64), at: &str| {
-        line(name, &format!("p50 {p50:.1} ms, p99 {p99:.1} ms, p99.9 {p999:.1} ms at {at}"))
+    let latency = |name: &str, q: &Quantiles, at: &str| {
+        line(name, &format!("p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms at {at}", q.p50_ms, q.p99_ms, q.p999_ms))
     };
     let (raw, baseline, tributary) = (&r.raw, &r.baseline, &r.tributary);
     println!();
@@ -179,22 +175,14 @@ pub(super) fn print_table(r: &Report) {
     row("Tributary (all derived + index + rollups)", &tributary.runs, "events/s");
     latency(
         "Tributary freshness (publish → commit)",
-        (tributary.freshness_p50_ms, tributary.freshness_p99_ms, tributary.freshness_p999_ms),
+        &tributary.freshness,
         &format!(
             "{:.0}/s offered ({:.0}/s achieved)",
             tributary.freshness_offered_per_s, tributary.freshness_achieved_per_s
         ),
     );
-    latency(
-        "baseline freshness (publish → commit)",
-        (baseline.freshness_p50_ms, baseline.freshness_p99_ms, baseline.freshness_p999_ms),
-        "the same rate",
-    );
-    latency(
-        "JetStream alone (publish → delivery)",
-        (raw.jetstream_freshness_p50_ms, raw.jetstream_freshness_p99_ms, raw.jetstream_freshness_p999_ms),
-        "the same rate",
-    );
+    latency("baseline freshness (publish → commit)", &baseline.freshness, "the same rate");
+    latency("JetStream alone (publish → delivery)", &raw.jetstream_freshness, "the same rate");
     line("  where a unit's time goes (mean ms)", &phases(&tributary.freshness_phases_ms));
     line("  and its slowest (p99 ms)", &phases(&tributary.freshness_phases_p99_ms));
     if let Some(cpu) = tributary.freshness_cpu {
