@@ -223,6 +223,23 @@ pub struct ConfigError {
 mod tests {
     use super::*;
 
+    /// Sets each `(variable, value)` in the jail's environment.
+    fn set_env(jail: &mut figment::Jail, vars: &[(&str, &str)]) {
+        for (name, value) in vars {
+            jail.set_env(name, value);
+        }
+    }
+
+    /// The configuration as loaded, or why it does not load (with its causes).
+    fn loaded() -> Result<Config, String> {
+        Config::load(None).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Why the configuration does not load (with its causes); a panic if it does.
+    fn load_error() -> String {
+        loaded().expect_err("the configuration loads")
+    }
+
     #[test]
     fn the_example_file_is_the_defaults() {
         let text = include_str!("../../tributary.example.toml");
@@ -233,11 +250,10 @@ mod tests {
     #[test]
     fn only_section_variables_are_settings() {
         figment::Jail::expect_with(|jail| {
-            jail.set_env("TRIBUTARY_CONFIG", "/nowhere.toml");
+            // Kubernetes sets `<SERVICE>_SERVICE_HOST` for every service: not a setting.
             jail.set_env("TRIBUTARY_API_SERVICE_HOST", "10.0.0.1");
-            jail.set_env("TRIBUTARY_API__LISTEN", "0.0.0.0:9999");
-            let cfg = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.api.listen, "0.0.0.0:9999");
+            set_env(jail, &[("TRIBUTARY_CONFIG", "/nowhere.toml"), ("TRIBUTARY_API__LISTEN", "0.0.0.0:9999")]);
+            assert_eq!(loaded()?.api.listen, "0.0.0.0:9999");
             Ok(())
         });
     }
@@ -246,12 +262,17 @@ mod tests {
     fn security_settings_come_from_the_environment() {
         use tributary_api::ApiToken;
         figment::Jail::expect_with(|jail| {
-            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[w1,w2]");
-            jail.set_env("TRIBUTARY_API__READ_TOKENS", "r1");
-            jail.set_env("TRIBUTARY_NATS__TLS_REQUIRED", "true");
-            jail.set_env("TRIBUTARY_NATS__TLS_CA_FILE", "/etc/tributary/ca.pem");
-            jail.set_env("TRIBUTARY_NATS__NKEY_SEED_FILE", "/etc/tributary/role.nk");
-            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            set_env(
+                jail,
+                &[
+                    ("TRIBUTARY_API__WRITE_TOKENS", "[w1,w2]"),
+                    ("TRIBUTARY_API__READ_TOKENS", "r1"),
+                    ("TRIBUTARY_NATS__TLS_REQUIRED", "true"),
+                    ("TRIBUTARY_NATS__TLS_CA_FILE", "/etc/tributary/ca.pem"),
+                    ("TRIBUTARY_NATS__NKEY_SEED_FILE", "/etc/tributary/role.nk"),
+                ],
+            );
+            let cfg = loaded()?;
             assert_eq!(cfg.api.write_tokens, [ApiToken::from("w1"), ApiToken::from("w2")]);
             assert_eq!(cfg.api.read_tokens, [ApiToken::from("r1")]);
             assert!(cfg.nats.tls_required);
@@ -259,11 +280,10 @@ mod tests {
             assert_eq!(cfg.nats.nkey_seed_file.as_deref(), Some(Path::new("/etc/tributary/role.nk")));
             // Quoted, a token may hold anything (here a comma, and digits that would otherwise be a number).
             jail.set_env("TRIBUTARY_API__WRITE_TOKENS", r#"["a,b","0123"]"#);
-            let cfg = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.api.write_tokens, [ApiToken::from("a,b"), ApiToken::from("0123")]);
+            assert_eq!(loaded()?.api.write_tokens, [ApiToken::from("a,b"), ApiToken::from("0123")]);
             // Unquoted, it would be the number 123: refused rather than read as another token.
             jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[0123]");
-            assert!(format!("{:#}", Config::load(None).unwrap_err()).contains("quote"));
+            assert!(load_error().contains("quote"));
             Ok(())
         });
     }
@@ -272,15 +292,18 @@ mod tests {
     fn contradictory_security_settings_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRIBUTARY_API__REQUIRE_READ_TOKEN", "true");
-            assert!(Config::load(None).unwrap_err().to_string().contains("api"));
+            assert!(load_error().contains("api"));
             jail.set_env("TRIBUTARY_API__READ_TOKENS", "r1");
-            Config::load(None).map_err(|e| e.to_string())?;
+            loaded()?;
             jail.set_env("TRIBUTARY_API__WRITE_TOKENS", r#"[""]"#);
-            assert!(format!("{:#}", Config::load(None).unwrap_err()).contains("empty token"));
-            jail.set_env("TRIBUTARY_API__WRITE_TOKENS", "[w]");
-            jail.set_env("TRIBUTARY_NATS__URL", "nats://u:p@nats:4222");
-            jail.set_env("TRIBUTARY_NATS__CREDENTIALS_FILE", "/etc/tributary/role.creds");
-            assert!(Config::load(None).unwrap_err().to_string().contains("one way only"));
+            assert!(load_error().contains("empty token"));
+            let two_ways = [
+                ("TRIBUTARY_API__WRITE_TOKENS", "[w]"),
+                ("TRIBUTARY_NATS__URL", "nats://u:p@nats:4222"),
+                ("TRIBUTARY_NATS__CREDENTIALS_FILE", "/etc/tributary/role.creds"),
+            ];
+            set_env(jail, &two_ways);
+            assert!(load_error().contains("one way only"));
             Ok(())
         });
     }
@@ -311,11 +334,11 @@ mod tests {
                 ("[gatherer.fleet]\ninterval_ms = 0", "interval_ms"),
             ] {
                 jail.create_file("tributary.toml", toml)?;
-                let e = format!("{:#}", Config::load(None).unwrap_err());
+                let e = load_error();
                 assert!(e.contains("gatherer") && e.contains(field), "{toml}: {e}");
             }
             jail.create_file("tributary.toml", "[gatherer.prices]\nrate = 5000.0")?;
-            Config::load(None).map_err(|e| e.to_string())?;
+            loaded()?;
             Ok(())
         });
     }
@@ -325,15 +348,14 @@ mod tests {
     fn every_section_is_validated_at_load() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRIBUTARY_PROCESSOR__PARTITIONS", "0");
-            let e = Config::load(None).unwrap_err().to_string();
+            let e = load_error();
             assert!(e.contains("processor") && e.contains("partitions"), "{e}");
-            jail.set_env("TRIBUTARY_PROCESSOR__PARTITIONS", "1");
-            jail.set_env("TRIBUTARY_PROCESSOR__PRICES__SMA", "[0]");
-            let e = Config::load(None).unwrap_err().to_string();
+            set_env(jail, &[("TRIBUTARY_PROCESSOR__PARTITIONS", "1"), ("TRIBUTARY_PROCESSOR__PRICES__SMA", "[0]")]);
+            let e = load_error();
             assert!(e.contains("processor.prices") && e.contains("sma"), "{e}");
             jail.set_env("TRIBUTARY_PROCESSOR__PRICES__SMA", "[20]");
             jail.set_env("TRIBUTARY_AGGREGATOR__PROVIDERS", "{red=\"ftp://x\"}");
-            let e = Config::load(None).unwrap_err().to_string();
+            let e = load_error();
             assert!(e.contains("aggregator") && e.contains("ftp://x"), "{e}");
             Ok(())
         });
