@@ -47,6 +47,25 @@ pub fn page(p: &Params) -> Result<tributary_store::Page, ApiError> {
     Ok(tributary_store::Page { after: p.get("after").cloned(), limit: limit(p, 100, 1000)? })
 }
 
+/// What a read takes from its query parameters, parsed before it waits for anything.
+pub trait FromParams: Sized {
+    fn from_params(p: &Params) -> Result<Self, ApiError>;
+}
+
+/// A listing's page ([`page`]).
+impl FromParams for tributary_store::Page {
+    fn from_params(p: &Params) -> Result<Self, ApiError> {
+        page(p)
+    }
+}
+
+/// Nothing: a read of one whole answer.
+impl FromParams for () {
+    fn from_params(_: &Params) -> Result<Self, ApiError> {
+        Ok(())
+    }
+}
+
 /// The `next` of a listing's answer: its last key when the page is full (more may follow), else `None`.
 pub fn next<T>(page: &tributary_store::Page, rows: &[T], key: impl Fn(&T) -> &str) -> Option<String> {
     (rows.len() as u64 >= page.limit).then(|| rows.last().map(|r| key(r).to_owned())).flatten()

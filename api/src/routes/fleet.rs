@@ -63,7 +63,7 @@ pub struct FleetScore {
 }
 
 /// The stored plan, in one snapshot.
-async fn stored_plan(s: &AppState, _: &crate::params::Params) -> Result<FleetPlan, ApiError> {
+async fn stored_plan(s: &AppState, _: ()) -> Result<FleetPlan, ApiError> {
     let plan = fleet::plan_snapshot(s.pool()).await?;
     let (version, total, computed_at) =
         plan.head.map_or((0, 0.0, None), |h| (h.version, h.total_score, Some(h.computed_at)));

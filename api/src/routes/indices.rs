@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tributary_broker::events::IndexDefinition;
 use tributary_broker::kind::valid_key;
 use tributary_broker::{Kind, codec, publish};
-use tributary_store::indices;
+use tributary_store::{Page, indices};
 use utoipa::ToSchema;
 
 /// A page of the index definitions.
@@ -90,8 +90,7 @@ pub enum PendingStatus {
 }
 
 /// A page of the index definitions, by name.
-async fn definitions(s: &AppState, p: &Params) -> Result<Indices, ApiError> {
-    let page = params::page(p)?;
+async fn definitions(s: &AppState, page: Page) -> Result<Indices, ApiError> {
     let rows = indices::list(&s.db, &page).await?;
     let next = params::next(&page, &rows, |r| &r.name);
     let list = rows.into_iter().map(|r| IndexSummary { base: r.base, name: r.name, weights: r.weights }).collect();

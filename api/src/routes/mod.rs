@@ -2,8 +2,9 @@
 
 /// Declares a read that waits for the processors when asked (`fresh`): its `#[utoipa::path]` (the query
 /// parameters of `params`, 200 with the body, or 504 when a fresh read's wait runs out) and its handler,
-/// which waits for the processors of the kinds named when `fresh` asks it to, then answers what the
-/// `read by` function makes of the query (a listing takes its page from it: [`crate::params::page`]).
+/// which parses the query the `read by` function takes ([`crate::params::FromParams`]: a listing's page, or
+/// nothing), waits for the processors of the kinds named when `fresh` asks it to, then answers what the
+/// function reads. A query that is wrong is refused before the wait, not after it.
 ///
 /// ```text
 /// fresh_read! {
@@ -30,8 +31,9 @@ macro_rules! fresh_read {
             axum::extract::State(s): axum::extract::State<crate::AppState>,
             axum::extract::Query(p): axum::extract::Query<crate::params::Params>,
         ) -> Result<axum::Json<$body>, crate::ApiError> {
+            let query = crate::params::FromParams::from_params(&p)?;
             crate::sync::if_fresh(&s, &p, &[$(tributary_broker::Kind::$kind),+]).await?;
-            Ok(axum::Json($read(&s, &p).await?))
+            Ok(axum::Json($read(&s, query).await?))
         }
     };
 }

@@ -136,7 +136,7 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
 }
 
 /// Every country's port count, most first.
-async fn per_country(s: &AppState, _: &crate::params::Params) -> Result<Countries, ApiError> {
+async fn per_country(s: &AppState, _: ()) -> Result<Countries, ApiError> {
     Ok(Countries { countries: ports::countries(s.pool()).await? })
 }
 

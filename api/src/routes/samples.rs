@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tributary_broker::Kind;
-use tributary_store::samples;
+use tributary_store::{Page, samples};
 use utoipa::ToSchema;
 
 /// The latest sample of every server.
@@ -112,8 +112,7 @@ pub async fn latest(State(s): State<AppState>, Query(p): Query<Params>) -> Resul
 }
 
 /// A page of the known servers, by host.
-async fn hosts(s: &AppState, p: &Params) -> Result<Servers, ApiError> {
-    let page = params::page(p)?;
+async fn hosts(s: &AppState, page: Page) -> Result<Servers, ApiError> {
     let rows = samples::hosts(s.pool(), &page).await?;
     let next = params::next(&page, &rows, |h| &h.host);
     let servers =

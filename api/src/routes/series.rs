@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use tributary_broker::Kind;
-use tributary_store::prices;
+use tributary_store::{Page, prices};
 use utoipa::ToSchema;
 
 /// The kind of a price series.
@@ -78,8 +78,7 @@ pub struct PricePoint {
 }
 
 /// A page of the instruments' extents, by key.
-async fn instruments(s: &AppState, p: &Params) -> Result<SeriesList, ApiError> {
-    let page = params::page(p)?;
+async fn instruments(s: &AppState, page: Page) -> Result<SeriesList, ApiError> {
     let rows = prices::list_series(&s.db, &page).await?;
     let next = params::next(&page, &rows, |r| &r.instrument);
     let series = rows
