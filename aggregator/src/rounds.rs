@@ -52,6 +52,42 @@ struct Provider {
     client: ProviderClient,
     /// The highest id published and acknowledged by JetStream (so stored, and soon committed).
     cursor: AtomicI64,
+    /// The keys of its items without an id that JetStream has stored.
+    unkeyed: Mutex<StoredKeys>,
+}
+
+/// The most keys of items without an id a provider remembers.
+const MAX_UNKEYED: usize = 10_000;
+
+/// The idempotency keys of a provider's items without an id that JetStream has stored, at most
+/// [`MAX_UNKEYED`] (the oldest forgotten first). Such an item moves no cursor, so the provider answers it
+/// on every page: without these, each pull after the stream's duplicate window stored it, and the
+/// processor dead-lettered it, once more, for as long as the provider kept it. Now once per aggregator
+/// process (a restart, or another replica, may store it once more).
+#[derive(Default)]
+struct StoredKeys {
+    keys: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl StoredKeys {
+    fn insert(&mut self, key: String) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        if self.order.len() > MAX_UNKEYED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+    }
+}
+
+impl Provider {
+    fn stored_keys(&self) -> std::sync::MutexGuard<'_, StoredKeys> {
+        // Nothing panics while holding it; recover the value if something ever did.
+        self.unkeyed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 type Pending = watch::Receiver<Option<Arc<RoundReport>>>;
@@ -82,6 +118,7 @@ impl Rounds {
                 name: name.clone(),
                 client: ProviderClient::new(url, http.clone()),
                 cursor: AtomicI64::new(0),
+                unkeyed: Mutex::default(),
             })
             .collect();
         Ok(Rounds { cfg, js, db, providers, in_flight: Mutex::new(None), count: AtomicU64::new(0) })
@@ -205,17 +242,25 @@ impl Rounds {
             let mut publisher = Publisher::new(self.js.clone(), 1024);
             loop {
                 let page = p.client.page(p.cursor.load(Ordering::Relaxed), self.cfg.page_size).await?;
+                let mut unkeyed = Vec::new();
                 for item in &page {
-                    let id = item.msg_id(&p.name);
+                    let key = item.msg_id(&p.name);
+                    if item.id.is_none() {
+                        if p.stored_keys().keys.contains(&key) {
+                            continue;
+                        }
+                        unkeyed.push(key.clone());
+                    }
                     publisher
-                        .publish_raw(subject.clone(), publish::headers(Some(&id), codec::JSON), item.json.clone())
+                        .publish_raw(subject.clone(), publish::headers(Some(&key), codec::JSON), item.json.clone())
                         .await;
+                    items += 1;
                 }
                 publisher.flush().await;
                 if let Some((_, why)) = publisher.take_failed().into_iter().next() {
                     return Err(PullError::Publish(why));
                 }
-                items += page.len() as u64;
+                unkeyed.into_iter().for_each(|key| p.stored_keys().insert(key));
                 // Items without an id come last and move no cursor: a page of nothing else is the end.
                 let Some(last) = page.iter().filter_map(|i| i.id).max() else { break };
                 p.cursor.fetch_max(last, Ordering::Relaxed);

@@ -197,12 +197,13 @@ async fn a_provider_down_or_slow_is_reported_and_never_blocks_the_other() {
 
 /// An item without a whole-number id is dead-lettered once, with its reason, and the provider's other
 /// items flow as before. It failed the provider's whole page, so its pull, round after round: nothing of
-/// that provider came in again.
+/// that provider came in again. Then, since it moves no cursor and the provider answers it on every
+/// page, it was stored and dead-lettered again by every pull after the stream's duplicate window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_flow() {
     use axum::extract::Query;
     use std::collections::HashMap;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.streams.duplicate_window_secs = 1).await;
     // A provider holding the items 1 to `held`, and one whose id is text, which it answers on every page.
     let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(2));
     let router = axum::Router::new().route(
@@ -232,11 +233,15 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     held.store(3, std::sync::atomic::Ordering::Relaxed);
     let (_, b) = app.get("/v1/surveys?fresh=true").await;
     assert_eq!(keys(&b).len(), 3, "the next item came in: {b}");
+    // Past the duplicate window (the time under test), the next round pulls the item again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!((s.as_u16(), keys(&b).len()), (200, 3), "{b}");
 
     app.settled().await;
     let (_, body) = app.get("/v1/dlq?limit=100").await;
     let letters = body["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 1, "dead-lettered once, though pulled twice: {body}");
+    assert_eq!(letters.len(), 1, "dead-lettered once, though pulled three times: {body}");
     assert_eq!(letters[0]["subject"], "survey.odd");
     assert!(letters[0]["payload"].as_str().unwrap().contains("x-1"), "{body}");
     assert!(letters[0]["reason"].as_str().unwrap().contains("id"), "{body}");
