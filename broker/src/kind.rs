@@ -81,6 +81,18 @@ impl Kind {
         matches!(self, Kind::Price | Kind::Sample)
     }
 
+    /// The subjects its stream takes from publishers: every subject of the kind (`price.>`: one of the
+    /// wrong shape is stored, and the processor dead-letters it with its reason), or, when the stream is
+    /// split into partitions, only `price.<key>`, the shape the partition transform rewrites. Any other
+    /// subject would be stored as it came, where no partition's consumer reads it: lost without a word.
+    /// JetStream now refuses it (no stream answers the publish).
+    pub fn stream_subjects(self, partitions: u32) -> Vec<String> {
+        match partition_transform(self, partitions) {
+            Some(t) => vec![t.source],
+            None => vec![self.filter()],
+        }
+    }
+
     /// The subjects of one partition, e.g. `price.p.3.>`.
     pub fn partition_filter(self, partition: u32) -> String {
         format!("{}.{PARTITION_TOKEN}.{partition}.>", self.prefix())
@@ -129,8 +141,30 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
             Some(("driver" | "shipment", id)) if valid_key(id) => Ok(kind),
             _ => Err(format!("unknown subject shape {subject:?}: expected {}", Kind::Fleet.shape())),
         },
-        _ => kind.key_of(subject).map(|_| kind),
+        _ => {
+            kind.key_of(subject)?;
+            match subject[kind.prefix().len() + 1..].split_once('.') {
+                Some((PARTITION_TOKEN, _)) => Err(format!(
+                    "subject {subject:?} has the shape of a partition's ({}.p.<n>.<key>), which only the streams \
+                     write: publish to {}",
+                    kind.prefix(),
+                    kind.shape()
+                )),
+                _ => Ok(kind),
+            }
+        }
     }
+}
+
+/// The subject its publisher wrote for a stored subject: `price.p.3.ACME` → `price.ACME` (the stream put the
+/// partition in); any other subject as it is. A replay publishes there, so that the stream partitions it
+/// by the count it has now.
+pub fn published_subject(subject: &str) -> std::borrow::Cow<'_, str> {
+    let unpartitioned = Kind::of_subject(subject).filter(|k| k.partitioned()).and_then(|k| {
+        let rest = subject.strip_prefix(k.prefix())?.strip_prefix('.')?;
+        Some(k.subject(strip_partition(rest)?))
+    });
+    unpartitioned.map_or(std::borrow::Cow::Borrowed(subject), std::borrow::Cow::Owned)
 }
 
 /// The stream subject transform that splits a partitioned kind into `partitions` partitions as JetStream
@@ -205,5 +239,20 @@ mod tests {
         assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));
         assert!(parse_subject("fleet.7").unwrap_err().contains("fleet.driver.<id>"));
         assert!(parse_subject("nope.x").unwrap_err().contains("unknown subject"));
+        // A partition's subject is the stream's own: a publisher writes the key's.
+        assert!(parse_subject("price.p.3.ACME").unwrap_err().contains("publish to price.<instrument>"));
+        assert_eq!(parse_subject("price.p"), Ok(Kind::Price));
+        assert_eq!(published_subject("price.p.3.ACME"), "price.ACME");
+        assert_eq!(published_subject("metric.p.0.h-1"), "metric.h-1");
+        assert_eq!(published_subject("price.ACME"), "price.ACME");
+        assert_eq!(published_subject("fleet.driver.7"), "fleet.driver.7");
+        assert_eq!(published_subject("price"), "price", "a subject of a prefix alone, from a letter's header");
+    }
+
+    #[test]
+    fn a_partitioned_stream_takes_only_the_subjects_its_transform_rewrites() {
+        assert_eq!(Kind::Price.stream_subjects(1), ["price.>"]);
+        assert_eq!(Kind::Price.stream_subjects(4), ["price.*"]);
+        assert_eq!(Kind::Fleet.stream_subjects(4), ["fleet.>"]);
     }
 }

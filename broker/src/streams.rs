@@ -84,7 +84,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig, partitions: u3
         .iter()
         .map(|k| stream::Config {
             subject_transform: crate::kind::partition_transform(*k, partitions),
-            ..cfg.config(cfg.stream_name(*k), vec![k.filter()])
+            ..cfg.config(cfg.stream_name(*k), k.stream_subjects(partitions))
         })
         .collect();
     all.push(cfg.config(cfg.dlq_name(), vec![format!("{DLQ_PREFIX}.>")]));

@@ -114,12 +114,15 @@ pub async fn replay(
             (original.payload, dlq::replay_headers(&original.headers, m.sequence))
         }
     };
-    let ack = publish_one(&s.js, letter.subject.clone(), headers, payload).await.map_err(|e| {
+    // To the subject its publisher wrote, not the partition's the stream made of it: the stream partitions it
+    // again by the count it has now (a partition's subject is not one it takes).
+    let subject = tributary_broker::kind::published_subject(&letter.subject).into_owned();
+    let ack = publish_one(&s.js, subject.clone(), headers, payload).await.map_err(|e| {
         super::not_published(&format!("dead letter {seq}'s original with the replay's idempotency key"), e)
     })?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject: letter.subject }),
+        Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject }),
     ))
 }
 

@@ -56,6 +56,9 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
             format!("unknown subject {subject:?}: expected one of {}", known.join(", ")),
         )
     })?;
+    // Its shape: a partition's subject (`price.p.3.ACME`) is the stream's own, and no stream takes it.
+    tributary_broker::kind::parse_subject(&subject)
+        .map_err(|why| ApiError::field("unknown_subject", "subject", why))?;
     // A key that is not plain text would be dropped, and the retries it was meant to make safe stored twice.
     let msg_id = headers.get("Idempotency-Key").map(|v| v.to_str()).transpose().map_err(|_| {
         ApiError::field(

@@ -1,6 +1,6 @@
 //! Bad input is dead-lettered with its reason, the pipeline keeps going, and dead letters replay.
 
-use crate::common::spawn_app;
+use crate::common::{spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde::Serialize;
 use tributary_testkit::eventually;
@@ -99,6 +99,35 @@ async fn replay_republishes_the_exact_payload_to_the_original_subject() {
     let m = stream.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap();
     assert_eq!(&m.payload[..], br#"{"price":"1"}"#);
     assert_eq!(m.subject.as_str(), "price.X");
+}
+
+/// With the stream split into partitions, a subject of another shape than `price.<key>` (a partition's,
+/// or one of more tokens) was stored as it came, where no partition's consumer reads it: acknowledged to
+/// its publisher, then neither processed nor dead-lettered. JetStream now refuses it, the API answers 400,
+/// and a dead letter (recorded under its partition's subject) replays to its key's subject, which the
+/// stream partitions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_partitions_no_subject_is_stored_where_no_consumer_reads_it() {
+    let app = spawn_app_with(|c| c.processor.partitions = 2).await;
+    for stray in ["price.p.7.ACME", "price.ACME.x"] {
+        let ack = match app.js().publish(stray, br#"{"price":1}"#.to_vec().into()).await {
+            Ok(pending) => pending.await.map(|a| a.sequence),
+            Err(e) => Err(e),
+        };
+        assert!(ack.is_err(), "{stray} was stored: {ack:?}");
+    }
+    let (status, body) = app.send(Method::POST, "/v1/events/price.p.7.ACME", r#"{"price":1}"#).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("unknown_subject")), "{body}");
+
+    app.publish_plain("price.BAD", r#"{"ts":"2026-01-02","price":-1}"#).await;
+    app.settled().await;
+    let letter = app.only_dead_letter().await;
+    assert!(letter["subject"].as_str().unwrap().starts_with("price.p."), "{letter}");
+    let (status, replay) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
+    assert_eq!((status.as_u16(), replay["subject"].as_str()), (202, Some("price.BAD")), "{replay}");
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    assert_eq!(body["dead_letters"].as_array().unwrap().len(), 2, "the replay was processed again: {body}");
 }
 
 /// An event as large as the server takes, refused with a reason quoting all of it, is still
