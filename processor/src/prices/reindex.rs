@@ -18,10 +18,11 @@ const LEAST_PER_CONSTITUENT: usize = 64;
 /// changed date all change (each is the one before times a return), so a correction early in a long
 /// history rewrites the rest, but never holds more than a chunk. The caller holds the locks of the index
 /// and its constituents. An append costs two round trips: the definition with the anchor and the prices
-/// after it, then the levels. Nothing happens when there is no such index.
-pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
+/// after it, then the levels. Nothing happens when there is no such index. Returns how many prices it
+/// read.
+pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>>) -> Result<usize, sqlx::Error> {
     let Some(start) = indices::recompute_start(tx, name, from, CHUNK_PRICES, LEAST_PER_CONSTITUENT).await? else {
-        return Ok(());
+        return Ok(0);
     };
     let RecomputeStart { def, per, anchor, prices: mut rows } = start;
     let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
@@ -32,7 +33,9 @@ pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>
     let mut chain = index::Chain::new(def.base, def.weights.iter().map(|w| w.1).collect(), anchor);
     // No anchor: from scratch, and every stored level not written is deleted.
     let mut written_after = anchor.map(|a| a.0);
+    let mut read = 0;
     loop {
+        read += rows.len();
         // Every constituent's prices are read up to the horizon: the earliest last price of a constituent
         // whose chunk was full (none full: the end).
         let mut counts = vec![0usize; instruments.len()];
@@ -45,6 +48,12 @@ pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>
             dates.entry(ts).or_insert_with(|| vec![None; instruments.len()])[k] = Some(p);
         }
         let horizon = (0..instruments.len()).filter(|&k| counts[k] >= per).map(|k| last[k]).min();
+        // A constituent whose chunk was not full has no price after its last one read (none: no price at
+        // all), so no index date lies past that: once the horizon reaches it, this chunk is the last. (A
+        // constituent that stopped, or never had a price, made every append read the others' whole history
+        // from the anchor on.)
+        let ended = (0..instruments.len()).filter(|&k| counts[k] < per).map(|k| last[k]).min();
+        let horizon = horizon.filter(|h| ended.is_none_or(|e| e > *h));
         let mut levels = Vec::new();
         for (ts, now) in dates {
             if horizon.is_some_and(|h| ts > h) {
@@ -60,7 +69,7 @@ pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>
             ret: levels.iter().map(|l| l.ret).collect(),
         };
         indices::store_levels(tx, name, written_after, &levels, horizon).await?;
-        let Some(h) = horizon else { return Ok(()) };
+        let Some(h) = horizon else { return Ok(read) };
         written_after = Some(h);
         rows = indices::prices_from(tx, &instruments, Some(h + chrono::Duration::microseconds(1)), per).await?;
     }

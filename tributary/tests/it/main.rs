@@ -11,6 +11,7 @@ mod elastic;
 mod faults;
 mod fleet;
 mod grafana;
+mod indices;
 mod isolation;
 mod live;
 mod locks;
