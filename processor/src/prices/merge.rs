@@ -82,11 +82,13 @@ pub(super) fn merge<'a>(
             Some(mut s) => {
                 let original = s.point.clone();
                 s.seq = inc.seq;
-                if s.point.price != inc.price || s.volume != inc.volume {
+                // Only a price derives anything: a new volume is written with its sequence, and recomputes
+                // no window and no index level (it rewrote every level of an index after it).
+                s.volume = inc.volume;
+                if s.point.price != inc.price {
                     first_change.get_or_insert(merged.len());
                     last_change = Some(merged.len());
                     s.point = Point::raw(inc.price);
-                    s.volume = inc.volume;
                 }
                 keep(&mut merged, s, Some(original), true);
             }

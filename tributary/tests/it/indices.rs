@@ -1,4 +1,4 @@
-//! An index's recompute costs what changed, not the history of its constituents.
+//! An index's recompute costs what changed: not the history of its constituents, not a volume.
 
 use crate::common::{TestApp, spawn_app};
 use chrono::{DateTime, TimeZone, Utc};
@@ -66,4 +66,27 @@ async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history
         want.iter().map(|w| (w.ts, w.level, w.ret)).collect::<Vec<_>>()
     );
     assert!(stored(&app, "never").await.is_empty(), "no date has a price of Z");
+}
+
+/// A constituent's point re-sent with the same price and a new volume changes no level. It counted as a
+/// change from its date on, so every index level after it was written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_volume_rewrites_no_index_level() {
+    let app = spawn_app().await;
+    define(&app, "v", &[("A", 0.5), ("B", 0.5)]).await;
+    for day in 1..=20 {
+        for (i, p) in [("A", 10.0 + day as f64), ("B", 20.0 - day as f64 * 0.5)] {
+            app.publish_plain(&format!("price.{i}"), &format!(r#"{{"ts":"2026-01-{day:02}","price":{p},"volume":1}}"#))
+                .await;
+        }
+    }
+    app.settled().await;
+    let before = stored(&app, "v").await;
+    assert_eq!(before.len(), 20);
+
+    app.publish_plain("price.A", r#"{"ts":"2026-01-05","price":15,"volume":7}"#).await;
+    app.settled().await;
+    let (_, a) = app.get("/v1/series/price/A?from=2026-01-05&to=2026-01-05").await;
+    assert_eq!(a["points"][0]["volume"], 7.0, "the volume is stored: {a}");
+    assert_eq!(stored(&app, "v").await, before, "every level as it was, written by the same transactions");
 }
