@@ -87,13 +87,13 @@ pub async fn get(
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<PortPage>, ApiError> {
     let limit = params::limit(&p, 50, 1000)?;
-    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let offset = match p.get("offset") {
         None => 0,
         Some(v) => v.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| {
             ApiError::field("invalid_offset", "offset", format!("offset must be a whole number ≥ 0, got {v:?}"))
         })?,
     };
+    crate::sync::if_fresh(&s, &p, &[Kind::Port]).await?;
     let filter = ports::PortFilter { country: p.get("country").cloned(), name_contains: p.get("q").cloned() };
     let page = ports::list(s.pool(), &filter, limit as i64, offset).await?;
     Ok(Json(PortPage { limit, offset, ports: page.ports, total: page.total }))

@@ -188,9 +188,14 @@ async fn a_request_past_its_deadline_is_a_json_503_and_streams_are_not_cut() {
     // A listing's wrong query is refused at once, not after the wait (it was parsed after it: here the
     // deadline's 503 instead of the 400).
     app.publish_plain("metric.slow", r#"{"cpu_usage":1}"#).await;
-    for path in ["/v1/series/price", "/v1/servers"] {
-        let (s, b) = app.get(&format!("{path}?fresh=true&limit=0")).await;
-        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_limit")), "{path}: {b}");
+    app.publish_plain("port.SLOWP", r#"{"name":"Slow"}"#).await;
+    for (query, code) in [
+        ("/v1/series/price?fresh=true&limit=0", "invalid_limit"),
+        ("/v1/servers?fresh=true&limit=0", "invalid_limit"),
+        ("/v1/ports?fresh=true&offset=-1", "invalid_offset"),
+    ] {
+        let (s, b) = app.get(query).await;
+        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some(code)), "{query}: {b}");
     }
     // A live stream outlives the deadline: its headers came in time, its body is not timed.
     let mut live = app.http.get(format!("{}/v1/live/metrics", app.base)).send().await.unwrap();
