@@ -76,8 +76,14 @@ pub async fn ws(
     let host = p.get("host").cloned();
     let (rx, closed) = (s.live.subscribe(), s.live.closed());
     let ping = std::time::Duration::from_secs(s.config.live_ping_secs.max(1));
+    // A reader sends only pongs and its close: without a bound, a message of up to 64 MiB (tungstenite's
+    // default) was taken into memory, per connection.
+    let upgrade = upgrade.max_message_size(MAX_READER_MESSAGE).max_frame_size(MAX_READER_MESSAGE);
     upgrade.on_upgrade(move |socket| relay(socket, rx, host, closed, ping))
 }
+
+/// The largest message or frame a live reader may send, in bytes; a larger one ends its stream.
+const MAX_READER_MESSAGE: usize = 64 << 10;
 
 /// Sends the stream's messages to `socket` until shutdown (1001) or the reader goes. A reader that has
 /// not answered a ping by the next one (every `ping`), or does not take a message within `ping` (it

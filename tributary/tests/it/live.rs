@@ -86,3 +86,28 @@ async fn a_live_sse_reader_that_stops_reading_is_cut_off() {
     let request = format!("GET /v1/live/metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     a_reader_that_stops_reading(&app, &request, b"HTTP/1.1 200", Duration::from_secs(8)).await;
 }
+
+/// A live WebSocket reader that sends a message larger than a reader has any need of (64 KiB) is ended:
+/// without a bound the server took in up to 64 MiB per message, per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_websocket_reader_sending_a_large_message_is_ended() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = crate::common::spawn_app().await;
+    let url = format!("{}/v1/live/ws", app.base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // The server may end the stream while the message is still being sent: the send then fails.
+    if ws.send(Message::Text("x".repeat(1 << 20).into())).await.is_err() {
+        return;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server still holds the stream 20 s after a 1 MiB message");
+}
