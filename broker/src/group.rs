@@ -184,17 +184,21 @@ impl Lag {
 }
 
 /// The lag of the durable consumer `durable` of `stream`, whose subjects are `filter`; `None` while the
-/// consumer does not exist.
-pub async fn lag(stream: &jetstream::stream::Stream, durable: &str, filter: &str) -> Option<Lag> {
-    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(durable).await.ok()?;
-    let info = consumer.info().await.ok()?;
+/// consumer does not exist, an error when the server cannot say (it was taken as no lag at all).
+pub async fn lag(stream: &jetstream::stream::Stream, durable: &str, filter: &str) -> Result<Option<Lag>, GroupError> {
+    use jetstream::context::ConsumerInfoErrorKind as Kind;
+    let info = match stream.consumer_info(durable).await {
+        Ok(info) => info,
+        Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
     let mut lag = Lag { waiting: info.num_pending, unacked: info.num_ack_pending as u64, ..Lag::default() };
     if lag.pending() > 0
         && let Ok(oldest) = stream.direct_get_next_for_subject(filter, Some(info.ack_floor.stream_sequence + 1)).await
     {
         lag.oldest_unacked = (chrono::Utc::now() - oldest.time).to_std().unwrap_or_default();
     }
-    Some(lag)
+    Ok(Some(lag))
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ async fn report_lag(js: async_nats::jetstream::Context, partitions: Vec<(Consume
         every.tick().await;
         for (spec, kind, number) in &partitions {
             let Ok(stream) = js.get_stream(&spec.stream).await else { continue };
-            let Some(lag) = group::lag(&stream, &spec.durable, &spec.filter_subject).await else { continue };
+            let Ok(Some(lag)) = group::lag(&stream, &spec.durable, &spec.filter_subject).await else { continue };
             let labels = [("kind", kind.to_string()), ("partition", number.to_string())];
             metrics::gauge!(names::PARTITION_PENDING, &labels).set(lag.pending() as f64);
             metrics::gauge!(names::PARTITION_OLDEST_UNACKED, &labels).set(lag.oldest_unacked.as_secs_f64());

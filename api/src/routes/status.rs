@@ -1,6 +1,6 @@
 //! `GET /v1/status`: the processor group as it stands: its members, and each partition's owner and lag.
 
-use crate::AppState;
+use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -47,17 +47,27 @@ pub struct Partition {
 #[utoipa::path(get, path = "/v1/status", tag = "operations", operation_id = "status",
     summary = "The processor group: members, and each partition's owner and lag",
     responses((status = 200, description = "The group as it stands", body = Status)))]
-pub async fn status(State(s): State<AppState>) -> Json<Status> {
+pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
+    // What NATS cannot tell is a 503: an empty group or a partition without lag would look healthy.
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("cannot read {what}: {e}"));
     let members = match Group::open(&s.js, &s.durable_prefix).await {
-        Some(g) => g.members().await.unwrap_or_default(),
+        Some(g) => g.members().await.map_err(|e| unavailable("the processor group", &e))?,
         None => Vec::new(),
     };
     let mut partitions = Vec::new();
     for kind in Kind::ALL.into_iter().filter(|k| k.partitioned()) {
-        let Ok(stream) = s.js.get_stream(s.streams.stream_name(kind)).await else { continue };
+        let name = s.streams.stream_name(kind);
+        let stream = match s.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e) if not_found(&e) => continue,
+            Err(e) => return Err(unavailable(&format!("stream {name}"), &e)),
+        };
         for (consumer, filter, partition) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
             let Some(partition) = partition else { continue };
-            let lag = group::lag(&stream, &consumer, &filter).await.unwrap_or_default();
+            let lag = group::lag(&stream, &consumer, &filter)
+                .await
+                .map_err(|e| unavailable(&format!("consumer {consumer}"), &e))?
+                .unwrap_or_default();
             let owner = members.iter().find(|m| m.owns.contains(&consumer)).map(|m| m.id.clone());
             partitions.push(Partition {
                 kind: kind.prefix().to_owned(),
@@ -71,5 +81,11 @@ pub async fn status(State(s): State<AppState>) -> Json<Status> {
             });
         }
     }
-    Json(Status { members, partitions })
+    Ok(Json(Status { members, partitions }))
+}
+
+/// Whether JetStream said the stream does not exist (nothing published or started yet).
+fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }

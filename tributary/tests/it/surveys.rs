@@ -328,8 +328,11 @@ async fn the_fresh_barrier_returns_a_just_published_price_or_504s() {
     // the client's own request timeout, or the request deadline's 503 when that was shorter.
     app.nats_server().freeze(true);
     let (s, b) = app.get("/v1/series/price/FRESH?fresh=true").await;
+    // And the group's status says it cannot tell: it answered 200 with no members and no lag.
+    let (status, group) = app.get("/v1/status").await;
     app.nats_server().freeze(false);
     assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (504, Some("sync_timeout")), "{b}");
+    assert_eq!((status.as_u16(), group["error"]["code"].as_str()), (503, Some("unavailable")), "{group}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
