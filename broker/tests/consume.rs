@@ -223,6 +223,31 @@ async fn a_slow_series_does_not_hold_back_the_others() {
     run.await.unwrap().unwrap();
 }
 
+/// Messages waiting behind a series that is in flight past `ack_wait` are delivered again by JetStream
+/// (they get no in-progress acks); each copy was queued beside the one waiting, so a unit of five seconds
+/// left about five copies of every message behind it, and each was stored again. Now each is stored once,
+/// or twice when a copy crosses its ack (sent before the ack arrived, taken after the unit finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_behind_a_long_unit_are_stored_once() {
+    let (_nats, js) = setup(&["slow".to_string()]).await;
+    let handler =
+        Scripted::new(|p, n| if p == "slow" && n == 1 { Act::Sleep(Duration::from_secs(5)) } else { Act::Commit });
+    let shutdown = CancellationToken::new();
+    let spec = ConsumerSpec { ack_wait: Duration::from_secs(1), ..spec() };
+    let run = tokio::spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
+    until("the slow message in flight", async || handler.tries.lock().unwrap().contains_key(&1)).await;
+    for k in 0..20 {
+        js.publish("t.slow", format!("behind {k}").into()).await.unwrap().await.unwrap();
+    }
+    until("everything acked", async || ack_floor(&js).await >= 21).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let tries = handler.tries.lock().unwrap().clone();
+    let again: Vec<(u64, usize)> =
+        (1..=21).map(|s| (s, tries.get(&s).copied().unwrap_or(0))).filter(|t| !(1..=2).contains(&t.1)).collect();
+    assert!(again.is_empty(), "(seq, times stored) of the messages stored more than twice, or never: {again:?}");
+}
+
 /// A message that kills the process (here the consume loop is dropped mid-work, which drops its units as
 /// a crash would: nothing acked, nothing recorded as finished) is narrowed down over the restarts, in
 /// ever smaller units of suspects, and dead-lettered once it has stopped the processor `max_failures`

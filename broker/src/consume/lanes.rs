@@ -29,6 +29,12 @@ pub(super) struct Lanes<H: BatchHandler> {
     /// Items whose series is in flight, waiting for it.
     blocked: HashMap<u64, Vec<Entry<H::Event>>>,
     busy: HashSet<u64>,
+    /// The sequences of the messages waiting here or in a unit. JetStream delivers one again once it has
+    /// waited `ack_wait` (those behind a busy series get no in-progress acks), and that copy is dropped:
+    /// the one held is acked or nak'ed in its turn (an ack of an earlier delivery acks the message).
+    /// Each copy used to be queued too, so a long unit piled up a copy of every message behind it each
+    /// `ack_wait`, and each was stored again once the series was free.
+    held: HashSet<u64>,
     pub(super) tasks: JoinSet<Done>,
     crashes: Option<CrashLog>,
     /// Whether a unit of suspects is in flight.
@@ -63,6 +69,7 @@ impl<H: BatchHandler> Lanes<H> {
             suspects: VecDeque::new(),
             blocked: HashMap::new(),
             busy: HashSet::new(),
+            held: HashSet::new(),
             tasks: JoinSet::new(),
             crashes: CrashLog::open(js, &spec.stream, &spec.durable).await,
             suspect_in_flight: false,
@@ -97,6 +104,10 @@ impl<H: BatchHandler> Lanes<H> {
             };
             let (seq, received, delivered) = (info.stream_sequence, Ts::new(info.published), info.delivered);
             pending = info.pending;
+            if self.held.contains(&seq) {
+                debug!(consumer = spec.durable, seq, delivered, "a copy of a message held here: dropped");
+                continue;
+            }
             match self.handler.decode(&m.subject, m.headers.as_ref(), &m.payload, received) {
                 Ok(event) => {
                     // A redelivery this process did not ask for may have been in flight when one died.
@@ -157,6 +168,7 @@ impl<H: BatchHandler> Lanes<H> {
 
     /// Queues an item: behind its series if that is busy, else with the ready items or suspects.
     fn queue(&mut self, item: Item, delivery: Delivery<H::Event>) {
+        self.held.insert(item.seq);
         if self.busy.contains(&item.series) {
             self.blocked.entry(item.series).or_default().push((item, delivery));
         } else if item.suspect.is_some() {
@@ -231,10 +243,13 @@ impl<H: BatchHandler> Lanes<H> {
             // not acked, so they come again; their series stay busy no longer than this process.
             Err(e) => {
                 error!(consumer = spec.durable, error = %e, "a unit of work was lost; its messages will be redelivered");
-                // Which series it held is lost with it: free them all rather than hold any forever.
+                // Which series and messages it held are lost with it: free them all rather than hold any
+                // forever (a message still waiting here is held still).
                 self.busy.clear();
                 self.suspect_in_flight = false;
                 self.release_blocked();
+                let waiting = self.ready.iter().chain(&self.suspects).map(|(i, _)| i.seq);
+                self.held = waiting.collect();
                 return;
             }
         };
@@ -249,6 +264,7 @@ impl<H: BatchHandler> Lanes<H> {
         let acking = std::time::Instant::now();
         for (item, outcome) in done.items {
             self.busy.remove(&item.series);
+            self.held.remove(&item.seq);
             match outcome {
                 Outcome::Committed => {
                     latency.record((now - item.received.0).num_microseconds().unwrap_or(0) as f64 / 1e6);
@@ -319,6 +335,7 @@ impl<H: BatchHandler> Lanes<H> {
         }
         debug!(consumer = self.spec.durable, messages = waiting.len(), "giving back what waits");
         for (item, _) in waiting {
+            self.held.remove(&item.seq);
             let _ = item.message.ack_with(AckKind::Nak(None)).await;
         }
     }
