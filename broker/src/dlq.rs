@@ -192,19 +192,29 @@ pub async fn list(
     let mut out = Vec::new();
     let (mut seq, mut budget) = (last, LIST_PAYLOAD_BUDGET);
     while seq >= first && seq > 0 && out.len() < limit {
-        // A sequence may have been removed by retention; skip it.
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            let mut letter = DeadLetter::from_stream_message(&m);
-            if letter.payload.len() > budget {
-                letter.payload = String::new();
-                letter.payload_omitted.get_or_insert(m.payload.len() as u64);
+        match stream.get_raw_message(seq).await {
+            Ok(m) => {
+                let mut letter = DeadLetter::from_stream_message(&m);
+                if letter.payload.len() > budget {
+                    letter.payload = String::new();
+                    letter.payload_omitted.get_or_insert(m.payload.len() as u64);
+                }
+                budget -= letter.payload.len();
+                out.push(letter);
             }
-            budget -= letter.payload.len();
-            out.push(letter);
+            Err(e) if removed(&e) => {}
+            Err(e) => return Err(e.into()),
         }
         seq -= 1;
     }
     Ok(out)
+}
+
+/// Whether a read of a letter failed because retention (or a delete) removed it: it is skipped. Any
+/// other failure (NATS not answering) fails the listing; it was taken as removed too, so a listing
+/// during a NATS stall was a 200 with letters missing.
+fn removed(e: &async_nats::jetstream::stream::RawMessageError) -> bool {
+    e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
 }
 
 /// Standard base64 with padding.
@@ -226,6 +236,13 @@ fn base64(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_removed_letter_is_skipped() {
+        use async_nats::jetstream::stream::{RawMessageError, RawMessageErrorKind};
+        assert!(super::removed(&RawMessageError::new(RawMessageErrorKind::NoMessageFound)));
+        assert!(!super::removed(&RawMessageError::new(RawMessageErrorKind::Other)));
+    }
+
     #[test]
     fn base64_matches_rfc4648() {
         assert_eq!(super::base64(b""), "");
