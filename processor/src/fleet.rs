@@ -21,6 +21,8 @@ pub use tributary_store::fleet::{Fleet, StoredPlan, load};
 #[derive(Clone)]
 pub struct FleetHandler {
     pool: PgPool,
+    /// The most (driver, shipment) pairs a plan may span (`processor.fleet_max_pairs`).
+    max_pairs: u64,
 }
 
 /// The batch computation: the optimal plan of a fleet.
@@ -39,9 +41,9 @@ pub fn compute(fleet: &Fleet) -> StoredPlan {
 }
 
 impl FleetHandler {
-    /// A handler writing through `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        FleetHandler { pool }
+    /// A handler writing through `pool`, planning fleets of at most `max_pairs` (driver, shipment) pairs.
+    pub fn new(pool: PgPool, max_pairs: u64) -> Self {
+        FleetHandler { pool, max_pairs }
     }
 
     /// Stores the newest version of each driver and shipment in the batch and, if anything changed,
@@ -71,6 +73,18 @@ impl FleetHandler {
         if recompute {
             store::allow_long_computation(&mut tx).await?;
             let fleet = load(&mut tx).await?;
+            let pairs = fleet.drivers.len() as u64 * fleet.shipments.len() as u64;
+            if pairs > self.max_pairs {
+                // Rolled back: the batch is narrowed down to what takes the fleet past the bound, which is
+                // dead-lettered with this reason; the stored plan stays the plan of what is stored.
+                return Err(sqlx::Error::Protocol(format!(
+                    "the fleet would be too large to plan: {} drivers × {} shipments = {pairs} pairs, over \
+                     processor.fleet_max_pairs ({}); delete drivers or shipments, or raise it, then replay this",
+                    fleet.drivers.len(),
+                    fleet.shipments.len(),
+                    self.max_pairs
+                )));
+            }
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))
                 .await

@@ -52,6 +52,11 @@ pub struct ProcessorConfig {
     /// On a shutdown signal, how long the batches in hand get to commit before the process exits without
     /// acking them (they are delivered again, to this or another replica).
     pub shutdown_grace_secs: u64,
+    /// The most (driver, shipment) pairs the fleet plan may span: its scores take 8 bytes a pair and the
+    /// optimal assignment about min² × max steps (1,000 × 1,000: under a second here). A driver or
+    /// shipment that would take the fleet past it is dead-lettered with the sizes (delete others, or raise
+    /// this, then replay it); without a bound a large fleet took the processor's memory.
+    pub fleet_max_pairs: u64,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
 }
@@ -69,6 +74,7 @@ impl Default for ProcessorConfig {
             takeover_secs: 5,
             max_failures: 5,
             shutdown_grace_secs: 20,
+            fleet_max_pairs: 4_000_000,
             prices: Transforms::default(),
         }
     }
@@ -125,6 +131,9 @@ impl ProcessorConfig {
         if self.takeover_secs == 0 {
             return Err("processor.takeover_secs must be at least 1".into());
         }
+        if self.fleet_max_pairs == 0 {
+            return Err("processor.fleet_max_pairs must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -177,7 +186,7 @@ pub async fn run(
     spawn(Kind::Price, "prices", starter(&js, prices));
     spawn(Kind::Index, "indices", starter(&js, IndexHandler::new(pool.clone())));
     spawn(Kind::Port, "ports", starter(&js, PortHandler::new(pool.clone())));
-    spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone())));
+    spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone(), cfg.fleet_max_pairs)));
     spawn(Kind::Survey, "surveys", starter(&js, SurveyHandler::new(pool.clone())));
     spawn(Kind::Sample, "metrics", starter(&js, samples));
     if !partitions.is_empty() {

@@ -1,7 +1,7 @@
 //! Fleet: the stored plan is always the optimal plan of the stored drivers and shipments, whatever the
 //! order and duplication of their events; the plan and score API; the exercise's CLI.
 
-use crate::common::spawn_app;
+use crate::common::{spawn_app, spawn_app_with};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -174,4 +174,41 @@ async fn the_exercise_files_published_twice_change_nothing() {
         first["assignments"].as_array().unwrap().iter().filter_map(|a| a["driver_id"].as_str()).collect();
     assert!(ids.contains(&"4"), "{first}");
     let _: Value = first;
+}
+
+/// A fleet past `processor.fleet_max_pairs` is not planned: the shipment that takes it past the bound is
+/// dead-lettered with the sizes, the stored plan stays the optimum of what is stored, and once room is
+/// made the letter replays. (Unbounded, a large fleet's scores, 8 bytes a pair, and its assignment took
+/// the processor's memory and a core for as long as it lasted, on every batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_taking_the_fleet_past_its_bound_is_dead_lettered_and_replays_once_there_is_room() {
+    use reqwest::Method;
+    let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smith"}"#).await;
+    app.publish_plain("fleet.driver.bo", r#"{"name":"Bo"}"#).await;
+    for (id, address) in [("s1", "44 Fake Dr., San Diego"), ("s2", "1 Elm Street"), ("s3", "9 Oak Ave, Town")] {
+        app.publish_plain(&format!("fleet.shipment.{id}"), &json!({ "address": address }).to_string()).await;
+    }
+    app.settled().await;
+    let (_, before) = app.get("/v1/fleet/plan").await;
+
+    app.publish_plain("fleet.shipment.s4", r#"{"address":"12B Baker St, London"}"#).await;
+    app.settled().await;
+    let letter = app.only_dead_letter().await;
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("too large to plan: 2 drivers × 4 shipments = 8 pairs"), "{letter}");
+    assert_eq!(stored_fleet(&app).await.shipments.len(), 3, "nothing of it stored");
+    let (_, plan) = app.get("/v1/fleet/plan").await;
+    assert_eq!(plan, before, "the plan of what is stored, as it was");
+
+    app.publish_plain("fleet.shipment.s1", r#"{"deleted":true}"#).await;
+    app.settled().await;
+    let (s, b) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
+    assert_eq!(s, 202, "{b}");
+    app.settled().await;
+    let fleet = stored_fleet(&app).await;
+    let ids: Vec<&str> = fleet.shipments.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(ids, ["s2", "s3", "s4"]);
+    let (_, plan) = app.get("/v1/fleet/plan").await;
+    assert_eq!(plan["total_score"], json!(compute(&fleet).total), "{plan}");
 }
