@@ -105,14 +105,21 @@ pub(crate) async fn commit_in_span(
 /// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
 /// resources or in trouble (SQLSTATE classes 40, 53, 57, 58 and `55P03` lock not available). Such
 /// failures are retried with a backoff and never dead-letter anything; any other failure is isolated to
-/// its messages.
+/// its messages. Two of those classes' codes are isolated too, since one message's own work can cause
+/// them on every try: `57014` (a statement ran past `statement_timeout`) and `53200` (out of memory, or
+/// of lock table: an index over thousands of constituents). Retried as transient, such a message held
+/// back its batch-mates and paused the consumer for ever, without the consumer ever counting as failing;
+/// isolated, it is dead-lettered while others commit, and kept (the consumer failing) when nothing does.
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
+    /// Codes of the transient classes that one message's own work can cause on every try.
+    const OWN_WORK: [&str; 2] = ["57014", "53200"];
     use sea_orm::sqlx::Error;
     error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
         Some(e) if tributary_store::db::unreachable(e) => true,
-        Some(Error::Database(d)) => {
-            d.code().is_some_and(|c| ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class)) || c == "55P03")
-        }
+        Some(Error::Database(d)) => d.code().is_some_and(|c| {
+            let class = ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class));
+            (class && !OWN_WORK.contains(&&*c)) || c == "55P03"
+        }),
         Some(_) => false,
         None => cause.downcast_ref::<std::io::Error>().is_some(),
     })

@@ -158,6 +158,31 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
     check().await;
 }
 
+/// A message whose own work fails with a code of the "server in trouble" classes on every try (here
+/// `57014`, what a statement past `statement_timeout` raises) is dead-lettered while the others commit.
+/// It was retried as transient: its batch-mates sent back with it and the consumer paused, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_whose_write_always_times_out_is_dead_lettered() {
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    refuse_as(pool, "price_points", "instrument", "SLOWPOKE", "timing out", "query_canceled").await;
+    for d in 1..=5 {
+        app.publish_plain("price.OK", &format!(r#"{{"ts":"2026-01-{d:02}","price":{d}}}"#)).await;
+        if d == 2 {
+            app.publish_plain("price.SLOWPOKE", r#"{"ts":"2026-01-02","price":1}"#).await;
+        }
+    }
+    app.settled().await;
+    let (_, ok) = app.get("/v1/series/price/OK").await;
+    assert_eq!(ok["points"].as_array().unwrap().len(), 5, "{ok}");
+    let letter = app.only_dead_letter().await;
+    assert_eq!(
+        (letter["subject"].as_str(), letter["class"].as_str()),
+        (Some("price.SLOWPOKE"), Some("processing_failed"))
+    );
+    assert!(letter["reason"].as_str().unwrap().contains("timing out SLOWPOKE"), "{letter}");
+}
+
 /// The isolation is the consume loop's, so every kind has it: a port whose write always fails is
 /// dead-lettered as `processing_failed` while the ports around it are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,10 +205,18 @@ async fn a_port_whose_write_always_fails_is_dead_lettered_and_the_others_stored(
 /// A trigger on `table` that refuses every write of the row whose `column` is `value`, raising
 /// `<message> <value> (test trigger)`: a failure that is the message's own, as a constraint or a bug is.
 async fn refuse(pool: &sqlx::PgPool, table: &str, column: &str, value: &str, message: &str) {
+    refuse_as(pool, table, column, value, message, "raise_exception").await
+}
+
+/// [`refuse`], raising the SQLSTATE condition `condition` (e.g. `query_canceled`, what a statement past
+/// `statement_timeout` raises).
+async fn refuse_as(pool: &sqlx::PgPool, table: &str, column: &str, value: &str, message: &str, condition: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           IF NEW.{column} = '{value}' THEN RAISE EXCEPTION '{message} % (test trigger)', NEW.{column}; END IF;
+           IF NEW.{column} = '{value}' THEN
+             RAISE EXCEPTION '{message} % (test trigger)', NEW.{column} USING ERRCODE = '{condition}';
+           END IF;
            RETURN NEW;
          END $$;
          CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
