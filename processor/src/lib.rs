@@ -105,14 +105,16 @@ pub(crate) async fn commit_in_span(
 /// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
 /// resources or in trouble (SQLSTATE classes 40, 53, 57, 58 and `55P03` lock not available). Such
 /// failures are retried with a backoff and never dead-letter anything; any other failure is isolated to
-/// its messages. Two of those classes' codes are isolated too, since one message's own work can cause
-/// them on every try: `57014` (a statement ran past `statement_timeout`) and `53200` (out of memory, or
-/// of lock table: an index over thousands of constituents). Retried as transient, such a message held
-/// back its batch-mates and paused the consumer for ever, without the consumer ever counting as failing;
-/// isolated, it is dead-lettered while others commit, and kept (the consumer failing) when nothing does.
+/// its messages. One code of those classes is isolated too, since one message's own work can cause it on
+/// every try: `53200`, out of memory or of lock table (an index over thousands of constituents on a
+/// small server). Retried as transient, such a message held back its batch-mates and paused the consumer
+/// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
+/// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
+/// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
+/// too, through no fault of its message.)
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
     /// Codes of the transient classes that one message's own work can cause on every try.
-    const OWN_WORK: [&str; 2] = ["57014", "53200"];
+    const OWN_WORK: [&str; 1] = ["53200"];
     use sea_orm::sqlx::Error;
     error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
         Some(e) if tributary_store::db::unreachable(e) => true,
