@@ -57,6 +57,7 @@ impl FleetHandler {
             }
         }
         let mut tx = lock::begin(&self.pool, "fleet", ["plan"]).await?;
+        let pairs_before = store::live_pairs(&mut tx).await?;
         let mut changed = 0;
         for (role, table) in [(Role::Driver, Table::Drivers), (Role::Shipment, Table::Shipments)] {
             let rows: Vec<Upsert<'_>> = newest
@@ -74,6 +75,13 @@ impl FleetHandler {
             store::allow_long_computation(&mut tx).await?;
             let fleet = load(&mut tx).await?;
             let pairs = fleet.drivers.len() as u64 * fleet.shipments.len() as u64;
+            if pairs > self.max_pairs && pairs <= pairs_before {
+                // Past the bound already (a lower bound configured since it was stored) and not growing: the
+                // changes (deletions above all) are stored, and no plan can be computed, so none is served.
+                tracing::warn!(pairs, max = self.max_pairs, "the fleet is over processor.fleet_max_pairs: no plan");
+                store::clear_plan(&mut tx).await?;
+                return tx.commit().await;
+            }
             if pairs > self.max_pairs {
                 // Rolled back: the batch is narrowed down to what takes the fleet past the bound, which is
                 // dead-lettered with this reason; the stored plan stays the plan of what is stored.

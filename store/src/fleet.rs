@@ -5,8 +5,9 @@
 //! assignments are replaced together, in the transaction that changed the drivers or shipments.
 //!
 //! - Writes, in the processor's transaction (its fleet lock already held): [`upsert`] newer versions of
-//!   drivers or shipments ([`Table`], [`Upsert`]), [`plan_exists`], [`load`] the live [`Fleet`] the plan
-//!   is computed from, and [`store_plan`] a computed [`StoredPlan`].
+//!   drivers or shipments ([`Table`], [`Upsert`]), [`live_pairs`], [`plan_exists`], [`load`] the live
+//!   [`Fleet`] the plan is computed from, and [`store_plan`] a computed [`StoredPlan`] (or [`clear_plan`]
+//!   when none can be).
 //! - Reads, for the API: [`plan_snapshot`] (the plan's head, assignments and who is left without one, in
 //!   one snapshot: a [`PlanSnapshot`]), [`shipment_address`] and [`driver_name`].
 
@@ -93,7 +94,24 @@ pub async fn allow_long_computation(tx: &mut Tx) -> Result<(), sqlx::Error> {
     sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0").execute(&mut **tx).await.map(|_| ())
 }
 
-/// Whether a plan is stored (none before the first computation).
+/// How many (driver, shipment) pairs the live fleet has: the size of its plan's score matrix.
+pub async fn live_pairs(tx: &mut Tx) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM fleet_drivers WHERE name IS NOT NULL)
+              * (SELECT count(*) FROM fleet_shipments WHERE address IS NOT NULL)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n.max(0) as u64)
+}
+
+/// Removes the stored plan (head and assignments): there is none of the fleet as stored.
+pub async fn clear_plan(tx: &mut Tx) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("DELETE FROM fleet_assignments; DELETE FROM fleet_plan").execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Whether a plan is stored (none before the first computation, or while the fleet is past its bound).
 pub async fn plan_exists(tx: &mut Tx) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM fleet_plan)").fetch_one(&mut **tx).await
 }

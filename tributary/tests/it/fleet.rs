@@ -212,3 +212,32 @@ async fn a_shipment_taking_the_fleet_past_its_bound_is_dead_lettered_and_replays
     let (_, plan) = app.get("/v1/fleet/plan").await;
     assert_eq!(plan["total_score"], json!(compute(&fleet).total), "{plan}");
 }
+
+/// A fleet already past the bound (stored under a larger one) still takes its changes and deletions; no
+/// plan is served while it is past, and the plan is back once the deletions bring it within. (The bound
+/// refused every change of such a fleet, the deletions that would make room too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_already_past_its_bound_still_takes_deletions() {
+    let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
+    // As a larger bound stored it: 2 drivers × 4 shipments.
+    sea_orm::sqlx::raw_sql(
+        "INSERT INTO fleet_drivers (id, name, seq) VALUES ('alice', 'Alice Smith', 0), ('bo', 'Bo', 0);
+         INSERT INTO fleet_shipments (id, address, seq) VALUES ('s1', '1 Elm Street', 0),
+           ('s2', '9 Oak Ave, Town', 0), ('s3', 'Main Street', 0), ('s4', '12B Baker St, London', 0)",
+    )
+    .execute(app.c.db.get_postgres_connection_pool())
+    .await
+    .unwrap();
+    app.publish_plain("fleet.shipment.s4", r#"{"address":"44 Fake Dr., San Diego"}"#).await;
+    app.settled().await;
+    assert_eq!(stored_fleet(&app).await.shipments[3].1, "44 Fake Dr., San Diego", "the change is stored");
+    let (_, plan) = app.get("/v1/fleet/plan").await;
+    assert_eq!(plan["version"], 0, "no plan past the bound: {plan}");
+
+    app.publish_plain("fleet.shipment.s1", r#"{"deleted":true}"#).await;
+    app.settled().await;
+    let fleet = stored_fleet(&app).await;
+    assert_eq!(fleet.shipments.len(), 3);
+    let (_, plan) = app.get("/v1/fleet/plan").await;
+    assert_eq!((plan["version"].as_i64(), &plan["total_score"]), (Some(1), &json!(compute(&fleet).total)), "{plan}");
+}
