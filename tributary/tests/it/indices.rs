@@ -1,4 +1,5 @@
-//! An index's recompute costs what changed: not the history of its constituents, not a volume.
+//! Indices: the levels of the batch computation over any history, at the cost of what changed (not
+//! the history of a constituent, not a volume).
 
 use crate::common::{TestApp, spawn_app};
 use chrono::{DateTime, TimeZone, Utc};
@@ -22,6 +23,51 @@ async fn stored(app: &TestApp, name: &str) -> Vec<(DateTime<Utc>, f64, Option<f6
         .fetch_all(app.c.db.get_postgres_connection_pool())
         .await
         .unwrap()
+}
+
+/// Asserts that index `name` (base 100, `weights`) has stored the levels the batch computation gives over
+/// every stored price, bit for bit; returns how many there are.
+async fn assert_batch_equal(app: &TestApp, name: &str, weights: &[(&str, f64)]) -> usize {
+    let rows: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as("SELECT instrument, ts, price FROM price_points")
+        .fetch_all(app.c.db.get_postgres_connection_pool())
+        .await
+        .unwrap();
+    let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
+    for (i, ts, p) in rows {
+        prices.entry(i).or_default().insert(ts, p);
+    }
+    // In byte order of the names, as a definition sums them.
+    let weights: BTreeMap<String, f64> = weights.iter().map(|(i, w)| (i.to_string(), *w)).collect();
+    let weights: Vec<(String, f64)> = weights.into_iter().collect();
+    let want: Vec<_> =
+        index::levels(100.0, &weights, &prices, None).unwrap().into_iter().map(|w| (w.ts, w.level, w.ret)).collect();
+    let got: Vec<_> = stored(app, name).await.into_iter().map(|g| (g.0, g.1, g.2)).collect();
+    assert_eq!(got, want, "index {name}");
+    got.len()
+}
+
+/// An index over a history longer than one chunk of its recompute (300 constituents × 300 dates, read
+/// ~218 prices per constituent at a time) has the levels of the batch computation, from scratch and
+/// after a correction early in its history, with the dates where a constituent has no price skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computation() {
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, seq)
+         SELECT 'C' || i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((i * 37 + d * 11) % 23) * 0.37, 1
+           FROM generate_series(0, 299) i, generate_series(0, 299) d WHERE NOT (i < 3 AND d % 10 = i + 1)",
+    )
+    .execute(app.c.db.get_postgres_connection_pool())
+    .await
+    .unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("C{i}")).collect();
+    let weights: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, n)| (n.as_str(), 1.0 / (i + 1) as f64)).collect();
+    define(&app, "wide", &weights).await;
+    assert!(assert_batch_equal(&app, "wide", &weights).await > 200);
+    // A correction on the fifth day rewrites every level after it.
+    app.publish_plain("price.C0", r#"{"ts":"2026-01-05","price":150}"#).await;
+    app.settled().await;
+    assert_batch_equal(&app, "wide", &weights).await;
 }
 
 /// A constituent that stopped (or never had a price) bounds the index's dates: none lies past its last
@@ -52,19 +98,7 @@ async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history
         assert!(read <= 40_000, "{name}: {read} prices read for one append (one chunk is at most 32,768 of A)");
     }
 
-    let rows: Vec<(String, DateTime<Utc>, f64)> =
-        sqlx::query_as("SELECT instrument, ts, price FROM price_points").fetch_all(pool).await.unwrap();
-    let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
-    for (i, ts, p) in rows {
-        prices.entry(i).or_default().insert(ts, p);
-    }
-    let want = index::levels(100.0, &[("A".into(), 0.5), ("B".into(), 0.5)], &prices, None).unwrap();
-    let got = stored(&app, "stopped").await;
-    assert_eq!(want.len(), 10);
-    assert_eq!(
-        got.iter().map(|g| (g.0, g.1, g.2)).collect::<Vec<_>>(),
-        want.iter().map(|w| (w.ts, w.level, w.ret)).collect::<Vec<_>>()
-    );
+    assert_eq!(assert_batch_equal(&app, "stopped", &[("A", 0.5), ("B", 0.5)]).await, 10);
     assert!(stored(&app, "never").await.is_empty(), "no date has a price of Z");
 }
 

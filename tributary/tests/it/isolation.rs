@@ -109,55 +109,6 @@ async fn a_correction_deep_in_a_long_series_rewrites_only_what_it_changes() {
     }
 }
 
-/// An index over a history longer than one chunk of its recompute (300 constituents × 300 dates, read
-/// ~218 prices per constituent at a time) has the levels of the batch computation, from scratch and
-/// after a correction early in its history, with the dates where a constituent has no price skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computation() {
-    use chrono::{DateTime, Utc};
-    use std::collections::{BTreeMap, HashMap};
-    use tributary_processor::prices::index;
-    let app = spawn_app().await;
-    let pool = app.c.db.get_postgres_connection_pool();
-    sqlx::query(
-        "INSERT INTO price_points (instrument, ts, price, seq)
-         SELECT 'C' || i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((i * 37 + d * 11) % 23) * 0.37, 1
-           FROM generate_series(0, 299) i, generate_series(0, 299) d WHERE NOT (i < 3 AND d % 10 = i + 1)",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
-    let weights: BTreeMap<String, f64> = (0..300).map(|i| (format!("C{i}"), 1.0 / (i + 1) as f64)).collect();
-    let body = serde_json::json!({ "base": 100, "weights": weights }).to_string();
-    let check = async || {
-        let rows: Vec<(String, DateTime<Utc>, f64)> =
-            sqlx::query_as("SELECT instrument, ts, price FROM price_points").fetch_all(pool).await.unwrap();
-        let mut prices: HashMap<String, BTreeMap<DateTime<Utc>, f64>> = HashMap::new();
-        for (i, ts, p) in rows {
-            prices.entry(i).or_default().insert(ts, p);
-        }
-        let w: Vec<(String, f64)> = weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let want = index::levels(100.0, &w, &prices, None).unwrap();
-        let got: Vec<(DateTime<Utc>, f64, Option<f64>)> =
-            sqlx::query_as("SELECT ts, level, ret FROM index_points WHERE name = 'wide' ORDER BY ts")
-                .fetch_all(pool)
-                .await
-                .unwrap();
-        assert!(want.len() > 200, "{} index dates", want.len());
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!((g.0, g.1, g.2), (w.ts, w.level, w.ret));
-        }
-    };
-    let (s, b) = app.send(Method::PUT, "/v1/indices/wide", &body).await;
-    assert_eq!(s, 200, "{b}");
-    check().await;
-    // A correction on the fifth day rewrites every level after it.
-    app.publish_plain("price.C0", r#"{"ts":"2026-01-05","price":150}"#).await;
-    app.settled().await;
-    check().await;
-}
-
 /// A message whose own work runs the server out of memory or lock table on every try (`53200`: an index
 /// over thousands of constituents on a small server) is dead-lettered while the others commit. It was
 /// retried as transient: its batch-mates sent back with it and the consumer paused, for ever.
