@@ -148,7 +148,9 @@ pub async fn baseline(js: &jetstream::Context, pool: &PgPool, durable: &str, n: 
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .create_consumer(pull::Config {
             durable_name: Some(durable.to_owned()),
-            filter_subject: "price.>".into(),
+            // No filter: the whole stream (it holds only prices), which JetStream reads fastest. `price.>`
+            // is no longer the partitioned stream's own subjects (it takes `price.*`), and as a filter it
+            // made the server match message after message: the baseline ran at a third of its rate.
             max_ack_pending: 20_000,
             ..Default::default()
         })
