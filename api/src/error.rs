@@ -69,6 +69,9 @@ pub enum ApiError {
     /// 413: the body is larger than the route accepts.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// 429: as many uploads are streaming as `api.max_uploads` allows.
+    #[error("{0} uploads are streaming, the most api.max_uploads allows: try again once one has been read")]
+    TooManyUploads(usize),
     /// 413: what the request would publish is more than the NATS server takes (its `max_payload`).
     #[error("{0}")]
     ExceedsMaxPayload(String),
@@ -135,6 +138,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Gone(_) => (StatusCode::GONE, "gone", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            ApiError::TooManyUploads(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", None),
             ApiError::ExceedsMaxPayload(_) => (StatusCode::PAYLOAD_TOO_LARGE, "exceeds_max_payload", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout", None),

@@ -103,6 +103,10 @@ pub struct ApiConfig {
     /// How long an upload's client may send nothing while the upload waits for more of its body, in
     /// seconds (at least 1); then the upload stops with that reason.
     pub upload_idle_secs: u64,
+    /// How many uploads may stream at once (at least 1): each holds a connection, a task and an importer
+    /// for as long as its client sends, so another is refused (429 `too_many_uploads`) until one's body
+    /// has been read.
+    pub max_uploads: usize,
     /// How long a connection may take to send a request's headers, from when it opens and after each
     /// response, in milliseconds; then it is closed. 0 sets no deadline (behind a proxy that bounds
     /// header reads itself: the deadline costs about a quarter of the reads' throughput, BENCHMARKS.md).
@@ -159,6 +163,7 @@ impl Default for ApiConfig {
             live_ping_secs: 20,
             header_timeout_ms: 30_000,
             upload_idle_secs: 60,
+            max_uploads: 16,
             send_stall_secs: 60,
             series_cache_heartbeat_ms: 5_000,
         }

@@ -113,6 +113,8 @@ impl Status {
 pub struct Uploads {
     inner: Arc<Mutex<Inner>>,
     closed: CancellationToken,
+    /// One permit per upload whose body is being read (`api.max_uploads`).
+    slots: Arc<tokio::sync::Semaphore>,
     /// How long an upload waits for the processors after the body ends.
     pub settle_timeout: Duration,
 }
@@ -131,9 +133,25 @@ impl Default for Uploads {
 }
 
 impl Uploads {
-    /// No uploads yet.
+    /// No uploads yet; at most 16 streaming at once.
     pub fn new() -> Self {
-        Uploads { inner: Arc::default(), closed: CancellationToken::new(), settle_timeout: Duration::from_secs(60) }
+        Self::with_limit(16)
+    }
+
+    /// No uploads yet; at most `max` (at least 1) streaming at once.
+    pub fn with_limit(max: usize) -> Self {
+        Uploads {
+            inner: Arc::default(),
+            closed: CancellationToken::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            settle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A slot for one more upload to stream, held until its body has been read; `None` while every slot
+    /// is taken.
+    pub fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// Registers a new upload and returns its id and progress sender.

@@ -182,7 +182,7 @@ impl Connected {
             config: self.config.api.clone(),
             rollups: self.config.metrics.clone(),
             live: tributary_api::Live::new(),
-            uploads: tributary_api::Uploads::new(),
+            uploads: tributary_api::Uploads::with_limit(self.config.api.max_uploads),
             durable_prefix: self.config.processor.durable_prefix.clone(),
             partitions: self.config.processor.partitions,
             series_cache: tributary_api::SeriesCache::new(self.config.api.series_cache_bytes),

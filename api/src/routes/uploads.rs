@@ -45,6 +45,7 @@ pub struct Started {
     responses(
         (status = 202, description = "Streaming", body = Started),
         (status = 413, description = "Content-Length over api.max_upload_bytes", body = ErrorBody),
+        (status = 429, description = "As many uploads are streaming as api.max_uploads allows (`too_many_uploads`)", body = ErrorBody),
     ))]
 pub async fn start(
     State(s): State<AppState>,
@@ -64,6 +65,7 @@ pub async fn start(
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::TooLarge(max as usize));
     }
+    let slot = s.uploads.slot().ok_or(ApiError::TooManyUploads(s.config.max_uploads))?;
     let (id, tx) = s.uploads.start(kind.as_str());
     // The body as a reader, cut off (with an error the importer reports) past the size limit, or when
     // the client sends nothing for `api.upload_idle_secs` while the importer waits for more.
@@ -86,7 +88,7 @@ pub async fn start(
         Ok::<_, std::io::Error>(chunk)
     });
     let reader = StreamReader::new(chunks);
-    tokio::spawn(run(s.clone(), id.clone(), kind, reader, tx));
+    tokio::spawn(run(s.clone(), id.clone(), kind, reader, tx, slot));
     Ok((
         StatusCode::ACCEPTED,
         Json(Started { events: format!("/v1/uploads/{id}/events"), status: format!("/v1/uploads/{id}"), id }),
@@ -99,6 +101,7 @@ async fn run(
     kind: ImportKind,
     reader: impl tokio::io::AsyncRead + Unpin + Send,
     tx: watch::Sender<Status>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let progress = |tx: &watch::Sender<Status>, p: &tributary_gatherer::Progress| {
         tx.send_modify(|st| {
@@ -145,6 +148,8 @@ async fn run(
             (r.read.errors.iter().map(ToString::to_string).collect(), r.read.stopped, r.publish, peak)
         }
     };
+    // The body is read: another upload may stream (this one only waits for the processors from here).
+    drop(slot);
     let (stored, duplicates, failed) = (publish.stored, publish.duplicates, publish.failed.len());
     tx.send_modify(|st| {
         st.errors = errors.into_iter().take(20).collect();

@@ -225,3 +225,32 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
     assert!(summary["error"].as_str().unwrap_or_default().contains("sent nothing for 1s"), "{summary}");
     assert_eq!(summary["published"], 1, "{summary}");
 }
+
+/// At most `api.max_uploads` uploads stream at once: another is refused with a 429 naming the setting
+/// until one's body has been read. (Each holds a connection, a task and an importer for as long as its
+/// client sends, and nothing bounded how many.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_limit_are_refused_until_one_is_read() {
+    let app = crate::common::spawn_app_with(|c| c.api.max_uploads = 1).await;
+    let (send, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Vec<u8>, std::io::Error>>();
+    send.send(Ok(b"UPL,2026-01-01,1\n".to_vec())).unwrap();
+    let open = reqwest::Client::new()
+        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
+        .body(reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 202);
+    let id = open.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (s, b) = app.send(reqwest::Method::POST, "/v1/uploads?kind=numbers", "1\n2\n").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (429, Some("too_many_uploads")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("api.max_uploads"), "{b}");
+    // Its body ends: the next upload streams.
+    drop(send);
+    let (_, summary) = follow(&app, &id).await;
+    assert_eq!(summary["published"], 1, "{summary}");
+    let (s, b) = app.send(reqwest::Method::POST, "/v1/uploads?kind=numbers", "1\n2\n").await;
+    assert_eq!(s, 202, "{b}");
+}
