@@ -46,7 +46,7 @@ fn or_null(v: Value) -> Value {
 /// Every payload schema, by component name.
 pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
     let fleet_text = nonblank(tributary_broker::fleet::MAX_TEXT as u64);
-    let survey_text = text(tributary_broker::surveys::MAX_TEXT as u64);
+    let survey_label = text(tributary_broker::surveys::MAX_LABEL as u64);
     let fleet = |field: &str, other: &str| {
         json!({"oneOf": [
             {"type": "object", "description": format!("The {field}"), "required": [field],
@@ -108,7 +108,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                "properties": {
                    "name": nonblank(1 << 20),
                    "city": or_null(text(1 << 20)),
-                   "country": or_null(text(1 << 20)),
+                   "country": or_null(text(tributary_broker::ports::MAX_COUNTRY as u64)),
                    "province": or_null(text(1 << 20)),
                    "timezone": or_null(text(1 << 20)),
                    "code": or_null(text(1 << 20)),
@@ -132,7 +132,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
                  "properties": {
                      "id": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
                      "text": nonblank(tributary_broker::surveys::MAX_TEXT as u64),
-                     "device": survey_text, "location": survey_text,
+                     "device": survey_label.clone(), "location": survey_label,
                      "created_at": or_null(ts()),
                      "status": {"type": "null"}, "at": {"type": "null"}, "error": {"type": "null"},
                  }},
