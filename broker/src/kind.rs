@@ -143,14 +143,14 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
         },
         _ => {
             kind.key_of(subject)?;
-            match subject[kind.prefix().len() + 1..].split_once('.') {
-                Some((PARTITION_TOKEN, _)) => Err(format!(
+            match partition_key(kind, subject) {
+                Some(_) => Err(format!(
                     "subject {subject:?} has the shape of a partition's ({}.p.<n>.<key>), which only the streams \
                      write: publish to {}",
                     kind.prefix(),
                     kind.shape()
                 )),
-                _ => Ok(kind),
+                None => Ok(kind),
             }
         }
     }
@@ -160,11 +160,14 @@ pub fn parse_subject(subject: &str) -> Result<Kind, String> {
 /// partition in); any other subject as it is. A replay publishes there, so that the stream partitions it
 /// by the count it has now.
 pub fn published_subject(subject: &str) -> std::borrow::Cow<'_, str> {
-    let unpartitioned = Kind::of_subject(subject).filter(|k| k.partitioned()).and_then(|k| {
-        let rest = subject.strip_prefix(k.prefix())?.strip_prefix('.')?;
-        Some(k.subject(strip_partition(rest)?))
-    });
+    let unpartitioned =
+        Kind::of_subject(subject).filter(|k| k.partitioned()).and_then(|k| Some(k.subject(partition_key(k, subject)?)));
     unpartitioned.map_or(std::borrow::Cow::Borrowed(subject), std::borrow::Cow::Owned)
+}
+
+/// The key of `subject` when it is a partition's subject of `kind` (`price.p.3.ACME` → `ACME`).
+fn partition_key(kind: Kind, subject: &str) -> Option<&str> {
+    strip_partition(subject.strip_prefix(kind.prefix())?.strip_prefix('.')?)
 }
 
 /// The stream subject transform that splits a partitioned kind into `partitions` partitions as JetStream

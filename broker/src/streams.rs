@@ -95,6 +95,12 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig, partitions: u3
     Ok(())
 }
 
+/// Whether JetStream said the stream does not exist (as opposed to not answering).
+pub fn missing(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// A stream could not be created or updated.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create or update stream {stream}")]

@@ -113,14 +113,14 @@ pub(crate) async fn commit_in_span(
 /// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
 /// too, through no fault of its message.)
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
-    /// Codes of the transient classes that one message's own work can cause on every try.
-    const OWN_WORK: [&str; 1] = ["53200"];
+    /// The code of the transient classes that one message's own work can cause on every try.
+    const OWN_WORK: &str = "53200";
     use sea_orm::sqlx::Error;
     error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
         Some(e) if tributary_store::db::unreachable(e) => true,
         Some(Error::Database(d)) => d.code().is_some_and(|c| {
             let class = ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class));
-            (class && !OWN_WORK.contains(&&*c)) || c == "55P03"
+            (class && c != OWN_WORK) || c == "55P03"
         }),
         Some(_) => false,
         None => cause.downcast_ref::<std::io::Error>().is_some(),

@@ -133,7 +133,6 @@ async fn original_of(
     letter: &StreamMessage,
     parsed: &dlq::DeadLetter,
 ) -> Result<StreamMessage, ApiError> {
-    use async_nats::jetstream::{self, context::GetStreamErrorKind};
     let header = |k: &str| letter.headers.get(k).map(|v| v.as_str().to_owned());
     let seq = letter.sequence;
     let (Some(stream), Some(at)) = (header(dlq::STREAM), parsed.original_seq) else {
@@ -147,10 +146,7 @@ async fn original_of(
     let unavailable = |e: String| ApiError::Unavailable(format!("cannot read the original of dead letter {seq}: {e}"));
     let original = match s.js.get_stream(&stream).await {
         Ok(o) => o,
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Err(gone());
-        }
+        Err(e) if tributary_broker::streams::missing(&e) => return Err(gone()),
         Err(e) => return Err(unavailable(e.to_string())),
     };
     match original.get_raw_message(at).await {

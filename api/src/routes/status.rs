@@ -59,7 +59,7 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
         let name = s.streams.stream_name(kind);
         let stream = match s.js.get_stream(&name).await {
             Ok(stream) => stream,
-            Err(e) if not_found(&e) => continue,
+            Err(e) if tributary_broker::streams::missing(&e) => continue,
             Err(e) => return Err(unavailable(&format!("stream {name}"), &e)),
         };
         for (consumer, filter, partition) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
@@ -82,10 +82,4 @@ pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError>
         }
     }
     Ok(Json(Status { members, partitions }))
-}
-
-/// Whether JetStream said the stream does not exist (nothing published or started yet).
-fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
-    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
-    matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }

@@ -322,13 +322,9 @@ enum OpenError {
 }
 
 async fn open(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stream, OpenError> {
-    let stream = js.get_stream(&spec.stream).await.map_err(|e| match e.kind() {
-        jetstream::context::GetStreamErrorKind::JetStream(j)
-            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-        {
-            OpenError::NoStream
-        }
-        _ => OpenError::Other(e.into()),
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| match crate::streams::missing(&e) {
+        true => OpenError::NoStream,
+        false => OpenError::Other(e.into()),
     })?;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
