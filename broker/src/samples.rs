@@ -67,7 +67,7 @@ impl ServerSample {
                     match value {
                         Member::Number(ms) => Ts::from_millis_f64(ms),
                         Member::Text(s) => Ts::parse(&s),
-                        Member::Other(what) => Err(format!("bad ts: expected a time, got {what}")),
+                        other => Err(format!("bad ts: expected a time, got {}", other.what())),
                     }
                     .map_err(Rejection::invalid)?,
                 );
@@ -78,7 +78,7 @@ impl ServerSample {
                 Member::Text(s) => {
                     return Err(invalid(format!("field {name:?} must be a number, got the string {s:?}")));
                 }
-                Member::Other(what) => return Err(invalid(format!("field {name:?} must be a number, got {what}"))),
+                other => return Err(invalid(format!("field {name:?} must be a number, got {}", other.what()))),
             };
             check(&name, v).map_err(Rejection::invalid)?;
             fields.insert(name, v);
@@ -116,11 +116,34 @@ pub fn is_percentage(name: &str) -> bool {
 /// The members of the payload's object, in order, each kept as what it is so errors can name it.
 struct Members(Vec<(String, Member)>);
 
+/// One member's value. Serde tries the variants in order, so anything that is neither a number nor text
+/// lands in the variant that names what it is, for the reason (those variants' payloads are never read).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+#[serde(untagged)]
 enum Member {
     Number(f64),
     Text(String),
-    /// What it was instead, for the reason: "a boolean", "null", "an array", ...
-    Other(&'static str),
+    Boolean(bool),
+    Null(()),
+    Array(Vec<de::IgnoredAny>),
+    Object(BTreeMap<String, de::IgnoredAny>),
+    Other(de::IgnoredAny),
+}
+
+impl Member {
+    /// What a value that is neither a number nor text is, as a reason says it: "a boolean", "null", ...
+    fn what(&self) -> &'static str {
+        match self {
+            Member::Number(_) => "a number",
+            Member::Text(_) => "a string",
+            Member::Boolean(_) => "a boolean",
+            Member::Null(_) => "null",
+            Member::Array(_) => "an array",
+            Member::Object(_) => "an object",
+            Member::Other(_) => "bytes or another kind of value",
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Members {
@@ -144,51 +167,6 @@ impl<'de> Deserialize<'de> for Members {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Member {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Member;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Member, E> {
-                Ok(Member::Number(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Member, E> {
-                Ok(Member::Number(v as f64))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Member, E> {
-                Ok(Member::Number(v as f64))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Member, E> {
-                Ok(Member::Text(v.to_owned()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Member, E> {
-                Ok(Member::Other("a boolean"))
-            }
-            fn visit_unit<E>(self) -> Result<Member, E> {
-                Ok(Member::Other("null"))
-            }
-            fn visit_none<E>(self) -> Result<Member, E> {
-                Ok(Member::Other("null"))
-            }
-            fn visit_bytes<E>(self, _: &[u8]) -> Result<Member, E> {
-                Ok(Member::Other("bytes"))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Member, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Member::Other("an array"))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member, A::Error> {
-                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
-                Ok(Member::Other("an object"))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -222,6 +200,8 @@ mod tests {
         assert!(reason(br#"{"cpu_usage":true}"#).contains("a boolean"));
         assert!(reason(br#"{"cpu_usage":null}"#).contains("null"));
         assert!(reason(br#"{"cpu_usage":[1]}"#).contains("an array"));
+        assert!(reason(br#"{"cpu_usage":{"a":1}}"#).contains("an object"));
+        assert!(reason(br#"{"ts":true,"x":1}"#).contains("bad ts: expected a time, got a boolean"));
         assert!(reason(br#"{"cpu_usage":120}"#).contains("within 0–100"));
         assert!(reason(br#"{"memory_usage":-1}"#).contains("within 0–100"));
         assert!(reason(br#"{"ts":"2026-01-01"}"#).contains("at least one numeric field"));
