@@ -103,26 +103,17 @@ pub async fn pg_upsert(pool: &PgPool, table: &str, n: u64, instruments: usize) -
     let mut i = 0u64;
     while i < n {
         let m = 1000.min(n - i);
-        let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cols, mut ret, mut derived_col) = (RawColumns::default(), Vec::new(), Vec::new());
         for k in i..i + m {
-            cols.0.push(format!("S{}", k % instruments as u64));
-            cols.1
-                .push(Ts::from_millis(1_767_225_600_000 + (k / instruments as u64) as i64 * 1000).expect("in range").0);
-            cols.2.push(100.0 + (k % 100) as f64);
-            cols.3.push(Some(10.0));
-            cols.4.push(k as i64);
-            cols.5.push(Some(0.001));
-            cols.6.push(derived.clone());
+            let ts = Ts::from_millis(1_767_225_600_000 + (k / instruments as u64) as i64 * 1000).expect("in range");
+            cols.push(format!("S{}", k % instruments as u64), ts.0, 100.0 + (k % 100) as f64, Some(10.0), k as i64);
+            ret.push(Some(0.001));
+            derived_col.push(derived.clone());
         }
         let mut tx = pool.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(&cols.0)
-            .bind(&cols.1)
-            .bind(&cols.2)
-            .bind(&cols.3)
-            .bind(&cols.4)
-            .bind(&cols.5)
-            .bind(&cols.6)
+        cols.bind(sqlx::query(sqlx::AssertSqlSafe(sql.clone())))
+            .bind(&ret)
+            .bind(&derived_col)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -191,28 +182,55 @@ pub async fn store_raw(
             *e = (p.price, p.volume, seq);
         }
     }
-    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cols = RawColumns::default();
     for ((i, ts), (p, v, s)) in rows {
-        cols.0.push(i);
-        cols.1.push(ts);
-        cols.2.push(p);
-        cols.3.push(v);
-        cols.4.push(s);
+        cols.push(i, ts, p, v, s);
     }
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    cols.bind(sqlx::query(
         "INSERT INTO price_points (instrument, ts, price, volume, seq)
          SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::int8[])
          ON CONFLICT (instrument, ts) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume, seq = EXCLUDED.seq
          WHERE price_points.seq < EXCLUDED.seq",
-    )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
+    ))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The raw columns of `price_points` rows (instrument, ts, price, volume, seq), one array each, as an
+/// `UNNEST` upsert binds them.
+#[derive(Default)]
+struct RawColumns {
+    instrument: Vec<String>,
+    ts: Vec<chrono::DateTime<chrono::Utc>>,
+    price: Vec<f64>,
+    volume: Vec<Option<f64>>,
+    seq: Vec<i64>,
+}
+
+impl RawColumns {
+    fn push(
+        &mut self,
+        instrument: String,
+        ts: chrono::DateTime<chrono::Utc>,
+        price: f64,
+        volume: Option<f64>,
+        seq: i64,
+    ) {
+        self.instrument.push(instrument);
+        self.ts.push(ts);
+        self.price.push(price);
+        self.volume.push(volume);
+        self.seq.push(seq);
+    }
+
+    /// `query` with the five arrays bound as `$1`..`$5`.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query.bind(&self.instrument).bind(&self.ts).bind(&self.price).bind(&self.volume).bind(&self.seq)
+    }
 }
