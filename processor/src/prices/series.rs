@@ -215,20 +215,17 @@ mod tests {
         use proptest::prelude::*;
         let config = proptest::test_runner::Config::with_cases(64);
         proptest::proptest!(config, |(
-            seed in any::<u64>(),
-            len in 60usize..1500,
+            noise in crate::prices::tests::noise(60..1500),
             changes in proptest::collection::vec((any::<prop::sample::Index>(), -0.2f64..0.2), 1..4),
             windows in prop::sample::select(vec![(vec![20, 50], vec![12, 26], vec![20]), (vec![3], vec![], vec![2]), (vec![], vec![5], vec![])]),
         )| {
             let t = Transforms { sma: windows.0, ema: windows.1, vol: windows.2 };
-            let mut x = seed | 1;
-            let mut prices: Vec<f64> = Vec::with_capacity(len);
+            let len = noise.len();
             let mut p = 100.0;
-            for _ in 0..len {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            let mut prices: Vec<f64> = noise.iter().map(|x| {
                 p *= 1.0 + ((x % 2001) as f64 - 1000.0) / 50_000.0;
-                prices.push(p);
-            }
+                p
+            }).collect();
             let old = series(&prices, &t);
             let mut at: Vec<usize> = changes.iter().map(|(i, _)| i.index(len)).collect();
             for ((_, d), &i) in changes.iter().zip(&at) {

@@ -1,7 +1,24 @@
 //! The price path's pure parts: the split hint and the chunked rewrite.
 
 use super::*;
+use proptest::prelude::*;
 use series::Point;
+
+/// `len` pseudo-random numbers (xorshift64 from a generated seed): cheap noise for long generated
+/// series, shrinking by seed and length.
+pub(super) fn noise(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u64>> {
+    (any::<u64>(), len).prop_map(|(seed, len)| {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            })
+            .collect()
+    })
+}
 
 #[test]
 fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
@@ -37,11 +54,9 @@ fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
 #[test]
 fn a_rewrite_read_in_chunks_equals_the_batch_computation() {
     use chrono::TimeZone;
-    use proptest::prelude::*;
     let config = proptest::test_runner::Config::with_cases(200);
     proptest::proptest!(config, |(
-        seed in any::<u64>(),
-        len in 0usize..400,
+        noise in noise(0..400),
         chunk in 1usize..40,
         incoming in proptest::collection::vec((0usize..500, 0u8..4, -0.1f64..0.1), 1..12),
         small in any::<bool>(),
@@ -50,10 +65,9 @@ fn a_rewrite_read_in_chunks_equals_the_batch_computation() {
         let day0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let ts = |i: usize| day0 + chrono::Duration::hours(i as i64);
         // The table: every other hour of `2 * len`, so that new points can fall between stored ones.
-        let mut x = seed | 1;
+        let len = noise.len();
         let mut raw: BTreeMap<DateTime<Utc>, (f64, i64)> = BTreeMap::new();
-        for i in 0..len {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        for (i, x) in noise.iter().enumerate() {
             raw.insert(ts(2 * i), (100.0 + (x % 1000) as f64 / 100.0, 1));
         }
         let computed = |raw: &BTreeMap<DateTime<Utc>, (f64, i64)>| -> Vec<Row> {
