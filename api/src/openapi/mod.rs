@@ -112,6 +112,27 @@ pub(crate) enum Lookup {
     Timeout(ErrorBody),
 }
 
+/// The errors of a route that publishes the request's body to a stream.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Publishing {
+    /// The body is larger than api.max_body_bytes (`payload_too_large`), or with its headers larger than the NATS server takes (`exceeds_max_payload`)
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// NATS is unavailable
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The error of a route that needs NATS when NATS does not answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum NatsUnavailable {
+    /// NATS is unavailable
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// `from` and `to` of rollups, which bound bucket starts.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]

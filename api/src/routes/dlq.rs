@@ -89,7 +89,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
         (status = 404, description = "No such dead letter", body = ErrorBody),
         (status = 410, description = "The dead letter left its original out and the original's stream no longer holds it", body = ErrorBody),
         (status = 413, description = "The original with the replay's idempotency key is larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
-        (status = 503, description = "NATS is unavailable", body = ErrorBody),
+        crate::openapi::NatsUnavailable,
     ))]
 pub async fn replay(
     State(s): State<AppState>,

@@ -4,7 +4,6 @@
 //! subject of no kind (`/v1/events/nope.x`) reaches [`unknown`] through the router's fallback and is
 //! answered 400 `unknown_subject`, naming the kinds.
 
-use crate::error::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
@@ -107,8 +106,7 @@ macro_rules! event_route {
                     request_body(content = ref($schema), content_type = "application/json"),
                     responses(
                         (status = 202, description = "Stored in the stream", body = Published),
-                        (status = 413, description = "The body is larger than api.max_body_bytes (`payload_too_large`), or with its headers larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
-                        (status = 503, description = "NATS is unavailable", body = ErrorBody),
+                        crate::openapi::Publishing,
                     ))]
         pub async fn $handler(
             State(s): State<AppState>,

@@ -4,7 +4,6 @@
 //! stores it and computes the index over existing history. The PUT waits, up to `api.write_wait_ms`,
 //! for that commit and answers 200 with the index; past the wait it answers 202 with the sequence.
 
-use crate::error::ErrorBody;
 use crate::params::{self, Params};
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -141,8 +140,7 @@ pub async fn get(
     responses(
         (status = 200, description = "Stored and computed", body = Index),
         (status = 202, description = "Published; the processor has not committed it yet", body = Pending),
-        (status = 413, description = "The body is larger than api.max_body_bytes (`payload_too_large`), or with its headers larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
-        (status = 503, description = "NATS is unavailable", body = ErrorBody),
+        crate::openapi::Publishing,
     ))]
 pub async fn put(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
     if !valid_key(&name) {
