@@ -111,7 +111,8 @@ pub(crate) async fn commit_in_span(
 /// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
 /// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
 /// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
-/// too, through no fault of its message.)
+/// too, through no fault of its message.) A price batch refused because another processor changed the
+/// derived windows ([`prices::WindowsChanged`]) is transient too: no message of it is at fault.
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
     /// The code of the transient classes that one message's own work can cause on every try.
     const OWN_WORK: &str = "53200";
@@ -123,7 +124,7 @@ pub fn transient(error: &tributary_broker::HandleError) -> bool {
             (class && c != OWN_WORK) || c == "55P03"
         }),
         Some(_) => false,
-        None => cause.downcast_ref::<std::io::Error>().is_some(),
+        None => cause.is::<std::io::Error>() || cause.is::<prices::WindowsChanged>(),
     })
 }
 

@@ -53,6 +53,8 @@ pub struct PriceHandler {
     pool: PgPool,
     transforms: Arc<Transforms>,
     names: Arc<[String]>,
+    /// `names` as `settings` records them.
+    windows: serde_json::Value,
     cache: Arc<Mutex<TailCache>>,
     index_of: Arc<Mutex<IndexOf>>,
     parallelism: usize,
@@ -131,7 +133,8 @@ impl PriceHandler {
     /// A handler writing through `pool` with the given windows, caching the tails of at most
     /// `cached_series` series, committing each batch as `parallelism` concurrent transactions.
     pub fn new(pool: PgPool, transforms: Transforms, cached_series: usize, parallelism: usize) -> Self {
-        let names = transforms.names().into();
+        let names: Arc<[String]> = transforms.names().into();
+        let windows = serde_json::Value::from(names.to_vec());
         let cache = TailCache { capacity: cached_series.max(1), tails: HashMap::new() };
         let index_of = IndexOf { capacity: cached_series.max(1), index: HashMap::new() };
         let parallelism = parallelism.max(1);
@@ -139,6 +142,7 @@ impl PriceHandler {
             pool,
             transforms: Arc::new(transforms),
             names,
+            windows,
             cache: Arc::new(Mutex::new(cache)),
             index_of: Arc::new(Mutex::new(index_of)),
             parallelism,
@@ -146,10 +150,7 @@ impl PriceHandler {
     }
 
     /// Stores one batch in one transaction.
-    pub async fn commit<D: std::borrow::Borrow<Delivery<PricePoint>>>(
-        &self,
-        batch: &[D],
-    ) -> Result<(), sea_orm::sqlx::Error> {
+    pub async fn commit<D: std::borrow::Borrow<Delivery<PricePoint>>>(&self, batch: &[D]) -> Result<(), CommitError> {
         // 1. last writer wins inside the batch
         let mut latest: HashMap<(&str, DateTime<Utc>), Incoming> = HashMap::with_capacity(batch.len());
         for d in batch {
@@ -249,6 +250,11 @@ impl PriceHandler {
             Err(e) if !trusted.is_empty() && is_unique_violation(&e) => return Err(Attempt::Stale),
             other => other?,
         };
+        if let Some(stored) = written.windows
+            && stored != self.windows
+        {
+            return Err(Attempt::WindowsChanged(WindowsChanged { stored, ours: self.windows.clone() }));
+        }
         if trusted.iter().any(|(i, v)| written.versions.get(*i).is_some_and(|w| *w != v + 1)) {
             return Err(Attempt::Stale);
         }
@@ -308,18 +314,58 @@ impl Laps {
 enum Attempt {
     /// A cached tail it trusted was not current.
     Stale,
+    WindowsChanged(WindowsChanged),
     Db(sea_orm::sqlx::Error),
 }
 
 impl Attempt {
     /// The error of a batch that did not commit. (An attempt without the cache trusts no tail, so it is
     /// never stale; should that change, the batch fails and is redelivered rather than panic.)
-    fn into_error(self) -> sea_orm::sqlx::Error {
+    fn into_error(self) -> CommitError {
         match self {
-            Attempt::Db(e) => e,
-            Attempt::Stale => sea_orm::sqlx::Error::Protocol("a cached tail was stale twice".into()),
+            Attempt::Db(e) => CommitError::Db(e),
+            Attempt::WindowsChanged(e) => CommitError::WindowsChanged(e),
+            Attempt::Stale => CommitError::Db(sea_orm::sqlx::Error::Protocol("a cached tail was stale twice".into())),
         }
     }
+}
+
+/// Why a price batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Db(#[from] sea_orm::sqlx::Error),
+    /// The stored derived values are no longer of this processor's windows.
+    #[error(transparent)]
+    WindowsChanged(#[from] WindowsChanged),
+}
+
+impl CommitError {
+    /// As the consume loop takes it: the cause itself, so that [`crate::transient`] finds it in the chain.
+    fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            CommitError::Db(e) => anyhow::Error::new(e),
+            CommitError::WindowsChanged(e) => anyhow::Error::new(e),
+        }
+    }
+}
+
+/// The stored derived values are recorded as computed with other windows than this processor's: another
+/// processor, started with other windows, recomputed every series for them or is doing so (a rolling
+/// update that changed `processor.prices`' windows, say). A batch written now would mix the two, so it is
+/// rolled back. The failure is transient: the batch is redelivered, never dead-lettered, and waits for a
+/// processor with the windows in force.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the stored derived values are recorded as computed with the windows {stored}, this processor's are \
+     {ours}: another processor changed them; stop this one, or start it with the same windows"
+)]
+pub struct WindowsChanged {
+    /// What `settings` records.
+    pub stored: serde_json::Value,
+    /// This processor's windows.
+    pub ours: serde_json::Value,
 }
 
 impl From<sea_orm::sqlx::Error> for Attempt {
@@ -391,7 +437,7 @@ impl BatchHandler for PriceHandler {
         while let Some(outcome) = outcomes.next().await {
             let e = match outcome {
                 None | Some(Ok(Ok(()))) => continue,
-                Some(Ok(Err(e))) => anyhow::Error::new(e),
+                Some(Ok(Err(e))) => e.into_anyhow(),
                 Some(Err(e)) => anyhow::Error::new(e),
             };
             failed.store(true, Ordering::Relaxed);

@@ -240,12 +240,18 @@ pub struct Written {
     pub indices: Vec<String>,
     /// The changed instruments that are constituents, each with an index over it.
     pub constituents: Vec<(String, String)>,
+    /// The windows the stored derived values are recorded as computed with ([`stored_windows`]), read by
+    /// the statement that wrote, after the batch's locks were taken: a processor whose windows differ
+    /// must not commit (another recomputed, or is recomputing, every series for these). `None` when
+    /// nothing was written or none are recorded.
+    pub windows: Option<Value>,
 }
 
 /// The one statement of a batch's writes: new points (unless sent by `COPY`), rewritten points (guarded
 /// by sequence), the per-series summary with its version bumped, the notification of readers (sent on
-/// commit; see [`crate::notify`]), and the names of the indices over the changed instruments.
-/// One round trip, where these were five statements.
+/// commit; see [`crate::notify`]), the names of the indices over the changed instruments, and the windows
+/// the stored derived values are recorded as computed with. One round trip, where these were six
+/// statements.
 const WRITE_BATCH: &str = "
 WITH new_points AS (
   INSERT INTO price_points (instrument, ts, price, volume, seq, ret, derived)
@@ -279,7 +285,9 @@ SELECT 's' AS kind, instrument AS name, version, NULL AS constituent FROM series
 UNION ALL
 SELECT 'n', NULL, n, NULL FROM notified
 UNION ALL
-SELECT 'i', name, NULL::int8, instrument FROM index_constituents WHERE instrument = ANY($21)";
+SELECT 'i', name, NULL::int8, instrument FROM index_constituents WHERE instrument = ANY($21)
+UNION ALL
+SELECT 'w', value::text, NULL, NULL FROM settings WHERE key = $22";
 
 /// Stores a batch's rows, bumps the version of every series written and notifies readers (see
 /// [`WRITE_BATCH`]); `changed` are the instruments whose prices changed, for the indices over them and
@@ -287,7 +295,7 @@ SELECT 'i', name, NULL::int8, instrument FROM index_constituents WHERE instrumen
 pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result<Written, sqlx::Error> {
     if w.series.0.is_empty() {
         // Only redeliveries: nothing written, nothing changed.
-        return Ok(Written { versions: HashMap::new(), indices: Vec::new(), constituents: Vec::new() });
+        return Ok(Written { versions: HashMap::new(), indices: Vec::new(), constituents: Vec::new(), windows: None });
     }
     let names = w.names;
     let new = if w.new.len() >= COPY_MIN_ROWS {
@@ -326,10 +334,15 @@ pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result
         .bind(notify::PRICE_SERIES_CHANNEL)
         .bind(&payloads)
         .bind(changed)
+        .bind(windows::TRANSFORMS_KEY)
         .fetch_all(&mut **tx)
         .await?;
-    let mut out =
-        Written { versions: HashMap::with_capacity(w.series.0.len()), indices: Vec::new(), constituents: Vec::new() };
+    let mut out = Written {
+        versions: HashMap::with_capacity(w.series.0.len()),
+        indices: Vec::new(),
+        constituents: Vec::new(),
+        windows: None,
+    };
     for (kind, name, version, constituent) in rows {
         match (kind.as_str(), name, version, constituent) {
             ("s", Some(name), Some(version), _) => {
@@ -339,6 +352,7 @@ pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result
                 out.indices.push(name.clone());
                 out.constituents.push((instrument, name));
             }
+            ("w", Some(windows), _, _) => out.windows = serde_json::from_str(&windows).ok(),
             _ => {}
         }
     }

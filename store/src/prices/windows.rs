@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// The `settings` key of the windows the stored derived values were computed with.
-const TRANSFORMS_KEY: &str = "price_transforms";
+pub(super) const TRANSFORMS_KEY: &str = "price_transforms";
 /// The `settings` key of a recompute for new windows under way: `{"windows": [...], "through": name,
 /// "at": time}`, the last series (in the table's order) done, and when.
 const PROGRESS_KEY: &str = "price_transforms_progress";

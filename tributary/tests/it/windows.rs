@@ -179,3 +179,52 @@ async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series()
     assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 600, "every series, for the old windows");
     assert_batch_equal(&pool, &old).await;
 }
+
+/// A processor left on the old windows while another recomputes every series for new ones (a rolling
+/// update that changed them) commits nothing once the first part of that recompute has: its batches are
+/// refused, as transient (redelivered, never dead-lettered), and every stored value stays the batch
+/// computation with the new windows. Before, it went on writing its old windows' values beside the new
+/// ones, and later windows read them as their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_left_on_the_old_windows_commits_nothing_once_they_changed() {
+    use tributary_broker::events::PricePoint;
+    use tributary_broker::ts::Ts;
+    use tributary_broker::{BatchHandler, Delivery};
+    use tributary_processor::prices::{CommitError, PriceHandler};
+    let (_db, pool, old) = with_series(3).await;
+    let stale = PriceHandler::new(pool.clone(), old, 10, 1);
+    let point = |day: u32, price: f64, seq: u64| Delivery {
+        event: PricePoint {
+            instrument: "S1".into(),
+            ts: Ts::parse(&format!("2026-01-0{day}")).unwrap(),
+            price,
+            volume: None,
+        },
+        seq,
+        received: Ts::parse("2026-01-01").unwrap(),
+    };
+    stale.commit(&[point(4, 5.0, 100)]).await.unwrap(); // the windows in force: stored
+
+    // A recompute for new windows under way (none of its series done yet): refused already.
+    let new = Transforms { sma: vec![3], ema: vec![2], vol: vec![] };
+    let mut tx = pool.begin().await.unwrap();
+    tributary_store::prices::store_progress(&mut tx, &Value::from(new.names()), "").await.unwrap();
+    tx.commit().await.unwrap();
+    let refused = stale.commit(&[point(5, 6.0, 101)]).await.unwrap_err();
+    assert!(matches!(&refused, CommitError::WindowsChanged(e) if e.ours == serde_json::json!(["sma_2"])), "{refused}");
+
+    // Done: refused, as transient, naming both.
+    assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 3);
+    let failed = stale.handle(&[point(5, 6.0, 101)]).await.unwrap_err();
+    assert!(tributary_processor::transient(&failed), "{failed:#}");
+    let said = format!("{failed:#}");
+    assert!(said.contains(r#"["sma_3","ema_2"]"#) && said.contains(r#"["sma_2"]"#), "{said}");
+    assert_batch_equal(&pool, &new).await;
+
+    // A processor on the new windows takes the same batch.
+    PriceHandler::new(pool.clone(), new.clone(), 10, 1).commit(&[point(5, 6.0, 101)]).await.unwrap();
+    assert_batch_equal(&pool, &new).await;
+    let points: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM price_points WHERE instrument = 'S1'").fetch_one(&pool).await.unwrap();
+    assert_eq!(points, 5, "3 seeded, day 4 from the old processor, day 5 from the new one");
+}
