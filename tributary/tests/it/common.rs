@@ -321,3 +321,21 @@ pub async fn exit_code(p: &mut Proc, within: Duration) -> Option<i32> {
     .await
     .code()
 }
+
+/// A price as the consume loop hands it to a handler: `instrument` at `ts` (any form `Ts` parses), with
+/// stream sequence `seq`.
+pub fn price_delivery(
+    instrument: &str,
+    ts: &str,
+    price: f64,
+    seq: u64,
+) -> tributary_broker::Delivery<tributary_broker::events::PricePoint> {
+    use tributary_broker::ts::Ts;
+    let event = tributary_broker::events::PricePoint {
+        instrument: instrument.into(),
+        ts: Ts::parse(ts).unwrap(),
+        price,
+        volume: None,
+    };
+    tributary_broker::Delivery { event, seq, received: Ts::parse("2026-01-01").unwrap() }
+}

@@ -146,8 +146,6 @@ async fn a_begin_whose_lock_fails_leaves_its_connection_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
     use sea_orm::sqlx;
-    use tributary_broker::Delivery;
-    use tributary_broker::events::PricePoint;
     use tributary_processor::lock;
     use tributary_processor::prices::{PriceHandler, reconcile_transforms};
     let db = tributary_testkit::TestDb::create().await;
@@ -163,14 +161,8 @@ async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
     assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 0, "no series yet");
     let handler = PriceHandler::new(pool.clone(), old, 10, 1);
     for (seq, instrument) in [first, second].into_iter().enumerate() {
-        let event = PricePoint {
-            instrument: instrument.clone(),
-            ts: Ts::parse("2026-01-01").unwrap(),
-            price: 10.0,
-            volume: None,
-        };
         handler
-            .commit(&[Delivery { event, seq: seq as u64 + 1, received: Ts::parse("2026-01-01").unwrap() }])
+            .commit(&[crate::common::price_delivery(instrument, "2026-01-01", 10.0, seq as u64 + 1)])
             .await
             .unwrap();
     }

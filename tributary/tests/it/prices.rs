@@ -1,6 +1,6 @@
 //! Prices and indices through the whole pipeline, against hand-computed values.
 
-use crate::common::{spawn_app, spawn_app_with};
+use crate::common::{price_delivery, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -210,8 +210,6 @@ async fn simulated_late_prices_are_late_by_rounds_not_by_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
-    use tributary_broker::Delivery;
-    use tributary_broker::events::PricePoint;
     use tributary_processor::prices::PriceHandler;
     // Two handlers on a database of their own: no running processor (whose start-up recompute of every
     // series for its own windows would be one more writer, at a time of its choosing).
@@ -219,16 +217,7 @@ async fn a_cached_tail_is_not_trusted_after_another_replica_wrote_the_series() {
     let pool = sea_orm::sqlx::PgPool::connect(db.url()).await.unwrap();
     let t = Transforms { sma: vec![2], ema: vec![], vol: vec![] };
     let (a, b) = (PriceHandler::new(pool.clone(), t.clone(), 10, 1), PriceHandler::new(pool.clone(), t, 10, 1));
-    let point = |day: u32, price: f64, seq: u64| Delivery {
-        event: PricePoint {
-            instrument: "X".into(),
-            ts: Ts::parse(&format!("2026-01-0{day}")).unwrap(),
-            price,
-            volume: None,
-        },
-        seq,
-        received: Ts::parse("2026-01-01").unwrap(),
-    };
+    let point = |day: u32, price: f64, seq: u64| price_delivery("X", &format!("2026-01-0{day}"), price, seq);
     a.commit(&[point(1, 10.0, 1)]).await.unwrap(); // a caches X's tail
     b.commit(&[point(2, 20.0, 2)]).await.unwrap(); // another replica appends
     a.commit(&[point(3, 40.0, 3)]).await.unwrap(); // a must see day 2, not its stale tail

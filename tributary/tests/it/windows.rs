@@ -1,6 +1,7 @@
 //! New derived windows: the start-up recompute of every series ([`reconcile_transforms`]), against the
 //! batch computation.
 
+use crate::common::price_delivery;
 use sea_orm::sqlx::{self, PgPool};
 use serde_json::Value;
 use tributary_processor::prices::reconcile_transforms;
@@ -187,22 +188,11 @@ async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series()
 /// ones, and later windows read them as their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_left_on_the_old_windows_commits_nothing_once_they_changed() {
-    use tributary_broker::events::PricePoint;
-    use tributary_broker::ts::Ts;
-    use tributary_broker::{BatchHandler, Delivery};
+    use tributary_broker::BatchHandler;
     use tributary_processor::prices::{CommitError, PriceHandler};
     let (_db, pool, old) = with_series(3).await;
     let stale = PriceHandler::new(pool.clone(), old, 10, 1);
-    let point = |day: u32, price: f64, seq: u64| Delivery {
-        event: PricePoint {
-            instrument: "S1".into(),
-            ts: Ts::parse(&format!("2026-01-0{day}")).unwrap(),
-            price,
-            volume: None,
-        },
-        seq,
-        received: Ts::parse("2026-01-01").unwrap(),
-    };
+    let point = |day: u32, price: f64, seq: u64| price_delivery("S1", &format!("2026-01-0{day}"), price, seq);
     stale.commit(&[point(4, 5.0, 100)]).await.unwrap(); // the windows in force: stored
 
     // A recompute for new windows under way (none of its series done yet): refused already.
