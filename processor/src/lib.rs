@@ -11,6 +11,7 @@
 //! - [`fleet`]: drivers and shipments → the assignment that maximises the total suitability score.
 //! - [`surveys`]: items pulled from survey providers → one row each, cursors and pull outcomes.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
+//! - [`failure`]: which failures of a batch are retried and which are isolated to its messages.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
 //! - [`group`]: elastic groups: the partitions shared evenly by however many processors run.
 //!
@@ -70,6 +71,7 @@ macro_rules! commits_batches {
     };
 }
 
+pub mod failure;
 pub mod fleet;
 pub mod group;
 pub mod indices;
@@ -99,50 +101,4 @@ pub(crate) async fn commit_in_span(
         .instrument(db_span(operation, events))
         .await
         .map_err(|e| tributary_broker::HandleError(anyhow::Error::new(e).context(what)))
-}
-
-/// Whether a failure is the database's for a while rather than the batch's: PostgreSQL unreachable
-/// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
-/// resources or in trouble (SQLSTATE classes 40, 53, 57, 58 and `55P03` lock not available). Such
-/// failures are retried with a backoff and never dead-letter anything; any other failure is isolated to
-/// its messages. One code of those classes is isolated too, since one message's own work can cause it on
-/// every try: `53200`, out of memory or of lock table (an index over thousands of constituents on a
-/// small server). Retried as transient, such a message held back its batch-mates and paused the consumer
-/// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
-/// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
-/// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
-/// too, through no fault of its message.) A price batch refused because another processor changed the
-/// derived windows ([`prices::WindowsChanged`]) is transient too: no message of it is at fault.
-pub fn transient(error: &tributary_broker::HandleError) -> bool {
-    /// The code of the transient classes that one message's own work can cause on every try.
-    const OWN_WORK: &str = "53200";
-    use sea_orm::sqlx::Error;
-    error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
-        Some(e) if tributary_store::db::unreachable(e) => true,
-        Some(Error::Database(d)) => d.code().is_some_and(|c| {
-            let class = ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class));
-            (class && c != OWN_WORK) || c == "55P03"
-        }),
-        Some(_) => false,
-        None => cause.is::<std::io::Error>() || cause.is::<prices::WindowsChanged>(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use tributary_broker::HandleError;
-    use tributary_store::sqlx::Error;
-
-    fn failed(e: impl std::error::Error + Send + Sync + 'static) -> HandleError {
-        HandleError(anyhow::Error::new(e).context("storing a batch"))
-    }
-
-    #[test]
-    fn an_unreachable_database_is_transient_and_a_failed_statement_is_not() {
-        assert!(super::transient(&failed(Error::PoolTimedOut)));
-        assert!(super::transient(&failed(Error::Io(std::io::ErrorKind::ConnectionReset.into()))));
-        assert!(super::transient(&failed(std::io::Error::from(std::io::ErrorKind::BrokenPipe))));
-        assert!(!super::transient(&failed(Error::RowNotFound)));
-        assert!(!super::transient(&failed(Error::ColumnNotFound("x".into()))));
-    }
 }

@@ -109,7 +109,7 @@ impl ProcessorConfig {
                     max_failures: self.max_failures.max(1),
                     // One lane more than a batch's transactions: a slow series never holds every lane.
                     lanes: self.db_parallelism.max(1) + 1,
-                    transient: crate::transient,
+                    transient: crate::failure::transient,
                     settled: Some(settled.clone()),
                     pinned: partition.map(|_| self.takeover()),
                 };

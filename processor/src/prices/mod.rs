@@ -342,7 +342,7 @@ pub enum CommitError {
 }
 
 impl CommitError {
-    /// As the consume loop takes it: the cause itself, so that [`crate::transient`] finds it in the chain.
+    /// As the consume loop takes it: the cause itself, so that [`crate::failure::transient`] finds it in the chain.
     fn into_anyhow(self) -> anyhow::Error {
         match self {
             CommitError::Db(e) => anyhow::Error::new(e),

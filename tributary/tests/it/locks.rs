@@ -161,10 +161,7 @@ async fn recomputing_for_new_windows_takes_its_locks_in_the_global_order() {
     assert_eq!(reconcile_transforms(&pool, &old).await.unwrap(), 0, "no series yet");
     let handler = PriceHandler::new(pool.clone(), old, 10, 1);
     for (seq, instrument) in [first, second].into_iter().enumerate() {
-        handler
-            .commit(&[crate::common::price_delivery(instrument, "2026-01-01", 10.0, seq as u64 + 1)])
-            .await
-            .unwrap();
+        handler.commit(&[crate::common::price_delivery(instrument, "2026-01-01", 10.0, seq as u64 + 1)]).await.unwrap();
     }
 
     // A batch holding `second` (the lower key), then asking for `first`, as a batch of both would.

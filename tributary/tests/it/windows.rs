@@ -206,7 +206,7 @@ async fn a_processor_left_on_the_old_windows_commits_nothing_once_they_changed()
     // Done: refused, as transient, naming both.
     assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 3);
     let failed = stale.handle(&[point(5, 6.0, 101)]).await.unwrap_err();
-    assert!(tributary_processor::transient(&failed), "{failed:#}");
+    assert!(tributary_processor::failure::transient(&failed), "{failed:#}");
     let said = format!("{failed:#}");
     assert!(said.contains(r#"["sma_3","ema_2"]"#) && said.contains(r#"["sma_2"]"#), "{said}");
     assert_batch_equal(&pool, &new).await;

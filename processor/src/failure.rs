@@ -1,0 +1,49 @@
+//! Which failures of a batch are the database's for a while, retried with a backoff, and which are its
+//! messages', isolated and dead-lettered: [`transient`], as the consume loop asks it.
+
+/// Whether a failure is the database's for a while rather than the batch's: PostgreSQL unreachable
+/// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
+/// resources or in trouble (SQLSTATE classes 40, 53, 57, 58 and `55P03` lock not available). Such
+/// failures are retried with a backoff and never dead-letter anything; any other failure is isolated to
+/// its messages. One code of those classes is isolated too, since one message's own work can cause it on
+/// every try: `53200`, out of memory or of lock table (an index over thousands of constituents on a
+/// small server). Retried as transient, such a message held back its batch-mates and paused the consumer
+/// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
+/// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
+/// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
+/// too, through no fault of its message.) A price batch refused because another processor changed the
+/// derived windows ([`prices::WindowsChanged`]) is transient too: no message of it is at fault.
+pub fn transient(error: &tributary_broker::HandleError) -> bool {
+    /// The code of the transient classes that one message's own work can cause on every try.
+    const OWN_WORK: &str = "53200";
+    use sea_orm::sqlx::Error;
+    error.0.chain().any(|cause| match cause.downcast_ref::<Error>() {
+        Some(e) if tributary_store::db::unreachable(e) => true,
+        Some(Error::Database(d)) => d.code().is_some_and(|c| {
+            let class = ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class));
+            (class && c != OWN_WORK) || c == "55P03"
+        }),
+        Some(_) => false,
+        None => cause.is::<std::io::Error>() || cause.is::<crate::prices::WindowsChanged>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient;
+    use tributary_broker::HandleError;
+    use tributary_store::sqlx::Error;
+
+    fn failed(e: impl std::error::Error + Send + Sync + 'static) -> HandleError {
+        HandleError(anyhow::Error::new(e).context("storing a batch"))
+    }
+
+    #[test]
+    fn an_unreachable_database_is_transient_and_a_failed_statement_is_not() {
+        assert!(transient(&failed(Error::PoolTimedOut)));
+        assert!(transient(&failed(Error::Io(std::io::ErrorKind::ConnectionReset.into()))));
+        assert!(transient(&failed(std::io::Error::from(std::io::ErrorKind::BrokenPipe))));
+        assert!(!transient(&failed(Error::RowNotFound)));
+        assert!(!transient(&failed(Error::ColumnNotFound("x".into()))));
+    }
+}
