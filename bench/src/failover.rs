@@ -58,7 +58,7 @@ async fn run(
     // Both in the group, the first price partition owned, a third of the backlog committed (or all of
     // it, when it was too small).
     let (victim, done) = until(limit, || async {
-        let members = Group::open(js, name).await?.members().await.ok()?;
+        let members = Group::open(js, name).await.ok()??.members().await.ok()?;
         let owner = members.iter().find(|m| m.owns.contains(&format!("{name}-price-p0")))?;
         let committed = committed(&db.pool).await;
         (members.len() == 2 && committed >= n / 3).then(|| (owner.clone(), committed >= n))

@@ -114,10 +114,17 @@ impl Group {
         Ok(Group { store, name: name.to_owned() })
     }
 
-    /// Opens the group `name` to read it (the API); `None` when no processor ever joined any group.
-    pub async fn open(js: &jetstream::Context, name: &str) -> Option<Group> {
-        let store = js.get_key_value(BUCKET).await.ok()?;
-        Some(Group { store, name: name.to_owned() })
+    /// Opens the group `name` to read it (the API); `None` when no processor ever joined any group (its
+    /// bucket does not exist). NATS not answering is an error, never taken for an empty group.
+    pub async fn open(js: &jetstream::Context, name: &str) -> Result<Option<Group>, GroupError> {
+        match js.get_key_value(BUCKET).await {
+            Ok(store) => Ok(Some(Group { store, name: name.to_owned() })),
+            // The bucket's own error does not say why; its stream's does.
+            Err(e) => match js.get_stream(format!("KV_{BUCKET}")).await {
+                Err(missing) if crate::streams::missing(&missing) => Ok(None),
+                _ => Err(err(e)),
+            },
+        }
     }
 
     fn key(&self, me: &Member) -> String {

@@ -50,10 +50,11 @@ pub struct Partition {
 pub async fn status(State(s): State<AppState>) -> Result<Json<Status>, ApiError> {
     // What NATS cannot tell is a 503: an empty group or a partition without lag would look healthy.
     let unavailable = |what: &str, e: &dyn std::fmt::Display| ApiError::Unavailable(format!("cannot read {what}: {e}"));
-    let members = match Group::open(&s.js, &s.durable_prefix).await {
-        Some(g) => g.members().await.map_err(|e| unavailable("the processor group", &e))?,
-        None => Vec::new(),
-    };
+    let members =
+        match Group::open(&s.js, &s.durable_prefix).await.map_err(|e| unavailable("the processor group", &e))? {
+            Some(g) => g.members().await.map_err(|e| unavailable("the processor group", &e))?,
+            None => Vec::new(),
+        };
     let mut partitions = Vec::new();
     for kind in Kind::ALL.into_iter().filter(|k| k.partitioned()) {
         let name = s.streams.stream_name(kind);

@@ -18,7 +18,7 @@ const PARTITIONS: u32 = 4;
 
 /// The live members of the test's group, once the first processor has made the bucket.
 async fn members(app: &TestApp) -> Option<Vec<Member>> {
-    Group::open(&app.c.js, &app.c.config.processor.durable_prefix).await?.members().await.ok()
+    Group::open(&app.c.js, &app.c.config.processor.durable_prefix).await.ok()??.members().await.ok()
 }
 
 /// Whether the live members own every partition of both partitioned kinds once, `counts` of them each
@@ -173,4 +173,25 @@ async fn lowering_the_partition_count_leaves_no_message_behind() {
     // Every partition of the larger count is drained, and everything stored is what the batch computes.
     app.settled_within(Duration::from_secs(120)).await;
     verify(&app, &price_truth(&app).await, &HashMap::new()).await;
+}
+
+/// Opening the group (what `/v1/status` reads) says "no group" only when no processor ever made its
+/// bucket; NATS not answering is an error, so the route answers 503 rather than an empty group. (It said
+/// "no group" for any error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_group_tells_no_group_from_no_answer() {
+    let nats = NatsServer::start();
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_millis(500)))
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    assert!(Group::open(&js, "g").await.unwrap().is_none(), "no processor joined yet");
+    Group::join(&js, "g", Duration::from_secs(10), 1).await.unwrap();
+    assert!(Group::open(&js, "g").await.unwrap().is_some());
+    nats.freeze(true);
+    let e = Group::open(&js, "g").await.err().expect("an error, not a group or none");
+    nats.freeze(false);
+    assert!(e.to_string().contains("processor group"), "{e}");
 }
