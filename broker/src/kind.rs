@@ -116,8 +116,8 @@ impl Kind {
             ));
         }
         // Keys are stored as (parts of) primary keys: PostgreSQL would refuse a long one on every delivery.
-        if rest.len() > MAX_KEY {
-            return Err(format!("subject {subject:?}: its key is longer than {MAX_KEY} bytes"));
+        if rest.chars().count() > MAX_KEY {
+            return Err(format!("subject {subject:?}: its key is longer than {MAX_KEY} characters"));
         }
         Ok(rest)
     }
@@ -197,13 +197,14 @@ fn strip_partition(rest: &str) -> Option<&str> {
 /// Whether `key` can be used as one subject token (a key of any kind).
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
-        && key.len() <= MAX_KEY
+        && key.chars().count() <= MAX_KEY
         && !key.contains(['.', '*', '>'])
         && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// The longest key, in bytes: keys are stored as (parts of) primary keys, and PostgreSQL refuses an index
-/// entry over about 2.7 kB.
+/// The longest key, in characters (so at most 512 bytes): keys are stored as (parts of) primary keys, and
+/// PostgreSQL refuses an index entry over about 2.7 kB. Characters, not bytes, as the OpenAPI document's
+/// `maxLength` counts them: a key of 100 `é` (200 bytes) was valid by the document and refused.
 pub const MAX_KEY: usize = 128;
 
 #[cfg(test)]
@@ -237,6 +238,8 @@ mod tests {
         assert!(Kind::Price.key_of("price.p.3.A.B").is_err());
         assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(128))).is_ok());
         assert!(Kind::Sample.key_of(&format!("metric.{}", "h".repeat(129))).unwrap_err().contains("longer than 128"));
+        assert!(Kind::Sample.key_of(&format!("metric.{}", "é".repeat(128))).is_ok(), "256 bytes, 128 characters");
+        assert!(valid_key(&"é".repeat(128)) && !valid_key(&"é".repeat(129)));
         assert_eq!(Kind::Sample.partition_filter(2), "metric.p.2.>");
         assert_eq!(parse_subject("fleet.driver.7"), Ok(Kind::Fleet));
         assert_eq!(parse_subject("survey.blue"), Ok(Kind::Survey));

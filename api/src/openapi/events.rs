@@ -12,7 +12,7 @@ use tributary_broker::ts::{MAX_MILLIS, MIN_MILLIS};
 /// Whitespace as Rust's `char::is_whitespace` has it (what `trim` removes), for a regex class.
 const WHITESPACE: &str = "\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
 
-/// A key as `valid_key` takes it (an index name, a weight's instrument): one token, at most 128 bytes,
+/// A key as `valid_key` takes it (an index name, a weight's instrument): one token, at most 128 characters,
 /// no `.`, `*`, `>`, whitespace or control character.
 pub(crate) fn valid_key() -> Value {
     json!({"type": "string", "minLength": 1, "maxLength": 128,

@@ -135,7 +135,7 @@ pub async fn get(
     summary = "Define or redefine an index; it is computed over existing history",
     params(("name" = String, Path, min_length = 1, max_length = 128,
         pattern = "^[^.*>\\x00-\\x20\\x7f-\\xa0\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]+$",
-        description = "The index: one token (no spaces, '.', '*' or '>'), at most 128 bytes")),
+        description = "The index: one token (no spaces, '.', '*' or '>'), at most 128 characters")),
     request_body(content = ref("#/components/schemas/IndexDefinition"), content_type = "application/json"),
     responses(
         (status = 200, description = "Stored and computed", body = Index),
