@@ -109,9 +109,14 @@ impl Kind {
             .and_then(|r| r.strip_prefix('.'))
             .ok_or_else(|| format!("subject {subject:?} is not a {} subject", self.prefix()))?;
         let rest = strip_partition(rest).unwrap_or(rest);
-        if rest.is_empty() || rest.contains('.') || rest.contains(['*', '>', ' ']) || rest.contains(char::is_control) {
+        // No whitespace of any kind, as `valid_key` has it: a key is a name, and clients split protocol
+        // lines on it (async-nats did on every Unicode space; see third_party/README.md).
+        if rest.is_empty()
+            || rest.contains(['.', '*', '>'])
+            || rest.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
-                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key",
+                "unknown subject shape {subject:?}: expected {}.<key> with a single-token key (no whitespace)",
                 self.prefix()
             ));
         }
@@ -226,6 +231,9 @@ mod tests {
         assert_eq!(Kind::Price.key_of("price.ACME"), Ok("ACME"));
         assert!(Kind::Price.key_of("price.A.B").is_err());
         assert!(Kind::Price.key_of("price.").is_err());
+        for spaced in ["price.\u{a0}ab", "price.a\u{2003}b", "price.\u{3000}", "price.a\tb"] {
+            assert!(Kind::Price.key_of(spaced).unwrap_err().contains("no whitespace"), "{spaced:?}");
+        }
         assert!(Kind::Price.key_of("metric.A").is_err());
         assert_eq!(Kind::of_subject("index.world"), Some(Kind::Index));
         assert_eq!(Kind::of_subject("nope.x"), None);

@@ -99,8 +99,9 @@ macro_rules! event_route {
     ($handler:ident, $op:literal, $path:literal, $key:literal, $prefix:literal, $schema:literal, $summary:literal) => {
         #[utoipa::path(post, path = $path, tag = "events", operation_id = $op, summary = $summary,
                     params(
-                        ($key = String, Path, pattern = "^[^.*> \\x00-\\x1f\\x7f-\\x9f]+$", max_length = 128,
-                            description = "The key: one subject token (no '.', '*', '>', space or control character), at most 128 characters"),
+                        ($key = String, Path, max_length = 128,
+                            pattern = "^[^.*>\\x00-\\x20\\x7f-\\xa0\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}]+$",
+                            description = "The key: one subject token (no '.', '*', '>', whitespace or control character), at most 128 characters"),
                         Idempotency,
                     ),
                     request_body(content = ref($schema), content_type = "application/json"),

@@ -1,7 +1,7 @@
 //! 10,000 malformed payloads through NATS: every one dead-lettered with a reason and counted, and the
 //! valid events between them stored.
 
-use crate::common::{spawn_services, tributary};
+use crate::common::{spawn_app, spawn_services, tributary};
 use crate::faults::{env_of, for_each_message, refs};
 use async_nats::HeaderMap;
 use chrono::{Duration as Span, TimeZone, Utc};
@@ -103,4 +103,46 @@ async fn ten_thousand_malformed_payloads_are_dead_lettered_counted_and_never_sta
         .unwrap();
     assert_eq!(stored as usize, good);
     eprintln!("malformed: {bad} dead-lettered by class {classes:?}; {good} valid interleaved, all stored");
+}
+
+/// A key with a no-break space or another Unicode space, published by any client (the NATS protocol
+/// allows it in a subject; the API refuses it, the `nats` CLI does not ask): dead-lettered as
+/// `bad_subject`, naming the subject, and the prices after it are stored. async-nats 0.51 split the
+/// delivery's HMSG line on every Unicode space, so the processor's connection broke on each delivery of
+/// such a message, and every consumer of the process stalled for ever (see third_party/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_no_break_space_is_dead_lettered_and_stalls_nothing() {
+    let app = spawn_app().await;
+    let spaced = ["price.\u{a0}ab", "price.\u{a0}", "price.a\u{3000}b", "metric.h\u{2003}1"];
+    for (i, subject) in spaced.iter().enumerate() {
+        let mut headers = HeaderMap::new(); // with headers: delivered as HMSG
+        headers.insert("Nats-Msg-Id", format!("spaced-{i}").as_str());
+        let payload = if subject.starts_with("price") {
+            &br#"{"ts":"2026-01-01","price":1}"#[..]
+        } else {
+            &br#"{"cpu_usage":1}"#[..]
+        };
+        app.js().publish_with_headers(subject.to_string(), headers, payload.into()).await.unwrap().await.unwrap();
+    }
+    let after = PriceEvent { ts: Some(Ts::parse("2026-01-02").unwrap()), price: 2.0, volume: None };
+    app.js().publish("price.AFTER", tributary_broker::codec::to_msgpack(&after)).await.unwrap().await.unwrap();
+    app.settled().await;
+
+    let stored: Vec<String> = sqlx::query_scalar("SELECT instrument FROM price_points")
+        .fetch_all(app.c.db.get_postgres_connection_pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, ["AFTER"]);
+    let mut letters = Vec::new();
+    for_each_message(&app.c.js, &app.c.config.streams.dlq_name(), |_, subject, headers, _, _| {
+        let h = headers.expect("dead letters carry headers");
+        let get = |name: &str| h.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        assert_eq!(subject, format!("dlq.{}", get(dlq::SUBJECT)), "the letter's own subject names the original");
+        letters.push((get(dlq::SUBJECT), get(dlq::CLASS)));
+    })
+    .await;
+    letters.sort();
+    let mut want: Vec<(String, String)> = spaced.iter().map(|s| (s.to_string(), "bad_subject".to_string())).collect();
+    want.sort();
+    assert_eq!(letters, want);
 }
