@@ -46,6 +46,7 @@ use crate::events::Rejection;
 use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::HeaderMap;
+use async_nats::header::NATS_PIN_ID;
 use async_nats::jetstream::{self, AckKind, Message, consumer::pull};
 use futures::StreamExt;
 use lanes::Lanes;
@@ -232,13 +233,13 @@ pub async fn run<H: BatchHandler>(
 ) -> Result<(), ConsumeError> {
     let mut failures = 0i64;
     let mut lanes = Lanes::new(&js, &spec, handler).await;
-    let mut reopening = false;
+    // The `Nats-Pin-Id` of this loop's last delivery: the pin it holds, if the server has not moved it.
+    let mut pin: Option<String> = None;
     while !shutdown.is_cancelled() {
-        // A new pull stream of a pinned consumer waits until the pin of the one before lapses: this
-        // process held it, so it releases it first.
-        if std::mem::replace(&mut reopening, true)
-            && spec.pinned.is_some()
-            && let Err(e) = unpin(&js, &spec).await
+        // A new pull stream of a pinned consumer waits until the pin of the one before lapses: if this
+        // loop held it, it releases it first.
+        if let Some(ours) = pin.take()
+            && let Err(e) = unpin(&js, &spec, &ours).await
         {
             tracing::debug!(consumer = spec.durable, error = %e, "pin not released before reopening");
         }
@@ -286,6 +287,9 @@ pub async fn run<H: BatchHandler>(
                             }
                         }
                     }
+                    if let Some(id) = batch.iter().rev().find_map(|m| m.headers.as_ref()?.get(NATS_PIN_ID)) {
+                        pin = Some(id.to_string());
+                    }
                     lanes.accept(batch).await;
                     if broken {
                         break;
@@ -300,20 +304,34 @@ pub async fn run<H: BatchHandler>(
         lanes.finish(done).await;
     }
     lanes.give_back().await;
-    if spec.pinned.is_some() {
-        match unpin(&js, &spec).await {
-            Ok(()) => info!(consumer = spec.durable, "released"),
+    if let Some(ours) = pin {
+        match unpin(&js, &spec, &ours).await {
+            Ok(true) => info!(consumer = spec.durable, "released"),
+            Ok(false) => info!(consumer = spec.durable, "the pin had moved on; left to its holder"),
             Err(e) => warn!(consumer = spec.durable, error = %e, "could not release the pin; it lapses by itself"),
         }
     }
     Ok(())
 }
 
-/// Releases the pin of a pinned consumer, so that a pull stream waiting for it (another process's, or
-/// this loop's next one) gets it now rather than after the pin's timeout.
-async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<(), String> {
+/// Releases the pin of a pinned consumer if this loop still holds it (`ours`, its last delivery's
+/// `Nats-Pin-Id`, is the server's), so that a pull stream waiting for it (another process's, or this
+/// loop's next one) gets it now rather than after the pin's timeout. A pin that has moved on is left
+/// alone: releasing it would take the partition from the process that has it now. (Only a loop that was
+/// delivered something calls this: one that never was never held the pin.) Whether it released.
+async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec, ours: &str) -> Result<bool, String> {
     let stream = js.get_stream(&spec.stream).await.map_err(|e| e.to_string())?;
-    stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())
+    let mut consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer(&spec.durable).await.map_err(|e| e.to_string())?;
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    let held = info
+        .priority_groups
+        .iter()
+        .any(|g| g.group == crate::group::PRIORITY_GROUP && g.pinned_client_id.as_deref() == Some(ours));
+    if held {
+        stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())?;
+    }
+    Ok(held)
 }
 
 enum OpenError {
