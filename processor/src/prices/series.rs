@@ -158,8 +158,25 @@ fn volatility(points: &[Point], i: usize, n: usize, ret_i: Option<f64>) -> Optio
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `len` pseudo-random numbers (xorshift64 from a generated seed): cheap noise for long generated
+    /// series, shrinking by seed and length.
+    pub(crate) fn noise(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u64>> {
+        (any::<u64>(), len).prop_map(|(seed, len)| {
+            let mut x = seed | 1;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                })
+                .collect()
+        })
+    }
 
     fn series(prices: &[f64], t: &Transforms) -> Vec<Point> {
         let mut ps: Vec<Point> = prices.iter().map(|&p| Point::raw(p)).collect();
@@ -212,10 +229,9 @@ mod tests {
     /// computation over the corrected prices, bit for bit.
     #[test]
     fn early_cutoff_equals_the_batch_computation() {
-        use proptest::prelude::*;
         let config = proptest::test_runner::Config::with_cases(64);
         proptest::proptest!(config, |(
-            noise in crate::prices::tests::noise(60..1500),
+            noise in noise(60..1500),
             changes in proptest::collection::vec((any::<prop::sample::Index>(), -0.2f64..0.2), 1..4),
             windows in prop::sample::select(vec![(vec![20, 50], vec![12, 26], vec![20]), (vec![3], vec![], vec![2]), (vec![], vec![5], vec![])]),
         )| {

@@ -3,22 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 use series::Point;
-
-/// `len` pseudo-random numbers (xorshift64 from a generated seed): cheap noise for long generated
-/// series, shrinking by seed and length.
-pub(super) fn noise(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u64>> {
-    (any::<u64>(), len).prop_map(|(seed, len)| {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            })
-            .collect()
-    })
-}
+use series::tests::noise;
 
 #[test]
 fn a_split_puts_the_known_constituents_of_an_index_in_one_part() {
