@@ -8,7 +8,8 @@
 //! its commit, the processor's resident set growth meanwhile (sampled every 5 ms, against the resident set
 //! just before), and the others' p99 publish→commit latency with and without it.
 
-use super::pipeline::{Database, Processor, freshness};
+use super::harness::{Database, Processor};
+use super::pipeline::freshness;
 use super::{progress, until};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};

@@ -4,7 +4,7 @@
 //! survivor, once the group has forgotten the dead one and its pins have lapsed), and whether the
 //! survivor then stores exactly what the unpartitioned processor stored.
 
-use super::pipeline::{Database, Processor, REPLICAS, checksum, committed, settled};
+use super::harness::{Database, Processor, REPLICAS, checksum, committed, settled};
 use super::{MetricsBacklog, until};
 use sea_orm::sqlx::{self, PgPool};
 use serde::Serialize;

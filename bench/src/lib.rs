@@ -44,6 +44,8 @@
 //! - [`raw`]: the raw limits and the baseline pipeline.
 //! - [`pipeline`]: Tributary's processor as a child process: throughput, freshness, scale-out; [`scrape`]:
 //!   reading its metrics.
+//! - [`harness`]: what every Tributary run stands on: its own database, processors as child processes,
+//!   and what they committed.
 //! - [`failover`]: one of two processors killed for good: the takeover time.
 //! - [`floor`]: the freshness floor: JetStream alone, and the baseline taking whatever is ready.
 //! - [`corrections`]: `--corrections`, a correction deep in a long history.
@@ -57,6 +59,7 @@ mod corrections;
 mod cpu;
 mod failover;
 mod floor;
+mod harness;
 mod http;
 mod pipeline;
 pub mod ports;
@@ -231,7 +234,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         run_freshness_curve(config, &args, port, nats).await.map(|_| None)
     };
     drop(sink);
-    pipeline::drop_run_databases(&db_url).await;
+    harness::drop_run_databases(&db_url).await;
     let _ = nats_child.kill();
     let _ = nats_child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -345,7 +348,7 @@ async fn run_phases(
         js.delete_stream(&stream).await.ok();
     }
     progress(args.json, "raw PostgreSQL upsert");
-    let scratch = pipeline::Database::create(&config.database.url, "raw").await?;
+    let scratch = harness::Database::create(&config.database.url, "raw").await?;
     let mut upsert = Vec::new();
     for r in 0..args.repeats {
         upsert.push(raw::pg_upsert(&scratch.pool, &format!("raw_points_{r}"), n, args.instruments).await?);
@@ -360,7 +363,7 @@ async fn run_phases(
     progress(args.json, "baseline pipeline");
     let mut baseline = Vec::new();
     for r in 0..args.repeats {
-        let db = pipeline::Database::create(&config.database.url, &format!("baseline{r}")).await?;
+        let db = harness::Database::create(&config.database.url, &format!("baseline{r}")).await?;
         baseline.push(raw::baseline(&js, &db.pool, &format!("baseline{r}"), n).await?);
         db.drop().await;
     }

@@ -138,7 +138,7 @@ pub(super) async fn machine(config: &Config) -> Machine {
         .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let postgres = pipeline::server_version(&config.database.url).await.unwrap_or_default();
+    let postgres = super::harness::server_version(&config.database.url).await.unwrap_or_default();
     Machine {
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         memory_gib: (memory_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
