@@ -6,30 +6,59 @@ mod common;
 use async_nats::jetstream;
 use common::{Act, Scripted, setup, spec, until};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tributary_broker::consume::{self, ConsumerSpec};
+use tributary_broker::consume::{self, ConsumeError, ConsumerSpec};
+use tributary_testkit::NatsServer;
+
+/// A consume loop on `spec` that commits everything it is given, until [`Loop::stop`].
+struct Loop {
+    handler: Scripted,
+    stop: CancellationToken,
+    run: JoinHandle<Result<(), ConsumeError>>,
+}
+
+impl Loop {
+    fn start(js: &jetstream::Context, spec: ConsumerSpec) -> Loop {
+        let (handler, stop) = (Scripted::new(|_, _| Act::Commit), CancellationToken::new());
+        let run = tokio::spawn(consume::run(js.clone(), spec, handler.clone(), stop.clone()));
+        Loop { handler, stop, run }
+    }
+
+    fn committed(&self) -> Vec<String> {
+        self.handler.committed()
+    }
+
+    /// Stops it (what is in flight is finished first) and checks it ended well.
+    async fn stop(self) -> Scripted {
+        self.stop.cancel();
+        self.run.await.unwrap().unwrap();
+        self.handler
+    }
+}
+
+/// A private server whose stream holds one message, `a`, and a loop on a pinned consumer of it (pins
+/// lapsing after 60 s, longer than any test waits) that has committed `a`: it holds the pin.
+async fn holding_a() -> (NatsServer, jetstream::Context, ConsumerSpec, Loop) {
+    let (nats, js) = setup(&["a".to_owned()]).await;
+    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(60)), ..spec() };
+    let holder = Loop::start(&js, pinned.clone());
+    until("the loop to commit a", async || holder.committed() == ["a"]).await;
+    (nats, js, pinned, holder)
+}
 
 /// A pinned consumer's loop releases its pin when it stops, and the next loop on it (another process
 /// taking the partition over) is delivered to at once, not after the pin's timeout (60 s here). Messages
 /// the first loop had fetched and not started are given back, not left to `ack_wait`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_pinned_loop_hands_its_partition_over_at_once() {
-    let (_nats, js) = setup(&["a".to_owned()]).await;
-    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(60)), ..spec() };
-    let first = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), pinned.clone(), first.clone(), stop.clone()));
-    until("the first loop to commit a", async || first.committed() == ["a"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    let (_nats, js, pinned, first) = holding_a().await;
+    let first = first.stop().await;
 
-    let next = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), pinned, next.clone(), stop.clone()));
+    let next = Loop::start(&js, pinned);
     js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
     until("the next loop to commit b", async || next.committed() == ["b"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    next.stop().await;
     assert_eq!(first.committed(), ["a"], "the first loop took nothing after it stopped");
 }
 
@@ -38,21 +67,14 @@ async fn a_stopped_pinned_loop_hands_its_partition_over_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpinned_consumer_from_before_becomes_pinned_where_it_was() {
     let (_nats, js) = setup(&["a".to_owned()]).await;
-    let before = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(consume::run(js.clone(), spec(), before.clone(), stop.clone()));
+    let before = Loop::start(&js, spec());
     until("the unpinned loop to commit a", async || before.committed() == ["a"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    before.stop().await;
 
     js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
-    let after = Scripted::new(|_, _| Act::Commit);
-    let stop = CancellationToken::new();
-    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(5)), ..spec() };
-    let run = tokio::spawn(consume::run(js.clone(), pinned, after.clone(), stop.clone()));
+    let after = Loop::start(&js, ConsumerSpec { pinned: Some(Duration::from_secs(5)), ..spec() });
     until("the pinned loop to commit b", async || after.committed() == ["b"]).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    after.stop().await;
     let mut c: jetstream::consumer::PullConsumer = js.get_stream("T").await.unwrap().get_consumer("t").await.unwrap();
     let info = c.info().await.unwrap();
     assert_eq!(info.config.priority_policy, jetstream::consumer::PriorityPolicy::PinnedClient, "{info:?}");
@@ -70,26 +92,17 @@ async fn pinned_to(js: &jetstream::Context) -> Option<String> {
 /// that had it to whichever pull came next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_that_never_held_the_pin_leaves_the_holders_alone() {
-    let (_nats, js) = setup(&["a".to_owned()]).await;
-    let pinned = ConsumerSpec { pinned: Some(Duration::from_secs(60)), ..spec() };
-    let holder = Scripted::new(|_, _| Act::Commit);
-    let stop_holder = CancellationToken::new();
-    let holding = tokio::spawn(consume::run(js.clone(), pinned.clone(), holder.clone(), stop_holder.clone()));
-    until("the holder to commit a", async || holder.committed() == ["a"]).await;
+    let (_nats, js, pinned, holder) = holding_a().await;
     let pin = pinned_to(&js).await.expect("the holder is pinned");
 
-    let waiter = Scripted::new(|_, _| Act::Commit);
-    let stop_waiter = CancellationToken::new();
-    let waiting = tokio::spawn(consume::run(js.clone(), pinned, waiter.clone(), stop_waiter.clone()));
+    let waiter = Loop::start(&js, pinned);
     tokio::time::sleep(Duration::from_millis(500)).await; // its pulls wait for the pin
-    stop_waiter.cancel();
-    waiting.await.unwrap().unwrap();
+    let waiter = waiter.stop().await;
     assert_eq!(pinned_to(&js).await, Some(pin), "the holder keeps its pin");
 
     js.publish("t.b", "b".into()).await.unwrap().await.unwrap();
     until("the holder to commit b", async || holder.committed() == ["a", "b"]).await;
-    stop_holder.cancel();
-    holding.await.unwrap().unwrap();
+    holder.stop().await;
     assert!(waiter.committed().is_empty(), "{:?}", waiter.committed());
     assert_eq!(pinned_to(&js).await, None, "the holder released its pin when it stopped");
 }
