@@ -189,10 +189,14 @@ fn not_published(what: &str, e: tributary_broker::publish::PublishOneError) -> A
     }
 }
 
-/// Reads a whole JSON body up to the configured limit.
+/// Reads a whole JSON body up to the configured limit: 413 past it, 400 `unreadable_body` when the body
+/// itself cannot be read (a malformed chunked encoding, say), which is not a matter of size.
 async fn body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let max = state.config.max_body_bytes;
-    axum::body::to_bytes(body, max).await.map_err(|_| ApiError::TooLarge(max))
+    axum::body::to_bytes(body, max).await.map_err(|e| match e.into_inner() {
+        e if e.is::<http_body_util::LengthLimitError>() => ApiError::TooLarge(max),
+        e => ApiError::bad("unreadable_body", format!("cannot read the request body: {e}")),
+    })
 }
 
 #[cfg(test)]

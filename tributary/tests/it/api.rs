@@ -336,3 +336,23 @@ async fn listings_come_a_page_at_a_time() {
         assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("invalid_limit")), "{bad}: {body}");
     }
 }
+
+/// A body that cannot be read (a malformed chunked encoding) is a 400 `unreadable_body`: it was answered
+/// 413 `payload_too_large`, though nothing was too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_body_is_a_400_not_a_413() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::common::spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "POST /v1/events/price.X HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400") && text.contains("unreadable_body"), "{text}");
+}
