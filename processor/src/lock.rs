@@ -2,11 +2,13 @@
 //!
 //! Work on one series is serialised by `pg_advisory_xact_lock` on a key hashed from the series name,
 //! held until the transaction ends. To rule out deadlocks every transaction takes its locks in one global
-//! order: all instrument locks (ascending key), then all index locks (ascending key). An index definition's
+//! order: the [`WINDOWS`] lock (shared by price batches, exclusive for a recompute's part), then all
+//! instrument locks (ascending key), then all index locks (ascending key). An index definition's
 //! transaction first takes [`DEFINITIONS`], which nothing else takes, so it cannot close a cycle.
 //!
-//! [`begin`] opens a transaction and takes its first locks in one round trip; [`acquire`] takes more. The
-//! SQL is [`tributary_store::locks`]'; the keys and their order are this module's.
+//! [`begin`] opens a transaction and takes its first locks in one round trip ([`begin_sharing`] with a
+//! shared one before them); [`acquire`] takes more. The SQL is [`tributary_store::locks`]'; the keys and
+//! their order are this module's.
 
 use tributary_store::sqlx::{self, PgPool};
 use tributary_store::{Tx, locks};
@@ -14,6 +16,12 @@ use tributary_store::{Tx, locks};
 /// The class and name of the lock that lets one index definition at a time be stored: each locks up to
 /// `IndexDefinition::MAX_CONSTITUENTS` series, and several side by side overflow PostgreSQL's lock table.
 pub const DEFINITIONS: &str = "definitions";
+
+/// The class and name of the lock that fences the derived windows: a recompute for new windows holds it
+/// exclusively for each of its parts, and every price batch holds it shared, so no batch runs beside a
+/// part. (A batch begun before a part's first commit saw the old windows recorded; had it created a
+/// series after the part listed its series, that series would have kept the old windows' values.)
+pub const WINDOWS: (&str, &str) = ("settings", "price_transforms");
 
 /// The lock key of a series: FNV-1a 64 of `<class>:<name>`.
 pub fn key(class: &str, name: &str) -> i64 {
@@ -37,6 +45,16 @@ pub async fn begin<'a>(
     names: impl IntoIterator<Item = &'a str>,
 ) -> Result<Tx, sqlx::Error> {
     locks::begin(pool, &sorted_keys(class, names)).await
+}
+
+/// [`begin`], holding the lock `shared` (class, name) in shared mode before the others.
+pub async fn begin_sharing<'a>(
+    pool: &PgPool,
+    shared: (&str, &str),
+    class: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Tx, sqlx::Error> {
+    locks::begin_sharing(pool, Some(key(shared.0, shared.1)), &sorted_keys(class, names)).await
 }
 
 fn sorted_keys<'a>(class: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<i64> {

@@ -30,14 +30,21 @@ pub async fn acquire(tx: &mut Tx, keys: &[i64]) -> Result<(), sqlx::Error> {
 /// on. Hence the begin runs as a task of its own, which completes (and, unused, is rolled back as usual)
 /// even if the caller is gone.
 pub async fn begin(pool: &PgPool, keys: &[i64]) -> Result<Tx, sqlx::Error> {
+    begin_sharing(pool, None, keys).await
+}
+
+/// [`begin`], holding the lock `shared` in shared mode first, when given: many transactions hold it at
+/// once, and one holding it exclusively (as [`begin`] takes it) waits for them all and keeps them waiting.
+pub async fn begin_sharing(pool: &PgPool, shared: Option<i64>, keys: &[i64]) -> Result<Tx, sqlx::Error> {
     let list = keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let shared = shared.map(|k| format!("SELECT pg_advisory_xact_lock_shared({k}); ")).unwrap_or_default();
     let pool = pool.clone();
     let begin = tokio::spawn(async move {
-        if list.is_empty() {
+        if list.is_empty() && shared.is_empty() {
             return pool.begin().await;
         }
         pool.begin_with(AssertSqlSafe(format!(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n; BEGIN"
+            "{shared}SELECT pg_advisory_xact_lock(k) FROM unnest('{{{list}}}'::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n; BEGIN"
         )))
         .await
     });

@@ -2,7 +2,7 @@
 //!
 //! Per batch ([`PriceHandler::commit`]):
 //! 1. keep, per (instrument, ts), the message with the highest stream sequence;
-//! 2. begin, locking the batch's instruments (see [`crate::lock`]);
+//! 2. begin, locking the batch's instruments, and the windows' lock shared (see [`crate::lock`]);
 //! 3. load per instrument the [`series::Transforms::window`] points before its earliest incoming ts and
 //!    the first [`CHUNK_POINTS`] stored points from it on (or take the window from the tail cache, below);
 //! 4. merge ([`merge`]): an incoming point replaces a stored one only if its sequence is higher (last
@@ -185,8 +185,8 @@ impl PriceHandler {
     /// it trusted was not current after all (then nothing is committed).
     async fn attempt(&self, by_instrument: &BTreeMap<&str, Vec<Incoming>>, use_cache: bool) -> Result<(), Attempt> {
         let mut laps = Laps::new("prices");
-        // 2. lock, in the same round trip as BEGIN
-        let mut tx = lock::begin(&self.pool, "price", by_instrument.keys().copied()).await?;
+        // 2. lock, in the same round trip as BEGIN (the windows' lock shared: no recompute part runs beside)
+        let mut tx = lock::begin_sharing(&self.pool, lock::WINDOWS, "price", by_instrument.keys().copied()).await?;
         laps.lap("lock");
         // 3. load: from the tail cache for appends after a cached tail, else from the table. A cached
         //    tail is trusted now and checked at the write: its series' version must then step from the

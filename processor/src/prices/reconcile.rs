@@ -52,7 +52,7 @@ pub async fn reconcile_transforms(pool: &PgPool, t: &Transforms) -> Result<usize
     let wanted = Value::from(names.clone());
     let (mut done, mut total, mut logged) = (0, None, Instant::now());
     loop {
-        let mut tx = lock::begin(pool, "settings", ["price_transforms"]).await?;
+        let mut tx = lock::begin(pool, lock::WINDOWS.0, [lock::WINDOWS.1]).await?;
         if store::stored_windows(&mut tx).await?.as_ref() == Some(&wanted) {
             tx.commit().await?;
             return Ok(done);

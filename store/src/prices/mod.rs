@@ -352,7 +352,8 @@ pub async fn write_batch(tx: &mut Tx, w: Writes<'_>, changed: &[&str]) -> Result
                 out.indices.push(name.clone());
                 out.constituents.push((instrument, name));
             }
-            ("w", Some(windows), _, _) => out.windows = serde_json::from_str(&windows).ok(),
+            // Refused rather than let through, should it ever not parse.
+            ("w", Some(windows), _, _) => out.windows = Some(serde_json::from_str(&windows).unwrap_or(Value::Null)),
             _ => {}
         }
     }

@@ -218,3 +218,29 @@ async fn a_processor_left_on_the_old_windows_commits_nothing_once_they_changed()
         sqlx::query_scalar("SELECT count(*) FROM price_points WHERE instrument = 'S1'").fetch_one(&pool).await.unwrap();
     assert_eq!(points, 5, "3 seeded, day 4 from the old processor, day 5 from the new one");
 }
+
+/// A batch that would create a series while a part of a recompute for new windows runs waits for that
+/// part, and is then refused. Before, it committed beside the part: the part had listed its series when
+/// it began, so the new series kept the old windows' values for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_beside_a_recompute_part_waits_for_it_and_is_refused() {
+    use tributary_processor::lock;
+    use tributary_processor::prices::{CommitError, PriceHandler};
+    let (_db, pool, old) = with_series(3).await;
+    let stale = PriceHandler::new(pool.clone(), old, 10, 1);
+    let new = Transforms { sma: vec![3], ema: vec![], vol: vec![] };
+    // A part under way: the windows' lock held, its series listed, nothing committed yet.
+    let mut part = lock::begin(&pool, lock::WINDOWS.0, [lock::WINDOWS.1]).await.unwrap();
+    let batch = tokio::spawn(async move { stale.commit(&[price_delivery("NEW", "2026-01-01", 1.0, 1)]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!batch.is_finished(), "the batch waits for the part");
+    tributary_store::prices::store_progress(&mut part, &Value::from(new.names()), "S2").await.unwrap();
+    part.commit().await.unwrap();
+    let refused = batch.await.unwrap().unwrap_err();
+    assert!(matches!(refused, CommitError::WindowsChanged(_)), "{refused}");
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM price_series WHERE instrument = 'NEW'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(created, 0);
+}
