@@ -113,7 +113,7 @@ async fn ten_thousand_malformed_payloads_are_dead_lettered_counted_and_never_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_a_no_break_space_is_dead_lettered_and_stalls_nothing() {
     let app = spawn_app().await;
-    let spaced = ["price.\u{a0}ab", "price.\u{a0}", "price.a\u{3000}b", "metric.h\u{2003}1"];
+    let spaced = ["price.\u{a0}ab", "price.\u{a0}", "price.ab\u{a0}", "price.a\u{3000}b", "metric.h\u{2003}1"];
     for (i, subject) in spaced.iter().enumerate() {
         let mut headers = HeaderMap::new(); // with headers: delivered as HMSG
         headers.insert("Nats-Msg-Id", format!("spaced-{i}").as_str());
@@ -145,4 +145,10 @@ async fn a_key_with_a_no_break_space_is_dead_lettered_and_stalls_nothing() {
     let mut want: Vec<(String, String)> = spaced.iter().map(|s| (s.to_string(), "bad_subject".to_string())).collect();
     want.sort();
     assert_eq!(letters, want);
+    // The listing (what the API serves, and what a replay publishes to) names each subject exactly: a
+    // trailing no-break space was trimmed off, naming the valid instrument `ab`.
+    let mut listed: Vec<String> =
+        dlq::list(&app.c.js, &app.c.config.streams, 100).await.unwrap().into_iter().map(|l| l.subject).collect();
+    listed.sort();
+    assert_eq!(listed, want.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
 }

@@ -1876,10 +1876,12 @@ fn parse_headers(
         }
 
         if let Some((k, v)) = line.split_once(':').to_owned() {
-            let mut s = String::from(v.trim());
+            // Spaces and tabs only, as `connection.rs` trims a delivered message's values: a value may
+            // end or begin with any other character, a no-break space included.
+            let mut s = String::from(v.trim_matches([' ', '\t']));
             while let Some(v) = lines.next_if(|s| s.starts_with(is_continuation)).to_owned() {
                 s.push(' ');
-                s.push_str(v.trim());
+                s.push_str(v.trim_matches([' ', '\t']));
             }
 
             headers.insert(
