@@ -287,7 +287,8 @@ pub async fn run<H: BatchHandler>(
                             }
                         }
                     }
-                    if let Some(id) = batch.iter().rev().find_map(|m| m.headers.as_ref()?.get(NATS_PIN_ID)) {
+                    // The server appends its `Nats-Pin-Id`: the last one is the delivery's.
+                    if let Some(id) = batch.iter().rev().find_map(|m| m.headers.as_ref()?.get_last(NATS_PIN_ID)) {
                         pin = Some(id.to_string());
                     }
                     lanes.accept(batch).await;
@@ -318,7 +319,9 @@ pub async fn run<H: BatchHandler>(
 /// `Nats-Pin-Id`, is the server's), so that a pull stream waiting for it (another process's, or this
 /// loop's next one) gets it now rather than after the pin's timeout. A pin that has moved on is left
 /// alone: releasing it would take the partition from the process that has it now. (Only a loop that was
-/// delivered something calls this: one that never was never held the pin.) Whether it released.
+/// delivered something calls this: one that never was never held the pin.) Whether it released. (The
+/// check and the release are two requests: a pin that lapsed and moved on between them is released
+/// too, which costs its new holder one pull; JetStream's unpin takes no pin to compare.)
 async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec, ours: &str) -> Result<bool, String> {
     let stream = js.get_stream(&spec.stream).await.map_err(|e| e.to_string())?;
     let mut consumer: jetstream::consumer::PullConsumer =
