@@ -65,6 +65,7 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         max_failures: 5,
         lanes: 3,
         transient: |_| false,
+        lasting: |_| false,
         settled: None,
         pinned: None,
     };
@@ -410,6 +411,32 @@ async fn a_lone_poison_message_on_a_quiet_stream_is_dead_lettered() {
     until("the poison message dead-lettered", async || !dead_letters(&js).await.is_empty()).await;
     until("everything acked", async || ack_floor(&js).await >= 6).await;
     assert_eq!(dead_letters(&js).await[0].0, "t.poison");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// A failure that lasts until an operator acts (a processor configured otherwise than the data it writes)
+/// dead-letters nothing, not even a lone message on a quiet stream after earlier commits (which a failure
+/// of its own would be), and reports the consumer failing until a commit succeeds again. (As a transient
+/// failure it was kept too, but the consumer never counted as failing: nothing showed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lasting_failure_dead_letters_nothing_and_reports_the_consumer_failing() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (_nats, js) = setup(&payloads(5)).await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let f = fixed.clone();
+    let handler = Scripted::new(move |p, _| if p == "late" && !f.load(Relaxed) { Act::Lasting } else { Act::Commit });
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), handler.clone(), shutdown.clone()));
+    until("the first messages acked", async || ack_floor(&js).await >= 5).await;
+    let server = js.client().server_info().server_id;
+    js.publish("t.late", "late".into()).await.unwrap().await.unwrap();
+    until("the consumer reported failing", async || consume::failing(Some(&server)).contains_key("t")).await;
+    assert!(dead_letters(&js).await.is_empty(), "{:?}", dead_letters(&js).await);
+    fixed.store(true, Relaxed);
+    until("the message committed", async || ack_floor(&js).await >= 6).await;
+    until("the consumer no longer failing", async || !consume::failing(Some(&server)).contains_key("t")).await;
+    assert!(dead_letters(&js).await.is_empty());
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }

@@ -1,5 +1,6 @@
-//! Which failures of a batch are the database's for a while, retried with a backoff, and which are its
-//! messages', isolated and dead-lettered: [`transient`], as the consume loop asks it.
+//! Which failures of a batch are the database's for a while, retried with a backoff ([`transient`]),
+//! which last until an operator acts ([`lasting`]: retried, the consumer reported failing), and which are
+//! its messages', isolated and dead-lettered: as the consume loop asks.
 
 /// Whether a failure is the database's for a while rather than the batch's: PostgreSQL unreachable
 /// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
@@ -11,8 +12,7 @@
 /// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
 /// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
 /// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
-/// too, through no fault of its message.) A price batch refused because another processor changed the
-/// derived windows ([`prices::WindowsChanged`]) is transient too: no message of it is at fault.
+/// too, through no fault of its message.)
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
     /// The code of the transient classes that one message's own work can cause on every try.
     const OWN_WORK: &str = "53200";
@@ -24,8 +24,16 @@ pub fn transient(error: &tributary_broker::HandleError) -> bool {
             (class && c != OWN_WORK) || c == "55P03"
         }),
         Some(_) => false,
-        None => cause.is::<std::io::Error>() || cause.is::<crate::prices::WindowsChanged>(),
+        None => cause.is::<std::io::Error>(),
     })
+}
+
+/// Whether a failure lasts until an operator acts: a price batch refused because another processor
+/// changed the derived windows ([`crate::prices::WindowsChanged`]). No message of it is at fault, so it
+/// is kept like a transient one, and the consumer reports failing until this processor is stopped or
+/// given the windows in force.
+pub fn lasting(error: &tributary_broker::HandleError) -> bool {
+    error.0.chain().any(|cause| cause.is::<crate::prices::WindowsChanged>())
 }
 
 #[cfg(test)]

@@ -110,6 +110,7 @@ impl ProcessorConfig {
                     // One lane more than a batch's transactions: a slow series never holds every lane.
                     lanes: self.db_parallelism.max(1) + 1,
                     transient: crate::failure::transient,
+                    lasting: crate::failure::lasting,
                     settled: Some(settled.clone()),
                     pinned: partition.map(|_| self.takeover()),
                 };

@@ -83,6 +83,10 @@ pub struct ConsumerSpec {
     /// serialization failure) rather than something the messages do: such a failure is retried with a
     /// backoff and never dead-letters anything. Anything else is isolated to the messages that cause it.
     pub transient: fn(&HandleError) -> bool,
+    /// Whether a failure is no message's and lasts until an operator acts (a processor whose configuration
+    /// no longer matches the data it writes): retried like a transient one, never dead-letters anything,
+    /// and reports the consumer failing (`/readyz`, `tributary_consumer_failing`) until a commit succeeds.
+    pub lasting: fn(&HandleError) -> bool,
     /// Told what became of settled messages, if anyone wants to know.
     pub settled: Option<SettledHook>,
     /// Whether one process at a time consumes (a partition of an elastic group): the consumer pulls in

@@ -153,6 +153,9 @@ impl<H: BatchHandler> Unit<H> {
                 }
                 Err(e) => e,
             };
+            if (self.spec.lasting)(&error) {
+                return (outcomes, Some(delay), Some(error.to_string()));
+            }
             if (self.spec.transient)(&error) {
                 warn!(consumer = self.spec.durable, error = %error, events = range.len(), ?delay, "transient failure; nak'ed for redelivery");
                 return (outcomes, Some(delay), None);
@@ -176,6 +179,7 @@ impl<H: BatchHandler> Unit<H> {
             let others_failed = self.health.failures.load(Ordering::Relaxed) - failures_before > tries;
             match result {
                 Ok(()) => outcomes[i] = Outcome::Committed,
+                Err(e) if (self.spec.lasting)(&e) => return (outcomes, Some(delay), Some(e.to_string())),
                 Err(e) if (self.spec.transient)(&e) => return (outcomes, Some(delay), None),
                 Err(e) if successes > 0 || others_committed() || (commits_before > 0 && !others_failed) => {
                     warn!(consumer = self.spec.durable, seq = items[i].seq, error = %e, "failed alone {} times: dead-lettering", self.spec.max_failures);
@@ -196,7 +200,7 @@ impl<H: BatchHandler> Unit<H> {
         let item = std::slice::from_ref(delivery);
         let mut tries = 0;
         for failed in 1..self.spec.max_failures.max(1) {
-            if (self.spec.transient)(&error) {
+            if (self.spec.transient)(&error) || (self.spec.lasting)(&error) {
                 return (Err(error), tries);
             }
             tokio::time::sleep(backoff(failed as i64).min(Duration::from_secs(2))).await;

@@ -15,6 +15,7 @@ pub enum Act {
     Commit,
     Fail,
     Transient,
+    Lasting,
     Panic,
     Sleep(Duration),
 }
@@ -63,6 +64,7 @@ impl BatchHandler for Scripted {
                 Act::Panic => panic!("scripted panic"),
                 Act::Fail => return Err(HandleError(anyhow::anyhow!("scripted failure"))),
                 Act::Transient => return Err(HandleError(anyhow::anyhow!("transient: database restarting"))),
+                Act::Lasting => return Err(HandleError(anyhow::anyhow!("lasting: configured otherwise"))),
                 Act::Sleep(d) => tokio::time::sleep(*d).await,
                 Act::Commit => {}
             }
@@ -112,6 +114,7 @@ pub fn spec() -> ConsumerSpec {
         max_failures: 3,
         lanes: 3,
         transient: |e| e.to_string().starts_with("transient"),
+        lasting: |e| e.to_string().starts_with("lasting"),
         settled: None,
         pinned: None,
     }

@@ -342,7 +342,7 @@ pub enum CommitError {
 }
 
 impl CommitError {
-    /// As the consume loop takes it: the cause itself, so that [`crate::failure::transient`] finds it in the chain.
+    /// As the consume loop takes it: the cause itself, so that [`crate::failure`] finds it in the chain.
     fn into_anyhow(self) -> anyhow::Error {
         match self {
             CommitError::Db(e) => anyhow::Error::new(e),
@@ -354,8 +354,9 @@ impl CommitError {
 /// The stored derived values are recorded as computed with other windows than this processor's: another
 /// processor, started with other windows, recomputed every series for them or is doing so (a rolling
 /// update that changed `processor.prices`' windows, say). A batch written now would mix the two, so it is
-/// rolled back. The failure is transient: the batch is redelivered, never dead-lettered, and waits for a
-/// processor with the windows in force.
+/// rolled back. The failure lasts until an operator acts ([`crate::failure::lasting`]): the batch is
+/// redelivered, never dead-lettered, and the consumer reported failing until this processor is stopped
+/// or given the windows in force.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the stored derived values are recorded as computed with the windows {stored}, this processor's are \

@@ -183,7 +183,7 @@ async fn a_rollback_after_a_recompute_stopped_half_way_recomputes_every_series()
 
 /// A processor left on the old windows while another recomputes every series for new ones (a rolling
 /// update that changed them) commits nothing once the first part of that recompute has: its batches are
-/// refused, as transient (redelivered, never dead-lettered), and every stored value stays the batch
+/// refused as a lasting failure (redelivered, never dead-lettered), and every stored value stays the batch
 /// computation with the new windows. Before, it went on writing its old windows' values beside the new
 /// ones, and later windows read them as their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +206,8 @@ async fn a_processor_left_on_the_old_windows_commits_nothing_once_they_changed()
     // Done: refused, as transient, naming both.
     assert_eq!(reconcile_transforms(&pool, &new).await.unwrap(), 3);
     let failed = stale.handle(&[point(5, 6.0, 101)]).await.unwrap_err();
-    assert!(tributary_processor::failure::transient(&failed), "{failed:#}");
+    use tributary_processor::failure::{lasting, transient};
+    assert!(lasting(&failed) && !transient(&failed), "{failed:#}");
     let said = format!("{failed:#}");
     assert!(said.contains(r#"["sma_3","ema_2"]"#) && said.contains(r#"["sma_2"]"#), "{said}");
     assert_batch_equal(&pool, &new).await;
