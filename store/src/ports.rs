@@ -197,8 +197,10 @@ impl PortFilter {
             conditions.push(format!("country = ${}", binds.len()));
         }
         if let Some(q) = &self.name_contains {
-            binds.push(format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-            conditions.push(format!("lower(name) LIKE ${}", binds.len()));
+            // Both sides lowered by PostgreSQL, as one rule: Rust's lowercase differs for some letters
+            // ('İ' becomes "i̇", with a combining dot, where PostgreSQL's is "i"), and missed names.
+            binds.push(format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+            conditions.push(format!("lower(name) LIKE lower(${})", binds.len()));
         }
         let clause = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
         (clause, binds)
@@ -294,9 +296,9 @@ mod tests {
         assert_eq!(none.clause(), (String::new(), vec![]));
         let both = PortFilter { country: Some("X'; DROP".into()), name_contains: Some("Dub_%\\".into()) };
         let (clause, binds) = both.clause();
-        assert_eq!(clause, " WHERE country = $1 AND lower(name) LIKE $2");
-        assert_eq!(binds, vec!["X'; DROP".to_owned(), "%dub\\_\\%\\\\%".to_owned()]);
+        assert_eq!(clause, " WHERE country = $1 AND lower(name) LIKE lower($2)");
+        assert_eq!(binds, vec!["X'; DROP".to_owned(), "%Dub\\_\\%\\\\%".to_owned()]);
         let name = PortFilter { country: None, name_contains: Some("a".into()) };
-        assert_eq!(name.clause(), (" WHERE lower(name) LIKE $1".to_owned(), vec!["%a%".to_owned()]));
+        assert_eq!(name.clause(), (" WHERE lower(name) LIKE lower($1)".to_owned(), vec!["%a%".to_owned()]));
     }
 }
