@@ -9,6 +9,9 @@
 use crate::publish::MSG_ID;
 use crate::streams::{DLQ_PREFIX, StreamsConfig};
 use async_nats::HeaderMap;
+// The pin a pinned consumer's server adds to each delivery: not part of the message, so neither a dead
+// letter nor a replay carries it.
+use async_nats::header::NATS_PIN_ID as PIN_ID;
 use async_nats::jetstream::{
     self,
     context::{PublishAckFuture, PublishErrorKind},
@@ -31,9 +34,6 @@ pub const STREAM: &str = "Tributary-Dlq-Stream";
 pub const SEQ: &str = "Tributary-Dlq-Seq";
 /// The original's `Nats-Msg-Id`, if it had one.
 pub const ORIGINAL_MSG_ID: &str = "Tributary-Dlq-Msg-Id";
-/// The header a pinned consumer's server adds to each delivery: the pin, not part of the message, so
-/// neither a dead letter nor a replay carries it.
-const PIN_ID: &str = "Nats-Pin-Id";
 /// Set when the original was too large to go with the letter's headers (its payload and headers are left
 /// out): the payload's size in bytes.
 pub const PAYLOAD_OMITTED: &str = "Tributary-Dlq-Payload-Omitted";
@@ -78,8 +78,8 @@ pub async fn send(
     if let Some(orig) = headers {
         for (k, vs) in orig.iter() {
             let name: &str = k.as_ref();
-            if name == PIN_ID {
-                continue; // the delivery's, not the message's
+            if *k == PIN_ID {
+                continue; // the pin of the delivery, not part of the message
             }
             let name = if name == MSG_ID { ORIGINAL_MSG_ID } else { name };
             for v in vs {
@@ -171,7 +171,7 @@ pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, vs) in original.iter() {
         let name: &str = k.as_ref();
-        if name.starts_with("Tributary-Dlq-") || [MSG_ID, PIN_ID, "traceparent", "tracestate"].contains(&name) {
+        if name.starts_with("Tributary-Dlq-") || *k == PIN_ID || [MSG_ID, "traceparent", "tracestate"].contains(&name) {
             continue;
         }
         for v in vs {
@@ -246,15 +246,16 @@ mod tests {
     /// `Nats-Pin-Id` stored with it would later be read as the pin of whichever loop is delivered it.
     #[test]
     fn a_replay_carries_neither_the_letters_headers_nor_a_pin() {
+        use super::PIN_ID;
         let mut letter = async_nats::HeaderMap::new();
         letter.insert("Content-Type", "application/json");
         letter.insert(super::REASON, "bad");
         letter.insert(super::MSG_ID, "dlq:PRICES:7");
-        letter.insert(super::PIN_ID, "stale-pin");
+        letter.insert(PIN_ID, "stale-pin");
         let replay = super::replay_headers(&letter, 3);
         assert_eq!(replay.get("Content-Type").map(|v| v.as_str()), Some("application/json"));
         assert_eq!(replay.get(super::MSG_ID).map(|v| v.as_str()), Some("replay:3"));
-        assert!(replay.get(super::REASON).is_none() && replay.get(super::PIN_ID).is_none(), "{replay:?}");
+        assert!(replay.get(super::REASON).is_none() && replay.get(PIN_ID).is_none(), "{replay:?}");
     }
 
     #[test]
