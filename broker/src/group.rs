@@ -119,11 +119,15 @@ impl Group {
     pub async fn open(js: &jetstream::Context, name: &str) -> Result<Option<Group>, GroupError> {
         match js.get_key_value(BUCKET).await {
             Ok(store) => Ok(Some(Group { store, name: name.to_owned() })),
-            // The bucket's own error does not say why; its stream's does.
-            Err(e) => match js.get_stream(format!("KV_{BUCKET}")).await {
-                Err(missing) if crate::streams::missing(&missing) => Ok(None),
-                _ => Err(err(e)),
-            },
+            // The bucket's own error does not say why; the stream's, its source, does.
+            Err(e)
+                if std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<jetstream::context::GetStreamError>())
+                    .is_some_and(crate::streams::missing) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(err(e)),
         }
     }
 
