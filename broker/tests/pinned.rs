@@ -80,6 +80,12 @@ async fn an_unpinned_consumer_from_before_becomes_pinned_where_it_was() {
     assert_eq!(info.config.priority_policy, jetstream::consumer::PriorityPolicy::PinnedClient, "{info:?}");
 }
 
+/// How many pull requests wait on the consumer.
+async fn waiting_pulls(js: &jetstream::Context) -> usize {
+    let mut c: jetstream::consumer::PullConsumer = js.get_stream("T").await.unwrap().get_consumer("t").await.unwrap();
+    c.info().await.unwrap().num_waiting
+}
+
 /// The pin the server holds for a pinned consumer's group, if any.
 async fn pinned_to(js: &jetstream::Context) -> Option<String> {
     let mut c: jetstream::consumer::PullConsumer = js.get_stream("T").await.unwrap().get_consumer("t").await.unwrap();
@@ -96,7 +102,7 @@ async fn a_loop_that_never_held_the_pin_leaves_the_holders_alone() {
     let pin = pinned_to(&js).await.expect("the holder is pinned");
 
     let waiter = Loop::start(&js, pinned);
-    tokio::time::sleep(Duration::from_millis(500)).await; // its pulls wait for the pin
+    until("the waiter's pull to wait beside the holder's", async || waiting_pulls(&js).await >= 2).await;
     let waiter = waiter.stop().await;
     assert_eq!(pinned_to(&js).await, Some(pin), "the holder keeps its pin");
 
