@@ -11,7 +11,8 @@
 //! - [`fleet`]: drivers and shipments → the assignment that maximises the total suitability score.
 //! - [`surveys`]: items pulled from survey providers → one row each, cursors and pull outcomes.
 //! - [`lock`]: per-series advisory locks that keep replicas sharing a consumer correct.
-//! - [`failure`]: which failures of a batch are retried and which are isolated to its messages.
+//! - [`failure`]: which failures of a batch are retried (transient or lasting) and which are isolated to
+//!   its messages.
 //! - [`run`]: the consumers of a processor role, wired to their streams.
 //! - [`group`]: elastic groups: the partitions shared evenly by however many processors run.
 //!
