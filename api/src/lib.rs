@@ -43,6 +43,7 @@ use tributary_store::RollupConfig;
 
 pub use live::Live;
 pub use series_cache::SeriesCache;
+pub use sync::Progress;
 pub use uploads::Uploads;
 
 pub use auth::ApiToken;
@@ -195,6 +196,8 @@ pub struct AppState {
     pub durable_prefix: String,
     /// The processors' partitions (`processor.partitions`), for fresh reads.
     pub partitions: u32,
+    /// How far the processors have committed, asked once for every fresh read waiting.
+    pub progress: sync::Progress,
     /// Bodies of `GET /v1/series/price/{instrument}`, dropped by the processor's commit notifications.
     pub series_cache: SeriesCache,
 }

@@ -8,15 +8,29 @@
 //! stream holds no message of the consumer's subjects between the floor and it. Past
 //! `api.fresh_timeout_ms` it answers 504 with `sync_timeout`, naming the stream that was behind.
 //!
-//! The second test asks the stream ([`acked_through`]), not the consumer's count of messages waiting:
+//! The second test asks the stream ([`acked_up_to`]), not the consumer's count of messages waiting:
 //! nats-server updates that count only after the publish is acknowledged.
+//!
+//! However many reads wait, each consumer is asked by one task ([`Progress`]): at once when a read starts
+//! waiting, then every [`POLL`] while any does. Each read used to ask NATS itself every 5 ms, so a hundred
+//! waiting reads made NATS answer 40,000 requests a second, beside the pipeline they waited for.
 
 use crate::params::Params;
 use crate::{ApiError, AppState};
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::{self, consumer::pull};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
 use tributary_broker::Kind;
-use tributary_broker::consume::{acked_through, processor_consumers};
+use tributary_broker::consume::{acked_up_to, processor_consumers};
+
+/// How often a consumer's progress is asked while a read waits on it.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// The least time between two polls of one consumer, however often reads start waiting on it.
+const POLL_GAP: Duration = Duration::from_millis(1);
 
 /// `fresh`: `true`/`1` or `false`/`0` (absent: false).
 pub fn fresh(p: &Params) -> Result<bool, ApiError> {
@@ -47,13 +61,15 @@ pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Resul
     }
 }
 
-/// [`committed`], checking `deadline` between its polls.
+/// [`committed`]: the streams' last sequences now, then each consumer's progress past them.
 async fn barrier(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
-    let unavailable = |e: async_nats::Error| ApiError::Unavailable(format!("cannot read stream state from NATS: {e}"));
     let mut targets = Vec::with_capacity(kinds.len());
     for &kind in kinds {
-        let mut stream = s.js.get_stream(s.streams.stream_name(kind)).await.map_err(|e| unavailable(e.into()))?;
-        let last = stream.info().await.map_err(|e| unavailable(e.into()))?.state.last_sequence;
+        // Getting a stream reads its info: its last sequence as of now.
+        let stream = s.js.get_stream(s.streams.stream_name(kind)).await.map_err(|e| {
+            ApiError::Unavailable(format!("cannot read stream state from NATS: {}", async_nats::Error::from(e)))
+        })?;
+        let last = stream.cached_info().state.last_sequence;
         targets.push((kind, stream, last));
     }
     for (kind, stream, last) in targets {
@@ -61,29 +77,114 @@ async fn barrier(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), 
             continue;
         }
         for (durable, filter, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
-            let (mut at, mut consumer) = (0, None);
-            loop {
-                if consumer.is_none() {
-                    consumer = stream.get_consumer::<pull::Config>(&durable).await.ok();
-                }
-                if let Some(c) = consumer.as_mut()
-                    && let Ok(info) = c.info().await
-                {
-                    at = info.ack_floor.stream_sequence;
-                    // An error answers no: the barrier asks again until its deadline.
-                    if acked_through(&stream, &filter, at, last).await.unwrap_or(false) {
-                        break;
-                    }
-                }
-                if Instant::now() >= deadline {
-                    return Err(ApiError::Timeout(format!(
-                        "the processor has not committed stream {} up to sequence {last} (consumer {durable} is at {at}) within the fresh timeout",
-                        s.streams.stream_name(kind)
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Err(at) = s.progress.wait(&stream, &durable, &filter, last, deadline).await {
+                return Err(ApiError::Timeout(format!(
+                    "the processor has not committed stream {} up to sequence {last} (consumer {durable} is at {at}) within the fresh timeout",
+                    s.streams.stream_name(kind)
+                )));
             }
         }
     }
     Ok(())
+}
+
+/// How far the processors' consumers have committed, each asked by one task while reads wait on it.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<HashMap<(String, String), Arc<Watch>>>>);
+
+/// One consumer's progress, and what the reads waiting on it need.
+struct Watch {
+    /// The highest stream sequence a waiting read needs acked.
+    wanted: AtomicU64,
+    /// What the last poll found; each waiting read holds a receiver.
+    seen: watch::Sender<Seen>,
+    /// Wakes the poller when a read starts waiting.
+    arrived: Notify,
+}
+
+/// What one poll of a consumer found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// The consumer's ack floor.
+    floor: u64,
+    /// Every message of the consumer's subjects up to this stream sequence is acked.
+    through: u64,
+}
+
+impl Progress {
+    /// Waits until the consumer `durable` (on `filter` of `stream`) has acked every message of its subjects
+    /// up to `last`, or `deadline` passes: then the consumer's ack floor as last seen.
+    async fn wait(
+        &self,
+        stream: &jetstream::stream::Stream,
+        durable: &str,
+        filter: &str,
+        last: u64,
+        deadline: Instant,
+    ) -> Result<(), u64> {
+        let mut seen = {
+            let mut watches = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (stream.cached_info().config.name.clone(), durable.to_owned());
+            let watch = watches.entry(key.clone()).or_insert_with(|| {
+                let watch = Arc::new(Watch {
+                    wanted: AtomicU64::new(0),
+                    seen: watch::Sender::new(Seen::default()),
+                    arrived: Notify::new(),
+                });
+                tokio::spawn(self.clone().poll(key, stream.clone(), filter.to_owned(), Arc::clone(&watch)));
+                watch
+            });
+            watch.wanted.fetch_max(last, Ordering::AcqRel);
+            // Subscribed under the lock: the poller stops only while no read holds a receiver.
+            let seen = watch.seen.subscribe();
+            watch.arrived.notify_one();
+            seen
+        };
+        // A poll made before this read arrived is still true of every message up to its `through`: a
+        // sequence at or below it either existed then or never will.
+        let reached = tokio::time::timeout_at(deadline.into(), seen.wait_for(|s| s.through >= last));
+        let reached = matches!(reached.await, Ok(Ok(_)));
+        if reached { Ok(()) } else { Err(seen.borrow().floor) }
+    }
+
+    /// Polls one consumer while reads wait on it, then forgets it.
+    async fn poll(self, key: (String, String), stream: jetstream::stream::Stream, filter: String, watch: Arc<Watch>) {
+        let mut consumer = None;
+        loop {
+            {
+                let mut watches = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                if watch.seen.receiver_count() == 0 {
+                    watches.remove(&key);
+                    return;
+                }
+            }
+            let started = tokio::time::Instant::now();
+            let wanted = watch.wanted.load(Ordering::Acquire);
+            if consumer.is_none() {
+                consumer = stream.get_consumer::<pull::Config>(&key.1).await.ok();
+            }
+            // An error answers nothing: the reads wait for the next poll, or their deadline.
+            if let Some(c) = consumer.as_mut() {
+                match progress(&stream, c, &filter, wanted).await {
+                    Ok(seen) => {
+                        watch.seen.send_replace(seen);
+                    }
+                    Err(_) => consumer = None,
+                }
+            }
+            let _ = tokio::time::timeout(POLL, watch.arrived.notified()).await;
+            tokio::time::sleep_until(started + POLL_GAP).await;
+        }
+    }
+}
+
+/// How far `consumer` has acked its subjects (`filter` of `stream`), looking as far as `wanted`.
+async fn progress(
+    stream: &jetstream::stream::Stream,
+    consumer: &mut jetstream::consumer::PullConsumer,
+    filter: &str,
+    wanted: u64,
+) -> Result<Seen, async_nats::Error> {
+    let floor = consumer.info().await?.ack_floor.stream_sequence;
+    Ok(Seen { floor, through: acked_up_to(stream, filter, floor, wanted).await? })
 }

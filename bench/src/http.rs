@@ -48,6 +48,7 @@ pub async fn measure(
         uploads: tributary_api::Uploads::new(),
         durable_prefix: config.processor.durable_prefix.clone(),
         partitions: config.processor.partitions,
+        progress: tributary_api::Progress::default(),
         series_cache: tributary_api::SeriesCache::new(config.api.series_cache_bytes),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -446,18 +446,18 @@ async fn a_lasting_failure_dead_letters_nothing_and_reports_the_consumer_failing
 /// pending" is not asked: nats-server counts a message pending only after acknowledging its publish,
 /// which let a fresh read miss the price just published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_through_asks_the_stream_for_the_consumers_messages_after_its_floor() {
+async fn acked_up_to_asks_the_stream_for_the_consumers_next_message_after_its_floor() {
     // t.a at 1, t.b at 2, t.a at 3.
     let (_nats, js) = setup(&["a".into(), "b".into(), "a".into()]).await;
     let stream = js.get_stream("T").await.unwrap();
-    let through =
-        async |filter: &str, floor: u64, last: u64| consume::acked_through(&stream, filter, floor, last).await.unwrap();
-    assert!(!through("t.b", 0, 3).await, "t.b at 2 is after the floor");
-    assert!(through("t.b", 2, 3).await, "the floor is at t.b's only message");
-    assert!(!through("t.a", 1, 3).await, "t.a at 3 is after the floor");
-    assert!(through("t.a", 1, 2).await, "t.a's next message, 3, is after the sequence asked for");
-    assert!(!through("t.>", 2, 3).await);
-    assert!(through("t.>", 3, 3).await);
-    assert!(through("t.c", 0, 3).await, "nothing of t.c was ever stored");
-    assert!(through("t.a", 5, 3).await);
+    let up_to =
+        async |filter: &str, floor: u64, last: u64| consume::acked_up_to(&stream, filter, floor, last).await.unwrap();
+    assert_eq!(up_to("t.b", 0, 3).await, 1, "t.b at 2 is after the floor");
+    assert_eq!(up_to("t.b", 2, 3).await, 3, "the floor is at t.b's only message");
+    assert_eq!(up_to("t.a", 1, 3).await, 2, "t.a at 3 is after the floor");
+    assert_eq!(up_to("t.a", 1, 2).await, 2, "t.a's next message, 3, is after the sequence asked for");
+    assert_eq!(up_to("t.>", 2, 3).await, 2);
+    assert_eq!(up_to("t.>", 3, 3).await, 3);
+    assert_eq!(up_to("t.c", 0, 3).await, 3, "nothing of t.c was ever stored");
+    assert_eq!(up_to("t.a", 5, 3).await, 5, "the floor is past the sequence asked for");
 }

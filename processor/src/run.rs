@@ -218,7 +218,7 @@ pub async fn run(
 }
 
 /// The partitions `p >= partitions` of `kind` whose durable consumers exist and still hold messages
-/// (have not acked their subjects up to the stream's last message: [`consume::acked_through`]):
+/// (have not acked their subjects up to the stream's last message: [`consume::acked_up_to`]):
 /// `processor.partitions` was lowered, and what was stored under the larger count must still be
 /// processed. Listed once, at startup; none when the stream or its consumers cannot be read.
 async fn leftover_partitions(
@@ -243,7 +243,8 @@ async fn leftover_partitions(
         let Ok(info) = consumer.info().await else { continue };
         let (_, filter, _) = consume::partition_consumer(prefix, kind, p);
         // Unsure (the stream could not say): consumed, which costs an idle loop at worst.
-        if !consume::acked_through(&stream, &filter, info.ack_floor.stream_sequence, last).await.unwrap_or(false) {
+        let floor = info.ack_floor.stream_sequence;
+        if !consume::acked_up_to(&stream, &filter, floor, last).await.is_ok_and(|through| through >= last) {
             found.push(p);
         }
     }

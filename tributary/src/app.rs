@@ -185,6 +185,7 @@ impl Connected {
             uploads: tributary_api::Uploads::with_limit(self.config.api.max_uploads),
             durable_prefix: self.config.processor.durable_prefix.clone(),
             partitions: self.config.processor.partitions,
+            progress: tributary_api::Progress::default(),
             series_cache: tributary_api::SeriesCache::new(self.config.api.series_cache_bytes),
         };
         tributary_api::serve(listener, state, shutdown).await.context("serving the API")

@@ -157,28 +157,30 @@ pub enum ConsumeError {
     NoStream(String),
 }
 
-/// Whether a consumer of `filter` whose ack floor is `floor` has acked every message of its subjects up
-/// to stream sequence `last`: the floor is past `last`, or the stream's first message of `filter` after
-/// the floor comes after `last` (a partition with no new messages has a floor that never reaches other
-/// partitions' sequences). What fresh reads wait for, and how a processor finds the partitions of a
-/// lowered count that still hold messages.
+/// How far a consumer of `filter` whose ack floor is `floor` has acked every message of its subjects,
+/// looking as far as stream sequence `last`: the sequence before the stream's first message of `filter`
+/// after the floor (every one up to there is acked), or `last` when there is none up to `last` (a
+/// partition with no new messages has a floor that never reaches other partitions' sequences). At
+/// least `floor`. Whether the consumer has acked its subjects up to `last` is whether this reaches it:
+/// what fresh reads wait for, and how a processor finds the partitions of a lowered count that still
+/// hold messages.
 ///
 /// The stream is asked, through its leader as consumer info is, rather than the consumer's own count of
 /// messages waiting: nats-server updates that count from another goroutine after the publish is
 /// acknowledged, so a consumer can report nothing waiting and nothing unacknowledged just after a
 /// message of its subjects was stored.
-pub async fn acked_through(
+pub async fn acked_up_to(
     stream: &jetstream::stream::Stream,
     filter: &str,
     floor: u64,
     last: u64,
-) -> Result<bool, jetstream::stream::RawMessageError> {
+) -> Result<u64, jetstream::stream::RawMessageError> {
     if floor >= last {
-        return Ok(true);
+        return Ok(floor);
     }
     match stream.get_first_raw_message_by_subject(filter, floor + 1).await {
-        Ok(next) => Ok(next.sequence > last),
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(true),
+        Ok(next) => Ok(next.sequence.saturating_sub(1).max(floor)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(last),
         Err(e) => Err(e),
     }
 }

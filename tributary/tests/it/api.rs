@@ -204,6 +204,43 @@ async fn a_request_past_its_deadline_is_a_json_503_and_streams_are_not_cut() {
     assert!(next.is_err() || next.as_ref().is_ok_and(|c| c.as_ref().is_ok_and(|c| c.is_some())), "{next:?}");
 }
 
+/// However many fresh reads wait, NATS is asked how far the processors are by one poll at a time. Each
+/// read used to ask it every 5 ms for itself: a hundred reads waiting made about 20,000 requests a second
+/// (counted here: its consumer info requests, which every poll makes), beside the pipeline they waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_fresh_reads_share_one_poll_of_the_processors_progress() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+    // No processor: the reads wait their whole fresh timeout.
+    let nats = tributary_testkit::NatsServer::start();
+    let app = crate::common::spawn_services(nats.url(), Some(nats), |c| c.api.fresh_timeout_ms = 1000).await;
+    app.publish_plain("price.WAITED", r#"{"ts":"2026-01-02","price":10}"#).await;
+    let mut asks = app.c.nats.subscribe("$JS.API.CONSUMER.INFO.>").await.unwrap();
+    app.c.nats.flush().await.unwrap();
+    let counted = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = {
+        let counted = counted.clone();
+        tokio::spawn(async move {
+            while asks.next().await.is_some() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let started = Instant::now();
+    let reads = (0..100).map(|_| app.get("/v1/series/price/WAITED?fresh=true"));
+    for (s, b) in futures::future::join_all(reads).await {
+        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (504, Some("sync_timeout")), "{b}");
+    }
+    let elapsed = started.elapsed();
+    counter.abort();
+    let asked = counted.load(Ordering::Relaxed);
+    // One poller asks at most once a millisecond (at once when a read arrives, else every 5 ms).
+    let most = elapsed.as_millis() as u64 + 1;
+    assert!(asked <= most, "{asked} consumer info requests in {elapsed:?} for 100 waiting reads");
+    assert!(asked > 0, "the reads asked nothing");
+}
+
 /// A connection that has not sent a request's headers within `api.header_timeout_ms` is closed: one that
 /// sends nothing, one that stops half-way through its headers, and one idle after its response. (Under
 /// `axum::serve` no header timer ran: each held its connection and task for as long as the client liked.)

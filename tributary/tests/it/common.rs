@@ -136,7 +136,7 @@ impl TestApp {
     }
 
     /// Waits (up to a minute per consumer) until every processor consumer has acked every message of its
-    /// subjects in its stream ([`tributary_broker::consume::acked_through`], as fresh reads wait).
+    /// subjects in its stream ([`tributary_broker::consume::acked_up_to`], as fresh reads wait).
     pub async fn settled(&self) {
         self.settled_within(Duration::from_secs(60)).await
     }
@@ -160,8 +160,8 @@ impl TestApp {
                     let floor = consumer.info().await.ok()?.ack_floor.stream_sequence;
                     // What fresh reads wait for: the consumer's own counts trail the stream just after a
                     // publish (and, seen on nats-server 2.15, after a cluster node rejoined).
-                    let acked = tributary_broker::consume::acked_through(&s, &filter, floor, last).await.ok()?;
-                    acked.then_some(())
+                    let through = tributary_broker::consume::acked_up_to(&s, &filter, floor, last).await.ok()?;
+                    (through >= last).then_some(())
                 }
             })
             .await;
