@@ -34,6 +34,10 @@ pub struct Member {
     pub pid: u32,
     /// The durable consumers (partitions) it consumes now.
     pub owns: Vec<String>,
+    /// The kinds whose partitions it takes none of now (`price`: its derived windows are not the ones in
+    /// force). Absent from the records of processors older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aside: Vec<String>,
 }
 
 impl Member {
@@ -49,7 +53,7 @@ impl Member {
             host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Member { id: format!("{started:013}-{safe}-{pid}-{n}"), host, pid, owns: Vec::new() }
+        Member { id: format!("{started:013}-{safe}-{pid}-{n}"), host, pid, owns: Vec::new(), aside: Vec::new() }
     }
 }
 
@@ -62,16 +66,35 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Which member consumes each unit: unit `i` (in the order given) goes to member `i mod M`, members in
-/// the order they joined. Every process computes the same answer from the same members; a member that
-/// joins last takes units from the others, and one that leaves hands its units round.
-pub fn assign<'a>(members: &'a [Member], units: &[String]) -> Vec<(String, &'a Member)> {
+/// Which member consumes each unit, given as (name, kind): unit `i` (in the order given) goes to member
+/// `i mod M`, members in the order they joined. A unit whose member stands aside from its kind
+/// ([`Member::aside`]) goes to the members that do not, dealt round in the same way; a unit of a kind every
+/// member stands aside from goes to none. Every process computes the same answer from the same members;
+/// a member that joins last takes units from the others, and one that leaves hands its units round.
+pub fn assign<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(String, &'a Member)> {
     let mut sorted: Vec<&Member> = members.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     if sorted.is_empty() {
         return Vec::new();
     }
-    units.iter().enumerate().map(|(i, u)| (u.clone(), sorted[i % sorted.len()])).collect()
+    let takes = |m: &Member, kind: &str| !m.aside.iter().any(|k| k == kind);
+    let mut redealt: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut owners = Vec::with_capacity(units.len());
+    for (i, (unit, kind)) in units.iter().enumerate() {
+        let first = sorted[i % sorted.len()];
+        if takes(first, kind) {
+            owners.push((unit.clone(), first));
+            continue;
+        }
+        let willing: Vec<&Member> = sorted.iter().copied().filter(|m| takes(m, kind)).collect();
+        if willing.is_empty() {
+            continue;
+        }
+        let turn = redealt.entry(kind).or_default();
+        owners.push((unit.clone(), willing[*turn % willing.len()]));
+        *turn += 1;
+    }
+    owners
 }
 
 /// The group's records.
@@ -217,12 +240,20 @@ mod tests {
     use super::*;
 
     fn member(id: &str) -> Member {
-        Member { id: id.to_owned(), host: "h".into(), pid: 1, owns: Vec::new() }
+        Member { id: id.to_owned(), host: "h".into(), pid: 1, owns: Vec::new(), aside: Vec::new() }
+    }
+
+    fn units(kinds: &[&'static str], per_kind: usize) -> Vec<(String, &'static str)> {
+        kinds.iter().flat_map(|k| (0..per_kind).map(move |p| (format!("{k}-p{p}"), *k))).collect()
+    }
+
+    fn owners<'a>(dealt: &'a [(String, &'a Member)]) -> Vec<(&'a str, &'a str)> {
+        dealt.iter().map(|(u, m)| (u.as_str(), m.id.as_str())).collect()
     }
 
     #[test]
     fn units_are_dealt_round_by_join_order() {
-        let units: Vec<String> = (0..8).map(|p| format!("p{p}")).collect();
+        let units = units(&["price"], 8);
         let members = [member("3"), member("1"), member("2")];
         let owners: Vec<&str> = assign(&members, &units).iter().map(|(_, m)| m.id.as_str()).collect();
         assert_eq!(owners, ["1", "2", "3", "1", "2", "3", "1", "2"]);
@@ -231,13 +262,49 @@ mod tests {
 
     #[test]
     fn a_member_joining_last_takes_a_share_and_the_rest_stay() {
-        let units: Vec<String> = (0..4).map(|p| format!("p{p}")).collect();
+        let units = units(&["price"], 4);
         let three = [member("1"), member("2"), member("3")];
         let four = [member("1"), member("2"), member("3"), member("4")];
         let before = assign(&three, &units);
         let after = assign(&four, &units);
         let moved = before.iter().zip(&after).filter(|(b, a)| b.1.id != a.1.id).count();
         assert_eq!(moved, 1, "only the last unit moves to the newcomer");
+    }
+
+    /// A member standing aside from a kind keeps its share of the others; that kind's units it would have
+    /// had go to the members that take it, and to none when no member does.
+    #[test]
+    fn a_member_standing_aside_from_a_kind_hands_its_units_of_that_kind_round() {
+        let units = units(&["price", "metric"], 3);
+        let mut stale = member("1");
+        stale.aside = vec!["price".into()];
+        let members = [stale.clone(), member("2"), member("3")];
+        assert_eq!(
+            owners(&assign(&members, &units)),
+            [
+                ("price-p0", "2"),
+                ("price-p1", "2"),
+                ("price-p2", "3"),
+                ("metric-p0", "1"),
+                ("metric-p1", "2"),
+                ("metric-p2", "3")
+            ]
+        );
+        let mut other = member("2");
+        other.aside = vec!["price".into()];
+        let both = [stale, other];
+        let dealt = assign(&both, &units);
+        let alone: Vec<&str> = owners(&dealt).into_iter().map(|(u, _)| u).collect();
+        assert_eq!(alone, ["metric-p0", "metric-p1", "metric-p2"], "no member takes prices");
+    }
+
+    #[test]
+    fn a_record_without_aside_reads_as_taking_every_kind() {
+        let old = r#"{"id":"1","host":"h","pid":1,"owns":["processor-price-p0"]}"#;
+        let m: Member = serde_json::from_str(old).unwrap();
+        assert!(m.aside.is_empty());
+        let written = serde_json::to_string(&member("1")).unwrap();
+        assert!(!written.contains("aside"), "{written}: as older processors write it");
     }
 
     #[test]

@@ -54,4 +54,6 @@ metrics! {
     PHASE_SECONDS: Histogram = "tributary_phase_seconds",
         "Where a unit of work's time goes, by consumer and phase: wait (its oldest message's JetStream arrival to the unit's start), lock, load, derive, write, index and commit (the steps of a price transaction), ack (acking after the commit).";
     PROCESSOR_MEMBERS: Gauge = "tributary_processor_members", "Processor processes in the group, as this one sees them.";
+    WINDOWS_IN_FORCE: Gauge = "tributary_windows_in_force",
+        "1 while this processor's derived windows are the ones the stored values are computed with, 0 while it stands aside from prices because they are not.";
 }

@@ -4,7 +4,9 @@
 //!
 //! Every heartbeat this process writes its record in the group (`tributary_broker::group`), reads the
 //! members and computes the assignment every member computes: it starts the consume loop of each
-//! partition that is now its own and stops the others. A stopped loop commits and acks what it has in
+//! partition that is now its own and stops the others. A process standing aside from a kind (its derived
+//! windows are not in force: [`crate::prices::in_force`]) says so in its record, and every member deals
+//! that kind's partitions among the others. A stopped loop commits and acks what it has in
 //! hand, naks what waits and releases its pin, so the next owner starts at once. A process that dies
 //! stops writing its record: once the bucket forgets it (`takeover` later) the others deal its
 //! partitions among themselves, and the server moves its pins once it has not pulled for `takeover`.
@@ -25,6 +27,10 @@ use tributary_broker::metric_names as names;
 pub type Start =
     Arc<dyn Fn(ConsumerSpec, CancellationToken) -> BoxFuture<'static, Result<(), ConsumeError>> + Send + Sync>;
 
+/// The kinds (`price`) this process takes no partition of now, asked every heartbeat: see
+/// [`crate::prices::in_force`].
+pub type Aside = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
+
 /// One partition this process may consume: its consumer and how to run it.
 pub struct Partition {
     /// The partition's consumer (pinned).
@@ -38,12 +44,13 @@ pub struct Partition {
 }
 
 /// Runs this process's share of `partitions` until `shutdown`, following the members of the group `name`
-/// (the durable prefix: processors sharing consumers share their partitions). Returns the first consume
-/// loop that fails.
+/// (the durable prefix: processors sharing consumers share their partitions), taking none of the kinds
+/// `aside` names at each heartbeat. Returns the first consume loop that fails.
 pub async fn run(
     js: async_nats::jetstream::Context,
     name: String,
     partitions: Vec<Partition>,
+    aside: Aside,
     takeover: Duration,
     replicas: usize,
     shutdown: CancellationToken,
@@ -62,7 +69,7 @@ pub async fn run(
         }
     };
     tracing::info!(member = me.id, partitions = partitions.len(), ?takeover, "joined the processor group");
-    let units: Vec<String> = partitions.iter().map(|p| p.spec.durable.clone()).collect();
+    let units: Vec<(String, &str)> = partitions.iter().map(|p| (p.spec.durable.clone(), p.kind)).collect();
     let by_name: HashMap<String, &Partition> = partitions.iter().map(|p| (p.spec.durable.clone(), p)).collect();
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     let mut tasks: JoinSet<(String, Result<(), ConsumeError>)> = JoinSet::new();
@@ -103,6 +110,11 @@ pub async fn run(
                 match group.members().await {
                     Ok(m) => members = m,
                     Err(e) => tracing::warn!(error = %e, "cannot read the processor group; keeping the last members"),
+                }
+                let aside = aside().await;
+                if aside != me.aside {
+                    tracing::info!(member = me.id, ?aside, "standing aside from these kinds' partitions");
+                    me.aside = aside;
                 }
                 members.retain(|m| m.id != me.id);
                 members.push(me.clone());

@@ -4,7 +4,7 @@ use crate::fleet::FleetHandler;
 use crate::group;
 use crate::indices::IndexHandler;
 use crate::ports::PortHandler;
-use crate::prices::{PriceHandler, reconcile_transforms, series::Transforms};
+use crate::prices::{InForce, PriceHandler, reconcile_transforms, series::Transforms};
 use crate::samples::{SampleHandler, sweep};
 use crate::surveys::SurveyHandler;
 use anyhow::Context;
@@ -184,7 +184,8 @@ pub async fn run(
         }
     };
     let prices = PriceHandler::new(pool.clone(), cfg.prices.clone(), cfg.tail_cache_series, cfg.db_parallelism);
-    spawn(Kind::Price, "prices", starter(&js, prices));
+    let in_force = prices.in_force().clone();
+    spawn(Kind::Price, "prices", while_in_force(starter(&js, prices), in_force.clone()));
     spawn(Kind::Index, "indices", starter(&js, IndexHandler::new(pool.clone())));
     spawn(Kind::Port, "ports", starter(&js, PortHandler::new(pool.clone())));
     spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone(), cfg.fleet_max_pairs)));
@@ -195,6 +196,7 @@ pub async fn run(
             js.clone(),
             cfg.durable_prefix.clone(),
             partitions,
+            aside_from_prices(in_force),
             cfg.takeover(),
             streams.replicas,
             shutdown.clone(),
@@ -256,6 +258,48 @@ async fn leftover_partitions(
 fn starter<H: BatchHandler + Clone>(js: &jetstream::Context, handler: H) -> group::Start {
     let js = js.clone();
     std::sync::Arc::new(move |spec, stop| Box::pin(consume::run(js.clone(), spec, handler.clone(), stop)))
+}
+
+/// A price consume loop that runs only while this processor's windows are in force: it stops (finishing
+/// its unit in hand, giving back what waits and releasing its pin) once a batch is refused, and starts
+/// again once they are in force again ([`InForce`]).
+fn while_in_force(start: group::Start, in_force: InForce) -> group::Start {
+    std::sync::Arc::new(move |spec, stop| {
+        let (start, in_force) = (start.clone(), in_force.clone());
+        Box::pin(async move {
+            while in_force.regained(&stop).await {
+                let stop_loop = stop.child_token();
+                let mut run = start(spec.clone(), stop_loop.clone());
+                tokio::select! {
+                    ended = &mut run => return ended,
+                    _ = in_force.lost() => {
+                        tracing::info!(consumer = spec.durable, "stopping: standing aside from prices");
+                        stop_loop.cancel();
+                        run.await?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    })
+}
+
+/// What the group asks every heartbeat: prices, while this processor's windows are not in force.
+fn aside_from_prices(in_force: InForce) -> group::Aside {
+    std::sync::Arc::new(move || {
+        let in_force = in_force.clone();
+        Box::pin(async move {
+            match in_force.check().await {
+                Ok(true) => Vec::new(),
+                Ok(false) => vec![Kind::Price.prefix().to_owned()],
+                // Only asked while standing aside (in force, it asks nothing): it stays aside.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the derived windows in force; asking again");
+                    vec![Kind::Price.prefix().to_owned()]
+                }
+            }
+        })
+    })
 }
 
 /// Applies metric retention every `sweep_interval_secs` until `shutdown`. A failed sweep is logged and

@@ -23,6 +23,7 @@
 //! costs O(1) reads and writes, and a batch of appends few round trips: `BEGIN` with the locks, one
 //! statement for every write ([`tributary_store::prices`]), the index recompute, `COMMIT`.
 
+pub mod in_force;
 pub mod index;
 mod merge;
 mod reconcile;
@@ -41,6 +42,7 @@ use tracing::Instrument;
 use tributary_broker::events::PricePoint;
 use tributary_broker::{BatchHandler, Delivery, HandleError};
 
+pub use in_force::InForce;
 use merge::merge;
 pub use reconcile::reconcile_transforms;
 pub use reindex::recompute_index;
@@ -55,6 +57,8 @@ pub struct PriceHandler {
     names: Arc<[String]>,
     /// `names` as `settings` records them.
     windows: serde_json::Value,
+    /// Whether they are in force: no longer once a batch is refused.
+    in_force: InForce,
     cache: Arc<Mutex<TailCache>>,
     index_of: Arc<Mutex<IndexOf>>,
     parallelism: usize,
@@ -139,6 +143,7 @@ impl PriceHandler {
         let index_of = IndexOf { capacity: cached_series.max(1), index: HashMap::new() };
         let parallelism = parallelism.max(1);
         PriceHandler {
+            in_force: InForce::new(pool.clone(), windows.clone()),
             pool,
             transforms: Arc::new(transforms),
             names,
@@ -147,6 +152,11 @@ impl PriceHandler {
             index_of: Arc::new(Mutex::new(index_of)),
             parallelism,
         }
+    }
+
+    /// Whether this handler's windows are in force, as its batches find (shared by its clones).
+    pub fn in_force(&self) -> &InForce {
+        &self.in_force
     }
 
     /// Stores one batch in one transaction.
@@ -253,6 +263,7 @@ impl PriceHandler {
         if let Some(stored) = written.windows
             && stored != self.windows
         {
+            self.in_force.refused(&stored);
             return Err(Attempt::WindowsChanged(WindowsChanged { stored, ours: self.windows.clone() }));
         }
         if trusted.iter().any(|(i, v)| written.versions.get(*i).is_some_and(|w| *w != v + 1)) {
@@ -355,8 +366,8 @@ impl CommitError {
 /// processor, started with other windows, recomputed every series for them or is doing so (a rolling
 /// update that changed `processor.prices`' windows, say). A batch written now would mix the two, so it is
 /// rolled back. The failure lasts until an operator acts ([`crate::failure::lasting`]): the batch is
-/// redelivered, never dead-lettered, and the consumer reported failing until this processor is stopped
-/// or given the windows in force.
+/// redelivered, never dead-lettered, and the processor stands aside from prices ([`InForce`]) until it is
+/// stopped, or the windows in force are its own again.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the stored derived values are recorded as computed with the windows {stored}, this processor's are \

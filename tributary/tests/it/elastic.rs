@@ -17,7 +17,7 @@ use tributary_testkit::{NatsServer, eventually};
 const PARTITIONS: u32 = 4;
 
 /// The live members of the test's group, once the first processor has made the bucket.
-async fn members(app: &TestApp) -> Option<Vec<Member>> {
+pub(crate) async fn members(app: &TestApp) -> Option<Vec<Member>> {
     Group::open(&app.c.js, &app.c.config.processor.durable_prefix).await.ok()??.members().await.ok()
 }
 

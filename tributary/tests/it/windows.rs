@@ -255,3 +255,169 @@ async fn a_batch_beside_a_recompute_part_waits_for_it_and_is_refused() {
         .unwrap();
     assert_eq!(created, 0);
 }
+
+/// A rolling update that changes the windows, in an elastic group: the processor left on the old windows
+/// stands aside from prices once a batch of it is refused (its group record says `aside`), the one with
+/// the new windows takes every price partition, and every value is the batch computation with the new
+/// windows. Rolled back (the new one stopped, one with the old windows started, which recomputes every
+/// series back), the first takes prices again. Before, it kept its price partitions and retried their
+/// batches for ever, and no other processor consumed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_left_on_the_old_windows_stands_aside_from_prices_until_they_are_back() {
+    use crate::common::{exit_code, sigterm, spawn_services, tributary};
+    use crate::elastic::members;
+    use crate::faults::{env_of, refs};
+    use std::time::Duration;
+    use tributary_broker::group::Member;
+    use tributary_testkit::{NatsServer, eventually};
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = 2).await;
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let old = app.c.config.processor.prices.clone();
+    let new = Transforms { sma: vec![3], ..old.clone() };
+    let processor = |sma: Option<&str>| {
+        let mut env =
+            env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", "2"), ("TRIBUTARY_PROCESSOR__TAKEOVER_SECS", "1")]);
+        env.extend(sma.map(|s| ("TRIBUTARY_PROCESSOR__PRICES__SMA".to_owned(), s.to_owned())));
+        tributary(&["processor"], &refs(&env))
+    };
+    let prices = |day: u32| {
+        let app = &app;
+        async move {
+            for i in 0..12 {
+                let price = 10.0 + f64::from((i * 7 + day * 3) % 11);
+                app.publish_plain(&format!("price.W{i}"), &format!(r#"{{"ts":"2026-03-{day:02}","price":{price}}}"#))
+                    .await;
+            }
+        }
+    };
+    let price_partitions = |m: &Member| m.owns.iter().filter(|d| d.contains("-price-")).count();
+
+    let stale = processor(None);
+    let pid = stale.id();
+    eventually(Duration::from_secs(60), "the first processor owning the four partitions", || async {
+        members(&app).await.filter(|m| m.len() == 1 && m[0].owns.len() == 4).map(|_| ())
+    })
+    .await;
+    prices(1).await;
+    app.settled().await;
+
+    // A second processor with new windows: it recomputes every series for them at its start.
+    let mut newer = processor(Some("[3]"));
+    let newer_pid = newer.id();
+    // It joins the group once its recompute is done; then the first one's next price batch is refused.
+    eventually(Duration::from_secs(60), "the second processor in the group", || async {
+        members(&app).await.filter(|m| m.iter().any(|m| m.pid == newer_pid)).map(|_| ())
+    })
+    .await;
+    prices(2).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first standing aside, the second owning both price partitions",
+        || async {
+            let m = members(&app).await?;
+            let first = m.iter().find(|m| m.pid == pid)?;
+            let second = m.iter().find(|m| m.pid == newer_pid)?;
+            (first.aside == ["price"] && price_partitions(first) == 0 && price_partitions(second) == 2).then_some(())
+        },
+    )
+    .await;
+    for day in 3..=4 {
+        prices(day).await;
+    }
+    app.settled().await;
+    assert_batch_equal(&pool, &new).await;
+
+    // Rolled back: the new one stops, one with the old windows starts (and recomputes every series back).
+    sigterm(&newer);
+    assert_eq!(exit_code(&mut newer, Duration::from_secs(30)).await, Some(0));
+    let back = processor(None);
+    let back_pid = back.id();
+    eventually(Duration::from_secs(60), "the third processor in the group", || async {
+        members(&app).await.filter(|m| m.iter().any(|m| m.pid == back_pid)).map(|_| ())
+    })
+    .await;
+    prices(5).await;
+    eventually(Duration::from_secs(60), "the first taking prices again", || async {
+        let m = members(&app).await?;
+        let first = m.iter().find(|m| m.pid == pid)?;
+        (m.len() == 2 && first.aside.is_empty() && price_partitions(first) == 1).then_some(())
+    })
+    .await;
+    for day in 6..=7 {
+        prices(day).await;
+    }
+    app.settled().await;
+    assert_batch_equal(&pool, &old).await;
+    drop((stale, back));
+}
+
+/// The same without partitions (one price consumer every processor pulls from): the processor left on
+/// the old windows stops pulling prices once a batch of it is refused, so every later price is delivered
+/// once, to the processor with the windows in force. Before, it went on pulling prices and failing them,
+/// each one then redelivered after a backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_partitions_the_processor_left_on_the_old_windows_stops_pulling_prices() {
+    use crate::common::{spawn_services, tributary, tributary_captured};
+    use crate::faults::{env_of, refs};
+    use std::time::Duration;
+    use tributary_testkit::{NatsServer, eventually};
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |_| {}).await;
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let new = Transforms { sma: vec![3], ..app.c.config.processor.prices.clone() };
+    let prices = |day: u32| {
+        let app = &app;
+        async move {
+            for i in 0..12 {
+                let price = 10.0 + f64::from((i * 5 + day * 3) % 11);
+                app.publish_plain(&format!("price.U{i}"), &format!(r#"{{"ts":"2026-04-{day:02}","price":{price}}}"#))
+                    .await;
+            }
+        }
+    };
+    let deliveries = || async {
+        let stream = app.c.js.get_stream(tributary_broker::Kind::Price.stream()).await.unwrap();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("processor-price").await.unwrap();
+        consumer.info().await.unwrap().delivered.consumer_sequence
+    };
+    let env = env_of(&app, &[]);
+    let stale = tributary_captured(&["processor"], &refs(&env));
+    prices(1).await;
+    app.settled().await;
+    let mut env_new = env.clone();
+    env_new.push(("TRIBUTARY_PROCESSOR__PRICES__SMA".into(), "[3]".into()));
+    let newer = tributary(&["processor"], &refs(&env_new));
+    let windows = new.names();
+    eventually(Duration::from_secs(60), "the new windows in force", || async {
+        let stored: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'price_transforms'")
+                .fetch_optional(&pool)
+                .await
+                .ok()?;
+        (stored? == serde_json::json!(windows)).then_some(())
+    })
+    .await;
+    // Until the first one has a batch refused, it pulls prices as before.
+    let mut day = 2;
+    eventually(Duration::from_secs(60), "the first processor standing aside", || {
+        day += 1;
+        let (prices, stale) = (&prices, &stale);
+        async move {
+            prices(day).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stale.stderr_so_far().contains("standing aside from prices").then_some(())
+        }
+    })
+    .await;
+    app.settled().await;
+    let before = deliveries().await;
+    for day in 20..=22 {
+        prices(day).await;
+    }
+    app.settled().await;
+    assert_eq!(deliveries().await - before, 36, "every later price delivered once");
+    assert_batch_equal(&pool, &new).await;
+    drop((stale, newer));
+}
