@@ -102,8 +102,13 @@ pub struct ApiConfig {
     /// gone) before it is closed, in seconds (at least 1; Linux only).
     pub send_stall_secs: u64,
     /// How long an upload's client may send nothing while the upload waits for more of its body, in
-    /// seconds (at least 1); then the upload stops with that reason.
+    /// seconds (at least 1); then the upload stops with that reason. Also the window over which
+    /// `upload_min_bytes_per_sec` is measured.
     pub upload_idle_secs: u64,
+    /// The least an upload's client must send, in bytes a second on average over each `upload_idle_secs`
+    /// (the last bytes of a body aside); a slower upload stops with that reason. 0 asks only that it not
+    /// go quiet. Without it, a byte inside each window held one of the `max_uploads` slots for good.
+    pub upload_min_bytes_per_sec: u64,
     /// How many uploads may stream at once (at least 1): each holds a connection, a task and an importer
     /// for as long as its client sends, so another is refused (429 `too_many_uploads`) until one's body
     /// has been read.
@@ -164,6 +169,7 @@ impl Default for ApiConfig {
             live_ping_secs: 20,
             header_timeout_ms: 30_000,
             upload_idle_secs: 60,
+            upload_min_bytes_per_sec: 1024,
             max_uploads: 16,
             send_stall_secs: 60,
             series_cache_heartbeat_ms: 5_000,

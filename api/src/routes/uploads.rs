@@ -68,14 +68,31 @@ pub async fn start(
     let slot = s.uploads.slot().ok_or(ApiError::TooManyUploads(s.config.max_uploads))?;
     let (id, tx) = s.uploads.start(kind.as_str());
     // The body as a reader, cut off (with an error the importer reports) past the size limit, or when
-    // the client sends nothing for `api.upload_idle_secs` while the importer waits for more.
-    let idle = std::time::Duration::from_secs(s.config.upload_idle_secs.max(1));
-    let data = Box::pin(futures::stream::unfold(Some(body.into_data_stream()), move |body| async move {
-        let mut body = body?;
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), Some(body))),
-            Ok(None) => None,
-            Err(_) => Some((Err(std::io::Error::other(format!("the client sent nothing for {idle:?}"))), None)),
+    // the client sends too little (`api.upload_min_bytes_per_sec`) or nothing (`api.upload_idle_secs`)
+    // while the importer waits for more.
+    let pace = Pace::new(&s.config);
+    let data = Box::pin(futures::stream::unfold(Some((body.into_data_stream(), pace)), |state| async move {
+        let (mut body, mut pace) = state?;
+        loop {
+            let asked = tokio::time::Instant::now();
+            let next = tokio::time::timeout(pace.left(), body.next()).await;
+            pace.waited += asked.elapsed();
+            match next {
+                Ok(Some(Ok(chunk))) => {
+                    pace.got += chunk.len() as u64;
+                    return match pace.roll_if_due() {
+                        Ok(()) => Some((Ok(chunk), Some((body, pace)))),
+                        Err(e) => Some((Err(e), None)),
+                    };
+                }
+                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), Some((body, pace)))),
+                Ok(None) => return None,
+                Err(_) => {
+                    if let Err(e) = pace.roll_if_due() {
+                        return Some((Err(e), None));
+                    }
+                }
+            }
         }
     }));
     let mut seen = 0u64;
@@ -222,4 +239,84 @@ pub async fn events(
         Some((Ok(event), (rx, closed, false, finished)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// How fast an upload's client sends, window by window of `api.upload_idle_secs` spent waiting for it
+/// (time the importer is busy elsewhere, publishing, does not count): it must send at least
+/// `api.upload_min_bytes_per_sec` on average over each window, and something in each.
+struct Pace {
+    window: std::time::Duration,
+    /// The least bytes a window must bring (at least 1).
+    least: u64,
+    /// Time spent waiting for the client in the current window.
+    waited: std::time::Duration,
+    /// Bytes received in it.
+    got: u64,
+}
+
+impl Pace {
+    fn new(config: &crate::ApiConfig) -> Pace {
+        let window = std::time::Duration::from_secs(config.upload_idle_secs.max(1));
+        let least = config.upload_min_bytes_per_sec.saturating_mul(window.as_secs()).max(1);
+        Pace { window, least, waited: std::time::Duration::ZERO, got: 0 }
+    }
+
+    /// How long to wait for the client before the current window is over.
+    fn left(&self) -> std::time::Duration {
+        self.window.saturating_sub(self.waited)
+    }
+
+    /// Once the current window is over: an error if it brought too little, else the next window starts.
+    fn roll_if_due(&mut self) -> std::io::Result<()> {
+        if self.waited < self.window {
+            return Ok(());
+        }
+        let window = self.window;
+        match self.got {
+            0 => return Err(std::io::Error::other(format!("the client sent nothing for {window:?}"))),
+            got if got < self.least => {
+                let rate = self.least / window.as_secs().max(1);
+                return Err(std::io::Error::other(format!(
+                    "the client sent {got} bytes in {window:?}, under the least of {rate} bytes a second \
+                     (api.upload_min_bytes_per_sec)"
+                )));
+            }
+            _ => {}
+        }
+        self.waited = std::time::Duration::ZERO;
+        self.got = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::Duration;
+
+    fn pace(idle: u64, rate: u64) -> Pace {
+        let config = crate::ApiConfig { upload_idle_secs: idle, upload_min_bytes_per_sec: rate, ..Default::default() };
+        Pace::new(&config)
+    }
+
+    #[test]
+    fn a_window_is_judged_once_it_has_been_waited_out() {
+        let mut p = pace(2, 100);
+        p.waited = Duration::from_millis(1999);
+        assert!(p.roll_if_due().is_ok(), "not over yet, whatever came");
+        assert_eq!(p.left(), Duration::from_millis(1));
+        p.waited = Duration::from_secs(2);
+        p.got = 200;
+        assert!(p.roll_if_due().is_ok(), "200 bytes in 2 s is 100 a second");
+        assert_eq!((p.waited, p.got, p.left()), (Duration::ZERO, 0, Duration::from_secs(2)), "the next window");
+        p.waited = Duration::from_secs(2);
+        p.got = 199;
+        let e = p.roll_if_due().unwrap_err().to_string();
+        assert!(e.contains("sent 199 bytes in 2s") && e.contains("100 bytes a second"), "{e}");
+        let mut quiet = pace(2, 0);
+        quiet.waited = Duration::from_secs(2);
+        assert!(quiet.roll_if_due().unwrap_err().to_string().contains("sent nothing for 2s"));
+        quiet.got = 1;
+        assert!(quiet.roll_if_due().is_ok(), "no least rate: a byte a window will do");
+    }
 }

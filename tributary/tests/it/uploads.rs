@@ -210,7 +210,12 @@ async fn an_upload_cut_off_says_so() {
 /// connection, holding its upload, its task and its publisher.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
-    let app = crate::common::spawn_app_with(|c| c.api.upload_idle_secs = 1).await;
+    // No least rate: only the silence ends it.
+    let app = crate::common::spawn_app_with(|c| {
+        c.api.upload_idle_secs = 1;
+        c.api.upload_min_bytes_per_sec = 0;
+    })
+    .await;
     let first: Result<Vec<u8>, std::io::Error> = Ok(b"UPQ,2026-01-01,1\n".to_vec());
     let body = futures::stream::iter([first]).chain(futures::stream::pending());
     let r = reqwest::Client::new()
@@ -224,6 +229,35 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
     let (_, summary) = follow(&app, &id).await;
     assert!(summary["error"].as_str().unwrap_or_default().contains("sent nothing for 1s"), "{summary}");
     assert_eq!(summary["published"], 1, "{summary}");
+}
+
+/// An upload whose client sends, but slower than `api.upload_min_bytes_per_sec` over a window of
+/// `api.upload_idle_secs`, ends with that reason, what came before it published. (A byte inside each
+/// window held one of the `api.max_uploads` slots for as long as the client liked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_the_least_rate_ends_with_the_reason() {
+    let app = crate::common::spawn_app_with(|c| {
+        c.api.upload_idle_secs = 1;
+        c.api.upload_min_bytes_per_sec = 1000;
+    })
+    .await;
+    // A line every 100 ms: 170 bytes a second.
+    let lines = futures::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(format!("UPS,2026-01-{:02},1\n", n % 28 + 1).into_bytes()), n + 1))
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
+        .body(reqwest::Body::wrap_stream(lines))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, summary) = follow(&app, &id).await;
+    let error = summary["error"].as_str().unwrap_or_default();
+    assert!(error.contains("bytes in 1s, under the least of 1000 bytes a second"), "{summary}");
+    assert!(summary["published"].as_u64().is_some_and(|n| n > 0), "{summary}");
 }
 
 /// At most `api.max_uploads` uploads stream at once: another is refused with a 429 naming the setting
