@@ -160,6 +160,13 @@ impl NatsServer {
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let status = std::process::Command::new("kill").args([signal, &c.id().to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill {signal} nats-server");
+        // The signal is delivered a moment after `kill` returns: a request sent meanwhile was answered
+        // (seen once on a loaded machine). Wait until every thread of it is stopped, or none is.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while all_threads_stopped(c.id()) != Some(frozen) {
+            assert!(std::time::Instant::now() < deadline, "nats-server never took kill {signal}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Starts it again on the same port and store.
@@ -168,6 +175,19 @@ impl NatsServer {
         self.spawn();
         self.wait_listening(false);
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`); `None` when it cannot be read.
+fn all_threads_stopped(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut all = true;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+        // `pid (comm) S ...`: the state follows the last ')'.
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        all &= state == "T";
+    }
+    Some(all)
 }
 
 impl Drop for NatsServer {
