@@ -137,7 +137,9 @@ impl Progress {
             watch.wanted.fetch_max(last, Ordering::AcqRel);
             // Subscribed under the lock: the poller stops only while no read holds a receiver.
             let seen = watch.seen.subscribe();
-            watch.arrived.notify_one();
+            if seen.borrow().through < last {
+                watch.arrived.notify_one();
+            }
             seen
         };
         // A poll made before this read arrived is still true of every message up to its `through`: a
@@ -149,6 +151,9 @@ impl Progress {
 
     /// Polls one consumer while reads wait on it, then forgets it.
     async fn poll(self, key: (String, String), stream: jetstream::stream::Stream, filter: String, watch: Arc<Watch>) {
+        // Should this task end any other way (a panic, the runtime shutting down), the next read starts
+        // another rather than wait on this one's last answer.
+        let _forget = Forget { progress: self.clone(), key: key.clone(), watch: Arc::clone(&watch) };
         let mut consumer = None;
         loop {
             {
@@ -174,6 +179,22 @@ impl Progress {
             }
             let _ = tokio::time::timeout(POLL, watch.arrived.notified()).await;
             tokio::time::sleep_until(started + POLL_GAP).await;
+        }
+    }
+}
+
+/// Forgets a consumer's poller when its task ends, unless a newer one has taken its place.
+struct Forget {
+    progress: Progress,
+    key: (String, String),
+    watch: Arc<Watch>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let mut watches = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
+        if watches.get(&self.key).is_some_and(|w| Arc::ptr_eq(w, &self.watch)) {
+            watches.remove(&self.key);
         }
     }
 }

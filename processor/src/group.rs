@@ -27,9 +27,9 @@ use tributary_broker::metric_names as names;
 pub type Start =
     Arc<dyn Fn(ConsumerSpec, CancellationToken) -> BoxFuture<'static, Result<(), ConsumeError>> + Send + Sync>;
 
-/// The kinds (`price`) this process takes no partition of now, asked every heartbeat: see
-/// [`crate::prices::in_force`].
-pub type Aside = Arc<dyn Fn() -> BoxFuture<'static, Vec<String>> + Send + Sync>;
+/// The kinds (`price`) this process takes no partition of now, asked every heartbeat (at once: it must
+/// not wait): see [`crate::prices::in_force`].
+pub type Aside = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// One partition this process may consume: its consumer and how to run it.
 pub struct Partition {
@@ -111,9 +111,12 @@ pub async fn run(
                     Ok(m) => members = m,
                     Err(e) => tracing::warn!(error = %e, "cannot read the processor group; keeping the last members"),
                 }
-                let aside = aside().await;
+                let aside = aside();
                 if aside != me.aside {
-                    tracing::info!(member = me.id, ?aside, "standing aside from these kinds' partitions");
+                    match aside.is_empty() {
+                        true => tracing::info!(member = me.id, "taking every kind's partitions again"),
+                        false => tracing::info!(member = me.id, ?aside, "standing aside from these kinds' partitions"),
+                    }
                     me.aside = aside;
                 }
                 members.retain(|m| m.id != me.id);

@@ -191,6 +191,11 @@ pub async fn run(
     spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone(), cfg.fleet_max_pairs)));
     spawn(Kind::Survey, "surveys", starter(&js, SurveyHandler::new(pool.clone())));
     spawn(Kind::Sample, "metrics", starter(&js, samples));
+    let recheck = in_force.clone().recheck(shutdown.clone());
+    tasks.spawn(async move {
+        recheck.await;
+        Ok(())
+    });
     if !partitions.is_empty() {
         tasks.spawn(group::run(
             js.clone(),
@@ -267,7 +272,11 @@ fn while_in_force(start: group::Start, in_force: InForce) -> group::Start {
     std::sync::Arc::new(move |spec, stop| {
         let (start, in_force) = (start.clone(), in_force.clone());
         Box::pin(async move {
-            while in_force.regained(&stop).await {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = in_force.found() => {}
+                }
                 let stop_loop = stop.child_token();
                 let mut run = start(spec.clone(), stop_loop.clone());
                 tokio::select! {
@@ -279,27 +288,14 @@ fn while_in_force(start: group::Start, in_force: InForce) -> group::Start {
                     }
                 }
             }
-            Ok(())
         })
     })
 }
 
-/// What the group asks every heartbeat: prices, while this processor's windows are not in force.
+/// What the group asks every heartbeat: prices, while this processor's windows are not in force (as
+/// [`InForce::recheck`] last found: the heartbeat never waits on PostgreSQL).
 fn aside_from_prices(in_force: InForce) -> group::Aside {
-    std::sync::Arc::new(move || {
-        let in_force = in_force.clone();
-        Box::pin(async move {
-            match in_force.check().await {
-                Ok(true) => Vec::new(),
-                Ok(false) => vec![Kind::Price.prefix().to_owned()],
-                // Only asked while standing aside (in force, it asks nothing): it stays aside.
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the derived windows in force; asking again");
-                    vec![Kind::Price.prefix().to_owned()]
-                }
-            }
-        })
-    })
+    std::sync::Arc::new(move || if in_force.is() { Vec::new() } else { vec![Kind::Price.prefix().to_owned()] })
 }
 
 /// Applies metric retention every `sweep_interval_secs` until `shutdown`. A failed sweep is logged and

@@ -52,6 +52,10 @@ pub(super) struct Lanes<H: BatchHandler> {
 impl<H: BatchHandler> Drop for Lanes<H> {
     fn drop(&mut self) {
         super::FAILING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.failing_key);
+        // The loop has ended: it no longer fails (as `/readyz` no longer reports it).
+        if self.failing {
+            metrics::gauge!(names::CONSUMER_FAILING, "consumer" => self.spec.label).set(0.0);
+        }
     }
 }
 

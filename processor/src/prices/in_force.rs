@@ -57,6 +57,12 @@ impl InForce {
         let _ = state.wait_for(|in_force| !*in_force).await;
     }
 
+    /// Waits until the windows are in force (at once if they are): [`InForce::recheck`] finds when.
+    pub async fn found(&self) {
+        let mut state = self.state.subscribe();
+        let _ = state.wait_for(|in_force| *in_force).await;
+    }
+
     /// Asks `settings` whether the windows in force are this processor's again; if they are, takes prices
     /// again. Whether they are in force now.
     pub async fn check(&self) -> Result<bool, sqlx::Error> {
@@ -74,17 +80,25 @@ impl InForce {
         Ok(in_force)
     }
 
-    /// Waits until the windows are in force, asking every [`RECHECK`]; false when `stop` came first.
-    pub async fn regained(&self, stop: &CancellationToken) -> bool {
+    /// Until `stop`: whenever a batch is refused, asks `settings` every [`RECHECK`] until the windows in
+    /// force are this processor's again. The one task that asks, so that waiting for them
+    /// ([`InForce::found`]) and the group's heartbeat ([`InForce::is`]) never wait on PostgreSQL.
+    pub async fn recheck(self, stop: CancellationToken) {
         loop {
-            match self.check().await {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the derived windows in force; asking again"),
-            }
             tokio::select! {
-                _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(RECHECK) => {}
+                _ = stop.cancelled() => return,
+                _ = self.lost() => {}
+            }
+            loop {
+                match self.check().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the derived windows in force; asking again"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RECHECK) => {}
+                }
             }
         }
     }

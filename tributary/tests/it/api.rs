@@ -239,6 +239,36 @@ async fn waiting_fresh_reads_share_one_poll_of_the_processors_progress() {
     let most = elapsed.as_millis() as u64 + 1;
     assert!(asked <= most, "{asked} consumer info requests in {elapsed:?} for 100 waiting reads");
     assert!(asked > 0, "the reads asked nothing");
+
+    // With a processor, reads waiting side by side on one poll each get what was published before it,
+    // also while one series' batch waits on its lock (held here), which holds back the consumer's floor.
+    let mut app = app;
+    app.start_processor();
+    app.publish_plain("price.SIDE0", r#"{"ts":"2026-01-01","price":1}"#).await;
+    app.settled().await;
+    use sea_orm::sqlx;
+    let mut holder = app.c.db.get_postgres_connection_pool().acquire().await.unwrap();
+    let key = tributary_processor::lock::key("price", "SIDE0");
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut *holder).await.unwrap();
+    let reads = (0..40).map(|i| {
+        let app = &app;
+        async move {
+            let (key, day) = (format!("SIDE{}", i % 8), format!("2026-02-{:02}", i % 28 + 1));
+            app.publish_plain(&format!("price.{key}"), &format!(r#"{{"ts":"{day}","price":{}}}"#, i + 1)).await;
+            let (s, b) = app.get(&format!("/v1/series/price/{key}?fresh=true")).await;
+            assert_eq!(s, 200, "{b}");
+            assert!(
+                b["points"].as_array().unwrap().iter().any(|p| p["ts"].as_str().unwrap_or_default().starts_with(&day)),
+                "read {i}: the price it published is not there: {b}"
+            );
+        }
+    });
+    // The lock held a while, then let go: the reads behind it wait for it, the others need not.
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *holder).await.unwrap();
+    };
+    tokio::join!(futures::future::join_all(reads), release);
 }
 
 /// A connection that has not sent a request's headers within `api.header_timeout_ms` is closed: one that

@@ -237,7 +237,7 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_the_least_rate_ends_with_the_reason() {
     let app = crate::common::spawn_app_with(|c| {
-        c.api.upload_idle_secs = 1;
+        c.api.upload_idle_secs = 2;
         c.api.upload_min_bytes_per_sec = 1000;
     })
     .await;
@@ -256,7 +256,7 @@ async fn an_upload_slower_than_the_least_rate_ends_with_the_reason() {
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let (_, summary) = follow(&app, &id).await;
     let error = summary["error"].as_str().unwrap_or_default();
-    assert!(error.contains("bytes in 1s, under the least of 1000 bytes a second"), "{summary}");
+    assert!(error.contains("bytes in 2s, under the least of 1000 bytes a second"), "{summary}");
     assert!(summary["published"].as_u64().is_some_and(|n| n > 0), "{summary}");
 }
 
