@@ -24,6 +24,22 @@ async fn upload(app: &crate::common::TestApp, kind: &str, body: Vec<u8>) -> (Str
     (id, progress, summary)
 }
 
+/// Uploads `body` as it streams (a client that may pause or go quiet); the summary once it ends.
+async fn upload_stream<S>(app: &crate::common::TestApp, kind: &str, body: S) -> Value
+where
+    S: futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+{
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/uploads?kind={kind}", app.base))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    follow(app, &id).await.1
+}
+
 /// Reads an upload's events to the end: (progress events, the summary).
 async fn follow(app: &crate::common::TestApp, id: &str) -> (Vec<Value>, Value) {
     let r = app.http.get(format!("{}/v1/uploads/{id}/events", app.base)).send().await.unwrap();
@@ -217,16 +233,8 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
     })
     .await;
     let first: Result<Vec<u8>, std::io::Error> = Ok(b"UPQ,2026-01-01,1\n".to_vec());
-    let body = futures::stream::iter([first]).chain(futures::stream::pending());
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, summary) = follow(&app, &id).await;
+    let summary =
+        upload_stream(&app, "prices-csv", futures::stream::iter([first]).chain(futures::stream::pending())).await;
     assert!(summary["error"].as_str().unwrap_or_default().contains("sent nothing for 1s"), "{summary}");
     assert_eq!(summary["published"], 1, "{summary}");
 }
@@ -246,15 +254,7 @@ async fn an_upload_slower_than_the_least_rate_ends_with_the_reason() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         Some((Ok::<_, std::io::Error>(format!("UPS,2026-01-{:02},1\n", n % 28 + 1).into_bytes()), n + 1))
     });
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/uploads?kind=prices-csv", app.base))
-        .body(reqwest::Body::wrap_stream(lines))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let (_, summary) = follow(&app, &id).await;
+    let summary = upload_stream(&app, "prices-csv", lines).await;
     let error = summary["error"].as_str().unwrap_or_default();
     assert!(error.contains("bytes in 2s, under the least of 1000 bytes a second"), "{summary}");
     assert!(summary["published"].as_u64().is_some_and(|n| n > 0), "{summary}");

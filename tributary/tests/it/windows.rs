@@ -256,6 +256,16 @@ async fn a_batch_beside_a_recompute_part_waits_for_it_and_is_refused() {
     assert_eq!(created, 0);
 }
 
+/// Publishes a price of each of twelve instruments `<prefix>0` … `<prefix>11` on day `day` of month `month`
+/// of 2026.
+async fn twelve_prices(app: &crate::common::TestApp, prefix: &str, month: u32, day: u32) {
+    for i in 0..12 {
+        let price = 10.0 + f64::from((i * 7 + day * 3) % 11);
+        let (subject, ts) = (format!("price.{prefix}{i}"), format!("2026-{month:02}-{day:02}"));
+        app.publish_plain(&subject, &format!(r#"{{"ts":"{ts}","price":{price}}}"#)).await;
+    }
+}
+
 /// A rolling update that changes the windows, in an elastic group: the processor left on the old windows
 /// stands aside from prices once a batch of it is refused (its group record says `aside`), the one with
 /// the new windows takes every price partition, and every value is the batch computation with the new
@@ -281,16 +291,7 @@ async fn a_processor_left_on_the_old_windows_stands_aside_from_prices_until_they
         env.extend(sma.map(|s| ("TRIBUTARY_PROCESSOR__PRICES__SMA".to_owned(), s.to_owned())));
         tributary(&["processor"], &refs(&env))
     };
-    let prices = |day: u32| {
-        let app = &app;
-        async move {
-            for i in 0..12 {
-                let price = 10.0 + f64::from((i * 7 + day * 3) % 11);
-                app.publish_plain(&format!("price.W{i}"), &format!(r#"{{"ts":"2026-03-{day:02}","price":{price}}}"#))
-                    .await;
-            }
-        }
-    };
+    let prices = |day: u32| twelve_prices(&app, "W", 3, day);
     let price_partitions = |m: &Member| m.owns.iter().filter(|d| d.contains("-price-")).count();
 
     let stale = processor(None);
@@ -366,16 +367,7 @@ async fn without_partitions_the_processor_left_on_the_old_windows_stops_pulling_
     let app = spawn_services(nats.url(), Some(nats), |_| {}).await;
     let pool = app.c.db.get_postgres_connection_pool().clone();
     let new = Transforms { sma: vec![3], ..app.c.config.processor.prices.clone() };
-    let prices = |day: u32| {
-        let app = &app;
-        async move {
-            for i in 0..12 {
-                let price = 10.0 + f64::from((i * 5 + day * 3) % 11);
-                app.publish_plain(&format!("price.U{i}"), &format!(r#"{{"ts":"2026-04-{day:02}","price":{price}}}"#))
-                    .await;
-            }
-        }
-    };
+    let prices = |day: u32| twelve_prices(&app, "U", 4, day);
     let deliveries = || async {
         let stream = app.c.js.get_stream(tributary_broker::Kind::Price.stream()).await.unwrap();
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =
