@@ -18,7 +18,7 @@
 use crate::params::Params;
 use crate::{ApiError, AppState};
 use async_nats::jetstream::{self, consumer::pull};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,28 +50,67 @@ pub async fn if_fresh(s: &AppState, p: &Params, kinds: &[Kind]) -> Result<(), Ap
 /// Waits until the processors have committed every message that is in the streams of `kinds` now, or
 /// `deadline` passes (504), also while NATS is slow to answer.
 pub async fn committed(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
-    // A moment past the deadline, so that the barrier's own 504, which names the stream behind, wins
-    // when NATS answers.
+    const WHAT: &str = "the fresh timeout";
+    within(deadline, WHAT, async {
+        let mut targets = Vec::with_capacity(kinds.len());
+        for &kind in kinds {
+            // Getting a stream reads its info: its last sequence as of now.
+            let stream = stream(s, kind).await?;
+            let last = stream.cached_info().state.last_sequence;
+            targets.push((kind, stream, last));
+        }
+        reached(s, targets, deadline, WHAT).await
+    })
+    .await
+}
+
+/// Waits until the processors have committed (or dead-lettered) every message of each stream named in
+/// `last` up to its sequence there, or `deadline` passes (504): an upload's publishes
+/// ([`tributary_broker::PublishReport::last`]). Streams of no kind the processors consume are skipped.
+pub async fn processed(s: &AppState, last: &BTreeMap<String, u64>, deadline: Instant) -> Result<(), ApiError> {
+    const WHAT: &str = "the upload's settle timeout";
+    within(deadline, WHAT, async {
+        let mut targets = Vec::with_capacity(last.len());
+        for (name, seq) in last {
+            if let Some(kind) = Kind::ALL.into_iter().find(|k| s.streams.stream_name(*k) == *name) {
+                targets.push((kind, stream(s, kind).await?, *seq));
+            }
+        }
+        reached(s, targets, deadline, WHAT).await
+    })
+    .await
+}
+
+/// `barrier`, also while NATS does not answer: a moment past the deadline, so that the barrier's own
+/// 504, which names the stream behind, wins when NATS answers.
+async fn within(
+    deadline: Instant,
+    what: &str,
+    barrier: impl std::future::Future<Output = Result<(), ApiError>>,
+) -> Result<(), ApiError> {
     let silent = deadline + Duration::from_millis(250);
-    match tokio::time::timeout_at(silent.into(), barrier(s, kinds, deadline)).await {
+    match tokio::time::timeout_at(silent.into(), barrier).await {
         Ok(answer) => answer,
-        Err(_) => Err(ApiError::Timeout(
-            "NATS did not say within the fresh timeout how far the processors have committed".into(),
-        )),
+        Err(_) => {
+            Err(ApiError::Timeout(format!("NATS did not say within {what} how far the processors have committed")))
+        }
     }
 }
 
-/// [`committed`]: the streams' last sequences now, then each consumer's progress past them.
-async fn barrier(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), ApiError> {
-    let mut targets = Vec::with_capacity(kinds.len());
-    for &kind in kinds {
-        // Getting a stream reads its info: its last sequence as of now.
-        let stream = s.js.get_stream(s.streams.stream_name(kind)).await.map_err(|e| {
-            ApiError::Unavailable(format!("cannot read stream state from NATS: {}", async_nats::Error::from(e)))
-        })?;
-        let last = stream.cached_info().state.last_sequence;
-        targets.push((kind, stream, last));
-    }
+async fn stream(s: &AppState, kind: Kind) -> Result<jetstream::stream::Stream, ApiError> {
+    s.js.get_stream(s.streams.stream_name(kind)).await.map_err(|e| {
+        ApiError::Unavailable(format!("cannot read stream state from NATS: {}", async_nats::Error::from(e)))
+    })
+}
+
+/// Waits until every processor consumer of each (kind, stream) has acked its subjects up to the sequence
+/// given, or `deadline` passes (504, naming `what` passed).
+async fn reached(
+    s: &AppState,
+    targets: Vec<(Kind, jetstream::stream::Stream, u64)>,
+    deadline: Instant,
+    what: &str,
+) -> Result<(), ApiError> {
     for (kind, stream, last) in targets {
         if last == 0 {
             continue;
@@ -79,7 +118,7 @@ async fn barrier(s: &AppState, kinds: &[Kind], deadline: Instant) -> Result<(), 
         for (durable, filter, _) in processor_consumers(&s.durable_prefix, kind, s.partitions) {
             if let Err(at) = s.progress.wait(&stream, &durable, &filter, last, deadline).await {
                 return Err(ApiError::Timeout(format!(
-                    "the processor has not committed stream {} up to sequence {last} (consumer {durable} is at {at}) within the fresh timeout",
+                    "the processor has not committed stream {} up to sequence {last} (consumer {durable} is at {at}) within {what}",
                     s.streams.stream_name(kind)
                 )));
             }

@@ -6,7 +6,9 @@
 //! of the upload's messages it covered (`tributary.upload.<id>` on core NATS, see
 //! `tributary_broker::uploads::PROGRESS_PREFIX`). An upload is `streaming`, then `settling` until
 //! every published entry is committed or dead-lettered (or `settle_timeout` passes), then `done`
-//! (or `failed`).
+//! (or `failed`). Settled means the processors' consumers have acked every stream up to the upload's
+//! last publish there (JetStream says so, as for fresh reads); the reports are progress, not an audit (a
+//! lost one leaves `committed` short, a commit done again after a lost ack counts twice).
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -38,9 +40,9 @@ pub struct Status {
     pub published: u64,
     /// Entries refused, or published to be dead-lettered by the processor.
     pub invalid: u64,
-    /// Entries committed by the processors.
+    /// Entries committed by the processors, as they reported (progress: see the module doc).
     pub committed: u64,
-    /// Entries dead-lettered by the processors.
+    /// Entries dead-lettered by the processors, as they reported.
     pub dead_letters: u64,
     /// Running statistics (`numbers` only).
     #[serde(skip_serializing_if = "Option::is_none")]

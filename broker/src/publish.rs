@@ -58,6 +58,10 @@ pub struct PublishReport {
     pub resent: u64,
     /// Not acknowledged: (subject, reason). The caller decides to retry or report them.
     pub failed: Vec<(String, String)>,
+    /// Per stream, the highest sequence an acknowledged publish got (a duplicate's is the one first
+    /// stored): once a stream's consumers have acked up to it, every one of these publishes in it is
+    /// processed.
+    pub last: std::collections::BTreeMap<String, u64>,
 }
 
 /// Builds the headers of one of our publishes: content type, idempotency key and trace context.
@@ -181,6 +185,10 @@ impl Publisher {
 
     fn record(&mut self, Settled { subject, resent, result, exhausted }: Settled) {
         self.report.resent += resent as u64;
+        if let Ok(ack) = &result {
+            let last = self.report.last.entry(ack.stream.clone()).or_default();
+            *last = (*last).max(ack.sequence);
+        }
         match result {
             Ok(ack) if ack.duplicate => self.report.duplicates += 1,
             Ok(_) => self.report.stored += 1,

@@ -27,12 +27,17 @@ async fn publishers_sharing_a_client_past_its_ack_cap_all_finish() {
     let reports = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(publishers))
         .await
         .expect("the publishers waited on each other for a minute");
+    let state = js.get_stream("T").await.unwrap().get_info().await.unwrap().state;
+    assert_eq!(state.messages, 2 * n);
+    let mut lasts = Vec::new();
     for r in reports {
         let r = r.unwrap();
         assert_eq!((r.stored, r.duplicates, r.failed.len()), (n, 0, 0), "{r:?}");
+        assert_eq!(r.last.keys().collect::<Vec<_>>(), ["T"], "{:?}", r.last);
+        lasts.push(r.last["T"]);
     }
-    let state = js.get_stream("T").await.unwrap().get_info().await.unwrap().state;
-    assert_eq!(state.messages, 2 * n);
+    // Each names the highest sequence its own publishes got: the stream's last is one of them.
+    assert!(lasts.iter().all(|l| *l >= n) && lasts.contains(&state.last_sequence), "{lasts:?} {state:?}");
 }
 
 /// A publisher whose owner waits on something else (its input: an upload's client pausing) collects its

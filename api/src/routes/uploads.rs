@@ -178,18 +178,26 @@ async fn run(
         st.buffer_peak = peak;
         st.state = "settling";
     });
-    // Wait for the processors to account for every stored entry (duplicates were stored before).
-    let mut rx = tx.subscribe();
-    let settled =
-        tokio::time::timeout(s.uploads.settle_timeout, rx.wait_for(|st| st.committed + st.dead_letters >= stored));
-    let timed_out = settled.await.is_err();
+    // Settled once the processors have acked every stored entry (duplicates were stored before), as
+    // JetStream says: their progress reports are counts on core NATS, which a lost report leaves short
+    // and a commit done again after a lost ack counts twice. Then a moment for the last reports.
+    let deadline = std::time::Instant::now() + s.uploads.settle_timeout;
+    let processed = crate::sync::processed(&s, &publish.last, deadline).await;
+    if processed.is_ok() {
+        let mut rx = tx.subscribe();
+        let reported = rx.wait_for(|st| st.committed + st.dead_letters >= stored);
+        let _ = tokio::time::timeout(REPORTS_GRACE, reported).await;
+    }
     tx.send_modify(|st| {
-        if timed_out {
-            st.errors.push(format!("the processors had not reported every entry after {:?}", s.uploads.settle_timeout));
+        if let Err(e) = processed {
+            st.errors.push(format!("not settled after {:?}: {e}", s.uploads.settle_timeout));
         }
         st.state = if st.error.is_some() && st.published == 0 { "failed" } else { "done" };
     });
 }
+
+/// How long a settled upload waits for the processors' last progress reports before it is done.
+const REPORTS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An upload's status.
 #[utoipa::path(get, path = "/v1/uploads/{id}", tag = "uploads", operation_id = "getUpload",

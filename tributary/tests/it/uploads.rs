@@ -288,3 +288,33 @@ async fn uploads_past_the_limit_are_refused_until_one_is_read() {
     let (s, b) = app.send(reqwest::Method::POST, "/v1/uploads?kind=numbers", "1\n2\n").await;
     assert_eq!(s, 202, "{b}");
 }
+
+/// An upload is done once JetStream says the processors have acked all its entries, not when their
+/// progress reports add up: a report is a count on core NATS, which a lost report leaves short (the
+/// upload then waited its whole settle timeout and said the processors had not reported) and a commit
+/// done again after a lost ack counts twice (it was done before its last entries were). Here a report
+/// claims every entry committed while no processor runs: the upload stays settling until one has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_settles_on_what_jetstream_says_not_on_the_reports() {
+    let mut app = spawn_app().await;
+    app.kill_processors();
+    let body = "UPR,2026-01-01,1\nUPR,2026-01-02,2\nUPR,2026-01-03,3\n";
+    let (s, b) = app.send(reqwest::Method::POST, "/v1/uploads?kind=prices-csv", body).await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/uploads/{id}");
+    app.get_until(&path, Duration::from_secs(30), "the upload settling", |b| b["state"] == "settling").await;
+    let counts = [(id.clone(), 3)].into_iter().collect();
+    tributary_broker::uploads::report(&app.c.nats, "committed", counts).await;
+    app.get_until(&path, Duration::from_secs(10), "the forged report counted", |b| b["committed"] == 3).await;
+    for _ in 0..10 {
+        let (_, b) = app.get(&path).await;
+        assert_eq!(b["state"], "settling", "done on a report, with nothing committed: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.start_processor();
+    let done = app.get_until(&path, Duration::from_secs(60), "the upload done", |b| b["state"] == "done").await;
+    assert!(done["errors"].as_array().unwrap().is_empty(), "{done}");
+    let (_, series) = app.get("/v1/series/price/UPR").await;
+    assert_eq!(series["points"].as_array().map(Vec::len), Some(3), "committed before done: {series}");
+}
