@@ -186,8 +186,13 @@ impl Publisher {
     fn record(&mut self, Settled { subject, resent, result, exhausted }: Settled) {
         self.report.resent += resent as u64;
         if let Ok(ack) = &result {
-            let last = self.report.last.entry(ack.stream.clone()).or_default();
-            *last = (*last).max(ack.sequence);
+            // No allocation per ack: the stream's name is copied once.
+            match self.report.last.get_mut(&ack.stream) {
+                Some(last) => *last = (*last).max(ack.sequence),
+                None => {
+                    self.report.last.insert(ack.stream.clone(), ack.sequence);
+                }
+            }
         }
         match result {
             Ok(ack) if ack.duplicate => self.report.duplicates += 1,
