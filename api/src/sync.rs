@@ -72,9 +72,17 @@ pub async fn processed(s: &AppState, last: &BTreeMap<String, u64>, deadline: Ins
     within(deadline, WHAT, async {
         let mut targets = Vec::with_capacity(last.len());
         for (name, seq) in last {
-            if let Some(kind) = Kind::ALL.into_iter().find(|k| s.streams.stream_name(*k) == *name) {
-                targets.push((kind, stream(s, kind).await?, *seq));
-            }
+            let Some(kind) = Kind::ALL.into_iter().find(|k| s.streams.stream_name(*k) == *name) else { continue };
+            // NATS not answering for a moment (a leader election, a reconnect) is no answer: asked again
+            // until the deadline, as the consumers' progress is.
+            let stream = loop {
+                match stream(s, kind).await {
+                    Ok(stream) => break stream,
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            targets.push((kind, stream, *seq));
         }
         reached(s, targets, deadline, WHAT).await
     })
