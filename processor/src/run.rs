@@ -169,15 +169,18 @@ pub async fn run(
         }
         leftovers.insert(kind, found);
     }
-    // A kind's shared consumer runs here; its partitions, if any, go to the group.
+    // A kind's shared consumer runs here, and so do the leftover partitions this process found; the
+    // partitions of the current count go to the group. (Leftovers in the group made the processes that
+    // found some and those started after they drained deal different lists: a current partition could
+    // fall to no one. Pinned, a leftover is consumed by one of the processes that found it at a time.)
     let mut spawn = |kind: Kind, label: &'static str, start: group::Start| {
         let leftovers = leftovers.get(&kind).map(Vec::as_slice).unwrap_or_default();
         for (spec, partition) in cfg.specs(&streams, kind, label, &progress, leftovers) {
             match partition {
-                Some(number) => {
+                Some(number) if number < cfg.partitions => {
                     partitions.push(group::Partition { spec, kind: kind.prefix(), number, start: start.clone() })
                 }
-                None => {
+                _ => {
                     tasks.spawn(start(spec, shutdown.clone()));
                 }
             }

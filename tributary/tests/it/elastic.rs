@@ -129,7 +129,10 @@ async fn processors_share_partitions_take_over_from_a_killed_one_and_make_room_f
 }
 
 /// Lowering `processor.partitions` leaves nothing behind: messages stored under the larger count, in
-/// partitions that no longer exist, are consumed by the processors of the smaller one.
+/// partitions that no longer exist, are consumed by the processors of the smaller one. A processor
+/// started once they are drained (it finds no leftover) deals the current partitions as the first does:
+/// with the leftovers among the units the group dealt, the two dealt different lists, and a metric
+/// partition fell to neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_partition_count_leaves_no_message_behind() {
     let nats = NatsServer::start();
@@ -165,13 +168,33 @@ async fn lowering_the_partition_count_leaves_no_message_behind() {
         }
     };
     publish(0).await;
-    // The count is lowered to two: the streams change, and more prices go to the two partitions left.
-    tributary_broker::streams::ensure(&app.c.js, &app.c.config.streams, 2).await.unwrap();
+    // The count is lowered to three: the streams change, and more prices go to the three partitions left.
+    tributary_broker::streams::ensure(&app.c.js, &app.c.config.streams, 3).await.unwrap();
     publish(10).await;
-    let env = env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", "2")]);
-    let _processor = tributary(&["processor"], &refs(&env));
+    let env = env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", "3")]);
+    let _first = tributary(&["processor"], &refs(&env));
     // Every partition of the larger count is drained, and everything stored is what the batch computes.
     app.settled_within(Duration::from_secs(120)).await;
+    verify(&app, &price_truth(&app).await, &HashMap::new()).await;
+
+    // A second processor, which finds no leftover: the two share every current partition.
+    let second = tributary(&["processor"], &refs(&env));
+    let prefix = &prefix;
+    let current: Vec<String> = [Kind::Price, Kind::Sample]
+        .into_iter()
+        .flat_map(|k| (0..3).map(move |p| tributary_broker::consume::partition_consumer(prefix, k, p).0))
+        .collect();
+    eventually(Duration::from_secs(60), "two processors owning every current partition", || async {
+        let m = members(&app).await?;
+        let both = m.len() == 2 && m.iter().any(|m| m.pid == second.id()) && m.iter().all(|m| !m.owns.is_empty());
+        (both && current.iter().all(|c| m.iter().any(|m| m.owns.contains(c)))).then_some(())
+    })
+    .await;
+    for host in 0..24 {
+        app.publish_plain(&format!("metric.lower-{host}"), r#"{"cpu_usage":1}"#).await;
+    }
+    publish(20).await;
+    app.settled_within(Duration::from_secs(60)).await;
     verify(&app, &price_truth(&app).await, &HashMap::new()).await;
 }
 
