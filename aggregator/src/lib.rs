@@ -38,7 +38,9 @@ pub struct AggregatorConfig {
     /// Each provider's deadline within a round, in milliseconds: a provider that has not finished by then
     /// is reported as `timeout` and never holds up the others.
     pub provider_timeout_ms: u64,
-    /// Items asked for per request (`limit`); a round pages until a page comes back short.
+    /// Items asked for per request (`limit`); a round pages until a page comes back with fewer rows.
+    /// At most what the providers answer per request: a provider that caps `limit` lower ends every
+    /// round after one page.
     pub page_size: u32,
 }
 

@@ -68,7 +68,7 @@ impl ProviderClient {
     }
 
     /// Up to `limit` items with an id above `after_id`, ascending.
-    pub async fn page(&self, after_id: i64, limit: u32) -> Result<Vec<Item>, PullError> {
+    pub async fn page(&self, after_id: i64, limit: u32) -> Result<Page, PullError> {
         let r = self
             .http
             .get(format!("{}/api/v1/reporter", self.base))
@@ -92,12 +92,23 @@ impl ProviderClient {
     }
 }
 
+/// One page of a provider's answer.
+#[derive(Debug)]
+pub struct Page {
+    /// Its items worth publishing ([`parse`]).
+    pub items: Vec<Item>,
+    /// How many rows it held, before any was left out: a page of fewer rows than asked for is the end of
+    /// the provider's data (a row repeated, or one at or below the cursor, does not make it so).
+    pub rows: usize,
+}
+
 /// The items of a page with an id above `after_id`, ascending by id, then those without a whole-number
 /// id (JSON's integers, also written with a zero fraction, as the processor reads them): one bad item
 /// must not hold up the provider's others, page after page.
-pub fn parse(body: &[u8], after_id: i64) -> Result<Vec<Item>, PullError> {
+pub fn parse(body: &[u8], after_id: i64) -> Result<Page, PullError> {
     let list: Vec<Value> =
         serde_json::from_slice(body).map_err(|e| PullError::BadResponse(format!("expected a list of items: {e}")))?;
+    let rows = list.len();
     let mut items = Vec::with_capacity(list.len());
     for item in list {
         let Value::Object(mut obj) = item else {
@@ -114,7 +125,7 @@ pub fn parse(body: &[u8], after_id: i64) -> Result<Vec<Item>, PullError> {
     }
     items.sort_by_key(|i| (i.id.is_none(), i.id));
     items.dedup_by(|a, b| a.id.is_some() && a.id == b.id);
-    Ok(items)
+    Ok(Page { items, rows })
 }
 
 /// A JSON number that is a whole `i64` (`3` or `3.0`).
@@ -130,7 +141,9 @@ mod tests {
     fn pages_are_filtered_sorted_and_projected() {
         let body = br#"[{"id":5,"text":"b","device":"d","location":"l","created_at":"2026-01-01T00:00:00Z","extra":1},
                         {"id":2,"text":"a"},{"id":7,"text":"c"},{"id":5,"text":"b"}]"#;
-        let items = parse(body, 2).unwrap();
+        let page = parse(body, 2).unwrap();
+        assert_eq!(page.rows, 4, "every row the provider sent, the repeat and the one at the cursor too");
+        let items = page.items;
         assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![Some(5), Some(7)]);
         let v: Value = serde_json::from_slice(&items[0].json).unwrap();
         assert!(v.get("extra").is_none() && v["device"] == "d");
@@ -140,14 +153,14 @@ mod tests {
     #[test]
     fn items_without_a_whole_number_id_come_last_and_are_kept() {
         let body = br#"[{"id":"x","text":"a"},{"id":4.0,"text":"b"},7,{"id":2.5},{"text":"c"},{"id":3}]"#;
-        let items = parse(body, 0).unwrap();
+        let items = parse(body, 0).unwrap().items;
         assert_eq!(items.iter().map(|i| i.id).collect::<Vec<_>>(), [Some(3), Some(4), None, None, None, None]);
         let json: Vec<&[u8]> = items[2..].iter().map(|i| &i.json[..]).collect();
         assert_eq!(json, [&br#"{"id":"x","text":"a"}"#[..], b"7", br#"{"id":2.5}"#, br#"{"text":"c"}"#]);
         // Each kept once, under an id of its own that does not change from pull to pull.
         let ids: std::collections::BTreeSet<String> = items.iter().map(|i| i.msg_id("p")).collect();
         assert_eq!(ids.len(), 6);
-        assert_eq!(parse(body, 0).unwrap()[3].msg_id("p"), items[3].msg_id("p"));
+        assert_eq!(parse(body, 0).unwrap().items[3].msg_id("p"), items[3].msg_id("p"));
         assert_eq!(items[0].msg_id("p"), "survey:p:3");
     }
 }

@@ -243,7 +243,7 @@ impl Rounds {
             loop {
                 let page = p.client.page(p.cursor.load(Ordering::Relaxed), self.cfg.page_size).await?;
                 let mut unkeyed = Vec::new();
-                for item in &page {
+                for item in &page.items {
                     let key = item.msg_id(&p.name);
                     if item.id.is_none() {
                         if p.stored_keys().keys.contains(&key) {
@@ -262,9 +262,11 @@ impl Rounds {
                 }
                 unkeyed.into_iter().for_each(|key| p.stored_keys().insert(key));
                 // Items without an id come last and move no cursor: a page of nothing else is the end.
-                let Some(last) = page.iter().filter_map(|i| i.id).max() else { break };
+                let Some(last) = page.items.iter().filter_map(|i| i.id).max() else { break };
                 p.cursor.fetch_max(last, Ordering::Relaxed);
-                if page.len() < self.cfg.page_size as usize {
+                // Counted before repeats and rows at or below the cursor were left out: a full page of
+                // which some were is not the end (the round ended there, said `ok`, and left the rest).
+                if page.rows < self.cfg.page_size as usize {
                     break;
                 }
             }

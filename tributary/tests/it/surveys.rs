@@ -247,6 +247,41 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     assert!(letters[0]["reason"].as_str().unwrap().contains("id"), "{body}");
 }
 
+/// A round pages until a page comes back with fewer rows than asked for, counted as the provider sent
+/// them: a full page with a row repeated (or one at the cursor, from a provider taking `after_id` as
+/// inclusive) is not the end. It was, once the repeat was left out: the round said `ok` and a fully
+/// synced read missed every later item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_with_a_row_repeated_is_not_the_last() {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let app = spawn_app().await;
+    // Items 1 to 20; each page's first row comes twice (the aggregator asks for 7 at a time).
+    let router = axum::Router::new().route(
+        "/api/v1/reporter",
+        axum::routing::get(move |q: Query<HashMap<String, String>>| async move {
+            let after: i64 = q.get("after_id").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            let item = |id: i64| json!({"id": id, "text": format!("item {id}"), "device": "ios", "location": "north"});
+            let mut page: Vec<Value> = (after + 1..=20).map(item).collect();
+            if let Some(first) = page.first().cloned() {
+                page.insert(0, first);
+            }
+            page.truncate(limit);
+            axum::Json(page)
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let _agg = with_aggregator_at(&app, &[("twice", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
+
+    let (s, b) = app.get("/v1/surveys?fresh=true&limit=100").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), [("twice".to_owned(), "ok".to_owned())], "{b}");
+    assert_eq!(keys(&b).len(), 20, "every item, in one fully synced read: {b}");
+}
+
 /// A round whose read of the stored cursors gets no answer (its connection cut off silently) goes on
 /// from the cursors in memory after a provider's deadline. It waited for ever, and since every request
 /// joins the round in flight, no survey was synced again.
