@@ -54,6 +54,30 @@ impl Sim {
     }
 }
 
+/// A provider answering `GET /api/v1/reporter?after_id=&limit=` with `page(after_id, limit)`, on a free
+/// port: its URL.
+async fn fake_provider(page: impl Fn(i64, usize) -> Vec<Value> + Clone + Send + Sync + 'static) -> String {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let router = axum::Router::new().route(
+        "/api/v1/reporter",
+        axum::routing::get(move |q: Query<HashMap<String, String>>| async move {
+            let after: i64 = q.get("after_id").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            axum::Json(page(after, limit))
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+/// A provider's item `id` with `text`, from an iPhone in the north.
+fn item(id: i64, text: &str) -> Value {
+    json!({"id": id, "text": text, "device": "ios", "location": "north"})
+}
+
 async fn with_aggregator(app: &TestApp, sims: &[(&str, &Sim)], timeout_ms: u64) -> CancellationToken {
     let providers: Vec<(&str, String)> = sims.iter().map(|(name, sim)| (*name, sim.url())).collect();
     with_aggregator_at(app, &providers, timeout_ms, app.c.db.get_postgres_connection_pool().clone()).await
@@ -201,29 +225,19 @@ async fn a_provider_down_or_slow_is_reported_and_never_blocks_the_other() {
 /// page, it was stored and dead-lettered again by every pull after the stream's duplicate window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_flow() {
-    use axum::extract::Query;
-    use std::collections::HashMap;
     let app = spawn_app_with(|c| c.streams.duplicate_window_secs = 1).await;
     // A provider holding the items 1 to `held`, and one whose id is text, which it answers on every page.
     let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(2));
-    let router = axum::Router::new().route(
-        "/api/v1/reporter",
-        axum::routing::get({
-            let held = held.clone();
-            move |q: Query<HashMap<String, String>>| async move {
-                let after: i64 = q.get("after_id").and_then(|a| a.parse().ok()).unwrap_or(0);
-                let last = held.load(std::sync::atomic::Ordering::Relaxed);
-                let mut page: Vec<Value> = (after + 1..=last)
-                    .map(|id| json!({"id": id, "text": format!("good {id}"), "device": "ios", "location": "north"}))
-                    .collect();
-                page.push(json!({"id": "x-1", "text": "bad", "device": "ios", "location": "north"}));
-                axum::Json(page)
-            }
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = fake_provider({
+        let held = held.clone();
+        move |after, _| {
+            let last = held.load(std::sync::atomic::Ordering::Relaxed);
+            let mut page: Vec<Value> = (after + 1..=last).map(|id| item(id, &format!("good {id}"))).collect();
+            page.push(json!({"id": "x-1", "text": "bad", "device": "ios", "location": "north"}));
+            page
+        }
+    })
+    .await;
     let _agg = with_aggregator_at(&app, &[("odd", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
 
     let (s, b) = app.get("/v1/surveys?fresh=true").await;
@@ -253,27 +267,17 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
 /// synced read missed every later item.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_page_with_a_row_repeated_is_not_the_last() {
-    use axum::extract::Query;
-    use std::collections::HashMap;
     let app = spawn_app().await;
     // Items 1 to 20; each page's first row comes twice (the aggregator asks for 7 at a time).
-    let router = axum::Router::new().route(
-        "/api/v1/reporter",
-        axum::routing::get(move |q: Query<HashMap<String, String>>| async move {
-            let after: i64 = q.get("after_id").and_then(|a| a.parse().ok()).unwrap_or(0);
-            let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-            let item = |id: i64| json!({"id": id, "text": format!("item {id}"), "device": "ios", "location": "north"});
-            let mut page: Vec<Value> = (after + 1..=20).map(item).collect();
-            if let Some(first) = page.first().cloned() {
-                page.insert(0, first);
-            }
-            page.truncate(limit);
-            axum::Json(page)
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = fake_provider(|after, limit| {
+        let mut page: Vec<Value> = (after + 1..=20).map(|id| item(id, &format!("item {id}"))).collect();
+        if let Some(first) = page.first().cloned() {
+            page.insert(0, first);
+        }
+        page.truncate(limit);
+        page
+    })
+    .await;
     let _agg = with_aggregator_at(&app, &[("twice", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
 
     let (s, b) = app.get("/v1/surveys?fresh=true&limit=100").await;
