@@ -307,6 +307,7 @@ async fn an_upload_settles_on_what_jetstream_says_not_on_the_reports() {
     let counts = [(id.clone(), 3)].into_iter().collect();
     tributary_broker::uploads::report(&app.c.nats, "committed", counts).await;
     app.get_until(&path, Duration::from_secs(10), "the forged report counted", |b| b["committed"] == 3).await;
+    // Not a wait but a watch: for a second, the upload must not be done (the old code was, at once).
     for _ in 0..10 {
         let (_, b) = app.get(&path).await;
         assert_eq!(b["state"], "settling", "done on a report, with nothing committed: {b}");
