@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use serde_json::Value;
+use tributary_broker::surveys::SurveyPayload;
 
 /// One exported item: its id (for the cursor) and the JSON published for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,13 @@ impl Item {
             Some(id) => format!("survey:{provider}:{id}"),
             None => format!("survey:{provider}:content:{:016x}", tributary_broker::hash::fnv1a(&[&self.json])),
         }
+    }
+
+    /// What is published in place of this item when it is `bytes` long, more than NATS takes: its id and
+    /// size, which the processor refuses as invalid (so the item is dead-lettered, its reason naming both).
+    pub fn oversized(&self, bytes: usize) -> Bytes {
+        let stub = SurveyPayload { id: self.id, oversized_bytes: Some(bytes as u64), ..Default::default() };
+        serde_json::to_vec(&stub).expect("a payload of numbers serializes").into()
     }
 }
 

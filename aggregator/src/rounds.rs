@@ -251,9 +251,13 @@ impl Rounds {
                         }
                         unkeyed.push(key.clone());
                     }
-                    publisher
-                        .publish_raw(subject.clone(), publish::headers(Some(&key), codec::JSON), item.json.clone())
-                        .await;
+                    let headers = || publish::headers(Some(&key), codec::JSON);
+                    if let Err(big) = publisher.try_publish_raw(subject.clone(), headers(), item.json.clone()).await {
+                        // In its place, with its key, what the processor dead-letters naming its size: else
+                        // the round fails on it and the cursor stays below it, for ever.
+                        tracing::warn!(provider = %p.name, id = item.id, error = %big, "an item larger than NATS takes");
+                        publisher.publish_raw(subject.clone(), headers(), item.oversized(big.size)).await;
+                    }
                     items += 1;
                 }
                 publisher.flush().await;

@@ -114,7 +114,21 @@ impl Publisher {
     /// Publishes a payload with the given headers (trace context is added). Waits only when the
     /// pipeline is full. The first send happens here, in call order, so one publisher's events are
     /// stored in the order it was given them (unless one has to be sent again).
-    pub async fn publish_raw(&mut self, subject: String, mut headers: HeaderMap, payload: Bytes) {
+    pub async fn publish_raw(&mut self, subject: String, headers: HeaderMap, payload: Bytes) {
+        if let Err(big) = self.try_publish_raw(subject, headers, payload).await {
+            let why = big.to_string();
+            self.report.failed.push((big.subject, why));
+        }
+    }
+
+    /// As [`publish_raw`](Self::publish_raw), except that a message more than the server takes is handed
+    /// back instead of counted as failed, for the caller to publish something in its place.
+    pub async fn try_publish_raw(
+        &mut self,
+        subject: String,
+        mut headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), TooLarge> {
         while let Some(Some(settled)) = self.in_flight.next().now_or_never() {
             self.record(settled);
         }
@@ -123,7 +137,7 @@ impl Publisher {
         }
         if let Some(why) = &self.gave_up {
             self.report.failed.push((subject, format!("not sent: {why}")));
-            return;
+            return Ok(());
         }
         let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
         trace::inject(&span, &mut headers);
@@ -145,8 +159,7 @@ impl Publisher {
                 // Refused before sending: sending it again would be refused again. This one fails; the
                 // publisher goes on.
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    self.report.failed.push((subject, too_large(size, &e)));
-                    return;
+                    return Err(TooLarge { subject, size, why: e.to_string() });
                 }
                 sent => sent.map_err(|e| e.to_string()),
             }
@@ -154,6 +167,7 @@ impl Publisher {
             Err(NOT_CONNECTED.to_owned())
         };
         self.in_flight.push(Box::pin(settle(subject, sent, again)));
+        Ok(())
     }
 
     /// Runs `work` while collecting this publisher's acks as they come. A publish waits while the client
@@ -280,7 +294,8 @@ async fn settle(
             Ok(ack) => ack.await.map_err(|e| e.to_string()),
             // Larger than the server takes (first sent while disconnected): it would be refused again.
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                return Settled { subject, resent, result: Err(too_large(r.payload.len(), &e)), exhausted: false };
+                let big = TooLarge { subject: subject.clone(), size: r.payload.len(), why: e.to_string() };
+                return Settled { subject, resent, result: Err(big.to_string()), exhausted: false };
             }
             Err(e) => Err(e.to_string()),
         };
@@ -288,9 +303,16 @@ async fn settle(
     Settled { subject, resent, result, exhausted: false }
 }
 
-/// The reason a publish of `size` bytes was refused before sending as larger than the server takes.
-fn too_large(size: usize, e: &impl std::fmt::Display) -> String {
-    format!("{size} bytes with its headers exceed the server's max_payload ({e})")
+/// A message refused before sending as larger than the server takes (its `max_payload`, headers
+/// included): sending it again would be refused again.
+#[derive(Debug, thiserror::Error)]
+#[error("{size} bytes with its headers exceed the server's max_payload ({why})")]
+pub struct TooLarge {
+    /// Where it was to go.
+    pub subject: String,
+    /// Its payload's size in bytes.
+    pub size: usize,
+    why: String,
 }
 
 /// Why [`publish_one`] did not store its message.

@@ -4,7 +4,9 @@
 //! one stream, in order:
 //! - an item, `{"id": 42, "text": ..., "device": ..., "location": ..., "created_at": ...}` (the provider's
 //!   own id, unique per provider; `created_at` defaults to the JetStream time);
-//! - a pull's outcome, `{"status": "ok" | "timeout" | "unreachable" | "error", "at": ..., "error": "..."}`.
+//! - a pull's outcome, `{"status": "ok" | "timeout" | "unreachable" | "error", "at": ..., "error": "..."}`;
+//! - in place of an item larger than NATS takes, `{"id": 42, "oversized_bytes": 2000000}`: refused as
+//!   invalid, naming its size, so that it is dead-lettered and the provider's later items still flow.
 
 use crate::codec;
 use crate::events::Rejection;
@@ -43,6 +45,9 @@ pub struct SurveyPayload {
     pub at: Option<Ts>,
     /// What went wrong, for a failed pull.
     pub error: Option<String>,
+    /// The size in bytes of an item the aggregator could not publish (more than the server's
+    /// `max_payload`): it publishes this, with the item's id, in its place.
+    pub oversized_bytes: Option<u64>,
 }
 
 /// One item of one provider.
@@ -125,6 +130,13 @@ fn text(field: &str, v: Option<String>, max: usize) -> Result<String, String> {
 }
 
 fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
+    if let Some(bytes) = p.oversized_bytes {
+        let which = p.id.map(|id| format!(" {id}")).unwrap_or_default();
+        return Err(format!(
+            "the provider's item{which} is {bytes} bytes, more than NATS takes (its max_payload): \
+             not published; it is still at the provider"
+        ));
+    }
     if let Some(status) = p.status {
         if p.id.is_some() || p.text.is_some() || p.device.is_some() || p.location.is_some() || p.created_at.is_some() {
             return Err("a status carries only status, at and error".into());
@@ -217,5 +229,11 @@ mod tests {
         assert!(r(br#"{"status":"ok","id":1}"#).contains("only"));
         assert!(r(br#"{"id":1,"text":"a","device":"d","location":"l","x":1}"#).contains("unknown field"));
         assert_eq!(SurveyRecord::decode("survey.a.b", None, b"{}", now()).unwrap_err().class, "bad_subject");
+        // The aggregator's stand-in for an item it could not publish: invalid, named by id and size.
+        let stub = SurveyRecord::decode("survey.blue", None, br#"{"id":7,"oversized_bytes":2000000}"#, now());
+        let stub = stub.unwrap_err();
+        assert_eq!(stub.class, "invalid");
+        assert!(stub.reason.contains("item 7 is 2000000 bytes"), "{}", stub.reason);
+        assert!(r(br#"{"oversized_bytes":5}"#).contains("item is 5 bytes"));
     }
 }

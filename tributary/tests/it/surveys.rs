@@ -261,6 +261,37 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     assert!(letters[0]["reason"].as_str().unwrap().contains("id"), "{body}");
 }
 
+/// An item larger than NATS takes (its `max_payload`, 1 MB here) is dead-lettered by id and size, and the
+/// provider's later items flow. The round failed on it, with the cursor below it, on every pull for ever:
+/// the provider was reported failing and nothing after the item was ever stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_larger_than_nats_takes_is_dead_lettered_and_the_next_flow() {
+    let app = spawn_app().await;
+    let url = fake_provider(|after, limit| {
+        let mut page: Vec<Value> = (after + 1..=3).map(|id| item(id, &format!("item {id}"))).collect();
+        if let Some(big) = page.iter_mut().find(|i| i["id"] == 2) {
+            big["text"] = "x".repeat(2 << 20).into();
+        }
+        page.truncate(limit);
+        page
+    })
+    .await;
+    let _agg = with_aggregator_at(&app, &[("huge", url)], 5000, app.c.db.get_postgres_connection_pool().clone()).await;
+
+    let (s, b) = app.get("/v1/surveys?fresh=true").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), [("huge".to_owned(), "ok".to_owned())], "{b}");
+    assert_eq!(keys(&b), [("huge".to_owned(), 3), ("huge".to_owned(), 1)], "{b}");
+
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{body}");
+    assert_eq!(letters[0]["subject"], "survey.huge");
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("item 2 is 2097") && reason.contains("max_payload"), "{reason}");
+}
+
 /// A round pages until a page comes back with fewer rows than asked for, counted as the provider sent
 /// them: a full page with a row repeated (or one at the cursor, from a provider taking `after_id` as
 /// inclusive) is not the end. It was, once the repeat was left out: the round said `ok` and a fully
