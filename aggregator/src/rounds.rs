@@ -1,4 +1,5 @@
-//! Pull rounds: every provider at once, each under its own deadline; concurrent requests share a round.
+//! Pull rounds: every provider at once, each under its own deadline; concurrent requests share a round
+//! that has not asked the providers yet.
 
 use crate::AggregatorConfig;
 use crate::provider::{ProviderClient, PullError};
@@ -91,14 +92,24 @@ impl Provider {
 }
 
 type Pending = watch::Receiver<Option<Arc<RoundReport>>>;
+type Reporter = watch::Sender<Option<Arc<RoundReport>>>;
 
-/// Runs rounds; [`Rounds::sync`] starts one or joins the one in flight.
+/// The rounds requests can join: the one in flight and, once it has asked the providers, the one after.
+#[derive(Default)]
+struct Slots {
+    /// The round in flight, and whether it has started asking the providers.
+    current: Option<(Pending, bool)>,
+    /// The round that starts when the current one ends, for the requests that came once it was asking.
+    next: Option<(Reporter, Pending)>,
+}
+
+/// Runs rounds; [`Rounds::sync`] joins a round that has not yet asked the providers, or the next one.
 pub struct Rounds {
     cfg: AggregatorConfig,
     js: jetstream::Context,
     db: tributary_store::sqlx::PgPool,
     providers: Vec<Provider>,
-    in_flight: Mutex<Option<Pending>>,
+    slots: Mutex<Slots>,
     count: AtomicU64,
 }
 
@@ -121,32 +132,29 @@ impl Rounds {
                 unkeyed: Mutex::default(),
             })
             .collect();
-        Ok(Rounds { cfg, js, db, providers, in_flight: Mutex::new(None), count: AtomicU64::new(0) })
+        Ok(Rounds { cfg, js, db, providers, slots: Mutex::default(), count: AtomicU64::new(0) })
     }
 
-    /// The report of a round that is in flight when this is called, or of a new one.
+    /// The report of a round that asks every provider after this is called: the round in flight if it
+    /// has not asked them yet, else the one after it (shared by every request that comes meanwhile), else
+    /// a new one.
     ///
-    /// Everything a provider held when the round asked it is in the report's items; an item that
-    /// reached a provider after that is pulled by the next round.
+    /// So everything a provider held when this was called is in the report's items. (Joining a round
+    /// that had already asked missed what reached a provider in between, for a read that came after it.)
     pub async fn sync(self: &Arc<Self>) -> Arc<RoundReport> {
         let mut rx = {
-            let mut slot = self.slot();
-            match &*slot {
-                Some(rx) => rx.clone(),
-                None => {
+            let mut slots = self.slots();
+            match &*slots {
+                Slots { current: Some((rx, false)), .. } => rx.clone(),
+                Slots { current: Some(_), next: Some((_, rx)) } => rx.clone(),
+                Slots { current: Some(_), next: None } => {
                     let (tx, rx) = watch::channel(None);
-                    *slot = Some(rx.clone());
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        // A round that panics still ends and reports, so the slot never stays taken.
-                        let report = AssertUnwindSafe(me.round())
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|_| me.failed("the round panicked; see the aggregator's log"));
-                        // Later requests start a new round from here on.
-                        *me.slot() = None;
-                        let _ = tx.send(Some(Arc::new(report)));
-                    });
+                    slots.next = Some((tx, rx.clone()));
+                    rx
+                }
+                Slots { current: None, .. } => {
+                    let (tx, rx) = watch::channel(None);
+                    self.start(&mut slots, tx, rx.clone());
                     rx
                 }
             }
@@ -157,9 +165,30 @@ impl Rounds {
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+    /// Starts a round reporting to `tx`, as the current one.
+    fn start(self: &Arc<Self>, slots: &mut Slots, tx: Reporter, rx: Pending) {
+        slots.current = Some((rx, false));
+        let me = self.clone();
+        tokio::spawn(async move {
+            // A round that panics still ends and reports, so the slot never stays taken.
+            let report = AssertUnwindSafe(me.round())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| me.failed("the round panicked; see the aggregator's log"));
+            {
+                let mut slots = me.slots();
+                slots.current = None;
+                if let Some((tx, rx)) = slots.next.take() {
+                    me.start(&mut slots, tx, rx);
+                }
+            }
+            let _ = tx.send(Some(Arc::new(report)));
+        });
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         // Nothing panics while holding it; recover the value if something ever did.
-        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A report for a round that could not run: every provider `error` with `why`.
@@ -187,6 +216,7 @@ impl Rounds {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The current round: marked asking before it asks any provider.
     async fn round(&self) -> RoundReport {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         let span = tracing::info_span!("round", round = n, providers = self.providers.len());
@@ -194,6 +224,9 @@ impl Rounds {
             let started = Instant::now();
             let started_at = Ts::new(chrono::Utc::now()).to_string();
             self.resume_cursors().await;
+            if let Some((_, asking)) = &mut self.slots().current {
+                *asking = true; // later requests wait for the next round
+            }
             let reports = futures::future::join_all(self.providers.iter().map(|p| self.pull(p))).await;
             self.publish_outcomes(&reports).await;
             let took = started.elapsed();
@@ -208,7 +241,7 @@ impl Rounds {
 
     /// Takes the stored cursors where they are ahead (after a restart, or another replica's pulls),
     /// waiting at most a provider's deadline: PostgreSQL stalled must not stall the round (every later
-    /// request joins the round in flight).
+    /// request waits for it, or for the one after it).
     async fn resume_cursors(&self) {
         let deadline = Duration::from_millis(self.cfg.provider_timeout_ms);
         let rows = match tokio::time::timeout(deadline, tributary_store::surveys::cursors(&self.db)).await {
