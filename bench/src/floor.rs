@@ -35,6 +35,19 @@ impl Quantiles {
         })
     }
 
+    /// The quantiles of `samples` (ms) as Tributary's are read: counted into the processor's histogram
+    /// buckets and interpolated within one, so that the two pipelines are compared by one method.
+    fn bucketed(samples: &[f64]) -> Quantiles {
+        let mut counts: Vec<(f64, f64)> =
+            tributary_telemetry::FRESHNESS_BUCKETS.iter().map(|le| (*le, 0.0)).chain([(f64::INFINITY, 0.0)]).collect();
+        for ms in samples {
+            for (_, c) in counts.iter_mut().filter(|(le, _)| ms / 1e3 <= *le) {
+                *c += 1.0;
+            }
+        }
+        Quantiles::at(|q| super::scrape::bucket_quantile(&[], &counts, q) * 1e3)
+    }
+
     /// `p50 / p99 / p99.9`, ms to a tenth.
     pub fn brief(&self) -> String {
         format!("{:.1} / {:.1} / {:.1}", self.p50_ms, self.p99_ms, self.p999_ms)
@@ -48,6 +61,9 @@ pub struct Floor {
     pub jetstream: Quantiles,
     /// Arrival → commit of the raw row by the baseline pipeline.
     pub baseline: Quantiles,
+    /// The same, read as Tributary's quantiles are (from the processor's histogram buckets): what the
+    /// ratios compare.
+    pub baseline_bucketed: Quantiles,
     /// Who used the CPU while the baseline ran, where measured ([`super::cpu`]).
     pub baseline_cpu: Option<CpuUse>,
 }
@@ -64,11 +80,16 @@ pub async fn measure(
     secs: f64,
     nats: u32,
 ) -> anyhow::Result<Floor> {
-    let jetstream = one(js, None, &format!("{name}_JS"), instruments, rate, secs).await?;
+    let jetstream = Quantiles::of(one(js, None, &format!("{name}_JS"), instruments, rate, secs).await?);
     let watch = Watch::start(nats, None);
     let baseline = one(js, Some(pool), &format!("{name}_PG"), instruments, rate, secs).await?;
     let baseline_cpu = watch.stop((rate * secs).round() as u64);
-    Ok(Floor { jetstream, baseline, baseline_cpu })
+    Ok(Floor {
+        jetstream,
+        baseline_bucketed: Quantiles::bucketed(&baseline),
+        baseline: Quantiles::of(baseline),
+        baseline_cpu,
+    })
 }
 
 async fn one(
@@ -78,7 +99,7 @@ async fn one(
     instruments: usize,
     rate: f64,
     secs: f64,
-) -> anyhow::Result<Quantiles> {
+) -> anyhow::Result<Vec<f64>> {
     let prefix = stream_name.to_lowercase();
     let stream = js
         .create_stream(stream::Config {
@@ -103,7 +124,7 @@ async fn one(
     let latencies = consumed.await;
     js.delete_stream(stream_name).await.ok();
     published?;
-    Ok(Quantiles::of(latencies.context("floor consumer panicked")??))
+    latencies.context("floor consumer panicked")?
 }
 
 /// Takes `m` messages in batches of whatever is ready (at most 1000); with a pool, stores each batch as the
@@ -139,5 +160,17 @@ mod tests {
         assert_eq!((q.p50_ms, q.p99_ms, q.p999_ms), (500.0, 990.0, 999.0));
         let one = Quantiles::of(vec![7.0]);
         assert_eq!((one.p50_ms, one.p99_ms, one.p999_ms), (7.0, 7.0, 7.0));
+    }
+
+    /// Read from the buckets, 100 samples of 1.1 ms and 100 of 1.9 ms have their p50 where the bucket
+    /// (1, 1.5] ends, and their p99 interpolated within (1.5, 2]: as Tributary's quantiles are read.
+    #[test]
+    fn bucketed_quantiles_interpolate_within_the_processors_buckets() {
+        let samples: Vec<f64> = [1.1; 100].into_iter().chain([1.9; 100]).collect();
+        let q = Quantiles::bucketed(&samples);
+        assert!((q.p50_ms - 1.5).abs() < 1e-9, "{q:?}");
+        assert!((q.p99_ms - (1.5 + 0.5 * 98.0 / 100.0)).abs() < 1e-9, "{q:?}");
+        let exact = Quantiles::of(samples);
+        assert_eq!((exact.p50_ms, exact.p99_ms), (1.1, 1.9));
     }
 }

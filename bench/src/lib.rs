@@ -309,6 +309,16 @@ async fn run_freshness_curve(mut config: Config, args: &BenchArgs, nats_port: u1
             b.brief(),
             j.brief()
         );
+        let bucketed = p.floor.baseline_bucketed;
+        println!(
+            "{:>10} baseline read from the buckets, as Tributary's: {}; ratios p50 {:.2}, p99 {:.2} (to the exact: {:.2}, {:.2})",
+            "",
+            bucketed.brief(),
+            p.latency.p50_ms / bucketed.p50_ms,
+            p.latency.p99_ms / bucketed.p99_ms,
+            p.latency.p50_ms / b.p50_ms,
+            p.latency.p99_ms / b.p99_ms,
+        );
         println!("{:>10} where a unit's time goes, mean ms: {}", "", report::phases(&p.phases_ms));
         println!("{:>10} and its slowest, p99 ms: {}", "", report::phases(&p.phases_p99_ms));
         if let Some(cpu) = p.cpu {
@@ -386,7 +396,7 @@ async fn run_phases(
         two_replicas_over_one: trib.scale.runs.median / trib.runs.median,
         two_partitions_over_one: trib.scale.one_process.median / trib.runs.median,
         two_partitions_over_baseline: trib.scale.one_process.median / baseline.median,
-        freshness_p99_over_baseline: trib.freshness.latency.p99_ms / trib.floor.baseline.p99_ms,
+        freshness_p99_over_baseline: trib.freshness.latency.p99_ms / trib.floor.baseline_bucketed.p99_ms,
     };
     Ok(Report {
         machine: machine(&config).await,
@@ -415,6 +425,7 @@ async fn run_phases(
             events_per_s: baseline.median,
             runs: baseline,
             freshness: trib.floor.baseline,
+            freshness_bucketed: trib.floor.baseline_bucketed,
             freshness_cpu: trib.floor.baseline_cpu,
         },
         tributary: TributaryReport {

@@ -52,27 +52,28 @@ impl Drop for Telemetry {
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The buckets (seconds) of the commit latency and of the phases it is made of: finer steps where the
+/// freshness targets are (milliseconds), and enough above 100 ms that a saturated machine's quantiles are
+/// not all interpolated inside one wide bucket. The benchmark reads its quantiles from these.
+pub const FRESHNESS_BUCKETS: [f64; 30] = [
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// The process's Prometheus handle (installed on first use).
 pub fn metrics() -> PrometheusHandle {
     METRICS
         .get_or_init(|| {
             let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-            // Freshness needs finer steps where its targets are (milliseconds), and enough above 100 ms that
-            // a saturated machine's quantiles are not all interpolated inside one wide bucket; so do the
-            // phases a commit's latency is made of.
-            let freshness = [
-                0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.0125, 0.015, 0.02, 0.03, 0.05,
-                0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(tributary_broker::metric_names::COMMIT_LATENCY.into()),
-                    &freshness,
+                    &FRESHNESS_BUCKETS,
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(tributary_broker::metric_names::PHASE_SECONDS.into()),
-                        &freshness,
+                        &FRESHNESS_BUCKETS,
                     )
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency))
