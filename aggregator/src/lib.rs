@@ -5,9 +5,10 @@
 //! - [`provider`]: one provider's export API (`GET /api/v1/reporter?after_id=&limit=`), paged from a cursor.
 //! - [`rounds`]: a round pulls every provider at once, each under its own deadline, publishes what it
 //!   found to `survey.<provider>` (idempotency key provider + item id) and then each provider's outcome;
-//!   requests that arrive while a round is in flight share it.
+//!   a request shares the round in flight if it has not asked the providers yet, else the one after it.
 //! - [`run`]: rounds on an interval and on demand: a request on core NATS [`SYNC_SUBJECT`] (queue group
-//!   `aggregator`, so replicas split them) starts or joins a round and is answered with its [`RoundReport`].
+//!   `aggregator`, so replicas split them) is answered with the [`RoundReport`] of a round that asked every
+//!   provider after the request came.
 //!
 //! The aggregator stores nothing itself: items and outcomes go through NATS to the processor, which stores
 //! them and advances each provider's cursor in one transaction. At startup (and before every round) the
@@ -107,7 +108,7 @@ pub async fn run(
         tracing::info!(providers = ?cfg.providers, "aggregator: pulling");
     }
     let client = js.client();
-    let rounds = Arc::new(Rounds::new(cfg.clone(), js, db)?);
+    let rounds = Arc::new(Rounds::new(cfg.clone(), js, db, shutdown.clone())?);
     let mut requests = client.queue_subscribe(SYNC_SUBJECT, "aggregator".into()).await?;
     let mut every = (cfg.interval_secs > 0).then(|| tokio::time::interval(Duration::from_secs(cfg.interval_secs)));
     use futures::StreamExt;
@@ -120,10 +121,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick => {
-                let r = rounds.clone();
-                tokio::spawn(async move { r.sync().await });
-            }
+            _ = tick => rounds.tick(),
             m = requests.next() => {
                 let Some(m) = m else { anyhow::bail!("the sync subscription ended") };
                 let (r, client) = (rounds.clone(), client.clone());

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tributary_broker::metric_names as names;
 use tributary_broker::publish::{self, Publisher};
@@ -111,14 +112,17 @@ pub struct Rounds {
     providers: Vec<Provider>,
     slots: Mutex<Slots>,
     count: AtomicU64,
+    /// Once cancelled, no round starts after the one in flight: its followers are told it was stopped.
+    stop: CancellationToken,
 }
 
 impl Rounds {
-    /// Rounds over `cfg.providers`, publishing to `js`, reading stored cursors from `db`.
+    /// Rounds over `cfg.providers`, publishing to `js`, reading stored cursors from `db`, until `stop`.
     pub fn new(
         cfg: AggregatorConfig,
         js: jetstream::Context,
         db: tributary_store::sqlx::PgPool,
+        stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_millis(cfg.provider_timeout_ms)).build()?;
@@ -132,7 +136,7 @@ impl Rounds {
                 unkeyed: Mutex::default(),
             })
             .collect();
-        Ok(Rounds { cfg, js, db, providers, slots: Mutex::default(), count: AtomicU64::new(0) })
+        Ok(Rounds { cfg, js, db, providers, slots: Mutex::default(), count: AtomicU64::new(0), stop })
     }
 
     /// The report of a round that asks every provider after this is called: the round in flight if it
@@ -165,6 +169,15 @@ impl Rounds {
         }
     }
 
+    /// Starts a round unless one is in flight: the interval's rounds, which promise no read anything.
+    pub fn tick(self: &Arc<Self>) {
+        let mut slots = self.slots();
+        if slots.current.is_none() {
+            let (tx, rx) = watch::channel(None);
+            self.start(&mut slots, tx, rx);
+        }
+    }
+
     /// Starts a round reporting to `tx`, as the current one.
     fn start(self: &Arc<Self>, slots: &mut Slots, tx: Reporter, rx: Pending) {
         slots.current = Some((rx, false));
@@ -178,7 +191,10 @@ impl Rounds {
             {
                 let mut slots = me.slots();
                 slots.current = None;
-                if let Some((tx, rx)) = slots.next.take() {
+                // After shutdown the next round's requests are told it was stopped (its sender dropped).
+                if let Some((tx, rx)) = slots.next.take()
+                    && !me.stop.is_cancelled()
+                {
                     me.start(&mut slots, tx, rx);
                 }
             }
@@ -289,7 +305,11 @@ impl Rounds {
                         // In its place, with its key, what the processor dead-letters naming its size: else
                         // the round fails on it and the cursor stays below it, for ever.
                         tracing::warn!(provider = %p.name, id = item.id, error = %big, "an item larger than NATS takes");
-                        publisher.publish_raw(subject.clone(), headers(), item.oversized(big.size)).await;
+                        // Its own key: should the item fit later (a larger max_payload) and be pulled again
+                        // (the cursor stored below it), it must not be taken for a duplicate of this.
+                        let key = format!("{key}:oversized");
+                        let stand_in = publish::headers(Some(&key), codec::JSON);
+                        publisher.publish_raw(subject.clone(), stand_in, item.oversized(big.size)).await;
                     }
                     items += 1;
                 }

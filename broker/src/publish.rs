@@ -306,7 +306,7 @@ async fn settle(
 /// A message refused before sending as larger than the server takes (its `max_payload`, headers
 /// included): sending it again would be refused again.
 #[derive(Debug, thiserror::Error)]
-#[error("{size} bytes with its headers exceed the server's max_payload ({why})")]
+#[error("{size} bytes of payload, with its headers, exceed the server's max_payload ({why})")]
 pub struct TooLarge {
     /// Where it was to go.
     pub subject: String,

@@ -134,7 +134,7 @@ fn validate(p: SurveyPayload, received: Ts) -> Result<SurveyEvent, String> {
         let which = p.id.map(|id| format!(" {id}")).unwrap_or_default();
         return Err(format!(
             "the provider's item{which} is {bytes} bytes, more than NATS takes (its max_payload): \
-             not published; it is still at the provider"
+             not published, and not pulled again (fetch it from the provider)"
         ));
     }
     if let Some(status) = p.status {

@@ -1,8 +1,9 @@
 //! Surveys: `GET /v1/surveys?limit=&device=&location=&fresh=`.
 //!
-//! With `fresh=true` the read first asks the aggregator for a pull round (joining one in flight), then
-//! waits until the processor has committed everything in the SURVEYS stream, so the answer holds every
-//! item the providers had when the round asked them. Without it, it answers from what is stored.
+//! With `fresh=true` the read first asks the aggregator for a pull round that asks every provider after
+//! the read came (the round in flight if it has not asked them yet, else the one after it), then waits
+//! until the processor has committed everything in the SURVEYS stream, so the answer holds every item the
+//! providers had when the read came. Without it, it answers from what is stored.
 
 use crate::error::ErrorBody;
 use crate::params::{self, Params};
@@ -21,8 +22,9 @@ use utoipa::ToSchema;
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct FreshRound {
-    /// true: join (or start) a pull round over every provider, then wait until the processor committed what it
-    /// found; 503 when no aggregator runs, 504 past api.fresh_timeout_ms.
+    /// true: wait for a pull round that asks every provider after the read came (shared with concurrent
+    /// reads), then until the processor committed what it found; 503 when no aggregator runs, 504 past
+    /// api.fresh_timeout_ms.
     #[param(default = false)]
     fresh: Option<bool>,
 }

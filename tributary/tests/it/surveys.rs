@@ -5,6 +5,8 @@ use crate::common::{TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -237,11 +239,11 @@ async fn a_provider_down_or_slow_is_reported_and_never_blocks_the_other() {
 async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_flow() {
     let app = spawn_app_with(|c| c.streams.duplicate_window_secs = 1).await;
     // A provider holding the items 1 to `held`, and one whose id is text, which it answers on every page.
-    let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(2));
+    let held = Arc::new(AtomicI64::new(2));
     let url = fake_provider({
         let held = held.clone();
         move |after, _| {
-            let last = held.load(std::sync::atomic::Ordering::Relaxed);
+            let last = held.load(Relaxed);
             let mut page: Vec<Value> = (after + 1..=last).map(|id| item(id, &format!("good {id}"))).collect();
             page.push(json!({"id": "x-1", "text": "bad", "device": "ios", "location": "north"}));
             page
@@ -254,7 +256,7 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
     assert_eq!(s, 200, "{b}");
     assert_eq!(statuses(&b), [("odd".to_owned(), "ok".to_owned())], "{b}");
     assert_eq!(keys(&b), [("odd".to_owned(), 2), ("odd".to_owned(), 1)], "{b}");
-    held.store(3, std::sync::atomic::Ordering::Relaxed);
+    held.store(3, Relaxed);
     let (_, b) = app.get("/v1/surveys?fresh=true").await;
     assert_eq!(keys(&b).len(), 3, "the next item came in: {b}");
     // Past the duplicate window (the time under test), the next round pulls the item again.
@@ -300,24 +302,69 @@ async fn an_item_larger_than_nats_takes_is_dead_lettered_and_the_next_flow() {
     assert_eq!(letters[0]["subject"], "survey.huge");
     let reason = letters[0]["reason"].as_str().unwrap();
     assert!(reason.contains("item 2 is 2097") && reason.contains("max_payload"), "{reason}");
+    // The stand-in's own key: the item, should it fit later, is not a duplicate of it.
+    let stream = app.js().get_stream("SURVEYS").await.unwrap();
+    let stand_in = stream.get_raw_message(letters[0]["original_seq"].as_u64().unwrap()).await.unwrap();
+    let key = stand_in.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+    assert_eq!(key.as_deref(), Some("survey:huge:2:oversized"), "{body}");
 }
 
-/// A fully synced read holds what a provider held when the read came, though a round was in flight:
-/// the read joined that round, which had already asked the provider, and missed the item in between.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fresh_read_during_a_round_holds_what_came_after_that_round_asked() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
-    let app = spawn_app().await;
-    let (held, asked) = (Arc::new(AtomicI64::new(1)), Arc::new(AtomicUsize::new(0)));
-    let url = slow_provider(Duration::from_millis(800), {
-        let (held, asked) = (held.clone(), asked.clone());
+/// A provider holding the items 1 to `held`, answering `delay` after each request: its URL, and how many
+/// requests it has had.
+async fn counting_provider(delay: Duration, held: Arc<AtomicI64>) -> (String, Arc<AtomicUsize>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let url = slow_provider(delay, {
+        let asked = asked.clone();
         move |after, limit| {
             asked.fetch_add(1, Relaxed);
             (after + 1..=held.load(Relaxed)).map(|id| item(id, &format!("item {id}"))).take(limit).collect()
         }
     })
     .await;
+    (url, asked)
+}
+
+/// Once the aggregator stops, no round starts after the one in flight: a request waiting for the next
+/// one is told the round was stopped. And an interval's tick during a round starts none after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_round_starts_after_shutdown_nor_for_a_tick_during_one() {
+    use tributary_aggregator::Rounds;
+    let app = spawn_app().await;
+    let (url, asked) = counting_provider(Duration::from_millis(800), Arc::new(AtomicI64::new(1))).await;
+    let mut cfg = AggregatorConfig { interval_secs: 0, provider_timeout_ms: 5000, ..Default::default() };
+    cfg.providers.insert("late".into(), url);
+    let stop = CancellationToken::new();
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let rounds = Arc::new(Rounds::new(cfg, app.js(), pool, stop.clone()).unwrap());
+
+    let first = tokio::spawn({
+        let r = rounds.clone();
+        async move { r.sync().await }
+    });
+    tributary_testkit::eventually(Duration::from_secs(10), "the round to ask the provider", || async {
+        (asked.load(Relaxed) >= 1).then_some(())
+    })
+    .await;
+    rounds.tick();
+    let second = tokio::spawn({
+        let r = rounds.clone();
+        async move { r.sync().await }
+    });
+    stop.cancel();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((first.round, first.providers[0].status.as_str()), (1, "ok"), "{first:?}");
+    let why = second.providers[0].error.as_deref().unwrap_or_default();
+    assert!(why.contains("stopped"), "{second:?}");
+    assert_eq!((rounds.rounds(), asked.load(Relaxed)), (1, 1), "one round, one request to the provider");
+}
+
+/// A fully synced read holds what a provider held when the read came, though a round was in flight:
+/// the read joined that round, which had already asked the provider, and missed the item in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_read_during_a_round_holds_what_came_after_that_round_asked() {
+    let app = spawn_app().await;
+    let held = Arc::new(AtomicI64::new(1));
+    let (url, asked) = counting_provider(Duration::from_millis(800), held.clone()).await;
     let _agg = with_aggregator_at(&app, &[("late", url)], 5000, app.c.db.get_postgres_connection_pool().clone()).await;
 
     // (Starting the aggregator ran a round: the first read starts the next one.)
