@@ -54,6 +54,13 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The smallest price taken.
+pub const MIN_PRICE: f64 = 1e-50;
+/// The largest price taken. Within these every derived value is finite (a return is at most 1e100, its
+/// square 1e200, a window's sum far from f64's limit): an infinite one would be stored as JSON `null`
+/// (jsonb has no infinity), not what a recompute gives, and recomputed by every correction after it.
+pub const MAX_PRICE: f64 = 1e50;
+
 /// `price.<instrument>`: `{"ts": ..., "price": f64, "volume": f64?}`. A missing `ts` takes the JetStream
 /// message time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,7 +68,7 @@ pub struct PriceEvent {
     /// When the price was observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<Ts>,
-    /// The price: finite and positive.
+    /// The price: within [`MIN_PRICE`] and [`MAX_PRICE`].
     pub price: f64,
     /// The traded volume, if known: finite and not negative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +105,12 @@ impl PriceEvent {
         }
         if self.price <= 0.0 {
             return Err(format!("price must be positive, got {}", self.price));
+        }
+        if !(MIN_PRICE..=MAX_PRICE).contains(&self.price) {
+            return Err(format!(
+                "price must be within {MIN_PRICE:e} to {MAX_PRICE:e} (so that every derived value is finite), got {:e}",
+                self.price
+            ));
         }
         if let Some(v) = self.volume
             && (!v.is_finite() || v < 0.0)
@@ -189,6 +202,11 @@ mod tests {
         assert!(r(br#"{"price":"ten"}"#).contains("invalid type"));
         assert!(r(br#"{"price":1,"ts":"nope"}"#).contains("bad ts"));
         assert!(r(br#"{"price":1,"volume":-2}"#).contains("volume"));
+        assert!(r(br#"{"price":1e308}"#).contains("within 1e-50 to 1e50"));
+        assert!(r(br#"{"price":5e-324}"#).contains("within 1e-50 to 1e50"));
+        for edge in [&br#"{"price":1e50}"#[..], br#"{"price":1e-50}"#] {
+            assert!(PricePoint::decode("price.ACME", None, edge, now()).is_ok());
+        }
         let nan = codec::to_msgpack(&PriceEvent { ts: None, price: f64::NAN, volume: None });
         assert!(r(&nan).contains("finite"));
         assert!(PricePoint::decode("price.A.B", None, br#"{"price":1}"#, now()).unwrap_err().class == "bad_subject");

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// The longest country accepted, in characters.
 pub const MAX_COUNTRY: usize = 256;
+/// A coordinate nearer 0 than this, in degrees (a tenth of a millimetre), is stored as 0.
+pub const MIN_COORDINATE: f64 = 1e-9;
 
 /// A port as published; a field that is `None` is left out.
 #[serde_with::skip_serializing_none]
@@ -92,7 +94,12 @@ impl PortRecord {
                 if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
                     return Err(format!("coordinates: latitude must be within -90..90, got {lat}"));
                 }
-                Some((lon, lat))
+                // PostgreSQL's earth position (`ll_to_earth`, indexed) refuses a product of non-zero
+                // numbers that underflows to zero, as a subnormal such as 5e-324 makes: that port failed its
+                // batch on every delivery. Within a billionth of a degree of 0 (a tenth of a millimetre) is 0,
+                // as the API's nearest-ports query rounds its own.
+                let snap = |v: f64| if v.abs() < MIN_COORDINATE { 0.0 } else { v };
+                Some((snap(lon), snap(lat)))
             }
             Some(other) => {
                 return Err(format!("coordinates must be two numbers [lon, lat], got {} numbers", other.len()));
@@ -133,6 +140,10 @@ mod tests {
         assert!(r(br#"{"name":"A","coordinates":[1]}"#).contains("two numbers"));
         assert!(r(br#"{"name":"A","coordinates":["a","b"]}"#).contains("invalid type"));
         assert!(r(br#"{"name":"A","coordinates":[1,95]}"#).contains("latitude"));
+        let lon_lat = |b: &[u8]| PortRecord::decode("port.X", None, b).unwrap().lon_lat;
+        assert_eq!(lon_lat(br#"{"name":"A","coordinates":[5e-324,10]}"#), Some((0.0, 10.0)));
+        assert_eq!(lon_lat(br#"{"name":"A","coordinates":[10,-1e-10]}"#), Some((10.0, 0.0)));
+        assert_eq!(lon_lat(br#"{"name":"A","coordinates":[1e-9,90]}"#), Some((1e-9, 90.0)));
         assert!(r(br#"{"name":" "}"#).contains("name"));
         assert!(r(br#"{"city":"A"}"#).contains("missing field `name`"));
         let country = |n: usize| format!(r#"{{"name":"A","country":"{}"}}"#, "c".repeat(n)).into_bytes();

@@ -281,6 +281,19 @@ pub(crate) mod tests {
         assert!(old[end..].iter().zip(&want[end..]).all(|(a, b)| same_bits(a, b)));
     }
 
+    /// Prices swinging between the decoder's bounds give finite values in every window: stored as JSON,
+    /// an infinite one would read back as `null`, not what a recompute gives.
+    #[test]
+    fn prices_within_the_decoders_bounds_give_finite_values() {
+        use tributary_broker::events::{MAX_PRICE, MIN_PRICE};
+        let t = Transforms { sma: vec![2, 50], ema: vec![3], vol: vec![2, 50] };
+        let prices: Vec<f64> = (0..200).map(|i| if i % 3 == 0 { MIN_PRICE } else { MAX_PRICE }).collect();
+        for p in series(&prices, &t) {
+            assert!(p.ret.is_none_or(f64::is_finite), "{p:?}");
+            assert!(p.values.iter().flatten().all(|v| v.is_finite()), "{p:?}");
+        }
+    }
+
     #[test]
     fn validation() {
         assert!(Transforms::default().validate().is_ok());

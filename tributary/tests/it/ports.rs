@@ -148,3 +148,17 @@ async fn a_batch_over_more_ports_than_a_transaction_can_lock_is_stored() {
     assert_eq!(ports, 20_000);
     assert_eq!(counts, [("C0".into(), 6667), ("C1".into(), 6667), ("C2".into(), 6666)]);
 }
+
+/// A port with a subnormal coordinate is stored, at 0: PostgreSQL's earth position refuses the underflow
+/// such a number makes (`ll_to_earth`, indexed), so its batch failed on every delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_a_hair_from_zero_is_stored_at_zero() {
+    let app = spawn_app().await;
+    app.publish_plain("port.ZZTNY", r#"{"name":"Tiny","coordinates":[5e-324,10]}"#).await;
+    app.settled().await;
+    let (s, b) = app.get("/v1/ports/ZZTNY").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["coordinates"], json!([0.0, 10.0]), "{b}");
+    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+    assert_eq!(dlq["dead_letters"].as_array().map(Vec::len), Some(0), "{dlq}");
+}

@@ -12,6 +12,24 @@ fn close(a: &Value, b: f64) -> bool {
     a.as_f64().is_some_and(|a| (a - b).abs() <= 1e-12 * b.abs().max(1.0))
 }
 
+/// A price at a leap second (`10:15:60`) is the one at 10:16:00, as PostgreSQL stores it: it corrects
+/// that point. It was a point of its own to the processor and a duplicate key to PostgreSQL, so its
+/// batch failed on every delivery until it was dead-lettered (or, on a quiet stream, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_at_a_leap_second_corrects_the_next_seconds_point() {
+    let app = spawn_app().await;
+    app.publish_plain("price.LEAP", r#"{"ts":"2026-01-02T10:16:00Z","price":10}"#).await;
+    app.settled().await;
+    app.publish_plain("price.LEAP", r#"{"ts":"2026-01-02T10:15:60Z","price":11}"#).await;
+    app.settled().await;
+    let (_, body) = app.get("/v1/series/price/LEAP").await;
+    let p = body["points"].as_array().unwrap();
+    assert_eq!(p.len(), 1, "{body}");
+    assert_eq!((p[0]["ts"].as_str(), p[0]["value"].as_f64()), (Some("2026-01-02T10:16:00Z"), Some(11.0)), "{body}");
+    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+    assert_eq!(dlq["dead_letters"].as_array().map(Vec::len), Some(0), "{dlq}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_json_and_msgpack_give_hand_computed_derived_values() {
     let app = spawn_app_with(|c| c.processor.prices = Transforms { sma: vec![2], ema: vec![3], vol: vec![2] }).await;
