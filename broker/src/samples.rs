@@ -20,6 +20,9 @@ use std::fmt;
 /// sample of the batch there (as JSON [`LiveSample`]); the API relays them to browsers. Not a stream:
 /// a missed announcement is only a missed screen update.
 pub const LIVE_PREFIX: &str = "live.metric";
+/// The most fields a sample may have. Each is a row of `metric_samples` and of every rollup width, and
+/// the decoder checks every field against the ones before it for a repeat.
+pub const MAX_FIELDS: usize = 1000;
 
 /// A committed sample as announced to live readers: `{"host": ..., "ts": ..., "fields": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,6 +160,12 @@ impl<'de> Deserialize<'de> for Members {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
                 let mut out = Vec::new();
                 while let Some(k) = map.next_key::<String>()? {
+                    // Before the repeat check, which compares each field with those before it: a 1 MiB
+                    // body of 131,000 fields kept a core busy for many seconds, in the API and then in
+                    // the processor on every delivery.
+                    if out.len() == MAX_FIELDS {
+                        return Err(de::Error::custom(format!("a sample has at most {MAX_FIELDS} fields")));
+                    }
                     if out.iter().any(|(name, _)| *name == k) {
                         return Err(de::Error::custom(format!("field {k:?} appears twice")));
                     }
@@ -190,6 +199,18 @@ mod tests {
         let e = SampleEvent { ts: Some(now()), fields: BTreeMap::from([("disk_usage".into(), 70.25)]) };
         let s = ServerSample::decode("metric.h", None, &codec::to_msgpack(&e), now()).unwrap();
         assert_eq!((s.ts, s.fields), (now(), e.fields));
+    }
+
+    /// At most `MAX_FIELDS` fields: a body of 131,000 fields (1 MiB) took seconds to check for repeats.
+    #[test]
+    fn a_sample_of_too_many_fields_is_refused_at_once() {
+        let fields = |n: usize| {
+            let body: Vec<String> = (0..n).map(|i| format!("\"f{i}\":1")).collect();
+            format!("{{{}}}", body.join(",")).into_bytes()
+        };
+        let s = ServerSample::decode("metric.h", None, &fields(MAX_FIELDS), now()).unwrap();
+        assert_eq!(s.fields.len(), MAX_FIELDS);
+        assert!(reason(&fields(131_000)).contains("at most 1000 fields"));
     }
 
     #[test]
