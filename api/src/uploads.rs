@@ -50,11 +50,35 @@ pub struct Status {
     pub stats: Option<Stats>,
     /// The importer's buffer high-water mark, in bytes: what memory the upload cost, whatever its size.
     pub buffer_peak: usize,
-    /// Problems with positions, at most 20.
+    /// Problems with positions, at most 20, each at most [`MAX_PROBLEM_BYTES`] (marked where cut).
     pub errors: Vec<String>,
     /// Why the upload stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The most bytes of one problem an upload's status keeps: a problem can quote its entry (a subject of up
+/// to a mebibyte), and the last 1,000 statuses are kept and sent with every progress event.
+pub const MAX_PROBLEM_BYTES: usize = 512;
+
+impl Status {
+    /// Keeps the first 20 of `errors` and `stopped`, each cut to [`MAX_PROBLEM_BYTES`].
+    pub fn set_problems(&mut self, errors: impl IntoIterator<Item = String>, stopped: Option<String>) {
+        self.errors = errors.into_iter().take(20).map(cut).collect();
+        self.error = stopped.map(cut);
+    }
+}
+
+/// `s` up to [`MAX_PROBLEM_BYTES`] (at a character boundary), marked with its size where cut.
+fn cut(s: String) -> String {
+    if s.len() <= MAX_PROBLEM_BYTES {
+        return s;
+    }
+    let mut end = MAX_PROBLEM_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} …(cut: {} bytes in all)", &s[..end], s.len())
 }
 
 /// What an upload imports.

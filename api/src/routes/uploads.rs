@@ -135,10 +135,9 @@ async fn run(
         })
         .await;
         tx.send_modify(|st| {
-            st.errors = r.read.errors.iter().map(ToString::to_string).collect();
             st.buffer_peak = r.read.buffer_peak();
             st.state = if r.read.stopped.is_some() { "failed" } else { "done" };
-            st.error = r.read.stopped;
+            st.set_problems(r.read.errors.iter().map(ToString::to_string), r.read.stopped);
         });
         return;
     }
@@ -169,11 +168,10 @@ async fn run(
     drop(slot);
     let (stored, duplicates, failed) = (publish.stored, publish.duplicates, publish.failed.len());
     tx.send_modify(|st| {
-        st.errors = errors.into_iter().take(20).collect();
-        st.error = stopped;
-        if failed > 0 {
-            st.error.get_or_insert(format!("{failed} entries could not be published"));
-        }
+        st.set_problems(
+            errors,
+            stopped.or_else(|| (failed > 0).then(|| format!("{failed} entries could not be published"))),
+        );
         st.published = stored + duplicates;
         st.buffer_peak = peak;
         st.state = "settling";

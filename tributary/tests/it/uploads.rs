@@ -170,6 +170,23 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
     assert_eq!(m["points"][0]["value"], 12.5);
 }
 
+/// A problem quoting its entry is kept cut to `MAX_PROBLEM_BYTES`: an entry's subject of 100 kB was kept
+/// whole in the status (the last 1,000 are kept, and each is sent with every progress event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploads_problems_are_kept_cut_short() {
+    use tributary_api::uploads::MAX_PROBLEM_BYTES;
+    let app = spawn_app().await;
+    let line = format!(r#"{{"subject":"x{}","event":{{}}}}"#, "a".repeat(100_000));
+    let (_, _, summary) = upload(&app, "ndjson", format!("{line}\n{line}\n").into_bytes()).await;
+    let errors = summary["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{}", &summary.to_string()[..2000]);
+    for e in errors {
+        let e = e.as_str().unwrap();
+        assert!(e.starts_with("line 1 (byte 0): unknown subject") || e.starts_with("line 2"), "{}", &e[..100]);
+        assert!(e.len() < MAX_PROBLEM_BYTES + 64 && e.ends_with("bytes in all)"), "{} bytes: {}", e.len(), &e[..100]);
+    }
+}
+
 /// An import goes on past what it cannot take: a CSV line that is not UTF-8 or is too long is refused
 /// with its reason, an NDJSON entry larger than NATS takes fails at once with its reason, and the lines
 /// after each are published. (The CSV importer stopped at the first bad byte and dropped the rest; the
