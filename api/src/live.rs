@@ -38,10 +38,16 @@ impl Default for Live {
     }
 }
 
+/// The most samples the hub keeps for its slowest reader (a slower one skips ahead). They are kept for
+/// every reader at once, until the slowest has read them: one reader that never reads keeps this many.
+/// (It was 4096 of up to a megabyte each: gigabytes for one client reading a byte every few seconds.
+/// Samples have at most `samples::MAX_FIELDS` fields now.)
+pub const BACKLOG: usize = 1024;
+
 impl Live {
-    /// A hub holding up to 4096 undelivered samples per slow reader (a slower one skips ahead).
+    /// A hub holding up to [`BACKLOG`] undelivered samples.
     pub fn new() -> Self {
-        Live { tx: broadcast::channel(4096).0, closed: CancellationToken::new() }
+        Live { tx: broadcast::channel(BACKLOG).0, closed: CancellationToken::new() }
     }
 
     /// A receiver of every sample from now on.
@@ -64,8 +70,10 @@ impl Live {
     pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
         let tx = self.tx.clone();
         relay(nats, LIVE_PREFIX, ">", self.closed(), move |host, msg| {
-            // No receivers is not an error: nobody is watching.
-            let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json: msg.payload }));
+            // Copied: the payload is a slice of the client's read buffer, which it would keep whole for as
+            // long as the slowest reader has not read it. No receivers is not an error: nobody is watching.
+            let json = Bytes::copy_from_slice(&msg.payload);
+            let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json }));
         })
         .await
     }
@@ -108,4 +116,27 @@ pub struct LiveSample {
     /// When.
     #[schema(format = DateTime)]
     pub ts: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that never reads keeps at most `BACKLOG` samples alive, however many follow.
+    #[test]
+    fn a_reader_that_never_reads_keeps_at_most_the_backlog() {
+        let live = Live::new();
+        let _never_read = live.subscribe();
+        let sent: Vec<std::sync::Weak<LiveMsg>> = (0..BACKLOG + 10)
+            .map(|i| {
+                let m = Arc::new(LiveMsg { host: format!("h{i}"), json: Bytes::from_static(b"{}") });
+                let weak = Arc::downgrade(&m);
+                live.tx.send(m).unwrap();
+                weak
+            })
+            .collect();
+        let alive = sent.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, BACKLOG);
+        assert!(sent[..10].iter().all(|w| w.upgrade().is_none()), "the oldest are gone");
+    }
 }
