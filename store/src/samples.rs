@@ -23,8 +23,8 @@ mod tests;
 mod widths;
 
 pub use batch::{
-    BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
-    load_samples, sweep, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
+    BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SWEEP_MARGIN, SampleRow, SeriesSpan, load_buckets,
+    load_rollups, load_samples, sweep, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
 };
 pub use read::{
     HostFields, LatestSample, RollupBucket, SamplePoint, hosts, latest_samples, raw_samples, rollup_buckets,

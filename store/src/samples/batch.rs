@@ -274,11 +274,20 @@ pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// Deletes raw samples and rollups past their retention, as of `now`. Returns (samples, buckets) deleted.
+/// How long past their retention raw samples are kept. The processor takes a sample only if its smallest
+/// bucket starts a full bucket inside the retention, as of its decoding; the sample's transaction may
+/// commit later (waiting behind its host, or on a lock a dead peer held until PostgreSQL ended its
+/// session), and another replica's clock may run ahead. Deleted at the retention itself, a bucket's raw
+/// samples could go between the decoding and the commit, and the bucket be recomputed from the rest.
+pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes raw samples past their retention and [`SWEEP_MARGIN`], and rollups past their retention, as of
+/// `now`. Returns (samples, buckets) deleted.
 ///
 /// Series by series (through `metric_series`), so each delete is a primary-key range scan.
 pub async fn sweep(pool: &PgPool, cfg: &RollupConfig, now: DateTime<Utc>) -> Result<(u64, u64), sqlx::Error> {
-    let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs());
+    let margin = Duration::from_std(SWEEP_MARGIN).expect("an hour is a duration");
+    let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs()) - margin;
     let samples = sqlx::query(
         "DELETE FROM metric_samples m USING metric_series s
           WHERE m.host = s.host AND m.field = s.field AND s.first_ts < $1 AND m.ts < $1",

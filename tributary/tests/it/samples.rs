@@ -409,13 +409,19 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     let pool = app.c.db.get_postgres_connection_pool();
     let cfg = tributary_store::RollupConfig::default(); // raw 7d, 1m 30d, 1h 365d
     let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
-    let sweep = |days: i64| tributary_processor::samples::sweep(pool, &cfg, now + chrono::Duration::days(days));
-    assert_eq!(sweep(6).await.unwrap(), (0, 0), "nothing is due within the raw retention");
-    assert_eq!(sweep(8).await.unwrap(), (1, 0), "raw samples go after 7 days");
+    let days = chrono::Duration::days;
+    let sweep = |after: chrono::Duration| tributary_processor::samples::sweep(pool, &cfg, now + after);
+    assert_eq!(sweep(days(6)).await.unwrap(), (0, 0), "nothing is due within the raw retention");
+    // Raw samples are kept an hour past it: a sample taken just inside the retention and committed a
+    // little later recomputes its bucket from every raw sample (`samples::SWEEP_MARGIN`).
+    let margin = tributary_store::samples::SWEEP_MARGIN;
+    let within = days(7) + chrono::Duration::from_std(margin).unwrap() - chrono::Duration::minutes(5);
+    assert_eq!(sweep(within).await.unwrap(), (0, 0), "the raw retention and the margin");
+    assert_eq!(sweep(days(8)).await.unwrap(), (1, 0), "raw samples go after 7 days and the margin");
     assert_eq!(count("SELECT count(*) FROM metric_rollups").await, 2);
-    assert_eq!(sweep(31).await.unwrap(), (0, 1), "1m buckets after 30 days");
+    assert_eq!(sweep(days(31)).await.unwrap(), (0, 1), "1m buckets after 30 days");
     assert_eq!(count("SELECT count(*) FROM metric_rollups WHERE width = 3600").await, 1);
-    assert_eq!(sweep(366).await.unwrap(), (0, 1), "1h buckets after 365 days");
+    assert_eq!(sweep(days(366)).await.unwrap(), (0, 1), "1h buckets after 365 days");
 }
 
 /// The smallest rollup width cannot change under stored rollups (every wider bucket is merged from its
