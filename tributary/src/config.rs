@@ -144,7 +144,8 @@ pub struct GathererConfig {
 pub struct UpConfig {
     /// Where private nats-server and PostgreSQL keep their data when `up` starts them.
     pub data_dir: String,
-    /// Install nats-server and PostgreSQL with apt-get when they are missing (as root only).
+    /// Install PostgreSQL with apt-get when it is missing (as root only); nats-server is always the pinned
+    /// download.
     pub install_missing: bool,
 }
 
