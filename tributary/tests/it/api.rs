@@ -2,7 +2,9 @@
 
 use crate::common::spawn_app;
 use reqwest::Method;
+use sea_orm::sqlx::{self, Connection};
 use serde_json::Value;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_the_right_status() {
@@ -169,6 +171,30 @@ async fn health_readiness_metrics_and_the_openapi_document() {
             assert_ne!(b["error"]["message"], "no such route", "{method} {path} is documented but not routed");
         }
     }
+}
+
+/// A read its request gave up on is cancelled by PostgreSQL at the request's deadline, so it gives its
+/// pool connection back: reads stuck behind a lock kept theirs until the lock went, and a few such left
+/// the API no connection for any other read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_deadline_give_their_connections_back() {
+    let app = crate::common::spawn_app_with(|c| {
+        c.api.request_timeout_ms = 1000;
+        c.database.max_connections = 2;
+    })
+    .await;
+    // Another session holds the ports table: every read of it waits.
+    let mut holder = sqlx::PgConnection::connect(&app.c.config.database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE ports IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let stuck = futures::future::join_all((0..3).map(|_| app.get("/v1/ports"))).await;
+    for (s, b) in &stuck {
+        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("request_timeout")), "{b}");
+    }
+    // A read of another table finds a connection.
+    app.get_until("/v1/series/price", Duration::from_secs(10), "a read of another table", |b| b["series"].is_array())
+        .await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
