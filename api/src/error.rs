@@ -101,8 +101,22 @@ impl ApiError {
     }
 }
 
+/// A statement PostgreSQL cancelled (`57014`): the API's pool cancels its reads at the request's deadline
+/// (`statement_timeout`), so this is that deadline, met first by the database.
+fn cancelled(e: &tributary_store::sqlx::Error) -> bool {
+    matches!(e, tributary_store::sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
+}
+
+/// The answer to a read the database cancelled at the request's deadline.
+fn past_deadline() -> ApiError {
+    ApiError::RequestTimeout("the database did not answer within the request's deadline".into())
+}
+
 impl From<tributary_store::sqlx::Error> for ApiError {
     fn from(e: tributary_store::sqlx::Error) -> Self {
+        if cancelled(&e) {
+            return past_deadline();
+        }
         if tributary_store::db::unreachable(&e) {
             tracing::warn!(error = %e, "PostgreSQL unavailable");
             return ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}"));
@@ -114,6 +128,11 @@ impl From<tributary_store::sqlx::Error> for ApiError {
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         use sea_orm::{DbErr, RuntimeErr};
+        if let DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) = &e
+            && cancelled(e)
+        {
+            return past_deadline();
+        }
         let down = match &e {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
             DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {

@@ -187,6 +187,8 @@ async fn reads_past_the_deadline_give_their_connections_back() {
     let mut holder = sqlx::PgConnection::connect(&app.c.config.database.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
     sqlx::query("LOCK TABLE ports IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    // Each answers at the deadline: the request's own, or PostgreSQL's cancel of its read, whichever
+    // comes first (a 500 `internal` when PostgreSQL's did, before it was mapped).
     let stuck = futures::future::join_all((0..3).map(|_| app.get("/v1/ports"))).await;
     for (s, b) in &stuck {
         assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("request_timeout")), "{b}");
@@ -195,6 +197,26 @@ async fn reads_past_the_deadline_give_their_connections_back() {
     app.get_until("/v1/series/price", Duration::from_secs(10), "a read of another table", |b| b["series"].is_array())
         .await;
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
+/// A statement PostgreSQL cancelled (`57014`, as the API's pool does at the request's deadline) is that
+/// deadline, through sqlx and through sea-orm alike: 503 `request_timeout`, not a 500.
+#[tokio::test]
+async fn a_statement_the_database_cancelled_is_the_requests_deadline() {
+    use axum::response::IntoResponse;
+    use sea_orm::{DbErr, RuntimeErr};
+    use tributary_api::ApiError;
+    let db = tributary_testkit::TestDb::create().await;
+    let mut c = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("SET statement_timeout = 10").execute(&mut c).await.unwrap();
+    let mut cancelled = async || sqlx::query("SELECT pg_sleep(1)").execute(&mut c).await.unwrap_err();
+    for e in [
+        ApiError::from(cancelled().await),
+        ApiError::from(DbErr::Query(RuntimeErr::SqlxError(cancelled().await.into()))),
+    ] {
+        assert!(matches!(e, ApiError::RequestTimeout(_)), "{e:?}");
+        assert_eq!(e.into_response().status(), 503);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
