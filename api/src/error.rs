@@ -101,15 +101,15 @@ impl ApiError {
     }
 }
 
-/// A statement PostgreSQL cancelled (`57014`): the API's pool cancels its reads at the request's deadline
-/// (`statement_timeout`), so this is that deadline, met first by the database.
+/// A statement PostgreSQL cancelled (`57014`: an operator's `statement_timeout`, say): the request's
+/// deadline, met first by the database.
 fn cancelled(e: &tributary_store::sqlx::Error) -> bool {
     matches!(e, tributary_store::sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
 }
 
 /// The answer to a read the database cancelled at the request's deadline.
 fn past_deadline() -> ApiError {
-    ApiError::RequestTimeout("the database did not answer within the request's deadline".into())
+    ApiError::RequestTimeout("the database cancelled the read (statement_timeout)".into())
 }
 
 impl From<tributary_store::sqlx::Error> for ApiError {

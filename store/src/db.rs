@@ -61,17 +61,6 @@ pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 
 /// Opens a pool.
 pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
-    pool(cfg, None).await
-}
-
-/// Opens a pool whose statements PostgreSQL cancels after `limit` (`statement_timeout`): for the API's
-/// reads, which nobody waits for past the request's deadline. Without it, a read its request had given
-/// up on (behind a lock, say) kept its connection until it ended, and a few such emptied the pool.
-pub async fn connect_with_statement_timeout(cfg: &DbConfig, limit: Duration) -> Result<DatabaseConnection, StoreError> {
-    pool(cfg, Some(limit)).await
-}
-
-async fn pool(cfg: &DbConfig, statement_timeout: Option<Duration>) -> Result<DatabaseConnection, StoreError> {
     let mut opt = ConnectOptions::new(cfg.url.clone());
     opt.max_connections(cfg.max_connections)
         .min_connections(1)
@@ -85,18 +74,13 @@ async fn pool(cfg: &DbConfig, statement_timeout: Option<Duration>) -> Result<Dat
     // ends its session: at once after the idle-in-transaction timeout, and an idle session's dead
     // client is found by TCP keepalives within about a minute (the OS's default is two hours).
     let idle = format!("{}s", cfg.idle_in_transaction_secs.max(1));
-    let statement = statement_timeout.map(|d| format!("{}ms", d.as_millis().max(1)));
     opt.map_sqlx_postgres_opts(move |o| {
-        let o = o.options([
+        o.options([
             ("idle_in_transaction_session_timeout", idle.as_str()),
             ("tcp_keepalives_idle", "30"),
             ("tcp_keepalives_interval", "10"),
             ("tcp_keepalives_count", "3"),
-        ]);
-        match &statement {
-            Some(limit) => o.options([("statement_timeout", limit.as_str())]),
-            None => o,
-        }
+        ])
     });
     Ok(Database::connect(opt).await?)
 }

@@ -171,15 +171,10 @@ impl Connected {
         tributary_aggregator::run(self.config.aggregator.clone(), self.js.clone(), pool, shutdown).await
     }
 
-    /// The API role on `listener`. Its reads go through a pool of their own, whose statements PostgreSQL
-    /// cancels at the request's deadline (`api.request_timeout_ms`).
+    /// The API role on `listener`.
     pub async fn api(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let deadline = Duration::from_millis(self.config.api.request_timeout_ms.max(1));
-        let db = tributary_store::connect_with_statement_timeout(&self.config.database, deadline)
-            .await
-            .with_context(|| format!("connecting the API to {}", redact(&self.config.database.url)))?;
         let state = tributary_api::AppState {
-            db,
+            db: self.db.clone(),
             nats: self.nats.clone(),
             js: self.js.clone(),
             streams: self.config.streams.clone(),

@@ -4,7 +4,6 @@ use crate::common::spawn_app;
 use reqwest::Method;
 use sea_orm::sqlx::{self, Connection};
 use serde_json::Value;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_the_right_status() {
@@ -173,34 +172,9 @@ async fn health_readiness_metrics_and_the_openapi_document() {
     }
 }
 
-/// A read its request gave up on is cancelled by PostgreSQL at the request's deadline, so it gives its
-/// pool connection back: reads stuck behind a lock kept theirs until the lock went, and a few such left
-/// the API no connection for any other read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_past_the_deadline_give_their_connections_back() {
-    let app = crate::common::spawn_app_with(|c| {
-        c.api.request_timeout_ms = 1000;
-        c.database.max_connections = 2;
-    })
-    .await;
-    // Another session holds the ports table: every read of it waits.
-    let mut holder = sqlx::PgConnection::connect(&app.c.config.database.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE ports IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
-    // Each answers at the deadline: the request's own, or PostgreSQL's cancel of its read, whichever
-    // comes first (a 500 `internal` when PostgreSQL's did, before it was mapped).
-    let stuck = futures::future::join_all((0..3).map(|_| app.get("/v1/ports"))).await;
-    for (s, b) in &stuck {
-        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("request_timeout")), "{b}");
-    }
-    // A read of another table finds a connection.
-    app.get_until("/v1/series/price", Duration::from_secs(10), "a read of another table", |b| b["series"].is_array())
-        .await;
-    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
-}
-
-/// A statement PostgreSQL cancelled (`57014`, as the API's pool does at the request's deadline) is that
-/// deadline, through sqlx and through sea-orm alike: 503 `request_timeout`, not a 500.
+/// A statement PostgreSQL cancelled (`57014`: an operator's `statement_timeout`, say) is the request's
+/// deadline, met first by the database, through sqlx and through sea-orm alike: 503 `request_timeout`,
+/// not a 500 `internal`.
 #[tokio::test]
 async fn a_statement_the_database_cancelled_is_the_requests_deadline() {
     use axum::response::IntoResponse;
