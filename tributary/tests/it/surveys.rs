@@ -136,6 +136,19 @@ fn keys(body: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// An aggregator over the one provider `name` at `url`, each of its pulls within `timeout_ms`.
+async fn with_provider(app: &TestApp, name: &str, url: String, timeout_ms: u64) -> CancellationToken {
+    with_aggregator_at(app, &[(name, url)], timeout_ms, app.c.db.get_postgres_connection_pool().clone()).await
+}
+
+/// A fully synced read of `path` whose round found the one provider `name` ok: its body.
+async fn synced(app: &TestApp, path: &str, name: &str) -> Value {
+    let (s, b) = app.get(path).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(statuses(&b), [(name.to_owned(), "ok".to_owned())], "{b}");
+    b
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_appear_on_the_next_fresh_read_with_no_duplicates() {
     let app = spawn_app().await;
@@ -250,11 +263,9 @@ async fn an_item_without_an_id_is_dead_lettered_and_the_providers_others_still_f
         }
     })
     .await;
-    let _agg = with_aggregator_at(&app, &[("odd", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
+    let _agg = with_provider(&app, "odd", url, 2000).await;
 
-    let (s, b) = app.get("/v1/surveys?fresh=true").await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(statuses(&b), [("odd".to_owned(), "ok".to_owned())], "{b}");
+    let b = synced(&app, "/v1/surveys?fresh=true", "odd").await;
     assert_eq!(keys(&b), [("odd".to_owned(), 2), ("odd".to_owned(), 1)], "{b}");
     held.store(3, Relaxed);
     let (_, b) = app.get("/v1/surveys?fresh=true").await;
@@ -288,11 +299,9 @@ async fn an_item_larger_than_nats_takes_is_dead_lettered_and_the_next_flow() {
         page
     })
     .await;
-    let _agg = with_aggregator_at(&app, &[("huge", url)], 5000, app.c.db.get_postgres_connection_pool().clone()).await;
+    let _agg = with_provider(&app, "huge", url, 5000).await;
 
-    let (s, b) = app.get("/v1/surveys?fresh=true").await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(statuses(&b), [("huge".to_owned(), "ok".to_owned())], "{b}");
+    let b = synced(&app, "/v1/surveys?fresh=true", "huge").await;
     assert_eq!(keys(&b), [("huge".to_owned(), 3), ("huge".to_owned(), 1)], "{b}");
 
     app.settled().await;
@@ -365,7 +374,7 @@ async fn a_fresh_read_during_a_round_holds_what_came_after_that_round_asked() {
     let app = spawn_app().await;
     let held = Arc::new(AtomicI64::new(1));
     let (url, asked) = counting_provider(Duration::from_millis(800), held.clone()).await;
-    let _agg = with_aggregator_at(&app, &[("late", url)], 5000, app.c.db.get_postgres_connection_pool().clone()).await;
+    let _agg = with_provider(&app, "late", url, 5000).await;
 
     // (Starting the aggregator ran a round: the first read starts the next one.)
     let before = asked.load(Relaxed);
@@ -403,11 +412,9 @@ async fn a_full_page_with_a_row_repeated_is_not_the_last() {
         page
     })
     .await;
-    let _agg = with_aggregator_at(&app, &[("twice", url)], 2000, app.c.db.get_postgres_connection_pool().clone()).await;
+    let _agg = with_provider(&app, "twice", url, 2000).await;
 
-    let (s, b) = app.get("/v1/surveys?fresh=true&limit=100").await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(statuses(&b), [("twice".to_owned(), "ok".to_owned())], "{b}");
+    let b = synced(&app, "/v1/surveys?fresh=true&limit=100", "twice").await;
     assert_eq!(keys(&b).len(), 20, "every item, in one fully synced read: {b}");
 }
 
@@ -437,9 +444,7 @@ async fn a_round_whose_database_read_stalls_goes_on_without_it() {
     let port: i32 = sea_orm::sqlx::query_scalar("SELECT inet_client_port()").fetch_one(&pool).await.unwrap();
     assert!(proxy.silence(port as u16));
     blue.provider.post("b2", "ios", "north");
-    let (s, b) = app.get("/v1/surveys?fresh=true").await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(statuses(&b), [("blue".to_owned(), "ok".to_owned())], "{b}");
+    let b = synced(&app, "/v1/surveys?fresh=true", "blue").await;
     assert_eq!(keys(&b).len(), 2, "{b}");
 }
 
