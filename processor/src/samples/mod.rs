@@ -53,8 +53,9 @@ pub enum WidthError {
     /// width's buckets only).
     #[error(
         "metrics.rollups: the smallest width is {configured} s here but {stored} s in the stored rollups; \
-         keep {stored} s, or start from empty rollups (DELETE FROM metric_rollups; DELETE FROM settings \
-         WHERE key = 'metric_base_width')"
+         keep {stored} s, or start the rollups and raw samples over (DELETE FROM metric_rollups; DELETE FROM \
+         metric_samples; DELETE FROM settings WHERE key = 'metric_base_width'): a bucket missing from the \
+         rollups is built from the samples that arrive, not from raw samples kept"
     )]
     Changed {
         /// Of the stored rollups, in seconds.

@@ -457,4 +457,7 @@ async fn the_smallest_rollup_width_cannot_change_under_stored_rollups() {
     check_base_width(&pool, &widths(&[60, 3600, 86_400])).await.expect("a wider width may be added");
     let e = check_base_width(&pool, &widths(&[10, 60, 3600])).await.unwrap_err().to_string();
     assert!(e.contains("10 s here but 60 s in the stored rollups"), "{e}");
+    // Starting over empties the raw samples too: a minute whose raw samples were kept would be rolled
+    // up again from its new samples only (the advice left them, and such minutes lost their counts).
+    assert!(e.contains("DELETE FROM metric_rollups; DELETE FROM metric_samples;"), "{e}");
 }
