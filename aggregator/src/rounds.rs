@@ -300,15 +300,14 @@ impl Rounds {
                         }
                         unkeyed.push(key.clone());
                     }
-                    let headers = || publish::headers(Some(&key), codec::JSON);
-                    if let Err(big) = publisher.try_publish_raw(subject.clone(), headers(), item.json.clone()).await {
-                        // In its place, with its key, what the processor dead-letters naming its size: else
-                        // the round fails on it and the cursor stays below it, for ever.
+                    let headers = publish::headers(Some(&key), codec::JSON);
+                    if let Err(big) = publisher.try_publish_raw(subject.clone(), headers, item.json.clone()).await {
+                        // In its place, what the processor dead-letters naming its id and size: else the round
+                        // fails on it and the cursor stays below it, for ever. Under a key of its own: should
+                        // the item fit later (a larger max_payload) and be pulled again (the cursor stored
+                        // below it), it must not be taken for a duplicate of this.
                         tracing::warn!(provider = %p.name, id = item.id, error = %big, "an item larger than NATS takes");
-                        // Its own key: should the item fit later (a larger max_payload) and be pulled again
-                        // (the cursor stored below it), it must not be taken for a duplicate of this.
-                        let key = format!("{key}:oversized");
-                        let stand_in = publish::headers(Some(&key), codec::JSON);
+                        let stand_in = publish::headers(Some(&format!("{key}:oversized")), codec::JSON);
                         publisher.publish_raw(subject.clone(), stand_in, item.oversized(big.size)).await;
                     }
                     items += 1;

@@ -288,17 +288,7 @@ async fn waiting_fresh_reads_share_one_poll_of_the_processors_progress() {
     // The lock held until a batch waits on it (the reads behind it are held back), then let go.
     let pool = app.c.db.get_postgres_connection_pool().clone();
     let release = async {
-        tributary_testkit::eventually(std::time::Duration::from_secs(30), "a batch waiting on the lock", || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                  WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            (waiting > 0).then_some(())
-        })
-        .await;
+        crate::common::until_an_advisory_lock_waits(&pool).await;
         sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *holder).await.unwrap();
     };
     tokio::join!(futures::future::join_all(reads), release);

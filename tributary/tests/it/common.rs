@@ -339,3 +339,19 @@ pub fn price_delivery(
     };
     tributary_broker::Delivery { event, seq, received: Ts::parse("2026-01-01").unwrap() }
 }
+
+/// Waits (at most 30 s) until a session of `pool`'s database waits for an advisory lock: a batch has
+/// reached the lock a test holds.
+pub async fn until_an_advisory_lock_waits(pool: &sea_orm::sqlx::PgPool) {
+    eventually(Duration::from_secs(30), "a session waiting on an advisory lock", || async {
+        let waiting: i64 = sea_orm::sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (waiting > 0).then_some(())
+    })
+    .await;
+}

@@ -238,17 +238,22 @@ async fn an_upload_cut_off_says_so() {
     assert!(error.contains("stopped at line") && error.contains("larger than 20000 bytes"), "{summary}");
 }
 
+/// An app whose uploads must send `min_bytes_per_sec` over each window of `idle_secs`.
+async fn paced_app(idle_secs: u64, min_bytes_per_sec: u64) -> crate::common::TestApp {
+    crate::common::spawn_app_with(|c| {
+        c.api.upload_idle_secs = idle_secs;
+        c.api.upload_min_bytes_per_sec = min_bytes_per_sec;
+    })
+    .await
+}
+
 /// An upload whose client stops sending (its connection open) ends after `api.upload_idle_secs` with
 /// that reason, what came before it published. (It waited for as long as the client kept the
 /// connection, holding its upload, its task and its publisher.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
     // No least rate: only the silence ends it.
-    let app = crate::common::spawn_app_with(|c| {
-        c.api.upload_idle_secs = 1;
-        c.api.upload_min_bytes_per_sec = 0;
-    })
-    .await;
+    let app = paced_app(1, 0).await;
     let first: Result<Vec<u8>, std::io::Error> = Ok(b"UPQ,2026-01-01,1\n".to_vec());
     let summary =
         upload_stream(&app, "prices-csv", futures::stream::iter([first]).chain(futures::stream::pending())).await;
@@ -261,11 +266,7 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
 /// window held one of the `api.max_uploads` slots for as long as the client liked.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_the_least_rate_ends_with_the_reason() {
-    let app = crate::common::spawn_app_with(|c| {
-        c.api.upload_idle_secs = 2;
-        c.api.upload_min_bytes_per_sec = 1000;
-    })
-    .await;
+    let app = paced_app(2, 1000).await;
     // A line every 100 ms: 170 bytes a second.
     let lines = futures::stream::unfold(0u32, |n| async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -233,17 +233,7 @@ async fn a_batch_beside_a_recompute_part_waits_for_it_and_is_refused() {
     // A part under way: the windows' lock held, its series listed, nothing committed yet.
     let mut part = lock::begin(&pool, lock::WINDOWS.0, [lock::WINDOWS.1]).await.unwrap();
     let batch = tokio::spawn(async move { stale.commit(&[price_delivery("NEW", "2026-01-01", 1.0, 1)]).await });
-    tributary_testkit::eventually(std::time::Duration::from_secs(30), "the batch to wait for a lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-              WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database()",
-        )
-        .fetch_one(&pool)
-        .await
-        .ok()?;
-        (waiting > 0).then_some(())
-    })
-    .await;
+    crate::common::until_an_advisory_lock_waits(&pool).await;
     assert!(!batch.is_finished(), "the batch waits for the part");
     tributary_store::prices::store_progress(&mut part, &Value::from(new.names()), "S2").await.unwrap();
     part.commit().await.unwrap();
