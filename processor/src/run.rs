@@ -152,6 +152,7 @@ pub async fn run(
         .map_err(anyhow::Error::msg)
         .context("metrics")?;
     samples.check_base_width().await.context("checking the rollup widths")?;
+    samples.read_swept_before().await.context("reading how far the metric retention swept")?;
     let recomputed = reconcile_transforms(&pool, &cfg.prices).await.context("reconciling derived windows")?;
     if recomputed > 0 {
         tracing::info!(series = recomputed, windows = ?cfg.prices.names(), "derived windows changed: recomputed every series");
@@ -193,7 +194,7 @@ pub async fn run(
     spawn(Kind::Port, "ports", starter(&js, PortHandler::new(pool.clone())));
     spawn(Kind::Fleet, "fleet", starter(&js, FleetHandler::new(pool.clone(), cfg.fleet_max_pairs)));
     spawn(Kind::Survey, "surveys", starter(&js, SurveyHandler::new(pool.clone())));
-    spawn(Kind::Sample, "metrics", starter(&js, samples));
+    spawn(Kind::Sample, "metrics", starter(&js, samples.clone()));
     let recheck = in_force.clone().recheck(shutdown.clone());
     tasks.spawn(async move {
         recheck.await;
@@ -210,7 +211,7 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    tasks.spawn(sweep_until(pool, metrics, shutdown.clone()));
+    tasks.spawn(sweep_until(pool, metrics, samples, shutdown.clone()));
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(Ok(())) => {}
@@ -301,11 +302,13 @@ fn aside_from_prices(in_force: InForce) -> group::Aside {
     std::sync::Arc::new(move || if in_force.is() { Vec::new() } else { vec![Kind::Price.prefix().to_owned()] })
 }
 
-/// Applies metric retention every `sweep_interval_secs` until `shutdown`. A failed sweep is logged and
-/// tried again next time (every replica sweeps; deleting twice is harmless).
+/// Applies metric retention every `sweep_interval_secs` until `shutdown`, and tells `samples` how far raw
+/// samples are gone. A failed sweep is logged and tried again next time (every replica sweeps; deleting
+/// twice is harmless).
 async fn sweep_until(
     pool: PgPool,
     cfg: RollupConfig,
+    samples: SampleHandler,
     shutdown: CancellationToken,
 ) -> Result<(), tributary_broker::consume::ConsumeError> {
     let mut every = tokio::time::interval(Duration::from_secs(cfg.sweep_interval_secs.max(1)));
@@ -315,8 +318,12 @@ async fn sweep_until(
             _ = every.tick() => {}
         }
         match sweep(&pool, &cfg, chrono::Utc::now()).await {
-            Ok((0, 0)) => {}
-            Ok((samples, buckets)) => tracing::info!(samples, buckets, "metric retention applied"),
+            Ok(swept) => {
+                samples.swept(swept.before);
+                if (swept.samples, swept.buckets) != (0, 0) {
+                    tracing::info!(samples = swept.samples, buckets = swept.buckets, "metric retention applied");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "metric retention sweep failed; retrying later"),
         }
     }

@@ -9,7 +9,7 @@
 //!   [`upsert_samples`] (returns the rows that changed), the bulk bucket reads that redo what changed
 //!   ([`load_samples`], [`load_buckets`], [`load_rollups`], keyed by [`BucketKey`]), then
 //!   [`upsert_rollups`], [`upsert_series`] and [`upsert_latest`].
-//! - Retention, on the pool: [`sweep`].
+//! - Retention, on the pool: [`sweep`], which records how far it deleted raw samples ([`swept_before`]).
 //! - The API's reads, on the pool: [`latest_samples`], [`hosts`], [`series_exists`], [`raw_samples`] and
 //!   [`rollup_buckets`].
 //!
@@ -18,16 +18,18 @@
 
 mod batch;
 mod read;
+mod retention;
 #[cfg(test)]
 mod tests;
 mod widths;
 
 pub use batch::{
-    BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SWEEP_MARGIN, SampleRow, SeriesSpan, load_buckets,
-    load_rollups, load_samples, sweep, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
+    BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
+    load_samples, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
 };
 pub use read::{
     HostFields, LatestSample, RollupBucket, SamplePoint, hosts, latest_samples, raw_samples, rollup_buckets,
     series_exists,
 };
+pub use retention::{SWEEP_MARGIN, Swept, sweep, swept_before};
 pub use widths::{store_base_width, stored_base_width};

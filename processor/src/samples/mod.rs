@@ -12,7 +12,9 @@
 //! 6. announce each host's newest sample of the batch on `live.metric.<host>` (core NATS) for live readers.
 //!
 //! Retention: samples older than `metrics.raw_retention` are refused (dead-lettered as `expired`) so that
-//! a bucket is never recomputed from a partly deleted set; [`sweep`] deletes expired rows.
+//! a bucket is never recomputed from a partly deleted set; [`sweep`] deletes expired rows. So are samples
+//! where a sweep once deleted raw samples under a shorter retention (raised since, or another replica's):
+//! the sweep leaves its watermark in `settings`, read at start and after each sweep.
 //!
 //! The SQL is the store's ([`tributary_store::samples`], which owns the tables); this module keeps the
 //! derivations ([`rollup`]: statistics, sketches, bucket math) and orchestrates, and `storage` converts
@@ -28,6 +30,7 @@ use rollup::Rollup;
 use sea_orm::sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use tracing::Instrument;
 use tributary_broker::samples::{LIVE_PREFIX, LiveSample, ServerSample};
 use tributary_broker::{BatchHandler, Delivery, HandleError, Rejection, ts::Ts};
@@ -75,6 +78,9 @@ pub struct SampleHandler {
     /// Rollup widths, ascending (validated).
     widths: Arc<[Width]>,
     raw_retention: i64,
+    /// The sweep's watermark, seconds since the epoch (`i64::MIN` before the first sweep): raw samples
+    /// before it may be gone.
+    swept_before: Arc<AtomicI64>,
     live: Option<async_nats::Client>,
     parallelism: usize,
 }
@@ -90,7 +96,22 @@ impl SampleHandler {
     ) -> Result<Self, String> {
         let widths = cfg.validate()?;
         let raw_retention = cfg.raw_retention.secs();
-        Ok(SampleHandler { pool, widths: widths.into(), raw_retention, live, parallelism: parallelism.max(1) })
+        let swept_before = Arc::new(AtomicI64::new(i64::MIN));
+        let parallelism = parallelism.max(1);
+        Ok(SampleHandler { pool, widths: widths.into(), raw_retention, swept_before, live, parallelism })
+    }
+
+    /// Reads the sweep's watermark (at start: the sweep raises it later, [`SampleHandler::swept`]).
+    pub async fn read_swept_before(&self) -> Result<(), sea_orm::sqlx::Error> {
+        if let Some(before) = store::swept_before(&self.pool).await? {
+            self.swept(before);
+        }
+        Ok(())
+    }
+
+    /// Notes that raw samples before `before` may be gone (a sweep's [`store::Swept::before`]).
+    pub fn swept(&self, before: DateTime<Utc>) {
+        self.swept_before.fetch_max(before.timestamp(), Ordering::Relaxed);
     }
 
     /// Checks the smallest rollup width against the stored rollups' (any width goes while none is
@@ -274,11 +295,23 @@ impl BatchHandler for SampleHandler {
         // Kept only if its smallest bucket starts a full bucket inside the raw retention, so the sweep
         // (which runs on the same clock) cannot have deleted part of the bucket it is about to recompute.
         let base = self.widths[0].width.secs();
-        let oldest = Utc::now().timestamp() - self.raw_retention + base;
-        if rollup::bucket(s.ts.0, base).timestamp() < oldest {
+        let start = rollup::bucket(s.ts.0, base).timestamp();
+        if start < Utc::now().timestamp() - self.raw_retention + base {
             return Err(Rejection::expired(format!(
                 "sample at {} is older than the raw retention ({}s) allows",
                 s.ts, self.raw_retention
+            )));
+        }
+        // Nor where a sweep under a shorter retention deleted raw samples: those are gone for good. A
+        // margin past the watermark, as a sweep of a replica still on the shorter retention may raise it
+        // before this one reads it again (under one retention, the check above is always the stricter).
+        let swept = self.swept_before.load(Ordering::Relaxed);
+        if start < swept.saturating_add(store::SWEEP_MARGIN.as_secs() as i64) {
+            let at = DateTime::from_timestamp(swept, 0).unwrap_or_default();
+            return Err(Rejection::expired(format!(
+                "sample at {} is where the raw samples were deleted (before {at}, under a shorter raw \
+                 retention than today's): its bucket cannot be recomputed",
+                s.ts
             )));
         }
         // A sample from far in the future would stay its host's latest and never be swept.

@@ -17,7 +17,7 @@ const PROGRESS_KEY: &str = "price_transforms_progress";
 
 /// The names of the windows the stored derived values were computed with, if recorded.
 pub async fn stored_windows(tx: &mut Tx) -> Result<Option<Value>, sqlx::Error> {
-    settings::get(tx, TRANSFORMS_KEY).await
+    settings::get(&mut **tx, TRANSFORMS_KEY).await
 }
 
 /// Records the names of the windows the stored derived values are computed with, ending any recompute
@@ -40,7 +40,7 @@ pub struct Progress {
 
 /// The recompute under way, if any.
 pub async fn progress(tx: &mut Tx) -> Result<Option<Progress>, sqlx::Error> {
-    let Some(p) = settings::get(tx, PROGRESS_KEY).await? else { return Ok(None) };
+    let Some(p) = settings::get(&mut **tx, PROGRESS_KEY).await? else { return Ok(None) };
     let through = p.get("through").and_then(Value::as_str).map(str::to_owned);
     let at = p.get("at").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
     Ok(through.zip(at).map(|(through, at)| Progress {

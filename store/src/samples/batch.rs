@@ -1,11 +1,11 @@
-//! What the processor's batch transaction runs on the metric tables, and the retention sweep.
+//! What the processor's batch transaction runs on the metric tables.
 
 use super::read::RollupBucket;
 use crate::arrays::Arrays;
-use crate::{RollupConfig, Tx};
-use chrono::{DateTime, Duration, Utc};
+use crate::Tx;
+use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgRow;
-use sea_orm::sqlx::{self, FromRow, PgPool, Row};
+use sea_orm::sqlx::{self, FromRow, Row};
 use std::collections::BTreeSet;
 
 /// A bucket of one series: (host, field, bucket start).
@@ -274,39 +274,3 @@ pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// How long past their retention raw samples are kept. The processor takes a sample only if its smallest
-/// bucket starts a full bucket inside the retention, as of its decoding; the sample's transaction may
-/// commit later (waiting behind its host, or on a lock a dead peer held until PostgreSQL ended its
-/// session), and another replica's clock may run ahead. Deleted at the retention itself, a bucket's raw
-/// samples could go between the decoding and the commit, and the bucket be recomputed from the rest.
-pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Deletes raw samples past their retention and [`SWEEP_MARGIN`], and rollups past their retention, as of
-/// `now`. Returns (samples, buckets) deleted.
-///
-/// Series by series (through `metric_series`), so each delete is a primary-key range scan.
-pub async fn sweep(pool: &PgPool, cfg: &RollupConfig, now: DateTime<Utc>) -> Result<(u64, u64), sqlx::Error> {
-    let margin = Duration::from_std(SWEEP_MARGIN).expect("an hour is a duration");
-    let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs()) - margin;
-    let samples = sqlx::query(
-        "DELETE FROM metric_samples m USING metric_series s
-          WHERE m.host = s.host AND m.field = s.field AND s.first_ts < $1 AND m.ts < $1",
-    )
-    .bind(raw_cutoff)
-    .execute(pool)
-    .await?;
-    let mut buckets = 0;
-    for r in &cfg.rollups {
-        let cutoff = now - Duration::seconds(r.retention.secs());
-        buckets += sqlx::query(
-            "DELETE FROM metric_rollups m USING metric_series s
-              WHERE m.host = s.host AND m.field = s.field AND s.first_ts < $2 AND m.width = $1 AND m.start < $2",
-        )
-        .bind(r.width.secs() as i32)
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    }
-    Ok((samples.rows_affected(), buckets))
-}

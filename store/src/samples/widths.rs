@@ -14,7 +14,7 @@ pub async fn stored_base_width(tx: &mut Tx) -> Result<Option<i64>, sqlx::Error> 
     if !any {
         return Ok(None);
     }
-    if let Some(secs) = settings::get(tx, BASE_WIDTH_KEY).await?.and_then(|v| v.as_i64()) {
+    if let Some(secs) = settings::get(&mut **tx, BASE_WIDTH_KEY).await?.and_then(|v| v.as_i64()) {
         return Ok(Some(secs));
     }
     sqlx::query_scalar("SELECT min(width)::int8 FROM metric_rollups").fetch_one(&mut **tx).await

@@ -410,7 +410,10 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     let cfg = tributary_store::RollupConfig::default(); // raw 7d, 1m 30d, 1h 365d
     let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
     let days = chrono::Duration::days;
-    let sweep = |after: chrono::Duration| tributary_processor::samples::sweep(pool, &cfg, now + after);
+    let sweep = |after: chrono::Duration| {
+        let swept = tributary_processor::samples::sweep(pool, &cfg, now + after);
+        async move { swept.await.map(|s| (s.samples, s.buckets)) }
+    };
     assert_eq!(sweep(days(6)).await.unwrap(), (0, 0), "nothing is due within the raw retention");
     // Raw samples are kept an hour past it: a sample taken just inside the retention and committed a
     // little later recomputes its bucket from every raw sample (`samples::SWEEP_MARGIN`).
@@ -422,6 +425,55 @@ async fn retention_deletes_raw_samples_and_each_width_after_its_own_span() {
     assert_eq!(sweep(days(31)).await.unwrap(), (0, 1), "1m buckets after 30 days");
     assert_eq!(count("SELECT count(*) FROM metric_rollups WHERE width = 3600").await, 1);
     assert_eq!(sweep(days(366)).await.unwrap(), (0, 1), "1h buckets after 365 days");
+}
+
+/// Raw samples a sweep deleted are gone for good, even after `metrics.raw_retention` is raised: a sample
+/// where they were is refused as expired, not taken to recompute its bucket from the rest. (The processor
+/// checked only today's retention: after a raise from 7 to 30 days, a late sample 11 days old rebuilt its
+/// minute from itself alone, and the minute lost the samples the sweep had deleted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_raw_retention_does_not_take_samples_where_the_sweep_deleted() {
+    use tributary_broker::{BatchHandler, Delivery, Rejection, samples::ServerSample};
+    use tributary_processor::samples::{SampleHandler, sweep};
+    use tributary_store::rollups::{Rollup as Width, RollupConfig, Span};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let days = |n: i64| Span(n * 86_400);
+    let week = RollupConfig::default(); // raw 7 days
+    let month = RollupConfig {
+        raw_retention: days(30),
+        rollups: vec![Width { width: Span(60), retention: days(60) }, Width { width: Span(3600), retention: days(365) }],
+        ..Default::default()
+    };
+    let now = Utc::now();
+    let minute = |ago: i64| DateTime::from_timestamp((now - chrono::Duration::days(ago)).timestamp() / 60 * 60, 0).unwrap();
+    let decode = |h: &SampleHandler, ts: DateTime<Utc>| -> Result<ServerSample, Rejection> {
+        let body = json!({"ts": ts.timestamp_millis(), "cpu": 1.0}).to_string();
+        h.decode("metric.h", None, body.as_bytes(), Ts::new(now))
+    };
+    let (old, kept) = (minute(11), minute(9));
+    let handler = SampleHandler::new(pool.clone(), &month, 1, None).unwrap();
+    let batch: Vec<_> = [old, old + chrono::Duration::seconds(10), kept]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ts)| Delivery { event: decode(&handler, ts).unwrap(), seq: i as u64 + 1, received: Ts::new(now) })
+        .collect();
+    handler.commit(&batch).await.unwrap();
+
+    // Three days ago, under a week's retention, a sweep deleted the raw samples older than ten days.
+    let swept = sweep(&pool, &week, now - chrono::Duration::days(3)).await.unwrap();
+    assert_eq!((swept.samples, swept.buckets), (2, 0), "the two 11 days old");
+    // Today's sweep, under 30 days, deletes nothing and keeps the mark where the earlier one cut.
+    let today = sweep(&pool, &month, now).await.unwrap();
+    assert_eq!((today.samples, today.before), (0, swept.before));
+
+    let handler = SampleHandler::new(pool.clone(), &month, 1, None).unwrap();
+    handler.read_swept_before().await.unwrap();
+    let late = decode(&handler, old + chrono::Duration::seconds(20)).expect_err("its minute's raw samples are gone");
+    assert_eq!(late.class, "expired");
+    assert!(late.reason.contains("where the raw samples were deleted"), "{}", late.reason);
+    decode(&handler, kept + chrono::Duration::seconds(20)).expect("older than a week, but its raw samples are kept");
+    assert!(decode(&SampleHandler::new(pool.clone(), &week, 1, None).unwrap(), kept).is_err(), "a week's retention");
 }
 
 /// The smallest rollup width cannot change under stored rollups (every wider bucket is merged from its
