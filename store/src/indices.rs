@@ -32,7 +32,10 @@ pub struct IndexDef {
 ///   `$3` over the number of constituents, at least `$4`);
 /// - part 1: each constituent (`instrument`) and its weight (`value`);
 /// - part 2: the anchor: the index's last date before `$2` (`ts`) and its level (`value`), if any;
-/// - part 3: the first chunk of each constituent's prices from the anchor on, none without an anchor.
+/// - part 3: each constituent's price at the anchor, then the first chunk of its prices from `$2` on;
+///   none without an anchor. Between the two lies no index date (the anchor is the last before `$2`, and
+///   no price before `$2` changed), so the prices there are not read: an append after constituents
+///   stopped sharing dates read every price since the last shared one.
 ///
 /// No row when there is no such index. The anchor's date is a sub-select, not a join, so that it bounds
 /// the primary-key scan like a parameter (a join condition was planned as a filter over a sequential
@@ -47,8 +50,11 @@ UNION ALL SELECT 1::int2, instrument, NULL, weight, NULL FROM cons
 UNION ALL SELECT 2::int2, NULL, ts, level, NULL FROM anchor
 UNION ALL
 SELECT 3::int2, c.instrument, p.ts, p.price, NULL FROM cons c
+  JOIN price_points p ON p.instrument = c.instrument AND p.ts = (SELECT ts FROM anchor)
+UNION ALL
+SELECT 3::int2, c.instrument, p.ts, p.price, NULL FROM cons c
   CROSS JOIN LATERAL (SELECT ts, price FROM price_points
-                       WHERE instrument = c.instrument AND ts >= (SELECT ts FROM anchor)
+                       WHERE instrument = c.instrument AND ts >= $2 AND EXISTS (SELECT 1 FROM anchor)
                        ORDER BY ts LIMIT (SELECT n FROM per)) p";
 
 /// Where an index's recompute starts ([`recompute_start`]).
@@ -60,7 +66,8 @@ pub struct RecomputeStart {
     pub per: usize,
     /// The index's last date before the change, with its level: the recompute continues from it.
     pub anchor: Option<(DateTime<Utc>, f64)>,
-    /// With an anchor, the first chunk of the constituents' prices from its date on.
+    /// With an anchor, the constituents' prices at its date and the first chunk of their prices from the
+    /// change on.
     pub prices: Vec<PriceRow>,
 }
 

@@ -102,6 +102,47 @@ async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history
     assert!(stored(&app, "never").await.is_empty(), "no date has a price of Z");
 }
 
+/// Constituents that stop sharing dates (B's minutes moved to :30, while A stays on :00) leave the
+/// index's last date behind: an append reads the prices at that date and from the change on, not every
+/// price since (100,000 here). The same for constituents that never shared one: no index date lies
+/// before the change, so none is read from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
+    let app = spawn_app().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, seq)
+         SELECT i, timestamptz '2026-01-01' + m * interval '1 minute' + CASE WHEN m > 0 THEN off ELSE '0s' END,
+                100 + (m % 17) * 0.25, 1
+           FROM (VALUES ('A', interval '0s'), ('B', interval '30s'), ('C', interval '10s'), ('D', interval '20s'))
+                AS c(i, off),
+                generate_series(0, 49999) AS m
+          WHERE i IN ('A', 'B') OR m > 0",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    define(&app, "apart", &[("A", 0.5), ("B", 0.5)]).await;
+    define(&app, "never", &[("C", 0.5), ("D", 0.5)]).await;
+
+    // An append to A and to C, each recomputing its index from it.
+    let append = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    sqlx::query("INSERT INTO price_points (instrument, ts, price, seq) VALUES ('A', $1, 101, 2), ('C', $1, 101, 2)")
+        .bind(append)
+        .execute(pool)
+        .await
+        .unwrap();
+    for (name, most) in [("apart", 3), ("never", 1)] {
+        let mut tx = pool.begin().await.unwrap();
+        let read = recompute_index(&mut tx, name, Some(append)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(read, most, "{name}: prices read for one append");
+    }
+
+    assert_eq!(assert_batch_equal(&app, "apart", &[("A", 0.5), ("B", 0.5)]).await, 1, "the first minute");
+    assert!(stored(&app, "never").await.is_empty(), "C and D never share a date");
+}
+
 /// A constituent's point re-sent with the same price and a new volume changes no level. It counted as a
 /// change from its date on, so every index level after it was written again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
