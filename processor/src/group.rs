@@ -56,7 +56,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
     let mut me = Member::this_process();
-    let group = loop {
+    let mut group = loop {
         match Group::join(&js, &name, takeover, replicas).await {
             Ok(g) => break g,
             Err(e) => {
@@ -146,7 +146,14 @@ pub async fn run(
                 me.owns = running.keys().cloned().collect();
                 me.owns.sort();
                 if let Err(e) = group.beat(&me).await {
-                    tracing::warn!(error = %e, "processor group heartbeat failed");
+                    // A single server forgets a memory bucket when it restarts: every later beat and read
+                    // failed, each process kept the members it last read, and the partitions of one that
+                    // stopped after were dealt to it for good. Joining makes the bucket again.
+                    tracing::warn!(error = %e, "processor group heartbeat failed; joining again");
+                    match Group::join(&js, &name, takeover, replicas).await {
+                        Ok(g) => group = g,
+                        Err(e) => tracing::warn!(error = %e, "cannot join the processor group; retrying"),
+                    }
                 }
                 for p in &partitions {
                     let owned = running.contains_key(&p.spec.durable);
@@ -157,15 +164,17 @@ pub async fn run(
         }
     }
     lag.abort();
-    // Stopping: the loops finish what they hold and release their pins; then this process leaves, so the
-    // others take its partitions at their next heartbeat rather than after `takeover`.
+    // Stopping: this process leaves first, so the others deal its partitions among themselves at their
+    // next heartbeat and open them; each loop finishes what it holds and releases its pin, and its next
+    // owner reads on at once. (Leaving after the loops kept every partition dealt to this process until
+    // the slowest had finished, or `takeover` passed.)
+    if let Err(e) = group.leave(&me).await {
+        tracing::warn!(error = %e, "could not leave the processor group; it forgets this process by itself");
+    }
     while let Some(done) = tasks.join_next().await {
         if let Ok((name, Err(e))) = done {
             tracing::warn!(consumer = name, error = %e, "partition consumer failed while stopping");
         }
-    }
-    if let Err(e) = group.leave(&me).await {
-        tracing::warn!(error = %e, "could not leave the processor group; it forgets this process by itself");
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! and never restarted has its partitions taken over, one that joins later takes its share, and every
 //! stored value equals the batch computation.
 
-use crate::common::{Proc, TestApp, spawn_services, tributary};
+use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_services, tributary};
 use crate::differential::verify;
 use crate::faults::{env_of, metric_truth, price_truth, publish_chaos, refs, stream_messages};
 use crate::samples::verify_metrics;
@@ -33,6 +33,19 @@ fn dealt(members: &[Member], counts: &[usize]) -> bool {
     let mut want = counts.to_vec();
     want.sort();
     owned.len() == n && n == 2 * PARTITIONS as usize && have == want
+}
+
+/// Waits up to a minute until the live members own every partition, `counts` of them each.
+async fn until_dealt(app: &TestApp, what: &str, counts: &[usize]) {
+    until_dealt_within(app, Duration::from_secs(60), what, counts).await
+}
+
+/// [`until_dealt`], waiting up to `within`.
+async fn until_dealt_within(app: &TestApp, within: Duration, what: &str, counts: &[usize]) {
+    eventually(within, what, || async {
+        members(app).await.filter(|m| m.len() == counts.len() && dealt(m, counts)).map(|_| ())
+    })
+    .await
 }
 
 /// The ack floor (stream sequence) of each processor consumer named.
@@ -217,4 +230,83 @@ async fn opening_the_group_tells_no_group_from_no_answer() {
     let e = Group::open(&js, "g").await.err().expect("an error, not a group or none");
     nats.freeze(false);
     assert!(e.to_string().contains("processor group"), "{e}");
+}
+
+/// The group's bucket is held in memory, and a single server forgets it when it restarts. Every later
+/// heartbeat failed, each processor kept the members it had last read, and the partitions of one that
+/// stopped after the restart stayed dealt to it, consumed by no one, for good. A failed heartbeat now
+/// joins again, which makes the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_the_group_forms_again_and_a_killed_processors_partitions_move() {
+    let nats = NatsServer::start();
+    let mut app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
+    let env = env_of(&app, &[("TRIBUTARY_PROCESSOR__PARTITIONS", &PARTITIONS.to_string())]);
+    let mut procs: Vec<Proc> = (0..2).map(|_| tributary(&["processor"], &refs(&env))).collect();
+    until_dealt(&app, "two processors sharing eight partitions 4/4", &[4, 4]).await;
+
+    app.nats().restart();
+    until_dealt(&app, "the group formed again after the restart", &[4, 4]).await;
+    procs[0].kill9();
+    until_dealt(&app, "the one left owning all eight", &[8]).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    for i in 0..16 {
+        app.publish_plain(&format!("price.R{i}"), r#"{"ts":"2026-01-01","price":1}"#).await;
+        app.publish_plain(&format!("metric.r{i}"), &format!(r#"{{"ts":{now},"cpu":1}}"#)).await;
+    }
+    app.settled().await;
+    let pool = app.c.db.get_postgres_connection_pool();
+    let count = async |sql: &'static str| sea_orm::sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM price_points").await, 16, "every price partition's");
+    assert_eq!(count("SELECT count(*) FROM metric_latest").await, 16, "every metric partition's");
+}
+
+/// A processor told to stop leaves the group before it drains: the others deal its partitions among
+/// themselves at their next heartbeat while its last batches are still in their transactions. (It left
+/// after them, so its partitions stayed dealt to it, and read by no one, until the slowest had finished
+/// or its record lapsed: `takeover_secs`, 30 here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_processor_leaves_the_group_before_it_drains() {
+    use sea_orm::sqlx::{self, Connection};
+    let nats = NatsServer::start();
+    let app = spawn_services(nats.url(), Some(nats), |c| c.processor.partitions = PARTITIONS).await;
+    let env = env_of(
+        &app,
+        &[
+            ("TRIBUTARY_PROCESSOR__PARTITIONS", &PARTITIONS.to_string()),
+            ("TRIBUTARY_PROCESSOR__TAKEOVER_SECS", "30"),
+            ("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "120"),
+        ],
+    );
+    let mut procs: Vec<Proc> = (0..2).map(|_| tributary(&["processor"], &refs(&env))).collect();
+    until_dealt(&app, "two processors sharing eight partitions 4/4", &[4, 4]).await;
+
+    // Every price write waits on the test's lock, so the stopping processor's price partitions cannot
+    // drain until it is released.
+    let mut lock = sqlx::PgConnection::connect(&app.c.config.database.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE price_points IN ACCESS EXCLUSIVE MODE").execute(&mut lock).await.unwrap();
+    for i in 0..16 {
+        app.publish_plain(&format!("price.R{i}"), r#"{"ts":"2026-01-01","price":1}"#).await;
+    }
+    let pool = app.c.db.get_postgres_connection_pool();
+    eventually(Duration::from_secs(30), "both processors' price writes waiting on the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT client_port) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (waiting >= 2).then_some(())
+    })
+    .await;
+    sigterm(&procs[0]);
+    // Well inside `takeover_secs`: by the other's next heartbeat.
+    until_dealt_within(&app, Duration::from_secs(20), "the other owning all eight", &[8]).await;
+    assert!(procs[0].running(), "the stopping processor still waits on its batch");
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+    assert_eq!(exit_code(&mut procs[0], Duration::from_secs(60)).await, Some(0), "it drains and exits 0");
+    app.settled().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM price_points").fetch_one(pool).await.unwrap();
+    assert_eq!(stored, 16);
 }
