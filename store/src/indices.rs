@@ -26,8 +26,8 @@ pub struct IndexDef {
     pub weights: Vec<(String, f64)>,
 }
 
-/// An index's definition and where its recompute from `$2` starts, in one statement, as rows of (part,
-/// instrument, ts, value, n):
+/// An index's definition and where its recompute of a change in `$2`..=`$5` starts and may end, in one
+/// statement, as rows of (part, instrument, ts, value, n, ret):
 /// - part 0: the definition's base (`value`) and how many prices of each constituent a chunk reads (`n`:
 ///   `$3` over the number of constituents, at least `$4`);
 /// - part 1: each constituent (`instrument`) and its weight (`value`);
@@ -36,6 +36,8 @@ pub struct IndexDef {
 ///   none without an anchor. Between the two lies no index date (the anchor is the last before `$2`, and
 ///   no price before `$2` changed), so the prices there are not read: an append after constituents
 ///   stopped sharing dates read every price since the last shared one.
+/// - part 4: the index's first date after `$5` (`ts`), its level (`value`) and return (`ret`), if any: the
+///   recompute stops there if it computes the same level.
 ///
 /// No row when there is no such index. The anchor's date is a sub-select, not a join, so that it bounds
 /// the primary-key scan like a parameter (a join condition was planned as a filter over a sequential
@@ -44,18 +46,22 @@ pub const INDEX_RECOMPUTE_START: &str = "
 WITH cons AS (SELECT instrument, weight FROM index_constituents WHERE name = $1),
 per AS (SELECT greatest($3::int8 / nullif(count(*), 0), $4::int8) AS n FROM cons),
 anchor AS (SELECT ts, level FROM index_points WHERE name = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1)
-SELECT 0::int2 AS part, NULL::text AS instrument, NULL::timestamptz AS ts, i.base AS value, (SELECT n FROM per) AS n
+SELECT 0::int2 AS part, NULL::text AS instrument, NULL::timestamptz AS ts, i.base AS value, (SELECT n FROM per) AS n,
+       NULL::float8 AS ret
   FROM indices i WHERE i.name = $1
-UNION ALL SELECT 1::int2, instrument, NULL, weight, NULL FROM cons
-UNION ALL SELECT 2::int2, NULL, ts, level, NULL FROM anchor
+UNION ALL SELECT 1::int2, instrument, NULL, weight, NULL, NULL FROM cons
+UNION ALL SELECT 2::int2, NULL, ts, level, NULL, NULL FROM anchor
 UNION ALL
-SELECT 3::int2, c.instrument, p.ts, p.price, NULL FROM cons c
+SELECT 3::int2, c.instrument, p.ts, p.price, NULL, NULL FROM cons c
   JOIN price_points p ON p.instrument = c.instrument AND p.ts = (SELECT ts FROM anchor)
 UNION ALL
-SELECT 3::int2, c.instrument, p.ts, p.price, NULL FROM cons c
+SELECT 3::int2, c.instrument, p.ts, p.price, NULL, NULL FROM cons c
   CROSS JOIN LATERAL (SELECT ts, price FROM price_points
                        WHERE instrument = c.instrument AND ts >= $2 AND EXISTS (SELECT 1 FROM anchor)
-                       ORDER BY ts LIMIT (SELECT n FROM per)) p";
+                       ORDER BY ts LIMIT (SELECT n FROM per)) p
+UNION ALL
+SELECT 4::int2, NULL, ts, level, NULL, ret FROM
+  (SELECT ts, level, ret FROM index_points WHERE name = $1 AND ts > $5 ORDER BY ts LIMIT 1) s";
 
 /// Where an index's recompute starts ([`recompute_start`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -66,36 +72,54 @@ pub struct RecomputeStart {
     pub per: usize,
     /// The index's last date before the change, with its level: the recompute continues from it.
     pub anchor: Option<(DateTime<Utc>, f64)>,
+    /// The index's first stored date after the change: where the levels settle if it comes out the same.
+    pub first_after: Option<StoredLevel>,
     /// With an anchor, the constituents' prices at its date and the first chunk of their prices from the
     /// change on.
     pub prices: Vec<PriceRow>,
 }
 
+/// A stored level of an index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredLevel {
+    /// Its date.
+    pub ts: DateTime<Utc>,
+    /// `I_t`.
+    pub level: f64,
+    /// `R_t`; `None` on the first index date.
+    pub ret: Option<f64>,
+}
+
 /// [`INDEX_RECOMPUTE_START`]: index `name`'s definition, its anchor before `from` (none when `from` is
-/// `None`) with the first chunk of prices after it, and the chunk size: `budget` prices over the
-/// constituents, at least `least` each. `None` when there is no such index.
+/// `None`) with the first chunk of prices after it, its first stored date after `through` (none when
+/// `None`), and the chunk size: `budget` prices over the constituents, at least `least` each. `None` when
+/// there is no such index.
 pub async fn recompute_start(
     tx: &mut Tx,
     name: &str,
     from: Option<DateTime<Utc>>,
+    through: Option<DateTime<Utc>>,
     budget: usize,
     least: usize,
 ) -> Result<Option<RecomputeStart>, sqlx::Error> {
-    type Row = (i16, Option<String>, Option<DateTime<Utc>>, f64, Option<i64>);
+    type Row = (i16, Option<String>, Option<DateTime<Utc>>, f64, Option<i64>, Option<f64>);
     let rows: Vec<Row> = sqlx::query_as(INDEX_RECOMPUTE_START)
         .bind(name)
         .bind(from)
         .bind(budget as i64)
         .bind(least as i64)
+        .bind(through)
         .fetch_all(&mut **tx)
         .await?;
     let (mut head, mut weights, mut anchor, mut prices) = (None, Vec::new(), None, Vec::new());
-    for (part, instrument, ts, value, n) in rows {
+    let mut first_after = None;
+    for (part, instrument, ts, value, n, ret) in rows {
         match (part, instrument, ts, n) {
             (0, _, _, Some(n)) => head = Some((value, n.max(1) as usize)),
             (1, Some(instrument), _, _) => weights.push((instrument, value)),
             (2, _, Some(ts), _) => anchor = Some((ts, value)),
             (3, Some(instrument), Some(ts), _) => prices.push((instrument, ts, value)),
+            (4, _, Some(ts), _) => first_after = Some(StoredLevel { ts, level: value, ret }),
             _ => return Err(sqlx::Error::Protocol(format!("unexpected row of part {part} in an index recompute"))),
         }
     }
@@ -108,6 +132,7 @@ pub async fn recompute_start(
         def: IndexDef { name: name.to_owned(), base, weights },
         per,
         anchor,
+        first_after,
         prices,
     }))
 }

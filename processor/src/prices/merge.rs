@@ -13,6 +13,8 @@ pub(super) struct Merged<'a> {
     pub(super) added: Vec<DateTime<Utc>>,
     /// The first point whose price changed or appeared, if any.
     pub(super) changed_from: Option<DateTime<Utc>>,
+    /// The last one.
+    pub(super) changed_through: Option<DateTime<Utc>>,
     /// The last `window` points of the series after the batch, for the tail cache, when the chunk reached
     /// the series' end.
     pub(super) tail: Option<Vec<Row>>,
@@ -106,6 +108,7 @@ pub(super) fn merge<'a>(
         keep(&mut merged, s, Some(p), false);
     }
     let mut changed_from = None;
+    let changed_through = last_change.map(|i| merged[i].ts);
     let mut end = base;
     if let Some(from) = first_change {
         let mut points: Vec<Point> =
@@ -137,7 +140,7 @@ pub(super) fn merge<'a>(
         merged.split_off(keep)
     };
     if complete {
-        return Merged { rows, added, changed_from, tail: Some(last_window(merged)), carry: None };
+        return Merged { rows, added, changed_from, changed_through, tail: Some(last_window(merged)), carry: None };
     }
     let carry = (!later.is_empty() || !settled).then(|| Carry {
         after: merged.last().map_or(DateTime::<Utc>::MIN_UTC, |r| r.ts),
@@ -145,5 +148,5 @@ pub(super) fn merge<'a>(
         incoming: later,
         unsettled: !settled,
     });
-    Merged { rows, added, changed_from, tail: None, carry }
+    Merged { rows, added, changed_from, changed_through, tail: None, carry }
 }

@@ -36,6 +36,7 @@ use futures::StreamExt;
 use sea_orm::sqlx::PgPool;
 use series::Transforms;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
@@ -221,7 +222,8 @@ impl PriceHandler {
         laps.lap("load");
         // 4-5. merge and recompute, chunk by chunk where a change reaches past the first chunk
         let mut writes = store::Writes::new(&self.names);
-        let mut changed_from: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+        // Per instrument, the first and last point whose price changed or appeared.
+        let mut changed_at: BTreeMap<&str, RangeInclusive<DateTime<Utc>>> = BTreeMap::new();
         let mut tails: Vec<(&str, Vec<Row>)> = Vec::with_capacity(by_instrument.len());
         for (instrument, incoming) in by_instrument {
             let (window, chunk) = match windows.remove(*instrument) {
@@ -233,6 +235,7 @@ impl PriceHandler {
             let mut added = std::mem::take(&mut step.added);
             let first_rows = std::mem::take(&mut step.rows);
             let mut first_change = step.changed_from;
+            let mut last_change = step.changed_through;
             let mut rewrote = false;
             while let Some(carry) = step.carry.take() {
                 let chunk = store::load_after(&mut tx, instrument, carry.after, CHUNK_POINTS, &self.names).await?;
@@ -242,9 +245,10 @@ impl PriceHandler {
                 store::write_rows(&mut tx, instrument, &step.rows, &self.names).await?;
                 added.append(&mut step.added);
                 first_change = first_change.or(step.changed_from);
+                last_change = step.changed_through.or(last_change);
             }
-            if let Some(t) = first_change {
-                changed_from.insert(instrument, t);
+            if let (Some(first), Some(last)) = (first_change, last_change) {
+                changed_at.insert(instrument, first..=last);
             }
             if !first_rows.is_empty() || !added.is_empty() || rewrote {
                 writes.push(instrument, first_rows, added);
@@ -254,7 +258,7 @@ impl PriceHandler {
             }
         }
         laps.lap("derive");
-        let changed: Vec<&str> = changed_from.keys().copied().collect();
+        let changed: Vec<&str> = changed_at.keys().copied().collect();
         let written = match store::write_batch(&mut tx, writes, &changed).await {
             // A trusted tail missed points stored since: its "new" points were there.
             Err(e) if !trusted.is_empty() && is_unique_violation(&e) => return Err(Attempt::Stale),
@@ -274,16 +278,18 @@ impl PriceHandler {
         if !written.indices.is_empty() {
             lock::acquire(&mut tx, "index", written.indices.iter().map(String::as_str)).await?;
             for index in &written.indices {
-                // From the earliest change among its constituents (as the write found them; one removed
-                // since by a new definition only makes the recompute start earlier than it need).
-                let from = written
+                // From the earliest change among its constituents through the latest (as the write found
+                // them; one removed since by a new definition only makes the range wider than it need).
+                let changes = written
                     .constituents
                     .iter()
                     .filter(|(_, i)| i == index)
-                    .filter_map(|(instrument, _)| changed_from.get(instrument.as_str()))
-                    .min()
-                    .copied();
-                recompute_index(&mut tx, index, from).await?;
+                    .filter_map(|(instrument, _)| changed_at.get(instrument.as_str()));
+                let span = changes.fold(None, |span: Option<RangeInclusive<DateTime<Utc>>>, c| match span {
+                    None => Some(c.clone()),
+                    Some(s) => Some(*s.start().min(c.start())..=*s.end().max(c.end())),
+                });
+                recompute_index(&mut tx, index, span).await?;
             }
             laps.lap("index");
         }

@@ -3,6 +3,7 @@
 use super::index;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use tributary_store::indices::{self, Levels, PriceRow, RecomputeStart};
 use tributary_store::{Tx, sqlx};
 
@@ -13,18 +14,29 @@ const CHUNK_PRICES: usize = 65_536;
 /// The fewest prices of one constituent a chunk reads.
 const LEAST_PER_CONSTITUENT: usize = 64;
 
-/// Recomputes index `name` from the last index date before `from` forward (from scratch when `from` is
-/// `None` or precedes every index date), in chunks (about [`CHUNK_PRICES`] prices): the levels after a
-/// changed date all change (each is the one before times a return), so a correction early in a long
-/// history rewrites the rest, but never holds more than a chunk. The caller holds the locks of the index
-/// and its constituents. An append costs two round trips: the definition with the anchor and the prices
-/// at it and from `from` on, then the levels. Nothing happens when there is no such index. Returns how many prices it
-/// read.
-pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>>) -> Result<usize, sqlx::Error> {
-    let Some(start) = indices::recompute_start(tx, name, from, CHUNK_PRICES, LEAST_PER_CONSTITUENT).await? else {
+/// Recomputes index `name` after its constituents' prices changed in `changed` (first to last changed
+/// date; `None`: from scratch, for a new definition), in chunks (about [`CHUNK_PRICES`] prices).
+///
+/// It starts at the anchor, the last index date before the change (from scratch when there is none), and
+/// the levels after a changed date all change (each is the one before times a return), so a correction
+/// early in a long history rewrites the rest, but never holds more than a chunk. It stops at the first
+/// index date after the change whose level comes out as stored, bit for bit: no price after the change
+/// changed, so neither does any level after that one (a correction on a date that is no index date, a
+/// holiday of another constituent, changed no level and rewrote the whole tail).
+///
+/// The caller holds the locks of the index and its constituents. An append costs two round trips: the
+/// definition with the anchor, the prices at it and from the change on, then the levels. Nothing happens
+/// when there is no such index. Returns how many prices it read.
+pub async fn recompute_index(
+    tx: &mut Tx,
+    name: &str,
+    changed: Option<RangeInclusive<DateTime<Utc>>>,
+) -> Result<usize, sqlx::Error> {
+    let (from, through) = changed.map(RangeInclusive::into_inner).unzip();
+    let start = indices::recompute_start(tx, name, from, through, CHUNK_PRICES, LEAST_PER_CONSTITUENT).await?;
+    let Some(RecomputeStart { def, per, anchor, first_after, prices: mut rows }) = start else {
         return Ok(0);
     };
-    let RecomputeStart { def, per, anchor, prices: mut rows } = start;
     let instruments: Vec<&str> = def.weights.iter().map(|w| w.0.as_str()).collect();
     if anchor.is_none() {
         // No index date before `from`, and no price before it changed: none lies there still, and the
@@ -50,19 +62,32 @@ pub async fn recompute_index(tx: &mut Tx, name: &str, from: Option<DateTime<Utc>
         let ended = (0..instruments.len()).filter(|&k| chunk.counts[k] < per).map(|k| chunk.last[k]).min();
         let horizon = horizon.filter(|h| ended.is_none_or(|e| e > *h));
         let mut levels = Vec::new();
+        // The date the levels settle on, if this chunk reaches it.
+        let mut settles = None;
         for (ts, now) in chunk.dates(instruments.len()) {
             if horizon.is_some_and(|h| ts > h) {
                 break;
             }
-            levels.extend(chain.step(ts, now).map_err(sqlx::Error::Protocol)?);
+            let Some(level) = chain.step(ts, now).map_err(sqlx::Error::Protocol)? else { continue };
+            if let Some(stored) = first_after.filter(|s| s.ts == ts && s.level.to_bits() == level.level.to_bits()) {
+                // Every level after this date follows from this one and prices no batch changed: kept.
+                if stored.ret.map(f64::to_bits) != level.ret.map(f64::to_bits) {
+                    levels.push(level);
+                }
+                settles = Some(ts);
+                break;
+            }
+            levels.push(level);
         }
         let levels = Levels {
             ts: levels.iter().map(|l| l.ts).collect(),
             level: levels.iter().map(|l| l.level).collect(),
             ret: levels.iter().map(|l| l.ret).collect(),
         };
-        indices::store_levels(tx, name, written_after, &levels, horizon).await?;
-        let Some(h) = horizon else { return Ok(read) };
+        // Dates written up to the settled one are kept (that one too); past the horizon, none is touched.
+        let upto = settles.map(|s| s - chrono::Duration::microseconds(1)).or(horizon);
+        indices::store_levels(tx, name, written_after, &levels, upto).await?;
+        let Some(h) = horizon.filter(|_| settles.is_none()) else { return Ok(read) };
         written_after = Some(h);
         rows = indices::prices_from(tx, &instruments, Some(h + chrono::Duration::microseconds(1)), per).await?;
     }

@@ -25,6 +25,16 @@ async fn stored(app: &TestApp, name: &str) -> Vec<(DateTime<Utc>, f64, Option<f6
         .unwrap()
 }
 
+/// The stored price of `instrument` on `day`.
+async fn price(app: &TestApp, instrument: &str, day: &str) -> f64 {
+    sqlx::query_scalar("SELECT price FROM price_points WHERE instrument = $1 AND ts = $2::timestamptz")
+        .bind(instrument)
+        .bind(day)
+        .fetch_one(app.c.db.get_postgres_connection_pool())
+        .await
+        .unwrap()
+}
+
 /// Asserts that index `name` (base 100, `weights`) has stored the levels the batch computation gives over
 /// every stored price, bit for bit; returns how many there are.
 async fn assert_batch_equal(app: &TestApp, name: &str, weights: &[(&str, f64)]) -> usize {
@@ -54,7 +64,7 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
     let app = spawn_app().await;
     sqlx::query(
         "INSERT INTO price_points (instrument, ts, price, seq)
-         SELECT 'C' || i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((i * 37 + d * 11) % 23) * 0.37, 1
+         SELECT 'C' || i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((i * 37 + d * 11) % 23) * 0.37, 0
            FROM generate_series(0, 299) i, generate_series(0, 299) d WHERE NOT (i < 3 AND d % 10 = i + 1)",
     )
     .execute(app.c.db.get_postgres_connection_pool())
@@ -64,10 +74,14 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
     let weights: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, n)| (n.as_str(), 1.0 / (i + 1) as f64)).collect();
     define(&app, "wide", &weights).await;
     assert!(assert_batch_equal(&app, "wide", &weights).await > 200);
-    // A correction on the fifth day rewrites every level after it.
+    // A correction on the fifth day rewrites every level after it. (The rows above carry sequence 0, so
+    // that the correction, the stream's first message, is newer than them: at 1 it was ignored.)
+    let before = stored(&app, "wide").await;
     app.publish_plain("price.C0", r#"{"ts":"2026-01-05","price":150}"#).await;
     app.settled().await;
+    assert_eq!(price(&app, "C0", "2026-01-05").await, 150.0);
     assert_batch_equal(&app, "wide", &weights).await;
+    assert_ne!(stored(&app, "wide").await.last(), before.last(), "the last level changed too");
 }
 
 /// A constituent that stopped (or never had a price) bounds the index's dates: none lies past its last
@@ -93,7 +107,7 @@ async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history
     let append = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
     for name in ["stopped", "never"] {
         let mut tx = pool.begin().await.unwrap();
-        let read = recompute_index(&mut tx, name, Some(append)).await.unwrap();
+        let read = recompute_index(&mut tx, name, Some(append..=append)).await.unwrap();
         tx.commit().await.unwrap();
         assert!(read <= 40_000, "{name}: {read} prices read for one append (one chunk is at most 32,768 of A)");
     }
@@ -134,13 +148,54 @@ async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
         .unwrap();
     for (name, most) in [("apart", 3), ("never", 1)] {
         let mut tx = pool.begin().await.unwrap();
-        let read = recompute_index(&mut tx, name, Some(append)).await.unwrap();
+        let read = recompute_index(&mut tx, name, Some(append..=append)).await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(read, most, "{name}: prices read for one append");
     }
 
     assert_eq!(assert_batch_equal(&app, "apart", &[("A", 0.5), ("B", 0.5)]).await, 1, "the first minute");
     assert!(stored(&app, "never").await.is_empty(), "C and D never share a date");
+}
+
+/// A correction on a date that is no index date (a holiday of the other constituent) changes no level:
+/// the recompute stops at the first index date after it, which comes out as stored, and writes nothing.
+/// One on an index date rewrites the levels from it on, and only those. (Every correction rewrote every
+/// level after it, 294 here, whether it changed one or not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_rewrites_only_the_levels_it_changes() {
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO price_points (instrument, ts, price, seq)
+         SELECT i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((d * 7 + length(i)) % 13) * 0.5, 0
+           FROM (VALUES ('A'), ('BB')) AS c(i), generate_series(0, 299) AS d WHERE NOT (i = 'BB' AND d = 5)",
+    )
+    .execute(app.c.db.get_postgres_connection_pool())
+    .await
+    .unwrap();
+    let weights = [("A", 0.5), ("BB", 0.5)];
+    define(&app, "h", &weights).await;
+    let before = stored(&app, "h").await;
+    assert_eq!(before.len(), 299, "every day but the fifth");
+
+    app.publish_plain("price.A", r#"{"ts":"2026-01-06","price":150}"#).await; // day 5: BB's holiday
+    app.settled().await;
+    assert_eq!(price(&app, "A", "2026-01-06").await, 150.0, "the correction is stored");
+    let now = stored(&app, "h").await;
+    let rewritten = before.iter().zip(&now).filter(|(b, n)| b != n).count();
+    assert_eq!((now.len(), rewritten), (299, 0), "every level as it was, written by the same transactions");
+
+    app.publish_plain("price.A", r#"{"ts":"2026-07-20","price":150}"#).await; // day 200
+    app.settled().await;
+    assert_eq!(price(&app, "A", "2026-07-20").await, 150.0);
+    let after = stored(&app, "h").await;
+    let day200 = Utc.with_ymd_and_hms(2026, 7, 20, 0, 0, 0).unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        match b.0 < day200 {
+            true => assert_eq!(a, b, "before the correction: kept"),
+            false => assert_ne!(a.3, b.3, "from the correction on: rewritten ({})", b.0),
+        }
+    }
+    assert_eq!(assert_batch_equal(&app, "h", &weights).await, 299);
 }
 
 /// A constituent's point re-sent with the same price and a new volume changes no level. It counted as a

@@ -35,7 +35,8 @@ async fn index_recompute_reads_only_the_points_after_its_anchor() {
     let prepare = format!("PREPARE start AS {}", tributary_store::indices::INDEX_RECOMPUTE_START);
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut conn).await.unwrap();
     let plan: Value = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE start('X', timestamptz '2026-01-01' + interval '995 minutes', 65536, 64)",
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE start('X', timestamptz '2026-01-01' + interval '995 minutes', 65536, 64,
+                                                timestamptz '2026-01-01' + interval '995 minutes')",
     )
     .fetch_one(&mut conn)
     .await
