@@ -66,35 +66,76 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Which member consumes each unit, given as (name, kind): unit `i` (in the order given) goes to member
-/// `i mod M`, members in the order they joined. A unit whose member stands aside from its kind
-/// ([`Member::aside`]) goes to the members that do not, dealt round in the same way; a unit of a kind every
-/// member stands aside from goes to none. Every process computes the same answer from the same members;
-/// a member that joins last takes units from the others, and one that leaves hands its units round.
+/// Which member consumes each unit, given as (name, kind).
+///
+/// Each kind's units are shared evenly by the members that take that kind ([`Member::aside`]; a kind every
+/// member stands aside from goes to none): each gets its count or one more, the ones more going to the
+/// members with the fewest units so far, so that the totals are even too. Within those counts a member
+/// keeps the units it owns now ([`Member::owns`]), those it ranks highest first, and the rest go by rank:
+/// each to the member that ranks it highest among those with room (rendezvous hashing, a hash of the unit
+/// and the member). So a member that joins takes its share and the others keep theirs, and a leaver's
+/// units are spread over the rest. (Dealt round by join order, `i mod M`, a fourth member moved 10 of 16
+/// units.) Every process computes the same answer from the same records.
 pub fn assign<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(String, &'a Member)> {
     let mut sorted: Vec<&Member> = members.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    if sorted.is_empty() {
-        return Vec::new();
-    }
-    let takes = |m: &Member, kind: &str| !m.aside.iter().any(|k| k == kind);
-    let mut redealt: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut owners = Vec::with_capacity(units.len());
-    for (i, (unit, kind)) in units.iter().enumerate() {
-        let first = sorted[i % sorted.len()];
-        if takes(first, kind) {
-            owners.push((unit.clone(), first));
-            continue;
+    let rank = |what: &str, m: &Member| mix(crate::hash::fnv1a(&[what.as_bytes(), &[0xff], m.id.as_bytes()]));
+    let mut total: std::collections::HashMap<&str, usize> = sorted.iter().map(|m| (m.id.as_str(), 0)).collect();
+    let mut kinds: Vec<&str> = Vec::new();
+    for (_, kind) in units {
+        if !kinds.contains(kind) {
+            kinds.push(kind);
         }
-        let willing: Vec<&Member> = sorted.iter().copied().filter(|m| takes(m, kind)).collect();
+    }
+    let mut owners = Vec::with_capacity(units.len());
+    for kind in kinds {
+        let mut willing: Vec<&Member> = sorted.iter().copied().filter(|m| !m.aside.iter().any(|k| k == kind)).collect();
         if willing.is_empty() {
             continue;
         }
-        let turn = redealt.entry(kind).or_default();
-        owners.push((unit.clone(), willing[*turn % willing.len()]));
-        *turn += 1;
+        let of_kind: Vec<&String> = units.iter().filter(|(_, k)| *k == kind).map(|(u, _)| u).collect();
+        // The members with the fewest units so far take one more (ties: by rank for this kind).
+        willing.sort_by_key(|m| (total[m.id.as_str()], std::cmp::Reverse(rank(kind, m))));
+        let (each, more) = (of_kind.len() / willing.len(), of_kind.len() % willing.len());
+        let mut room: Vec<usize> = (0..willing.len()).map(|i| each + usize::from(i < more)).collect();
+        // Every (unit, member) pair, the highest ranked first.
+        let mut pairs: Vec<(u64, usize, usize)> = of_kind
+            .iter()
+            .enumerate()
+            .flat_map(|(u, unit)| willing.iter().enumerate().map(move |(m, member)| (rank(unit, member), u, m)))
+            .collect();
+        pairs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut dealt: Vec<Option<usize>> = vec![None; of_kind.len()];
+        let mut deal = |pair: &(u64, usize, usize)| {
+            let (_, u, m) = *pair;
+            if dealt[u].is_none() && room[m] > 0 {
+                dealt[u] = Some(m);
+                room[m] -= 1;
+            }
+        };
+        // A pair is taken while its unit is not dealt and its member has room: first what the members
+        // own, then the rest.
+        pairs.iter().filter(|(_, u, m)| willing[*m].owns.contains(of_kind[*u])).for_each(&mut deal);
+        pairs.iter().for_each(&mut deal);
+        for (unit, m) in of_kind.into_iter().zip(dealt) {
+            let m = willing[m.expect("the counts add up to the units")];
+            *total.get_mut(m.id.as_str()).expect("a member") += 1;
+            owners.push((unit.clone(), m));
+        }
     }
+    // In the order given.
+    let order: std::collections::HashMap<&str, usize> =
+        units.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
+    owners.sort_by_key(|(u, _)| order[u.as_str()]);
     owners
+}
+
+/// SplitMix64's finaliser: FNV-1a alone mixes the last bytes poorly, and member ids differ in their last
+/// digits.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// The group's records.
@@ -247,54 +288,100 @@ mod tests {
         kinds.iter().flat_map(|k| (0..per_kind).map(move |p| (format!("{k}-p{p}"), *k))).collect()
     }
 
-    fn owners<'a>(dealt: &'a [(String, &'a Member)]) -> Vec<(&'a str, &'a str)> {
-        dealt.iter().map(|(u, m)| (u.as_str(), m.id.as_str())).collect()
+    /// Per member: how many units of each kind, and in all.
+    fn counts(dealt: &[(String, &Member)], members: &[Member]) -> Vec<(usize, usize, usize)> {
+        let of = |m: &Member, kind: &str| dealt.iter().filter(|(u, o)| o.id == m.id && u.starts_with(kind)).count();
+        members.iter().map(|m| (of(m, "price"), of(m, "metric"), of(m, ""))).collect()
     }
 
     #[test]
-    fn units_are_dealt_round_by_join_order() {
-        let units = units(&["price"], 8);
-        let members = [member("3"), member("1"), member("2")];
-        let owners: Vec<&str> = assign(&members, &units).iter().map(|(_, m)| m.id.as_str()).collect();
-        assert_eq!(owners, ["1", "2", "3", "1", "2", "3", "1", "2"]);
-        assert!(assign(&[], &units).is_empty());
+    fn every_kind_and_the_totals_are_shared_evenly() {
+        for n in 1..=7 {
+            let members: Vec<Member> = (0..n).map(|i| member(&format!("m{i}"))).collect();
+            for per_kind in [1, 4, 8, 13] {
+                let units = units(&["price", "metric"], per_kind);
+                let dealt = assign(&members, &units);
+                assert_eq!(dealt.len(), units.len(), "every unit dealt");
+                assert!(dealt.iter().zip(&units).all(|((d, _), (u, _))| d == u), "in the order given");
+                let c = counts(&dealt, &members);
+                let spread = |f: fn(&(usize, usize, usize)) -> usize| {
+                    c.iter().map(f).max().unwrap() - c.iter().map(f).min().unwrap()
+                };
+                assert!(spread(|c| c.0) <= 1 && spread(|c| c.1) <= 1, "{n} members, {per_kind} each: {c:?}");
+                assert!(spread(|c| c.2) <= 1, "{n} members, {per_kind} each: totals {c:?}");
+            }
+        }
+        assert!(assign(&[], &units(&["price"], 8)).is_empty());
+        let three = [member("3"), member("1"), member("2")];
+        let shuffled = [member("2"), member("3"), member("1")];
+        let ids = |d: Vec<(String, &Member)>| d.into_iter().map(|(u, m)| (u, m.id.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(assign(&three, &units(&["price"], 8))), ids(assign(&shuffled, &units(&["price"], 8))));
     }
 
-    #[test]
-    fn a_member_joining_last_takes_a_share_and_the_rest_stay() {
-        let units = units(&["price"], 4);
-        let three = [member("1"), member("2"), member("3")];
-        let four = [member("1"), member("2"), member("3"), member("4")];
-        let before = assign(&three, &units);
-        let after = assign(&four, &units);
-        let moved = before.iter().zip(&after).filter(|(b, a)| b.1.id != a.1.id).count();
-        assert_eq!(moved, 1, "only the last unit moves to the newcomer");
+    /// Members as they describe themselves after dealing `units` to them: each owns what it was dealt.
+    fn owning(members: &[Member], units: &[(String, &'static str)]) -> Vec<Member> {
+        let dealt = assign(members, units);
+        let mut next = members.to_vec();
+        for m in &mut next {
+            m.owns = dealt.iter().filter(|(_, o)| o.id == m.id).map(|(u, _)| u.clone()).collect();
+        }
+        next
     }
 
-    /// A member standing aside from a kind keeps its share of the others; that kind's units it would have
-    /// had go to the members that take it, and to none when no member does.
+    /// A member that joins takes its share (or one more, as the counts per kind shift), a member that
+    /// leaves hands over its own units only, and nothing moves while the members stay: 16 units in two
+    /// kinds, over many sets of member ids.
     #[test]
-    fn a_member_standing_aside_from_a_kind_hands_its_units_of_that_kind_round() {
+    fn a_member_joining_or_leaving_moves_its_share_and_little_else() {
+        let units = units(&["price", "metric"], 8);
+        let owner = |members: &[Member]| -> Vec<String> {
+            assign(members, &units).into_iter().map(|(_, m)| m.id.clone()).collect()
+        };
+        let moved = |a: &[String], b: &[String]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+        for trial in 0..200 {
+            let ids: Vec<Member> = (0..7).map(|i| member(&format!("{trial:04}-host-{i}"))).collect();
+            for n in 1..7 {
+                let settled = owning(&ids[..n], &units);
+                assert_eq!(owner(&owning(&settled, &units)), owner(&settled), "dealt again, the same");
+                // One joins: it takes its share, the others keep the rest.
+                let mut joined = settled.clone();
+                joined.push(ids[n].clone());
+                let share = 16usize.div_ceil(n + 1);
+                let after = owner(&joined);
+                let took = after.iter().filter(|o| **o == ids[n].id).count();
+                assert!(took >= 16 / (n + 1), "{n} → {}: the newcomer took {took}", n + 1);
+                let others = moved(&owner(&settled), &after) - took;
+                assert!(took <= share && others <= 2, "{n} → {}: took {took}, {others} others moved", n + 1);
+                // One leaves (any of them): its units move, and at most two others.
+                if n > 1 {
+                    let mut left = settled.clone();
+                    let lost = left.remove(trial % n).owns.len();
+                    let others = moved(&owner(&settled), &owner(&left)) - lost;
+                    assert!(others <= 2, "{n} → {}: {lost} units lost, {others} others moved", n - 1);
+                }
+            }
+        }
+    }
+
+    /// A member standing aside from a kind takes none of it, and the others share it; a kind every member
+    /// stands aside from goes to none.
+    #[test]
+    fn a_member_standing_aside_from_a_kind_takes_none_of_it() {
         let units = units(&["price", "metric"], 3);
         let mut stale = member("1");
         stale.aside = vec!["price".into()];
         let members = [stale.clone(), member("2"), member("3")];
-        assert_eq!(
-            owners(&assign(&members, &units)),
-            [
-                ("price-p0", "2"),
-                ("price-p1", "2"),
-                ("price-p2", "3"),
-                ("metric-p0", "1"),
-                ("metric-p1", "2"),
-                ("metric-p2", "3")
-            ]
-        );
+        let dealt = assign(&members, &units);
+        assert_eq!(dealt.len(), 6);
+        let c = counts(&dealt, &members);
+        let mut prices = [c[1].0, c[2].0];
+        prices.sort();
+        assert_eq!((c[0].0, prices), (0, [1, 2]), "no price unit for the member standing aside: {c:?}");
+        assert!(c.iter().all(|c| c.1 == 1), "one metric unit each: {c:?}");
         let mut other = member("2");
         other.aside = vec!["price".into()];
         let both = [stale, other];
-        let dealt = assign(&both, &units);
-        let alone: Vec<&str> = owners(&dealt).into_iter().map(|(u, _)| u).collect();
+        let alone: Vec<String> = assign(&both, &units).into_iter().map(|(u, _)| u).collect();
         assert_eq!(alone, ["metric-p0", "metric-p1", "metric-p2"], "no member takes prices");
     }
 
