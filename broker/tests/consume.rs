@@ -66,6 +66,7 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
         lanes: 3,
         transient: |_| false,
         lasting: |_| false,
+        own: |_| false,
         settled: None,
         pinned: None,
     };

@@ -1,6 +1,6 @@
 //! Which failures of a batch are the database's for a while, retried with a backoff ([`transient`]),
 //! which last until an operator acts ([`lasting`]: retried, the consumer reported failing), and which are
-//! its messages', isolated and dead-lettered: as the consume loop asks.
+//! its messages', isolated and dead-lettered: as the consume loop asks ([`own`]: known to be theirs).
 
 /// Whether a failure is the database's for a while rather than the batch's: PostgreSQL unreachable
 /// ([`tributary_store::db::unreachable`]), or a serialization failure or deadlock, a server out of
@@ -36,6 +36,15 @@ pub fn lasting(error: &tributary_broker::HandleError) -> bool {
     error.0.chain().any(|cause| cause.is::<crate::prices::WindowsChanged>())
 }
 
+/// Whether a failure is known to be its messages' own, whatever else fails or commits: a fleet change that
+/// would take the plan past `processor.fleet_max_pairs` ([`crate::fleet::TooLarge`]). A message failing
+/// alone with it is dead-lettered even when nothing else commits (a quiet stream after a restart kept it
+/// and retried it for ever, the consumer reported failing).
+pub fn own(error: &tributary_broker::HandleError) -> bool {
+    use crate::fleet::FleetError;
+    error.0.chain().any(|cause| matches!(cause.downcast_ref::<FleetError>(), Some(FleetError::TooLarge(_))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::transient;
@@ -44,6 +53,16 @@ mod tests {
 
     fn failed(e: impl std::error::Error + Send + Sync + 'static) -> HandleError {
         HandleError(anyhow::Error::new(e).context("storing a batch"))
+    }
+
+    /// As `commit_in_span` wraps it: the refusal inside the fleet's error, under the batch's context.
+    #[test]
+    fn a_fleet_past_its_bound_is_its_messages_own_failure() {
+        use crate::fleet::{FleetError, TooLarge};
+        let too_large = FleetError::from(TooLarge { drivers: 2, shipments: 4, size: 8, max: 6 });
+        assert!(super::own(&failed(too_large)));
+        assert!(!super::own(&failed(FleetError::from(Error::RowNotFound))));
+        assert!(!super::own(&failed(Error::RowNotFound)));
     }
 
     #[test]

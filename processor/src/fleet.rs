@@ -40,6 +40,39 @@ pub fn compute(fleet: &Fleet) -> StoredPlan {
     }
 }
 
+/// The size a fleet counts against `processor.fleet_max_pairs`: its (driver, shipment) pairs, an empty side
+/// counting as one. Every batch loads and plans every live driver and shipment, so neither side may grow
+/// past the bound on its own (with no shipments, any number of drivers was taken).
+pub fn plan_size(drivers: u64, shipments: u64) -> u64 {
+    drivers.max(1).saturating_mul(shipments.max(1))
+}
+
+/// A batch that would take the fleet past `processor.fleet_max_pairs`: its messages' own failure, so the
+/// one that does it is dead-lettered even when nothing else commits (the consume loop's
+/// [`crate::failure::own`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the fleet would be too large to plan: {drivers} drivers × {shipments} shipments = {size} pairs, over \
+     processor.fleet_max_pairs ({max}); delete drivers or shipments, or raise it, then replay this"
+)]
+pub struct TooLarge {
+    pub(crate) drivers: usize,
+    pub(crate) shipments: usize,
+    pub(crate) size: u64,
+    pub(crate) max: u64,
+}
+
+/// Why a fleet batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Past the bound.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
 impl FleetHandler {
     /// A handler writing through `pool`, planning fleets of at most `max_pairs` (driver, shipment) pairs.
     pub fn new(pool: PgPool, max_pairs: u64) -> Self {
@@ -48,7 +81,7 @@ impl FleetHandler {
 
     /// Stores the newest version of each driver and shipment in the batch and, if anything changed,
     /// the new plan.
-    pub async fn commit(&self, batch: &[Delivery<FleetRecord>]) -> Result<(), sqlx::Error> {
+    pub async fn commit(&self, batch: &[Delivery<FleetRecord>]) -> Result<(), FleetError> {
         let mut newest: BTreeMap<(Role, &str), (&FleetRecord, i64)> = BTreeMap::new();
         for d in batch {
             let e = newest.entry((d.event.role, &d.event.id)).or_insert((&d.event, d.seq as i64));
@@ -57,7 +90,8 @@ impl FleetHandler {
             }
         }
         let mut tx = lock::begin(&self.pool, "fleet", ["plan"]).await?;
-        let pairs_before = store::live_pairs(&mut tx).await?;
+        let (drivers, shipments) = store::live_counts(&mut tx).await?;
+        let size_before = plan_size(drivers, shipments);
         let mut changed = 0;
         for (role, table) in [(Role::Driver, Table::Drivers), (Role::Shipment, Table::Shipments)] {
             let rows: Vec<Upsert<'_>> = newest
@@ -74,24 +108,19 @@ impl FleetHandler {
         if recompute {
             store::allow_long_computation(&mut tx).await?;
             let fleet = load(&mut tx).await?;
-            let pairs = fleet.drivers.len() as u64 * fleet.shipments.len() as u64;
-            if pairs > self.max_pairs && pairs <= pairs_before {
+            let size = plan_size(fleet.drivers.len() as u64, fleet.shipments.len() as u64);
+            if size > self.max_pairs && size <= size_before {
                 // Past the bound already (a lower bound configured since it was stored) and not growing: the
                 // changes (deletions above all) are stored, and no plan can be computed, so none is served.
-                tracing::warn!(pairs, max = self.max_pairs, "the fleet is over processor.fleet_max_pairs: no plan");
+                tracing::warn!(size, max = self.max_pairs, "the fleet is over processor.fleet_max_pairs: no plan");
                 store::clear_plan(&mut tx).await?;
-                return tx.commit().await;
+                return Ok(tx.commit().await?);
             }
-            if pairs > self.max_pairs {
+            if size > self.max_pairs {
                 // Rolled back: the batch is narrowed down to what takes the fleet past the bound, which is
                 // dead-lettered with this reason; the stored plan stays the plan of what is stored.
-                return Err(sqlx::Error::Protocol(format!(
-                    "the fleet would be too large to plan: {} drivers × {} shipments = {pairs} pairs, over \
-                     processor.fleet_max_pairs ({}); delete drivers or shipments, or raise it, then replay this",
-                    fleet.drivers.len(),
-                    fleet.shipments.len(),
-                    self.max_pairs
-                )));
+                let (drivers, shipments) = (fleet.drivers.len(), fleet.shipments.len());
+                return Err(TooLarge { drivers, shipments, size, max: self.max_pairs }.into());
             }
             let (drivers, shipments) = (fleet.drivers.len() as i32, fleet.shipments.len() as i32);
             let plan = tokio::task::spawn_blocking(move || compute(&fleet))
@@ -99,7 +128,7 @@ impl FleetHandler {
                 .map_err(|e| sqlx::Error::Protocol(format!("computing the fleet plan panicked: {e}")))?;
             store::store_plan(&mut tx, &plan, drivers, shipments).await?;
         }
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 }
 

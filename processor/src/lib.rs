@@ -91,11 +91,11 @@ pub(crate) fn db_span(operation: &'static str, events: usize) -> tracing::Span {
 }
 
 /// Runs one batch's commit in its `db` span; a failure says what was being stored.
-pub(crate) async fn commit_in_span(
+pub(crate) async fn commit_in_span<E: std::error::Error + Send + Sync + 'static>(
     operation: &'static str,
     what: &'static str,
     events: usize,
-    commit: impl std::future::Future<Output = Result<(), sea_orm::sqlx::Error>>,
+    commit: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), tributary_broker::HandleError> {
     use tracing::Instrument;
     commit

@@ -52,8 +52,9 @@ pub struct ProcessorConfig {
     /// On a shutdown signal, how long the batches in hand get to commit before the process exits without
     /// acking them (they are delivered again, to this or another replica).
     pub shutdown_grace_secs: u64,
-    /// The most (driver, shipment) pairs the fleet plan may span: its scores take 8 bytes a pair and the
-    /// optimal assignment about min² × max steps (1,000 × 1,000: under a second here). A driver or
+    /// The most (driver, shipment) pairs the fleet plan may span, an empty side counting as one: its scores
+    /// take 8 bytes a pair and the optimal assignment about min² × max steps (1,000 × 1,000: under a
+    /// second here). A driver or
     /// shipment that would take the fleet past it is dead-lettered with the sizes (delete others, or raise
     /// this, then replay it); without a bound a large fleet took the processor's memory.
     pub fleet_max_pairs: u64,
@@ -111,6 +112,7 @@ impl ProcessorConfig {
                     lanes: self.db_parallelism.max(1) + 1,
                     transient: crate::failure::transient,
                     lasting: crate::failure::lasting,
+                    own: crate::failure::own,
                     settled: Some(settled.clone()),
                     pinned: partition.map(|_| self.takeover()),
                 };

@@ -5,7 +5,7 @@
 //! assignments are replaced together, in the transaction that changed the drivers or shipments.
 //!
 //! - Writes, in the processor's transaction (its fleet lock already held): [`upsert`] newer versions of
-//!   drivers or shipments ([`Table`], [`Upsert`]), [`live_pairs`], [`plan_exists`], [`load`] the live
+//!   drivers or shipments ([`Table`], [`Upsert`]), [`live_counts`], [`plan_exists`], [`load`] the live
 //!   [`Fleet`] the plan is computed from, and [`store_plan`] a computed [`StoredPlan`] (or [`clear_plan`]
 //!   when none can be).
 //! - Reads, for the API: [`plan_snapshot`] (the plan's head, assignments and who is left without one, in
@@ -94,15 +94,22 @@ pub async fn allow_long_computation(tx: &mut Tx) -> Result<(), sqlx::Error> {
     sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0").execute(&mut **tx).await.map(|_| ())
 }
 
-/// How many (driver, shipment) pairs the live fleet has: the size of its plan's score matrix.
-pub async fn live_pairs(tx: &mut Tx) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM fleet_drivers WHERE name IS NOT NULL)
-              * (SELECT count(*) FROM fleet_shipments WHERE address IS NOT NULL)",
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(n.max(0) as u64)
+/// How many drivers and how many shipments are live (through the partial indexes `fleet_*_live`, not the
+/// tombstones).
+pub const LIVE_COUNTS: &str = "SELECT (SELECT count(*) FROM fleet_drivers WHERE name IS NOT NULL),
+       (SELECT count(*) FROM fleet_shipments WHERE address IS NOT NULL)";
+
+/// The live drivers, by id in byte order.
+pub const LIVE_DRIVERS: &str = "SELECT id, name FROM fleet_drivers WHERE name IS NOT NULL ORDER BY id COLLATE \"C\"";
+
+/// The live shipments, by id in byte order.
+pub const LIVE_SHIPMENTS: &str =
+    "SELECT id, address FROM fleet_shipments WHERE address IS NOT NULL ORDER BY id COLLATE \"C\"";
+
+/// How many drivers and how many shipments are live ([`LIVE_COUNTS`]).
+pub async fn live_counts(tx: &mut Tx) -> Result<(u64, u64), sqlx::Error> {
+    let (drivers, shipments): (i64, i64) = sqlx::query_as(LIVE_COUNTS).fetch_one(&mut **tx).await?;
+    Ok((drivers.max(0) as u64, shipments.max(0) as u64))
 }
 
 /// Removes the stored plan (head and assignments): there is none of the fleet as stored.
@@ -118,13 +125,8 @@ pub async fn plan_exists(tx: &mut Tx) -> Result<bool, sqlx::Error> {
 
 /// Reads the live drivers and shipments.
 pub async fn load(db: &mut sqlx::PgConnection) -> Result<Fleet, sqlx::Error> {
-    let shipments =
-        sqlx::query_as("SELECT id, address FROM fleet_shipments WHERE address IS NOT NULL ORDER BY id COLLATE \"C\"")
-            .fetch_all(&mut *db)
-            .await?;
-    let drivers = sqlx::query_as("SELECT id, name FROM fleet_drivers WHERE name IS NOT NULL ORDER BY id COLLATE \"C\"")
-        .fetch_all(&mut *db)
-        .await?;
+    let shipments = sqlx::query_as(LIVE_SHIPMENTS).fetch_all(&mut *db).await?;
+    let drivers = sqlx::query_as(LIVE_DRIVERS).fetch_all(&mut *db).await?;
     Ok(Fleet { shipments, drivers })
 }
 

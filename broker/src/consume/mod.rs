@@ -87,6 +87,10 @@ pub struct ConsumerSpec {
     /// no longer matches the data it writes): retried like a transient one, never dead-letters anything,
     /// and reports the consumer failing (`/readyz`, `tributary_consumer_failing`) until a commit succeeds.
     pub lasting: fn(&HandleError) -> bool,
+    /// Whether a failure is known to be its messages' own (a change the handler refuses by the data it
+    /// meets, such as a bound): a message failing alone with it is dead-lettered even when nothing else
+    /// commits, where another failure would be kept as possibly the system's.
+    pub own: fn(&HandleError) -> bool,
     /// Told what became of settled messages, if anyone wants to know.
     pub settled: Option<SettledHook>,
     /// Whether one process at a time consumes (a partition of an elastic group): the consumer pulls in

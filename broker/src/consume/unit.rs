@@ -124,7 +124,8 @@ impl<H: BatchHandler> Unit<H> {
     /// first until each failing message stands alone; a message failing alone is then tried alone up to
     /// `max_failures` times in all, and dead-lettered if it still fails and the failure is its own: other
     /// work committed meanwhile (here or in another lane), or the consumer had committed before and
-    /// nothing else failed while this message was tried alone (a poison message on a quiet stream).
+    /// nothing else failed while this message was tried alone (a poison message on a quiet stream), or
+    /// the failure is one the handler names as its messages' own ([`ConsumerSpec::own`]).
     /// Returns each item's outcome, a delay to pause the loop for, and the error when the failure looks
     /// systemic: nothing commits at all, neither here within a few more attempts than it takes to reach
     /// one message, nor anywhere else meanwhile, and other messages fail too.
@@ -181,7 +182,12 @@ impl<H: BatchHandler> Unit<H> {
                 Ok(()) => outcomes[i] = Outcome::Committed,
                 Err(e) if (self.spec.lasting)(&e) => return (outcomes, Some(delay), Some(e.to_string())),
                 Err(e) if (self.spec.transient)(&e) => return (outcomes, Some(delay), None),
-                Err(e) if successes > 0 || others_committed() || (commits_before > 0 && !others_failed) => {
+                Err(e)
+                    if (self.spec.own)(&e)
+                        || successes > 0
+                        || others_committed()
+                        || (commits_before > 0 && !others_failed) =>
+                {
                     warn!(consumer = self.spec.durable, seq = items[i].seq, error = %e, "failed alone {} times: dead-lettering", self.spec.max_failures);
                     outcomes[i] = Outcome::Failed(e.to_string());
                 }

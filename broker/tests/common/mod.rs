@@ -115,6 +115,7 @@ pub fn spec() -> ConsumerSpec {
         lanes: 3,
         transient: |e| e.to_string().starts_with("transient"),
         lasting: |e| e.to_string().starts_with("lasting"),
+        own: |_| false,
         settled: None,
         pinned: None,
     }

@@ -8,6 +8,7 @@ mod m0002_series_version;
 mod m0003_metrics;
 mod m0004_ports;
 mod m0005_fleet_surveys;
+mod m0006_fleet_live;
 
 /// Every migration: (name, SQL), in order.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -16,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("m0003_metrics", m0003_metrics::SQL),
     ("m0004_ports", m0004_ports::SQL),
     ("m0005_fleet_surveys", m0005_fleet_surveys::SQL),
+    ("m0006_fleet_live", m0006_fleet_live::SQL),
 ];
 
 /// Runs the migrations in order; `Migrator::up(&db, None)` at startup.

@@ -1,8 +1,8 @@
 //! What the processor's batch transaction runs on the metric tables.
 
 use super::read::RollupBucket;
-use crate::arrays::Arrays;
 use crate::Tx;
+use crate::arrays::Arrays;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, FromRow, Row};
@@ -273,4 +273,3 @@ pub async fn upsert_latest(tx: &mut Tx, latest: &[NewLatest<'_>]) -> Result<(), 
     .await?;
     Ok(())
 }
-

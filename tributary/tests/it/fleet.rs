@@ -213,6 +213,77 @@ async fn a_shipment_taking_the_fleet_past_its_bound_is_dead_lettered_and_replays
     assert_eq!(plan["total_score"], json!(compute(&fleet).total), "{plan}");
 }
 
+/// The refusal is the shipment's own, so it is dead-lettered even when nothing else commits. A processor
+/// that had stored no fleet batch since it started (the fleet stored before, as after a restart) took the
+/// failure for the system's: it kept the shipment and retried it for ever, the consumer reported failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_past_the_bound_is_dead_lettered_by_a_processor_that_stored_nothing_yet() {
+    let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
+    sea_orm::sqlx::raw_sql(
+        "INSERT INTO fleet_drivers (id, name, seq) VALUES ('alice', 'Alice Smith', 0), ('bo', 'Bo', 0);
+         INSERT INTO fleet_shipments (id, address, seq) VALUES ('s1', '1 Elm Street', 0),
+           ('s2', '9 Oak Ave, Town', 0), ('s3', 'Main Street', 0)",
+    )
+    .execute(app.c.db.get_postgres_connection_pool())
+    .await
+    .unwrap();
+    app.publish_plain("fleet.shipment.s4", r#"{"address":"12B Baker St, London"}"#).await;
+    app.settled().await;
+    let letter = app.only_dead_letter().await;
+    assert!(letter["reason"].as_str().unwrap().contains("2 drivers × 4 shipments = 8 pairs"), "{letter}");
+    assert_eq!(stored_fleet(&app).await.shipments.len(), 3);
+}
+
+/// A side with nothing counts as one: drivers without a shipment are bounded too. (Any number was taken,
+/// and every batch loaded and planned them all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_without_shipments_are_bounded_too() {
+    let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
+    for d in 0..7 {
+        app.publish_plain(&format!("fleet.driver.d{d}"), &json!({ "name": format!("Driver {d}") }).to_string()).await;
+    }
+    app.settled().await;
+    let letter = app.only_dead_letter().await;
+    assert!(letter["reason"].as_str().unwrap().contains("7 drivers × 0 shipments = 7 pairs"), "{letter}");
+    assert_eq!(stored_fleet(&app).await.drivers.len(), 6);
+}
+
+/// The fleet's queries read the live drivers and shipments, not the tombstones every deletion leaves for
+/// good (the simulator deletes one and adds one every two seconds): through the primary key, counting and
+/// loading the live ones read every tombstone, on every fleet batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_queries_read_the_live_rows_not_the_tombstones() {
+    use sea_orm::sqlx::{self, Connection};
+    use tributary_store::fleet::{LIVE_COUNTS, LIVE_DRIVERS, LIVE_SHIPMENTS};
+    let db = tributary_testkit::TestDb::create().await;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO fleet_drivers (id, name, seq) SELECT 'gone-' || i, NULL, i FROM generate_series(1, 100000) i;
+         INSERT INTO fleet_drivers (id, name, seq) VALUES ('a', 'Alice Smith', 1), ('b', 'Bo', 1);
+         INSERT INTO fleet_shipments (id, address, seq) SELECT 'gone-' || i, NULL, i FROM generate_series(1, 100000) i;
+         INSERT INTO fleet_shipments (id, address, seq) VALUES ('s', 'Main Street', 1);
+         ANALYZE fleet_drivers; ANALYZE fleet_shipments",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    /// Rows a plan node and those under it read and threw away, and whether any reads a whole table.
+    fn waste(node: &Value) -> (u64, bool) {
+        let own = ["Rows Removed by Filter", "Rows Removed by Index Recheck"].iter().filter_map(|k| node[*k].as_u64());
+        let mut w = (own.sum::<u64>(), node["Node Type"] == "Seq Scan");
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            let (r, s) = waste(child);
+            w = (w.0 + r, w.1 || s);
+        }
+        w
+    }
+    for sql in [LIVE_COUNTS, LIVE_DRIVERS, LIVE_SHIPMENTS] {
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
+        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain)).fetch_one(&mut conn).await.unwrap();
+        assert_eq!(waste(&plan[0]["Plan"]), (0, false), "{sql}: {plan:#}");
+    }
+}
+
 /// A fleet already past the bound (stored under a larger one) still takes its changes and deletions; no
 /// plan is served while it is past, and the plan is back once the deletions bring it within. (The bound
 /// refused every change of such a fleet, the deletions that would make room too.)

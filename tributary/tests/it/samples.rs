@@ -442,11 +442,15 @@ async fn a_raised_raw_retention_does_not_take_samples_where_the_sweep_deleted() 
     let week = RollupConfig::default(); // raw 7 days
     let month = RollupConfig {
         raw_retention: days(30),
-        rollups: vec![Width { width: Span(60), retention: days(60) }, Width { width: Span(3600), retention: days(365) }],
+        rollups: vec![
+            Width { width: Span(60), retention: days(60) },
+            Width { width: Span(3600), retention: days(365) },
+        ],
         ..Default::default()
     };
     let now = Utc::now();
-    let minute = |ago: i64| DateTime::from_timestamp((now - chrono::Duration::days(ago)).timestamp() / 60 * 60, 0).unwrap();
+    let minute =
+        |ago: i64| DateTime::from_timestamp((now - chrono::Duration::days(ago)).timestamp() / 60 * 60, 0).unwrap();
     let decode = |h: &SampleHandler, ts: DateTime<Utc>| -> Result<ServerSample, Rejection> {
         let body = json!({"ts": ts.timestamp_millis(), "cpu": 1.0}).to_string();
         h.decode("metric.h", None, body.as_bytes(), Ts::new(now))
