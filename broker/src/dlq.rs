@@ -11,7 +11,6 @@ use crate::streams::{DLQ_PREFIX, StreamsConfig};
 use async_nats::HeaderMap;
 // The pin a pinned consumer's server adds to each delivery: not part of the message, so neither a dead
 // letter nor a replay carries it.
-use async_nats::header::NATS_PIN_ID as PIN_ID;
 use async_nats::jetstream::{
     self,
     context::{PublishAckFuture, PublishErrorKind},
@@ -55,7 +54,17 @@ fn header_safe(s: &str) -> String {
     out
 }
 
-/// Sends a dead letter for one message; the returned future resolves once the DLQ stream stored it.
+/// Whether a header is NATS's own (`Nats-…`): the pin of a delivery, or a directive to the server about
+/// the publish it came with (`Nats-Expected-Stream`, `Nats-Expected-Last-Sequence`, `Nats-Rollup`,
+/// `Nats-TTL`, …). Neither belongs to the message: carried onto a dead letter or a replay, a directive is
+/// applied to that publish (an expected stream other than the DLQ's refused the letter, so the original
+/// came back for ever).
+fn is_directive(name: &str) -> bool {
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+}
+
+/// Sends a dead letter for one message, without the original's NATS headers ([`is_directive`]; its
+/// message id is kept as [`ORIGINAL_MSG_ID`]); the returned future resolves once the DLQ stream stored it.
 pub async fn send(
     js: &jetstream::Context,
     subject: &str,
@@ -78,12 +87,14 @@ pub async fn send(
     if let Some(orig) = headers {
         for (k, vs) in orig.iter() {
             let name: &str = k.as_ref();
-            if *k == PIN_ID {
-                continue; // the pin of the delivery, not part of the message
-            }
-            let name = if name == MSG_ID { ORIGINAL_MSG_ID } else { name };
-            for v in vs {
-                h.append(name, v.as_str());
+            if name == MSG_ID {
+                for v in vs {
+                    h.append(ORIGINAL_MSG_ID, v.as_str());
+                }
+            } else if !is_directive(name) {
+                for v in vs {
+                    h.append(name, v.as_str());
+                }
             }
         }
     }
@@ -164,14 +175,14 @@ impl DeadLetter {
 }
 
 /// The headers to republish dead letter `letter_seq` with: the original's (`original`: the letter's, or
-/// the original message's own when the letter left them out), the original idempotency key dropped (a
-/// replay is a new event) and replaced by one derived from the dead letter, so a replay requested twice is
-/// stored once.
+/// the original message's own when the letter left them out) but NATS's own ([`is_directive`]: the
+/// original idempotency key too, as a replay is a new event), with an idempotency key derived from the
+/// dead letter, so a replay requested twice is stored once.
 pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, vs) in original.iter() {
         let name: &str = k.as_ref();
-        if name.starts_with("Tributary-Dlq-") || *k == PIN_ID || [MSG_ID, "traceparent", "tracestate"].contains(&name) {
+        if name.starts_with("Tributary-Dlq-") || is_directive(name) || ["traceparent", "tracestate"].contains(&name) {
             continue;
         }
         for v in vs {
@@ -243,19 +254,22 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     /// A replay carries the message's own headers, not the letter's nor a delivery's: a pinned consumer's
-    /// `Nats-Pin-Id` stored with it would later be read as the pin of whichever loop is delivered it.
+    /// `Nats-Pin-Id` stored with it would later be read as the pin of whichever loop is delivered it, and
+    /// the original publish's directives (an expected last sequence, say) would refuse the replay.
     #[test]
-    fn a_replay_carries_neither_the_letters_headers_nor_a_pin() {
-        use super::PIN_ID;
+    fn a_replay_carries_neither_the_letters_headers_nor_nats_own() {
+        use async_nats::header::NATS_PIN_ID as PIN_ID;
         let mut letter = async_nats::HeaderMap::new();
         letter.insert("Content-Type", "application/json");
         letter.insert(super::REASON, "bad");
         letter.insert(super::MSG_ID, "dlq:PRICES:7");
         letter.insert(PIN_ID, "stale-pin");
+        letter.insert("nats-expected-last-sequence", "5");
         let replay = super::replay_headers(&letter, 3);
         assert_eq!(replay.get("Content-Type").map(|v| v.as_str()), Some("application/json"));
         assert_eq!(replay.get(super::MSG_ID).map(|v| v.as_str()), Some("replay:3"));
         assert!(replay.get(super::REASON).is_none() && replay.get(PIN_ID).is_none(), "{replay:?}");
+        assert_eq!(replay.iter().count(), 2, "{replay:?}");
     }
 
     #[test]

@@ -399,6 +399,29 @@ async fn more_refused_messages_in_a_fetch_than_the_clients_ack_cap_are_all_dead_
     run.await.unwrap().unwrap();
 }
 
+/// A refused message published with a JetStream directive among its headers (`Nats-Expected-Stream`, as
+/// careful publishers send) is dead-lettered all the same, and the messages after it commit. The letter
+/// carried the directive along, the DLQ stream refused it ("expected stream does not match"), and the
+/// original was nak'ed and came back for ever, pausing the consumer each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_with_a_publish_directive_is_dead_lettered() {
+    let (_nats, js) = setup(&payloads(1)).await;
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), RefusesBad, shutdown.clone()));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Expected-Stream", "T");
+    js.publish_with_headers("t.bad", headers, "bad".into()).await.unwrap().await.unwrap();
+    js.publish("t.good", "good".into()).await.unwrap().await.unwrap();
+    until("everything acked", async || ack_floor(&js).await >= 3).await;
+    let letters = dead_letters(&js).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].0.as_str(), letters[0].1.as_str()), ("t.bad", "invalid"));
+    let letter = js.get_stream("DLQ").await.unwrap().get_raw_message(1).await.unwrap();
+    assert!(letter.headers.get("Nats-Expected-Stream").is_none(), "the directive is not the letter's");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
 /// A poison message on a quiet stream (nothing else arrives while it fails) is dead-lettered too: the
 /// consumer committed before, and nothing else failed while it was tried alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

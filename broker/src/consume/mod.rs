@@ -268,7 +268,10 @@ pub async fn run<H: BatchHandler>(
         let mut chunks = messages.ready_chunks(spec.batch);
         loop {
             lanes.launch();
-            let paused = lanes.paused_until.filter(|t| *t > tokio::time::Instant::now());
+            // Any pause, even one that ended since `launch` looked: it fires at once and the loop launches
+            // again. (Filtered on the clock here, a pause that ended between the two left no branch but
+            // shutdown when nothing was in flight and enough waited to stop fetching: stalled for good.)
+            let paused = lanes.paused_until;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
