@@ -368,6 +368,7 @@ impl BatchHandler for RefusesBad {
     type Event = ();
 
     fn decode(&self, _: &str, _: Option<&async_nats::HeaderMap>, payload: &[u8], _: Ts) -> Result<(), Rejection> {
+        assert!(!payload.starts_with(b"boom"), "the decoder panics on boom");
         match payload.starts_with(b"bad") {
             true => Err(Rejection::invalid("bad by name".into())),
             false => Ok(()),
@@ -418,6 +419,23 @@ async fn a_refused_message_with_a_publish_directive_is_dead_lettered() {
     assert_eq!((letters[0].0.as_str(), letters[0].1.as_str()), ("t.bad", "invalid"));
     let letter = js.get_stream("DLQ").await.unwrap().get_raw_message(1).await.unwrap();
     assert!(letter.headers.get("Nats-Expected-Stream").is_none(), "the directive is not the letter's");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// A decoder that panics refuses the message as undecodable, naming the panic, and the loop goes on.
+/// (The panic unwound out of the consume loop and stopped the processor; the message came back to stop
+/// the next one, for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_that_panics_dead_letters_the_message_and_the_loop_goes_on() {
+    let (_nats, js) = setup(&["boom".to_owned(), "good".to_owned()]).await;
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec(), RefusesBad, shutdown.clone()));
+    until("everything acked", async || ack_floor(&js).await >= 2).await;
+    let letters = dead_letters(&js).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].0.as_str(), letters[0].1.as_str()), ("t.boom", "undecodable"));
+    assert!(letters[0].2.contains("the decoder panicked: the decoder panics on boom"), "{letters:?}");
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }

@@ -3,7 +3,8 @@
 
 use super::crashes::{CrashLog, Stops};
 use super::unit::{Done, Health, Item, Outcome, Unit};
-use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, Settled, backoff, dead_letter};
+use super::{BatchHandler, ConsumerSpec, Delivery, PROCESSING_FAILED, Settled, backoff, dead_letter, panic_text};
+use crate::events::Rejection;
 use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::jetstream::{self, AckKind, Message};
@@ -112,7 +113,19 @@ impl<H: BatchHandler> Lanes<H> {
                 debug!(consumer = spec.durable, seq, delivered, "a copy of a message held here: dropped");
                 continue;
             }
-            match self.handler.decode(&m.subject, m.headers.as_ref(), &m.payload, received) {
+            // A decoder that panics refuses the message, as any other decoding failure: unwinding out of
+            // here ended the consume loop, the process stopped, and the message came back to stop the next
+            // one, for ever.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.handler.decode(&m.subject, m.headers.as_ref(), &m.payload, received)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(Rejection {
+                    class: "undecodable",
+                    reason: format!("the decoder panicked: {}", panic_text(&*panic)),
+                })
+            });
+            match decoded {
                 Ok(event) => {
                     // A redelivery this process did not ask for may have been in flight when one died.
                     let suspect = (delivered > 1 && !self.nakked.remove(&seq)).then(Stops::default);

@@ -234,6 +234,15 @@ pub fn backoff(delivered: i64) -> Duration {
     Duration::from_millis(100 << exp).min(Duration::from_secs(10))
 }
 
+/// What a caught panic said: its message when it was text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Runs the consume loop until `shutdown` fires; the work in flight is finished first.
 pub async fn run<H: BatchHandler>(
     js: jetstream::Context,

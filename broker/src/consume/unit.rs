@@ -2,7 +2,7 @@
 //! what fails stands alone.
 
 use super::crashes::{CrashLog, Stops};
-use super::{BatchHandler, ConsumerSpec, Delivery, HandleError, backoff};
+use super::{BatchHandler, ConsumerSpec, Delivery, HandleError, backoff, panic_text};
 use crate::metric_names as names;
 use crate::ts::Ts;
 use async_nats::jetstream::{AckKind, Message};
@@ -105,14 +105,8 @@ impl<H: BatchHandler> Unit<H> {
     /// One attempt at storing `items`; a panic is a failure like any other.
     async fn attempt(&self, deliveries: &[Delivery<H::Event>]) -> Result<(), HandleError> {
         let out = std::panic::AssertUnwindSafe(self.handler.handle(deliveries)).catch_unwind().await;
-        let out = out.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(HandleError(anyhow::anyhow!("the handler panicked: {what}")))
-        });
+        let out = out
+            .unwrap_or_else(|panic| Err(HandleError(anyhow::anyhow!("the handler panicked: {}", panic_text(&*panic)))));
         match &out {
             Ok(()) => self.health.commits.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.health.failures.fetch_add(1, Ordering::Relaxed),
