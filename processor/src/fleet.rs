@@ -25,6 +25,19 @@ pub struct FleetHandler {
     max_pairs: u64,
 }
 
+/// Drivers' and shipments' lists, as `gatherer fleet` publishes them (each line's number its id) and the
+/// processor reads them back ([`load`]: by id in byte order, so line 10 comes before line 2). Their
+/// [`compute`] is the plan the processor stores, ties included: the solver breaks ties by input order.
+pub fn from_lists(drivers: &[(usize, String)], shipments: &[(usize, String)]) -> Fleet {
+    let stored = |list: &[(usize, String)]| {
+        let mut rows: Vec<(String, String)> =
+            list.iter().map(|(line, text)| (line.to_string(), text.clone())).collect();
+        rows.sort();
+        rows
+    };
+    Fleet { shipments: stored(shipments), drivers: stored(drivers) }
+}
+
 /// The batch computation: the optimal plan of a fleet.
 pub fn compute(fleet: &Fleet) -> StoredPlan {
     let addresses: Vec<&str> = fleet.shipments.iter().map(|s| s.1.as_str()).collect();

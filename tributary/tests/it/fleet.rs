@@ -213,6 +213,48 @@ async fn a_shipment_taking_the_fleet_past_its_bound_is_dead_lettered_and_replays
     assert_eq!(plan["total_score"], json!(compute(&fleet).total), "{plan}");
 }
 
+/// `tributary fleet plan` prints the matching the API serves for the same lists, ties included. Every
+/// score ties here, so the solver's order decides: the processor reads drivers by id in byte order (line
+/// 10 before line 2), and the CLI, reading them in file order, paired other drivers than the stored plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_matching_the_api_serves_ties_included() {
+    let app = spawn_app().await;
+    let names = ["Ab", "Ac", "Ad", "Af", "Ag", "Ah", "Aj", "Ak", "Al", "Am", "An", "Ap"];
+    let streets = ["1 Elm Street", "2 Elm Street", "3 Elm Street"];
+    let dir = std::env::temp_dir().join(format!("fleet-ties-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (drivers, shipments) = (dir.join("drivers.txt"), dir.join("shipments.txt"));
+    std::fs::write(&drivers, names.join("\n")).unwrap();
+    std::fs::write(&shipments, streets.join("\n")).unwrap();
+    let read = |p: &std::path::Path| tributary_gatherer::fleet::read_list(p).unwrap();
+    let r = tributary_gatherer::fleet::publish_lists(app.js(), &read(&drivers), &read(&shipments)).await;
+    assert_eq!((r.stored, r.failed.len()), (15, 0));
+    let (_, plan) = app.get("/v1/fleet/plan?fresh=true").await;
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["fleet", "plan", "--json", "--drivers"])
+        .arg(&drivers)
+        .arg("--shipments")
+        .arg(&shipments)
+        .env_remove("TRIBUTARY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pairs = |v: &Value, driver: &str| -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = v["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["address"].as_str().unwrap().to_owned(), a[driver].as_str().unwrap().to_owned()))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(pairs(&cli, "driver"), pairs(&plan, "driver"), "CLI {cli}\nAPI {plan}");
+    assert_eq!(cli["total_score"], plan["total_score"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The refusal is the shipment's own, so it is dead-lettered even when nothing else commits. A processor
 /// that had stored no fleet batch since it started (the fleet stored before, as after a restart) took the
 /// failure for the system's: it kept the shipment and retried it for ever, the consumer reported failing.

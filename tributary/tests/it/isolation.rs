@@ -74,7 +74,8 @@ async fn a_price_failing_for_a_revoked_grant_is_kept_not_dead_lettered() {
     .unwrap();
     app.publish_plain("price.A", r#"{"ts":"2026-01-01","price":2}"#).await;
     let (_, ready) = eventually(Duration::from_secs(30), "/readyz to name the failing consumer", || async {
-        Some(app.get("/readyz").await).filter(|(s, b)| *s == 503 && b["failing_consumers"].to_string().contains("price"))
+        Some(app.get("/readyz").await)
+            .filter(|(s, b)| *s == 503 && b["failing_consumers"].to_string().contains("price"))
     })
     .await;
     assert!(ready["failing_consumers"].to_string().contains("permission denied"), "{ready}");
