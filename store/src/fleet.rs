@@ -73,18 +73,27 @@ pub struct Upsert<'a> {
     pub seq: i64,
 }
 
-/// Upserts newer versions into `table`; returns how many rows changed.
+/// Upserts newer versions into `table` (one per id); returns how many changed the live fleet: a driver or
+/// shipment added, removed, or given another name or address. A newer version with the same text (sent
+/// again after the duplicate window), or the deletion of one never stored, is stored for its sequence but
+/// changes no plan. (Every newer version counted, and each cost a whole new plan.)
 pub async fn upsert(tx: &mut Tx, table: Table, rows: &[Upsert<'_>]) -> Result<u64, sqlx::Error> {
-    // Only the table's fixed names reach the text; the values are binds.
+    // Only the table's fixed names reach the text; the values are binds. The `before` rows are read in
+    // the statement's snapshot, before its upsert.
     let (table, column) = (table.name(), table.column());
     let sql = format!(
-        "INSERT INTO {table} (id, {column}, seq) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-         ON CONFLICT (id) DO UPDATE SET {column} = EXCLUDED.{column}, seq = EXCLUDED.seq, updated_at = now()
-         WHERE {table}.seq < EXCLUDED.seq"
+        "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(id, text, seq)),
+         before AS (SELECT t.id, t.{column} AS text FROM {table} t JOIN input USING (id)),
+         stored AS (
+           INSERT INTO {table} (id, {column}, seq) SELECT id, text, seq FROM input
+           ON CONFLICT (id) DO UPDATE SET {column} = EXCLUDED.{column}, seq = EXCLUDED.seq, updated_at = now()
+           WHERE {table}.seq < EXCLUDED.seq
+           RETURNING id, {column} AS text)
+         SELECT count(*) FROM stored s LEFT JOIN before b USING (id) WHERE s.text IS DISTINCT FROM b.text"
     );
     let args = Arrays::of(rows).column(|r| r.id).column(|r| r.text).column(|r| r.seq).done()?;
-    let r = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut **tx).await?;
-    Ok(r.rows_affected())
+    let changed: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args).fetch_one(&mut **tx).await?;
+    Ok(changed.max(0) as u64)
 }
 
 /// Exempts `tx` from `database.idle_in_transaction_secs`: the plan of a large fleet is computed inside

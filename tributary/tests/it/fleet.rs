@@ -255,6 +255,28 @@ async fn the_cli_prints_the_matching_the_api_serves_ties_included() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A version that changes no name or address (the same text sent again, past the duplicate window) and
+/// the deletion of an id never stored change no plan: stored for their sequence, no new plan is
+/// computed. (Every newer version counted as a change, and each cost a whole new plan.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_changes_nothing_computes_no_new_plan() {
+    let app = spawn_app().await;
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smith"}"#).await;
+    app.publish_plain("fleet.shipment.s1", r#"{"address":"1 Elm Street"}"#).await;
+    app.settled().await;
+    let (_, before) = app.get("/v1/fleet/plan").await;
+    assert_eq!(before["version"], 1, "{before}");
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smith"}"#).await; // no Nats-Msg-Id: stored again
+    app.publish_plain("fleet.shipment.never", r#"{"deleted":true}"#).await;
+    app.settled().await;
+    let (_, after) = app.get("/v1/fleet/plan").await;
+    assert_eq!(after, before, "the same plan, not computed again");
+    app.publish_plain("fleet.driver.alice", r#"{"name":"Alice Smyth"}"#).await;
+    app.settled().await;
+    let (_, renamed) = app.get("/v1/fleet/plan").await;
+    assert_eq!(renamed["version"], 2, "a real change plans again: {renamed}");
+}
+
 /// The refusal is the shipment's own, so it is dead-lettered even when nothing else commits. A processor
 /// that had stored no fleet batch since it started (the fleet stored before, as after a restart) took the
 /// failure for the system's: it kept the shipment and retried it for ever, the consumer reported failing.
