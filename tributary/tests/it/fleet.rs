@@ -283,19 +283,39 @@ async fn a_version_that_changes_nothing_computes_no_new_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shipment_past_the_bound_is_dead_lettered_by_a_processor_that_stored_nothing_yet() {
     let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
-    sea_orm::sqlx::raw_sql(
-        "INSERT INTO fleet_drivers (id, name, seq) VALUES ('alice', 'Alice Smith', 0), ('bo', 'Bo', 0);
-         INSERT INTO fleet_shipments (id, address, seq) VALUES ('s1', '1 Elm Street', 0),
-           ('s2', '9 Oak Ave, Town', 0), ('s3', 'Main Street', 0)",
+    stored_before(&app, &[("s1", "1 Elm Street"), ("s2", "9 Oak Ave, Town"), ("s3", "Main Street")]).await;
+    app.publish_plain("fleet.shipment.s4", r#"{"address":"12B Baker St, London"}"#).await;
+    let fleet = refused_for_size(&app, "2 drivers × 4 shipments = 8 pairs").await;
+    assert_eq!(fleet.shipments.len(), 3);
+}
+
+/// Stores drivers `alice` and `bo` and `shipments` (id, address) directly, as an earlier processor (or one
+/// under another bound) would have, at sequence 0.
+async fn stored_before(app: &crate::common::TestApp, shipments: &[(&str, &str)]) {
+    let pool = app.c.db.get_postgres_connection_pool();
+    sea_orm::sqlx::query(
+        "INSERT INTO fleet_drivers (id, name, seq) VALUES ('alice', 'Alice Smith', 0), ('bo', 'Bo', 0)",
     )
-    .execute(app.c.db.get_postgres_connection_pool())
+    .execute(pool)
     .await
     .unwrap();
-    app.publish_plain("fleet.shipment.s4", r#"{"address":"12B Baker St, London"}"#).await;
+    for (id, address) in shipments {
+        sea_orm::sqlx::query("INSERT INTO fleet_shipments (id, address, seq) VALUES ($1, $2, 0)")
+            .bind(id)
+            .bind(address)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// Once what was published settled: the fleet as stored, after asserting that one message, the only dead
+/// letter, was refused for a size the reason `names`.
+async fn refused_for_size(app: &crate::common::TestApp, names: &str) -> Fleet {
     app.settled().await;
     let letter = app.only_dead_letter().await;
-    assert!(letter["reason"].as_str().unwrap().contains("2 drivers × 4 shipments = 8 pairs"), "{letter}");
-    assert_eq!(stored_fleet(&app).await.shipments.len(), 3);
+    assert!(letter["reason"].as_str().unwrap().contains(names), "{letter}");
+    stored_fleet(app).await
 }
 
 /// A side with nothing counts as one: drivers without a shipment are bounded too. (Any number was taken,
@@ -306,10 +326,8 @@ async fn drivers_without_shipments_are_bounded_too() {
     for d in 0..7 {
         app.publish_plain(&format!("fleet.driver.d{d}"), &json!({ "name": format!("Driver {d}") }).to_string()).await;
     }
-    app.settled().await;
-    let letter = app.only_dead_letter().await;
-    assert!(letter["reason"].as_str().unwrap().contains("7 drivers × 0 shipments = 7 pairs"), "{letter}");
-    assert_eq!(stored_fleet(&app).await.drivers.len(), 6);
+    let fleet = refused_for_size(&app, "7 drivers × 0 shipments = 7 pairs").await;
+    assert_eq!(fleet.drivers.len(), 6);
 }
 
 /// The fleet's queries read the live drivers and shipments, not the tombstones every deletion leaves for
@@ -355,14 +373,8 @@ async fn the_fleet_queries_read_the_live_rows_not_the_tombstones() {
 async fn a_fleet_already_past_its_bound_still_takes_deletions() {
     let app = spawn_app_with(|c| c.processor.fleet_max_pairs = 6).await;
     // As a larger bound stored it: 2 drivers × 4 shipments.
-    sea_orm::sqlx::raw_sql(
-        "INSERT INTO fleet_drivers (id, name, seq) VALUES ('alice', 'Alice Smith', 0), ('bo', 'Bo', 0);
-         INSERT INTO fleet_shipments (id, address, seq) VALUES ('s1', '1 Elm Street', 0),
-           ('s2', '9 Oak Ave, Town', 0), ('s3', 'Main Street', 0), ('s4', '12B Baker St, London', 0)",
-    )
-    .execute(app.c.db.get_postgres_connection_pool())
-    .await
-    .unwrap();
+    let shipments = [("s1", "1 Elm Street"), ("s2", "9 Oak Ave, Town"), ("s3", "Main Street")];
+    stored_before(&app, &[&shipments[..], &[("s4", "12B Baker St, London")]].concat()).await;
     app.publish_plain("fleet.shipment.s4", r#"{"address":"44 Fake Dr., San Diego"}"#).await;
     app.settled().await;
     assert_eq!(stored_fleet(&app).await.shipments[3].1, "44 Fake Dr., San Diego", "the change is stored");

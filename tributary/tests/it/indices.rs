@@ -25,6 +25,19 @@ async fn stored(app: &TestApp, name: &str) -> Vec<(DateTime<Utc>, f64, Option<f6
         .unwrap()
 }
 
+/// Runs `sql` (a test's stored history).
+async fn exec(pool: &sqlx::PgPool, sql: &'static str) {
+    sqlx::raw_sql(sql).execute(pool).await.unwrap();
+}
+
+/// Recomputes index `name` as an append at `at` does (in a transaction of its own); how many prices it read.
+async fn recompute_after_append(pool: &sqlx::PgPool, name: &str, at: DateTime<Utc>) -> usize {
+    let mut tx = pool.begin().await.unwrap();
+    let read = recompute_index(&mut tx, name, Some(at..=at)).await.unwrap();
+    tx.commit().await.unwrap();
+    read
+}
+
 /// The stored price of `instrument` on `day`.
 async fn price(app: &TestApp, instrument: &str, day: &str) -> f64 {
     sqlx::query_scalar("SELECT price FROM price_points WHERE instrument = $1 AND ts = $2::timestamptz")
@@ -62,14 +75,13 @@ async fn assert_batch_equal(app: &TestApp, name: &str, weights: &[(&str, f64)]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computation() {
     let app = spawn_app().await;
-    sqlx::query(
+    exec(
+        app.c.db.get_postgres_connection_pool(),
         "INSERT INTO price_points (instrument, ts, price, seq)
          SELECT 'C' || i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((i * 37 + d * 11) % 23) * 0.37, 0
            FROM generate_series(0, 299) i, generate_series(0, 299) d WHERE NOT (i < 3 AND d % 10 = i + 1)",
     )
-    .execute(app.c.db.get_postgres_connection_pool())
-    .await
-    .unwrap();
+    .await;
     let names: Vec<String> = (0..300).map(|i| format!("C{i}")).collect();
     let weights: Vec<(&str, f64)> = names.iter().enumerate().map(|(i, n)| (n.as_str(), 1.0 / (i + 1) as f64)).collect();
     define(&app, "wide", &weights).await;
@@ -92,23 +104,20 @@ async fn an_index_over_a_history_longer_than_a_chunk_equals_the_batch_computatio
 async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool();
-    sqlx::query(
+    exec(
+        pool,
         "INSERT INTO price_points (instrument, ts, price, seq)
          SELECT i, timestamptz '2026-01-01' + m * interval '1 minute', 100 + (m % 17) * 0.25, 1
            FROM (VALUES ('A', 100000), ('B', 10)) AS c(i, n), generate_series(0, n - 1) AS m",
     )
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     define(&app, "stopped", &[("A", 0.5), ("B", 0.5)]).await;
     define(&app, "never", &[("A", 0.5), ("Z", 0.5)]).await;
 
     // As an append to A after its last price recomputes each: from the last index date before it.
     let append = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
     for name in ["stopped", "never"] {
-        let mut tx = pool.begin().await.unwrap();
-        let read = recompute_index(&mut tx, name, Some(append..=append)).await.unwrap();
-        tx.commit().await.unwrap();
+        let read = recompute_after_append(pool, name, append).await;
         assert!(read <= 40_000, "{name}: {read} prices read for one append (one chunk is at most 32,768 of A)");
     }
 
@@ -124,7 +133,8 @@ async fn an_append_next_to_a_stopped_constituent_reads_one_chunk_not_the_history
 async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool();
-    sqlx::query(
+    exec(
+        pool,
         "INSERT INTO price_points (instrument, ts, price, seq)
          SELECT i, timestamptz '2026-01-01' + m * interval '1 minute' + CASE WHEN m > 0 THEN off ELSE '0s' END,
                 100 + (m % 17) * 0.25, 1
@@ -133,9 +143,7 @@ async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
                 generate_series(0, 49999) AS m
           WHERE i IN ('A', 'B') OR m > 0",
     )
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     define(&app, "apart", &[("A", 0.5), ("B", 0.5)]).await;
     define(&app, "never", &[("C", 0.5), ("D", 0.5)]).await;
 
@@ -147,10 +155,7 @@ async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
         .await
         .unwrap();
     for (name, most) in [("apart", 3), ("never", 1)] {
-        let mut tx = pool.begin().await.unwrap();
-        let read = recompute_index(&mut tx, name, Some(append..=append)).await.unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(read, most, "{name}: prices read for one append");
+        assert_eq!(recompute_after_append(pool, name, append).await, most, "{name}: prices read for one append");
     }
 
     assert_eq!(assert_batch_equal(&app, "apart", &[("A", 0.5), ("B", 0.5)]).await, 1, "the first minute");
@@ -164,14 +169,13 @@ async fn an_append_after_constituents_stop_sharing_dates_reads_what_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correction_rewrites_only_the_levels_it_changes() {
     let app = spawn_app().await;
-    sqlx::query(
+    exec(
+        app.c.db.get_postgres_connection_pool(),
         "INSERT INTO price_points (instrument, ts, price, seq)
          SELECT i, timestamptz '2026-01-01' + d * interval '1 day', 100 + ((d * 7 + length(i)) % 13) * 0.5, 0
            FROM (VALUES ('A'), ('BB')) AS c(i), generate_series(0, 299) AS d WHERE NOT (i = 'BB' AND d = 5)",
     )
-    .execute(app.c.db.get_postgres_connection_pool())
-    .await
-    .unwrap();
+    .await;
     let weights = [("A", 0.5), ("BB", 0.5)];
     define(&app, "h", &weights).await;
     let before = stored(&app, "h").await;
