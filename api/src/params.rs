@@ -59,6 +59,15 @@ impl FromParams for tributary_store::Page {
     }
 }
 
+/// The first rows of a ranking: `limit` (default 1,000, at most 10,000).
+pub struct Top(pub u64);
+
+impl FromParams for Top {
+    fn from_params(p: &Params) -> Result<Self, ApiError> {
+        limit(p, 1000, 10_000).map(Top)
+    }
+}
+
 /// Nothing: a read of one whole answer.
 impl FromParams for () {
     fn from_params(_: &Params) -> Result<Self, ApiError> {

@@ -277,13 +277,17 @@ pub struct CountryCount {
     pub ports: i64,
 }
 
-/// Ports per country, most first.
-pub async fn countries(pool: &PgPool) -> Result<Vec<CountryCount>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT country, ports FROM port_countries ORDER BY ports DESC, country")
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(country, ports)| CountryCount { country, ports }).collect())
+/// The port counts of the `limit` countries with the most ports (then by name), and how many countries have
+/// ports, in one statement (the window counts before the limit).
+pub async fn countries(pool: &PgPool, limit: i64) -> Result<(Vec<CountryCount>, i64), sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT country, ports, count(*) OVER () FROM port_countries ORDER BY ports DESC, country LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total = rows.first().map_or(0, |r| r.2);
+    Ok((rows.into_iter().map(|(country, ports, _)| CountryCount { country, ports }).collect(), total))
 }
 
 #[cfg(test)]

@@ -91,6 +91,20 @@ pub(crate) struct Page {
     fresh: Option<bool>,
 }
 
+/// `limit` and `fresh`, taken by reads of the first rows of a ranking (the countries with the most ports).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct Top {
+    /// At most this many rows (1 to 10000, default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+    /// true: answer only after the processors have committed everything that was in the streams this read
+    /// depends on when the request arrived (504 sync_timeout after api.fresh_timeout_ms).
+    #[param(default = false)]
+    fresh: Option<bool>,
+}
+
 /// The answer of a read that can wait for the processors and found nothing else wrong.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]

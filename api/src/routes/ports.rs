@@ -48,8 +48,10 @@ pub struct NearestPorts {
 /// Ports per country.
 #[derive(Serialize, ToSchema)]
 pub struct Countries {
-    /// Most ports first.
+    /// Most ports first (then by name), at most `limit` of them.
     pub countries: Vec<ports::CountryCount>,
+    /// How many countries have ports: more than listed when `limit` cut the list.
+    pub total: i64,
 }
 
 /// One port.
@@ -135,14 +137,16 @@ pub async fn nearest(State(s): State<AppState>, Query(p): Query<Params>) -> Resu
     Ok(Json(NearestPorts { lat, lon, ports }))
 }
 
-/// Every country's port count, most first.
-async fn per_country(s: &AppState, _: ()) -> Result<Countries, ApiError> {
-    Ok(Countries { countries: ports::countries(s.pool()).await? })
+/// The port counts of the `top` countries with the most ports, and how many countries have ports. (Every
+/// country was listed: a country is any text an event names, so the list had no bound.)
+async fn per_country(s: &AppState, top: params::Top) -> Result<Countries, ApiError> {
+    let (countries, total) = ports::countries(s.pool(), top.0 as i64).await?;
+    Ok(Countries { countries, total })
 }
 
 fresh_read! {
-    /// Ports per country, most first.
+    /// Ports per country, most first; `limit` (default 1000) of them, `total` says how many there are.
     countries: GET "/v1/ports/countries", tag "ports", operation_id "portCountries",
     summary "Ports per country, most first",
-    params crate::openapi::Fresh, 200 "Countries": Countries, waits for [Port], read by per_country
+    params crate::openapi::Top, 200 "Countries": Countries, waits for [Port], read by per_country
 }

@@ -88,7 +88,15 @@ async fn the_real_ports_file_imported_twice_gives_1634_ports_and_the_read_api() 
     }
     let (_, b) = app.get("/v1/ports/countries").await;
     assert_eq!(b["countries"][0], json!({"country": "United States", "ports": 141}));
-    assert_eq!(b["countries"].as_array().unwrap().len(), 185);
+    assert_eq!((b["countries"].as_array().unwrap().len(), &b["total"]), (185, &json!(185)));
+    // Bounded: a country is any text an event names, so the list could grow without end.
+    let (_, top) = app.get("/v1/ports/countries?limit=3").await;
+    assert_eq!((top["countries"].as_array().unwrap().len(), &top["total"]), (3, &json!(185)));
+    assert_eq!(top["countries"][0], b["countries"][0]);
+    for bad in ["0", "10001", "x"] {
+        let (s, e) = app.get(&format!("/v1/ports/countries?limit={bad}")).await;
+        assert_eq!((s.as_u16(), &e["error"]["code"]), (400, &json!("invalid_limit")), "{bad}: {e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
