@@ -60,7 +60,7 @@ fn header_safe(s: &str) -> String {
 /// applied to that publish (an expected stream other than the DLQ's refused the letter, so the original
 /// came back for ever).
 fn is_directive(name: &str) -> bool {
-    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+    name.as_bytes().get(..5).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"))
 }
 
 /// Sends a dead letter for one message, without the original's NATS headers ([`is_directive`]; its

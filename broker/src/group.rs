@@ -38,7 +38,15 @@ pub struct Member {
     /// force). Absent from the records of processors older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aside: Vec<String>,
+    /// How it deals the units ([`assign`]): [`DEALS`]; 0, absent from their records, for the processors
+    /// that dealt by join order.
+    #[serde(default)]
+    pub deals: u32,
 }
+
+/// How this version deals the units: shared evenly per kind, kept by their owners, the rest by rendezvous
+/// hashing ([`assign`]).
+pub const DEALS: u32 = 1;
 
 impl Member {
     /// This process, joining now.
@@ -53,7 +61,8 @@ impl Member {
             host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Member { id: format!("{started:013}-{safe}-{pid}-{n}"), host, pid, owns: Vec::new(), aside: Vec::new() }
+        let (owns, aside) = (Vec::new(), Vec::new());
+        Member { id: format!("{started:013}-{safe}-{pid}-{n}"), host, pid, owns, aside, deals: DEALS }
     }
 }
 
@@ -75,8 +84,14 @@ fn hostname() -> String {
 /// each to the member that ranks it highest among those with room (rendezvous hashing, a hash of the unit
 /// and the member). So a member that joins takes its share and the others keep theirs, and a leaver's
 /// units are spread over the rest. (Dealt round by join order, `i mod M`, a fourth member moved 10 of 16
-/// units.) Every process computes the same answer from the same records.
+/// units.) Every process computes the same answer from the same records, each record saying how its member
+/// deals ([`Member::deals`]).
 pub fn assign<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(String, &'a Member)> {
+    // While a member deals otherwise (an older processor, in a rolling upgrade), every member deals as it
+    // does: two rules at once left units that each rule gave to a member of the other consumed by no one.
+    if members.iter().any(|m| m.deals < DEALS) {
+        return assign_round(members, units);
+    }
     let mut sorted: Vec<&Member> = members.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let rank = |what: &str, m: &Member| mix(crate::hash::fnv1a(&[what.as_bytes(), &[0xff], m.id.as_bytes()]));
@@ -127,6 +142,36 @@ pub fn assign<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(Strin
     let order: std::collections::HashMap<&str, usize> =
         units.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
     owners.sort_by_key(|(u, _)| order[u.as_str()]);
+    owners
+}
+
+/// The first processors' dealing ([`Member::deals`] 0), which every member follows while one of them does
+/// (a rolling upgrade): unit `i` (in the order given) goes to member `i mod M`, members in the order they
+/// joined. A unit whose member stands aside from its kind ([`Member::aside`]) goes to the members that do
+/// not, dealt round in the same way; a unit of a kind every member stands aside from goes to none.
+fn assign_round<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(String, &'a Member)> {
+    let mut sorted: Vec<&Member> = members.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    let takes = |m: &Member, kind: &str| !m.aside.iter().any(|k| k == kind);
+    let mut redealt: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut owners = Vec::with_capacity(units.len());
+    for (i, (unit, kind)) in units.iter().enumerate() {
+        let first = sorted[i % sorted.len()];
+        if takes(first, kind) {
+            owners.push((unit.clone(), first));
+            continue;
+        }
+        let willing: Vec<&Member> = sorted.iter().copied().filter(|m| takes(m, kind)).collect();
+        if willing.is_empty() {
+            continue;
+        }
+        let turn = redealt.entry(kind).or_default();
+        owners.push((unit.clone(), willing[*turn % willing.len()]));
+        *turn += 1;
+    }
     owners
 }
 
@@ -281,7 +326,7 @@ mod tests {
     use super::*;
 
     fn member(id: &str) -> Member {
-        Member { id: id.to_owned(), host: "h".into(), pid: 1, owns: Vec::new(), aside: Vec::new() }
+        Member { id: id.to_owned(), host: "h".into(), pid: 1, owns: Vec::new(), aside: Vec::new(), deals: DEALS }
     }
 
     fn units(kinds: &[&'static str], per_kind: usize) -> Vec<(String, &'static str)> {
@@ -383,6 +428,22 @@ mod tests {
         let both = [stale, other];
         let alone: Vec<String> = assign(&both, &units).into_iter().map(|(u, _)| u).collect();
         assert_eq!(alone, ["metric-p0", "metric-p1", "metric-p2"], "no member takes prices");
+    }
+
+    /// While one member deals by join order (a processor from before, in a rolling upgrade), every member
+    /// does, so that the two rules never leave a unit to no one; once none does, rendezvous again.
+    #[test]
+    fn while_a_member_deals_by_join_order_every_member_does() {
+        let units = units(&["price", "metric"], 4);
+        let mut old = member("1");
+        old.deals = 0;
+        let mixed = [old, member("2"), member("3")];
+        let ids = |d: Vec<(String, &Member)>| d.into_iter().map(|(_, m)| m.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(assign(&mixed, &units)), ["1", "2", "3", "1", "2", "3", "1", "2"], "i mod M");
+        let record = r#"{"id":"1","host":"h","pid":1,"owns":[]}"#;
+        assert_eq!(serde_json::from_str::<Member>(record).unwrap().deals, 0, "an older record");
+        let new = [member("1"), member("2"), member("3")];
+        assert_ne!(ids(assign(&new, &units)), ids(assign(&mixed, &units)), "rendezvous once all deal so");
     }
 
     #[test]

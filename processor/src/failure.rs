@@ -12,8 +12,7 @@
 /// for ever, without the consumer ever counting as failing; isolated, it is dead-lettered while others
 /// commit, and kept (the consumer failing) when nothing does. (`57014`, a statement cancelled, stays
 /// transient: under an operator's `statement_timeout` a statement waiting on another's lock is cancelled
-/// too, through no fault of its message.) And `25006`, a read-only transaction: a connection to a
-/// server that became a standby in a failover, until the pool reconnects to the new primary.
+/// too, through no fault of its message.)
 pub fn transient(error: &tributary_broker::HandleError) -> bool {
     /// The code of the transient classes that one message's own work can cause on every try.
     const OWN_WORK: &str = "53200";
@@ -22,7 +21,7 @@ pub fn transient(error: &tributary_broker::HandleError) -> bool {
         Some(e) if tributary_store::db::unreachable(e) => true,
         Some(Error::Database(d)) => d.code().is_some_and(|c| {
             let class = ["40", "53", "57", "58"].iter().any(|class| c.starts_with(class));
-            (class && c != OWN_WORK) || c == "55P03" || c == "25006"
+            (class && c != OWN_WORK) || c == "55P03"
         }),
         Some(_) => false,
         None => cause.is::<std::io::Error>(),
@@ -30,10 +29,11 @@ pub fn transient(error: &tributary_broker::HandleError) -> bool {
 }
 
 /// Whether a failure lasts until an operator acts: a price batch refused because another processor
-/// changed the derived windows ([`crate::prices::WindowsChanged`]), or a statement the schema or the
-/// grants refuse (SQLSTATE classes 42, syntax or access rule, and 3F, schema: a revoked grant, a table
-/// or column missing in a rolling migration). Every statement here is fixed text, so no message's
-/// content causes those. No message of it is at fault, so it is kept like a transient one, and the
+/// changed the derived windows ([`crate::prices::WindowsChanged`]), or a statement the schema, the grants
+/// or the server's role refuse (SQLSTATE classes 42, syntax or access rule, and 3F, schema: a revoked
+/// grant, a table or column missing in a rolling migration; `25006`, a read-only transaction: a server
+/// that a failover made a standby, or a database URL naming a replica). Every statement here is fixed
+/// text, so no message's content causes those. No message of it is at fault, so it is kept like a transient one, and the
 /// consumer reports failing until the cause is gone. (Isolated, a failure of every write on a quiet
 /// stream dead-lettered each good message that failed alone after earlier commits.)
 pub fn lasting(error: &tributary_broker::HandleError) -> bool {
@@ -41,7 +41,7 @@ pub fn lasting(error: &tributary_broker::HandleError) -> bool {
     error.0.chain().any(|cause| {
         cause.is::<crate::prices::WindowsChanged>()
             || matches!(cause.downcast_ref::<Error>(), Some(Error::Database(d))
-                if d.code().is_some_and(|c| c.starts_with("42") || c.starts_with("3F")))
+                if d.code().is_some_and(|c| c.starts_with("42") || c.starts_with("3F") || c == "25006"))
     })
 }
 
@@ -72,6 +72,8 @@ mod tests {
         assert!(super::own(&failed(too_large)));
         assert!(!super::own(&failed(FleetError::from(Error::RowNotFound))));
         assert!(!super::own(&failed(Error::RowNotFound)));
+        // The database's failures inside the fleet's error are still found for what they are.
+        assert!(super::transient(&failed(FleetError::from(Error::PoolTimedOut))));
     }
 
     #[test]

@@ -81,8 +81,10 @@ pub enum FleetError {
     /// Past the bound.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
-    /// PostgreSQL failed.
-    #[error(transparent)]
+    /// PostgreSQL failed. Not transparent: the `sqlx::Error` must be in the error's chain (its source) for
+    /// [`crate::failure`] to find it (transparent, a lost connection was taken for the message's own
+    /// failure and dead-lettered it).
+    #[error("PostgreSQL failed")]
     Db(#[from] sqlx::Error),
 }
 

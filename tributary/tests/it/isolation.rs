@@ -53,39 +53,45 @@ async fn a_price_whose_write_always_fails_is_dead_lettered_and_replays_once_fixe
     app.get_until("/v1/series/price/POISON", Duration::from_secs(30), replayed, |b| points(b) == 1).await;
 }
 
-/// A failure of every write that the schema or the grants cause (here `insufficient_privilege`, as a
-/// revoked grant gives) is no message's: on a quiet stream after earlier commits, a price that fails is
-/// kept, the consumer reports failing meanwhile, and it commits once the cause is gone. (Failing alone
-/// after earlier commits with nothing else failing, it was dead-lettered as a poison message.)
+/// A failure of every write that the schema, the grants or the server's role cause (a revoked grant, a
+/// database that became a read-only standby) is no message's: on a quiet stream after earlier commits, a
+/// price that fails is kept, the consumer reports failing meanwhile, and it commits once the cause is
+/// gone. (Failing alone after earlier commits with nothing else failing, it was dead-lettered as a poison
+/// message; read-only, it was retried with the consumer reported healthy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_price_failing_for_a_revoked_grant_is_kept_not_dead_lettered() {
+async fn a_price_failing_for_a_revoked_grant_or_a_read_only_server_is_kept() {
     let app = spawn_app().await;
     let pool = app.c.db.get_postgres_connection_pool();
     app.publish_plain("price.BEFORE", r#"{"ts":"2026-01-01","price":1}"#).await;
     app.settled().await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION revoked() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'permission denied for table price_points (test trigger)'
-               USING ERRCODE = 'insufficient_privilege'; END $$;
-         CREATE TRIGGER revoked BEFORE INSERT OR UPDATE ON price_points FOR EACH ROW EXECUTE FUNCTION revoked();",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
-    app.publish_plain("price.A", r#"{"ts":"2026-01-01","price":2}"#).await;
-    let (_, ready) = eventually(Duration::from_secs(30), "/readyz to name the failing consumer", || async {
-        Some(app.get("/readyz").await)
-            .filter(|(s, b)| *s == 503 && b["failing_consumers"].to_string().contains("price"))
-    })
-    .await;
-    assert!(ready["failing_consumers"].to_string().contains("permission denied"), "{ready}");
-    let (_, dlq) = app.get("/v1/dlq?limit=10").await;
-    assert_eq!(dlq["dead_letters"], serde_json::json!([]), "nothing dead-lettered: {dlq}");
+    let causes = [("insufficient_privilege", "permission denied"), ("read_only_sql_transaction", "read-only")];
+    for (stored, (condition, says)) in (2..).zip(causes) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION '{says} (test trigger)' USING ERRCODE = '{condition}'; END $$;
+             CREATE TRIGGER refuse_all BEFORE INSERT OR UPDATE ON price_points FOR EACH ROW EXECUTE FUNCTION refuse_all();"
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+        app.publish_plain(&format!("price.{condition}"), r#"{"ts":"2026-01-01","price":2}"#).await;
+        let (_, ready) = eventually(Duration::from_secs(30), "/readyz to name the failing consumer", || async {
+            Some(app.get("/readyz").await)
+                .filter(|(s, b)| *s == 503 && b["failing_consumers"].to_string().contains("price"))
+        })
+        .await;
+        assert!(ready["failing_consumers"].to_string().contains(says), "{condition}: {ready}");
+        let (_, dlq) = app.get("/v1/dlq?limit=10").await;
+        assert_eq!(dlq["dead_letters"], serde_json::json!([]), "{condition}: nothing dead-lettered: {dlq}");
 
-    sqlx::raw_sql("DROP TRIGGER revoked ON price_points").execute(pool).await.unwrap();
-    app.settled().await;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM price_points").fetch_one(pool).await.unwrap();
-    assert_eq!(stored, 2, "kept, and stored once the grant is back");
+        sqlx::raw_sql("DROP TRIGGER refuse_all ON price_points; DROP FUNCTION refuse_all()")
+            .execute(pool)
+            .await
+            .unwrap();
+        app.settled().await;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM price_points").fetch_one(pool).await.unwrap();
+        assert_eq!(count, stored, "{condition}: kept, and stored once the cause is gone");
+    }
     let (_, dlq) = app.get("/v1/dlq?limit=10").await;
     assert_eq!(dlq["dead_letters"], serde_json::json!([]), "{dlq}");
 }
