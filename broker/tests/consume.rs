@@ -305,6 +305,50 @@ async fn a_message_that_kills_the_process_is_dead_lettered_after_a_few_restarts(
     assert!(restarts >= 2, "{restarts} restarts");
 }
 
+/// Crash records the loop could not open when it started (here a stream holds their subjects; NATS
+/// restarting as the loop starts does the same) are opened when a suspect comes, once they can be: opened
+/// only at the start, they were missing for the loop's whole life, and a message that kills the process
+/// would never be dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_records_missing_at_the_start_are_opened_when_a_suspect_comes() {
+    use async_nats::jetstream::consumer::pull;
+    use futures::StreamExt;
+    let (_nats, js) = setup(&["m".to_owned()]).await;
+    let block = stream::Config {
+        name: "BLOCK".into(),
+        subjects: vec!["$KV.TRIBUTARY_ATTEMPTS.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(block).await.unwrap();
+    // A delivery never acked, as a process that died holding it leaves: its redelivery is a suspect.
+    let spec = ConsumerSpec { ack_wait: Duration::from_secs(3), ..spec() };
+    let t = js.get_stream("T").await.unwrap();
+    let config = pull::Config {
+        durable_name: Some("t".into()),
+        filter_subject: "t.>".into(),
+        ack_wait: spec.ack_wait,
+        ..Default::default()
+    };
+    let consumer = t.create_consumer(config).await.unwrap();
+    let taken = consumer.fetch().max_messages(1).messages().await.unwrap().next().await;
+    assert!(taken.is_some_and(|m| m.is_ok()), "the message delivered once");
+
+    let handler = Scripted::new(|_, _| Act::Commit);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consume::run(js.clone(), spec, handler.clone(), shutdown.clone()));
+    // The loop pulls, so it has tried its crash records (and failed): then they can be had.
+    until("the loop pulling", async || {
+        let mut c: jetstream::consumer::PullConsumer = t.get_consumer("t").await.unwrap();
+        c.info().await.is_ok_and(|i| i.num_waiting > 0)
+    })
+    .await;
+    js.delete_stream("BLOCK").await.unwrap();
+    until("the redelivered message stored", async || handler.committed() == ["m"]).await;
+    assert!(js.get_stream("KV_TRIBUTARY_ATTEMPTS").await.is_ok(), "the crash records opened for the suspect");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
 /// Records the subjects of every unit in flight and whether two units ever held one subject at once.
 #[derive(Clone, Default)]
 struct Overlap {

@@ -38,6 +38,8 @@ pub(super) struct Lanes<H: BatchHandler> {
     held: HashSet<u64>,
     pub(super) tasks: JoinSet<Done>,
     crashes: Option<CrashLog>,
+    /// When to try opening the crash records again, when they could not be opened.
+    crashes_retry: tokio::time::Instant,
     /// Whether a unit of suspects is in flight.
     suspect_in_flight: bool,
     /// Sequences this process nak'ed: their redelivery is explained, not a suspect's.
@@ -60,6 +62,9 @@ impl<H: BatchHandler> Drop for Lanes<H> {
     }
 }
 
+/// How often a loop without crash records tries to open them again, as suspects come.
+const CRASH_LOG_RETRY: Duration = Duration::from_secs(10);
+
 /// The most sequences remembered as nak'ed; past it the set starts over (a forgotten one is a suspect
 /// once, which costs time, not messages).
 const NAKKED_MAX: usize = 200_000;
@@ -77,6 +82,7 @@ impl<H: BatchHandler> Lanes<H> {
             held: HashSet::new(),
             tasks: JoinSet::new(),
             crashes: CrashLog::open(js, &spec.stream, &spec.durable).await,
+            crashes_retry: tokio::time::Instant::now(),
             suspect_in_flight: false,
             nakked: HashSet::new(),
             health: Arc::default(),
@@ -142,6 +148,16 @@ impl<H: BatchHandler> Lanes<H> {
                 }
                 Err(rejection) => dead.push((m, seq, rejection.class, rejection.reason)),
             }
+        }
+        // Crash records the loop could not open when it started (NATS restarting, say) are tried again
+        // when a suspect needs them, at most every CRASH_LOG_RETRY: opened once only, they were missing for
+        // the loop's whole life, and a message that kills the process was never dead-lettered.
+        if self.crashes.is_none()
+            && valid.iter().any(|(i, _)| i.suspect.is_some())
+            && tokio::time::Instant::now() >= self.crashes_retry
+        {
+            self.crashes = CrashLog::open(&self.js, &spec.stream, &spec.durable).await;
+            self.crashes_retry = tokio::time::Instant::now() + CRASH_LOG_RETRY;
         }
         if let Some(log) = &self.crashes {
             let (at, seqs): (Vec<usize>, Vec<u64>) = valid
