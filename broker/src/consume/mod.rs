@@ -32,7 +32,9 @@
 //!
 //! While a unit is being stored its messages are reported in progress every third of `ack_wait`, so a
 //! unit that takes longer than `ack_wait` is not delivered a second time meanwhile (for at most
-//! [`MAX_WORK_ACK_WAITS`] × `ack_wait`: work stuck longer goes back to JetStream, to any replica).
+//! [`MAX_WORK_ACK_WAITS`] × `ack_wait`: work stuck longer goes back to JetStream, to any replica; on a
+//! pinned partition that is this same process, which drops the copy while it holds the message, so a
+//! unit that never ends holds its series until the process stops: no unit has a deadline yet).
 //!
 //! Nothing is acked before it is stored somewhere, so a crash anywhere means redelivery, never loss;
 //! handlers make redelivery harmless (last writer wins by stream sequence).
