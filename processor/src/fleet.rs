@@ -26,16 +26,31 @@ pub struct FleetHandler {
 }
 
 /// Drivers' and shipments' lists, as `gatherer fleet` publishes them (each line's number its id) and the
-/// processor reads them back ([`load`]: by id in byte order, so line 10 comes before line 2). Their
-/// [`compute`] is the plan the processor stores, ties included: the solver breaks ties by input order.
-pub fn from_lists(drivers: &[(usize, String)], shipments: &[(usize, String)]) -> Fleet {
-    let stored = |list: &[(usize, String)]| {
-        let mut rows: Vec<(String, String)> =
-            list.iter().map(|(line, text)| (line.to_string(), text.clone())).collect();
+/// processor stores them (the lines it takes, as it takes them) and reads them back ([`load`]: by id in
+/// byte order, so line 10 comes before line 2). Their [`compute`] is the plan the processor stores, ties
+/// included: the solver breaks ties by input order. Also returns why each line it refuses is refused.
+pub fn from_lists(drivers: &[(usize, String)], shipments: &[(usize, String)]) -> (Fleet, Vec<String>) {
+    use tributary_broker::fleet::FleetPayload;
+    let mut refused = Vec::new();
+    let mut stored = |role: Role, list: &[(usize, String)]| {
+        let mut rows = Vec::with_capacity(list.len());
+        for (line, text) in list {
+            let payload = match role {
+                Role::Driver => FleetPayload::driver(text),
+                Role::Shipment => FleetPayload::shipment(text),
+            };
+            match FleetRecord::validate(role, line.to_string(), payload) {
+                Ok(FleetRecord { id, text: Some(text), .. }) => rows.push((id, text)),
+                Ok(_) => {}
+                Err(why) => refused.push(format!("{}s, line {line}: {why}", role.token())),
+            }
+        }
         rows.sort();
         rows
     };
-    Fleet { shipments: stored(shipments), drivers: stored(drivers) }
+    let drivers = stored(Role::Driver, drivers);
+    let shipments = stored(Role::Shipment, shipments);
+    (Fleet { shipments, drivers }, refused)
 }
 
 /// The batch computation: the optimal plan of a fleet.

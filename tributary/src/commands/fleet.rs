@@ -48,13 +48,17 @@ pub(crate) fn run(cmd: FleetCmd) -> anyhow::Result<()> {
 
 /// `tributary fleet plan`: reads the two lists and prints the optimal total and matching: the processor's
 /// own computation over the lists as it stores them ([`tributary_processor::fleet::from_lists`]), so the
-/// matching is the one the API serves for the same lists, ties included.
+/// matching is the one the API serves for the same lists, ties included; a line the processor refuses is
+/// left out, saying why.
 fn fleet_plan(args: FleetPlanArgs) -> anyhow::Result<()> {
     use tributary_processor::fleet::{compute, from_lists};
     let read = |p: &std::path::Path| {
         tributary_gatherer::fleet::read_list(p).with_context(|| format!("reading {}", p.display()))
     };
-    let fleet = from_lists(&read(&args.drivers)?, &read(&args.shipments)?);
+    let (fleet, refused) = from_lists(&read(&args.drivers)?, &read(&args.shipments)?);
+    for why in &refused {
+        eprintln!("left out, as the processor refuses it: {why}");
+    }
     let plan = compute(&fleet);
     let text = |rows: &[(String, String)], id: &str| rows.iter().find(|r| r.0 == id).map(|r| r.1.clone());
     let pairs: Vec<(String, String, f64)> = plan

@@ -221,15 +221,18 @@ async fn the_cli_prints_the_matching_the_api_serves_ties_included() {
     let app = spawn_app().await;
     let names = ["Ab", "Ac", "Ad", "Af", "Ag", "Ah", "Aj", "Ak", "Al", "Am", "An", "Ap"];
     let streets = ["1 Elm Street", "2 Elm Street", "3 Elm Street"];
+    // And a name the processor refuses (too long): the CLI leaves it out too, saying so.
+    let long = "Ab".repeat(501);
     let dir = std::env::temp_dir().join(format!("fleet-ties-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (drivers, shipments) = (dir.join("drivers.txt"), dir.join("shipments.txt"));
-    std::fs::write(&drivers, names.join("\n")).unwrap();
+    std::fs::write(&drivers, [&names[..], &[long.as_str()]].concat().join("\n")).unwrap();
     std::fs::write(&shipments, streets.join("\n")).unwrap();
     let read = |p: &std::path::Path| tributary_gatherer::fleet::read_list(p).unwrap();
     let r = tributary_gatherer::fleet::publish_lists(app.js(), &read(&drivers), &read(&shipments)).await;
-    assert_eq!((r.stored, r.failed.len()), (15, 0));
+    assert_eq!((r.stored, r.failed.len()), (16, 0));
     let (_, plan) = app.get("/v1/fleet/plan?fresh=true").await;
+    assert_eq!(app.only_dead_letter().await["subject"], "fleet.driver.13");
     let out = std::process::Command::new(crate::common::BIN)
         .args(["fleet", "plan", "--json", "--drivers"])
         .arg(&drivers)
@@ -238,7 +241,9 @@ async fn the_cli_prints_the_matching_the_api_serves_ties_included() {
         .env_remove("TRIBUTARY_CONFIG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("drivers, line 13: name is longer than 1000 characters"), "{said}");
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pairs = |v: &Value, driver: &str| -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = v["assignments"]
