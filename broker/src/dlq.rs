@@ -9,8 +9,6 @@
 use crate::publish::MSG_ID;
 use crate::streams::{DLQ_PREFIX, StreamsConfig};
 use async_nats::HeaderMap;
-// The pin a pinned consumer's server adds to each delivery: not part of the message, so neither a dead
-// letter nor a replay carries it.
 use async_nats::jetstream::{
     self,
     context::{PublishAckFuture, PublishErrorKind},
@@ -86,15 +84,13 @@ pub async fn send(
     let mut h = HeaderMap::new();
     if let Some(orig) = headers {
         for (k, vs) in orig.iter() {
-            let name: &str = k.as_ref();
-            if name == MSG_ID {
-                for v in vs {
-                    h.append(ORIGINAL_MSG_ID, v.as_str());
-                }
-            } else if !is_directive(name) {
-                for v in vs {
-                    h.append(name, v.as_str());
-                }
+            let name = match k.as_ref() {
+                MSG_ID => ORIGINAL_MSG_ID,
+                name if is_directive(name) => continue,
+                name => name,
+            };
+            for v in vs {
+                h.append(name, v.as_str());
             }
         }
     }

@@ -95,54 +95,44 @@ pub fn assign<'a>(members: &'a [Member], units: &[(String, &str)]) -> Vec<(Strin
     let mut sorted: Vec<&Member> = members.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let rank = |what: &str, m: &Member| mix(crate::hash::fnv1a(&[what.as_bytes(), &[0xff], m.id.as_bytes()]));
-    let mut total: std::collections::HashMap<&str, usize> = sorted.iter().map(|m| (m.id.as_str(), 0)).collect();
+    // Per unit (in the order given), its member; per member, how many units it has so far.
+    let mut owner: Vec<Option<&Member>> = vec![None; units.len()];
+    let mut total: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut kinds: Vec<&str> = Vec::new();
     for (_, kind) in units {
         if !kinds.contains(kind) {
             kinds.push(kind);
         }
     }
-    let mut owners = Vec::with_capacity(units.len());
     for kind in kinds {
         let mut willing: Vec<&Member> = sorted.iter().copied().filter(|m| !m.aside.iter().any(|k| k == kind)).collect();
         if willing.is_empty() {
             continue;
         }
-        let of_kind: Vec<&String> = units.iter().filter(|(_, k)| *k == kind).map(|(u, _)| u).collect();
+        let of_kind: Vec<usize> = (0..units.len()).filter(|&u| units[u].1 == kind).collect();
         // The members with the fewest units so far take one more (ties: by rank for this kind).
-        willing.sort_by_key(|m| (total[m.id.as_str()], std::cmp::Reverse(rank(kind, m))));
+        willing.sort_by_key(|m| (total.get(m.id.as_str()).copied().unwrap_or(0), std::cmp::Reverse(rank(kind, m))));
         let (each, more) = (of_kind.len() / willing.len(), of_kind.len() % willing.len());
         let mut room: Vec<usize> = (0..willing.len()).map(|i| each + usize::from(i < more)).collect();
-        // Every (unit, member) pair, the highest ranked first.
+        // Every (unit, member) pair, the highest ranked first. A pair is taken while its unit is not dealt
+        // and its member has room: first what the members own, then the rest (the rooms add up to the
+        // units, so every unit is dealt).
         let mut pairs: Vec<(u64, usize, usize)> = of_kind
             .iter()
-            .enumerate()
-            .flat_map(|(u, unit)| willing.iter().enumerate().map(move |(m, member)| (rank(unit, member), u, m)))
+            .flat_map(|&u| willing.iter().enumerate().map(move |(m, member)| (rank(&units[u].0, member), u, m)))
             .collect();
         pairs.sort_unstable_by(|a, b| b.cmp(a));
-        let mut dealt: Vec<Option<usize>> = vec![None; of_kind.len()];
-        let mut deal = |pair: &(u64, usize, usize)| {
-            let (_, u, m) = *pair;
-            if dealt[u].is_none() && room[m] > 0 {
-                dealt[u] = Some(m);
+        let mut deal = |&(_, u, m): &(u64, usize, usize)| {
+            if owner[u].is_none() && room[m] > 0 {
+                owner[u] = Some(willing[m]);
                 room[m] -= 1;
+                *total.entry(willing[m].id.as_str()).or_default() += 1;
             }
         };
-        // A pair is taken while its unit is not dealt and its member has room: first what the members
-        // own, then the rest.
-        pairs.iter().filter(|(_, u, m)| willing[*m].owns.contains(of_kind[*u])).for_each(&mut deal);
+        pairs.iter().filter(|(_, u, m)| willing[*m].owns.contains(&units[*u].0)).for_each(&mut deal);
         pairs.iter().for_each(&mut deal);
-        for (unit, m) in of_kind.into_iter().zip(dealt) {
-            let m = willing[m.expect("the counts add up to the units")];
-            *total.get_mut(m.id.as_str()).expect("a member") += 1;
-            owners.push((unit.clone(), m));
-        }
     }
-    // In the order given.
-    let order: std::collections::HashMap<&str, usize> =
-        units.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
-    owners.sort_by_key(|(u, _)| order[u.as_str()]);
-    owners
+    units.iter().zip(owner).filter_map(|((unit, _), m)| Some((unit.clone(), m?))).collect()
 }
 
 /// The first processors' dealing ([`Member::deals`] 0), which every member follows while one of them does

@@ -37,8 +37,7 @@ pub struct Swept {
 ///
 /// Series by series (through `metric_series`), so each delete is a primary-key range scan.
 pub async fn sweep(pool: &PgPool, cfg: &RollupConfig, now: DateTime<Utc>) -> Result<Swept, sqlx::Error> {
-    let margin = Duration::from_std(SWEEP_MARGIN).expect("an hour is a duration");
-    let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs()) - margin;
+    let raw_cutoff = now - Duration::seconds(cfg.raw_retention.secs() + SWEEP_MARGIN.as_secs() as i64);
     let mut tx = pool.begin().await?;
     let before = settings::raise(&mut tx, SWEPT_BEFORE_KEY, raw_cutoff.timestamp()).await?;
     let samples = sqlx::query(
