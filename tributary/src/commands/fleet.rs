@@ -51,49 +51,41 @@ pub(crate) fn run(cmd: FleetCmd) -> anyhow::Result<()> {
 /// matching is the one the API serves for the same lists, ties included; a line the processor refuses is
 /// left out, saying why.
 fn fleet_plan(args: FleetPlanArgs) -> anyhow::Result<()> {
-    use tributary_processor::fleet::{compute, from_lists};
     let read = |p: &std::path::Path| {
         tributary_gatherer::fleet::read_list(p).with_context(|| format!("reading {}", p.display()))
     };
-    let (fleet, refused) = from_lists(&read(&args.drivers)?, &read(&args.shipments)?);
+    let (fleet, refused) = tributary_processor::fleet::from_lists(&read(&args.drivers)?, &read(&args.shipments)?);
     for why in &refused {
         eprintln!("left out, as the processor refuses it: {why}");
     }
-    let plan = compute(&fleet);
-    let text = |rows: &[(String, String)], id: &str| rows.iter().find(|r| r.0 == id).map(|r| r.1.clone());
-    let pairs: Vec<(String, String, f64)> = plan
-        .assignments
-        .iter()
-        .filter_map(|(s, d, q)| Some((text(&fleet.shipments, s)?, text(&fleet.drivers, d)?, *q)))
-        .collect();
-    let unassigned = |rows: &[(String, String)], taken: &dyn Fn(&str) -> bool| -> Vec<String> {
-        rows.iter().filter(|r| !taken(&r.0)).map(|r| r.1.clone()).collect()
-    };
-    let no_driver = unassigned(&fleet.shipments, &|id| plan.assignments.iter().any(|a| a.0 == id));
-    let no_shipment = unassigned(&fleet.drivers, &|id| plan.assignments.iter().any(|a| a.1 == id));
+    // The solve `fleet::compute` runs, over the same order.
+    let names: Vec<&str> = fleet.drivers.iter().map(|d| d.1.as_str()).collect();
+    let addresses: Vec<&str> = fleet.shipments.iter().map(|s| s.1.as_str()).collect();
+    let plan = tributary_fleet::plan(&addresses, &names);
     if args.json {
-        let assignments: Vec<_> = pairs
+        let pairs: Vec<_> = plan
+            .pairs
             .iter()
-            .map(|(address, driver, score)| serde_json::json!({"address": address, "driver": driver, "score": score}))
+            .map(|&(s, d, q)| serde_json::json!({"address": addresses[s], "driver": names[d], "score": q.value()}))
             .collect();
         let out = serde_json::json!({
-            "total_score": plan.total,
-            "assignments": assignments,
-            "unassigned_shipments": no_driver,
-            "unassigned_drivers": no_shipment,
+            "total_score": plan.total.value(),
+            "assignments": pairs,
+            "unassigned_shipments": plan.unassigned_shipments.iter().map(|&s| addresses[s]).collect::<Vec<_>>(),
+            "unassigned_drivers": plan.unassigned_drivers.iter().map(|&d| names[d]).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("total suitability score: {}", plan.total);
-    for (address, driver, score) in &pairs {
-        println!("{score:>8}  {address}  <-  {driver}");
+    println!("total suitability score: {}", plan.total.value());
+    for &(s, d, q) in &plan.pairs {
+        println!("{:>8}  {}  <-  {}", q.value(), addresses[s], names[d]);
     }
-    for address in &no_driver {
-        println!("{:>8}  {address}  (no driver)", "-");
+    for &s in &plan.unassigned_shipments {
+        println!("{:>8}  {}  (no driver)", "-", addresses[s]);
     }
-    for driver in &no_shipment {
-        println!("{:>8}  (no shipment)  <-  {driver}", "-");
+    for &d in &plan.unassigned_drivers {
+        println!("{:>8}  (no shipment)  <-  {}", "-", names[d]);
     }
     Ok(())
 }
