@@ -355,3 +355,16 @@ pub async fn until_an_advisory_lock_waits(pool: &sea_orm::sqlx::PgPool) {
     })
     .await;
 }
+
+/// Backends of the test database connected since `since` and waiting for a lock (a processor's
+/// transaction behind the test's).
+pub async fn waiting_on_locks(pool: &sea_orm::sqlx::PgPool, since: chrono::DateTime<chrono::Utc>) -> i64 {
+    sea_orm::sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND backend_start > $1",
+    )
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

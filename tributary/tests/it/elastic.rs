@@ -3,7 +3,7 @@
 //! and never restarted has its partitions taken over, one that joins later takes its share, and every
 //! stored value equals the batch computation.
 
-use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_services, tributary};
+use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_services, tributary, waiting_on_locks};
 use crate::differential::verify;
 use crate::faults::{env_of, metric_truth, price_truth, publish_chaos, refs, stream_messages};
 use crate::samples::verify_metrics;
@@ -277,6 +277,7 @@ async fn a_stopping_processor_leaves_the_group_before_it_drains() {
             ("TRIBUTARY_PROCESSOR__SHUTDOWN_GRACE_SECS", "120"),
         ],
     );
+    let since = chrono::Utc::now();
     let mut procs: Vec<Proc> = (0..2).map(|_| tributary(&["processor"], &refs(&env))).collect();
     until_dealt(&app, "two processors sharing eight partitions 4/4", &[4, 4]).await;
 
@@ -289,14 +290,7 @@ async fn a_stopping_processor_leaves_the_group_before_it_drains() {
     }
     let pool = app.c.db.get_postgres_connection_pool();
     eventually(Duration::from_secs(30), "both processors' price writes waiting on the lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(DISTINCT client_port) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .ok()?;
-        (waiting >= 2).then_some(())
+        (waiting_on_locks(pool, since).await >= 2).then_some(())
     })
     .await;
     sigterm(&procs[0]);

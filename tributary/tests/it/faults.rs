@@ -6,7 +6,9 @@
 //! Scale of the SIGKILL tests: `CHAOS_EVENTS` prices (default 20,000) and `CHAOS_KILLS` kills (default 3);
 //! `scripts/chaos.sh` runs 1,000,000 and 20 in a release build for the figures in RELIABILITY.md.
 
-use crate::common::{Proc, TestApp, exit_code, sigterm, spawn_app_with, spawn_services, tributary, tributary_captured};
+use crate::common::{
+    Proc, TestApp, exit_code, sigterm, spawn_app_with, spawn_services, tributary, tributary_captured, waiting_on_locks,
+};
 use crate::differential::{Raw, verify, verify_raw};
 use crate::samples::{Msg as MetricMsg, verify_metrics};
 use async_nats::HeaderMap;
@@ -364,19 +366,6 @@ async fn a_postgres_restart_mid_ingest_loses_nothing_and_readyz_says_not_ready_m
     let failed: Vec<_> =
         body["dead_letters"].as_array().unwrap().iter().filter(|l| l["class"] == "processing_failed").collect();
     assert!(failed.is_empty(), "dead-lettered for an outage: {failed:?}");
-}
-
-/// Backends of the test database connected since `since` and waiting for a lock (a processor's
-/// transaction behind the test's).
-async fn waiting_on_locks(pool: &sqlx::PgPool, since: chrono::DateTime<Utc>) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = current_database() AND wait_event_type = 'Lock' AND backend_start > $1",
-    )
-    .bind(since)
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 async fn publish_days(app: &TestApp, days: std::ops::Range<i64>) {
