@@ -33,9 +33,9 @@ pub fn transient(error: &tributary_broker::HandleError) -> bool {
 /// or the server's role refuse (SQLSTATE classes 42, syntax or access rule, and 3F, schema: a revoked
 /// grant, a table or column missing in a rolling migration; `25006`, a read-only transaction: a server
 /// that a failover made a standby, or a database URL naming a replica). Every statement here is fixed
-/// text, so no message's content causes those. No message of it is at fault, so it is kept like a transient one, and the
-/// consumer reports failing until the cause is gone. (Isolated, a failure of every write on a quiet
-/// stream dead-lettered each good message that failed alone after earlier commits.)
+/// text, so no message's content causes those. No message of it is at fault, so it is kept like a
+/// transient one, and the consumer reports failing until the cause is gone. (Isolated, a failure of every
+/// write on a quiet stream dead-lettered each good message that failed alone after earlier commits.)
 pub fn lasting(error: &tributary_broker::HandleError) -> bool {
     use sea_orm::sqlx::Error;
     error.0.chain().any(|cause| {

@@ -54,9 +54,9 @@ pub struct ProcessorConfig {
     pub shutdown_grace_secs: u64,
     /// The most (driver, shipment) pairs the fleet plan may span, an empty side counting as one: its scores
     /// take 8 bytes a pair and the optimal assignment about min² × max steps (1,000 × 1,000: under a
-    /// second here). A driver or
-    /// shipment that would take the fleet past it is dead-lettered with the sizes (delete others, or raise
-    /// this, then replay it); without a bound a large fleet took the processor's memory.
+    /// second here). A driver or shipment that would take the fleet past it is dead-lettered with the
+    /// sizes (delete others, or raise this, then replay it); without a bound a large fleet took the
+    /// processor's memory.
     pub fleet_max_pairs: u64,
     /// The derived windows of price series. Every replica must use the same ones.
     pub prices: Transforms,
