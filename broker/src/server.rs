@@ -17,6 +17,12 @@ pub fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `version` (as [`check_version`] takes it) is at least `min` (major, minor, patch): for features
+/// newer than [`MIN_SERVER_VERSION`], used where the server has them.
+pub fn at_least(version: &str, min: (u32, u32, u32)) -> bool {
+    numbers(version).is_some_and(|have| have >= min)
+}
+
 /// `major.minor.patch` of a version (a pre-release suffix such as `-RC.2` is ignored).
 fn numbers(version: &str) -> Option<(u32, u32, u32)> {
     let core = version.trim().trim_start_matches('v').split(['-', '+']).next()?;
@@ -39,5 +45,15 @@ mod tests {
             assert!(e.contains(old) && e.contains("2.11.0"), "{e}");
         }
         assert!(check_version("latest").unwrap_err().contains("not major.minor.patch"));
+    }
+
+    #[test]
+    fn a_feature_is_used_from_its_version_on() {
+        assert!(super::at_least("2.14.0", (2, 14, 0)));
+        assert!(super::at_least("2.15.1", (2, 14, 0)));
+        assert!(super::at_least("v2.14.1-RC.1", (2, 14, 0)));
+        assert!(!super::at_least("2.13.9", (2, 14, 0)));
+        assert!(!super::at_least("2.9.10", (2, 14, 0)));
+        assert!(!super::at_least("latest", (2, 14, 0)));
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Act, Scripted, setup, setup_capped, spec, until};
+use common::{Act, Scripted, ack_floor, dead_letters, payloads, setup, setup_capped, spec, until};
 
 use async_nats::jetstream::{self, stream};
 use std::sync::{Arc, Mutex};
@@ -89,31 +89,6 @@ async fn a_batch_slower_than_ack_wait_is_not_delivered_twice() {
     for seq in first {
         assert!(!later.iter().flatten().any(|s| s == seq), "message {seq} of the slow batch came again: {batches:?}");
     }
-}
-
-/// The dead letters stored: (subject, class, reason).
-async fn dead_letters(js: &jetstream::Context) -> Vec<(String, String, String)> {
-    let stream = js.get_stream("DLQ").await.unwrap();
-    let n = stream.get_info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=n {
-        let m = stream.get_raw_message(seq).await.unwrap();
-        let h = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        out.push((
-            h(tributary_broker::dlq::SUBJECT),
-            h(tributary_broker::dlq::CLASS),
-            h(tributary_broker::dlq::REASON),
-        ));
-    }
-    out
-}
-
-async fn ack_floor(js: &jetstream::Context) -> u64 {
-    js.get_stream("T").await.unwrap().consumer_info("t").await.map_or(0, |i| i.ack_floor.stream_sequence)
-}
-
-fn payloads(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("m{i}")).collect()
 }
 
 /// A message that always fails is isolated from its batch and dead-lettered as `processing_failed` with

@@ -112,3 +112,95 @@ async fn a_loop_that_never_held_the_pin_leaves_the_holders_alone() {
     assert!(waiter.committed().is_empty(), "{:?}", waiter.committed());
     assert_eq!(pinned_to(&js).await, None, "the holder released its pin when it stopped");
 }
+
+/// A spec whose pins lapse after 1 s and whose unacknowledged messages would come back only after 10
+/// minutes, far past any wait here: what a next owner gets, it gets from the reset.
+fn pinned_no_redelivery() -> ConsumerSpec {
+    ConsumerSpec { pinned: Some(Duration::from_secs(1)), ack_wait: Duration::from_secs(600), ..spec() }
+}
+
+/// Runs a loop on `spec` with `handler` until it holds `n` messages unacknowledged, then kills it: its
+/// units are dropped mid-work, nothing acked, as when the process dies (its pin lapses after 1 s).
+async fn die_holding(js: &jetstream::Context, spec: ConsumerSpec, handler: Scripted, n: usize) {
+    let run = tokio::spawn(consume::run(js.clone(), spec, handler.clone(), CancellationToken::new()));
+    until("the owner to hold its messages", async || {
+        let info = js.get_stream("T").await.unwrap().consumer_info("t").await;
+        !handler.tries.lock().unwrap().is_empty() && info.is_ok_and(|i| i.num_ack_pending >= n)
+    })
+    .await;
+    run.abort();
+    let _ = run.await;
+}
+
+/// A partition whose owner died holding messages, under a backlog that fills `max_ack_pending`: the
+/// server delivers nothing more until those come back, which was `ack_wait` later (10 minutes here). The
+/// next owner resets the consumer to its ack floor once the dead owner's pin has lapsed, and stores
+/// everything at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_owner_of_a_partition_gets_what_a_dead_owner_held_at_once() {
+    let all = common::payloads(30);
+    let (_nats, js) = setup(&all).await;
+    let spec = ConsumerSpec { max_ack_pending: 10, batch: 10, ..pinned_no_redelivery() };
+    let hung = Scripted::new(|_, _| Act::Sleep(Duration::from_secs(3600)));
+    die_holding(&js, spec.clone(), hung, 10).await;
+
+    let next = Loop::start(&js, spec);
+    until("the next owner to commit every message", async || {
+        let mut c = next.committed();
+        c.sort();
+        c.dedup();
+        c.len() == 30
+    })
+    .await;
+    next.stop().await;
+}
+
+/// A message that kills its owner, given back by the next owner's reset, comes with a delivery count of
+/// 1, like a new one; it is a suspect all the same, so it is narrowed down over the deaths and
+/// dead-lettered rather than killing every owner in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_given_back_by_a_reset_that_kills_its_owner_is_still_dead_lettered() {
+    let mut all = common::payloads(40);
+    all[13] = "crash".into();
+    let (_nats, js) = setup(&all).await;
+    let spec = ConsumerSpec { batch: 8, max_failures: 2, ..pinned_no_redelivery() };
+    let handler = Scripted::new(|p, _| match p {
+        "crash" => Act::Sleep(Duration::from_secs(3600)),
+        _ => Act::Commit,
+    });
+    let crashing = |h: &Scripted| h.tries.lock().unwrap().get(&14).copied().unwrap_or(0);
+    let mut deaths = 0;
+    while common::dead_letters(&js).await.is_empty() {
+        let before = crashing(&handler);
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(consume::run(js.clone(), spec.clone(), handler.clone(), shutdown.clone()));
+        // Dies on the crashing message, or dead-letters it without trying it.
+        until("the owner to take the crashing message or dead-letter it", async || {
+            crashing(&handler) > before || !common::dead_letters(&js).await.is_empty()
+        })
+        .await;
+        if crashing(&handler) > before {
+            run.abort();
+            let _ = run.await;
+            deaths += 1;
+            assert!(deaths <= 8, "still dying after {deaths} deaths");
+        } else {
+            shutdown.cancel();
+            run.await.unwrap().unwrap();
+        }
+    }
+    let letters = common::dead_letters(&js).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].0.as_str(), letters[0].1.as_str()), ("t.crash", consume::PROCESSING_FAILED));
+    assert!(letters[0].2.contains("stopped 2 times"), "{letters:?}");
+    let last = Loop::start(&js, spec);
+    until("every other message to be committed", async || {
+        let mut c = handler.committed();
+        c.extend(last.committed());
+        c.sort();
+        c.dedup();
+        c.len() == 39
+    })
+    .await;
+    last.stop().await;
+}

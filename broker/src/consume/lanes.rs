@@ -44,6 +44,9 @@ pub(super) struct Lanes<H: BatchHandler> {
     suspect_in_flight: bool,
     /// Sequences this process nak'ed: their redelivery is explained, not a suspect's.
     nakked: HashSet<u64>,
+    /// The last stream sequence delivered before this loop reset the consumer ([`super::reclaim`]):
+    /// messages up to it come again with a delivery count of 1, and are suspects all the same.
+    given_back_through: u64,
     /// What this consumer's units did: whether a failure alone is its message's own.
     health: Arc<Health>,
     pub(super) paused_until: Option<tokio::time::Instant>,
@@ -85,11 +88,23 @@ impl<H: BatchHandler> Lanes<H> {
             crashes_retry: tokio::time::Instant::now(),
             suspect_in_flight: false,
             nakked: HashSet::new(),
+            given_back_through: 0,
             health: Arc::default(),
             paused_until: None,
             failing: false,
             failing_key: (js.client().server_info().server_id, spec.durable.clone()),
         }
+    }
+
+    /// Whether no message is held here, waiting or in a unit.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.held.is_empty() && self.tasks.is_empty()
+    }
+
+    /// The consumer was reset ([`super::reclaim`]): every message up to stream sequence `through` had
+    /// been delivered before.
+    pub(super) fn given_back_through(&mut self, through: u64) {
+        self.given_back_through = self.given_back_through.max(through);
     }
 
     /// How many items are ready to launch: fetching pauses at a batch of them. Items waiting on a busy
@@ -134,7 +149,8 @@ impl<H: BatchHandler> Lanes<H> {
             match decoded {
                 Ok(event) => {
                     // A redelivery this process did not ask for may have been in flight when one died.
-                    let suspect = (delivered > 1 && !self.nakked.remove(&seq)).then(Stops::default);
+                    let again = delivered > 1 || seq <= self.given_back_through;
+                    let suspect = (again && !self.nakked.remove(&seq)).then(Stops::default);
                     let item = Item {
                         parent: crate::trace::extract(m.headers.as_ref()),
                         series: series_of(&m.subject),

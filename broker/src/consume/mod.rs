@@ -28,7 +28,8 @@
 //! - this module: the spec, the handler trait, the loop (fetch, accept, launch, finish), dead letters;
 //! - [`lanes`]: the per-series scheduler, what waits and what goes next, acks and naks;
 //! - [`unit`]: one unit of work, its attempts and its isolation by bisection;
-//! - [`crashes`]: the KV records that tell a message killing the process from an ordinary redelivery.
+//! - [`crashes`]: the KV records that tell a message killing the process from an ordinary redelivery;
+//! - [`reclaim`]: a pinned partition taken over gets at once what its stopped owner held unacknowledged.
 //!
 //! While a unit is being stored its messages are reported in progress every third of `ack_wait`, so a
 //! unit that takes longer than `ack_wait` is not delivered a second time meanwhile (for at most
@@ -41,6 +42,7 @@
 
 mod crashes;
 mod lanes;
+mod reclaim;
 mod unit;
 
 use crate::dlq;
@@ -263,6 +265,14 @@ pub async fn run<H: BatchHandler>(
             && let Err(e) = unpin(&js, &spec, &ours).await
         {
             tracing::debug!(consumer = spec.durable, error = %e, "pin not released before reopening");
+        }
+        // A loop of a pinned consumer takes back what an owner before it left unacknowledged, before its
+        // first pull; only while it holds nothing itself, since a reset would deliver its own again.
+        if let Some(pin_timeout) = spec.pinned
+            && lanes.holds_nothing()
+            && let Some(through) = reclaim::reclaim(&js, &spec, pin_timeout, &shutdown).await
+        {
+            lanes.given_back_through(through);
         }
         let messages = match open(&js, &spec).await {
             Ok(m) => m,

@@ -129,3 +129,30 @@ pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// (subject, class, reason) of every dead letter stored.
+pub async fn dead_letters(js: &jetstream::Context) -> Vec<(String, String, String)> {
+    let stream = js.get_stream("DLQ").await.unwrap();
+    let n = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=n {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let h = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        out.push((
+            h(tributary_broker::dlq::SUBJECT),
+            h(tributary_broker::dlq::CLASS),
+            h(tributary_broker::dlq::REASON),
+        ));
+    }
+    out
+}
+
+/// The ack floor (a stream sequence) of consumer `t`, 0 before it exists.
+pub async fn ack_floor(js: &jetstream::Context) -> u64 {
+    js.get_stream("T").await.unwrap().consumer_info("t").await.map_or(0, |i| i.ack_floor.stream_sequence)
+}
+
+/// `m0`, `m1`, … `m<n-1>`.
+pub fn payloads(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
