@@ -1,8 +1,9 @@
 //! The failover figure: two processors share the partitions of the backlog (no per-process settings);
 //! a third of the way through, the one owning the first price partition is killed with SIGKILL and never
 //! restarted. Measured: the time from the kill to the next commit of a price of its partitions (by the
-//! survivor, once the group has forgotten the dead one and its pins have lapsed), and whether the
-//! survivor then stores exactly what the unpartitioned processor stored.
+//! survivor, once the group has forgotten the dead one and its pins have lapsed), the time from the kill
+//! to the whole backlog stored, and whether the survivor then stores exactly what the unpartitioned
+//! processor stored.
 
 use super::harness::{Database, Processor, REPLICAS, checksum, committed, settled};
 use super::{MetricsBacklog, until};
@@ -20,6 +21,9 @@ pub struct Failover {
     pub takeover_s: Option<f64>,
     /// The price partitions the killed processor owned.
     pub partitions: Vec<String>,
+    /// From the SIGKILL to the whole backlog stored by the survivor, seconds: what the dead processor held
+    /// unacknowledged included (it came back after `ack_wait_secs` before the consumer reset).
+    pub settled_s: f64,
     /// `processor.takeover_secs` (how long a dead processor keeps its partitions).
     pub takeover_setting_s: u64,
     /// The survivor stored what the unpartitioned processor stored.
@@ -80,9 +84,16 @@ async fn run(
         false => moved.await.ok().map(|()| killed.elapsed().as_secs_f64()),
     };
     settled(&db.pool, n, metrics, limit).await?;
+    let settled_s = killed.elapsed().as_secs_f64();
     let equal = checksum(&db.pool).await? == single;
     drop(processors);
-    Ok(Failover { takeover_s: takeover, partitions: owned, takeover_setting_s: config.processor.takeover_secs, equal })
+    Ok(Failover {
+        takeover_s: takeover,
+        partitions: owned,
+        settled_s,
+        takeover_setting_s: config.processor.takeover_secs,
+        equal,
+    })
 }
 
 /// The instruments whose prices the partitions (durable consumers `<prefix>-price-p<n>`) hold, read off

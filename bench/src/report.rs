@@ -207,9 +207,11 @@ pub(super) fn print_table(r: &Report) {
     line(
         "failover: one of two processors SIGKILLed",
         &format!(
-            "{:>12} s to the next commit on {} (takeover_secs {}; the survivor stored what one did: {})",
+            "{:>12} s to the next commit on {}, {:.1} s to the backlog stored (takeover_secs {}; the survivor \
+             stored what one did: {})",
             f.takeover_s.map_or("-".to_owned(), |s| format!("{s:.1}")),
             f.partitions.join(", "),
+            f.settled_s,
             f.takeover_setting_s,
             if f.equal { "yes" } else { "NO" }
         ),
