@@ -35,7 +35,7 @@ metrics! {
     CONSUMER_FAILING: Gauge = "tributary_consumer_failing",
         "1 while every message of a consumer fails (a systemic fault: kept, nak'ed, not dead-lettered), else 0.";
     CONSUMER_RECLAIMED: Counter = "tributary_consumer_reclaimed_total",
-        "Messages a stopped owner of a partition held unacknowledged, delivered again at once (a consumer reset) when this processor took the partition over, instead of after ack_wait.";
+        "Messages of a partition left unacknowledged by a loop before (a processor that died or handed it over), delivered again at once (a consumer reset) when this processor opened the partition, instead of after ack_wait.";
     BATCH_SIZE: Histogram = "tributary_batch_size", "Messages per fetched chunk.";
     BATCH_SECONDS: Histogram = "tributary_batch_seconds",
         "Time to store one unit of work (isolating its failures included).";

@@ -10,8 +10,8 @@
 //! hand, naks what waits and releases its pin, so the next owner starts at once. A process that dies
 //! stops writing its record: once the bucket forgets it (`takeover` later) the others deal its
 //! partitions among themselves, and the server moves its pins once it has not pulled for `takeover`; the
-//! next owner of each has what the dead one held unacknowledged delivered again at once (a consumer reset,
-//! see `tributary_broker::consume`), not after `ack_wait`.
+//! next owner of each has what the dead one held unacknowledged delivered again at once (a consumer reset
+//! on nats-server 2.14 and later, within bounds: see `tributary_broker::consume`), not after `ack_wait`.
 //! Ownership moves keep every guarantee: acks follow commits, and the per-series locks and versions fence
 //! a former owner still finishing a unit.
 

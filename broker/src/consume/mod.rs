@@ -274,6 +274,11 @@ pub async fn run<H: BatchHandler>(
         {
             lanes.given_back_through(through);
         }
+        // Stopped while waiting for another process's pin: a pull now could be delivered messages it would
+        // drop unacknowledged, holding the pin it never releases.
+        if shutdown.is_cancelled() {
+            break;
+        }
         let messages = match open(&js, &spec).await {
             Ok(m) => m,
             Err(OpenError::NoStream) => return Err(ConsumeError::NoStream(spec.stream.clone())),

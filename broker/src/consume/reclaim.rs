@@ -10,6 +10,10 @@
 //! lapsed or was released: the holder stopped pulling), it resets the consumer to its ack floor (NATS 2.14,
 //! `$JS.API.CONSUMER.RESET`), and everything above the floor is delivered again, now. While another
 //! process holds the pin it waits: that process is alive and pulling, and the messages are its own.
+//! (Messages this loop's own previous pull stream was delivered and never read are taken back the same
+//! way.) "No pin" means "not pulling", not "dead": a handed-over loop that is still finishing a unit
+//! longer than the pin's timeout has its messages delivered again here too, stored twice (versions and
+//! locks keep that harmless), and a suspect unit it runs then counts a stop in the crash records here.
 //!
 //! A reset delivers every message above the floor, those acked out of order too (they change nothing
 //! when stored again): it is done only while those are at most `max_ack_pending`, as many as the
@@ -47,10 +51,21 @@ pub(super) async fn reclaim(
         return None;
     }
     let poll = (pin_timeout / 8).max(Duration::from_millis(100));
-    let stream = js.get_stream(&spec.stream).await.ok()?;
+    // Acks this process sent are counted before the consumer is read: a late one would be a message
+    // delivered again.
+    let _ = js.client().flush().await;
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| debug!(consumer = spec.durable, error = %e, "no stream to take over"))
+        .ok()?;
     loop {
         // No consumer yet: nothing was ever delivered.
-        let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&spec.durable).await.ok()?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&spec.durable)
+            .await
+            .map_err(|e| debug!(consumer = spec.durable, error = %e, "no consumer to take over"))
+            .ok()?;
         let info = match consumer.info().await {
             Ok(info) => info.clone(),
             Err(e) => {
@@ -71,25 +86,30 @@ pub(super) async fn reclaim(
                 _ = tokio::time::sleep(poll) => continue,
             }
         }
-        // Deliveries above the floor, less those unacknowledged: the acked ones a reset delivers again.
+        // Deliveries above the floor (redeliveries too), less those unacknowledged: at least as many as
+        // the acked messages a reset delivers again. (An overcount leaves the messages to `ack_wait`.)
         let acked = info.delivered.consumer_sequence.saturating_sub(info.ack_floor.consumer_sequence + held);
-        if acked > spec.max_ack_pending.max(0) as u64 {
+        let bound = u64::try_from(spec.max_ack_pending).ok().filter(|b| *b > 0).unwrap_or(u64::MAX);
+        if acked > bound {
             info!(
                 consumer = spec.durable,
                 held,
                 acked,
-                "a stopped owner's messages are left to ack_wait: a reset would deliver too many acked ones again"
+                "messages left unacknowledged by a loop before are left to ack_wait: a reset would deliver too many acked ones again"
             );
             return None;
         }
         return match stream.reset_consumer(&spec.durable, None).await {
             Ok(_) => {
-                info!(consumer = spec.durable, held, "a stopped owner's messages are delivered again now");
+                info!(
+                    consumer = spec.durable,
+                    held, "messages left unacknowledged by a loop before are delivered again now"
+                );
                 metrics::counter!(names::CONSUMER_RECLAIMED, "consumer" => spec.label).increment(held);
                 Some(info.delivered.stream_sequence)
             }
             Err(e) => {
-                warn!(consumer = spec.durable, error = %e, "cannot reset the consumer; a stopped owner's messages come after ack_wait");
+                warn!(consumer = spec.durable, error = %e, "cannot reset the consumer; what a loop before left comes after ack_wait");
                 None
             }
         };
