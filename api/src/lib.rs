@@ -134,6 +134,19 @@ pub enum ConfigError {
 }
 
 impl ApiConfig {
+    /// The request deadline (`request_timeout_ms`, at least 1 ms).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
+    /// How long one of the API's statements may run before PostgreSQL cancels it: nine tenths of the
+    /// request deadline, so that a read stuck behind a lock ends with PostgreSQL's error (503
+    /// `request_timeout`) before the deadline drops it mid-statement. A dropped statement ran on in
+    /// PostgreSQL, and its connection came back to the pool only once it had ended.
+    pub fn statement_timeout(&self) -> Duration {
+        self.request_timeout() * 9 / 10
+    }
+
     /// Refuses contradictory settings.
     pub fn check(&self) -> Result<(), ConfigError> {
         let tokens = || self.write_tokens.iter().chain(&self.read_tokens);

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct DbConfig {
     /// `postgres://user[:password]@host:port/database`; `DATABASE_URL` overrides it.
     pub url: String,
-    /// The pool's size.
+    /// The size of each pool: the API role has one of its own, the other roles of a process share one.
     pub max_connections: u32,
     /// How long one of our sessions may sit idle inside a transaction before PostgreSQL ends it, in
     /// seconds (at least 1; `idle_in_transaction_session_timeout`). Tributary's transactions are never
@@ -61,6 +61,17 @@ pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
 
 /// Opens a pool.
 pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
+    open(cfg, None).await
+}
+
+/// Opens a pool whose statements PostgreSQL cancels once they have run `statement_timeout`
+/// (`57014`): the API's, whose requests give up at a deadline. A statement stuck behind a lock then ends
+/// with its own error, and its connection goes back to the pool whole.
+pub async fn connect_bounded(cfg: &DbConfig, statement_timeout: Duration) -> Result<DatabaseConnection, StoreError> {
+    open(cfg, Some(statement_timeout)).await
+}
+
+async fn open(cfg: &DbConfig, statement_timeout: Option<Duration>) -> Result<DatabaseConnection, StoreError> {
     let mut opt = ConnectOptions::new(cfg.url.clone());
     opt.max_connections(cfg.max_connections)
         .min_connections(1)
@@ -74,13 +85,18 @@ pub async fn connect(cfg: &DbConfig) -> Result<DatabaseConnection, StoreError> {
     // ends its session: at once after the idle-in-transaction timeout, and an idle session's dead
     // client is found by TCP keepalives within about a minute (the OS's default is two hours).
     let idle = format!("{}s", cfg.idle_in_transaction_secs.max(1));
+    let statement = statement_timeout.map(|t| format!("{}ms", t.as_millis().max(1)));
     opt.map_sqlx_postgres_opts(move |o| {
-        o.options([
+        let o = o.options([
             ("idle_in_transaction_session_timeout", idle.as_str()),
             ("tcp_keepalives_idle", "30"),
             ("tcp_keepalives_interval", "10"),
             ("tcp_keepalives_count", "3"),
-        ])
+        ]);
+        match &statement {
+            Some(t) => o.options([("statement_timeout", t.as_str())]),
+            None => o,
+        }
     });
     Ok(Database::connect(opt).await?)
 }

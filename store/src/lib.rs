@@ -35,7 +35,7 @@ pub mod samples;
 mod settings;
 pub mod surveys;
 
-pub use db::{DbConfig, StoreError, connect, ensure_database};
+pub use db::{DbConfig, StoreError, connect, connect_bounded, ensure_database};
 /// The SQL toolkit of the hot path, re-exported so that callers name the same types (pools, errors).
 pub use sea_orm::sqlx;
 /// A transaction on the pool, as every write of a batch runs in one.

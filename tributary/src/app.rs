@@ -171,10 +171,15 @@ impl Connected {
         tributary_aggregator::run(self.config.aggregator.clone(), self.js.clone(), pool, shutdown).await
     }
 
-    /// The API role on `listener`.
+    /// The API role on `listener`, with a pool of its own: the other roles of the process (`tributary
+    /// up`) never wait for a connection behind its reads, and PostgreSQL cancels its statements before
+    /// the request deadline ([`tributary_api::ApiConfig::statement_timeout`]).
     pub async fn api(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let db = tributary_store::connect_bounded(&self.config.database, self.config.api.statement_timeout())
+            .await
+            .with_context(|| format!("connecting the API to {}", redact(&self.config.database.url)))?;
         let state = tributary_api::AppState {
-            db: self.db.clone(),
+            db,
             nats: self.nats.clone(),
             js: self.js.clone(),
             streams: self.config.streams.clone(),

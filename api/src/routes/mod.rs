@@ -69,7 +69,7 @@ use utoipa_axum::routes;
 pub fn router(state: &AppState) -> Router<AppState> {
     let (router, doc) = documented().split_for_parts();
     let doc = crate::openapi::finish(doc, &state.config, &state.rollups);
-    let deadline = std::time::Duration::from_millis(state.config.request_timeout_ms.max(1));
+    let deadline = state.config.request_timeout();
     router
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {

@@ -226,6 +226,38 @@ async fn a_request_past_its_deadline_is_a_json_503_and_streams_are_not_cut() {
     assert!(next.is_err() || next.as_ref().is_ok_and(|c| c.as_ref().is_ok_and(|c| c.is_some())), "{next:?}");
 }
 
+/// Reads stuck behind a lock are cancelled by PostgreSQL before the request's deadline, and their
+/// connections go back to the pool. Dropped at the deadline, each ran on and kept its connection until
+/// the lock went: three such left a pool of two no connection for any other read (and in `tributary up`
+/// the processor none either: it shared the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stuck_past_the_deadline_give_their_connections_back() {
+    let since = chrono::Utc::now();
+    let nats = tributary_testkit::NatsServer::start();
+    let app = crate::common::spawn_services(nats.url(), Some(nats), |c| {
+        c.api.request_timeout_ms = 1000;
+        c.database.max_connections = 2;
+    })
+    .await;
+    let mut holder = sqlx::PgConnection::connect(&app.c.config.database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE ports IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let stuck = futures::future::join_all((0..3).map(|_| app.get("/v1/ports"))).await;
+    for (s, b) in &stuck {
+        assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (503, Some("request_timeout")), "{b}");
+    }
+    let pool = app.c.db.get_postgres_connection_pool();
+    tributary_testkit::eventually(std::time::Duration::from_secs(10), "no API read to wait on the lock", || async {
+        (crate::common::waiting_on_locks(pool, since).await == 0).then_some(())
+    })
+    .await;
+    app.get_until("/v1/series/price", std::time::Duration::from_secs(10), "a read of another table", |b| {
+        b["series"].is_array()
+    })
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
 /// However many fresh reads wait, NATS is asked how far the processors are by one poll at a time. Each
 /// read used to ask it every 5 ms for itself: a hundred reads waiting made about 20,000 requests a second
 /// (counted here: its consumer info requests, which every poll makes), beside the pipeline they waited for.
