@@ -83,7 +83,9 @@ async fn open(cfg: &DbConfig, statement_timeout: Option<Duration>) -> Result<Dat
         .sqlx_logging(false);
     // A client that died (a node lost, a network cut) holds its transaction's locks until PostgreSQL
     // ends its session: at once after the idle-in-transaction timeout, and an idle session's dead
-    // client is found by TCP keepalives within about a minute (the OS's default is two hours).
+    // client is found by TCP keepalives within about a minute (the OS's default is two hours). The other
+    // way round, a server that vanished is found by the client's own keepalives, which the patched
+    // sqlx-core sets on every connection (third_party/README.md).
     let idle = format!("{}s", cfg.idle_in_transaction_secs.max(1));
     let statement = statement_timeout.map(|t| format!("{}ms", t.as_millis().max(1)));
     opt.map_sqlx_postgres_opts(move |o| {

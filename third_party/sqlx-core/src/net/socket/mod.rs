@@ -192,6 +192,7 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // TCP_NODELAY, a statement whose message spans several segments waits ~40 ms for a delayed ACK.
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        notice_a_vanished_server(&stream)?;
         return Ok(with_socket.with_socket(stream).await);
     }
 
@@ -202,6 +203,29 @@ pub async fn connect_tcp<Ws: WithSocket>(
             crate::rt::missing_rt((host, port, with_socket))
         }
     }
+}
+
+/// How long a connection waits on a server that does not answer at the TCP level before it fails.
+const VANISHED_SERVER_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Tributary patch: a server that vanishes without closing its connections (its machine lost, a
+/// failover moving its address, a network cut) fails them within [`VANISHED_SERVER_AFTER`]. Without it a
+/// connection waiting for an answer waited for ever (nothing is sent, so nothing times out), and one
+/// sending waited out TCP's retransmissions (about 15 minutes): a statement in flight held its caller
+/// that long. Keepalive probes after 30 s of silence, every 10 s, 3 unanswered: gone (the same as the
+/// server-side settings Tributary asks for); on Linux, data unacknowledged for as long fails too
+/// (`TCP_USER_TIMEOUT`). A server that is slow but there answers the probes from its kernel, so a long
+/// statement is not cut.
+fn notice_a_vanished_server(stream: &tokio::net::TcpStream) -> io::Result<()> {
+    use std::time::Duration;
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_interval(Duration::from_secs(10)).with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(VANISHED_SERVER_AFTER))?;
+    Ok(())
 }
 
 /// Open a TCP socket to `host` and `port`.
