@@ -204,3 +204,31 @@ async fn a_message_given_back_by_a_reset_that_kills_its_owner_is_still_dead_lett
     .await;
     last.stop().await;
 }
+
+/// Messages a handed-over loop had been delivered but never read (still in its pull subscription when it
+/// stopped) come to the next owner at once: it resets the consumer once the pin is released. They came
+/// only after `ack_wait` (10 minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_handed_over_loop_had_not_read_comes_to_the_next_owner_at_once() {
+    let all = common::payloads(200);
+    let (_nats, js) = setup(&all).await;
+    let spec = ConsumerSpec { batch: 5, lanes: 2, ..pinned_no_redelivery() };
+    // Slow, so that its pull subscription holds messages it has not read when it stops.
+    let slow = Scripted::new(|_, _| Act::Sleep(Duration::from_millis(300)));
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(consume::run(js.clone(), spec.clone(), slow.clone(), stop.clone()));
+    until("the first loop to commit some", async || slow.committed().len() >= 20).await;
+    stop.cancel();
+    first.await.unwrap().unwrap();
+
+    let next = Loop::start(&js, spec);
+    until("every message committed by one loop or the other", async || {
+        let mut c = slow.committed();
+        c.extend(next.committed());
+        c.sort();
+        c.dedup();
+        c.len() == 200
+    })
+    .await;
+    next.stop().await;
+}
