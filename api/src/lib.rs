@@ -142,9 +142,12 @@ impl ApiConfig {
     /// How long one of the API's statements may run before PostgreSQL cancels it: nine tenths of the
     /// request deadline, so that a read stuck behind a lock ends with PostgreSQL's error (503
     /// `request_timeout`) before the deadline drops it mid-statement. A dropped statement ran on in
-    /// PostgreSQL, and its connection came back to the pool only once it had ended.
+    /// PostgreSQL, and its connection came back to the pool only once it had ended; now that is at most
+    /// this long after it started (a request of several statements, or one that waited for a
+    /// connection, can still meet its deadline mid-statement).
     pub fn statement_timeout(&self) -> Duration {
-        self.request_timeout() * 9 / 10
+        // PostgreSQL takes at most i32::MAX ms (24.8 days), and refuses the connection past it.
+        (self.request_timeout() * 9 / 10).min(Duration::from_millis(i32::MAX as u64))
     }
 
     /// Refuses contradictory settings.
@@ -282,4 +285,20 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiConfig;
+    use std::time::Duration;
+
+    /// Nine tenths of the deadline, within what PostgreSQL takes: past `i32::MAX` ms it refused every
+    /// connection of the API's pool.
+    #[test]
+    fn statements_end_before_the_request_deadline_and_within_postgres_range() {
+        let with = |ms| ApiConfig { request_timeout_ms: ms, ..ApiConfig::default() }.statement_timeout();
+        assert_eq!(with(30_000), Duration::from_millis(27_000));
+        assert_eq!(with(0), Duration::from_micros(900));
+        assert_eq!(with(u64::MAX / 2), Duration::from_millis(i32::MAX as u64));
+    }
 }

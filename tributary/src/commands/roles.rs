@@ -47,6 +47,9 @@ pub(crate) async fn api(mut config: Config, args: ApiArgs) -> anyhow::Result<()>
         config.api.listen = l;
     }
     let c = app::connect(config).await?;
+    // The API reads through a pool of its own (`Connected::api`): the one `connect` opened has done its
+    // work (the migrations) and would keep a connection for nothing.
+    c.db.get_postgres_connection_pool().close().await;
     let listener = bind(&c.config.api.listen).await?;
     let stop = shutdown::on_signal();
     let grace = Duration::from_secs(c.config.api.shutdown_grace_secs);
