@@ -113,6 +113,11 @@ async fn a_loop_that_never_held_the_pin_leaves_the_holders_alone() {
     assert_eq!(pinned_to(&js).await, None, "the holder released its pin when it stopped");
 }
 
+/// How many different messages these lists of committed payloads hold between them.
+fn distinct(committed: &[Vec<String>]) -> usize {
+    committed.iter().flatten().collect::<std::collections::BTreeSet<_>>().len()
+}
+
 /// A spec whose pins lapse after 1 s and whose unacknowledged messages would come back only after 10
 /// minutes, far past any wait here: what a next owner gets, it gets from the reset.
 fn pinned_no_redelivery() -> ConsumerSpec {
@@ -145,13 +150,7 @@ async fn the_next_owner_of_a_partition_gets_what_a_dead_owner_held_at_once() {
     die_holding(&js, spec.clone(), hung, 10).await;
 
     let next = Loop::start(&js, spec);
-    until("the next owner to commit every message", async || {
-        let mut c = next.committed();
-        c.sort();
-        c.dedup();
-        c.len() == 30
-    })
-    .await;
+    until("the next owner to commit every message", async || distinct(&[next.committed()]) == 30).await;
     next.stop().await;
 }
 
@@ -194,14 +193,8 @@ async fn a_message_given_back_by_a_reset_that_kills_its_owner_is_still_dead_lett
     assert_eq!((letters[0].0.as_str(), letters[0].1.as_str()), ("t.crash", consume::PROCESSING_FAILED));
     assert!(letters[0].2.contains("stopped 2 times"), "{letters:?}");
     let last = Loop::start(&js, spec);
-    until("every other message to be committed", async || {
-        let mut c = handler.committed();
-        c.extend(last.committed());
-        c.sort();
-        c.dedup();
-        c.len() == 39
-    })
-    .await;
+    until("every other message to be committed", async || distinct(&[handler.committed(), last.committed()]) == 39)
+        .await;
     last.stop().await;
 }
 
@@ -223,11 +216,7 @@ async fn what_a_handed_over_loop_had_not_read_comes_to_the_next_owner_at_once() 
 
     let next = Loop::start(&js, spec);
     until("every message committed by one loop or the other", async || {
-        let mut c = slow.committed();
-        c.extend(next.committed());
-        c.sort();
-        c.dedup();
-        c.len() == 200
+        distinct(&[slow.committed(), next.committed()]) == 200
     })
     .await;
     next.stop().await;
