@@ -39,9 +39,9 @@ pub struct AggregatorConfig {
     /// Each provider's deadline within a round, in milliseconds: a provider that has not finished by then
     /// is reported as `timeout` and never holds up the others.
     pub provider_timeout_ms: u64,
-    /// Items asked for per request (`limit`); a round pages until a page comes back with fewer rows.
-    /// At most what the providers answer per request: a provider that caps `limit` lower ends every
-    /// round after one page.
+    /// Items asked for per request (`limit`); a round pages until a page brings no item with an id above
+    /// the last (one more request than the pages of data). A provider may cap `limit` lower; a full page
+    /// with no such item is reported as an `error` (the provider cannot be read past it).
     pub page_size: u32,
 }
 

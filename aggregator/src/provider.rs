@@ -105,8 +105,8 @@ impl ProviderClient {
 pub struct Page {
     /// Its items worth publishing ([`parse`]).
     pub items: Vec<Item>,
-    /// How many rows it held, before any was left out: a page of fewer rows than asked for is the end of
-    /// the provider's data (a row repeated, or one at or below the cursor, does not make it so).
+    /// How many rows it held, before any was left out (a row repeated, or one at or below the cursor):
+    /// a full page that brings no new id is a provider that cannot be paged.
     pub rows: usize,
 }
 

@@ -290,7 +290,8 @@ impl Rounds {
             let subject = Kind::Survey.subject(&p.name);
             let mut publisher = Publisher::new(self.js.clone(), 1024);
             loop {
-                let page = p.client.page(p.cursor.load(Ordering::Relaxed), self.cfg.page_size).await?;
+                let after = p.cursor.load(Ordering::Relaxed);
+                let page = p.client.page(after, self.cfg.page_size).await?;
                 let mut unkeyed = Vec::new();
                 for item in &page.items {
                     let key = item.msg_id(&p.name);
@@ -317,13 +318,24 @@ impl Rounds {
                     return Err(PullError::Publish(why));
                 }
                 unkeyed.into_iter().for_each(|key| p.stored_keys().insert(key));
-                // Items without an id come last and move no cursor: a page of nothing else is the end.
-                let Some(last) = page.items.iter().filter_map(|i| i.id).max() else { break };
-                p.cursor.fetch_max(last, Ordering::Relaxed);
-                // Counted before repeats and rows at or below the cursor were left out: a full page of
-                // which some were is not the end (the round ended there, said `ok`, and left the rest).
-                if page.rows < self.cfg.page_size as usize {
-                    break;
+                // The end is a page that moves no cursor: empty, or only rows at or below it, or items
+                // without a usable id (which come last). A short page is not: a provider that caps its
+                // pages below `page_size` ended every round after one page, said `ok`, and a fully synced
+                // read missed the rest.
+                match page.items.iter().filter_map(|i| i.id).max().filter(|last| *last > after) {
+                    Some(last) => {
+                        p.cursor.fetch_max(last, Ordering::Relaxed);
+                    }
+                    // A full page that moves nothing would come back the same (ids that are not whole
+                    // numbers, say, or a provider ignoring `after_id`): not the end, and no way past it.
+                    None if page.rows >= self.cfg.page_size as usize => {
+                        return Err(PullError::BadResponse(format!(
+                            "a full page ({} rows after id {after}) has no item with a whole-number id above \
+                             it: the provider cannot be read past it",
+                            page.rows
+                        )));
+                    }
+                    None => break,
                 }
             }
             Ok::<(), PullError>(())

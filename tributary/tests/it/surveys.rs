@@ -364,7 +364,8 @@ async fn no_round_starts_after_shutdown_nor_for_a_tick_during_one() {
     assert_eq!((first.round, first.providers[0].status.as_str()), (1, "ok"), "{first:?}");
     let why = second.providers[0].error.as_deref().unwrap_or_default();
     assert!(why.contains("stopped"), "{second:?}");
-    assert_eq!((rounds.rounds(), asked.load(Relaxed)), (1, 1), "one round, one request to the provider");
+    // One round: the page of the provider's one item, then the page that brings nothing new and ends it.
+    assert_eq!((rounds.rounds(), asked.load(Relaxed)), (1, 2), "one round, two requests to the provider");
 }
 
 /// A fully synced read holds what a provider held when the read came, though a round was in flight:
@@ -416,6 +417,43 @@ async fn a_full_page_with_a_row_repeated_is_not_the_last() {
 
     let b = synced(&app, "/v1/surveys?fresh=true&limit=100", "twice").await;
     assert_eq!(keys(&b).len(), 20, "every item, in one fully synced read: {b}");
+}
+
+/// A provider that answers fewer items than asked for per page (it caps `limit` at 3; the aggregator
+/// asks for 7) is read to its end in one round. A short page was taken for the last: the round said
+/// `ok` after the first page, and a fully synced read had 3 of the 20 items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_capping_its_pages_below_ours_is_read_to_the_end() {
+    let app = spawn_app().await;
+    let url = fake_provider(|after, limit| {
+        (after + 1..=20).map(|id| item(id, &format!("item {id}"))).take(limit.min(3)).collect()
+    })
+    .await;
+    let _agg = with_provider(&app, "capped", url, 5000).await;
+
+    let b = synced(&app, "/v1/surveys?fresh=true&limit=100", "capped").await;
+    assert_eq!(keys(&b).len(), 20, "every item, in one fully synced read: {b}");
+}
+
+/// A provider whose full pages bring no usable id (here ids are text) cannot be paged past them: the
+/// read says so (`error`, naming it) instead of `ok`. It said `ok`, and nothing after the first page
+/// was ever pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_without_a_usable_id_is_reported_not_taken_for_the_end() {
+    let app = spawn_app().await;
+    let url = fake_provider(|_, limit| {
+        (1..=50)
+            .map(|id| json!({"id": format!("{id}"), "text": "t", "device": "ios", "location": "north"}))
+            .take(limit)
+            .collect()
+    })
+    .await;
+    let _agg = with_provider(&app, "textual", url, 5000).await;
+
+    let (s, b) = app.get("/v1/surveys?fresh=true&limit=100").await;
+    assert_eq!(statuses(&b), [("textual".to_owned(), "error".to_owned())], "{s}: {b}");
+    let error = b["providers"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("full page") && error.contains("whole-number id"), "{b}");
 }
 
 /// A round whose read of the stored cursors gets no answer (its connection cut off silently) goes on
