@@ -34,6 +34,37 @@ pub(super) struct Carry<'a> {
     pub(super) unsettled: bool,
 }
 
+/// Where a carried rewrite reads its next chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum NextRead {
+    /// The stored points after this ts: the recompute has not settled, so every one is recomputed.
+    After(DateTime<Utc>),
+    /// The recompute has settled at `after`, and the next incoming point is at `next`: the stored points
+    /// in between are as stored, so only the window before `next` ([`Carry::window_with`]) and the chunk
+    /// from it are read. (Read through, a correction deep in a long series batched with an append read
+    /// every point between the two.)
+    Skipping { after: DateTime<Utc>, next: DateTime<Utc> },
+}
+
+impl Carry<'_> {
+    /// Where the next chunk is read from.
+    pub(super) fn next_read(&self) -> NextRead {
+        match (self.unsettled, self.incoming.first()) {
+            (false, Some(next)) => NextRead::Skipping { after: self.after, next: next.ts },
+            _ => NextRead::After(self.after),
+        }
+    }
+
+    /// The window before the next chunk: the carried one, then `between` (the stored points read after
+    /// it, for [`NextRead::Skipping`]), the last `size` of them.
+    pub(super) fn window_with(&mut self, between: Vec<Row>, size: usize) -> Vec<Row> {
+        let mut window = std::mem::take(&mut self.window);
+        window.extend(between);
+        window.drain(..window.len().saturating_sub(size));
+        window
+    }
+}
+
 /// Merges incoming points into one chunk of stored points and recomputes from the first change until the
 /// rest is provably unchanged ([`series::recompute_until_settled`]).
 ///

@@ -44,7 +44,7 @@ use tributary_broker::events::PricePoint;
 use tributary_broker::{BatchHandler, Delivery, HandleError};
 
 pub use in_force::InForce;
-use merge::merge;
+use merge::{NextRead, merge};
 pub use reconcile::reconcile_transforms;
 pub use reindex::recompute_index;
 pub use tributary_store::indices::IndexDef;
@@ -237,10 +237,22 @@ impl PriceHandler {
             let mut first_change = step.changed_from;
             let mut last_change = step.changed_through;
             let mut rewrote = false;
-            while let Some(carry) = step.carry.take() {
-                let chunk = store::load_after(&mut tx, instrument, carry.after, CHUNK_POINTS, &self.names).await?;
+            while let Some(mut carry) = step.carry.take() {
+                let size = self.transforms.window();
+                let (window, chunk) = match carry.next_read() {
+                    NextRead::Skipping { after, next } => {
+                        let (between, chunk) =
+                            store::load_skipping(&mut tx, instrument, after, next, size, CHUNK_POINTS, &self.names)
+                                .await?;
+                        (carry.window_with(between, size), chunk)
+                    }
+                    NextRead::After(after) => {
+                        let chunk = store::load_after(&mut tx, instrument, after, CHUNK_POINTS, &self.names).await?;
+                        (carry.window_with(Vec::new(), size), chunk)
+                    }
+                };
                 let complete = chunk.len() < CHUNK_POINTS;
-                step = merge(&self.transforms, carry.window, chunk, carry.incoming, complete, carry.unsettled);
+                step = merge(&self.transforms, window, chunk, carry.incoming, complete, carry.unsettled);
                 rewrote |= !step.rows.is_empty();
                 store::write_rows(&mut tx, instrument, &step.rows, &self.names).await?;
                 added.append(&mut step.added);

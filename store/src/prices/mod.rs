@@ -137,6 +137,42 @@ pub async fn load_after(
     Ok(rows.iter().map(|r| row_of(r, names)).collect())
 }
 
+/// The stored points of `instrument` a rewrite needs to go on at `next` once its recompute has settled
+/// at `after`: the last `window` points between them (after `after`, before `next`) and at most `chunk`
+/// points from `next` on, each ascending. The points in between are as stored and need no reading: a
+/// correction deep in a long series batched with an append read every point between the two.
+pub async fn load_skipping(
+    tx: &mut Tx,
+    instrument: &str,
+    after: DateTime<Utc>,
+    next: DateTime<Utc>,
+    window: usize,
+    chunk: usize,
+    names: &[String],
+) -> Result<(Vec<Row>, Vec<Row>), sqlx::Error> {
+    let rows: Vec<PointRow> = sqlx::query_as(
+        "(SELECT instrument, ts, price, volume, seq, ret, derived, false FROM price_points
+           WHERE instrument = $1 AND ts > $2 AND ts < $3 ORDER BY ts DESC LIMIT $4)
+         UNION ALL
+         (SELECT instrument, ts, price, volume, seq, ret, derived, true FROM price_points
+           WHERE instrument = $1 AND ts >= $3 ORDER BY ts LIMIT $5)",
+    )
+    .bind(instrument)
+    .bind(after)
+    .bind(next)
+    .bind(window as i64)
+    .bind(chunk as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let (mut before, mut from) = (Vec::new(), Vec::new());
+    for r in &rows {
+        if r.7 { from.push(row_of(r, names)) } else { before.push(row_of(r, names)) }
+    }
+    before.sort_unstable_by_key(|r| r.ts);
+    from.sort_unstable_by_key(|r| r.ts);
+    Ok((before, from))
+}
+
 /// Upserts rows of `instrument` (guarded by sequence): a later chunk of a rewrite, written as it goes so
 /// that memory does not grow with the series. The series row is written with the batch ([`write_batch`]).
 pub async fn write_rows(tx: &mut Tx, instrument: &str, rows: &[Row], names: &[String]) -> Result<(), sqlx::Error> {
