@@ -43,11 +43,20 @@ pub struct AggregatorConfig {
     /// the last (one more request than the pages of data). A provider may cap `limit` lower; a full page
     /// with no such item is reported as an `error` (the provider cannot be read past it).
     pub page_size: u32,
+    /// The most bytes one page's answer may hold; a longer one fails the provider's pull (`error`,
+    /// naming the bound) instead of being read whole into memory.
+    pub max_page_bytes: usize,
 }
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
-        AggregatorConfig { providers: BTreeMap::new(), interval_secs: 10, provider_timeout_ms: 2000, page_size: 100 }
+        AggregatorConfig {
+            providers: BTreeMap::new(),
+            interval_secs: 10,
+            provider_timeout_ms: 2000,
+            page_size: 100,
+            max_page_bytes: 64 << 20,
+        }
     }
 }
 

@@ -75,9 +75,9 @@ impl ProviderClient {
         ProviderClient { base: base.trim_end_matches('/').to_owned(), http }
     }
 
-    /// Up to `limit` items with an id above `after_id`, ascending.
-    pub async fn page(&self, after_id: i64, limit: u32) -> Result<Page, PullError> {
-        let r = self
+    /// Up to `limit` items with an id above `after_id`, ascending, from an answer of at most `max_bytes`.
+    pub async fn page(&self, after_id: i64, limit: u32, max_bytes: usize) -> Result<Page, PullError> {
+        let mut r = self
             .http
             .get(format!("{}/api/v1/reporter", self.base))
             .query(&[("after_id", after_id.to_string()), ("limit", limit.to_string())])
@@ -91,10 +91,24 @@ impl ProviderClient {
                 }
             })?;
         let status = r.status();
-        let body = r.bytes().await.map_err(|e| PullError::BadResponse(e.to_string()))?;
+        // Read as it comes, up to the bound: read whole, an endless or huge answer took as much memory
+        // as it held (the deadline bounds time, not bytes). An error's first bytes are all it shows.
+        let max = if status.is_success() { max_bytes } else { 200 };
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(|e| PullError::BadResponse(e.to_string()))? {
+            if body.len() + chunk.len() > max {
+                if !status.is_success() {
+                    body.extend_from_slice(&chunk[..max - body.len()]);
+                    break;
+                }
+                return Err(PullError::BadResponse(format!(
+                    "the answer is longer than aggregator.max_page_bytes ({max_bytes} bytes)"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(PullError::Status(status.as_u16(), text));
+            return Err(PullError::Status(status.as_u16(), String::from_utf8_lossy(&body).into_owned()));
         }
         parse(&body, after_id)
     }

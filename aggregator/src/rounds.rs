@@ -291,7 +291,7 @@ impl Rounds {
             let mut publisher = Publisher::new(self.js.clone(), 1024);
             loop {
                 let after = p.cursor.load(Ordering::Relaxed);
-                let page = p.client.page(after, self.cfg.page_size).await?;
+                let page = p.client.page(after, self.cfg.page_size, self.cfg.max_page_bytes).await?;
                 let mut unkeyed = Vec::new();
                 for item in &page.items {
                     let key = item.msg_id(&p.name);

@@ -456,6 +456,27 @@ async fn a_full_page_without_a_usable_id_is_reported_not_taken_for_the_end() {
     assert!(error.contains("full page") && error.contains("whole-number id"), "{b}");
 }
 
+/// A provider whose answer is longer than `aggregator.max_page_bytes` fails its pull, naming the bound,
+/// instead of being read whole: the deadline bounds time, not bytes, and a huge or endless answer took
+/// as much memory as it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_longer_than_the_page_bound_fails_the_pull_not_the_memory() {
+    use tributary_aggregator::Rounds;
+    let app = spawn_app().await;
+    let url =
+        fake_provider(|after, limit| (after + 1..=50).map(|id| item(id, &"x".repeat(10_000))).take(limit).collect())
+            .await;
+    let mut cfg =
+        AggregatorConfig { interval_secs: 0, provider_timeout_ms: 5000, max_page_bytes: 100_000, ..Default::default() };
+    cfg.providers.insert("big".into(), url);
+    let pool = app.c.db.get_postgres_connection_pool().clone();
+    let rounds = Arc::new(Rounds::new(cfg, app.js(), pool, CancellationToken::new()).unwrap());
+    let report = rounds.sync().await;
+    let p = &report.providers[0];
+    assert_eq!(p.status, "error", "{report:?}");
+    assert!(p.error.as_deref().unwrap_or_default().contains("max_page_bytes (100000 bytes)"), "{report:?}");
+}
+
 /// A round whose read of the stored cursors gets no answer (its connection cut off silently) goes on
 /// from the cursors in memory after a provider's deadline. It waited for ever, and since every request
 /// joins the round in flight, no survey was synced again.
