@@ -143,6 +143,11 @@ pub struct Uploads {
     slots: Arc<tokio::sync::Semaphore>,
     /// How long an upload waits for the processors after the body ends.
     pub settle_timeout: Duration,
+    /// This process's part of every upload id, random: the processors report progress on
+    /// `tributary.upload.<id>`, so two API replicas must never make the same id. (The id was the time and
+    /// a count from 1 in each process, so two replicas starting together made the same ones, and each
+    /// upload's status counted the other's commits.)
+    instance: String,
 }
 
 #[derive(Default)]
@@ -171,6 +176,7 @@ impl Uploads {
             closed: CancellationToken::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
             settle_timeout: Duration::from_secs(60),
+            instance: format!("{:08x}", rand::random::<u32>()),
         }
     }
 
@@ -184,7 +190,7 @@ impl Uploads {
     pub fn start(&self, kind: &str) -> (String, watch::Sender<Status>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.next += 1;
-        let id = format!("u{}-{}", chrono::Utc::now().timestamp_millis(), inner.next);
+        let id = format!("u{}-{}-{}", chrono::Utc::now().timestamp_millis(), self.instance, inner.next);
         let status = Status { id: id.clone(), kind: kind.to_owned(), state: "streaming", ..Default::default() };
         let (tx, _) = watch::channel(status);
         inner.by_id.insert(id.clone(), tx.clone());
@@ -226,5 +232,22 @@ impl Uploads {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uploads;
+
+    /// Two API replicas' first uploads get different ids, whenever they come: progress is reported by
+    /// id on a subject every replica hears.
+    #[test]
+    fn two_processes_never_make_the_same_upload_id() {
+        let (a, b) = (Uploads::with_limit(1), Uploads::with_limit(1));
+        for _ in 0..3 {
+            let (x, y) = (a.start("prices-csv").0, b.start("prices-csv").0);
+            assert_ne!(x, y);
+            assert!(x.starts_with('u') && y.starts_with('u'), "{x} {y}");
+        }
     }
 }
