@@ -1,8 +1,9 @@
 //! Publishing with idempotency keys, pipelined acknowledgements and trace context.
 //!
-//! [`Publisher`] keeps up to `max_in_flight` publishes awaiting their JetStream ack, so a producer is
-//! never one round trip per event; only an ack proves that an event is stored, so every publish is
-//! counted as stored, duplicate or failed, and failures are kept with their reason, never dropped.
+//! [`Publisher`] keeps up to `max_in_flight` publishes (and [`MAX_BYTES_IN_FLIGHT`] of payloads)
+//! awaiting their JetStream ack, so a producer is never one round trip per event; only an ack proves
+//! that an event is stored, so every publish is counted as stored, duplicate or failed, and failures
+//! are kept with their reason, never dropped.
 //!
 //! A publish with an idempotency key that is not acknowledged (the server restarting, a lost
 //! connection, JetStream briefly unavailable) is sent again, with a growing pause, until it is or until
@@ -44,7 +45,13 @@ struct Settled {
     exhausted: bool,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Settled> + Send>>;
+/// A publish awaiting its ack, with the bytes of its payload it holds meanwhile.
+type AckFuture = Pin<Box<dyn Future<Output = (Settled, usize)> + Send>>;
+
+/// The most bytes of payloads a [`Publisher`] keeps awaiting their acks, by default: a keyed publish
+/// keeps its payload to send it again, and while NATS is slow or unreachable `max_in_flight` of them (an
+/// upload's 4,096 lines of up to 1 MiB each) held gigabytes.
+pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
 
 /// What became of the publishes so far.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -79,6 +86,9 @@ pub struct Publisher {
     /// Shared with the pending resends: one pointer each, not a copy of the context per publish.
     js: std::sync::Arc<jetstream::Context>,
     max_in_flight: usize,
+    max_bytes: usize,
+    /// Bytes of payloads in `in_flight`.
+    bytes: usize,
     retry_for: Duration,
     in_flight: FuturesUnordered<AckFuture>,
     report: PublishReport,
@@ -86,17 +96,30 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher that keeps at most `max_in_flight` acks outstanding and retries idempotent publishes
-    /// for [`DEFAULT_RETRY`].
+    /// A publisher that keeps at most `max_in_flight` acks outstanding, and at most
+    /// [`MAX_BYTES_IN_FLIGHT`] of payloads, and retries idempotent publishes for [`DEFAULT_RETRY`].
     pub fn new(js: jetstream::Context, max_in_flight: usize) -> Self {
         Publisher {
             js: std::sync::Arc::new(js),
             max_in_flight: max_in_flight.max(1),
+            max_bytes: MAX_BYTES_IN_FLIGHT,
+            bytes: 0,
             retry_for: DEFAULT_RETRY,
             in_flight: FuturesUnordered::new(),
             report: PublishReport::default(),
             gave_up: None,
         }
+    }
+
+    /// Keeps at most `max` bytes of payloads awaiting their acks (one larger publish still goes, alone).
+    pub fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    /// Bytes of payloads awaiting their acks now.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes
     }
 
     /// Retries an unacknowledged idempotent publish for up to `window` after its first send (zero: never).
@@ -132,7 +155,10 @@ impl Publisher {
         while let Some(Some(settled)) = self.in_flight.next().now_or_never() {
             self.record(settled);
         }
-        while self.in_flight.len() >= self.max_in_flight {
+        let size = payload.len();
+        while self.in_flight.len() >= self.max_in_flight
+            || (!self.in_flight.is_empty() && self.bytes + size > self.max_bytes)
+        {
             self.settle_one().await;
         }
         if let Some(why) = &self.gave_up {
@@ -153,7 +179,6 @@ impl Publisher {
         let connected = self.js.client().connection_state() == async_nats::connection::State::Connected;
         let sent = if connected || again.is_none() {
             let js = self.js.clone();
-            let size = payload.len();
             let send = js.send_publish(subject.clone(), Publish::build().payload(payload).headers(headers));
             match self.settling(send.instrument(span)).await {
                 // Refused before sending: sending it again would be refused again. This one fails; the
@@ -166,7 +191,8 @@ impl Publisher {
         } else {
             Err(NOT_CONNECTED.to_owned())
         };
-        self.in_flight.push(Box::pin(settle(subject, sent, again)));
+        self.bytes += size;
+        self.in_flight.push(Box::pin(settle(subject, sent, again).map(move |s| (s, size))));
         Ok(())
     }
 
@@ -197,7 +223,8 @@ impl Publisher {
         }
     }
 
-    fn record(&mut self, Settled { subject, resent, result, exhausted }: Settled) {
+    fn record(&mut self, (Settled { subject, resent, result, exhausted }, size): (Settled, usize)) {
+        self.bytes -= size;
         self.report.resent += resent as u64;
         if let Ok(ack) = &result {
             // No allocation per ack: the stream's name is copied once.

@@ -69,3 +69,24 @@ async fn a_publisher_waiting_on_its_input_holds_none_of_the_clients_slots() {
     let r = publisher.await.unwrap();
     assert_eq!((r.stored, r.failed.len()), (10, 0), "{r:?}");
 }
+
+/// A publisher keeps at most `max_bytes` of payloads awaiting their acks. While NATS is away its keyed
+/// publishes wait in the pipeline with their payloads (to be sent again), and `max_in_flight` of them
+/// (an upload's 4,096 lines of up to 1 MiB each) held gigabytes; past the bound a publish now waits for
+/// an earlier one to settle. Every publish is still accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_holds_at_most_its_bytes_while_nats_is_away() {
+    let (mut nats, js) = common::setup(&[]).await;
+    nats.stop();
+    let mut p = Publisher::new(js, 4096).max_bytes(1 << 20).retry_for(Duration::from_millis(500));
+    let payload = bytes::Bytes::from(vec![b'x'; 100 << 10]);
+    let mut peak = 0;
+    for i in 0..30 {
+        let headers = tributary_broker::publish::headers(Some(&format!("m{i}")), "application/octet-stream");
+        p.publish_raw("t.a".into(), headers, payload.clone()).await;
+        peak = peak.max(p.bytes_in_flight());
+    }
+    let report = p.finish().await;
+    assert!(peak <= 1 << 20, "{peak} bytes of payloads held at once");
+    assert_eq!((report.stored, report.failed.len()), (0, 30), "every publish accounted for: {report:?}");
+}
