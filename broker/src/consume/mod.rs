@@ -366,14 +366,17 @@ async fn unpin(js: &jetstream::Context, spec: &ConsumerSpec, ours: &str) -> Resu
     let mut consumer: jetstream::consumer::PullConsumer =
         stream.get_consumer(&spec.durable).await.map_err(|e| e.to_string())?;
     let info = consumer.info().await.map_err(|e| e.to_string())?;
-    let held = info
-        .priority_groups
-        .iter()
-        .any(|g| g.group == crate::group::PRIORITY_GROUP && g.pinned_client_id.as_deref() == Some(ours));
+    let held = pin_of(info) == Some(ours);
     if held {
         stream.unpin_consumer(&spec.durable, crate::group::PRIORITY_GROUP).await.map_err(|e| e.to_string())?;
     }
     Ok(held)
+}
+
+/// The pin the server holds for the processors' priority group of a pinned consumer, if any.
+fn pin_of(info: &jetstream::consumer::Info) -> Option<&str> {
+    let group = info.priority_groups.iter().find(|g| g.group == crate::group::PRIORITY_GROUP)?;
+    group.pinned_client_id.as_deref().filter(|id| !id.is_empty())
 }
 
 enum OpenError {

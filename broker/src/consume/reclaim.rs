@@ -59,15 +59,15 @@ pub(super) async fn reclaim(
         .await
         .map_err(|e| debug!(consumer = spec.durable, error = %e, "no stream to take over"))
         .ok()?;
+    // No consumer yet: nothing was ever delivered.
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&spec.durable)
+        .await
+        .map_err(|e| debug!(consumer = spec.durable, error = %e, "no consumer to take over"))
+        .ok()?;
     loop {
-        // No consumer yet: nothing was ever delivered.
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .get_consumer(&spec.durable)
-            .await
-            .map_err(|e| debug!(consumer = spec.durable, error = %e, "no consumer to take over"))
-            .ok()?;
         let info = match consumer.info().await {
-            Ok(info) => info.clone(),
+            Ok(info) => info,
             Err(e) => {
                 warn!(consumer = spec.durable, error = %e, "cannot read the consumer before taking it over");
                 return None;
@@ -77,10 +77,7 @@ pub(super) async fn reclaim(
         if held == 0 {
             return None;
         }
-        let pinned = info.priority_groups.iter().any(|g| {
-            g.group == crate::group::PRIORITY_GROUP && g.pinned_client_id.as_deref().is_some_and(|id| !id.is_empty())
-        });
-        if pinned {
+        if super::pin_of(info).is_some() {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(poll) => continue,

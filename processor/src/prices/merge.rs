@@ -55,8 +55,8 @@ impl Carry<'_> {
         }
     }
 
-    /// The window before the next chunk: the carried one, then `between` (the stored points read after
-    /// it, for [`NextRead::Skipping`]), the last `size` of them.
+    /// The window before the chunk a [`NextRead::Skipping`] reads: the carried one, then `between` (the
+    /// stored points read after it), the last `size` of them.
     pub(super) fn window_with(&mut self, between: Vec<Row>, size: usize) -> Vec<Row> {
         let mut window = std::mem::take(&mut self.window);
         window.extend(between);

@@ -248,7 +248,7 @@ impl PriceHandler {
                     }
                     NextRead::After(after) => {
                         let chunk = store::load_after(&mut tx, instrument, after, CHUNK_POINTS, &self.names).await?;
-                        (carry.window_with(Vec::new(), size), chunk)
+                        (std::mem::take(&mut carry.window), chunk)
                     }
                 };
                 let complete = chunk.len() < CHUNK_POINTS;

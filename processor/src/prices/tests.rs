@@ -108,8 +108,9 @@ fn rewrite(
         table.range((from, Unbounded)).take(chunk).map(|(_, r)| r.clone()).collect()
     };
     let first = read(table, Included(t0));
+    let complete = first.len() < chunk;
     let mut reads = 1;
-    let mut step = merge(t, window, first.clone(), incoming, first.len() < chunk, false);
+    let mut step = merge(t, window, first, incoming, complete, false);
     loop {
         for r in std::mem::take(&mut step.rows) {
             table.insert(r.ts, r);
@@ -122,7 +123,7 @@ fn rewrite(
                 let between = between[between.len().saturating_sub(t.window())..].to_vec();
                 (carry.window_with(between, t.window()), read(table, Included(next)))
             }
-            merge::NextRead::After(after) => (carry.window_with(Vec::new(), t.window()), read(table, Excluded(after))),
+            merge::NextRead::After(after) => (std::mem::take(&mut carry.window), read(table, Excluded(after))),
         };
         reads += 1;
         let complete = next.len() < chunk;
