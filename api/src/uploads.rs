@@ -29,7 +29,8 @@ pub struct Status {
     /// `ports`, `prices-csv`, `ndjson` or `numbers`.
     #[schema(value_type = UploadKind)]
     pub kind: String,
-    /// `streaming`, `settling`, `done` or `failed`.
+    /// `streaming`, `settling`, `done` (read to its end, every entry published or listed as invalid) or
+    /// `failed` (stopped early, or entries could not be published: `error` says which).
     #[schema(value_type = UploadState)]
     pub state: &'static str,
     /// Bytes read from the request body.
@@ -105,9 +106,10 @@ pub enum UploadState {
     Streaming,
     /// The body is read; waiting for the processors.
     Settling,
-    /// Finished.
+    /// Finished: read to its end, every entry published or listed as invalid.
     Done,
-    /// Stopped early with nothing published.
+    /// Finished short: stopped early, or entries could not be published (`error` says which). What was
+    /// published is processed as in a finished upload.
     Failed,
 }
 

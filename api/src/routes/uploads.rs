@@ -191,7 +191,9 @@ async fn run(
         if let Err(e) = processed {
             st.errors.push(format!("not settled: {e}"));
         }
-        st.state = if st.error.is_some() && st.published == 0 { "failed" } else { "done" };
+        // An upload that lost entries is not done, whatever it published: a client checking the state
+        // alone would take a file cut off midway for a whole one.
+        st.state = if st.error.is_some() { "failed" } else { "done" };
     });
 }
 

@@ -205,6 +205,7 @@ async fn an_import_goes_on_past_lines_and_entries_it_cannot_take() {
         "{errors}"
     );
     assert!(summary["error"].is_null(), "{summary}");
+    assert_eq!(summary["state"], "done", "refused lines are listed, not lost: {summary}");
 
     // An event of ~1 MiB: within the importer's line limit, over the server's max_payload with headers.
     let big = format!(r#"{{"cpu_usage":1,"pad":"{}"}}"#, "x".repeat(1_048_470));
@@ -218,13 +219,14 @@ async fn an_import_goes_on_past_lines_and_entries_it_cannot_take() {
     let (_, _, summary) = upload(&app, "ndjson", ndjson.into_bytes()).await;
     assert_eq!(summary["published"], 2, "{summary}");
     assert_eq!(summary["error"], "1 entries could not be published", "{summary}");
+    assert_eq!(summary["state"], "failed", "an entry lost: {summary}");
     assert!(started.elapsed() < Duration::from_secs(30), "not retried for the whole window: {:?}", started.elapsed());
     let (_, series) = app.get("/v1/series/price/UPB").await;
     assert_eq!(series["points"].as_array().map(Vec::len), Some(2), "the line after it too: {series}");
 }
 
-/// An upload cut off (here past `api.max_upload_bytes`, a chunked body declaring no length) ends with
-/// the reason, even after the importer has kept as many refused lines as it keeps. (The read error was
+/// An upload cut off (here past `api.max_upload_bytes`, a chunked body declaring no length) ends
+/// `failed` with the reason, even after the importer has kept as many refused lines as it keeps. (The read error was
 /// kept like a refused line, so past 20 of those it was dropped and the upload ended with no error.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_off_says_so() {
@@ -236,6 +238,9 @@ async fn an_upload_cut_off_says_so() {
     let (_, _, summary) = upload(&app, "prices-csv", body.into_bytes()).await;
     let error = summary["error"].as_str().unwrap_or_default();
     assert!(error.contains("stopped at line") && error.contains("larger than 20000 bytes"), "{summary}");
+    // Not `done`: a client reading the state alone took the first half of a file for all of it.
+    assert!(summary["published"].as_u64().is_some_and(|n| n > 0), "{summary}");
+    assert_eq!(summary["state"], "failed", "{summary}");
 }
 
 /// An app whose uploads must send `min_bytes_per_sec` over each window of `idle_secs`.
@@ -258,7 +263,7 @@ async fn an_upload_whose_client_goes_quiet_ends_with_the_reason() {
     let summary =
         upload_stream(&app, "prices-csv", futures::stream::iter([first]).chain(futures::stream::pending())).await;
     assert!(summary["error"].as_str().unwrap_or_default().contains("sent nothing for 1s"), "{summary}");
-    assert_eq!(summary["published"], 1, "{summary}");
+    assert_eq!((summary["published"].as_u64(), summary["state"].as_str()), (Some(1), Some("failed")), "{summary}");
 }
 
 /// An upload whose client sends, but slower than `api.upload_min_bytes_per_sec` over a window of
