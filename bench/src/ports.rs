@@ -86,9 +86,9 @@ fn generate(path: &Path, bytes: u64) -> anyhow::Result<u64> {
     Ok(i)
 }
 
-/// The importer's headers for member `i`.
-fn import_headers(i: u64) -> async_nats::HeaderMap {
-    let id = tributary_gatherer::ports::msg_id(&format!("B{i:08}"), member(i).as_bytes());
+/// The importer's headers for member `i` of `run` (the importer's key is a byte offset: as many digits).
+fn import_headers(run: &tributary_gatherer::Run, i: u64) -> async_nats::HeaderMap {
+    let id = run.key(i);
     tributary_gatherer::import_headers(&id, tributary_broker::codec::JSON, None)
 }
 
@@ -111,6 +111,7 @@ async fn raw_publish(js: &jetstream::Context, n: u64, size: usize, ids: bool) ->
     })
     .await?;
     let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let run = tributary_gatherer::Run::new("port");
     let started = Instant::now();
     let mut acks = VecDeque::with_capacity(4096);
     for i in 0..n {
@@ -120,7 +121,7 @@ async fn raw_publish(js: &jetstream::Context, n: u64, size: usize, ids: bool) ->
         }
         let subject = format!("benchportsraw.B{i:08}");
         let ack = if ids {
-            js.publish_with_headers(subject, import_headers(i), payload.clone()).await?
+            js.publish_with_headers(subject, import_headers(&run, i), payload.clone()).await?
         } else {
             js.publish(subject, payload.clone()).await?
         };
@@ -190,7 +191,7 @@ async fn measure(args: &PortsBenchArgs, dir: &Path) -> anyhow::Result<PortsRepor
         tributary_broker::streams::ensure(&js, &Default::default(), 1).await?;
         eprintln!("raw JetStream publish of {entries} messages of {entry_bytes} bytes…");
         let raw = raw_publish(&js, entries, entry_bytes as usize, false).await?;
-        let header_bytes = header_bytes(&import_headers(entries / 2));
+        let header_bytes = header_bytes(&import_headers(&tributary_gatherer::Run::new("port"), entries / 2));
         let raw_same_bytes = raw_publish(&js, entries, (entry_bytes + header_bytes) as usize, false).await?;
         let raw_ids = raw_publish(&js, entries, entry_bytes as usize, true).await?;
         eprintln!("streaming the file through `tributary gatherer ports`…");

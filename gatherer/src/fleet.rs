@@ -2,8 +2,8 @@
 //! simulator that keeps N drivers and N shipments changing over time.
 //!
 //! From files, the id of a driver or shipment is its line number (blank lines skipped but counted), and
-//! the idempotency key is the subject plus a hash of the text, so publishing the same files again
-//! changes nothing, and an edited line replaces the old one.
+//! the idempotency key is the subject in this run ([`crate::Run`]): an edited line replaces the old one,
+//! and publishing the same files again stores them again and changes nothing.
 
 use async_nats::jetstream;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -35,10 +35,11 @@ pub async fn publish_lists(
     shipments: &[(usize, String)],
 ) -> PublishReport {
     let mut p = Publisher::new(js, 1024);
+    let run = crate::Run::new("fleet");
     for (role, list) in [(Role::Driver, drivers), (Role::Shipment, shipments)] {
         for (line, text) in list {
             let subject = role.subject(&line.to_string());
-            let key = format!("{subject}:{:016x}", tributary_broker::hash::fnv1a(&[text.as_bytes()]));
+            let key = run.key(&subject);
             let payload = match role {
                 Role::Driver => FleetPayload::driver(text),
                 Role::Shipment => FleetPayload::shipment(text),

@@ -59,6 +59,27 @@ pub struct Destination<'a> {
     pub progress: &'a mut (dyn FnMut(&Progress) + Send),
 }
 
+/// One run of an importer, naming the idempotency keys of its publishes: the run's own random id and the
+/// entry's place in the input. A publish sent again (an ack lost, NATS restarting) repeats its key and is
+/// stored once; nothing else is taken for a repeat, so an import run again is stored again (changing no
+/// value). Keys were the entries' content: within JetStream's duplicate window a value set back to an
+/// earlier one (a file importing A, then one with B, then the first again; or A, B, A in one file) was
+/// dropped as a repeat of the first A, and B stayed.
+#[derive(Debug, Clone)]
+pub struct Run(String);
+
+impl Run {
+    /// A new run of importer `kind`.
+    pub fn new(kind: &str) -> Run {
+        Run(format!("{kind}:{:016x}", rand::random::<u64>()))
+    }
+
+    /// The idempotency key of the entry at `place` (a line number, a byte offset: unique in the input).
+    pub fn key(&self, place: impl std::fmt::Display) -> String {
+        format!("{}:{place}", self.0)
+    }
+}
+
 /// The headers of an imported event: its idempotency key and content type, and the upload it belongs to
 /// (so processors can report its progress back).
 pub fn import_headers(msg_id: &str, content_type: &str, upload: Option<&str>) -> async_nats::HeaderMap {
@@ -86,18 +107,19 @@ pub struct ImportReport {
     pub publish: PublishReport,
 }
 
-/// One event of a line import: its subject, idempotency key, content type and body.
+/// One event of a line import: its subject, content type and body.
 pub(crate) struct LineEvent {
     pub(crate) subject: String,
-    pub(crate) id: String,
     pub(crate) content_type: &'static str,
     pub(crate) body: bytes::Bytes,
 }
 
 /// Streams the lines of `input` (at most `max` bytes of one held) to `to`, with 4096 acks in flight:
 /// `event_of` says what a line (its number and bytes) is: the event to publish, nothing (a line to skip),
-/// or why it is refused. Tells its progress every 1000 lines and at the end.
+/// or why it is refused. An event's idempotency key is its line in this run of importer `kind` ([`Run`]).
+/// Tells its progress every 1000 lines and at the end.
 pub(crate) async fn import_lines(
+    kind: &str,
     input: impl tokio::io::AsyncRead + Unpin,
     to: Destination<'_>,
     max: usize,
@@ -106,6 +128,7 @@ pub(crate) async fn import_lines(
     let Destination { js, upload, progress } = to;
     let mut lines = Lines::new(input, max);
     let mut publisher = tributary_broker::Publisher::new(js, 4096);
+    let run = Run::new(kind);
     loop {
         if let Some(why) = given_up(&publisher, &lines.read.progress) {
             lines.read.stopped = Some(why);
@@ -115,7 +138,7 @@ pub(crate) async fn import_lines(
         let Some((number, line)) = publisher.settling(lines.next()).await else { break };
         match event_of(number, line) {
             Ok(Some(e)) => {
-                let headers = import_headers(&e.id, e.content_type, upload);
+                let headers = import_headers(&run.key(number), e.content_type, upload);
                 publisher.publish_raw(e.subject, headers, e.body).await;
                 lines.read.progress.published += 1;
             }

@@ -2,11 +2,11 @@
 //! bounded memory (a line over [`MAX_LINE`] is refused). A line that is not such an object, or names an
 //! unknown subject, is reported with its line number and the import goes on; an event that is well-formed
 //! JSON but not a valid event of its kind is published and dead-lettered by the processor with its reason.
+//! The idempotency key is the line in this run ([`crate::Run`]).
 
 use crate::{Destination, ImportReport, LineEvent};
 use serde::Deserialize;
 use tokio::io::AsyncRead;
-use tributary_broker::hash::fnv1a;
 use tributary_broker::{codec, kind};
 
 /// The longest line accepted: a bound on memory.
@@ -22,7 +22,7 @@ struct Line<'a> {
 
 /// Streams `input` to `to`, telling its progress every 1000 lines and at the end.
 pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> ImportReport {
-    crate::import_lines(input, to, MAX_LINE, |_, line| event_of(line)).await
+    crate::import_lines("ndjson", input, to, MAX_LINE, |_, line| event_of(line)).await
 }
 
 /// The event a line holds; `None` for a blank line.
@@ -34,6 +34,5 @@ fn event_of(line: &[u8]) -> Result<Option<LineEvent>, String> {
         serde_json::from_slice(line).map_err(|e| format!("expected {{\"subject\": ..., \"event\": {{...}}}}: {e}"))?;
     kind::parse_subject(&parsed.subject)?;
     let body = parsed.event.get().as_bytes().to_vec();
-    let id = format!("ndjson:{}:{:016x}", parsed.subject, fnv1a(&[&body]));
-    Ok(Some(LineEvent { subject: parsed.subject, id, content_type: codec::JSON, body: body.into() }))
+    Ok(Some(LineEvent { subject: parsed.subject, content_type: codec::JSON, body: body.into() }))
 }

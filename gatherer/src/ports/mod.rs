@@ -10,13 +10,12 @@
 //!   position and published anyway: the processor dead-letters it with the same reason, and the import
 //!   goes on.
 //!
-//! The idempotency key is the UN/LOCODE and a hash of the member's bytes, so importing the same file again
-//! stores nothing new (and after the duplicate window, changes no value).
+//! The idempotency key is the member's byte offset in this run ([`crate::Run`]): importing the same file
+//! again stores it again and changes no value.
 
 use crate::{Destination, Progress, import_headers};
 use async_nats::jetstream;
 use tokio::io::AsyncRead;
-use tributary_broker::hash::fnv1a;
 use tributary_broker::kind::valid_key;
 use tributary_broker::ports::{Port, PortRecord};
 use tributary_broker::{Kind, PublishReport, Publisher, codec};
@@ -78,6 +77,7 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     let mut publisher = Publisher::new(js, 512);
     let mut report = PortsReport::default();
     let mut p = Progress::default();
+    let run = crate::Run::new("port");
     loop {
         if let Some(why) = crate::given_up(&publisher, &p) {
             report.stopped = Some(why);
@@ -122,7 +122,7 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
             }
             p.invalid += 1;
         }
-        let id = msg_id(&e.key, &e.value);
+        let id = run.key(e.at.offset);
         publisher.publish_raw(Kind::Port.subject(&e.key), import_headers(&id, codec::JSON, upload), e.value).await;
         p.published += 1;
         if report.entries % 256 == 0 {
@@ -135,12 +135,6 @@ pub async fn import_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> 
     report.publish = publisher.finish().await;
     progress(&p);
     report
-}
-
-/// The idempotency key of one port member: its UN/LOCODE and a hash of its exact text, so re-importing
-/// the same file repeats every key and a changed member gets a new one.
-pub fn msg_id(unlocode: &str, member: &[u8]) -> String {
-    format!("port:{unlocode}:{:016x}", fnv1a(&[member]))
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 //!
 //! A header line (`instrument,ts,price...`) is skipped. A bad line (too long, not UTF-8, not a valid
 //! price) is reported with its number and reason and the import goes on. The idempotency key is the
-//! line's content, so importing the same file twice within the duplicate window stores nothing new (and
-//! after it, changes no value).
+//! line in this run ([`crate::Run`]): importing the same file again stores it again and changes no value.
 
 use crate::{Destination, ImportReport, LineEvent, Progress};
 use async_nats::jetstream;
@@ -63,7 +62,7 @@ pub async fn import_csv(
 /// Streams `input` to `price.<instrument>` through `to`, telling its progress every 1000 lines and at the
 /// end.
 pub async fn import_csv_with(input: impl AsyncRead + Unpin, to: Destination<'_>) -> ImportReport {
-    crate::import_lines(input, to, MAX_LINE, event_of).await
+    crate::import_lines("csv", input, to, MAX_LINE, event_of).await
 }
 
 /// The event line `number` holds; `None` for a blank line or the header.
@@ -73,10 +72,8 @@ fn event_of(number: u64, line: &[u8]) -> Result<Option<LineEvent>, String> {
         return Ok(None);
     }
     let (instrument, e) = parse_line(text)?;
-    let id = format!("csv:{instrument}:{}:{}:{:?}", e.ts.map_or(0, |t| t.0.timestamp_micros()), e.price, e.volume);
     Ok(Some(LineEvent {
         subject: Kind::Price.subject(&instrument),
-        id,
         content_type: codec::MSGPACK,
         body: codec::to_msgpack(&e),
     }))

@@ -161,7 +161,7 @@ async fn the_exercise_files_published_twice_change_nothing() {
     assert_eq!((r.stored, r.duplicates, r.failed.len()), (6, 0, 0));
     let (_, first) = app.get("/v1/fleet/plan?fresh=true").await;
     let r = tributary_gatherer::fleet::publish_lists(app.js(), &drivers, &shipments).await;
-    assert_eq!((r.stored, r.duplicates), (0, 6), "idempotency keys");
+    assert_eq!((r.stored, r.duplicates), (6, 0), "a run's own idempotency keys");
     let (_, again) = app.get("/v1/fleet/plan?fresh=true").await;
     assert_eq!(first, again);
     // The same total as the CLI's computation over the same lists.

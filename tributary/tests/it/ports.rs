@@ -29,7 +29,7 @@ async fn the_real_ports_file_imported_twice_gives_1634_ports_and_the_read_api() 
     assert_eq!(before.len(), 1634);
 
     let again = import(app.js(), tokio::fs::File::open(PORTS).await.unwrap(), None, false).await;
-    assert_eq!((again.publish.stored, again.publish.duplicates), (0, 1634), "idempotency keys");
+    assert_eq!((again.publish.stored, again.publish.duplicates), (1634, 0), "a run's own idempotency keys");
     app.settled().await;
     assert!(snapshot(pool).await == before, "a second import changes nothing");
 
@@ -169,4 +169,20 @@ async fn a_port_a_hair_from_zero_is_stored_at_zero() {
     assert_eq!(b["coordinates"], json!([0.0, 10.0]), "{b}");
     let (_, dlq) = app.get("/v1/dlq?limit=10").await;
     assert_eq!(dlq["dead_letters"].as_array().map(Vec::len), Some(0), "{dlq}");
+}
+
+/// A port set back to an earlier value by a third import within JetStream's duplicate window is stored:
+/// the idempotency key was the member's content, so the third import's was the first's, JetStream dropped
+/// it as a repeat, and the port kept the second import's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_set_back_to_an_earlier_value_is_stored() {
+    let app = spawn_app().await;
+    for (name, stored) in [("First", 1), ("Second", 1), ("First", 1)] {
+        let file = format!(r#"{{"ABAPT": {{"name": "{name}"}}}}"#);
+        let r = import(app.js(), file.as_bytes(), None, false).await;
+        assert_eq!((r.publish.stored, r.publish.duplicates), (stored, 0), "{r:?}");
+        app.settled().await;
+    }
+    let (_, p) = app.get("/v1/ports/ABAPT").await;
+    assert_eq!(p["name"], "First", "{p}");
 }

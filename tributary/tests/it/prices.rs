@@ -159,9 +159,20 @@ async fn csv_import_streams_reports_bad_lines_and_is_idempotent() {
     let (_, beta) = app.get("/v1/series/price/BETA").await;
     assert_eq!(beta["points"][0]["ts"], "2026-01-02T00:00:00Z");
 
-    // The same file again: every line is a duplicate of its idempotency key.
+    // The same file again: stored again (each run has its own idempotency keys), changing no value.
     let again = tributary_gatherer::prices::import_csv(app.js(), csv.as_bytes(), None, false).await;
-    assert_eq!((again.publish.stored, again.publish.duplicates), (0, 3));
+    assert_eq!((again.publish.stored, again.publish.duplicates), (3, 0));
+    app.settled().await;
+    assert_eq!(app.get("/v1/series/price/ACME").await.1["points"], acme["points"]);
+
+    // A price set back in the same file (A, B, A at one date) ends at A: the idempotency key was the
+    // line's content, so the third line repeated the first's key and was dropped, leaving B.
+    let csv = "SETBACK,2026-01-02,10\nSETBACK,2026-01-02,20\nSETBACK,2026-01-02,10\n";
+    let r = tributary_gatherer::prices::import_csv(app.js(), csv.as_bytes(), None, false).await;
+    assert_eq!((r.publish.stored, r.publish.duplicates), (3, 0), "{r:?}");
+    app.settled().await;
+    let (_, s) = app.get("/v1/series/price/SETBACK").await;
+    assert_eq!(s["points"][0]["value"], 10.0, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

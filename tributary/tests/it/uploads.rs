@@ -170,6 +170,21 @@ async fn csv_and_ndjson_uploads_reach_their_processors_and_name_bad_lines() {
     assert_eq!(m["points"][0]["value"], 12.5);
 }
 
+/// Every line of an upload is stored, a line repeated in it too: the idempotency key was the line's
+/// content, so a price set back within the upload (A, B, A at one date) lost its last line as a repeat of
+/// the first, and the series kept B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_keeps_a_price_set_back_to_an_earlier_one() {
+    let app = spawn_app().await;
+    let a = r#"{"subject":"price.SETBK","event":{"ts":"2026-01-02","price":5}}"#;
+    let b = r#"{"subject":"price.SETBK","event":{"ts":"2026-01-02","price":6}}"#;
+    let (_, _, summary) = upload(&app, "ndjson", [a, b, a].join("\n").into_bytes()).await;
+    assert_eq!(summary["state"], "done", "{summary}");
+    assert_eq!((summary["published"].as_u64(), summary["committed"].as_u64()), (Some(3), Some(3)), "{summary}");
+    let (_, series) = app.get("/v1/series/price/SETBK").await;
+    assert_eq!(series["points"][0]["value"], 5.0, "{series}");
+}
+
 /// A problem quoting its entry is kept cut to `MAX_PROBLEM_BYTES`: an entry's subject of 100 kB was kept
 /// whole in the status (the last 1,000 are kept, and each is sent with every progress event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
