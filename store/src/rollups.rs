@@ -119,19 +119,23 @@ impl RollupConfig {
                 return Err(format!("metrics.rollups: width {} must divide a day or be whole days", x.width));
             }
         }
-        let need = Span(self.raw_retention.0 + widest.0);
+        // Raw samples are kept `SWEEP_MARGIN` past their retention, as a commit can land a while after its
+        // decode: so are the buckets a late sample can still change. (Swept at their retention alone, a
+        // correction committed late re-merged an hour from the minutes left, and the hour kept that count.)
+        let margin = crate::samples::SWEEP_MARGIN.as_secs() as i64;
+        let need = Span(self.raw_retention.0 + margin + widest.0);
         if r[0].retention < need {
             return Err(format!(
-                "metrics.rollups: the {base} retention must be at least raw_retention + the widest width ({need}), \
-                 since wider buckets are merged from its buckets"
+                "metrics.rollups: the {base} retention must be at least raw_retention + {margin}s + the widest \
+                 width ({need}), since wider buckets are merged from its buckets"
             ));
         }
         for x in &r[1..] {
-            let need = Span(self.raw_retention.0 + x.width.0);
+            let need = Span(self.raw_retention.0 + margin + x.width.0);
             if x.retention < need {
                 return Err(format!(
-                    "metrics.rollups: the {} retention must be at least raw_retention + its width ({need}), \
-                     since a late sample can still change its buckets",
+                    "metrics.rollups: the {} retention must be at least raw_retention + {margin}s + its width \
+                     ({need}), since a late sample can still change its buckets",
                     x.width
                 ));
             }
@@ -185,5 +189,15 @@ mod tests {
         let mut c = RollupConfig::default();
         c.rollups[1].retention = Span(86_400);
         assert!(c.validate().unwrap_err().contains("the 1h retention"));
+        // Raw samples are swept an hour past their retention: the buckets merged from them are kept as
+        // long (at raw_retention + the widest width alone, a late correction re-merged an hour from the
+        // minutes left).
+        let mut c = RollupConfig { raw_retention: Span(86_400), ..RollupConfig::default() };
+        c.rollups[0].retention = Span(86_400 + 3600);
+        assert!(c.validate().unwrap_err().contains("raw_retention + 3600s + the widest width"), "{c:?}");
+        c.rollups[0].retention = Span(86_400 + 2 * 3600);
+        assert!(c.validate().is_ok());
+        c.rollups[1].retention = Span(86_400 + 3600);
+        assert!(c.validate().unwrap_err().contains("raw_retention + 3600s + its width"), "{c:?}");
     }
 }
