@@ -14,9 +14,11 @@ pub const MAX_COUNTRY: usize = 256;
 /// A coordinate nearer 0 than this, in degrees (a tenth of a millimetre), is stored as 0.
 pub const MIN_COORDINATE: f64 = 1e-9;
 
-/// A port as published; a field that is `None` is left out.
+/// A port as published; a field that is `None` is left out. A field it does not know is refused, as in
+/// every other event: a misspelt one (`coordinate`) was dropped, and the port stored without it.
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Port {
     /// The port's name (required, not blank).
     pub name: String,
@@ -140,6 +142,7 @@ mod tests {
         assert!(r(br#"{"name":"A","coordinates":[1]}"#).contains("two numbers"));
         assert!(r(br#"{"name":"A","coordinates":["a","b"]}"#).contains("invalid type"));
         assert!(r(br#"{"name":"A","coordinates":[1,95]}"#).contains("latitude"));
+        assert!(r(br#"{"name":"A","coordinate":[1,2]}"#).contains("unknown field `coordinate`"));
         let lon_lat = |b: &[u8]| PortRecord::decode("port.X", None, b).unwrap().lon_lat;
         assert_eq!(lon_lat(br#"{"name":"A","coordinates":[5e-324,10]}"#), Some((0.0, 10.0)));
         assert_eq!(lon_lat(br#"{"name":"A","coordinates":[10,-1e-10]}"#), Some((10.0, 0.0)));

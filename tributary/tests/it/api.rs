@@ -43,6 +43,8 @@ async fn errors_are_json_with_the_right_status() {
         (Method::GET, "/v1/fleet/scores?shipment=%00x&driver=y", "", 400, "invalid_url", None),
         (Method::GET, "/v1/series/price/A%00B", "", 400, "invalid_url", None),
         (Method::POST, "/v1/events/port.AEAJM", r#"{"name":"Aj\u0000man"}"#, 400, "invalid_event", None),
+        // a misspelt field was dropped, and the port stored without its coordinates
+        (Method::POST, "/v1/events/port.AEAJM", r#"{"name":"Ajman","coordinate":[1,2]}"#, 400, "invalid_event", None),
     ];
     for (method, path, body, status, code, field) in cases {
         let (s, b) = app.send(method.clone(), path, body).await;
