@@ -7,7 +7,8 @@
 //! # Shape
 //! - The processor's batch, inside its transaction (`&mut Tx`), one bind per column (`UNNEST`):
 //!   [`upsert_samples`] (returns the rows that changed), the bulk bucket reads that redo what changed
-//!   ([`load_samples`], [`load_buckets`], [`load_rollups`], keyed by [`BucketKey`]), then
+//!   ([`load_samples`], [`load_buckets`], [`load_wide_buckets`], [`load_rollups`], keyed by
+//!   [`BucketKey`]), then
 //!   [`upsert_rollups`], [`upsert_series`] and [`upsert_latest`].
 //! - Retention, on the pool: [`sweep`], which records how far it deleted raw samples ([`swept_before`]).
 //! - The API's reads, on the pool: [`latest_samples`], [`hosts`], [`series_exists`], [`raw_samples`] and
@@ -25,7 +26,7 @@ mod widths;
 
 pub use batch::{
     BucketKey, ChangedSample, NewLatest, NewSample, RollupRow, SampleRow, SeriesSpan, load_buckets, load_rollups,
-    load_samples, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
+    load_samples, load_wide_buckets, upsert_latest, upsert_rollups, upsert_samples, upsert_series,
 };
 pub use read::{
     HostFields, LatestSample, RollupBucket, SamplePoint, hosts, latest_samples, raw_samples, rollup_buckets,

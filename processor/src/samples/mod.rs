@@ -239,16 +239,21 @@ impl SampleHandler {
         for p in parts {
             by_bucket.entry((p.key.0.clone(), p.key.1.clone(), rollup::bucket(p.key.2, width))).or_default().push(p);
         }
-        let stored = storage::load_buckets(tx, &by_bucket.keys().cloned().collect(), width).await?;
+        // Each bucket with where this batch's parts in it start.
+        let from = by_bucket.iter().map(|(k, parts)| (k.clone(), parts[0].key.2)).collect();
+        let stored = storage::load_wide_buckets(tx, &from, base, width).await?;
         let mut out = Vec::with_capacity(by_bucket.len());
         let mut remerge = BTreeSet::new();
         for (key, parts) in by_bucket {
             // parts are in start order (sorted by key).
             let extended = parts.iter().all(|p| p.added.is_some());
             // A missing bucket is re-merged from what is stored (new this batch, a width added to the
-            // configuration, or one swept early), never assumed to hold only this batch's parts.
+            // configuration, or one swept early), never assumed to hold only this batch's parts; so is one
+            // that lacks a part stored after its last (by a processor configured without this width).
             let rollup = match stored.get(&key) {
-                Some(r) if extended && parts[0].key.2 >= r.last_ts => {
+                Some((r, before))
+                    if extended && parts[0].key.2 >= r.last_ts && before.is_none_or(|b| b <= r.last_ts) =>
+                {
                     let mut r = r.clone();
                     for p in &parts {
                         r.merge_step(&p.rollup, p.added.as_deref().unwrap_or_default());

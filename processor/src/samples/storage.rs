@@ -62,6 +62,20 @@ pub(super) async fn load_buckets(
     rows.into_iter().map(|row| rollup_of(row).map(|((h, f), r)| ((h, f, r.bucket.start), r))).collect()
 }
 
+/// The stored rollups of `width` at exactly the given (host, field, start) keys, each with the start of
+/// the latest `base` bucket stored in it before the key's `from` (see [`samples::load_wide_buckets`]).
+pub(super) async fn load_wide_buckets(
+    tx: &mut Tx,
+    buckets: &BTreeMap<Key, DateTime<Utc>>,
+    base: i64,
+    width: i64,
+) -> Result<HashMap<Key, (Rollup, Option<DateTime<Utc>>)>, sqlx::Error> {
+    let rows = samples::load_wide_buckets(tx, buckets, base, width).await?;
+    rows.into_iter()
+        .map(|(row, before)| rollup_of(row).map(|((h, f), r)| ((h, f, r.bucket.start), (r, before))))
+        .collect()
+}
+
 /// The `base`-width rollups inside each `width`-second bucket in `buckets`, in start order.
 pub(super) async fn load_rollups(
     tx: &mut Tx,

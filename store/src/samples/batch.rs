@@ -6,7 +6,7 @@ use crate::arrays::Arrays;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, FromRow, Row};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A bucket of one series: (host, field, bucket start).
 pub type BucketKey = (String, String, DateTime<Utc>);
@@ -189,6 +189,42 @@ pub async fn load_buckets(
         "SELECT * FROM metric_rollups WHERE host = b.host AND field = b.field AND width = $4 AND start = b.start";
     let rows = per_key(tx, key_arrays(buckets).value(width as i32), ROLLUP_COLUMNS, lateral, "").await?;
     rows.iter().map(rollup_row).collect()
+}
+
+/// The stored rollups of `width` (wider than `base`) at exactly the given (host, field, start) keys (those
+/// that exist), each with the start of the latest `base` bucket stored in it before the key's `from`
+/// (`None`: none).
+///
+/// A wider bucket may be extended in place with its `base` buckets from `from` on only if it merged every
+/// one stored before them, which holds when that latest one starts no later than its `last_ts`: a
+/// processor configured without this width (a rolling update that adds one, a width dropped and added
+/// again) stores `base` buckets it never merges.
+pub async fn load_wide_buckets(
+    tx: &mut Tx,
+    buckets: &BTreeMap<BucketKey, DateTime<Utc>>,
+    base: i64,
+    width: i64,
+) -> Result<Vec<(RollupRow, Option<DateTime<Utc>>)>, sqlx::Error> {
+    if buckets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(&BucketKey, DateTime<Utc>)> = buckets.iter().map(|(k, from)| (k, *from)).collect();
+    let args = Arrays::of(&keys).column(|k| k.0.0.as_str()).column(|k| k.0.1.as_str()).column(|k| k.0.2);
+    let args = args.column(|k| k.1).value(base as i32).value(width as i32).done()?;
+    // LATERAL with OFFSET 0, as in `per_key`; the latest `base` bucket is one backward primary-key probe.
+    let sql = format!(
+        "SELECT b.host, b.field, {ROLLUP_COLUMNS}, x.base_before
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS b(host, field, start, since)
+           CROSS JOIN LATERAL (
+             SELECT r.*, (SELECT max(m.start) FROM metric_rollups m
+                           WHERE m.host = b.host AND m.field = b.field AND m.width = $5
+                             AND m.start >= b.start AND m.start < b.since) AS base_before
+               FROM metric_rollups r
+              WHERE r.host = b.host AND r.field = b.field AND r.width = $6 AND r.start = b.start
+             OFFSET 0) x"
+    );
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(&mut **tx).await?;
+    rows.iter().map(|row| Ok((rollup_row(row)?, row.try_get("base_before")?))).collect()
 }
 
 /// The `base`-width rollups inside each `width`-second bucket in `buckets`, ordered by host, field and start.

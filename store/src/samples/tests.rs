@@ -6,7 +6,7 @@ use super::*;
 use crate::Range;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, PgPool};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use tributary_testkit::TestDb;
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -87,7 +87,20 @@ async fn batch_statements_round_trip_their_rows() {
         std::slice::from_ref(&updated),
         "only stored keys, this width"
     );
-    assert_eq!(load_buckets(&mut tx, &at, 3600).await.unwrap(), [wide]);
+    assert_eq!(load_buckets(&mut tx, &at, 3600).await.unwrap(), std::slice::from_ref(&wide));
+    // The wide bucket at 0 for parts from 120 on: the latest 60 s bucket stored before them starts at 60.
+    let wide_at = |from: i64| -> BTreeMap<BucketKey, _> {
+        [(key("h-1", "cpu", 0), t(from)), (key("h-1", "cpu", 7200), t(7200))].into()
+    };
+    let with_before = |before: Option<i64>| vec![(wide.clone(), before.map(t))];
+    assert_eq!(
+        load_wide_buckets(&mut tx, &wide_at(120), 60, 3600).await.unwrap(),
+        with_before(Some(60)),
+        "stored only"
+    );
+    assert_eq!(load_wide_buckets(&mut tx, &wide_at(60), 60, 3600).await.unwrap(), with_before(Some(0)));
+    assert_eq!(load_wide_buckets(&mut tx, &wide_at(0), 60, 3600).await.unwrap(), with_before(None), "none before");
+    assert!(load_wide_buckets(&mut tx, &BTreeMap::new(), 60, 3600).await.unwrap().is_empty());
     let inside: BTreeSet<BucketKey> = [key("h-1", "cpu", 0)].into();
     assert_eq!(load_rollups(&mut tx, &inside, 60, 3600).await.unwrap(), [updated, r1]);
     assert!(load_rollups(&mut tx, &BTreeSet::new(), 60, 3600).await.unwrap().is_empty());

@@ -517,3 +517,54 @@ async fn the_smallest_rollup_width_cannot_change_under_stored_rollups() {
     // up again from its new samples only (the advice left them, and such minutes lost their counts).
     assert!(e.contains("DELETE FROM metric_rollups; DELETE FROM metric_samples;"), "{e}");
 }
+
+/// Commits one sample a minute (at `:05`, the minute's number as its value) for `minutes` of `hour`.
+async fn commit_minutes(
+    handler: &tributary_processor::samples::SampleHandler,
+    hour: DateTime<Utc>,
+    minutes: std::ops::Range<i64>,
+) {
+    use tributary_broker::BatchHandler;
+    let now = Ts::new(Utc::now());
+    let batch: Vec<_> = minutes
+        .map(|m| {
+            let ts = hour + chrono::Duration::seconds(m * 60 + 5);
+            let body = json!({"ts": ts.timestamp_millis(), "cpu": m as f64}).to_string();
+            let event = handler.decode("metric.h", None, body.as_bytes(), now).unwrap();
+            tributary_broker::Delivery { event, seq: m as u64 + 1, received: now }
+        })
+        .collect();
+    handler.commit(&batch).await.unwrap();
+}
+
+/// An hour extended in place holds every minute stored before the extension, those a processor
+/// configured without hours stored too (a rolling update adding the width, a width dropped and added
+/// again). It was extended from its last minute on, and left out the minutes between for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_holds_the_minutes_a_processor_without_hours_stored() {
+    use tributary_processor::samples::SampleHandler;
+    use tributary_store::rollups::{Rollup as Width, RollupConfig, Span};
+    let db = tributary_testkit::TestDb::create().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let widths = |secs: &[i64]| RollupConfig {
+        rollups: secs.iter().map(|w| Width { width: Span(*w), retention: Span(400 * 86_400) }).collect(),
+        ..Default::default()
+    };
+    let with_hours = SampleHandler::new(pool.clone(), &widths(&[60, 3600]), 1, None).unwrap();
+    let without = SampleHandler::new(pool.clone(), &widths(&[60]), 1, None).unwrap();
+    let hour = DateTime::from_timestamp(Utc::now().timestamp() / 3600 * 3600 - 2 * 3600, 0).unwrap();
+    commit_minutes(&with_hours, hour, 0..10).await;
+    commit_minutes(&without, hour, 10..20).await;
+    commit_minutes(&with_hours, hour, 20..21).await;
+    let (count, sum): (i64, f64) =
+        sqlx::query_as("SELECT count, sum FROM metric_rollups WHERE host = 'h' AND field = 'cpu' AND width = 3600")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((count, sum), (21, (0..=20).sum::<i64>() as f64), "the hour merges all 21 minutes");
+    // Appends by the processor with hours alone are still folded in place, and agree.
+    commit_minutes(&with_hours, hour, 21..23).await;
+    let count: i64 =
+        sqlx::query_scalar("SELECT count FROM metric_rollups WHERE width = 3600").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 23);
+}
