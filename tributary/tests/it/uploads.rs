@@ -241,8 +241,9 @@ async fn an_import_goes_on_past_lines_and_entries_it_cannot_take() {
 }
 
 /// An upload cut off (here past `api.max_upload_bytes`, a chunked body declaring no length) ends
-/// `failed` with the reason, even after the importer has kept as many refused lines as it keeps. (The read error was
-/// kept like a refused line, so past 20 of those it was dropped and the upload ended with no error.)
+/// `failed` with the reason, even after the importer has kept as many refused lines as it keeps. (The
+/// read error was kept like a refused line, so past 20 of those it was dropped and the upload ended with
+/// no error; and it ended `done`, as it had published something.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_off_says_so() {
     let app = crate::common::spawn_app_with(|c| c.api.max_upload_bytes = 20_000).await;
