@@ -27,9 +27,16 @@ pub(crate) struct FleetPlanArgs {
 
 #[derive(Args)]
 pub(crate) struct FleetBenchArgs {
-    /// Shipments and drivers.
+    /// Shipments, and drivers unless `--drivers` says otherwise.
     #[arg(long, default_value_t = 1000)]
     size: usize,
+    /// Drivers, for a plan that is not square.
+    #[arg(long)]
+    drivers: Option<usize>,
+    /// Every word of the random names (two words) and streets shorter than this, in characters (by default
+    /// streets under 14, names under 9 and 12).
+    #[arg(long)]
+    word_chars: Option<usize>,
     /// Repeats (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -90,16 +97,20 @@ fn fleet_plan(args: FleetPlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tributary fleet bench`: the optimal assignment of N × N random names and addresses, timed.
+/// `tributary fleet bench`: the optimal assignment of N × M random names and addresses, timed.
 fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let under = |default: usize| args.word_chars.unwrap_or(default).max(3);
     let word = |r: &mut StdRng, n: usize| -> String {
         (0..r.random_range(2..n)).map(|_| (b'a' + r.random_range(0..26)) as char).collect()
     };
-    let addresses: Vec<String> =
-        (0..args.size).map(|_| format!("{} {} St., Town", rng.random_range(1..9999), word(&mut rng, 14))).collect();
-    let names: Vec<String> = (0..args.size).map(|_| format!("{} {}", word(&mut rng, 9), word(&mut rng, 12))).collect();
+    let drivers = args.drivers.unwrap_or(args.size);
+    let addresses: Vec<String> = (0..args.size)
+        .map(|_| format!("{} {} St., Town", rng.random_range(1..9999), word(&mut rng, under(14))))
+        .collect();
+    let names: Vec<String> =
+        (0..drivers).map(|_| format!("{} {}", word(&mut rng, under(9)), word(&mut rng, under(12)))).collect();
     let mut times = Vec::new();
     let mut total = 0.0;
     for _ in 0..args.repeats.max(1) {
@@ -109,12 +120,12 @@ fn fleet_bench(args: FleetBenchArgs) -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "{n} shipments × {n} drivers: median {:.3} s (min {:.3}, max {:.3}) over {} runs; total score {total}",
+        "{} shipments × {drivers} drivers: median {:.3} s (min {:.3}, max {:.3}) over {} runs; total score {total}",
+        args.size,
         times[times.len() / 2],
         times[0],
         times[times.len() - 1],
         times.len(),
-        n = args.size
     );
     Ok(())
 }
