@@ -66,6 +66,10 @@ pub enum ApiError {
     /// 410: the resource existed and what it needs is gone (a dead letter's original, aged out).
     #[error("{0}")]
     Gone(String),
+    /// 409: a dead letter whose subject is no event subject: republished, it would be refused again (or
+    /// find no stream at all), however often asked.
+    #[error("{0}")]
+    NotReplayable(String),
     /// 413: the body is larger than the route accepts.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
@@ -156,6 +160,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Gone(_) => (StatusCode::GONE, "gone", None),
+            ApiError::NotReplayable(_) => (StatusCode::CONFLICT, "not_replayable", None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::TooManyUploads(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", None),
             ApiError::ExceedsMaxPayload(_) => (StatusCode::PAYLOAD_TOO_LARGE, "exceeds_max_payload", None),

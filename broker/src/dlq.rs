@@ -61,6 +61,14 @@ fn is_directive(name: &str) -> bool {
     name.as_bytes().get(..5).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"nats-"))
 }
 
+/// Whether a header is a dead letter's own (`Tributary-Dlq-…`, in any case): never taken from an original,
+/// whose publisher could otherwise say what its letter means (a `Tributary-Dlq-Payload-Omitted` of its
+/// own made a letter holding its payload read as one without, and replay look for it elsewhere).
+fn is_letters(name: &str) -> bool {
+    const PREFIX: &[u8] = b"tributary-dlq-";
+    name.as_bytes().get(..PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(PREFIX))
+}
+
 /// Sends a dead letter for one message, without the original's NATS headers ([`is_directive`]; its
 /// message id is kept as [`ORIGINAL_MSG_ID`]); the returned future resolves once the DLQ stream stored it.
 pub async fn send(
@@ -86,7 +94,7 @@ pub async fn send(
         for (k, vs) in orig.iter() {
             let name = match k.as_ref() {
                 MSG_ID => ORIGINAL_MSG_ID,
-                name if is_directive(name) => continue,
+                name if is_directive(name) || is_letters(name) => continue,
                 name => name,
             };
             for v in vs {
@@ -129,7 +137,7 @@ pub struct DeadLetter {
     pub payload: String,
     /// The original payload's size, when the original was too large to keep in the letter (payload and
     /// headers are left out; replay reads them from the original stream), or when a listing had carried
-    /// [`LIST_PAYLOAD_BUDGET`] of payloads already (payload left out of the listing only).
+    /// [`LIST_PAYLOAD_BUDGET`] already (payload and headers left out of the listing only).
     pub payload_omitted: Option<u64>,
     /// `utf8` or `base64`.
     pub payload_encoding: &'static str,
@@ -151,7 +159,7 @@ impl DeadLetter {
             .iter()
             .filter(|(k, _)| {
                 let k: &str = k.as_ref();
-                !k.starts_with("Tributary-Dlq-") && k != MSG_ID
+                !is_letters(k) && k != MSG_ID
             })
             .map(|(k, v)| (k.to_string(), v.first().map(|v| v.as_str().to_owned()).unwrap_or_default()))
             .collect();
@@ -178,7 +186,7 @@ pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, vs) in original.iter() {
         let name: &str = k.as_ref();
-        if name.starts_with("Tributary-Dlq-") || is_directive(name) || ["traceparent", "tracestate"].contains(&name) {
+        if is_letters(name) || is_directive(name) || ["traceparent", "tracestate"].contains(&name) {
             continue;
         }
         for v in vs {
@@ -189,30 +197,80 @@ pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
     h
 }
 
-/// The most payload bytes one listing carries: past it, letters come without their payload (its size in
-/// `payload_omitted`), so a page of letters as large as the server takes is not a gigabyte in memory.
+/// The KV bucket recording each replayed dead letter and where its replay was stored.
+pub const REPLAYS: &str = "TRIBUTARY_REPLAYS";
+
+/// Where a dead letter's replay was stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence there.
+    pub seq: u64,
+}
+
+/// The replays of the dead letters of one DLQ stream, kept for good: a replay is stored once however
+/// often, and however long after, it is asked. (Its idempotency key alone held for the duplicate window:
+/// asked again after it, by a retried call or a script, a replay stored the old event again, over
+/// whatever had corrected it meanwhile.)
+#[derive(Clone)]
+pub struct Replays {
+    store: async_nats::jetstream::kv::Store,
+    prefix: String,
+}
+
+impl Replays {
+    /// The replays of the letters of `dlq` (its creation time tells a stream made anew, whose sequences
+    /// start over), the bucket created if missing.
+    pub async fn open(js: &jetstream::Context, dlq: &jetstream::stream::Info) -> Result<Replays, async_nats::Error> {
+        let store = crate::kv::bucket(js, REPLAYS, std::time::Duration::ZERO).await?;
+        Ok(Replays { store, prefix: format!("{}.{}", dlq.config.name, dlq.created.timestamp()) })
+    }
+
+    /// Where letter `seq`'s replay was stored, if it was replayed.
+    pub async fn of(&self, seq: u64) -> Result<Option<Replayed>, async_nats::Error> {
+        let Some(value) = self.store.get(format!("{}.{seq}", self.prefix)).await? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&value);
+        let (stream, at) = text.rsplit_once(':').unwrap_or_default();
+        Ok(at.parse().ok().map(|seq| Replayed { stream: stream.to_owned(), seq }))
+    }
+
+    /// Records that letter `seq`'s replay was stored `at`.
+    pub async fn record(&self, seq: u64, at: &Replayed) -> Result<(), async_nats::Error> {
+        self.store.put(format!("{}.{seq}", self.prefix), format!("{}:{}", at.stream, at.seq).into()).await?;
+        Ok(())
+    }
+}
+
+/// The most payload and header bytes one listing carries: past it, letters come without their payload (its
+/// size in `payload_omitted`) and headers, so a page of letters as large as the server takes is not a
+/// gigabyte in memory. (Headers counted too: a page of letters with large headers and small payloads was.)
 pub const LIST_PAYLOAD_BUDGET: usize = 4 << 20;
 
-/// The newest `limit` dead letters, newest first, with at most [`LIST_PAYLOAD_BUDGET`] of payloads.
+/// The newest `limit` dead letters before sequence `before` (all: `None`), newest first, with at most
+/// [`LIST_PAYLOAD_BUDGET`] of payloads and headers.
 pub async fn list(
     js: &jetstream::Context,
     cfg: &StreamsConfig,
     limit: usize,
+    before: Option<u64>,
 ) -> Result<Vec<DeadLetter>, async_nats::Error> {
     let mut stream = js.get_stream(cfg.dlq_name()).await?;
     let info = stream.info().await?;
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
     let mut out = Vec::new();
-    let (mut seq, mut budget) = (last, LIST_PAYLOAD_BUDGET);
+    let (mut seq, mut budget) = (before.map_or(last, |b| last.min(b.saturating_sub(1))), LIST_PAYLOAD_BUDGET);
     while seq >= first && seq > 0 && out.len() < limit {
         match stream.get_raw_message(seq).await {
             Ok(m) => {
                 let mut letter = DeadLetter::from_stream_message(&m);
-                if letter.payload.len() > budget {
+                let headers: usize = letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if letter.payload.len() + headers > budget {
                     letter.payload = String::new();
+                    letter.headers.clear();
                     letter.payload_omitted.get_or_insert(m.payload.len() as u64);
                 }
-                budget -= letter.payload.len();
+                budget -= letter.payload.len() + letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
                 out.push(letter);
             }
             Err(e) if removed(&e) => {}

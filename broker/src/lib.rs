@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod group;
 pub mod hash;
 pub mod kind;
+mod kv;
 pub mod metric_names;
 pub mod ports;
 pub mod publish;

@@ -22,7 +22,8 @@ pub struct StreamsConfig {
     pub replicas: usize,
     /// `file` (default) or `memory`.
     pub storage: Storage,
-    /// How long events are kept, in seconds; 0 keeps them forever.
+    /// How long events are kept, in seconds; 0 keeps them forever. Dead letters are kept for good whatever
+    /// it says, until an operator deletes them: bad input must not vanish unread.
     pub max_age_secs: u64,
     /// The window within which a repeated `Nats-Msg-Id` is dropped as a duplicate, in seconds.
     pub duplicate_window_secs: u64,
@@ -87,7 +88,9 @@ pub async fn ensure(js: &jetstream::Context, cfg: &StreamsConfig, partitions: u3
             ..cfg.config(cfg.stream_name(*k), k.stream_subjects(partitions))
         })
         .collect();
-    all.push(cfg.config(cfg.dlq_name(), vec![format!("{DLQ_PREFIX}.>")]));
+    // Dead letters outlive the events' `max_age` (with a day's, Friday's bad input was gone by Monday,
+    // with nothing to say so).
+    all.push(stream::Config { max_age: Duration::ZERO, ..cfg.config(cfg.dlq_name(), vec![format!("{DLQ_PREFIX}.>")]) });
     for c in all {
         let name = c.name.clone();
         js.create_or_update_stream(c).await.map_err(|source| EnsureError { stream: name, source })?;

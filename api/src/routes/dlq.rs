@@ -45,7 +45,8 @@ pub struct DeadLetter {
     payload: String,
     /// The original payload's size in bytes, when the original was too large to keep beside the dead
     /// letter's headers (payload and headers are left out, and replay reads them from the original
-    /// stream), or when this listing had carried 4 MiB of payloads already (left out of the listing only).
+    /// stream), or when this listing had carried 4 MiB of payloads and headers already (both left out of
+    /// the listing only).
     payload_omitted: Option<u64>,
     /// How the payload is written.
     payload_encoding: PayloadEncoding,
@@ -64,17 +65,27 @@ pub enum PayloadEncoding {
     Base64,
 }
 
-/// The newest dead letters, newest first.
+/// The newest dead letters, newest first; `before` pages back.
 #[utoipa::path(get, path = "/v1/dlq", tag = "dlq", operation_id = "listDeadLetters",
     summary = "Newest dead letters, newest first",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100")),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("before" = Option<u64>, Query, minimum = 1,
+            description = "Only letters with a smaller seq: the last seq of a page gives the next page"),
+    ),
     responses(
         (status = 200, description = "Dead letters", body = DeadLetters),
         (status = 503, description = "The dead-letter stream cannot be read", body = ErrorBody),
     ))]
 pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<Json<DeadLetters>, ApiError> {
     let limit = params::limit(&p, 100, 1000)?;
-    let letters = dlq::list(&s.js, &s.streams, limit as usize)
+    let before = match p.get("before") {
+        None => None,
+        Some(v) => Some(v.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::field("invalid_before", "before", format!("before must be a positive whole number, got {v:?}"))
+        })?),
+    };
+    let letters = dlq::list(&s.js, &s.streams, limit as usize, before)
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot read the dead-letter stream: {e}")))?;
     Ok(Json(DeadLetters { dead_letters: letters }))
@@ -83,10 +94,13 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
 /// Republishes one dead letter to its original subject.
 #[utoipa::path(post, path = "/v1/dlq/{seq}/replay", tag = "dlq", operation_id = "replayDeadLetter",
     summary = "Republish a dead letter to its original subject",
+    description = "A letter is republished once, however often and however long after it is asked: asked again, \
+        the answer is the first replay's stream and sequence with `duplicate: true`.",
     params(("seq" = u64, Path, minimum = 1, description = "Sequence in the DLQ stream")),
     responses(
-        (status = 202, description = "Republished", body = Published),
+        (status = 202, description = "Republished (or republished before: `duplicate`)", body = Published),
         (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "The dead letter's subject is no event subject: a replay would be refused again (`not_replayable`)", body = ErrorBody),
         (status = 410, description = "The dead letter left its original out and the original's stream no longer holds it", body = ErrorBody),
         (status = 413, description = "The original with the replay's idempotency key is larger than the NATS server takes (`exceeds_max_payload`)", body = ErrorBody),
         crate::openapi::NatsUnavailable,
@@ -107,6 +121,23 @@ pub async fn replay(
         _ => ApiError::Unavailable(format!("cannot read dead letter {seq}: {e}")),
     })?;
     let letter = dlq::DeadLetter::from_stream_message(&m);
+    // To the subject its publisher wrote, not the partition's the stream made of it: the stream partitions it
+    // again by the count it has now (a partition's subject is not one it takes).
+    let subject = tributary_broker::kind::published_subject(&letter.subject).into_owned();
+    if let Err(why) = tributary_broker::kind::parse_subject(&subject) {
+        return Err(ApiError::NotReplayable(format!("dead letter {seq} cannot be replayed: {why}")));
+    }
+    // Replayed before, however long ago: that replay, not another.
+    let replays = dlq::Replays::open(&s.js, stream.cached_info())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the replays of dead letters: {e}")))?;
+    let before = replays
+        .of(seq)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot read dead letter {seq}'s replay: {e}")))?;
+    if let Some(r) = before {
+        return Ok((StatusCode::ACCEPTED, Json(Published { duplicate: true, seq: r.seq, stream: r.stream, subject })));
+    }
     let (payload, headers) = match letter.payload_omitted {
         None => (m.payload.clone(), dlq::replay_headers(&m.headers, m.sequence)),
         Some(_) => {
@@ -114,12 +145,14 @@ pub async fn replay(
             (original.payload, dlq::replay_headers(&original.headers, m.sequence))
         }
     };
-    // To the subject its publisher wrote, not the partition's the stream made of it: the stream partitions it
-    // again by the count it has now (a partition's subject is not one it takes).
-    let subject = tributary_broker::kind::published_subject(&letter.subject).into_owned();
     let ack = publish_one(&s.js, subject.clone(), headers, payload).await.map_err(|e| {
         super::not_published(&format!("dead letter {seq}'s original with the replay's idempotency key"), e)
     })?;
+    // Not recorded (NATS gone since the publish): the idempotency key still holds for the duplicate window.
+    let at = dlq::Replayed { stream: ack.stream.clone(), seq: ack.sequence };
+    if let Err(e) = replays.record(seq, &at).await {
+        tracing::warn!(seq, error = %e, "replayed dead letter not recorded: a replay asked again after the duplicate window would store it again");
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Published { duplicate: ack.duplicate, seq: ack.sequence, stream: ack.stream, subject }),

@@ -68,21 +68,8 @@ impl CrashLog {
 
     async fn try_open(js: &jetstream::Context, stream: &str, durable: &str) -> anyhow::Result<CrashLog> {
         let created = js.get_stream(stream).await?.info().await?.created.timestamp();
-        // The bucket's stream made by hand, as a KV bucket is laid out: async-nats 0.51's
-        // `create_key_value` cannot read NATS 2.9's answer.
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{BUCKET}"),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await?;
-        let store = js.get_key_value(BUCKET).await?;
+        let store =
+            crate::kv::bucket(js, BUCKET, Duration::from_secs(7 * 24 * 3600)).await.map_err(|e| anyhow::anyhow!(e))?;
         Ok(CrashLog { store, prefix: format!("{durable}.{created}") })
     }
 

@@ -3,6 +3,7 @@
 use crate::common::{spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde::Serialize;
+use serde_json::json;
 use tributary_testkit::eventually;
 
 #[derive(Serialize)]
@@ -176,6 +177,17 @@ async fn a_letter_too_large_for_its_payload_keeps_its_reason_and_replays_from_th
     assert_eq!(header("Nats-Msg-Id"), Some(format!("replay:{seq}")));
     assert!(m.headers.iter().all(|(k, _)| !k.to_string().starts_with("Tributary-Dlq-")), "{:?}", m.headers);
 
+    // Asked again, the replay is the first one, the original gone meanwhile or not.
+    prices.delete_message(original).await.unwrap();
+    let (status, again) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!((status.as_u16(), &again["duplicate"], &again["seq"]), (202, &json!(true), &replay["seq"]), "{again}");
+
+    // A letter whose original is gone before its first replay: 410.
+    let original = app.js().publish("price.BIG", payload.into()).await.unwrap().await.unwrap().sequence;
+    app.settled().await;
+    let (_, body) = app.get("/v1/dlq?limit=100").await;
+    let letter = body["dead_letters"].as_array().unwrap().iter().find(|l| l["original_seq"] == original).cloned();
+    let seq = letter.unwrap_or_else(|| panic!("no letter of {original}: {body:.300}"))["seq"].as_u64().unwrap();
     prices.delete_message(original).await.unwrap();
     let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
     assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (410, Some("gone")), "{body}");
@@ -239,4 +251,98 @@ async fn a_listing_of_large_letters_stays_within_its_payload_budget() {
     assert_eq!(status, 202, "{replay}");
     let prices = app.js().get_stream("PRICES").await.unwrap();
     assert_eq!(prices.get_raw_message(replay["seq"].as_u64().unwrap()).await.unwrap().payload.len(), size);
+}
+
+/// A replay asked again after the duplicate window is still the first replay: its idempotency key alone
+/// held for the window, after which the old event was stored again, over whatever had corrected it. Dead
+/// letters are kept whatever the events' `max_age` (they went with the events, unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_is_replayed_once_however_long_after_it_is_asked_again() {
+    let app = spawn_app_with(|c| {
+        c.streams.duplicate_window_secs = 1;
+        c.streams.max_age_secs = 3600;
+    })
+    .await;
+    for (name, kept) in [("PRICES", 3600), ("DLQ", 0)] {
+        let mut stream = app.js().get_stream(name).await.unwrap();
+        assert_eq!(stream.info().await.unwrap().config.max_age.as_secs(), kept, "{name}");
+    }
+
+    app.publish_plain("index.broken", r#"{"weights":{}}"#).await;
+    app.settled().await;
+    let seq = app.only_dead_letter().await["seq"].as_u64().unwrap();
+    let (status, first) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!((status.as_u16(), &first["duplicate"]), (202, &json!(false)), "{first}");
+    // Past the duplicate window: the time itself is what is tested.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, again) = app.send(Method::POST, &format!("/v1/dlq/{seq}/replay"), "").await;
+    assert_eq!((status.as_u16(), &again["duplicate"], &again["seq"]), (202, &json!(true), &first["seq"]), "{again}");
+    let mut indices = app.js().get_stream("INDICES").await.unwrap();
+    assert_eq!(indices.info().await.unwrap().state.messages, 2, "the original and one replay");
+}
+
+/// A letter whose subject is no event subject (one of more tokens, stored before partitions; or a message
+/// published to `dlq.` by hand) is refused with a 409 naming why: republished, it is refused again or finds
+/// no stream, which was a 503 a client would retry for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_no_stream_would_take_is_not_replayable() {
+    let app = spawn_app().await;
+    app.js().publish("dlq.nope.x", b"{}".to_vec().into()).await.unwrap().await.unwrap();
+    let letter = app.only_dead_letter().await;
+    let (status, body) = app.send(Method::POST, &format!("/v1/dlq/{}/replay", letter["seq"]), "").await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (409, Some("not_replayable")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"nope.x\""), "{body}");
+}
+
+/// A listing counts the letters' headers against its budget too (a page of letters with large headers and
+/// small payloads was built whole: 6 MB for these, 64 MB for a page of 1,000), and pages back with
+/// `before`. An original's own
+/// `Tributary-Dlq-*` headers are not taken for the letter's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_counts_headers_pages_back_and_ignores_an_originals_letter_headers() {
+    let app = spawn_app().await;
+    let mut big = async_nats::HeaderMap::new();
+    big.insert("X-Pad", "x".repeat(60_000).as_str()); // JetStream takes at most 64 KiB of headers
+    for _ in 0..100 {
+        app.js().publish_with_headers("price.HDR", big.clone(), b"{}".to_vec().into()).await.unwrap().await.unwrap();
+    }
+    let mut posing = async_nats::HeaderMap::new();
+    posing.insert("Tributary-Dlq-Payload-Omitted", "0");
+    app.js()
+        .publish_with_headers("price.POSE", posing, br#"{"price":-1}"#.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    app.settled().await;
+
+    let r = app.http.get(format!("{}/v1/dlq?limit=1000", app.base)).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.len() < (4 << 20) + 200_000, "a listing of {} bytes", text.len());
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 101);
+    let posing = letters.iter().find(|l| l["subject"] == "price.POSE").unwrap();
+    assert!(posing["payload_omitted"].is_null(), "{posing}");
+    assert_eq!(
+        (posing["payload"].as_str(), posing["headers"].as_object().map(|h| h.len())),
+        (Some(r#"{"price":-1}"#), Some(0))
+    );
+
+    // Page by page, one letter each, back to the first.
+    let (mut seen, mut before) = (Vec::new(), None::<u64>);
+    loop {
+        let path = match before {
+            Some(b) => format!("/v1/dlq?limit=1&before={b}"),
+            None => "/v1/dlq?limit=1".to_owned(),
+        };
+        let (_, page) = app.get(&path).await;
+        let Some(l) = page["dead_letters"].as_array().unwrap().first().cloned() else { break };
+        before = l["seq"].as_u64();
+        seen.push(before.unwrap());
+    }
+    let all: Vec<u64> = letters.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seen, all);
+    let (status, body) = app.get("/v1/dlq?before=0").await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("invalid_before")), "{body}");
 }

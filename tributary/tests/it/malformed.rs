@@ -148,7 +148,7 @@ async fn a_key_with_a_no_break_space_is_dead_lettered_and_stalls_nothing() {
     // The listing (what the API serves, and what a replay publishes to) names each subject exactly: a
     // trailing no-break space was trimmed off, naming the valid instrument `ab`.
     let mut listed: Vec<String> =
-        dlq::list(&app.c.js, &app.c.config.streams, 100).await.unwrap().into_iter().map(|l| l.subject).collect();
+        dlq::list(&app.c.js, &app.c.config.streams, 100, None).await.unwrap().into_iter().map(|l| l.subject).collect();
     listed.sort();
     assert_eq!(listed, want.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
 }
