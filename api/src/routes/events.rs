@@ -37,12 +37,17 @@ pub struct Published {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub(crate) struct Idempotency {
-    /// Becomes the Nats-Msg-Id: a repeat within the duplicate window is not stored twice.
+    /// Becomes the Nats-Msg-Id: a repeat within the duplicate window is not stored twice. Keys starting
+    /// `replay:` or `dlq:` are Tributary's own (a dead letter's replay, a dead letter).
     #[param(rename = "Idempotency-Key")]
     idempotency_key: Option<String>,
 }
 
 type Answer = Result<(StatusCode, Json<Published>), ApiError>;
+
+/// The prefixes of the idempotency keys Tributary gives its own publishes that a client's key could take:
+/// a dead letter's replay (`tributary_broker::dlq::replay_headers`) and a dead letter.
+const RESERVED_KEYS: [&str; 2] = ["replay:", "dlq:"];
 
 /// Validates one event for `subject` and publishes it; an `Idempotency-Key` header becomes its
 /// `Nats-Msg-Id`.
@@ -66,6 +71,14 @@ async fn publish(s: AppState, subject: String, headers: HeaderMap, body: Body) -
             "the Idempotency-Key header must be printable ASCII",
         )
     })?;
+    // Taken, a dead letter's replay would be dropped as a repeat of this event and recorded as done.
+    if let Some(own) = msg_id.filter(|k| RESERVED_KEYS.iter().any(|p| k.starts_with(p))) {
+        return Err(ApiError::field(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!("{own:?}: keys starting with {} are Tributary's own", RESERVED_KEYS.join(" or ")),
+        ));
+    }
     let bytes = super::body(&s, body).await?;
     let json_headers = publish::headers(None, codec::JSON);
     let now = Ts::new(chrono::Utc::now());

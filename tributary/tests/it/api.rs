@@ -130,6 +130,17 @@ async fn ingest_publishes_with_idempotency_keys() {
         (Some("invalid_idempotency_key"), Some("Idempotency-Key")),
         "{b}"
     );
+    // Nor is a key of Tributary's own: dead letter 1's replay would have been dropped as its repeat.
+    let r = app
+        .http
+        .post(format!("{}/v1/events/price.ACME", app.base))
+        .header("Idempotency-Key", "replay:1")
+        .body(r#"{"ts":"2026-01-03","price":11}"#)
+        .send()
+        .await
+        .unwrap();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "invalid_idempotency_key", "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
