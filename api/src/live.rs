@@ -65,15 +65,19 @@ impl Live {
         self.closed.cancel();
     }
 
+    /// Hands `m` to every reader (none is not an error: nobody is watching).
+    pub(crate) fn send(&self, m: LiveMsg) {
+        let _ = self.tx.send(Arc::new(m));
+    }
+
     /// Subscribes to the announcements and relays them until the hub closes. Returns once subscribed,
     /// so samples committed after it returns reach readers subscribed by then.
     pub async fn relay(&self, nats: &async_nats::Client) -> Result<(), async_nats::SubscribeError> {
-        let tx = self.tx.clone();
+        let hub = self.clone();
         relay(nats, LIVE_PREFIX, ">", self.closed(), move |host, msg| {
             // Copied: the payload is a slice of the client's read buffer, which it would keep whole for as
-            // long as the slowest reader has not read it. No receivers is not an error: nobody is watching.
-            let json = Bytes::copy_from_slice(&msg.payload);
-            let _ = tx.send(Arc::new(LiveMsg { host: host.to_owned(), json }));
+            // long as the slowest reader has not read it.
+            hub.send(LiveMsg { host: host.to_owned(), json: Bytes::copy_from_slice(&msg.payload) });
         })
         .await
     }

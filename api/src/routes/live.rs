@@ -15,23 +15,47 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
-/// The next sample for this reader; `None` when the hub is gone. A reader that fell behind skips ahead.
-async fn next(rx: &mut Receiver<Arc<LiveMsg>>, host: Option<&str>) -> Option<Arc<LiveMsg>> {
+/// What a reader is sent next.
+#[derive(Debug)]
+enum Next {
+    /// A sample.
+    Sample(Arc<LiveMsg>),
+    /// The reader fell this many samples behind the hub's backlog, and they were skipped.
+    Skipped(u64),
+}
+
+impl Next {
+    /// The message's text: the sample's JSON, or `{"skipped": n}`.
+    fn text(&self) -> String {
+        match self {
+            Next::Sample(m) => String::from_utf8_lossy(&m.json).into_owned(),
+            Next::Skipped(n) => format!(r#"{{"skipped":{n}}}"#),
+        }
+    }
+}
+
+/// What this reader is sent next; `None` when the hub is gone. A reader that fell behind skips ahead, and
+/// is told: without it, a server whose last sample was skipped showed its older one for as long as the
+/// page stayed open (the page re-reads the latest samples when told).
+async fn next(rx: &mut Receiver<Arc<LiveMsg>>, host: Option<&str>) -> Option<Next> {
     loop {
         match rx.recv().await {
-            Ok(m) if host.is_none_or(|h| h == m.host) => return Some(m),
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Ok(m) if host.is_none_or(|h| h == m.host) => return Some(Next::Sample(m)),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => return Some(Next::Skipped(n)),
             Err(RecvError::Closed) => return None,
         }
     }
 }
 
-/// Server-Sent Events: `event: metric`, `data: {...}`; keep-alive comments every 15 s.
+/// Server-Sent Events: `event: metric`, `data: {...}` (or `event: skipped`, `data: {"skipped": n}`);
+/// keep-alive comments every 15 s.
 #[utoipa::path(get, path = "/v1/live/metrics", tag = "live", operation_id = "liveMetrics",
     summary = "Committed metric samples as Server-Sent Events",
     description = "One `event: metric` per committed batch per server, sent after the commit; `data` is a \
-        LiveSample (see components). The stream ends when the server shuts down; browsers' EventSource reconnects \
-        by itself.",
+        LiveSample (see components). A reader that fell further behind than the server keeps is sent `event: \
+        skipped` with `{\"skipped\": n}`, the samples it missed: re-read /v1/metrics/latest. The stream ends when \
+        the server shuts down; browsers' EventSource reconnects by itself.",
     params(("host" = Option<String>, Query, description = "Only this host.")),
     responses((status = 200, description = "An endless event stream of LiveSample", body = String,
         content_type = "text/event-stream")))]
@@ -46,8 +70,8 @@ pub async fn sse(
             _ = closed.cancelled() => None,
             m = next(&mut rx, host.as_deref()) => m,
         }?;
-        let data = String::from_utf8_lossy(&m.json).into_owned();
-        Some((Ok(Event::default().event("metric").data(data)), (rx, host, closed)))
+        let event = if matches!(m, Next::Skipped(_)) { "skipped" } else { "metric" };
+        Some((Ok(Event::default().event(event).data(m.text())), (rx, host, closed)))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
@@ -56,7 +80,8 @@ pub async fn sse(
 /// not a WebSocket upgrade is a JSON 400 `not_websocket`, as every error.
 #[utoipa::path(get, path = "/v1/live/ws", tag = "live", operation_id = "liveMetricsWs",
     summary = "Committed metric samples over WebSocket",
-    description = "Upgrade to a WebSocket; each text message is a LiveSample (see components). Closed with code \
+    description = "Upgrade to a WebSocket; each text message is a LiveSample (see components), or `{\"skipped\": \
+        n}` when the reader fell further behind than the server keeps (re-read /v1/metrics/latest). Closed with code \
         1001 when the server shuts down. Pinged every api.live_ping_secs (20 s); a reader that has not answered \
         by the next ping is taken as gone.",
     params(("host" = Option<String>, Query, description = "Only this host.")),
@@ -115,20 +140,21 @@ async fn relay(
                     Some(true) => {}
                 }
             }
-            m = next(&mut rx, host.as_deref()) => {
-                let Some(m) = m else { return };
-                let text = String::from_utf8_lossy(&m.json).into_owned();
-                match send_unless_closed(&mut socket, Message::Text(text.into()), &closed, ping).await {
-                    None => break,
-                    Some(false) => return,
-                    Some(true) => {}
-                }
-            }
+            // Before the next sample: while samples wait, that branch is always ready, and a reader's pong
+            // read after it was never read, so a reader that answered every ping was taken as gone.
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 // Anything from the reader (its pong, or any message) says it is there.
                 Some(Ok(_)) => unanswered = false,
             },
+            m = next(&mut rx, host.as_deref()) => {
+                let Some(m) = m else { return };
+                match send_unless_closed(&mut socket, Message::Text(m.text().into()), &closed, ping).await {
+                    None => break,
+                    Some(false) => return,
+                    Some(true) => {}
+                }
+            }
         }
     }
     // Shutting down: 1001 (going away), for as long as a reader that stopped reading allows.
@@ -152,3 +178,36 @@ async fn send_unless_closed(
 
 /// How long a closing WebSocket waits to hand its close frame to a reader.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{BACKLOG, Live};
+
+    fn sample(host: &str) -> LiveMsg {
+        LiveMsg { host: host.to_owned(), json: bytes::Bytes::from(format!(r#"{{"host":"{host}"}}"#)) }
+    }
+
+    /// A reader that fell behind the backlog is told how many samples it missed, then goes on from the
+    /// oldest kept. (It skipped them silently: a server whose last sample was among them showed its older
+    /// one for good.)
+    #[tokio::test]
+    async fn a_reader_that_fell_behind_is_told_what_it_missed() {
+        let live = Live::new();
+        let mut rx = live.subscribe();
+        for i in 0..BACKLOG + 10 {
+            live.send(sample(&format!("h{i}")));
+        }
+        let first = next(&mut rx, None).await.unwrap();
+        assert!(matches!(first, Next::Skipped(10)), "{first:?}");
+        assert_eq!(first.text(), r#"{"skipped":10}"#);
+        let then = next(&mut rx, None).await.unwrap();
+        assert_eq!(then.text(), r#"{"host":"h10"}"#);
+        // Told even when filtered to one host: the skipped samples may have been its own.
+        let mut one = live.subscribe();
+        for i in 0..BACKLOG + 1 {
+            live.send(sample(&format!("x{i}")));
+        }
+        assert!(matches!(next(&mut one, Some("nohost")).await, Some(Next::Skipped(1))));
+    }
+}

@@ -111,3 +111,47 @@ async fn a_live_websocket_reader_sending_a_large_message_is_ended() {
     .await;
     assert!(ended.is_ok(), "the server still holds the stream 20 s after a 1 MiB message");
 }
+
+/// A live WebSocket reader that answers every ping is kept while samples arrive faster than it is sent
+/// them: the relay looked for the next sample before the reader's frames, so with samples always waiting
+/// it never read the pong, and ended the stream at the second ping. It is told what it missed instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_websocket_reader_answering_its_pings_is_kept_under_a_flood() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = crate::common::spawn_app_with(|c| c.api.live_ping_secs = 1).await;
+    let url = format!("{}/v1/live/ws", app.base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // Samples published faster than the relay sends them, from three connections, so some always wait.
+    let flooding = tokio_util::sync::CancellationToken::new();
+    let mut floods = Vec::new();
+    for _ in 0..3 {
+        let nats = async_nats::connect(app.nats_server().url()).await.unwrap();
+        let stop = flooding.clone();
+        let body = bytes::Bytes::from(r#"{"host":"flood","fields":{"cpu":1}}"#);
+        floods.push(tokio::spawn(async move {
+            let subject = format!("{}.flood", tributary_broker::samples::LIVE_PREFIX);
+            while !stop.is_cancelled() {
+                nats.publish(subject.clone(), body.clone()).await.unwrap();
+            }
+        }));
+    }
+    // Read (tungstenite answers each ping as it reads it) past the second ping and more.
+    let (mut samples, mut skipped) = (0u64, 0u64);
+    let ended = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"skipped""#) => skipped += 1,
+                Some(Ok(_)) => samples += 1,
+            }
+        }
+    })
+    .await;
+    flooding.cancel();
+    for f in floods {
+        f.await.unwrap();
+    }
+    assert!(ended.is_err(), "the stream ended after {samples} samples and {skipped} notices of skipped ones");
+    assert!(samples > 0, "nothing relayed");
+}
