@@ -107,7 +107,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "PortEvent",
-            json!({"type": "object", "required": ["name"],
+            json!({"type": "object", "required": ["name"], "additionalProperties": false,
                "description": "A port, as in the ports file (keyed by its UN/LOCODE, the subject's key).",
                "properties": {
                    "name": nonblank(1 << 20),

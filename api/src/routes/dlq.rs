@@ -70,7 +70,7 @@ pub enum PayloadEncoding {
     summary = "Newest dead letters, newest first",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-        ("before" = Option<u64>, Query, minimum = 1,
+        ("before" = Option<i64>, Query, minimum = 1,
             description = "Only letters with a smaller seq: the last seq of a page gives the next page"),
     ),
     responses(
@@ -81,7 +81,7 @@ pub async fn list(State(s): State<AppState>, Query(p): Query<Params>) -> Result<
     let limit = params::limit(&p, 100, 1000)?;
     let before = match p.get("before") {
         None => None,
-        Some(v) => Some(v.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Some(v) => Some(v.trim().parse::<i64>().ok().filter(|&n| n > 0).map(|n| n as u64).ok_or_else(|| {
             ApiError::field("invalid_before", "before", format!("before must be a positive whole number, got {v:?}"))
         })?),
     };
