@@ -90,23 +90,25 @@ async fn errors_are_json_with_the_right_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_publishes_with_idempotency_keys() {
+    use reqwest::header::HeaderValue;
     let app = spawn_app().await;
-    let post = || async {
-        let r = app
+    // A price for ACME on `day` with idempotency key `key`: (status, body).
+    let post = |key: HeaderValue, day: u32, price: f64| {
+        let request = app
             .http
             .post(format!("{}/v1/events/price.ACME", app.base))
-            .header("Idempotency-Key", "acme-1")
-            .body(r#"{"ts":"2026-01-02","price":10}"#)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<Value>().await.unwrap())
+            .header("Idempotency-Key", key)
+            .body(format!(r#"{{"ts":"2026-01-{day:02}","price":{price}}}"#));
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
     };
-    let (status, first) = post().await;
+    let (status, first) = post(HeaderValue::from_static("acme-1"), 2, 10.0).await;
     assert_eq!(status, 202);
     assert_eq!(first["stream"], "PRICES");
     assert_eq!(first["duplicate"], false);
-    let (status, again) = post().await;
+    let (status, again) = post(HeaderValue::from_static("acme-1"), 2, 10.0).await;
     assert_eq!(status, 202);
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["seq"], first["seq"]);
@@ -115,32 +117,16 @@ async fn ingest_publishes_with_idempotency_keys() {
     assert_eq!(b["points"][0]["value"], 10.0);
 
     // A key that is not printable ASCII is refused, not dropped (its retries would be stored twice).
-    let r = app
-        .http
-        .post(format!("{}/v1/events/price.ACME", app.base))
-        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes("café".as_bytes()).unwrap())
-        .body(r#"{"ts":"2026-01-03","price":11}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let b: Value = r.json().await.unwrap();
+    let (status, b) = post(HeaderValue::from_bytes("café".as_bytes()).unwrap(), 3, 11.0).await;
+    assert_eq!(status, 400);
     assert_eq!(
         (b["error"]["code"].as_str(), b["error"]["field"].as_str()),
         (Some("invalid_idempotency_key"), Some("Idempotency-Key")),
         "{b}"
     );
     // Nor is a key of Tributary's own: dead letter 1's replay would have been dropped as its repeat.
-    let r = app
-        .http
-        .post(format!("{}/v1/events/price.ACME", app.base))
-        .header("Idempotency-Key", "replay:1")
-        .body(r#"{"ts":"2026-01-03","price":11}"#)
-        .send()
-        .await
-        .unwrap();
-    let b: Value = r.json().await.unwrap();
-    assert_eq!(b["error"]["code"], "invalid_idempotency_key", "{b}");
+    let (status, b) = post(HeaderValue::from_static("replay:1"), 3, 11.0).await;
+    assert_eq!((status.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
