@@ -133,6 +133,15 @@ async fn roles_log_in_with_their_url_credentials_and_stay_within_their_permissio
     assert!(api.delete_stream("PRICES").await.is_err(), "the api user deleted a stream");
     broker.violation_logged("api", "$JS.API.STREAM.DELETE.PRICES").await;
     assert_eq!(admin.get_stream("PRICES").await.unwrap().info().await.unwrap().state.messages, 1);
+
+    // The api user records a dead letter's replay and reads it back (a replay asked again answers the
+    // first one from it).
+    use tributary_broker::dlq::{Replayed, Replays};
+    let dlq = admin.get_stream("DLQ").await.unwrap().info().await.unwrap().clone();
+    let replays = Replays::open(&api, &dlq).await.expect("the api user opens the replays' bucket");
+    let at = Replayed { stream: "PRICES".into(), seq: 7 };
+    replays.record(1, &at).await.expect("the api user records a replay");
+    assert_eq!(replays.of(1).await.expect("and reads it"), Some(at));
 }
 
 #[tokio::test]
