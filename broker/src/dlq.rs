@@ -223,7 +223,7 @@ impl Replays {
     /// The replays of the letters of `dlq` (its creation time tells a stream made anew, whose sequences
     /// start over), the bucket created if missing.
     pub async fn open(js: &jetstream::Context, dlq: &jetstream::stream::Info) -> Result<Replays, async_nats::Error> {
-        let store = crate::kv::bucket(js, REPLAYS, std::time::Duration::ZERO).await?;
+        let store = crate::kv::bucket(js, REPLAYS, std::time::Duration::ZERO, dlq.config.num_replicas).await?;
         Ok(Replays { store, prefix: format!("{}.{}", dlq.config.name, dlq.created.timestamp()) })
     }
 

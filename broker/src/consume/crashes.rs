@@ -67,9 +67,10 @@ impl CrashLog {
     }
 
     async fn try_open(js: &jetstream::Context, stream: &str, durable: &str) -> anyhow::Result<CrashLog> {
-        let created = js.get_stream(stream).await?.info().await?.created.timestamp();
-        let store =
-            crate::kv::bucket(js, BUCKET, Duration::from_secs(7 * 24 * 3600)).await.map_err(|e| anyhow::anyhow!(e))?;
+        let info = js.get_stream(stream).await?.info().await?.clone();
+        let (created, replicas) = (info.created.timestamp(), info.config.num_replicas);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let store = crate::kv::bucket(js, BUCKET, week, replicas).await.map_err(|e| anyhow::anyhow!(e))?;
         Ok(CrashLog { store, prefix: format!("{durable}.{created}") })
     }
 

@@ -56,4 +56,8 @@ async fn a_node_killed_mid_ingest_loses_nothing() {
     let info = app.c.js.get_stream("PRICES").await.unwrap().cached_info().clone();
     assert_eq!(info.config.num_replicas, 3);
     assert_eq!(info.state.messages, (instruments * days) as u64, "every acknowledged publish stored once");
+    // The crash records as replicated as the streams they keep records of (a bucket of one: a node lost
+    // took them).
+    let mut records = app.c.js.get_stream("KV_TRIBUTARY_ATTEMPTS").await.unwrap();
+    assert_eq!(records.info().await.unwrap().config.num_replicas, 3);
 }
