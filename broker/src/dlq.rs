@@ -35,6 +35,11 @@ pub const ORIGINAL_MSG_ID: &str = "Tributary-Dlq-Msg-Id";
 /// out): the payload's size in bytes.
 pub const PAYLOAD_OMITTED: &str = "Tributary-Dlq-Payload-Omitted";
 
+/// The prefix of a dead letter's idempotency key (`dlq:<stream>:<seq>`).
+pub const LETTER_KEY: &str = "dlq:";
+/// The prefix of a replay's idempotency key (`replay:<letter seq>`).
+pub const REPLAY_KEY: &str = "replay:";
+
 /// The most bytes of a reason a dead letter keeps: a decoder's message can quote the whole offending
 /// value (serde's "invalid type: string …"), which must not make the letter larger than the server takes.
 pub const MAX_REASON: usize = 4096;
@@ -87,7 +92,7 @@ pub async fn send(
         h.insert(SUBJECT, subject);
         h.insert(STREAM, stream);
         h.insert(SEQ, seq.to_string().as_str());
-        h.insert(MSG_ID, format!("dlq:{stream}:{seq}").as_str());
+        h.insert(MSG_ID, format!("{LETTER_KEY}{stream}:{seq}").as_str());
     };
     let mut h = HeaderMap::new();
     if let Some(orig) = headers {
@@ -193,7 +198,7 @@ pub fn replay_headers(original: &HeaderMap, letter_seq: u64) -> HeaderMap {
             h.append(name, v.as_str());
         }
     }
-    h.insert(MSG_ID, format!("replay:{letter_seq}").as_str());
+    h.insert(MSG_ID, format!("{REPLAY_KEY}{letter_seq}").as_str());
     h
 }
 
@@ -264,13 +269,14 @@ pub async fn list(
         match stream.get_raw_message(seq).await {
             Ok(m) => {
                 let mut letter = DeadLetter::from_stream_message(&m);
-                let headers: usize = letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if letter.payload.len() + headers > budget {
+                let size = letter.payload.len() + letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                if size > budget {
                     letter.payload = String::new();
                     letter.headers.clear();
                     letter.payload_omitted.get_or_insert(m.payload.len() as u64);
+                } else {
+                    budget -= size;
                 }
-                budget -= letter.payload.len() + letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
                 out.push(letter);
             }
             Err(e) if removed(&e) => {}

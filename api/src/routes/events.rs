@@ -46,8 +46,8 @@ pub(crate) struct Idempotency {
 type Answer = Result<(StatusCode, Json<Published>), ApiError>;
 
 /// The prefixes of the idempotency keys Tributary gives its own publishes that a client's key could take:
-/// a dead letter's replay (`tributary_broker::dlq::replay_headers`) and a dead letter.
-const RESERVED_KEYS: [&str; 2] = ["replay:", "dlq:"];
+/// a dead letter's replay and a dead letter.
+const RESERVED_KEYS: [&str; 2] = [tributary_broker::dlq::REPLAY_KEY, tributary_broker::dlq::LETTER_KEY];
 
 /// Validates one event for `subject` and publishes it; an `Idempotency-Key` header becomes its
 /// `Nats-Msg-Id`.

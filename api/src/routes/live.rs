@@ -25,6 +25,14 @@ enum Next {
 }
 
 impl Next {
+    /// Its Server-Sent Events name.
+    fn event(&self) -> &'static str {
+        match self {
+            Next::Sample(_) => "metric",
+            Next::Skipped(_) => "skipped",
+        }
+    }
+
     /// The message's text: the sample's JSON, or `{"skipped": n}`.
     fn text(&self) -> String {
         match self {
@@ -70,8 +78,7 @@ pub async fn sse(
             _ = closed.cancelled() => None,
             m = next(&mut rx, host.as_deref()) => m,
         }?;
-        let event = if matches!(m, Next::Skipped(_)) { "skipped" } else { "metric" };
-        Some((Ok(Event::default().event(event).data(m.text())), (rx, host, closed)))
+        Some((Ok(Event::default().event(m.event()).data(m.text())), (rx, host, closed)))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
